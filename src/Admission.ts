@@ -8,7 +8,7 @@
  * not know: the queue bound, the wait deadline, the counts that probes and
  * metrics read, and the Retry-After estimate.
  */
-import { Context, Data, Effect, Layer, Semaphore } from "effect"
+import { Cause, Context, Data, Effect, Exit, Layer, Semaphore } from "effect"
 import { RouterConfig } from "./Config.ts"
 
 export type RejectReason = "queue_full" | "queue_timeout"
@@ -112,14 +112,17 @@ export class Admission extends Context.Service<Admission, {
               waiting--
               running++
               return work({ waitedMs: grantedAt - arrivedAt })
-            })).pipe(Effect.onExit(() =>
+            })).pipe(Effect.onExit((exit) =>
               Effect.sync(() => {
                 if (grantedAt === undefined) {
                   waiting--
                 } else {
                   running--
-                  const heldMs = clock.currentTimeMillisUnsafe() - grantedAt
-                  holdTimeMs += holdTimeSmoothing * (heldMs - holdTimeMs)
+                  // Work cut short by a hang-up says nothing about how long work takes.
+                  if (!(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))) {
+                    const heldMs = clock.currentTimeMillisUnsafe() - grantedAt
+                    holdTimeMs += holdTimeSmoothing * (heldMs - holdTimeMs)
+                  }
                 }
               })
             ))

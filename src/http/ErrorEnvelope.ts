@@ -32,10 +32,17 @@ const pathOf = (url: string) => {
 
 const oneLine = (text: string) => text.replace(/\s*\n\s*/g, " ")
 
-const schemaErrorResponse = (error: HttpApiError.HttpApiSchemaError) => {
+const hasEmptyBody = (request: HttpServerRequest.HttpServerRequest) =>
+  request.headers["content-length"] === "0" ||
+  (request.headers["content-length"] === undefined && request.headers["transfer-encoding"] === undefined)
+
+const schemaErrorResponse = (request: HttpServerRequest.HttpServerRequest, error: HttpApiError.HttpApiSchemaError) => {
   const detail = oneLine(error.cause.message)
   switch (error.kind) {
     case "Payload":
+      if (hasEmptyBody(request)) {
+        return errorResponse(400, "invalid_body", "request body is empty: send a JSON object with a string \"prompt\"")
+      }
       return detail.includes("valid JSON")
         ? errorResponse(400, "invalid_json", "request body is not valid JSON")
         : errorResponse(400, "invalid_body", `request body must be a JSON object with a string "prompt": ${detail}`)
@@ -58,7 +65,7 @@ const render = (
   for (const reason of cause.reasons) {
     const error = Cause.isFailReason(reason) ? reason.error : Cause.isDieReason(reason) ? reason.defect : undefined
     if (HttpApiError.HttpApiSchemaError.is(error)) {
-      const response = schemaErrorResponse(error)
+      const response = schemaErrorResponse(request, error)
       if (response !== undefined) return Effect.succeed(response)
     }
     if (HttpServerError.isHttpServerError(error)) {

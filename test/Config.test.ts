@@ -1,0 +1,125 @@
+import { assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Effect, Exit } from "effect"
+import { InvalidSetting, isKvEndpoint, loadSettings } from "../src/Config.ts"
+
+const load = (env: Record<string, string>) =>
+  Effect.exit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
+
+const invalid = (exit: Exit.Exit<unknown, InvalidSetting>): InvalidSetting => {
+  assert.isTrue(Exit.isFailure(exit), "expected the configuration to be rejected")
+  const reason = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
+  assert.strictEqual(reason?._tag, "Fail")
+  return (reason as any).error
+}
+
+describe("Config", () => {
+  it.effect("defaults", () =>
+    Effect.gen(function*() {
+      const exit = yield* load({})
+      assert.isTrue(Exit.isSuccess(exit))
+      if (!Exit.isSuccess(exit)) return
+      assert.deepStrictEqual(exit.value, {
+        modelRef: "demo-model",
+        modelRefDefaulted: true,
+        maxConcurrency: 10,
+        maxQueue: 100,
+        queueTimeoutMs: 30_000,
+        overloadStatus: 429,
+        kvEndpoints: [],
+        simLatencyMs: 100,
+        maxBodyBytes: 1_048_576,
+        port: 8080,
+        host: undefined,
+        podName: undefined,
+        logLevel: "info"
+      })
+    }))
+
+  it.effect("reads every variable", () =>
+    Effect.gen(function*() {
+      const exit = yield* load({
+        MODEL_REF: "llama-3-8b",
+        MAX_CONCURRENCY: "4",
+        MAX_QUEUE: "0",
+        QUEUE_TIMEOUT_MS: "1500",
+        OVERLOAD_STATUS: "503",
+        KV_ENDPOINTS: " kv-0:6379 , ,redis://kv-1:6379,http://kv-2.svc:8080/x,, [::1]:7000 ",
+        SIM_LATENCY_MS: "0",
+        MAX_BODY_BYTES: "2048",
+        PORT: "9090",
+        HOST: "127.0.0.1",
+        POD_NAME: "router-7d9f",
+        HOSTNAME: "ignored-when-pod-name-set",
+        LOG_LEVEL: "debug"
+      })
+      assert.isTrue(Exit.isSuccess(exit))
+      if (!Exit.isSuccess(exit)) return
+      assert.deepStrictEqual(exit.value, {
+        modelRef: "llama-3-8b",
+        modelRefDefaulted: false,
+        maxConcurrency: 4,
+        maxQueue: 0,
+        queueTimeoutMs: 1500,
+        overloadStatus: 503,
+        kvEndpoints: ["kv-0:6379", "redis://kv-1:6379", "http://kv-2.svc:8080/x", "[::1]:7000"],
+        simLatencyMs: 0,
+        maxBodyBytes: 2048,
+        port: 9090,
+        host: "127.0.0.1",
+        podName: "router-7d9f",
+        logLevel: "debug"
+      })
+    }))
+
+  it.effect("MAX_QUEUE defaults to 10 x MAX_CONCURRENCY", () =>
+    Effect.gen(function*() {
+      const exit = yield* load({ MAX_CONCURRENCY: "3" })
+      assert.isTrue(Exit.isSuccess(exit) && exit.value.maxQueue === 30)
+    }))
+
+  it.effect("POD_NAME falls back to HOSTNAME", () =>
+    Effect.gen(function*() {
+      const exit = yield* load({ HOSTNAME: "router-host" })
+      assert.isTrue(Exit.isSuccess(exit) && exit.value.podName === "router-host")
+    }))
+
+  it.effect.each([
+    ["MAX_CONCURRENCY", "0"],
+    ["MAX_CONCURRENCY", "-3"],
+    ["MAX_CONCURRENCY", "2.5"],
+    ["MAX_CONCURRENCY", "ten"],
+    ["MAX_QUEUE", "-1"],
+    ["MAX_QUEUE", "lots"],
+    ["QUEUE_TIMEOUT_MS", "0"],
+    ["OVERLOAD_STATUS", "500"],
+    ["KV_ENDPOINTS", "kv-0"],
+    ["KV_ENDPOINTS", "kv-0:0"],
+    ["KV_ENDPOINTS", "kv-0:70000"],
+    ["KV_ENDPOINTS", "ftp://kv-0:21"],
+    ["SIM_LATENCY_MS", "-1"],
+    ["SIM_LATENCY_MS", "fast"],
+    ["MAX_BODY_BYTES", "0"],
+    ["PORT", "0"],
+    ["PORT", "65536"],
+    ["PORT", "http"],
+    ["LOG_LEVEL", "verbose"]
+  ] as const)("rejects %s=%s naming the variable, the value and what is expected", ([variable, value]) =>
+    Effect.gen(function*() {
+      const error = invalid(yield* load({ [variable]: variable === "KV_ENDPOINTS" ? `kv-ok:1,${value}` : value }))
+      assert.instanceOf(error, InvalidSetting)
+      assert.strictEqual(error.variable, variable)
+      assert.include(error.message, variable)
+      assert.include(error.message, JSON.stringify(value))
+      assert.include(error.message, "expected")
+      assert.notInclude(error.message, "\n")
+    }))
+
+  it("KV endpoint forms", () => {
+    for (const ok of ["kv:6379", "10.0.0.1:1", "kv.ns.svc.cluster.local:65535", "[fe80::1]:80", "redis://kv:6379", "https://kv"]) {
+      assert.isTrue(isKvEndpoint(ok), ok)
+    }
+    for (const bad of ["kv", ":6379", "kv:", "kv:abc", "kv:0", "kv:65536", "redis://", "tcp://kv:1", "kv :1"]) {
+      assert.isFalse(isKvEndpoint(bad), bad)
+    }
+  })
+})

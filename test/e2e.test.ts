@@ -1,0 +1,107 @@
+/**
+ * The real process, started the way operators start it (`npm start`), on an
+ * ephemeral port, talked to over HTTP.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { once } from "node:events"
+import { createServer } from "node:net"
+import { fileURLToPath } from "node:url"
+import { afterEach, assert, describe, it } from "vitest"
+import { requestAt } from "./support/TestRouter.ts"
+
+const root = fileURLToPath(new URL("..", import.meta.url))
+
+const freePort = async (): Promise<number> => {
+  const server = createServer().listen(0, "127.0.0.1")
+  await once(server, "listening")
+  const port = (server.address() as { port: number }).port
+  server.close()
+  await once(server, "close")
+  return port
+}
+
+const running: Array<ChildProcess> = []
+afterEach(() => {
+  for (const child of running.splice(0)) child.kill("SIGKILL")
+})
+
+const start = (command: string, args: Array<string>, env: Record<string, string>) => {
+  const child = spawn(command, args, {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  running.push(child)
+  let stdout = ""
+  let stderr = ""
+  child.stdout!.on("data", (chunk) => (stdout += chunk))
+  child.stderr!.on("data", (chunk) => (stderr += chunk))
+  const exited = once(child, "exit").then(([code]) => code as number | null)
+  return { child, exited, output: () => ({ stdout, stderr }) }
+}
+
+const waitReady = async (port: number, exited: Promise<unknown>) => {
+  let done = false
+  void exited.then(() => (done = true))
+  for (let i = 0; i < 300 && !done; i++) {
+    try {
+      const response = await requestAt(port, { path: "/readyz" })
+      if (response.status === 200) return
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error("the router never became ready")
+}
+
+describe("end to end", () => {
+  it("npm start serves the contract with settings from the environment", async () => {
+    const port = await freePort()
+    const router = start("npm", ["start", "--silent"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MODEL_REF: "e2e-model",
+      MAX_CONCURRENCY: "2",
+      KV_ENDPOINTS: "kv-0:6379, redis://kv-1:6379",
+      SIM_LATENCY_MS: "5",
+      POD_NAME: "router-e2e"
+    })
+    await waitReady(port, router.exited)
+    const health = await requestAt(port, { path: "/healthz" })
+    assert.deepStrictEqual(health.json, { status: "ok" })
+    const infer = await requestAt(port, {
+      method: "POST",
+      path: "/infer",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "end to end" })
+    })
+    assert.strictEqual(infer.status, 200)
+    assert.deepInclude(infer.json, {
+      modelRef: "e2e-model",
+      prompt: "end to end",
+      routerPod: "router-e2e",
+      kvEndpoints: ["kv-0:6379", "redis://kv-1:6379"]
+    })
+    assert.isAtLeast(infer.json.processingMs, 5)
+    const { stdout } = router.output()
+    const configLine = stdout.split("\n").find((line) => line.includes("effective configuration"))
+    assert.isDefined(configLine, stdout)
+    assert.deepInclude(JSON.parse(configLine!).annotations.config, { modelRef: "e2e-model", maxConcurrency: 2 })
+    assert.include(stdout, "kv-0:6379")
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+  })
+
+  it("an invalid setting stops start-up with one line naming it", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/main.ts"], { PORT: String(port), MAX_CONCURRENCY: "0" })
+    const code = await router.exited
+    assert.notStrictEqual(code, 0)
+    const lines = router.output().stderr.trim().split("\n")
+    assert.lengthOf(lines, 1, router.output().stderr)
+    assert.include(lines[0], "MAX_CONCURRENCY")
+    assert.include(lines[0], "\"0\"")
+    assert.include(lines[0], "integer >= 1")
+  })
+})

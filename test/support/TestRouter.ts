@@ -1,0 +1,116 @@
+/**
+ * The router's HTTP application on a real socket (ephemeral port), with fixed
+ * settings and an optional stand-in model, plus a raw HTTP helper that gives
+ * tests full control over method, headers and body framing.
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import { Effect, Latch, Layer } from "effect"
+import { HttpRouter, HttpServer } from "effect/http"
+import { NetAddress } from "effect/net"
+import * as Http from "node:http"
+import { Admission } from "../../src/Admission.ts"
+import { RouterConfig, type RouterSettings } from "../../src/Config.ts"
+import { Model } from "../../src/Model.ts"
+import { RouterApp } from "../../src/Server.ts"
+
+export const TestRouter = (settings: Partial<RouterSettings> = {}, model?: Model["Service"]) =>
+  HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: true }).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(Http.createServer, { port: 0, host: "127.0.0.1" })),
+    Layer.provideMerge(Admission.layer),
+    Layer.provide(model === undefined ? Model.layer : Layer.succeed(Model, model)),
+    Layer.provideMerge(RouterConfig.layerWith({ simLatencyMs: 0, ...settings }))
+  )
+
+export interface RawResponse {
+  readonly status: number
+  readonly headers: Http.IncomingHttpHeaders
+  readonly text: string
+  readonly json: any
+}
+
+export interface RawRequest {
+  readonly method?: string
+  readonly path: string
+  readonly headers?: Record<string, string>
+  readonly body?: string | Buffer
+  /** Send the body with chunked framing (no Content-Length). */
+  readonly chunked?: boolean
+}
+
+export const requestAt = (port: number, options: RawRequest): Promise<RawResponse> =>
+  new Promise((resolve, reject) => {
+    const req = Http.request({
+      host: "127.0.0.1",
+      port,
+      method: options.method ?? "GET",
+      path: options.path,
+      headers: options.headers,
+      agent: false
+    }, (res) => {
+      const chunks: Array<Buffer> = []
+      res.on("data", (chunk) => chunks.push(chunk))
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8")
+        let json: unknown
+        try {
+          json = JSON.parse(text)
+        } catch {
+          json = undefined
+        }
+        resolve({ status: res.statusCode!, headers: res.headers, text, json })
+      })
+      res.on("error", reject)
+    })
+    req.on("error", reject)
+    if (options.body !== undefined) {
+      if (options.chunked) {
+        req.setHeader("transfer-encoding", "chunked")
+      } else {
+        req.setHeader("content-length", Buffer.byteLength(options.body))
+      }
+      req.end(options.body)
+    } else {
+      req.end()
+    }
+  })
+
+export const serverPort = Effect.gen(function*() {
+  const server = yield* HttpServer.HttpServer
+  const address = server.address as NetAddress.InetAddress
+  return address.port
+})
+
+export const request = (options: RawRequest) =>
+  Effect.flatMap(serverPort, (port) => Effect.promise(() => requestAt(port, options)))
+
+export const postInfer = (body: unknown, headers: Record<string, string> = {}) =>
+  request({
+    method: "POST",
+    path: "/infer",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body)
+  })
+
+/** A model that holds every call until the gate opens: deterministic "slots busy". */
+export const gatedModel = Effect.gen(function*() {
+  const gate = yield* Latch.make()
+  const model = Model.of({
+    infer: () => gate.await.pipe(Effect.as({ processingMs: 0 }))
+  })
+  return { gate, model }
+})
+
+/** Waits (bounded) until admission reports the given counts. */
+export const untilStats = (running: number, waiting: number) =>
+  Effect.gen(function*() {
+    const admission = yield* Admission
+    for (let i = 0; i < 2_000; i++) {
+      const stats = admission.statsUnsafe()
+      if (stats.running === running && stats.waiting === waiting) return
+      yield* Effect.sleep(5)
+    }
+    const stats = admission.statsUnsafe()
+    return yield* Effect.die(
+      new Error(`admission never reached running=${running} waiting=${waiting}: ${JSON.stringify(stats)}`)
+    )
+  })
