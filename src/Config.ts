@@ -6,9 +6,11 @@
  * layer with `InvalidSetting`, whose message is the one line an operator sees:
  * the variable, the value and what is expected.
  */
-import { Config, Context, Data, Effect, Layer, Option, Schema } from "effect"
+import { Config, Context, Data, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { readFileSync } from "node:fs"
 
 export type LogLevelName = "debug" | "info" | "warn" | "error"
+export type LogFormat = "json" | "pretty"
 
 export interface RouterSettings {
   readonly modelRef: string
@@ -21,10 +23,17 @@ export interface RouterSettings {
   readonly kvEndpoints: ReadonlyArray<string>
   readonly simLatencyMs: number
   readonly maxBodyBytes: number
+  readonly shutdownDelayMs: number
+  readonly shutdownTimeoutMs: number
+  readonly headersTimeoutMs: number
+  readonly requestTimeoutMs: number
   readonly port: number
   readonly host: string | undefined
   readonly podName: string | undefined
   readonly logLevel: LogLevelName
+  readonly logFormat: LogFormat
+  /** Bearer tokens accepted on /infer; empty = no authentication. */
+  readonly apiKeys: ReadonlyArray<Redacted.Redacted<string>>
 }
 
 /** The environment variables the router reads, in documentation order. */
@@ -37,11 +46,18 @@ export const settingNames = [
   "KV_ENDPOINTS",
   "SIM_LATENCY_MS",
   "MAX_BODY_BYTES",
+  "SHUTDOWN_DELAY_MS",
+  "SHUTDOWN_TIMEOUT_MS",
+  "HEADERS_TIMEOUT_MS",
+  "REQUEST_TIMEOUT_MS",
   "PORT",
   "HOST",
   "POD_NAME",
   "HOSTNAME",
-  "LOG_LEVEL"
+  "LOG_LEVEL",
+  "LOG_FORMAT",
+  "API_KEYS",
+  "API_KEYS_FILE"
 ] as const
 
 export class InvalidSetting extends Data.TaggedError("InvalidSetting")<{
@@ -115,6 +131,40 @@ const parseKvEndpoints = (variable: string): Effect.Effect<ReadonlyArray<string>
     )
   }))
 
+const splitKeys = (text: string, separator: RegExp) =>
+  text.split(separator).map((key) => key.trim()).filter((key) => key !== "")
+
+/**
+ * API_KEYS (comma-separated) and API_KEYS_FILE (one key per line, `#` comments)
+ * together: several keys at once let clients rotate without downtime. Keys are
+ * `Redacted` from here on, so they never reach a log line.
+ */
+const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, InvalidSetting> = Effect.gen(function*() {
+  const inline = Config.option(Config.Redacted("API_KEYS")).pipe(
+    Effect.map(Option.match({ onNone: () => [], onSome: (keys) => splitKeys(Redacted.value(keys), /,/) })),
+    Effect.orElseSucceed((): Array<string> => [])
+  )
+  const keys = [...yield* inline]
+  const file = yield* optionalString("API_KEYS_FILE")
+  if (file !== undefined) {
+    const text = yield* Effect.try({
+      try: () => readFileSync(file, "utf8"),
+      catch: (error) =>
+        new InvalidSetting({
+          variable: "API_KEYS_FILE",
+          value: file,
+          expected: `a readable file of API keys, one per line (${(error as NodeJS.ErrnoException).code ?? error})`
+        })
+    })
+    const fromFile = splitKeys(text.replace(/#.*$/gm, ""), /\r?\n/)
+    if (fromFile.length === 0) {
+      return yield* new InvalidSetting({ variable: "API_KEYS_FILE", value: file, expected: "a file with at least one key" })
+    }
+    keys.push(...fromFile)
+  }
+  return keys.map((key) => Redacted.make(key, { label: "api-key" }))
+})
+
 export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effect.gen(function*() {
   const modelRefRaw = yield* optionalString("MODEL_REF")
   const maxConcurrency = yield* setting("MAX_CONCURRENCY", intAtLeast(1), "an integer >= 1", () => 10)
@@ -129,6 +179,32 @@ export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effec
   const kvEndpoints = yield* parseKvEndpoints("KV_ENDPOINTS")
   const simLatencyMs = yield* setting("SIM_LATENCY_MS", intAtLeast(0), "an integer >= 0 (milliseconds)", () => 100)
   const maxBodyBytes = yield* setting("MAX_BODY_BYTES", intAtLeast(1), "an integer >= 1 (bytes)", () => 1024 * 1024)
+  const shutdownDelayMs = yield* setting("SHUTDOWN_DELAY_MS", intAtLeast(0), "an integer >= 0 (milliseconds)", () => 0)
+  const shutdownTimeoutMs = yield* setting(
+    "SHUTDOWN_TIMEOUT_MS",
+    intAtLeast(1),
+    "an integer >= 1 (milliseconds)",
+    () => 25_000
+  )
+  if (shutdownDelayMs >= shutdownTimeoutMs) {
+    return yield* new InvalidSetting({
+      variable: "SHUTDOWN_DELAY_MS",
+      value: String(shutdownDelayMs),
+      expected: `less than SHUTDOWN_TIMEOUT_MS (${shutdownTimeoutMs}), which bounds the whole drain`
+    })
+  }
+  const requestTimeoutMs = yield* setting(
+    "REQUEST_TIMEOUT_MS",
+    intAtLeast(1),
+    "an integer >= 1 (milliseconds)",
+    () => 30_000
+  )
+  const headersTimeoutMs = yield* setting(
+    "HEADERS_TIMEOUT_MS",
+    intBetween(1, requestTimeoutMs),
+    `an integer from 1 to REQUEST_TIMEOUT_MS (${requestTimeoutMs}) (milliseconds)`,
+    () => Math.min(10_000, requestTimeoutMs)
+  )
   const port = yield* setting("PORT", intBetween(1, 65535), "a port number 1-65535", () => 8080)
   const host = yield* optionalString("HOST")
   const podName = (yield* optionalString("POD_NAME")) ?? (yield* optionalString("HOSTNAME"))
@@ -138,6 +214,13 @@ export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effec
     "one of debug, info, warn, error",
     () => "info" as const
   )
+  const logFormat = yield* setting(
+    "LOG_FORMAT",
+    Schema.Trim.pipe(Schema.decodeTo(Schema.Literals(["json", "pretty"]))),
+    "json or pretty",
+    () => "json" as const
+  )
+  const apiKeys = yield* loadApiKeys
   return {
     modelRef: modelRefRaw ?? "demo-model",
     modelRefDefaulted: modelRefRaw === undefined,
@@ -148,10 +231,16 @@ export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effec
     kvEndpoints,
     simLatencyMs,
     maxBodyBytes,
+    shutdownDelayMs,
+    shutdownTimeoutMs,
+    headersTimeoutMs,
+    requestTimeoutMs,
     port,
     host,
     podName,
-    logLevel
+    logLevel,
+    logFormat,
+    apiKeys
   }
 })
 
@@ -171,10 +260,16 @@ export class RouterConfig extends Context.Service<RouterConfig, RouterSettings>(
       kvEndpoints: [],
       simLatencyMs: 100,
       maxBodyBytes: 1024 * 1024,
+      shutdownDelayMs: 0,
+      shutdownTimeoutMs: 25_000,
+      headersTimeoutMs: 10_000,
+      requestTimeoutMs: 30_000,
       port: 8080,
       host: undefined,
       podName: undefined,
       logLevel: "info",
+      logFormat: "json",
+      apiKeys: [],
       ...overrides
     })
 }

@@ -1,36 +1,67 @@
 /**
- * Composes the router: the HttpApi routes with their handlers, the error
- * envelope, the services they use, logging, and the Node HTTP server.
+ * Composes the router: the HttpApi routes with their handlers, the metrics
+ * and docs routes, the request pipeline middleware, the services they use,
+ * logging, and the Node HTTP server.
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Logger, References } from "effect"
-import { HttpRouter } from "effect/http"
-import { HttpApiBuilder } from "effect/http-api"
+import { Context, Effect, Layer, Logger, References } from "effect"
+import { HttpRouter, HttpServerRequest } from "effect/http"
+import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"
 import { createServer } from "node:http"
 import { Admission } from "./Admission.ts"
 import { RouterApi } from "./api/RouterApi.ts"
 import { type LogLevelName, RouterConfig } from "./Config.ts"
-import { allowedMethods, ErrorEnvelope } from "./http/ErrorEnvelope.ts"
+import { AuthorizationLayer } from "./http/Authorization.ts"
+import { allowedMethods, withErrorEnvelope } from "./http/ErrorEnvelope.ts"
+import { withObservability } from "./http/Observability.ts"
 import { RouterHandlers } from "./http/RouterHandlers.ts"
+import { Lifecycle } from "./Lifecycle.ts"
+import { metricsPath, MetricsRoute } from "./Metrics.ts"
 import { Model } from "./Model.ts"
 
 export const openapiPath = "/openapi.json"
+export const docsPath = "/docs"
 
-const routes = [
+/** Every route the router serves, for 405 answers and metric labels. */
+export const routes = [
   ...Object.values(RouterApi.groups).flatMap((group) =>
     Object.values(group.endpoints).map(({ method, path }) => ({ method, path }))
   ),
-  { method: "GET", path: openapiPath }
+  { method: "GET", path: openapiPath },
+  { method: "GET", path: docsPath },
+  { method: "GET", path: metricsPath }
 ]
 
-/** The HTTP application: routes and middleware. Needs RouterConfig, Admission and Model. */
-export const RouterApp = Layer.mergeAll(
-  HttpApiBuilder.layer(RouterApi, { openapiPath }).pipe(Layer.provide(RouterHandlers)),
-  ErrorEnvelope.layer(allowedMethods(routes))
+const allowed = allowedMethods(routes)
+
+/** Observability outermost (it sees the final answer), then the error envelope. */
+const RequestPipeline = HttpRouter.middleware(
+  Effect.gen(function*() {
+    const config = yield* RouterConfig
+    const envelope = withErrorEnvelope({ allowed, maxBodyBytes: config.maxBodyBytes })
+    const observe = withObservability({ allowed })
+    return (httpEffect) =>
+      Effect.withFiber((fiber) => {
+        const request = Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest)
+        return observe(request, envelope(request, httpEffect))
+      })
+  }),
+  { global: true }
 )
 
-/** Admission and the model, over the configuration. */
-export const RouterServices = Layer.mergeAll(Admission.layer, Model.layer)
+/** The HTTP application: routes and middleware. Needs RouterConfig, Admission, Model and Lifecycle. */
+export const RouterApp = Layer.mergeAll(
+  HttpApiBuilder.layer(RouterApi, { openapiPath }).pipe(
+    Layer.provide(RouterHandlers),
+    Layer.provide(AuthorizationLayer)
+  ),
+  HttpApiScalar.layer(RouterApi, { path: docsPath }),
+  MetricsRoute,
+  RequestPipeline
+)
+
+/** Admission, the model and the lifecycle, over the configuration. */
+export const RouterServices = Layer.mergeAll(Admission.layer, Model.layer, Lifecycle.layer)
 
 const effectLogLevel: Record<LogLevelName, "Debug" | "Info" | "Warn" | "Error"> = {
   debug: "Debug",
@@ -39,10 +70,10 @@ const effectLogLevel: Record<LogLevelName, "Debug" | "Info" | "Warn" | "Error"> 
   error: "Error"
 }
 
-/** JSON lines on stdout, filtered at LOG_LEVEL. */
+/** JSON lines on stdout (LOG_FORMAT=pretty for humans), filtered at LOG_LEVEL. */
 export const LoggingLayer = Layer.unwrap(RouterConfig.useSync((config) =>
   Layer.mergeAll(
-    Logger.layer([Logger.consoleJson]),
+    Logger.layer([config.logFormat === "pretty" ? Logger.consolePretty() : Logger.consoleJson]),
     Layer.succeed(References.MinimumLogLevel, effectLogLevel[config.logLevel])
   )
 ))
@@ -52,24 +83,45 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
   if (config.modelRefDefaulted) {
     yield* Effect.logWarning(`MODEL_REF is not set; serving "${config.modelRef}"`)
   }
-  yield* Effect.logInfo("effective configuration").pipe(Effect.annotateLogs({ config }))
+  // API keys are Redacted: they print as <redacted>.
+  yield* Effect.logInfo("effective configuration").pipe(
+    Effect.annotateLogs({ config: { ...config, apiKeys: `${config.apiKeys.length} key(s)` } })
+  )
   for (const endpoint of config.kvEndpoints) {
     yield* Effect.logInfo(`KV endpoint: ${endpoint}`)
   }
 }))
 
 const NodeServer = Layer.unwrap(RouterConfig.useSync((config) =>
-  NodeHttpServer.layer(() => createServer(), {
-    port: config.port,
-    ...(config.host === undefined ? {} : { host: config.host })
-  })
+  NodeHttpServer.layer(
+    () =>
+      createServer({
+        // A slow or silent client cannot hold a connection: headers and the
+        // whole request must arrive within these bounds (answered 408).
+        headersTimeout: config.headersTimeoutMs,
+        requestTimeout: config.requestTimeoutMs,
+        // How often Node checks those timeouts (its default is 30 s).
+        connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
+      }),
+    {
+      // On release the server stops listening and waits this long for in-flight
+      // requests; those still running are then interrupted and answered 503.
+      gracefulShutdownTimeout: config.shutdownTimeoutMs - config.shutdownDelayMs,
+      port: config.port,
+      ...(config.host === undefined ? {} : { host: config.host })
+    }
+  )
 ))
 
-/** The whole router as one layer: building it listens, releasing it drains. */
+/**
+ * The whole router as one layer: building it listens; releasing it closes the
+ * listener and waits for in-flight requests. Run `Lifecycle.drain` before
+ * releasing it (see main.ts).
+ */
 export const RouterServer = HttpRouter.serve(RouterApp, { disableLogger: true }).pipe(
   Layer.provide(NodeServer),
-  Layer.provide(RouterServices),
+  Layer.provideMerge(RouterServices),
   Layer.provide(StartupLog),
-  Layer.provide(LoggingLayer),
+  Layer.provideMerge(LoggingLayer),
   Layer.provideMerge(RouterConfig.layer)
 )

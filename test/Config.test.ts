@@ -1,5 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Exit } from "effect"
+import { ConfigProvider, Effect, Exit, Redacted } from "effect"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { InvalidSetting, isKvEndpoint, loadSettings } from "../src/Config.ts"
 
 const load = (env: Record<string, string>) =>
@@ -28,10 +31,16 @@ describe("Config", () => {
         kvEndpoints: [],
         simLatencyMs: 100,
         maxBodyBytes: 1_048_576,
+        shutdownDelayMs: 0,
+        shutdownTimeoutMs: 25_000,
+        headersTimeoutMs: 10_000,
+        requestTimeoutMs: 30_000,
         port: 8080,
         host: undefined,
         podName: undefined,
-        logLevel: "info"
+        logLevel: "info",
+        logFormat: "json",
+        apiKeys: []
       })
     }))
 
@@ -46,15 +55,24 @@ describe("Config", () => {
         KV_ENDPOINTS: " kv-0:6379 , ,redis://kv-1:6379,http://kv-2.svc:8080/x,, [::1]:7000 ",
         SIM_LATENCY_MS: "0",
         MAX_BODY_BYTES: "2048",
+        SHUTDOWN_DELAY_MS: "5000",
+        SHUTDOWN_TIMEOUT_MS: "20000",
+        HEADERS_TIMEOUT_MS: "2000",
+        REQUEST_TIMEOUT_MS: "4000",
         PORT: "9090",
         HOST: "127.0.0.1",
         POD_NAME: "router-7d9f",
         HOSTNAME: "ignored-when-pod-name-set",
-        LOG_LEVEL: "debug"
+        LOG_LEVEL: "debug",
+        LOG_FORMAT: "pretty",
+        API_KEYS: "key-one, key-two,"
       })
       assert.isTrue(Exit.isSuccess(exit))
       if (!Exit.isSuccess(exit)) return
-      assert.deepStrictEqual(exit.value, {
+      const { apiKeys, ...settings } = exit.value
+      assert.deepStrictEqual(apiKeys.map(Redacted.value), ["key-one", "key-two"])
+      assert.notInclude(JSON.stringify(exit.value), "key-one", "keys never print")
+      assert.deepStrictEqual(settings, {
         modelRef: "llama-3-8b",
         modelRefDefaulted: false,
         maxConcurrency: 4,
@@ -64,10 +82,15 @@ describe("Config", () => {
         kvEndpoints: ["kv-0:6379", "redis://kv-1:6379", "http://kv-2.svc:8080/x", "[::1]:7000"],
         simLatencyMs: 0,
         maxBodyBytes: 2048,
+        shutdownDelayMs: 5000,
+        shutdownTimeoutMs: 20000,
+        headersTimeoutMs: 2000,
+        requestTimeoutMs: 4000,
         port: 9090,
         host: "127.0.0.1",
         podName: "router-7d9f",
-        logLevel: "debug"
+        logLevel: "debug",
+        logFormat: "pretty"
       })
     }))
 
@@ -102,7 +125,14 @@ describe("Config", () => {
     ["PORT", "0"],
     ["PORT", "65536"],
     ["PORT", "http"],
-    ["LOG_LEVEL", "verbose"]
+    ["LOG_LEVEL", "verbose"],
+    ["LOG_FORMAT", "xml"],
+    ["SHUTDOWN_DELAY_MS", "-1"],
+    ["SHUTDOWN_TIMEOUT_MS", "0"],
+    ["REQUEST_TIMEOUT_MS", "0"],
+    ["HEADERS_TIMEOUT_MS", "0"],
+    ["HEADERS_TIMEOUT_MS", "60000"],
+    ["API_KEYS_FILE", "/nonexistent/keys"]
   ] as const)("rejects %s=%s naming the variable, the value and what is expected", ([variable, value]) =>
     Effect.gen(function*() {
       const error = invalid(yield* load({ [variable]: variable === "KV_ENDPOINTS" ? `kv-ok:1,${value}` : value }))
@@ -112,6 +142,25 @@ describe("Config", () => {
       assert.include(error.message, JSON.stringify(value))
       assert.include(error.message, "expected")
       assert.notInclude(error.message, "\n")
+    }))
+
+  it.effect("SHUTDOWN_DELAY_MS must leave time inside SHUTDOWN_TIMEOUT_MS", () =>
+    Effect.gen(function*() {
+      const error = invalid(yield* load({ SHUTDOWN_DELAY_MS: "5000", SHUTDOWN_TIMEOUT_MS: "5000" }))
+      assert.strictEqual(error.variable, "SHUTDOWN_DELAY_MS")
+      assert.include(error.message, "SHUTDOWN_TIMEOUT_MS")
+    }))
+
+  it.effect("API_KEYS_FILE adds one key per line, skipping blanks and comments", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "router-keys-"))
+      const file = join(dir, "keys")
+      writeFileSync(file, "# rotated 2026-11\nfile-key-1\n\n  file-key-2  \n")
+      const exit = yield* load({ API_KEYS: "inline", API_KEYS_FILE: file })
+      rmSync(dir, { recursive: true })
+      assert.isTrue(Exit.isSuccess(exit))
+      if (!Exit.isSuccess(exit)) return
+      assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2"])
     }))
 
   it("KV endpoint forms", () => {

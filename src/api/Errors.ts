@@ -82,3 +82,17 @@ export const UnsupportedMediaTypeResponse = asErrorBody(
 )
 export const OverloadedResponse = asRejection(Overloaded, 429, (fields) => new Overloaded(fields))
 export const UnavailableResponse = asRejection(Unavailable, 503, (fields) => new Unavailable(fields))
+
+/** Missing or wrong bearer token on /infer, when API keys are configured. */
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", errorFields) {}
+
+export const UnauthorizedResponse = Unauthorized.pipe(HttpApiSchema.encodeToWithHeaders({
+  body: ErrorBody.pipe(HttpApiSchema.status(401)),
+  headers: { "www-authenticate": Schema.String }
+}, {
+  decode: ({ body }) => new Unauthorized(body.error),
+  encode: (error) => ({
+    body: { error: { code: error.code, message: error.message } },
+    headers: { "www-authenticate": `Bearer realm="inference-router"` }
+  })
+}))

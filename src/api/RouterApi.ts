@@ -4,6 +4,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "effect/http-api"
+import { Authorization } from "./Authorization.ts"
 import {
   InvalidRequestResponse,
   OverloadedResponse,
@@ -79,7 +80,10 @@ export class RouterGroup extends HttpApiGroup.make("router", { topLevel: true })
         OverloadedResponse,
         UnavailableResponse
       ]
-    }).annotate(OpenApi.Description, "Run the model on a prompt, within the admission limits")
+    }).middleware(Authorization).annotate(
+      OpenApi.Description,
+      "Run the model on a prompt, within the admission limits. Needs a bearer token when API keys are configured."
+    )
   )
 {}
 

@@ -5,11 +5,10 @@
  * whose default bodies are empty or plain text. It also enforces
  * MAX_BODY_BYTES: up front from Content-Length, and while reading otherwise.
  */
-import { ByteSize, Cause, Context, Effect } from "effect"
-import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { ByteSize, Cause, Effect } from "effect"
+import { HttpIncomingMessage, HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpApiError } from "effect/http-api"
 import type { ErrorBody } from "../api/Errors.ts"
-import { RouterConfig } from "../Config.ts"
 
 export const errorResponse = (
   status: number,
@@ -95,6 +94,14 @@ const render = (
   })
 }
 
+const isClientAbort = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((reason) => Cause.isInterruptReason(reason) && reason.annotations.has(HttpServerError.ClientAbort.key))
+
+const shuttingDown = errorResponse(503, "shutting_down", "the router is shutting down and could not finish this request", {
+  "retry-after": "1",
+  "x-router-reject-reason": "shutting_down"
+})
+
 const payloadTooLarge = (maxBodyBytes: number) =>
   errorResponse(413, "payload_too_large", `request body exceeds MAX_BODY_BYTES (${maxBodyBytes} bytes)`)
 
@@ -123,33 +130,34 @@ const envelope = (response: HttpServerResponse.HttpServerResponse): HttpServerRe
   )
 }
 
-export const ErrorEnvelope = {
-  layer: (allowed: AllowedMethods) =>
-    HttpRouter.middleware(
-      Effect.gen(function*() {
-        const config = yield* RouterConfig
-        const maxBodySize = ByteSize.bytes(config.maxBodyBytes)
-        return (httpEffect) =>
-          Effect.withFiber((fiber) => {
-            const request = Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest)
-            if (Number(request.headers["content-length"]) > config.maxBodyBytes) {
-              return Effect.succeed(payloadTooLarge(config.maxBodyBytes))
-            }
-            return httpEffect.pipe(
-              Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
-              // A client that hung up gets no answer: let the interruption through.
-              Effect.catchCause((cause) =>
-                Cause.hasInterruptsOnly(cause)
-                  ? Effect.failCause(cause)
-                  : render(request, cause, allowed, config.maxBodyBytes)
-              ),
-              Effect.map(envelope)
-            )
-          })
+/**
+ * Wraps the whole request pipeline: every error response gets the JSON
+ * envelope, MAX_BODY_BYTES is enforced, and a request the server stops at the
+ * end of a drain is answered 503 `shutting_down` rather than dropped.
+ */
+export const withErrorEnvelope = (options: { readonly allowed: AllowedMethods; readonly maxBodyBytes: number }) => {
+  const { allowed, maxBodyBytes } = options
+  const maxBodySize = ByteSize.bytes(maxBodyBytes)
+  return <E, R>(
+    request: HttpServerRequest.HttpServerRequest,
+    httpEffect: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
+  ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> => {
+    if (Number(request.headers["content-length"]) > maxBodyBytes) {
+      return Effect.succeed(payloadTooLarge(maxBodyBytes))
+    }
+    return httpEffect.pipe(
+      Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
+      Effect.catchCause((cause) => {
+        if (!Cause.hasInterruptsOnly(cause)) return render(request, cause, allowed, maxBodyBytes)
+        // A client that hung up gets no answer: let the interruption through.
+        if (isClientAbort(cause)) return Effect.failCause(cause)
+        // Otherwise the server is stopping this request at the end of the drain.
+        return Effect.succeed(shuttingDown)
       }),
-      { global: true }
+      Effect.map(envelope)
     )
-} as const
+  }
+}
 
 /** Methods per path, derived from the HTTP contract plus any extra routes. */
 export const allowedMethods = (

@@ -5,8 +5,9 @@ import { Effect } from "effect"
 import { HttpApiBuilder, HttpApiSchema } from "effect/http-api"
 import { Admission, type Rejected } from "../Admission.ts"
 import { Overloaded, Unavailable } from "../api/Errors.ts"
-import { type InferResponse, queueTimeoutHeader, RouterApi } from "../api/RouterApi.ts"
+import { type InferResponse, NotReady, queueTimeoutHeader, RouterApi } from "../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
+import { Lifecycle } from "../Lifecycle.ts"
 import { Model } from "../Model.ts"
 
 export const RouterHandlers = HttpApiBuilder.group(
@@ -16,6 +17,7 @@ export const RouterHandlers = HttpApiBuilder.group(
     const config = yield* RouterConfig
     const admission = yield* Admission
     const model = yield* Model
+    const lifecycle = yield* Lifecycle
 
     // OVERLOAD_STATUS=503 is for meshes that retry on 5xx; the body and headers are the same.
     const shed = (rejected: Rejected) => {
@@ -43,7 +45,7 @@ export const RouterHandlers = HttpApiBuilder.group(
 
     return handlers.handleAll({
       healthz: () => Effect.succeed({ status: "ok" as const }),
-      readyz: () => Effect.succeed({ status: "ready" as const }),
+      readyz: () => lifecycle.isDraining() ? Effect.fail(new NotReady()) : Effect.succeed({ status: "ready" as const }),
       infer: ({ headers, payload }) =>
         admission.admit(
           ({ waitedMs }) =>

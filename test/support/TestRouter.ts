@@ -10,6 +10,7 @@ import { NetAddress } from "effect/net"
 import * as Http from "node:http"
 import { Admission } from "../../src/Admission.ts"
 import { RouterConfig, type RouterSettings } from "../../src/Config.ts"
+import { Lifecycle } from "../../src/Lifecycle.ts"
 import { Model } from "../../src/Model.ts"
 import { RouterApp } from "../../src/Server.ts"
 
@@ -17,6 +18,7 @@ export const TestRouter = (settings: Partial<RouterSettings> = {}, model?: Model
   HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: true }).pipe(
     Layer.provideMerge(NodeHttpServer.layer(Http.createServer, { port: 0, host: "127.0.0.1" })),
     Layer.provideMerge(Admission.layer),
+    Layer.provideMerge(Lifecycle.layer),
     Layer.provide(model === undefined ? Model.layer : Layer.succeed(Model, model)),
     Layer.provideMerge(RouterConfig.layerWith({ simLatencyMs: 0, ...settings }))
   )
