@@ -10,7 +10,7 @@ import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"
 import { createServer } from "node:http"
 import { Admission } from "./Admission.ts"
 import { RouterApi } from "./api/RouterApi.ts"
-import { type LogLevelName, RouterConfig } from "./Config.ts"
+import { type LogLevelName, RouterConfig, type RouterSettings } from "./Config.ts"
 import { AuthorizationLayer } from "./http/Authorization.ts"
 import { allowedMethods, withErrorEnvelope } from "./http/ErrorEnvelope.ts"
 import { withObservability } from "./http/Observability.ts"
@@ -92,25 +92,24 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
   }
 }))
 
+/** The Node HTTP server, with the limits that stop slow or silent clients holding connections. */
+export const createHttpServer = (config: RouterSettings) =>
+  createServer({
+    // Headers and the whole request must arrive within these bounds (answered 408).
+    headersTimeout: config.headersTimeoutMs,
+    requestTimeout: config.requestTimeoutMs,
+    // How often Node checks those timeouts (its default is 30 s).
+    connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
+  })
+
 const NodeServer = Layer.unwrap(RouterConfig.useSync((config) =>
-  NodeHttpServer.layer(
-    () =>
-      createServer({
-        // A slow or silent client cannot hold a connection: headers and the
-        // whole request must arrive within these bounds (answered 408).
-        headersTimeout: config.headersTimeoutMs,
-        requestTimeout: config.requestTimeoutMs,
-        // How often Node checks those timeouts (its default is 30 s).
-        connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
-      }),
-    {
-      // On release the server stops listening and waits this long for in-flight
-      // requests; those still running are then interrupted and answered 503.
-      gracefulShutdownTimeout: config.shutdownTimeoutMs - config.shutdownDelayMs,
-      port: config.port,
-      ...(config.host === undefined ? {} : { host: config.host })
-    }
-  )
+  NodeHttpServer.layer(() => createHttpServer(config), {
+    // On release the server stops listening and waits this long for in-flight
+    // requests; those still running are then interrupted and answered 503.
+    gracefulShutdownTimeout: config.shutdownTimeoutMs - config.shutdownDelayMs,
+    port: config.port,
+    ...(config.host === undefined ? {} : { host: config.host })
+  })
 ))
 
 /**

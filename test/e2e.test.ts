@@ -55,6 +55,28 @@ const waitReady = async (port: number, exited: Promise<unknown>) => {
   throw new Error("the router never became ready")
 }
 
+const metric = async (port: number, series: string) => {
+  const text = (await requestAt(port, { path: "/metrics" })).text
+  const line = text.split("\n").find((l) => l.startsWith(series + " "))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+const until = async (condition: () => Promise<boolean>, what: string) => {
+  for (let i = 0; i < 400; i++) {
+    if (await condition()) return
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+const infer = (port: number, prompt: string) =>
+  requestAt(port, {
+    method: "POST",
+    path: "/infer",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ prompt })
+  })
+
 describe("end to end", () => {
   it("npm start serves the contract with settings from the environment", async () => {
     const port = await freePort()
@@ -103,5 +125,63 @@ describe("end to end", () => {
     assert.include(lines[0], "MAX_CONCURRENCY")
     assert.include(lines[0], "\"0\"")
     assert.include(lines[0], "integer >= 1")
+  })
+
+  it("SIGTERM drains: readiness 503, new requests served during the delay, in-flight ones finish, exit 0", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MAX_CONCURRENCY: "2",
+      MAX_QUEUE: "10",
+      SIM_LATENCY_MS: "800",
+      SHUTDOWN_DELAY_MS: "700"
+    })
+    await waitReady(port, router.exited)
+    const inFlight = [1, 2, 3, 4].map((i) => infer(port, `in-flight-${i}`))
+    await until(async () =>
+      (await metric(port, "router_requests_running")) === 2 && (await metric(port, "router_requests_waiting")) === 2, "4 requests in flight")
+    router.child.kill("SIGTERM")
+    await until(async () => (await requestAt(port, { path: "/readyz" })).status === 503, "readiness to flip")
+    // Still inside SHUTDOWN_DELAY_MS: endpoints may still route here, so serve.
+    const late = infer(port, "during-delay")
+    const responses = await Promise.all([...inFlight, late])
+    assert.deepStrictEqual(responses.map((r) => r.status), [200, 200, 200, 200, 200])
+    assert.strictEqual(await router.exited, 0)
+    const { stdout } = router.output()
+    assert.include(stdout, "draining")
+  })
+
+  it("requests still running at SHUTDOWN_TIMEOUT_MS are answered 503 shutting_down, then exit 0", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MAX_CONCURRENCY: "1",
+      SIM_LATENCY_MS: "60000",
+      SHUTDOWN_TIMEOUT_MS: "300"
+    })
+    await waitReady(port, router.exited)
+    const inFlight = [1, 2].map((i) => infer(port, `stuck-${i}`))
+    await until(async () => (await metric(port, "router_requests_waiting")) === 1, "one running, one queued")
+    router.child.kill("SIGTERM")
+    const responses = await Promise.all(inFlight)
+    for (const response of responses) {
+      assert.strictEqual(response.status, 503)
+      assert.strictEqual(response.json.error.code, "shutting_down")
+      assert.strictEqual(response.headers["x-router-reject-reason"], "shutting_down")
+    }
+    assert.strictEqual(await router.exited, 0)
+  })
+
+  it("an idle router exits promptly on SIGTERM", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/main.ts"], { PORT: String(port), HOST: "127.0.0.1" })
+    await waitReady(port, router.exited)
+    const signalledAt = Date.now()
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    // Measured at about 20 ms; the bound is loose so a slow machine does not fail it.
+    assert.isBelow(Date.now() - signalledAt, 5_000)
   })
 })

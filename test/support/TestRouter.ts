@@ -4,7 +4,7 @@
  * tests full control over method, headers and body framing.
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Latch, Layer } from "effect"
+import { Effect, Latch, Layer, Logger, Metric } from "effect"
 import { HttpRouter, HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import * as Http from "node:http"
@@ -12,15 +12,35 @@ import { Admission } from "../../src/Admission.ts"
 import { RouterConfig, type RouterSettings } from "../../src/Config.ts"
 import { Lifecycle } from "../../src/Lifecycle.ts"
 import { Model } from "../../src/Model.ts"
-import { RouterApp } from "../../src/Server.ts"
+import { createHttpServer, RouterApp } from "../../src/Server.ts"
 
-export const TestRouter = (settings: Partial<RouterSettings> = {}, model?: Model["Service"]) =>
+/** Log lines as the JSON logger writes them, parsed. */
+export interface LogLine {
+  readonly message: unknown
+  readonly level: string
+  readonly annotations: Record<string, unknown>
+}
+
+/** A logger that keeps what it would print, to assert on. */
+export const capturingLogger = (lines: Array<LogLine>) =>
+  Logger.layer([Logger.map(Logger.formatJson, (line) => void lines.push(JSON.parse(line)))])
+
+export const TestRouter = (
+  settings: Partial<RouterSettings> = {},
+  model?: Model["Service"],
+  options: { readonly logs?: Array<LogLine> } = {}
+) =>
   HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: true }).pipe(
-    Layer.provideMerge(NodeHttpServer.layer(Http.createServer, { port: 0, host: "127.0.0.1" })),
+    Layer.provideMerge(Layer.unwrap(RouterConfig.useSync((config) =>
+      NodeHttpServer.layer(() => createHttpServer(config), { port: 0, host: "127.0.0.1" })
+    ))),
     Layer.provideMerge(Admission.layer),
     Layer.provideMerge(Lifecycle.layer),
     Layer.provide(model === undefined ? Model.layer : Layer.succeed(Model, model)),
-    Layer.provideMerge(RouterConfig.layerWith({ simLatencyMs: 0, ...settings }))
+    Layer.provideMerge(RouterConfig.layerWith({ simLatencyMs: 0, ...settings })),
+    // Each router gets its own metrics, so tests can assert exact counts.
+    Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map())),
+    Layer.provide(options.logs === undefined ? Logger.layer([]) : capturingLogger(options.logs))
   )
 
 export interface RawResponse {
