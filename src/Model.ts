@@ -3,7 +3,7 @@
  * on Effect's Clock (so TestClock drives it in tests) and reports how long the
  * inference took. It knows nothing of HTTP or admission.
  */
-import { Clock, Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { RouterConfig } from "./Config.ts"
 
 export interface Inference {
@@ -14,16 +14,18 @@ export interface Inference {
 export class Model extends Context.Service<Model, {
   infer(prompt: string): Effect.Effect<Inference>
 }>()("inference-router/Model") {
-  static readonly simulated = (latencyMs: number): Model["Service"] =>
-    Model.of({
+  static readonly simulated = (latencyMs: number): Model["Service"] => {
+    const instant = Effect.succeed<Inference>({ processingMs: 0 })
+    return Model.of({
       infer: (_prompt) =>
-        Effect.gen(function*() {
-          const startedAt = yield* Clock.currentTimeMillis
-          if (latencyMs > 0) yield* Effect.sleep(latencyMs)
-          const finishedAt = yield* Clock.currentTimeMillis
-          return { processingMs: Math.floor(finishedAt - startedAt) }
+        latencyMs === 0 ? instant : Effect.clockWith((clock) => {
+          const startedAt = clock.currentTimeMillisUnsafe()
+          return Effect.map(Effect.sleep(latencyMs), () => ({
+            processingMs: Math.floor(clock.currentTimeMillisUnsafe() - startedAt)
+          }))
         })
     })
+  }
 
   static readonly layer: Layer.Layer<Model, never, RouterConfig> = Layer.effect(
     Model,

@@ -1,20 +1,20 @@
 /**
- * Composes the router: the HttpApi routes with their handlers, the metrics
- * and docs routes, the request pipeline middleware, the services they use,
- * logging, and the Node HTTP server.
+ * Composes the router: the routes (probes through HttpApiBuilder, `/infer`,
+ * OpenAPI, docs, metrics), the error envelope, the services they use, logging,
+ * the request observer and the Node HTTP server.
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Logger, References } from "effect"
-import { HttpRouter, HttpServerRequest } from "effect/http"
-import { HttpApiBuilder, HttpApiScalar } from "effect/http-api"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { HttpApiBuilder, HttpApiScalar, OpenApi } from "effect/http-api"
 import { createServer } from "node:http"
 import { Admission } from "./Admission.ts"
 import { RouterApi } from "./api/RouterApi.ts"
 import { type LogLevelName, RouterConfig, type RouterSettings } from "./Config.ts"
-import { AuthorizationLayer } from "./http/Authorization.ts"
 import { allowedMethods, withErrorEnvelope } from "./http/ErrorEnvelope.ts"
-import { withObservability } from "./http/Observability.ts"
-import { RouterHandlers } from "./http/RouterHandlers.ts"
+import { InferRoute } from "./http/InferRoute.ts"
+import { ProbeHandlers, ProbesApi } from "./http/ProbeHandlers.ts"
+import { RequestObserver } from "./http/RequestObserver.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import { metricsPath, MetricsRoute } from "./Metrics.ts"
 import { Model } from "./Model.ts"
@@ -34,34 +34,34 @@ export const routes = [
 
 const allowed = allowedMethods(routes)
 
-/** Observability outermost (it sees the final answer), then the error envelope. */
-const RequestPipeline = HttpRouter.middleware(
-  Effect.gen(function*() {
-    const config = yield* RouterConfig
-    const envelope = withErrorEnvelope({ allowed, maxBodyBytes: config.maxBodyBytes })
-    const observe = withObservability({ allowed })
-    return (httpEffect) =>
-      Effect.withFiber((fiber) => {
-        const request = Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest)
-        return observe(request, envelope(request, httpEffect))
-      })
-  }),
+const ErrorEnvelopeMiddleware = HttpRouter.middleware(
+  (httpEffect) =>
+    Effect.withFiber((fiber) =>
+      withErrorEnvelope(allowed)(
+        Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest),
+        httpEffect
+      )
+    ),
   { global: true }
+)
+
+/** The whole contract as OpenAPI, computed once. */
+const OpenApiRoute = HttpRouter.use((router) =>
+  Effect.suspend(() => {
+    const document = HttpServerResponse.jsonUnsafe(OpenApi.fromApi(RouterApi))
+    return router.add("GET", openapiPath, Effect.succeed(document))
+  })
 )
 
 /** The HTTP application: routes and middleware. Needs RouterConfig, Admission, Model and Lifecycle. */
 export const RouterApp = Layer.mergeAll(
-  HttpApiBuilder.layer(RouterApi, { openapiPath }).pipe(
-    Layer.provide(RouterHandlers),
-    Layer.provide(AuthorizationLayer)
-  ),
+  HttpApiBuilder.layer(ProbesApi).pipe(Layer.provide(ProbeHandlers)),
+  InferRoute,
+  OpenApiRoute,
   HttpApiScalar.layer(RouterApi, { path: docsPath }),
   MetricsRoute,
-  RequestPipeline
+  ErrorEnvelopeMiddleware
 )
-
-/** Admission, the model and the lifecycle, over the configuration. */
-export const RouterServices = Layer.mergeAll(Admission.layer, Model.layer, Lifecycle.layer)
 
 const effectLogLevel: Record<LogLevelName, "Debug" | "Info" | "Warn" | "Error"> = {
   debug: "Debug",
@@ -92,35 +92,55 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
   }
 }))
 
-/** The Node HTTP server, with the limits that stop slow or silent clients holding connections. */
-export const createHttpServer = (config: RouterSettings) =>
-  createServer({
+/**
+ * The Node HTTP server, with the limits that stop slow or silent clients
+ * holding connections, and the request observer listening first.
+ */
+export const createHttpServer = (config: RouterSettings, observer: RequestObserver["Service"]) => {
+  const server = createServer({
     // Headers and the whole request must arrive within these bounds (answered 408).
     headersTimeout: config.headersTimeoutMs,
     requestTimeout: config.requestTimeoutMs,
     // How often Node checks those timeouts (its default is 30 s).
     connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
   })
+  server.on("request", observer.observe)
+  return server
+}
 
-const NodeServer = Layer.unwrap(RouterConfig.useSync((config) =>
-  NodeHttpServer.layer(() => createHttpServer(config), {
+/** Request ids, request metrics and the access log, for the whole server. */
+export const RequestObserverLayer = RequestObserver.layer(allowed)
+
+const NodeServer = Layer.unwrap(Effect.gen(function*() {
+  const config = yield* RouterConfig
+  const observer = yield* RequestObserver
+  return NodeHttpServer.layer(() => createHttpServer(config, observer), {
     // On release the server stops listening and waits this long for in-flight
     // requests; those still running are then interrupted and answered 503.
     gracefulShutdownTimeout: config.shutdownTimeoutMs - config.shutdownDelayMs,
     port: config.port,
     ...(config.host === undefined ? {} : { host: config.host })
   })
-))
+}))
 
 /**
  * The whole router as one layer: building it listens; releasing it closes the
  * listener and waits for in-flight requests. Run `Lifecycle.drain` before
- * releasing it (see main.ts).
+ * releasing it (see main.ts). Tests swap the configuration, the model and the
+ * logger; everything else is what production runs.
  */
-export const RouterServer = HttpRouter.serve(RouterApp, { disableLogger: true }).pipe(
-  Layer.provide(NodeServer),
-  Layer.provideMerge(RouterServices),
-  Layer.provide(StartupLog),
-  Layer.provideMerge(LoggingLayer),
-  Layer.provideMerge(RouterConfig.layer)
-)
+export const makeRouterServer = <E>(options: {
+  readonly config: Layer.Layer<RouterConfig, E>
+  readonly model?: Layer.Layer<Model, never, RouterConfig> | undefined
+  readonly logging?: Layer.Layer<never, never, RouterConfig> | undefined
+}) =>
+  HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
+    Layer.provideMerge(NodeServer),
+    Layer.provide(RequestObserverLayer),
+    Layer.provideMerge(Layer.mergeAll(Admission.layer, options.model ?? Model.layer, Lifecycle.layer)),
+    Layer.provide(StartupLog),
+    Layer.provideMerge(options.logging ?? LoggingLayer),
+    Layer.provideMerge(options.config)
+  )
+
+export const RouterServer = makeRouterServer({ config: RouterConfig.layer })

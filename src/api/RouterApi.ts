@@ -57,7 +57,8 @@ export const NotReadyResponse = NotReady.pipe(HttpApiSchema.encodeToWithHeaders(
   encode: () => ({ body: { status: "draining" as const }, headers: {} })
 }))
 
-export class RouterGroup extends HttpApiGroup.make("router", { topLevel: true })
+/** Liveness and readiness. */
+export class ProbesGroup extends HttpApiGroup.make("probes", { topLevel: true })
   .add(
     HttpApiEndpoint.get("healthz", "/healthz", { success: Health }).annotate(
       OpenApi.Description,
@@ -66,7 +67,13 @@ export class RouterGroup extends HttpApiGroup.make("router", { topLevel: true })
     HttpApiEndpoint.get("readyz", "/readyz", { success: Ready, error: NotReadyResponse }).annotate(
       OpenApi.Description,
       "Readiness: 200 when the router can serve, 503 while it drains"
-    ),
+    )
+  )
+{}
+
+/** The inference endpoint, behind admission control. */
+export class InferenceGroup extends HttpApiGroup.make("inference", { topLevel: true })
+  .add(
     HttpApiEndpoint.post("infer", "/infer", {
       payload: [InferRequest, InferRequestFromForm],
       headers: { [queueTimeoutHeader]: Schema.optionalKey(QueueBudgetMs) },
@@ -88,7 +95,8 @@ export class RouterGroup extends HttpApiGroup.make("router", { topLevel: true })
 {}
 
 export class RouterApi extends HttpApi.make("inference-router")
-  .add(RouterGroup)
+  .add(ProbesGroup)
+  .add(InferenceGroup)
   .annotateMerge(OpenApi.annotations({
     title: "inference-router",
     description: "Data-plane entrypoint of an InferenceService"

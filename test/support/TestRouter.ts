@@ -3,16 +3,14 @@
  * settings and an optional stand-in model, plus a raw HTTP helper that gives
  * tests full control over method, headers and body framing.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Latch, Layer, Logger, Metric } from "effect"
-import { HttpRouter, HttpServer } from "effect/http"
+import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import * as Http from "node:http"
 import { Admission } from "../../src/Admission.ts"
 import { RouterConfig, type RouterSettings } from "../../src/Config.ts"
-import { Lifecycle } from "../../src/Lifecycle.ts"
 import { Model } from "../../src/Model.ts"
-import { createHttpServer, RouterApp } from "../../src/Server.ts"
+import { makeRouterServer } from "../../src/Server.ts"
 
 /** Log lines as the JSON logger writes them, parsed. */
 export interface LogLine {
@@ -25,22 +23,22 @@ export interface LogLine {
 export const capturingLogger = (lines: Array<LogLine>) =>
   Logger.layer([Logger.map(Logger.formatJson, (line) => void lines.push(JSON.parse(line)))])
 
+/**
+ * The production composition on 127.0.0.1 and an ephemeral port, with fixed
+ * settings, an optional stand-in model, its own metric registry (so counts are
+ * exact) and logs silenced or captured.
+ */
 export const TestRouter = (
   settings: Partial<RouterSettings> = {},
   model?: Model["Service"],
   options: { readonly logs?: Array<LogLine> } = {}
 ) =>
-  HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: true }).pipe(
-    Layer.provideMerge(Layer.unwrap(RouterConfig.useSync((config) =>
-      NodeHttpServer.layer(() => createHttpServer(config), { port: 0, host: "127.0.0.1" })
-    ))),
-    Layer.provideMerge(Admission.layer),
-    Layer.provideMerge(Lifecycle.layer),
-    Layer.provide(model === undefined ? Model.layer : Layer.succeed(Model, model)),
-    Layer.provideMerge(RouterConfig.layerWith({ simLatencyMs: 0, ...settings })),
-    // Each router gets its own metrics, so tests can assert exact counts.
-    Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map())),
-    Layer.provide(options.logs === undefined ? Logger.layer([]) : capturingLogger(options.logs))
+  makeRouterServer({
+    config: RouterConfig.layerWith({ simLatencyMs: 0, port: 0, host: "127.0.0.1", ...settings }),
+    model: model === undefined ? undefined : Layer.succeed(Model, model),
+    logging: options.logs === undefined ? Logger.layer([]) : capturingLogger(options.logs)
+  }).pipe(
+    Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map()))
   )
 
 export interface RawResponse {

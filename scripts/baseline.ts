@@ -1,0 +1,91 @@
+/**
+ * The benchmark's baseline: a bare `node:http` server with the router's
+ * `/infer` contract (parse, validate, bounded concurrency with a bounded FIFO
+ * queue, the same response), and nothing else. It reads the same settings.
+ * Run: node scripts/baseline.ts
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+
+const env = process.env
+const port = Number(env.PORT ?? 8080)
+const maxConcurrency = Number(env.MAX_CONCURRENCY ?? 10)
+const maxQueue = Number(env.MAX_QUEUE ?? 10 * maxConcurrency)
+const simLatencyMs = Number(env.SIM_LATENCY_MS ?? 100)
+const maxBodyBytes = Number(env.MAX_BODY_BYTES ?? 1024 * 1024)
+const modelRef = env.MODEL_REF ?? "demo-model"
+const routerPod = env.POD_NAME ?? env.HOSTNAME
+const kvEndpoints = (env.KV_ENDPOINTS ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "")
+
+let running = 0
+const queue: Array<() => void> = []
+
+const sendJson = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) => {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), ...headers })
+  res.end(text)
+}
+const sendError = (res: ServerResponse, status: number, code: string, message: string, headers?: Record<string, string>) =>
+  sendJson(res, status, { error: { code, message } }, headers)
+
+const release = () => {
+  const next = queue.shift()
+  if (next) next()
+  else running--
+}
+
+const infer = (res: ServerResponse, prompt: string) => {
+  const startedAt = performance.now()
+  const finish = () => {
+    const processingMs = Math.floor(performance.now() - startedAt)
+    release()
+    sendJson(res, 200, {
+      modelRef,
+      prompt,
+      ...(routerPod === undefined ? {} : { routerPod }),
+      kvEndpoints,
+      processingMs
+    })
+  }
+  if (simLatencyMs > 0) setTimeout(finish, simLatencyMs)
+  else finish()
+}
+
+const handleInfer = (req: IncomingMessage, res: ServerResponse) => {
+  const chunks: Array<Buffer> = []
+  let size = 0
+  req.on("data", (chunk: Buffer) => {
+    size += chunk.length
+    if (size > maxBodyBytes) {
+      sendError(res, 413, "payload_too_large", "request body too large")
+      req.destroy()
+    } else chunks.push(chunk)
+  })
+  req.on("end", () => {
+    let body: any
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString("utf8"))
+    } catch {
+      return sendError(res, 400, "invalid_json", "request body is not valid JSON")
+    }
+    if (typeof body !== "object" || body === null || typeof body.prompt !== "string") {
+      return sendError(res, 400, "invalid_body", "request body must be a JSON object with a string \"prompt\"")
+    }
+    const prompt: string = body.prompt
+    if (running < maxConcurrency) {
+      running++
+      return infer(res, prompt)
+    }
+    if (queue.length >= maxQueue) {
+      return sendError(res, 429, "queue_full", "queue full", { "retry-after": "1" })
+    }
+    queue.push(() => infer(res, prompt))
+  })
+}
+
+createServer((req, res) => {
+  if (req.url === "/infer" && req.method === "POST") return handleInfer(req, res)
+  if (req.url === "/healthz") return sendJson(res, 200, { status: "ok" })
+  if (req.url === "/readyz") return sendJson(res, 200, { status: "ready" })
+  sendError(res, 404, "not_found", "not found")
+}).listen(port, env.HOST)
+process.on("SIGTERM", () => process.exit(0))

@@ -1,0 +1,297 @@
+/**
+ * Benchmark harness: the router against a bare `node:http` baseline with the
+ * same `/infer` contract (scripts/baseline.ts), load from wrk on loopback,
+ * runs alternated A B A B so the ratios hold on a noisy machine.
+ *
+ *   npm run bench                      # all scenarios
+ *   BENCH_SECONDS=5 BENCH_ROUNDS=2 npm run bench
+ *
+ * Needs wrk (Debian: apt-get install wrk; Nix: nix develop). Every run is
+ * bounded in time and stops by itself; traffic stays on 127.0.0.1.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { once } from "node:events"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { request } from "node:http"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+
+const root = fileURLToPath(new URL("..", import.meta.url))
+const seconds = Number(process.env.BENCH_SECONDS ?? 8)
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
+const only = process.env.BENCH_ONLY?.split(",")
+
+type Target = "router" | "baseline"
+/**
+ * Both run as bundled JavaScript (`npm run bench` builds them), the router with
+ * the Node flags its production command uses (see package.json, Dockerfile).
+ */
+const command: Record<Target, ReadonlyArray<string>> = {
+  router: ["--max-semi-space-size=4", "dist/router.js"],
+  baseline: ["dist/bench/baseline.js"]
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+const freePort = async () => {
+  const server = createServer().listen(0, "127.0.0.1")
+  await once(server, "listening")
+  const port = (server.address() as { port: number }).port
+  server.close()
+  await once(server, "close")
+  return port
+}
+
+const get = (port: number, path: string) =>
+  new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
+      let body = ""
+      res.on("data", (chunk) => (body += chunk))
+      res.on("end", () => resolve({ status: res.statusCode!, body }))
+    })
+    req.on("error", reject)
+    req.end()
+  })
+
+interface Server {
+  readonly child: ChildProcess
+  readonly port: number
+  /** Process start to the first 200 from /readyz. */
+  readonly startupMs: number
+}
+
+const startServer = async (target: Target, env: Record<string, string>): Promise<Server> => {
+  const port = await freePort()
+  const startedAt = performance.now()
+  const child = spawn(process.execPath, command[target], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? "", HOST: "127.0.0.1", PORT: String(port), ...env },
+    stdio: ["ignore", "ignore", "inherit"]
+  })
+  for (let i = 0; i < 2_000; i++) {
+    try {
+      if ((await get(port, "/readyz")).status === 200) {
+        return { child, port, startupMs: performance.now() - startedAt }
+      }
+    } catch {
+      // not listening yet
+    }
+    await sleep(2)
+  }
+  child.kill("SIGKILL")
+  throw new Error(`${target} never became ready`)
+}
+
+const stopServer = async (server: Server) => {
+  server.child.kill("SIGTERM")
+  await once(server.child, "exit")
+}
+
+/** Peak resident set size (VmHWM) of a live process, in MiB. */
+const peakRssMiB = (pid: number) => {
+  const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+  return match ? Number(match[1]) / 1024 : NaN
+}
+
+/** CPU seconds (user + system) a process has used so far. */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
+const wrkScript = join(tmpdir(), "inference-router-bench.lua")
+writeFileSync(
+  wrkScript,
+  `wrk.method = "POST"\nwrk.body = '{"prompt":"benchmark prompt"}'\nwrk.headers["Content-Type"] = "application/json"\n`
+)
+
+interface LoadResult {
+  readonly rps: number
+  readonly p50ms: number
+  readonly p99ms: number
+  readonly requests: number
+  readonly non2xx: number
+  readonly errors: number
+  /** Server CPU use during the run, in % of one core: ~100 means the server, not wrk, is the limit. */
+  readonly serverCpu: number
+}
+
+const toMs = (value: string) => {
+  const match = /^([\d.]+)(us|ms|s)$/.exec(value)
+  if (!match) return NaN
+  const n = Number(match[1])
+  return match[2] === "us" ? n / 1000 : match[2] === "s" ? n * 1000 : n
+}
+
+const runWrk = (server: Server, connections: number): LoadResult => {
+  const cpuBefore = cpuSeconds(server.child.pid!)
+  const startedAt = performance.now()
+  const output = execFileSync("wrk", [
+    "-t1",
+    `-c${connections}`,
+    `-d${seconds}s`,
+    "--timeout",
+    "5s",
+    "--latency",
+    "-s",
+    wrkScript,
+    `http://127.0.0.1:${server.port}/infer`
+  ], { encoding: "utf8" })
+  const elapsed = (performance.now() - startedAt) / 1000
+  const serverCpu = ((cpuSeconds(server.child.pid!) - cpuBefore) / elapsed) * 100
+  const number = (pattern: RegExp) => Number(pattern.exec(output)?.[1] ?? 0)
+  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output)
+  return {
+    rps: number(/Requests\/sec:\s+([\d.]+)/),
+    p50ms: toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? ""),
+    p99ms: toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? ""),
+    requests: number(/(\d+) requests in/),
+    non2xx: number(/Non-2xx or 3xx responses: (\d+)/),
+    errors: errors ? errors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0,
+    serverCpu
+  }
+}
+
+const median = (values: ReadonlyArray<number>) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+const fmt = (n: number, digits = 1) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
+
+const lines: Array<string> = []
+const print = (line = "") => {
+  lines.push(line)
+  console.log(line)
+}
+
+/** Runs both targets, alternating A B A B, each on its own long-lived process. */
+const alternate = async (env: Record<string, string>, connections: number) => {
+  const servers = { router: await startServer("router", env), baseline: await startServer("baseline", env) }
+  const results: Record<Target, Array<LoadResult>> = { router: [], baseline: [] }
+  // Warm both up (JIT) before measuring.
+  for (const target of ["router", "baseline"] as const) {
+    execFileSync("wrk", ["-t1", `-c${connections}`, "-d2s", "-s", wrkScript, `http://127.0.0.1:${servers[target].port}/infer`])
+  }
+  for (let round = 0; round < rounds; round++) {
+    for (const target of (round % 2 === 0 ? ["router", "baseline"] : ["baseline", "router"]) as Array<Target>) {
+      const result = runWrk(servers[target], connections)
+      results[target].push(result)
+      console.error(`  round ${round + 1} ${target}: ${fmt(result.rps, 0)} req/s, p99 ${fmt(result.p99ms, 2)} ms, server CPU ${fmt(result.serverCpu, 0)}%`)
+    }
+  }
+  const rss = { router: peakRssMiB(servers.router.child.pid!), baseline: peakRssMiB(servers.baseline.child.pid!) }
+  const metrics = (await get(servers.router.port, "/metrics")).body
+  await stopServer(servers.router)
+  await stopServer(servers.baseline)
+  return { results, rss, metrics }
+}
+
+const summarize = (results: Record<Target, Array<LoadResult>>, rss: Record<Target, number>) => {
+  const row = (target: Target) => {
+    const r = results[target]
+    return {
+      rps: median(r.map((x) => x.rps)),
+      p50: median(r.map((x) => x.p50ms)),
+      p99: median(r.map((x) => x.p99ms)),
+      cpu: median(r.map((x) => x.serverCpu)),
+      rss: rss[target]
+    }
+  }
+  const router = row("router")
+  const baseline = row("baseline")
+  print("| | req/s | p50 ms | p99 ms | peak RSS MiB | server CPU % |")
+  print("|---|---:|---:|---:|---:|---:|")
+  print(`| router | ${fmt(router.rps, 0)} | ${fmt(router.p50, 2)} | ${fmt(router.p99, 2)} | ${fmt(router.rss)} | ${fmt(router.cpu, 0)} |`)
+  print(`| baseline | ${fmt(baseline.rps, 0)} | ${fmt(baseline.p50, 2)} | ${fmt(baseline.p99, 2)} | ${fmt(baseline.rss)} | ${fmt(baseline.cpu, 0)} |`)
+  print(`| **router / baseline** | **${fmt(router.rps / baseline.rps, 2)}×** | ${fmt(router.p50 / baseline.p50, 2)}× | ${fmt(router.p99 / baseline.p99, 2)}× | **${fmt(router.rss / baseline.rss, 2)}×** | |`)
+  return { router, baseline }
+}
+
+const sampleValue = (text: string, series: string) => {
+  const line = text.split("\n").find((l) => l.startsWith(series + " "))
+  return line === undefined ? 0 : Number(line.slice(series.length + 1))
+}
+
+const main = async () => {
+  try {
+    execFileSync("wrk", ["--version"], { stdio: "ignore" })
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") {
+      console.error("wrk not found: apt-get install wrk (or nix develop)")
+      process.exit(2)
+    }
+  }
+  const stamp = new Date().toISOString()
+  print(`# Benchmark ${stamp}`)
+  print()
+  print(`Node ${process.version}, ${rounds} alternating rounds of ${seconds} s per target, wrk -t1 on 127.0.0.1, medians.`)
+  print()
+
+  for (const [name, env, label] of [
+    ["overhead", {}, "default settings: one access-log line per request"],
+    ["overhead-quiet", { LOG_LEVEL: "warn" }, "LOG_LEVEL=warn: no access log"]
+  ] as const) {
+    if (only && !only.includes(name)) continue
+    print(`## 1. Router overhead (${label}): SIM_LATENCY_MS=0, MAX_CONCURRENCY=10000, 50 connections`)
+    print()
+    const { results, rss } = await alternate({ SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", ...env }, 50)
+    const { baseline, router } = summarize(results, rss)
+    print()
+    print(`Goals: throughput ≥ 0.85× (${fmt(router.rps / baseline.rps, 2)}×), p99 ≤ 2× baseline + 1 ms (${fmt(router.p99, 2)} ≤ ${fmt(2 * baseline.p99 + 1, 2)}), peak RSS ≤ 1.5× (${fmt(router.rss / baseline.rss, 2)}×).`)
+    const errors = [...results.router, ...results.baseline].reduce((sum, r) => sum + r.errors + r.non2xx, 0)
+    print(`Errors and non-2xx responses across all runs: ${errors}.`)
+    print()
+  }
+
+  if (!only || only.includes("admission")) {
+    const slots = 8
+    const latencyMs = 20
+    const connections = 4 * slots
+    const theoretical = slots / (latencyMs / 1000)
+    print(`## 2. Admission under pressure: MAX_CONCURRENCY=${slots}, SIM_LATENCY_MS=${latencyMs}, ${connections} connections`)
+    print()
+    const { metrics, results, rss } = await alternate({ SIM_LATENCY_MS: String(latencyMs), MAX_CONCURRENCY: String(slots) }, connections)
+    const { router } = summarize(results, rss)
+    print()
+    const served = sampleValue(metrics, `router_requests_total{endpoint="/infer",status="200"}`)
+    const cancelled = sampleValue(metrics, `router_requests_total{endpoint="/infer",status="499"}`)
+    const shed = ["queue_full", "queue_timeout", "shutting_down"].map((reason) =>
+      sampleValue(metrics, `router_shed_total{reason="${reason}"}`)
+    )
+    const wrkOk = results.router.reduce((sum, r) => sum + r.requests - r.non2xx, 0)
+    const wrkBad = results.router.reduce((sum, r) => sum + r.non2xx + r.errors, 0)
+    print(`Theoretical ${theoretical} req/s (slots / latency); router ${fmt(router.rps, 0)} req/s = ${fmt((router.rps / theoretical) * 100, 1)}% of it (goal: within 5%).`)
+    print(`With ${connections} connections on ${slots} slots and MAX_QUEUE=${10 * slots}, nothing should be shed: shed ${shed.join("/")} (queue_full/queue_timeout/shutting_down), wrk saw ${wrkBad} non-2xx or errors.`)
+    print(`Exactly once: the router answered ${served} × 200 (warm-up included) for the ${wrkOk} 2xx wrk counted in measured runs; ${cancelled} requests were cut off by wrk stopping (status 499).`)
+    print()
+  }
+
+  if (!only || only.includes("startup")) {
+    print("## 3. Start-up: process start to the first 200 from /readyz (median of 5)")
+    print()
+    const times: Record<Target, Array<number>> = { router: [], baseline: [] }
+    for (let i = 0; i < 5; i++) {
+      for (const target of ["router", "baseline"] as const) {
+        const server = await startServer(target, {})
+        times[target].push(server.startupMs)
+        await stopServer(server)
+      }
+    }
+    print("| | start-up ms |")
+    print("|---|---:|")
+    print(`| router | ${fmt(median(times.router), 0)} |`)
+    print(`| baseline | ${fmt(median(times.baseline), 0)} |`)
+    print()
+    print(`Goal: router ≤ 500 ms (${fmt(median(times.router), 0)} ms).`)
+  }
+
+  mkdirSync(join(root, "bench-results"), { recursive: true })
+  const file = join(root, "bench-results", `${stamp.replace(/[:.]/g, "-")}.md`)
+  writeFileSync(file, lines.join("\n") + "\n")
+  console.error(`\nwritten to ${file}`)
+}
+
+await main()
