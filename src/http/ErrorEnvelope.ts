@@ -1,14 +1,18 @@
 /**
  * Global middleware that gives every error the HTTP framework produces itself
  * (unknown path, wrong method, a defect) the router's JSON body
- * `{"error":{"code","message"}}`, and answers 503 `shutting_down` for a request
- * the server stops at the end of a drain instead of dropping it. It costs one
- * `catchCause` per request and nothing when nothing fails.
+ * `{"error":{"code","message"}}`, answers 503 `shutting_down` for a request the
+ * server stops at the end of a drain instead of dropping it, and echoes the
+ * request id (set by the RequestObserver) on every response.
  */
 import { Cause, Effect } from "effect"
 import { HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { ErrorBody } from "../api/Errors.ts"
 import { rejectReasonHeader } from "../api/Errors.ts"
+import { noteOutcome } from "./RequestOutcome.ts"
+
+/** Set on every request by the RequestObserver: the caller's id or a new one. */
+export const requestIdHeader = "x-request-id"
 
 export const errorResponse = (
   status: number,
@@ -74,7 +78,7 @@ const render = (
     response.status < 500
       ? Effect.succeed(errorResponse(response.status, `http_${response.status}`, `request failed with status ${response.status}`))
       : Effect.as(
-        Effect.logError("request failed", cause).pipe(Effect.annotateLogs({ requestId: request.headers["x-request-id"] })),
+        Effect.logError("request failed", cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })),
         errorResponse(response.status, "internal_error", "the router failed to handle this request")
       ))
 }
@@ -83,11 +87,18 @@ export const withErrorEnvelope = (allowed: AllowedMethods) =>
 <E, R>(
   request: HttpServerRequest.HttpServerRequest,
   httpEffect: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
-): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> =>
-  Effect.catchCause(httpEffect, (cause) => {
+): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> => {
+  const requestId = request.headers[requestIdHeader]
+  return Effect.catchCause(httpEffect, (cause) => {
     if (!Cause.hasInterruptsOnly(cause)) return render(request, cause, allowed)
     // A client that hung up gets no answer: let the interruption through.
     if (isClientAbort(cause)) return Effect.failCause(cause)
     // Otherwise the server is stopping this request at the end of the drain.
+    noteOutcome(request, { reason: "shutting_down" })
     return Effect.succeed(shuttingDown)
-  })
+  }).pipe(
+    Effect.map((response) =>
+      requestId === undefined ? response : HttpServerResponse.setHeader(response, requestIdHeader, requestId)
+    )
+  )
+}

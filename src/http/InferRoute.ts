@@ -29,6 +29,7 @@ import { RouterConfig } from "../Config.ts"
 import { Model } from "../Model.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { readInferRequest } from "./InferRequestBody.ts"
+import { noteOutcome } from "./RequestOutcome.ts"
 
 export const inferPath = "/infer"
 
@@ -60,12 +61,14 @@ export const InferRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const routerPod = config.podName === undefined ? {} : { routerPod: config.podName }
 
   // OVERLOAD_STATUS=503 is for meshes that retry on 5xx; the body and headers are the same.
-  const shed = (rejected: Rejected) => {
+  const shed = (request: HttpServerRequest.HttpServerRequest, rejected: Rejected) => {
+    noteOutcome(request, { reason: rejected.reason })
     const fields = { code: rejected.reason, message: rejected.message, retryAfterSeconds: rejected.retryAfterSeconds }
     return Effect.succeed(errorResponse(config.overloadStatus === 503 ? new Unavailable(fields) : new Overloaded(fields)))
   }
 
-  const respond = (prompt: string, waitedMs: number, processingMs: number) => {
+  const respond = (request: HttpServerRequest.HttpServerRequest, prompt: string, waitedMs: number, processingMs: number) => {
+    noteOutcome(request, { queueMs: waitedMs, modelMs: processingMs })
     const body: InferResponse = {
       modelRef: config.modelRef,
       prompt,
@@ -100,11 +103,11 @@ export const InferRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     return readInferRequest(request, config.maxBodyBytes).pipe(
       Effect.flatMap(({ prompt }) =>
         admission.admit(
-          ({ waitedMs }) => Effect.map(model.infer(prompt), ({ processingMs }) => respond(prompt, waitedMs, processingMs)),
+          ({ waitedMs }) => Effect.map(model.infer(prompt), ({ processingMs }) => respond(request, prompt, waitedMs, processingMs)),
           { maxWaitMs }
         )
       ),
-      Effect.catch((error) => error._tag === "Rejected" ? shed(error) : Effect.succeed(errorResponse(error)))
+      Effect.catch((error) => error._tag === "Rejected" ? shed(request, error) : Effect.succeed(errorResponse(error)))
     )
   })
 

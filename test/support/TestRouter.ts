@@ -10,6 +10,7 @@ import * as Http from "node:http"
 import { Admission } from "../../src/Admission.ts"
 import { RouterConfig, type RouterSettings } from "../../src/Config.ts"
 import { Model } from "../../src/Model.ts"
+import { AccessLogOutput } from "../../src/http/RequestObserver.ts"
 import { makeRouterServer } from "../../src/Server.ts"
 
 /** Log lines as the JSON logger writes them, parsed. */
@@ -38,7 +39,12 @@ export const TestRouter = (
     model: model === undefined ? undefined : Layer.succeed(Model, model),
     logging: options.logs === undefined ? Logger.layer([]) : capturingLogger(options.logs)
   }).pipe(
-    Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map()))
+    Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map())),
+    // Access-log lines (written by the request observer, not the logger) join the captured ones.
+    Layer.provide(Layer.succeed(AccessLogOutput, (text: string) => {
+      if (options.logs === undefined) return
+      for (const line of text.split("\n")) if (line !== "") options.logs.push(JSON.parse(line))
+    }))
   )
 
 export interface RawResponse {
