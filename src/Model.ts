@@ -19,9 +19,10 @@ export class Model extends Context.Service<Model, {
     return Model.of({
       infer: (_prompt) =>
         latencyMs === 0 ? instant : Effect.clockWith((clock) => {
-          const startedAt = clock.currentTimeMillisUnsafe()
+          // Nanoseconds: the millisecond clock can read 4 ms across a 5 ms timer.
+          const startedAt = clock.currentTimeNanosUnsafe()
           return Effect.map(Effect.sleep(latencyMs), () => ({
-            processingMs: Math.floor(clock.currentTimeMillisUnsafe() - startedAt)
+            processingMs: Number((clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000n)
           }))
         })
     })
