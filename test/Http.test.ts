@@ -199,6 +199,23 @@ describe("HTTP contract", () => {
     it.live("OVERLOAD_STATUS=503 sheds with 503 and the same body and headers", () =>
       overloadedScenario({ overloadStatus: 503 }, 503))
 
+    it.live("a queue budget of 0 is shed at once with queue_timeout; a budget that runs out too", () =>
+      Effect.gen(function*() {
+        const { gate, model } = yield* gatedModel
+        yield* Effect.gen(function*() {
+          const first = yield* Effect.forkChild(postInfer({ prompt: "first" }))
+          yield* untilStats(1, 0)
+          const now = yield* postInfer({ prompt: "now or never" }, { "x-queue-timeout-ms": "0" })
+          assertError(now, 429, "queue_timeout")
+          assert.strictEqual(now.headers["x-router-reject-reason"], "queue_timeout")
+          const soon = yield* postInfer({ prompt: "briefly" }, { "x-queue-timeout-ms": "30" })
+          assertError(soon, 429, "queue_timeout")
+          assert.isAtLeast(Number(soon.headers["retry-after"]), 1)
+          yield* gate.open
+          assert.strictEqual((yield* Fiber.join(first)).status, 200)
+        }).pipe(withRouter({ maxConcurrency: 1, maxQueue: 5 }, model))
+      }))
+
     it.live("queued requests are served once a slot frees", () =>
       Effect.gen(function*() {
         const { gate, model } = yield* gatedModel

@@ -42,7 +42,8 @@ export const allowedMethods = (
   return map
 }
 
-const pathOf = (url: string) => {
+/** The path of a request URL, without query or fragment. */
+export const pathOf = (url: string) => {
   const end = url.search(/[?#]/)
   return end === -1 ? url : url.slice(0, end)
 }

@@ -14,7 +14,7 @@ import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { RouterConfig } from "../Config.ts"
 import { metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
-import { type AllowedMethods, requestIdHeader } from "./ErrorEnvelope.ts"
+import { type AllowedMethods, pathOf, requestIdHeader } from "./ErrorEnvelope.ts"
 import { outcomeOf } from "./RequestOutcome.ts"
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
@@ -24,11 +24,6 @@ const validRequestId = /^[\x21-\x7e]{1,128}$/
 const clientClosedRequest = 499
 
 const untracked = new Set(["/healthz", "/readyz", metricsPath])
-
-export const pathOf = (url: string) => {
-  const end = url.search(/[?#]/)
-  return end === -1 ? url : url.slice(0, end)
-}
 
 export class RequestObserver extends Context.Service<RequestObserver, {
   /** Call first for every request Node receives. */
