@@ -35,13 +35,14 @@ export const routes = [
 const allowed = allowedMethods(routes)
 
 const ErrorEnvelopeMiddleware = HttpRouter.middleware(
-  (httpEffect) =>
-    Effect.withFiber((fiber) =>
-      withErrorEnvelope(allowed)(
-        Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest),
-        httpEffect
+  Effect.gen(function*() {
+    const lifecycle = yield* Lifecycle
+    const envelope = withErrorEnvelope({ allowed, isDraining: lifecycle.isDraining })
+    return (httpEffect) =>
+      Effect.withFiber((fiber) =>
+        envelope(Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest), httpEffect)
       )
-    ),
+  }),
   { global: true }
 )
 
@@ -58,7 +59,8 @@ export const RouterApp = Layer.mergeAll(
   HttpApiBuilder.layer(ProbesApi).pipe(Layer.provide(ProbeHandlers)),
   InferRoute,
   OpenApiRoute,
-  HttpApiScalar.layer(RouterApi, { path: docsPath }),
+  // Bundled script, and no web fonts: the page makes no request beyond the router.
+  HttpApiScalar.layer(RouterApi, { path: docsPath, scalar: { withDefaultFonts: false } }),
   MetricsRoute,
   ErrorEnvelopeMiddleware
 )

@@ -44,13 +44,23 @@ describe("graceful drain", () => {
 
   it.live("/readyz answers 503 draining while /infer is still served", () =>
     Effect.gen(function*() {
-      assert.strictEqual((yield* request({ path: "/readyz" })).status, 200)
+      const before = yield* request({ path: "/readyz", keepAlive: true })
+      assert.strictEqual(before.status, 200)
+      assert.strictEqual(before.headers["connection"], "keep-alive")
       yield* (yield* Lifecycle).drain
       const ready = yield* request({ path: "/readyz" })
       assert.strictEqual(ready.status, 503)
       assert.deepStrictEqual(ready.json, { status: "draining" })
       assert.strictEqual((yield* request({ path: "/healthz" })).status, 200, "still alive")
-      assert.strictEqual((yield* postInfer({ prompt: "late" })).status, 200, "still serving")
+      const late = yield* request({
+        method: "POST",
+        path: "/infer",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: "late" }),
+        keepAlive: true
+      })
+      assert.strictEqual(late.status, 200, "still serving")
+      assert.strictEqual(late.headers["connection"], "close", "keep-alive clients are told to reconnect elsewhere")
     }).pipe(withRouter()))
 })
 

@@ -84,14 +84,19 @@ const render = (
       ))
 }
 
-export const withErrorEnvelope = (allowed: AllowedMethods) =>
+export const withErrorEnvelope = (options: {
+  readonly allowed: AllowedMethods
+  /** While draining, responses say `Connection: close`, so keep-alive clients reconnect elsewhere. */
+  readonly isDraining: () => boolean
+}) =>
 <E, R>(
   request: HttpServerRequest.HttpServerRequest,
   httpEffect: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> => {
-  const requestId = request.headers[requestIdHeader]
+  // Set by the RequestObserver on every request the Node server receives.
+  const idHeader = { [requestIdHeader]: request.headers[requestIdHeader] ?? "" }
   return Effect.catchCause(httpEffect, (cause) => {
-    if (!Cause.hasInterruptsOnly(cause)) return render(request, cause, allowed)
+    if (!Cause.hasInterruptsOnly(cause)) return render(request, cause, options.allowed)
     // A client that hung up gets no answer: let the interruption through.
     if (isClientAbort(cause)) return Effect.failCause(cause)
     // Otherwise the server is stopping this request at the end of the drain.
@@ -99,7 +104,7 @@ export const withErrorEnvelope = (allowed: AllowedMethods) =>
     return Effect.succeed(shuttingDown)
   }).pipe(
     Effect.map((response) =>
-      requestId === undefined ? response : HttpServerResponse.setHeader(response, requestIdHeader, requestId)
+      HttpServerResponse.setHeaders(response, options.isDraining() ? { ...idHeader, connection: "close" } : idHeader)
     )
   )
 }

@@ -61,7 +61,11 @@ export interface RawRequest {
   readonly body?: string | Buffer
   /** Send the body with chunked framing (no Content-Length). */
   readonly chunked?: boolean
+  /** Ask to keep the connection open (default: one connection per request). */
+  readonly keepAlive?: boolean
 }
+
+const keepAliveAgent = new Http.Agent({ keepAlive: true })
 
 export const requestAt = (port: number, options: RawRequest): Promise<RawResponse> =>
   new Promise((resolve, reject) => {
@@ -71,7 +75,7 @@ export const requestAt = (port: number, options: RawRequest): Promise<RawRespons
       method: options.method ?? "GET",
       path: options.path,
       headers: options.headers,
-      agent: false
+      agent: options.keepAlive ? keepAliveAgent : false
     }, (res) => {
       const chunks: Array<Buffer> = []
       res.on("data", (chunk) => chunks.push(chunk))
