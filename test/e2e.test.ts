@@ -134,8 +134,8 @@ describe("end to end", () => {
       HOST: "127.0.0.1",
       MAX_CONCURRENCY: "2",
       MAX_QUEUE: "10",
-      SIM_LATENCY_MS: "800",
-      SHUTDOWN_DELAY_MS: "700"
+      SIM_LATENCY_MS: "1000",
+      SHUTDOWN_DELAY_MS: "1500"
     })
     await waitReady(port, router.exited)
     const inFlight = [1, 2, 3, 4].map((i) => infer(port, `in-flight-${i}`))
@@ -179,7 +179,7 @@ describe("end to end", () => {
     const router = start(process.execPath, ["src/main.ts"], {
       PORT: String(port),
       HOST: "127.0.0.1",
-      SIM_LATENCY_MS: "300"
+      SIM_LATENCY_MS: "1500"
     })
     await waitReady(port, router.exited)
     const inFlight = requestAt(port, {

@@ -99,6 +99,7 @@ export class RouterApi extends HttpApi.make("inference-router")
   .add(InferenceGroup)
   .annotateMerge(OpenApi.annotations({
     title: "inference-router",
+    version: "0.1.0",
     description: "Data-plane entrypoint of an InferenceService"
   }))
 {}
