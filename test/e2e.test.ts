@@ -105,7 +105,9 @@ describe("end to end", () => {
       routerPod: "router-e2e",
       kvEndpoints: ["kv-0:6379", "redis://kv-1:6379"]
     })
-    assert.isAtLeast(infer.json.processingMs, 5)
+    // Node's timers run on the event loop's cached clock, so a 5 ms sleep can
+    // measure 4.x ms; exact timing is what the TestClock tests check.
+    assert.isAtLeast(infer.json.processingMs, 4)
     const { stdout } = router.output()
     const configLine = stdout.split("\n").find((line) => line.includes("effective configuration"))
     assert.isDefined(configLine, stdout)
