@@ -19,10 +19,12 @@ export class Model extends Context.Service<Model, {
     return Model.of({
       infer: (_prompt) =>
         latencyMs === 0 ? instant : Effect.clockWith((clock) => {
-          // Nanoseconds: the millisecond clock can read 4 ms across a 5 ms timer.
+          // Nanoseconds, rounded to the nearest millisecond: Node's timers run on
+          // the event loop's cached clock, so a 100 ms sleep measures 99.6 ms as
+          // often as 100.4 ms, and the millisecond clock can even read 99.
           const startedAt = clock.currentTimeNanosUnsafe()
           return Effect.map(Effect.sleep(latencyMs), () => ({
-            processingMs: Number((clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000n)
+            processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000)
           }))
         })
     })
