@@ -26,10 +26,12 @@ const only = process.env.BENCH_ONLY?.split(",")
 type Target = "router" | "baseline"
 /**
  * Both run as bundled JavaScript (`npm run bench` builds them), the router with
- * the Node flags its production command uses (see package.json, Dockerfile).
+ * its production command (package.json's `start:prod`, the Dockerfile's CMD).
  */
 const command: Record<Target, ReadonlyArray<string>> = {
-  router: ["--max-semi-space-size=4", "dist/router.js"],
+  // Exactly what `npm run start:prod` runs after its build: `exec node <args>`.
+  router: JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts["start:prod"]
+    .split("exec node ")[1].split(" "),
   baseline: ["dist/bench/baseline.js"]
 }
 

@@ -11,7 +11,9 @@
 import { Cause, Context, Data, Effect, Exit, Layer, Semaphore } from "effect"
 import { RouterConfig } from "./Config.ts"
 
-export type RejectReason = "queue_full" | "queue_timeout"
+/** Why admission turns a request away. */
+export const rejectReasons = ["queue_full", "queue_timeout"] as const
+export type RejectReason = typeof rejectReasons[number]
 
 export class Rejected extends Data.TaggedError("Rejected")<{
   readonly reason: RejectReason
@@ -68,8 +70,13 @@ export class Admission extends Context.Service<Admission, {
       let waiting = 0
       let holdTimeMs = 0
 
-      const retryAfterSeconds = (position: number) =>
-        Math.max(1, Math.ceil((Math.ceil(position / limits.slots) * holdTimeMs) / 1000))
+      /** Rejects the request that would stand at `position` in the queue. */
+      const reject = (reason: RejectReason, message: string, position: number) =>
+        new Rejected({
+          reason,
+          message,
+          retryAfterSeconds: Math.max(1, Math.ceil((Math.ceil(position / limits.slots) * holdTimeMs) / 1000))
+        })
 
       const admit = <A, E, R>(
         work: (grant: Grant) => Effect.Effect<A, E, R>,
@@ -82,24 +89,20 @@ export class Admission extends Context.Service<Admission, {
             if (mustWait) {
               const queued = running + waiting - limits.slots
               if (queued >= limits.maxQueue) {
-                return Effect.fail(
-                  new Rejected({
-                    reason: "queue_full",
-                    message: limits.maxQueue === 0
-                      ? `all ${limits.slots} slots are busy and queueing is disabled`
-                      : `all ${limits.slots} slots are busy and the queue is full (${limits.maxQueue} waiting)`,
-                    retryAfterSeconds: retryAfterSeconds(queued + 1)
-                  })
-                )
+                return Effect.fail(reject(
+                  "queue_full",
+                  limits.maxQueue === 0
+                    ? `all ${limits.slots} slots are busy and queueing is disabled`
+                    : `all ${limits.slots} slots are busy and the queue is full (${limits.maxQueue} waiting)`,
+                  queued + 1
+                ))
               }
               if (maxWaitMs <= 0) {
-                return Effect.fail(
-                  new Rejected({
-                    reason: "queue_timeout",
-                    message: `all ${limits.slots} slots are busy and the request's queue budget is 0 ms`,
-                    retryAfterSeconds: retryAfterSeconds(queued + 1)
-                  })
-                )
+                return Effect.fail(reject(
+                  "queue_timeout",
+                  `all ${limits.slots} slots are busy and the request's queue budget is 0 ms`,
+                  queued + 1
+                ))
               }
             }
             const arrivedAt = clock.currentTimeMillisUnsafe()
@@ -129,13 +132,11 @@ export class Admission extends Context.Service<Admission, {
             if (!mustWait) return run
             // The deadline only bounds the wait: once granted, the timer never fires.
             const deadline = Effect.sleep(maxWaitMs).pipe(Effect.flatMap(() =>
-              grantedAt !== undefined ? Effect.never : Effect.fail(
-                new Rejected({
-                  reason: "queue_timeout",
-                  message: `no slot became free within ${maxWaitMs} ms`,
-                  retryAfterSeconds: retryAfterSeconds(Math.max(1, running + waiting - limits.slots))
-                })
-              )
+              grantedAt !== undefined ? Effect.never : Effect.fail(reject(
+                "queue_timeout",
+                `no slot became free within ${maxWaitMs} ms`,
+                Math.max(1, running + waiting - limits.slots)
+              ))
             ))
             return Effect.raceFirst(run, deadline)
           })

@@ -6,26 +6,28 @@
 import { Effect, Metric } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
-import { Admission } from "./Admission.ts"
-
-const secondsBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+import { Admission, rejectReasons } from "./Admission.ts"
 
 export const requestsTotal = Metric.counter("router_requests_total", {
   description: "HTTP requests served, by endpoint and status (probes and /metrics excluded)",
   incremental: true
 })
-export const requestDuration = Metric.histogram("router_request_duration_seconds", {
-  description: "Time from request start to response, in seconds",
-  boundaries: secondsBuckets
-})
-export const queueWait = Metric.histogram("router_queue_wait_seconds", {
-  description: "Time admitted /infer requests waited for a slot, in seconds",
-  boundaries: secondsBuckets
-})
-export const modelTime = Metric.histogram("router_model_seconds", {
-  description: "Time the model took per /infer request, in seconds",
-  boundaries: secondsBuckets
-})
+/** Seconds, from 1 ms to a minute. */
+const secondsHistogram = (name: string, description: string) =>
+  Metric.histogram(name, {
+    description,
+    boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+  })
+
+export const requestDuration = secondsHistogram(
+  "router_request_duration_seconds",
+  "Time from request start to response, in seconds"
+)
+export const queueWait = secondsHistogram(
+  "router_queue_wait_seconds",
+  "Time admitted /infer requests waited for a slot, in seconds"
+)
+export const modelTime = secondsHistogram("router_model_seconds", "Time the model took per /infer request, in seconds")
 export const shedTotal = Metric.counter("router_shed_total", {
   description: "/infer requests the router answered without running the model, by reason",
   incremental: true
@@ -62,7 +64,7 @@ export const requestsBy = labelled(requestsTotal, "endpoint", "status")
 /** `router_shed_total` by reason. */
 export const shedBy = labelled(shedTotal, "reason")
 /** Every reason the router sheds for, exported as 0 before the first one happens. */
-export const shedReasons = ["queue_full", "queue_timeout", "shutting_down"] as const
+export const shedReasons = [...rejectReasons, "shutting_down"] as const
 
 export const metricsPath = "/metrics"
 

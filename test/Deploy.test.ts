@@ -171,9 +171,11 @@ describe("Kubernetes manifests", () => {
     assert.isDefined(container.resources.limits.memory)
   })
 
-  it("the image runs the same command as the bundle the benchmark measured", () => {
+  it("the image runs the production command the benchmark measures (npm run start:prod)", () => {
     const dockerfile = readFileSync(`${root}/Dockerfile`, "utf8")
-    assert.include(dockerfile, `CMD ["node", "--max-semi-space-size=4", "dist/router.js"]`)
+    const startProd: string = JSON.parse(readFileSync(`${root}/package.json`, "utf8")).scripts["start:prod"]
+    const args = startProd.split("exec node ")[1].split(" ")
+    assert.include(dockerfile, `CMD ${JSON.stringify(["node", ...args]).replaceAll(",", ", ")}`)
     assert.match(dockerfile, /^USER 1000:1000$/m)
     assert.match(dockerfile, /^EXPOSE 8080$/m)
   })

@@ -213,4 +213,24 @@ describe("end to end", () => {
     // Measured at about 20 ms; the bound is loose so a slow machine does not fail it.
     assert.isBelow(Date.now() - signalledAt, 5_000)
   })
+
+  it("LOG_FORMAT=pretty logs for people, access lines included; an unset MODEL_REF is warned about", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      SIM_LATENCY_MS: "0",
+      LOG_FORMAT: "pretty"
+    })
+    await waitReady(port, router.exited)
+    const response = await infer(port, "a private prompt")
+    assert.strictEqual(response.json.modelRef, "demo-model")
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    const { stdout } = router.output()
+    assert.notMatch(stdout, /^\{/m, "no JSON lines")
+    assert.match(stdout, /WARN.*MODEL_REF is not set/)
+    assert.match(stdout, /INFO.*request[\s\S]*status: 200/)
+    assert.notInclude(stdout, "private prompt", "no prompt text")
+  })
 })

@@ -7,14 +7,15 @@
  */
 import { Cause, Effect } from "effect"
 import { HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
-import type { ErrorBody } from "../api/Errors.ts"
-import { rejectReasonHeader } from "../api/Errors.ts"
+import { type ErrorBody, Unavailable } from "../api/Errors.ts"
+import { contractErrorResponse } from "./ContractErrors.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
 
 /** Set on every request by the RequestObserver: the caller's id or a new one. */
 export const requestIdHeader = "x-request-id"
 
-export const errorResponse = (
+/** For the framework's own errors (404, 405, 5xx), which the contract does not declare. */
+const errorResponse = (
   status: number,
   code: string,
   message: string,
@@ -51,10 +52,13 @@ export const pathOf = (url: string) => {
 const isClientAbort = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((reason) => Cause.isInterruptReason(reason) && reason.annotations.has(HttpServerError.ClientAbort.key))
 
-const shuttingDown = errorResponse(503, "shutting_down", "the router is shutting down and could not finish this request", {
-  "retry-after": "1",
-  [rejectReasonHeader]: "shutting_down"
-})
+const shuttingDown = contractErrorResponse(
+  new Unavailable({
+    code: "shutting_down",
+    message: "the router is shutting down and could not finish this request",
+    retryAfterSeconds: 1
+  })
+)
 
 const render = (
   request: HttpServerRequest.HttpServerRequest,

@@ -10,46 +10,16 @@
 import { Context, Effect, Schema } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Admission, type Rejected } from "../Admission.ts"
-import {
-  InvalidRequest,
-  InvalidRequestResponse,
-  Overloaded,
-  OverloadedResponse,
-  PayloadTooLarge,
-  PayloadTooLargeResponse,
-  Unauthorized,
-  UnauthorizedResponse,
-  Unavailable,
-  UnavailableResponse,
-  UnsupportedMediaType,
-  UnsupportedMediaTypeResponse
-} from "../api/Errors.ts"
-import { type InferResponse, QueueBudgetMs, queueTimeoutHeader } from "../api/RouterApi.ts"
+import { InvalidRequest, Overloaded, Unavailable } from "../api/Errors.ts"
+import { InferenceGroup, type InferResponse, QueueBudgetMs, queueTimeoutHeader } from "../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
 import { Model } from "../Model.ts"
 import { makeBearerCheck } from "./Authorization.ts"
+import { contractErrorResponse } from "./ContractErrors.ts"
 import { readInferRequest } from "./InferRequestBody.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
 
-export const inferPath = "/infer"
-
-type InferError = InvalidRequest | Unauthorized | PayloadTooLarge | UnsupportedMediaType | Overloaded | Unavailable
-
-/** Each error's status and its wire form, from the contract's own codecs. */
-const errorCodecs = {
-  InvalidRequest: { status: 400, encode: Schema.encodeSync(InvalidRequestResponse) },
-  Unauthorized: { status: 401, encode: Schema.encodeSync(UnauthorizedResponse) },
-  PayloadTooLarge: { status: 413, encode: Schema.encodeSync(PayloadTooLargeResponse) },
-  UnsupportedMediaType: { status: 415, encode: Schema.encodeSync(UnsupportedMediaTypeResponse) },
-  Overloaded: { status: 429, encode: Schema.encodeSync(OverloadedResponse) },
-  Unavailable: { status: 503, encode: Schema.encodeSync(UnavailableResponse) }
-} as const
-
-const errorResponse = (error: InferError): HttpServerResponse.HttpServerResponse => {
-  const codec = errorCodecs[error._tag]
-  const { body, headers } = (codec.encode as (e: InferError) => { body: unknown; headers: Record<string, string> })(error)
-  return HttpServerResponse.jsonUnsafe(body, { status: codec.status, headers })
-}
+export const inferPath = InferenceGroup.endpoints.infer.path as HttpRouter.PathInput
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 
@@ -64,7 +34,7 @@ export const InferRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const shed = (request: HttpServerRequest.HttpServerRequest, rejected: Rejected) => {
     noteOutcome(request, { reason: rejected.reason })
     const fields = { code: rejected.reason, message: rejected.message, retryAfterSeconds: rejected.retryAfterSeconds }
-    return Effect.succeed(errorResponse(config.overloadStatus === 503 ? new Unavailable(fields) : new Overloaded(fields)))
+    return Effect.succeed(contractErrorResponse(config.overloadStatus === 503 ? new Unavailable(fields) : new Overloaded(fields)))
   }
 
   const respond = (request: HttpServerRequest.HttpServerRequest, prompt: string, waitedMs: number, processingMs: number) => {
@@ -85,13 +55,13 @@ export const InferRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const handler = Effect.withFiber((fiber) => {
     const request = Context.getUnsafe(fiber.context, HttpServerRequest.HttpServerRequest)
     const denied = checkBearer(request.headers.authorization)
-    if (denied !== undefined) return Effect.succeed(errorResponse(denied))
+    if (denied !== undefined) return Effect.succeed(contractErrorResponse(denied))
     let maxWaitMs: number | undefined
     const budget = request.headers[queueTimeoutHeader]
     if (budget !== undefined) {
       const decoded = decodeBudget(budget)
       if (decoded._tag === "Failure") {
-        return Effect.succeed(errorResponse(
+        return Effect.succeed(contractErrorResponse(
           new InvalidRequest({
             code: "invalid_header",
             message: `invalid request header ${queueTimeoutHeader}: ${JSON.stringify(budget)}: expected an integer >= 0 (milliseconds)`
@@ -107,7 +77,7 @@ export const InferRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
           { maxWaitMs }
         )
       ),
-      Effect.catch((error) => error._tag === "Rejected" ? shed(request, error) : Effect.succeed(errorResponse(error)))
+      Effect.catch((error) => error._tag === "Rejected" ? shed(request, error) : Effect.succeed(contractErrorResponse(error)))
     )
   })
 

@@ -12,9 +12,11 @@
 import { Context, Effect, Layer, LogLevel, References, type Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
+import { ProbesGroup } from "../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
 import { metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
 import { type AllowedMethods, pathOf, requestIdHeader } from "./ErrorEnvelope.ts"
+import { inferPath } from "./InferRoute.ts"
 import { outcomeOf } from "./RequestOutcome.ts"
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
@@ -23,7 +25,8 @@ const validRequestId = /^[\x21-\x7e]{1,128}$/
 /** nginx's status for a request whose client closed the connection before the answer. */
 const clientClosedRequest = 499
 
-const untracked = new Set(["/healthz", "/readyz", metricsPath])
+/** Probes and scrapes: not traffic. */
+const untracked = new Set([...Object.values(ProbesGroup.endpoints).map((endpoint) => endpoint.path), metricsPath])
 
 export class RequestObserver extends Context.Service<RequestObserver, {
   /** Call first for every request Node receives. */
@@ -48,7 +51,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           if (outcome?.reason !== undefined) shedBy(outcome.reason).updateUnsafe(1, context)
           if (outcome?.queueMs !== undefined) queueWait.updateUnsafe(outcome.queueMs / 1000, context)
           if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, context)
-          if (!logsAccess || path !== "/infer") return
+          if (!logsAccess || path !== inferPath) return
           accessLog({
             requestId: request.headers[requestIdHeader],
             method: request.method,
