@@ -7,12 +7,13 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Logger, References } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpApiBuilder, HttpApiScalar, OpenApi } from "effect/http-api"
-import { createServer } from "node:http"
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import { Admission } from "./Admission.ts"
 import { RouterApi } from "./api/RouterApi.ts"
 import { type LogLevelName, RouterConfig, type RouterSettings } from "./Config.ts"
-import { allowedMethods, withErrorEnvelope } from "./http/ErrorEnvelope.ts"
-import { InferRoute } from "./http/InferRoute.ts"
+import { allowedMethods, pathOf, withErrorEnvelope } from "./http/ErrorEnvelope.ts"
+import { InferHandler } from "./http/InferHandler.ts"
+import { NodeRoutes } from "./http/NodeRoutes.ts"
 import { ProbeHandlers, ProbesApi } from "./http/ProbeHandlers.ts"
 import { RequestObserver } from "./http/RequestObserver.ts"
 import { Lifecycle } from "./Lifecycle.ts"
@@ -54,10 +55,14 @@ const OpenApiRoute = HttpRouter.use((router) =>
   })
 )
 
-/** The HTTP application: routes and middleware. Needs RouterConfig, Admission, Model and Lifecycle. */
+/**
+ * The HTTP application: routes and middleware, and `/infer` on NodeRoutes.
+ * Built after the Node server and released before it, so requests still
+ * running when the server stops are interrupted only after its grace period.
+ */
 export const RouterApp = Layer.mergeAll(
   HttpApiBuilder.layer(ProbesApi).pipe(Layer.provide(ProbeHandlers)),
-  InferRoute,
+  InferHandler,
   OpenApiRoute,
   // Bundled script, and no web fonts: the page makes no request beyond the router.
   HttpApiScalar.layer(RouterApi, { path: docsPath, scalar: { withDefaultFonts: false } }),
@@ -96,9 +101,14 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
 
 /**
  * The Node HTTP server, with the limits that stop slow or silent clients
- * holding connections, and the request observer listening first.
+ * holding connections. Every request is first seen by the request observer,
+ * then served by its NodeRoutes handler if it has one, else by Effect's server.
  */
-export const createHttpServer = (config: RouterSettings, observer: RequestObserver["Service"]) => {
+export const createHttpServer = (
+  config: RouterSettings,
+  observer: RequestObserver["Service"],
+  nodeRoutes: NodeRoutes["Service"]
+) => {
   const server = createServer({
     // Headers and the whole request must arrive within these bounds (answered 408).
     headersTimeout: config.headersTimeoutMs,
@@ -106,7 +116,24 @@ export const createHttpServer = (config: RouterSettings, observer: RequestObserv
     // How often Node checks those timeouts (its default is 30 s).
     connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs)
   })
-  server.on("request", observer.observe)
+  // Node has no hook ahead of its request listeners, and Effect's server adds
+  // its own: requests are dispatched where Node emits them. `checkContinue`
+  // is a request whose client waits for "100 Continue" before the body.
+  const emit = server.emit
+  server.emit = function(this: typeof server, event: string | symbol, ...args: Array<any>) {
+    if (event === "request" || event === "checkContinue") {
+      const [request, response] = args as [IncomingMessage, ServerResponse]
+      const path = pathOf(request.url ?? "/")
+      observer.observe(request, response, path)
+      const handler = nodeRoutes.find(request.method, path)
+      if (handler !== undefined) {
+        if (event === "checkContinue") response.writeContinue()
+        handler(request, response)
+        return true
+      }
+    }
+    return emit.apply(this, [event, ...args] as Parameters<typeof emit>)
+  } as typeof server.emit
   return server
 }
 
@@ -116,7 +143,8 @@ export const RequestObserverLayer = RequestObserver.layer(allowed)
 const NodeServer = Layer.unwrap(Effect.gen(function*() {
   const config = yield* RouterConfig
   const observer = yield* RequestObserver
-  return NodeHttpServer.layer(() => createHttpServer(config, observer), {
+  const nodeRoutes = yield* NodeRoutes
+  return NodeHttpServer.layer(() => createHttpServer(config, observer, nodeRoutes), {
     // On release the server stops listening and waits this long for in-flight
     // requests; those still running are then interrupted and answered 503.
     gracefulShutdownTimeout: config.shutdownTimeoutMs - config.shutdownDelayMs,
@@ -138,6 +166,7 @@ export const makeRouterServer = <E>(options: {
 }) =>
   HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
     Layer.provideMerge(NodeServer),
+    Layer.provideMerge(NodeRoutes.layer),
     Layer.provide(RequestObserverLayer),
     Layer.provideMerge(Layer.mergeAll(Admission.layer, options.model ?? Model.layer, Lifecycle.layer)),
     Layer.provide(StartupLog),

@@ -5,14 +5,21 @@
  * server stops at the end of a drain instead of dropping it, and echoes the
  * request id (set by the RequestObserver) on every response.
  */
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Cause, Effect } from "effect"
 import { HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
-import { type ErrorBody, Unavailable } from "../api/Errors.ts"
-import { contractErrorResponse } from "./ContractErrors.ts"
+import type { IncomingMessage } from "node:http"
+import type { ErrorBody } from "../api/Errors.ts"
+import { contractErrorResponse, shuttingDown } from "./ContractErrors.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
 
 /** Set on every request by the RequestObserver: the caller's id or a new one. */
 export const requestIdHeader = "x-request-id"
+
+/** The body of a 5xx: what went wrong is logged, not sent. */
+export const internalErrorBody: ErrorBody = {
+  error: { code: "internal_error", message: "the router failed to handle this request" }
+}
 
 /** For the framework's own errors (404, 405, 5xx), which the contract does not declare. */
 const errorResponse = (
@@ -52,13 +59,7 @@ export const pathOf = (url: string) => {
 const isClientAbort = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((reason) => Cause.isInterruptReason(reason) && reason.annotations.has(HttpServerError.ClientAbort.key))
 
-const shuttingDown = contractErrorResponse(
-  new Unavailable({
-    code: "shutting_down",
-    message: "the router is shutting down and could not finish this request",
-    retryAfterSeconds: 1
-  })
-)
+const shuttingDownResponse = contractErrorResponse(shuttingDown)
 
 const render = (
   request: HttpServerRequest.HttpServerRequest,
@@ -84,7 +85,7 @@ const render = (
       ? Effect.succeed(errorResponse(response.status, `http_${response.status}`, `request failed with status ${response.status}`))
       : Effect.as(
         Effect.logError("request failed", cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })),
-        errorResponse(response.status, "internal_error", "the router failed to handle this request")
+        HttpServerResponse.jsonUnsafe(internalErrorBody, { status: response.status })
       ))
 }
 
@@ -104,8 +105,8 @@ export const withErrorEnvelope = (options: {
     // A client that hung up gets no answer: let the interruption through.
     if (isClientAbort(cause)) return Effect.failCause(cause)
     // Otherwise the server is stopping this request at the end of the drain.
-    noteOutcome(request, { reason: "shutting_down" })
-    return Effect.succeed(shuttingDown)
+    noteOutcome(NodeHttpServerRequest.toIncomingMessage(request) as IncomingMessage, { reason: shuttingDown.code })
+    return Effect.succeed(shuttingDownResponse)
   }).pipe(
     Effect.map((response) =>
       HttpServerResponse.setHeaders(response, options.isDraining() ? { ...idHeader, connection: "close" } : idHeader)

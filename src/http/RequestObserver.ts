@@ -15,8 +15,8 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { ProbesGroup } from "../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
 import { metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
-import { type AllowedMethods, pathOf, requestIdHeader } from "./ErrorEnvelope.ts"
-import { inferPath } from "./InferRoute.ts"
+import { type AllowedMethods, requestIdHeader } from "./ErrorEnvelope.ts"
+import { inferPath } from "./InferHandler.ts"
 import { outcomeOf } from "./RequestOutcome.ts"
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
@@ -29,8 +29,8 @@ const clientClosedRequest = 499
 const untracked = new Set([...Object.values(ProbesGroup.endpoints).map((endpoint) => endpoint.path), metricsPath])
 
 export class RequestObserver extends Context.Service<RequestObserver, {
-  /** Call first for every request Node receives. */
-  observe(request: IncomingMessage, response: ServerResponse): void
+  /** Call first for every request Node receives, with the path of its URL. */
+  observe(request: IncomingMessage, response: ServerResponse, path: string): void
 }>()("inference-router/RequestObserver") {
   static readonly layer = (allowed: AllowedMethods) =>
     Layer.effect(
@@ -63,7 +63,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         }
 
         return RequestObserver.of({
-          observe: (request, response) => {
+          observe: (request, response, path) => {
             const given = request.headers[requestIdHeader]
             // The response gets it from the error envelope middleware: a
             // \`setHeader\` here would push Node's writeHead off its fast path
@@ -71,7 +71,6 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             if (typeof given !== "string" || !validRequestId.test(given)) {
               request.headers[requestIdHeader] = randomUUID()
             }
-            const path = pathOf(request.url ?? "/")
             if (untracked.has(path)) return
             const startedAt = performance.now()
             response.once("close", () => finished(request, response, path, startedAt))

@@ -1,11 +1,9 @@
 /**
  * What the pipeline tells the RequestObserver about a request beyond its
  * status: queue and model time, or why it was shed. Carried on the Node request
- * object, because the observer sees Node's events, not the Effect pipeline,
- * and reading response headers back would cost Node's writeHead fast path.
+ * object, because the observer sees Node's events, not the pipeline, and
+ * reading response headers back would cost Node's writeHead fast path.
  */
-import { NodeHttpServerRequest } from "@effect/platform-node"
-import type { HttpServerRequest } from "effect/http"
 import type { IncomingMessage } from "node:http"
 
 export interface RequestOutcome {
@@ -17,8 +15,8 @@ export interface RequestOutcome {
 
 const outcomeKey = Symbol.for("inference-router/RequestOutcome")
 
-export const noteOutcome = (request: HttpServerRequest.HttpServerRequest, outcome: RequestOutcome): void => {
-  ;(NodeHttpServerRequest.toIncomingMessage(request) as unknown as Record<symbol, RequestOutcome>)[outcomeKey] = outcome
+export const noteOutcome = (request: IncomingMessage, outcome: RequestOutcome): void => {
+  ;(request as unknown as Record<symbol, RequestOutcome>)[outcomeKey] = outcome
 }
 
 export const outcomeOf = (request: IncomingMessage): RequestOutcome | undefined =>

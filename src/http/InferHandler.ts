@@ -1,0 +1,173 @@
+/**
+ * `POST /infer`, served from Node's request event (NodeRoutes) rather than as a
+ * route on Effect's HTTP router.
+ *
+ * Why hand-written: the router sits on every inference request, and Effect's
+ * HTTP server path alone (request and response objects, router, middleware, a
+ * fiber per request) measured 0.77–0.94x the throughput of bare `node:http`
+ * for a constant response, under the 0.85x goal before any of the router's
+ * own work (BENCHMARKS.md). Here the HTTP part is plain Node, and the part
+ * that needs Effect's guarantees stays Effect: admission (`Admission.admit`,
+ * on Effect's Semaphore) and the model run as one fiber per admitted request.
+ * Node's `close` interrupts that fiber when the client hangs up (leaving the
+ * queue or stopping the model), and the end of a drain interrupts it like the
+ * router's other request fibers (answered 503 `shutting_down`).
+ *
+ * The contract is still `InferenceGroup` in `api/RouterApi.ts`: the body, the
+ * header, the success body and every error use its schemas, and the
+ * typed-client tests check this handler against it.
+ */
+import { Cause, Effect, Exit, Fiber, Layer, Result, Schema } from "effect"
+import type { IncomingMessage, ServerResponse } from "node:http"
+import { Admission, type Rejected } from "../Admission.ts"
+import { InvalidRequest, Overloaded, Unavailable } from "../api/Errors.ts"
+import { InferenceGroup, type InferResponse, QueueBudgetMs, queueTimeoutHeader } from "../api/RouterApi.ts"
+import { RouterConfig } from "../Config.ts"
+import { Lifecycle } from "../Lifecycle.ts"
+import { Model } from "../Model.ts"
+import { makeBearerCheck } from "./Authorization.ts"
+import { type ContractError, shuttingDown, writeContractError } from "./ContractErrors.ts"
+import { internalErrorBody, requestIdHeader } from "./ErrorEnvelope.ts"
+import { checkBodyHeaders, parseInferRequest, readBody } from "./InferRequestBody.ts"
+import { NodeRoutes } from "./NodeRoutes.ts"
+import { noteOutcome } from "./RequestOutcome.ts"
+
+export const inferPath = InferenceGroup.endpoints.infer.path
+
+const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
+
+interface Served {
+  readonly waitedMs: number
+  readonly processingMs: number
+}
+
+export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
+  const config = yield* RouterConfig
+  const admission = yield* Admission
+  const model = yield* Model
+  const lifecycle = yield* Lifecycle
+  const routes = yield* NodeRoutes
+  // Released when the server stops, after its grace period: the requests
+  // still running are then interrupted and answered 503.
+  const scope = yield* Effect.scope
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const checkBearer = makeBearerCheck(config.apiKeys)
+  const routerPod = config.podName === undefined ? {} : { routerPod: config.podName }
+
+  /** Request id (set by the RequestObserver) and, while draining, `Connection: close` so keep-alive clients move on. */
+  const commonHeaders = (request: IncomingMessage): Record<string, string> => {
+    const requestId = request.headers[requestIdHeader] as string
+    return lifecycle.isDraining() ? { [requestIdHeader]: requestId, connection: "close" } : { [requestIdHeader]: requestId }
+  }
+
+  const fail = (request: IncomingMessage, response: ServerResponse, error: ContractError) => {
+    // A client that hung up gets no answer.
+    if (!response.destroyed) writeContractError(response, error, commonHeaders(request))
+  }
+
+  // OVERLOAD_STATUS=503 is for meshes that retry on 5xx; the body and headers are the same.
+  const shed = (request: IncomingMessage, response: ServerResponse, rejected: Rejected) => {
+    noteOutcome(request, { reason: rejected.reason })
+    const fields = { code: rejected.reason, message: rejected.message, retryAfterSeconds: rejected.retryAfterSeconds }
+    fail(request, response, config.overloadStatus === 503 ? new Unavailable(fields) : new Overloaded(fields))
+  }
+
+  const succeed = (request: IncomingMessage, response: ServerResponse, prompt: string, served: Served) => {
+    noteOutcome(request, { queueMs: served.waitedMs, modelMs: served.processingMs })
+    if (response.destroyed) return
+    const body = JSON.stringify(
+      {
+        modelRef: config.modelRef,
+        prompt,
+        ...routerPod,
+        kvEndpoints: config.kvEndpoints,
+        processingMs: served.processingMs
+      } satisfies InferResponse
+    )
+    response.writeHead(200, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(body),
+      "server-timing": `queue;dur=${served.waitedMs}, model;dur=${served.processingMs}`,
+      ...commonHeaders(request)
+    })
+    response.end(body)
+  }
+
+  const answer = (
+    request: IncomingMessage,
+    response: ServerResponse,
+    prompt: string,
+    exit: Exit.Exit<Served, Rejected>
+  ) => {
+    if (Exit.isSuccess(exit)) return succeed(request, response, prompt, exit.value)
+    const rejected = Cause.findError(exit.cause)
+    if (Result.isSuccess(rejected)) return shed(request, response, rejected.success)
+    // Interrupted: either the client hung up (nothing to answer) or the server
+    // is stopping at the end of a drain.
+    if (Cause.hasInterruptsOnly(exit.cause)) {
+      if (response.destroyed) return
+      noteOutcome(request, { reason: shuttingDown.code })
+      return fail(request, response, shuttingDown)
+    }
+    runFork(Effect.logError("request failed", exit.cause).pipe(
+      Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })
+    ))
+    if (response.destroyed) return
+    const text = JSON.stringify(internalErrorBody)
+    response.writeHead(500, {
+      "content-type": "application/json",
+      "content-length": Buffer.byteLength(text),
+      ...commonHeaders(request)
+    })
+    response.end(text)
+  }
+
+  const infer = (prompt: string, maxWaitMs: number | undefined) =>
+    admission.admit(
+      ({ waitedMs }) => Effect.map(model.infer(prompt), ({ processingMs }): Served => ({ waitedMs, processingMs })),
+      { maxWaitMs }
+    )
+
+  const admitAndRun = (request: IncomingMessage, response: ServerResponse, prompt: string, maxWaitMs: number | undefined) => {
+    const fiber = runFork(infer(prompt, maxWaitMs))
+    // A free slot and an instant model finish in the call above.
+    const done = fiber.pollUnsafe()
+    if (done !== undefined) return answer(request, response, prompt, done)
+    Fiber.runIn(fiber, scope)
+    const hangUp = () => fiber.interruptUnsafe()
+    response.once("close", hangUp)
+    fiber.addObserver((exit) => {
+      response.off("close", hangUp)
+      answer(request, response, prompt, exit)
+    })
+  }
+
+  routes.add("POST", inferPath, (request, response) => {
+    const denied = checkBearer(request.headers.authorization)
+    if (denied !== undefined) return fail(request, response, denied)
+    let maxWaitMs: number | undefined
+    const budget = request.headers[queueTimeoutHeader]
+    if (budget !== undefined) {
+      const decoded = decodeBudget(budget)
+      if (decoded._tag === "Failure") {
+        return fail(
+          request,
+          response,
+          new InvalidRequest({
+            code: "invalid_header",
+            message: `invalid request header ${queueTimeoutHeader}: ${JSON.stringify(budget)}: expected an integer >= 0 (milliseconds)`
+          })
+        )
+      }
+      maxWaitMs = decoded.success
+    }
+    const unreadable = checkBodyHeaders(request.headers, config.maxBodyBytes)
+    if (unreadable !== undefined) return fail(request, response, unreadable)
+    readBody(request, config.maxBodyBytes, (body) => {
+      if (typeof body !== "string") return fail(request, response, body)
+      const parsed = parseInferRequest(body)
+      if (parsed instanceof InvalidRequest) return fail(request, response, parsed)
+      admitAndRun(request, response, parsed.prompt, maxWaitMs)
+    })
+  })
+}))
