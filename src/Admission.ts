@@ -8,7 +8,7 @@
  * not know: the queue bound, the wait deadline, the counts that probes and
  * metrics read, and the Retry-After estimate.
  */
-import { Cause, Context, Data, Effect, Exit, Layer, Semaphore } from "effect"
+import { Cause, Clock, Context, Data, Effect, Exit, Layer, Semaphore } from "effect"
 import { RouterConfig } from "./Config.ts"
 
 /** Why admission turns a request away. */
@@ -65,6 +65,9 @@ export class Admission extends Context.Service<Admission, {
   static readonly make = (limits: AdmissionLimits): Effect.Effect<Admission["Service"]> =>
     Effect.gen(function*() {
       const semaphore = yield* Semaphore.make(limits.slots)
+      // The clock of the context the service is made in (TestClock in tests),
+      // read once rather than on every request.
+      const clock = yield* Clock.Clock
       let running = 0
       // Admitted but not yet granted a slot: includes requests about to be granted.
       let waiting = 0
@@ -82,65 +85,63 @@ export class Admission extends Context.Service<Admission, {
         work: (grant: Grant) => Effect.Effect<A, E, R>,
         options?: AdmitOptions
       ): Effect.Effect<A, E | Rejected, R> =>
-        Effect.clockWith((clock) =>
-          Effect.suspend(() => {
-            const maxWaitMs = Math.min(limits.queueTimeoutMs, options?.maxWaitMs ?? Infinity)
-            const mustWait = running + waiting >= limits.slots
-            if (mustWait) {
-              const queued = running + waiting - limits.slots
-              if (queued >= limits.maxQueue) {
-                return Effect.fail(reject(
-                  "queue_full",
-                  limits.maxQueue === 0
-                    ? `all ${limits.slots} slots are busy and queueing is disabled`
-                    : `all ${limits.slots} slots are busy and the queue is full (${limits.maxQueue} waiting)`,
-                  queued + 1
-                ))
-              }
-              if (maxWaitMs <= 0) {
-                return Effect.fail(reject(
-                  "queue_timeout",
-                  `all ${limits.slots} slots are busy and the request's queue budget is 0 ms`,
-                  queued + 1
-                ))
-              }
-            }
-            const arrivedAt = clock.currentTimeMillisUnsafe()
-            let grantedAt: number | undefined
-            waiting++
-            // Bookkeeping is synchronous inside the permit, and undone in one
-            // place on exit, so no interleaving of interruptions can skew it.
-            const run = semaphore.withPermit(Effect.suspend(() => {
-              grantedAt = clock.currentTimeMillisUnsafe()
-              waiting--
-              running++
-              return work({ waitedMs: grantedAt - arrivedAt })
-            })).pipe(Effect.onExit((exit) =>
-              Effect.sync(() => {
-                if (grantedAt === undefined) {
-                  waiting--
-                } else {
-                  running--
-                  // Work cut short by a hang-up says nothing about how long work takes.
-                  if (!(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))) {
-                    const heldMs = clock.currentTimeMillisUnsafe() - grantedAt
-                    holdTimeMs += holdTimeSmoothing * (heldMs - holdTimeMs)
-                  }
-                }
-              })
-            ))
-            if (!mustWait) return run
-            // The deadline only bounds the wait: once granted, the timer never fires.
-            const deadline = Effect.sleep(maxWaitMs).pipe(Effect.flatMap(() =>
-              grantedAt !== undefined ? Effect.never : Effect.fail(reject(
-                "queue_timeout",
-                `no slot became free within ${maxWaitMs} ms`,
-                Math.max(1, running + waiting - limits.slots)
+        Effect.suspend(() => {
+          const maxWaitMs = Math.min(limits.queueTimeoutMs, options?.maxWaitMs ?? Infinity)
+          const mustWait = running + waiting >= limits.slots
+          if (mustWait) {
+            const queued = running + waiting - limits.slots
+            if (queued >= limits.maxQueue) {
+              return Effect.fail(reject(
+                "queue_full",
+                limits.maxQueue === 0
+                  ? `all ${limits.slots} slots are busy and queueing is disabled`
+                  : `all ${limits.slots} slots are busy and the queue is full (${limits.maxQueue} waiting)`,
+                queued + 1
               ))
+            }
+            if (maxWaitMs <= 0) {
+              return Effect.fail(reject(
+                "queue_timeout",
+                `all ${limits.slots} slots are busy and the request's queue budget is 0 ms`,
+                queued + 1
+              ))
+            }
+          }
+          const arrivedAt = clock.currentTimeMillisUnsafe()
+          let grantedAt: number | undefined
+          waiting++
+          // Bookkeeping is synchronous inside the permit, and undone in one
+          // place on exit, so no interleaving of interruptions can skew it.
+          const run = semaphore.withPermit(Effect.suspend(() => {
+            grantedAt = clock.currentTimeMillisUnsafe()
+            waiting--
+            running++
+            return work({ waitedMs: grantedAt - arrivedAt })
+          })).pipe(Effect.onExit((exit) =>
+            Effect.sync(() => {
+              if (grantedAt === undefined) {
+                waiting--
+              } else {
+                running--
+                // Work cut short by a hang-up says nothing about how long work takes.
+                if (!(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))) {
+                  const heldMs = clock.currentTimeMillisUnsafe() - grantedAt
+                  holdTimeMs += holdTimeSmoothing * (heldMs - holdTimeMs)
+                }
+              }
+            })
+          ))
+          if (!mustWait) return run
+          // The deadline only bounds the wait: once granted, the timer never fires.
+          const deadline = Effect.sleep(maxWaitMs).pipe(Effect.flatMap(() =>
+            grantedAt !== undefined ? Effect.never : Effect.fail(reject(
+              "queue_timeout",
+              `no slot became free within ${maxWaitMs} ms`,
+              Math.max(1, running + waiting - limits.slots)
             ))
-            return Effect.raceFirst(run, deadline)
-          })
-        )
+          ))
+          return Effect.raceFirst(run, deadline)
+        })
 
       return Admission.of({
         limits,

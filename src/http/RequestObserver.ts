@@ -104,12 +104,20 @@ const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(f
     write(text)
   }
   yield* Effect.addFinalizer(() => Effect.sync(flush))
+  // Formatting a Date costs about 0.4 µs: lines in the same millisecond share one.
+  let stampedAt = 0
+  let timestamp = ""
   return (annotations) => {
     if (pending.length === 0) setImmediate(flush)
+    const now = Date.now()
+    if (now !== stampedAt) {
+      stampedAt = now
+      timestamp = new Date(now).toISOString()
+    }
     pending.push(JSON.stringify({
       message: "request",
       level: "INFO",
-      timestamp: new Date().toISOString(),
+      timestamp,
       annotations,
       spans: {}
     }))
