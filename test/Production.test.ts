@@ -101,8 +101,27 @@ describe("access log", () => {
       assert.isNumber(access[0].annotations.durationMs)
       assert.deepInclude(access[1].annotations, { requestId: "req-2", status: 400 })
       assert.strictEqual(access[0].level, "INFO")
+      assert.match(String((access[0] as any).timestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
       assert.notInclude(JSON.stringify(logs), "secret diagnosis")
     }).pipe(withRouter({}, undefined, logs))
+  })
+
+  it.live("a request id with quotes and backslashes stays valid JSON; a shed request logs its reason", () => {
+    const logs: Array<LogLine> = []
+    return Effect.gen(function*() {
+      const { gate, model } = yield* gatedModel
+      return yield* Effect.gen(function*() {
+        const held = yield* Effect.forkChild(postInfer({ prompt: "x" }, { "x-request-id": "held" }))
+        yield* untilStats(1, 0)
+        const shed = yield* postInfer({ prompt: "x" }, { "x-request-id": `r"e\\q` })
+        assert.strictEqual(shed.status, 429)
+        yield* gate.open
+        yield* Fiber.join(held)
+        const access = logs.filter((line) => line.message === "request")
+        const shedLine = access.find((line) => line.annotations.requestId === `r"e\\q`)
+        assert.deepInclude(shedLine?.annotations, { status: 429, reason: "queue_full" }, JSON.stringify(access))
+      }).pipe(withRouter({ maxConcurrency: 1, maxQueue: 0 }, model, logs))
+    })
   })
 })
 

@@ -17,7 +17,7 @@ import { RouterConfig } from "../Config.ts"
 import { metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
 import { type AllowedMethods, requestIdHeader } from "./ErrorEnvelope.ts"
 import { inferPath } from "./InferHandler.ts"
-import { outcomeOf } from "./RequestOutcome.ts"
+import { outcomeOf, type RequestOutcome } from "./RequestOutcome.ts"
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
 const validRequestId = /^[\x21-\x7e]{1,128}$/
@@ -53,11 +53,11 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, context)
           if (!logsAccess || path !== inferPath) return
           accessLog({
-            requestId: request.headers[requestIdHeader],
-            method: request.method,
+            requestId: request.headers[requestIdHeader] as string,
+            method: request.method ?? "",
             path,
             status,
-            ...outcome,
+            outcome,
             durationMs: Math.round(durationMs * 10) / 10
           })
         }
@@ -65,7 +65,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         return RequestObserver.of({
           observe: (request, response, path) => {
             const given = request.headers[requestIdHeader]
-            // The response gets it from the error envelope middleware: a
+            // Responses get it from the /infer handler or the error envelope: a
             // \`setHeader\` here would push Node's writeHead off its fast path
             // (measured: about 2.5 µs per request).
             if (typeof given !== "string" || !validRequestId.test(given)) {
@@ -80,7 +80,17 @@ export class RequestObserver extends Context.Service<RequestObserver, {
     )
 }
 
-type AccessLogLine = (annotations: Record<string, unknown>) => void
+/** What one access-log line says. */
+interface AccessEntry {
+  readonly requestId: string
+  readonly method: string
+  readonly path: string
+  readonly status: number
+  readonly outcome: RequestOutcome | undefined
+  readonly durationMs: number
+}
+
+type AccessLogLine = (entry: AccessEntry) => void
 
 /** Where JSON access-log lines go: stdout, like every other log line. */
 export const AccessLogOutput = Context.Reference<(text: string) => void>("inference-router/AccessLogOutput", {
@@ -107,25 +117,29 @@ const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(f
   // Formatting a Date costs about 0.4 µs: lines in the same millisecond share one.
   let stampedAt = 0
   let timestamp = ""
-  return (annotations) => {
+  return (entry) => {
     if (pending.length === 0) setImmediate(flush)
     const now = Date.now()
     if (now !== stampedAt) {
       stampedAt = now
       timestamp = new Date(now).toISOString()
     }
-    pending.push(JSON.stringify({
-      message: "request",
-      level: "INFO",
-      timestamp,
-      annotations,
-      spans: {}
-    }))
+    // By hand, in the JSON logger's shape: a third of the cost of JSON.stringify on the nested object.
+    const { outcome } = entry
+    pending.push(
+      `{"message":"request","level":"INFO","timestamp":"${timestamp}","annotations":{"requestId":${
+        JSON.stringify(entry.requestId)
+      },"method":${JSON.stringify(entry.method)},"path":${JSON.stringify(entry.path)},"status":${entry.status}${
+        outcome?.queueMs === undefined ? "" : `,"queueMs":${outcome.queueMs}`
+      }${outcome?.modelMs === undefined ? "" : `,"modelMs":${outcome.modelMs}`}${
+        outcome?.reason === undefined ? "" : `,"reason":${JSON.stringify(outcome.reason)}`
+      },"durationMs":${entry.durationMs}},"spans":{}}`
+    )
   }
 })
 
 /** For LOG_FORMAT=pretty (people reading, not the hot path): Effect's own logger. */
 const effectLogger = (context: Context.Context<never>): AccessLogLine => {
   const run = Effect.runForkWith(context)
-  return (annotations) => void run(Effect.logInfo("request").pipe(Effect.annotateLogs(annotations)))
+  return ({ outcome, ...entry }) => void run(Effect.logInfo("request").pipe(Effect.annotateLogs({ ...entry, ...outcome })))
 }
