@@ -59,12 +59,24 @@ export class Admission extends Context.Service<Admission, {
    * or interrupts the work; either way the slot and queue place are released.
    */
   admit<A, E, R>(work: (grant: Grant) => Effect.Effect<A, E, R>, options?: AdmitOptions): Effect.Effect<A, E | Rejected, R>
+  /**
+   * For a caller outside a fiber: takes a slot at once if one is free and
+   * nobody is waiting (when `admit` would grant one without queueing), else
+   * returns undefined and the caller uses `admit`. Call the returned `leave`
+   * exactly once, with how the work ended; an interrupted exit is a hang-up.
+   */
+  enterUnsafe(): ((exit: Exit.Exit<unknown, unknown>) => void) | undefined
   /** Current counts, read synchronously so metrics and probes cost nothing. */
   statsUnsafe(): AdmissionStats
 }>()("inference-router/Admission") {
   static readonly make = (limits: AdmissionLimits): Effect.Effect<Admission["Service"]> =>
     Effect.gen(function*() {
       const semaphore = yield* Semaphore.make(limits.slots)
+      // Taking or releasing a free permit never suspends, so running it as a
+      // fiber completes at once; this costs about 70 ns, Effect.runSync twice that.
+      const runFork = Effect.runForkWith(yield* Effect.context<never>())
+      const takeFreePermit = semaphore.takeIfAvailable(1)
+      const releasePermit = semaphore.release(1)
       // The clock of the context the service is made in (TestClock in tests),
       // read once rather than on every request.
       const clock = yield* Clock.Clock
@@ -80,6 +92,32 @@ export class Admission extends Context.Service<Admission, {
           message,
           retryAfterSeconds: Math.max(1, Math.ceil((Math.ceil(position / limits.slots) * holdTimeMs) / 1000))
         })
+
+      /** Frees the slot of work granted at `grantedAt`, and learns from how long it held it. */
+      const leave = (exit: Exit.Exit<unknown, unknown>, grantedAt: number) => {
+        running--
+        // Work cut short by a hang-up says nothing about how long work takes.
+        if (!(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))) {
+          const heldMs = clock.currentTimeMillisUnsafe() - grantedAt
+          holdTimeMs += holdTimeSmoothing * (heldMs - holdTimeMs)
+        }
+      }
+
+      const enterUnsafe = () => {
+        // Nobody waiting also means no semaphore waiter for the permit to skip.
+        if (waiting > 0 || running >= limits.slots) return undefined
+        const taken = runFork(takeFreePermit).pollUnsafe()
+        if (taken === undefined || !Exit.isSuccess(taken) || !taken.value) return undefined
+        running++
+        const grantedAt = clock.currentTimeMillisUnsafe()
+        let left = false
+        return (exit: Exit.Exit<unknown, unknown>) => {
+          if (left) return
+          left = true
+          runFork(releasePermit)
+          leave(exit, grantedAt)
+        }
+      }
 
       const admit = <A, E, R>(
         work: (grant: Grant) => Effect.Effect<A, E, R>,
@@ -119,16 +157,8 @@ export class Admission extends Context.Service<Admission, {
             return work({ waitedMs: grantedAt - arrivedAt })
           })).pipe(Effect.onExit((exit) =>
             Effect.sync(() => {
-              if (grantedAt === undefined) {
-                waiting--
-              } else {
-                running--
-                // Work cut short by a hang-up says nothing about how long work takes.
-                if (!(Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause))) {
-                  const heldMs = clock.currentTimeMillisUnsafe() - grantedAt
-                  holdTimeMs += holdTimeSmoothing * (heldMs - holdTimeMs)
-                }
-              }
+              if (grantedAt === undefined) waiting--
+              else leave(exit, grantedAt)
             })
           ))
           if (!mustWait) return run
@@ -146,6 +176,7 @@ export class Admission extends Context.Service<Admission, {
       return Admission.of({
         limits,
         admit,
+        enterUnsafe,
         statsUnsafe: () => ({ ...limits, running, waiting })
       })
     })

@@ -24,7 +24,7 @@ import { InvalidRequest, Overloaded, Unavailable } from "../api/Errors.ts"
 import { InferenceGroup, QueueBudgetMs, queueTimeoutHeader } from "../api/RouterApi.ts"
 import { RouterConfig, type RouterSettings } from "../Config.ts"
 import { Lifecycle } from "../Lifecycle.ts"
-import { Model } from "../Model.ts"
+import { type Inference, Model } from "../Model.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { type ContractError, shuttingDown, writeContractError } from "./ContractErrors.ts"
 import { internalErrorBody, requestIdHeader } from "./ErrorEnvelope.ts"
@@ -132,15 +132,16 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     response.end(text)
   }
 
-  const infer = (prompt: string, maxWaitMs: number | undefined) =>
-    admission.admit(
-      ({ waitedMs }) => Effect.map(model.infer(prompt), ({ processingMs }): Served => ({ waitedMs, processingMs })),
-      { maxWaitMs }
-    )
+  const served = (waitedMs: number) => ({ processingMs }: Inference): Served => ({ waitedMs, processingMs })
+  const servedAtOnce = served(0)
 
-  const admitAndRun = (request: IncomingMessage, response: ServerResponse, prompt: string, maxWaitMs: number | undefined) => {
-    const fiber = runFork(infer(prompt, maxWaitMs))
-    // A free slot and an instant model finish in the call above.
+  /** Answers when the fiber ends; interrupts it if the client hangs up first. */
+  const answerWhenDone = (
+    request: IncomingMessage,
+    response: ServerResponse,
+    prompt: string,
+    fiber: Fiber.Fiber<Served, Rejected>
+  ) => {
     const done = fiber.pollUnsafe()
     if (done !== undefined) return answer(request, response, prompt, done)
     Fiber.runIn(fiber, scope)
@@ -150,6 +151,25 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
       response.off("close", hangUp)
       answer(request, response, prompt, exit)
     })
+  }
+
+  const admitAndRun = (request: IncomingMessage, response: ServerResponse, prompt: string, maxWaitMs: number | undefined) => {
+    const leave = admission.enterUnsafe()
+    if (leave === undefined) {
+      // All slots busy, or others queued first: wait in line (or be shed).
+      const queued = admission.admit(({ waitedMs }) => Effect.map(model.infer(prompt), served(waitedMs)), { maxWaitMs })
+      return answerWhenDone(request, response, prompt, runFork(queued))
+    }
+    // A slot was free: the common case while the router is not saturated.
+    const inference = model.infer(prompt)
+    if (Exit.isExit(inference)) {
+      // The model answered at once (a stub, a cached answer): no fiber needed.
+      const ready = inference as Exit.Exit<Inference> // isExit forgets the type parameters
+      leave(ready)
+      return answer(request, response, prompt, Exit.map(ready, servedAtOnce))
+    }
+    const running = inference.pipe(Effect.onExit((exit) => Effect.sync(() => leave(exit))), Effect.map(servedAtOnce))
+    answerWhenDone(request, response, prompt, runFork(running))
   }
 
   routes.add("POST", inferPath, (request, response) => {
