@@ -1,9 +1,11 @@
 /**
  * The benchmark's baseline: a bare `node:http` server with the router's
  * `/infer` contract (parse, validate, bounded concurrency with a bounded FIFO
- * queue, the same response), and nothing else. It reads the same settings.
+ * queue, the same response: body, `Server-Timing` and `X-Request-Id`), and
+ * nothing else: no logs, metrics, auth or drain. It reads the same settings.
  * Run: node scripts/baseline.ts
  */
+import { randomUUID } from "node:crypto"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 
 const env = process.env
@@ -33,10 +35,16 @@ const release = () => {
   else running--
 }
 
-const infer = (res: ServerResponse, prompt: string) => {
+/** The caller's request id if it is short printable ASCII, else a new one (as the router does). */
+const requestIdOf = (req: IncomingMessage) => {
+  const given = req.headers["x-request-id"]
+  return typeof given === "string" && /^[\x21-\x7e]{1,128}$/.test(given) ? given : randomUUID()
+}
+
+const infer = (req: IncomingMessage, res: ServerResponse, prompt: string, arrivedAt: number) => {
   const startedAt = performance.now()
   const finish = () => {
-    const processingMs = Math.floor(performance.now() - startedAt)
+    const processingMs = Math.round(performance.now() - startedAt)
     release()
     sendJson(res, 200, {
       modelRef,
@@ -44,6 +52,9 @@ const infer = (res: ServerResponse, prompt: string) => {
       ...(routerPod === undefined ? {} : { routerPod }),
       kvEndpoints,
       processingMs
+    }, {
+      "server-timing": `queue;dur=${Math.round(startedAt - arrivedAt)}, model;dur=${processingMs}`,
+      "x-request-id": requestIdOf(req)
     })
   }
   if (simLatencyMs > 0) setTimeout(finish, simLatencyMs)
@@ -51,6 +62,7 @@ const infer = (res: ServerResponse, prompt: string) => {
 }
 
 const handleInfer = (req: IncomingMessage, res: ServerResponse) => {
+  const arrivedAt = performance.now()
   const chunks: Array<Buffer> = []
   let size = 0
   req.on("data", (chunk: Buffer) => {
@@ -73,12 +85,12 @@ const handleInfer = (req: IncomingMessage, res: ServerResponse) => {
     const prompt: string = body.prompt
     if (running < maxConcurrency) {
       running++
-      return infer(res, prompt)
+      return infer(req, res, prompt, arrivedAt)
     }
     if (queue.length >= maxQueue) {
       return sendError(res, 429, "queue_full", "queue full", { "retry-after": "1" })
     }
-    queue.push(() => infer(res, prompt))
+    queue.push(() => infer(req, res, prompt, arrivedAt))
   })
 }
 

@@ -14,13 +14,13 @@ import { once } from "node:events"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { request } from "node:http"
 import { createServer } from "node:net"
-import { tmpdir } from "node:os"
+import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
-const seconds = Number(process.env.BENCH_SECONDS ?? 8)
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
+const seconds = Number(process.env.BENCH_SECONDS ?? 5)
+const rounds = Number(process.env.BENCH_ROUNDS ?? 5)
 const only = process.env.BENCH_ONLY?.split(",")
 
 type Target = "router" | "baseline"
@@ -34,6 +34,22 @@ const command: Record<Target, ReadonlyArray<string>> = {
     .split("exec node ")[1].split(" "),
   baseline: ["dist/bench/baseline.js"]
 }
+
+/**
+ * On a machine with two cores or more, each server runs on core 0 and wrk on
+ * core 1 (taskset, from util-linux), so the two never compete for a core and
+ * the scheduler's placement does not add noise. Without taskset, unpinned.
+ */
+const pinned = (() => {
+  try {
+    execFileSync("taskset", ["-c", "0", "true"], { stdio: "ignore" })
+    return availableParallelism() >= 2
+  } catch {
+    return false
+  }
+})()
+const onCore = (core: number, file: string, args: ReadonlyArray<string>): [string, Array<string>] =>
+  pinned ? ["taskset", ["-c", String(core), file, ...args]] : [file, [...args]]
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -67,7 +83,7 @@ interface Server {
 const startServer = async (target: Target, env: Record<string, string>): Promise<Server> => {
   const port = await freePort()
   const startedAt = performance.now()
-  const child = spawn(process.execPath, command[target], {
+  const child = spawn(...onCore(0, process.execPath, command[target]), {
     cwd: root,
     env: { PATH: process.env.PATH ?? "", HOST: "127.0.0.1", PORT: String(port), ...env },
     stdio: ["ignore", "ignore", "inherit"]
@@ -103,6 +119,12 @@ const cpuSeconds = (pid: number) => {
   return (Number(fields[11]) + Number(fields[12])) / 100
 }
 
+/** CPU seconds used by this process's finished children (wrk runs), from /proc/self/stat. */
+const childrenCpuSeconds = () => {
+  const fields = readFileSync("/proc/self/stat", "utf8").split(") ")[1].split(" ")
+  return (Number(fields[13]) + Number(fields[14])) / 100
+}
+
 const wrkScript = join(tmpdir(), "inference-router-bench.lua")
 writeFileSync(
   wrkScript,
@@ -118,6 +140,10 @@ interface LoadResult {
   readonly errors: number
   /** Server CPU use during the run, in % of one core: ~100 means the server, not wrk, is the limit. */
   readonly serverCpu: number
+  /** wrk's own CPU use during the run, in % of one core: well under 100 means it kept up. */
+  readonly wrkCpu: number
+  /** Server CPU time per request served, in µs: what a request costs, less sensitive to noise than req/s. */
+  readonly cpuUsPerRequest: number
 }
 
 const toMs = (value: string) => {
@@ -129,8 +155,9 @@ const toMs = (value: string) => {
 
 const runWrk = (server: Server, connections: number): LoadResult => {
   const cpuBefore = cpuSeconds(server.child.pid!)
+  const wrkCpuBefore = childrenCpuSeconds()
   const startedAt = performance.now()
-  const output = execFileSync("wrk", [
+  const output = execFileSync(...onCore(1, "wrk", [
     "-t1",
     `-c${connections}`,
     `-d${seconds}s`,
@@ -140,19 +167,24 @@ const runWrk = (server: Server, connections: number): LoadResult => {
     "-s",
     wrkScript,
     `http://127.0.0.1:${server.port}/infer`
-  ], { encoding: "utf8" })
+  ]), { encoding: "utf8" })
   const elapsed = (performance.now() - startedAt) / 1000
-  const serverCpu = ((cpuSeconds(server.child.pid!) - cpuBefore) / elapsed) * 100
+  const serverCpuSeconds = cpuSeconds(server.child.pid!) - cpuBefore
+  const serverCpu = (serverCpuSeconds / elapsed) * 100
+  const wrkCpu = ((childrenCpuSeconds() - wrkCpuBefore) / elapsed) * 100
   const number = (pattern: RegExp) => Number(pattern.exec(output)?.[1] ?? 0)
   const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output)
+  const requests = number(/(\d+) requests in/)
   return {
     rps: number(/Requests\/sec:\s+([\d.]+)/),
     p50ms: toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? ""),
     p99ms: toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? ""),
-    requests: number(/(\d+) requests in/),
+    requests,
     non2xx: number(/Non-2xx or 3xx responses: (\d+)/),
     errors: errors ? errors.slice(1).reduce((sum, n) => sum + Number(n), 0) : 0,
-    serverCpu
+    serverCpu,
+    wrkCpu,
+    cpuUsPerRequest: (serverCpuSeconds * 1e6) / requests
   }
 }
 
@@ -175,13 +207,16 @@ const alternate = async (env: Record<string, string>, connections: number) => {
   const results: Record<Target, Array<LoadResult>> = { router: [], baseline: [] }
   // Warm both up (JIT) before measuring.
   for (const target of ["router", "baseline"] as const) {
-    execFileSync("wrk", ["-t1", `-c${connections}`, "-d2s", "-s", wrkScript, `http://127.0.0.1:${servers[target].port}/infer`])
+    execFileSync(...onCore(1, "wrk", ["-t1", `-c${connections}`, "-d2s", "-s", wrkScript, `http://127.0.0.1:${servers[target].port}/infer`]))
   }
   for (let round = 0; round < rounds; round++) {
     for (const target of (round % 2 === 0 ? ["router", "baseline"] : ["baseline", "router"]) as Array<Target>) {
       const result = runWrk(servers[target], connections)
       results[target].push(result)
-      console.error(`  round ${round + 1} ${target}: ${fmt(result.rps, 0)} req/s, p99 ${fmt(result.p99ms, 2)} ms, server CPU ${fmt(result.serverCpu, 0)}%`)
+      console.error(
+        `  round ${round + 1} ${target}: ${fmt(result.rps, 0)} req/s, p99 ${fmt(result.p99ms, 2)} ms, ` +
+          `server CPU ${fmt(result.serverCpu, 0)}% (${fmt(result.cpuUsPerRequest, 1)} µs/request), wrk CPU ${fmt(result.wrkCpu, 0)}%`
+      )
     }
   }
   const rss = { router: peakRssMiB(servers.router.child.pid!), baseline: peakRssMiB(servers.baseline.child.pid!) }
@@ -199,17 +234,32 @@ const summarize = (results: Record<Target, Array<LoadResult>>, rss: Record<Targe
       p50: median(r.map((x) => x.p50ms)),
       p99: median(r.map((x) => x.p99ms)),
       cpu: median(r.map((x) => x.serverCpu)),
+      cpuPerRequest: median(r.map((x) => x.cpuUsPerRequest)),
+      wrkCpu: median(r.map((x) => x.wrkCpu)),
       rss: rss[target]
     }
   }
   const router = row("router")
   const baseline = row("baseline")
-  print("| | req/s | p50 ms | p99 ms | peak RSS MiB | server CPU % |")
-  print("|---|---:|---:|---:|---:|---:|")
-  print(`| router | ${fmt(router.rps, 0)} | ${fmt(router.p50, 2)} | ${fmt(router.p99, 2)} | ${fmt(router.rss)} | ${fmt(router.cpu, 0)} |`)
-  print(`| baseline | ${fmt(baseline.rps, 0)} | ${fmt(baseline.p50, 2)} | ${fmt(baseline.p99, 2)} | ${fmt(baseline.rss)} | ${fmt(baseline.cpu, 0)} |`)
-  print(`| **router / baseline** | **${fmt(router.rps / baseline.rps, 2)}×** | ${fmt(router.p50 / baseline.p50, 2)}× | ${fmt(router.p99 / baseline.p99, 2)}× | **${fmt(router.rss / baseline.rss, 2)}×** | |`)
-  return { router, baseline }
+  // Each round runs both targets back to back: the ratio within a round is
+  // what drifts least when the machine gets faster or slower.
+  const throughput = median(results.router.map((r, i) => r.rps / results.baseline[i].rps))
+  const format = (name: string, x: typeof router) =>
+    `| ${name} | ${fmt(x.rps, 0)} | ${fmt(x.p50, 2)} | ${fmt(x.p99, 2)} | ${fmt(x.rss)} | ${fmt(x.cpu, 0)} | ${
+      fmt(x.cpuPerRequest, 1)
+    } | ${fmt(x.wrkCpu, 0)} |`
+  print("| | req/s | p50 ms | p99 ms | peak RSS MiB | server CPU % | server CPU µs/request | wrk CPU % |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  print(format("router", router))
+  print(format("baseline", baseline))
+  print(
+    `| **router / baseline** | **${fmt(throughput, 2)}×** | ${fmt(router.p50 / baseline.p50, 2)}× | ${
+      fmt(router.p99 / baseline.p99, 2)
+    }× | **${fmt(router.rss / baseline.rss, 2)}×** | | ${fmt(router.cpuPerRequest / baseline.cpuPerRequest, 2)}× | |`
+  )
+  print()
+  print(`Throughput ratio per round: ${results.router.map((r, i) => fmt(r.rps / results.baseline[i].rps, 2)).join(", ")} (median above).`)
+  return { router, baseline, throughput }
 }
 
 const sampleValue = (text: string, series: string) => {
@@ -229,7 +279,11 @@ const main = async () => {
   const stamp = new Date().toISOString()
   print(`# Benchmark ${stamp}`)
   print()
-  print(`Node ${process.version}, ${rounds} alternating rounds of ${seconds} s per target, wrk -t1 on 127.0.0.1, medians.`)
+  print(
+    `Node ${process.version}, ${rounds} alternating rounds of ${seconds} s per target, wrk -t1 on 127.0.0.1, medians; ${
+      pinned ? "servers pinned to core 0, wrk to core 1" : "not pinned (no taskset)"
+    }.`
+  )
   print()
 
   for (const [name, env, label] of [
@@ -240,9 +294,9 @@ const main = async () => {
     print(`## 1. Router overhead (${label}): SIM_LATENCY_MS=0, MAX_CONCURRENCY=10000, 50 connections`)
     print()
     const { results, rss } = await alternate({ SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", ...env }, 50)
-    const { baseline, router } = summarize(results, rss)
+    const { baseline, router, throughput } = summarize(results, rss)
     print()
-    print(`Goals: throughput ≥ 0.85× (${fmt(router.rps / baseline.rps, 2)}×), p99 ≤ 2× baseline + 1 ms (${fmt(router.p99, 2)} ≤ ${fmt(2 * baseline.p99 + 1, 2)}), peak RSS ≤ 1.5× (${fmt(router.rss / baseline.rss, 2)}×).`)
+    print(`Goals: throughput ≥ 0.85× (${fmt(throughput, 2)}×), p99 ≤ 2× baseline + 1 ms (${fmt(router.p99, 2)} ≤ ${fmt(2 * baseline.p99 + 1, 2)}), peak RSS ≤ 1.5× (${fmt(router.rss / baseline.rss, 2)}×).`)
     const errors = [...results.router, ...results.baseline].reduce((sum, r) => sum + r.errors + r.non2xx, 0)
     print(`Errors and non-2xx responses across all runs: ${errors}.`)
     print()
