@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Layer } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientRequest } from "effect/http"
+import * as Net from "node:net"
 import { HttpApiClient } from "effect/http-api"
 import { Overloaded } from "../src/api/Errors.ts"
 import { RouterApi } from "../src/api/RouterApi.ts"
@@ -147,6 +148,32 @@ describe("HTTP contract", () => {
         assertError(response, 413, "payload_too_large")
         // the router still serves afterwards
         assert.strictEqual((yield* postInfer({ prompt: "ok" })).status, 200)
+      }).pipe(withRouter({ maxBodyBytes: 1_000 })))
+
+    it.live("a body that keeps coming past MAX_BODY_BYTES: 413 and the connection closed, not read to the end", () =>
+      Effect.gen(function*() {
+        const port = yield* serverPort
+        const answer = yield* Effect.promise(() =>
+          new Promise<string>((resolve, reject) => {
+            const socket = Net.connect(port, "127.0.0.1")
+            let received = ""
+            socket.on("data", (data) => (received += data.toString("latin1")))
+            // The server ends the connection although the body never ends.
+            socket.on("close", () => resolve(received))
+            socket.on("error", (error) => (received === "" ? reject(error) : resolve(received)))
+            socket.write(
+              "POST /infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            const chunk = "x".repeat(4_096)
+            const feed = setInterval(() => {
+              if (socket.destroyed) return clearInterval(feed)
+              socket.write(`${chunk.length.toString(16)}\r\n${chunk}\r\n`)
+            }, 5)
+            socket.on("close", () => clearInterval(feed))
+          })
+        )
+        assert.match(answer, /^HTTP\/1\.1 413 /)
+        assert.match(answer, /\r\nconnection: close\r\n/i)
       }).pipe(withRouter({ maxBodyBytes: 1_000 })))
 
     it.live("unknown path: 404", () =>

@@ -36,6 +36,9 @@ export const inferPath = InferenceGroup.endpoints.infer.path
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 
+/** Most unread body bytes drained to keep a connection open after an early answer. */
+const maxDrainBytes = 64 * 1024
+
 interface Served {
   readonly waitedMs: number
   readonly processingMs: number
@@ -77,7 +80,13 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
 
   const fail = (request: IncomingMessage, response: ServerResponse, error: ContractError) => {
     // A client that hung up gets no answer.
-    if (!response.destroyed) writeContractError(response, error, commonHeaders(request))
+    if (response.destroyed) return
+    const headers = commonHeaders(request)
+    // Answered before the whole body arrived: Node reads and drops the rest to
+    // keep the connection, which is fine for a small rest; a large or unknown
+    // one (a body over MAX_BODY_BYTES) closes the connection instead.
+    if (!request.complete && !(Number(request.headers["content-length"]) <= maxDrainBytes)) headers.connection = "close"
+    writeContractError(response, error, headers)
   }
 
   // OVERLOAD_STATUS=503 is for meshes that retry on 5xx; the body and headers are the same.

@@ -16,7 +16,7 @@ const decodeInferRequest = Schema.decodeUnknownResult(InferRequest)
 
 /** JSON, or JSON sent with curl -d's form label; no Content-Type means JSON. */
 const readsAsJson = (contentType: string | undefined) => {
-  if (contentType === undefined) return true
+  if (contentType === undefined || contentType === "application/json") return true
   const end = contentType.indexOf(";")
   const mediaType = (end === -1 ? contentType : contentType.slice(0, end)).trim().toLowerCase()
   return mediaType === "application/json" || mediaType === "application/x-www-form-urlencoded" || mediaType === ""
@@ -44,39 +44,39 @@ export const checkBodyHeaders = (
 }
 
 /**
- * Calls `done` once with the body as text, or with an error as soon as the body
+ * Calls `onDone` once with the body as text, or with an error as soon as the body
  * passes `maxBodyBytes` (rather than after buffering it all) or breaks off.
  */
 export const readBody = (
   request: IncomingMessage,
   maxBodyBytes: number,
-  done: (body: string | PayloadTooLarge | InvalidRequest) => void
+  onDone: (body: string | PayloadTooLarge | InvalidRequest) => void
 ): void => {
   const chunks: Array<Buffer> = []
   let size = 0
+  // Once done, later events are ignored rather than unsubscribed: cheaper on
+  // every request, and after `end` or `error` none come anyway.
+  let done = false
   const finish = (result: string | PayloadTooLarge | InvalidRequest) => {
-    request.off("data", onData)
-    request.off("end", onEnd)
-    request.off("error", onError)
-    done(result)
+    done = true
+    chunks.length = 0
+    onDone(result)
   }
-  function onData(chunk: Buffer) {
+  request.on("data", (chunk: Buffer) => {
+    if (done) return
     size += chunk.length
     if (size > maxBodyBytes) {
       finish(payloadTooLarge(maxBodyBytes))
     } else {
       chunks.push(chunk)
     }
-  }
-  function onEnd() {
-    finish(chunks.length === 1 ? chunks[0].toString("utf8") : Buffer.concat(chunks).toString("utf8"))
-  }
-  function onError() {
-    finish(new InvalidRequest({ code: "invalid_body", message: "the request body could not be read" }))
-  }
-  request.on("data", onData)
-  request.on("end", onEnd)
-  request.on("error", onError)
+  })
+  request.on("end", () => {
+    if (!done) finish(chunks.length === 1 ? chunks[0].toString("utf8") : Buffer.concat(chunks).toString("utf8"))
+  })
+  request.on("error", () => {
+    if (!done) finish(new InvalidRequest({ code: "invalid_body", message: "the request body could not be read" }))
+  })
 }
 
 /** The body text as the contract's `InferRequest`, or the error that names what is wrong with it. */
