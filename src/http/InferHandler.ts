@@ -155,7 +155,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     if (done !== undefined) return answer(request, response, prompt, done)
     Fiber.runIn(fiber, scope)
     const hangUp = () => fiber.interruptUnsafe()
-    response.once("close", hangUp)
+    response.on("close", hangUp)
     fiber.addObserver((exit) => {
       response.off("close", hangUp)
       answer(request, response, prompt, exit)
