@@ -3,7 +3,7 @@
  * Effect's Prometheus formatter. Gauges of current state (slots in use, queue
  * length) are read from admission at scrape time, so they are never stale.
  */
-import { Effect, Metric } from "effect"
+import { Context, Effect, Metric } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { Admission, rejectReasons } from "./Admission.ts"
@@ -42,6 +42,17 @@ const gauges = {
   vllmRunning: Metric.gauge("vllm:num_requests_running", { description: "Requests running (vLLM-compatible name)" }),
   vllmWaiting: Metric.gauge("vllm:num_requests_waiting", { description: "Requests waiting (vLLM-compatible name)" })
 }
+
+/**
+ * The part of a context that metric updates read: the registry and the global
+ * metric attributes. Updating with it rather than a whole layer context spares
+ * each update two lookups that walk every service in that context: measured
+ * 205 vs 155 ns for two updates, about 0.1 µs per `/infer` request.
+ */
+export const metricContext = (context: Context.Context<never>): Context.Context<never> =>
+  Context.make(Metric.MetricRegistry, Context.get(context, Metric.MetricRegistry)).pipe(
+    Context.add(Metric.CurrentMetricAttributes, Context.get(context, Metric.CurrentMetricAttributes))
+  )
 
 /** Caches one metric per label set, so labelling costs a Map lookup, not an allocation. */
 const labelled = <M extends Metric.Metric<any, any>>(metric: M, ...labelNames: ReadonlyArray<string>) => {

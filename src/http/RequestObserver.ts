@@ -14,7 +14,7 @@ import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ProbesGroup } from "../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
-import { metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
+import { metricContext, metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
 import { type AllowedMethods, requestIdHeader } from "./ErrorEnvelope.ts"
 import { inferPath } from "./InferHandler.ts"
 import { outcomeOf, type RequestOutcome } from "./RequestOutcome.ts"
@@ -42,15 +42,16 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const logsAccess = LogLevel.isGreaterThanOrEqualTo("Info", Context.get(context, References.MinimumLogLevel))
         const accessLog = config.logFormat === "json" ? yield* jsonLines : effectLogger(context)
 
+        const metrics = metricContext(context)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
           const durationMs = performance.now() - startedAt
           const status = response.writableFinished ? response.statusCode : clientClosedRequest
-          requestsBy(allowed.has(path) ? path : "unmatched", String(status)).updateUnsafe(1, context)
-          requestDuration.updateUnsafe(durationMs / 1000, context)
+          requestsBy(allowed.has(path) ? path : "unmatched", String(status)).updateUnsafe(1, metrics)
+          requestDuration.updateUnsafe(durationMs / 1000, metrics)
           const outcome = outcomeOf(request)
-          if (outcome?.reason !== undefined) shedBy(outcome.reason).updateUnsafe(1, context)
-          if (outcome?.queueMs !== undefined) queueWait.updateUnsafe(outcome.queueMs / 1000, context)
-          if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, context)
+          if (outcome?.reason !== undefined) shedBy(outcome.reason).updateUnsafe(1, metrics)
+          if (outcome?.queueMs !== undefined) queueWait.updateUnsafe(outcome.queueMs / 1000, metrics)
+          if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, metrics)
           if (!logsAccess || path !== inferPath) return
           accessLog({
             requestId: request.headers[requestIdHeader] as string,

@@ -1,0 +1,98 @@
+/**
+ * The errors the router answers with. On the wire every one is
+ * `{"error":{"code":"<snake_case>","message":"<sentence>"}}`; in code each is a
+ * tagged error that handlers fail with and typed clients decode back.
+ */
+import { Schema } from "effect"
+import { HttpApiSchema } from "effect/http-api"
+
+export const ErrorDetail = Schema.Struct({
+  code: Schema.String.annotate({ description: "Machine-readable snake_case reason" }),
+  message: Schema.String.annotate({ description: "Human-readable sentence naming the problem" })
+})
+
+/** The JSON body of every error response. */
+export const ErrorBody = Schema.Struct({ error: ErrorDetail }).annotate({ identifier: "ErrorBody" })
+export type ErrorBody = typeof ErrorBody.Type
+
+const errorFields = { code: Schema.String, message: Schema.String }
+
+/** Malformed request: invalid JSON, a body without a string `prompt`, or an invalid header. */
+export class InvalidRequest extends Schema.TaggedError<InvalidRequest>()("InvalidRequest", errorFields) {}
+
+/** Body larger than MAX_BODY_BYTES. */
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", errorFields) {}
+
+/** Body in a content type the endpoint does not read. */
+export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()("UnsupportedMediaType", errorFields) {}
+
+const rejectionFields = {
+  ...errorFields,
+  retryAfterSeconds: Schema.Int
+}
+
+/** Shed by admission control (429): all slots busy and no room or time left to queue. */
+export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", rejectionFields) {}
+
+/** Not served now (503): shedding with OVERLOAD_STATUS=503, or shutting down. */
+export class Unavailable extends Schema.TaggedError<Unavailable>()("Unavailable", rejectionFields) {}
+
+/** The header that tells a client or a mesh this rejection is the router's own, and why. */
+export const rejectReasonHeader = "x-router-reject-reason"
+
+const asErrorBody = <E extends { readonly code: string; readonly message: string }>(
+  self: Schema.Codec<E, any>,
+  status: number,
+  make: (detail: typeof ErrorDetail.Type) => E
+) =>
+  self.pipe(HttpApiSchema.encodeToWithHeaders({
+    body: ErrorBody.pipe(HttpApiSchema.status(status)),
+    headers: {}
+  }, {
+    decode: ({ body }) => make(body.error),
+    encode: (error) => ({ body: { error: { code: error.code, message: error.message } }, headers: {} })
+  }))
+
+const asRejection = <E extends { readonly code: string; readonly message: string; readonly retryAfterSeconds: number }>(
+  self: Schema.Codec<E, any>,
+  status: number,
+  make: (fields: { code: string; message: string; retryAfterSeconds: number }) => E
+) =>
+  self.pipe(HttpApiSchema.encodeToWithHeaders({
+    body: ErrorBody.pipe(HttpApiSchema.status(status)),
+    headers: {
+      "retry-after": Schema.NumberFromString.pipe(Schema.decodeTo(Schema.Int)),
+      [rejectReasonHeader]: Schema.String
+    }
+  }, {
+    decode: ({ body, headers }) =>
+      make({ code: body.error.code, message: body.error.message, retryAfterSeconds: headers["retry-after"] }),
+    encode: (error) => ({
+      body: { error: { code: error.code, message: error.message } },
+      headers: { "retry-after": error.retryAfterSeconds, [rejectReasonHeader]: error.code }
+    })
+  }))
+
+export const InvalidRequestResponse = asErrorBody(InvalidRequest, 400, (detail) => new InvalidRequest(detail))
+export const PayloadTooLargeResponse = asErrorBody(PayloadTooLarge, 413, (detail) => new PayloadTooLarge(detail))
+export const UnsupportedMediaTypeResponse = asErrorBody(
+  UnsupportedMediaType,
+  415,
+  (detail) => new UnsupportedMediaType(detail)
+)
+export const OverloadedResponse = asRejection(Overloaded, 429, (fields) => new Overloaded(fields))
+export const UnavailableResponse = asRejection(Unavailable, 503, (fields) => new Unavailable(fields))
+
+/** Missing or wrong bearer token on /infer, when API keys are configured. */
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", errorFields) {}
+
+export const UnauthorizedResponse = Unauthorized.pipe(HttpApiSchema.encodeToWithHeaders({
+  body: ErrorBody.pipe(HttpApiSchema.status(401)),
+  headers: { "www-authenticate": Schema.String }
+}, {
+  decode: ({ body }) => new Unauthorized(body.error),
+  encode: (error) => ({
+    body: { error: { code: error.code, message: error.message } },
+    headers: { "www-authenticate": `Bearer realm="inference-router"` }
+  })
+}))

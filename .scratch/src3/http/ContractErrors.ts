@@ -1,0 +1,83 @@
+/**
+ * The router's own error responses, encoded with the contract's codecs
+ * (`api/Errors.ts`): status, JSON body and headers come from one definition,
+ * the one typed clients decode. Written either as an Effect response (routes on
+ * Effect's router) or straight to Node's response (`/infer`, see InferHandler).
+ */
+import { Schema } from "effect"
+import { HttpServerResponse } from "effect/http"
+import type { ServerResponse } from "node:http"
+import {
+  type InvalidRequest,
+  InvalidRequestResponse,
+  type Overloaded,
+  OverloadedResponse,
+  type PayloadTooLarge,
+  PayloadTooLargeResponse,
+  type Unauthorized,
+  UnauthorizedResponse,
+  Unavailable,
+  UnavailableResponse,
+  type UnsupportedMediaType,
+  UnsupportedMediaTypeResponse
+} from "../api/Errors.ts"
+
+export type ContractError =
+  | InvalidRequest
+  | Unauthorized
+  | PayloadTooLarge
+  | UnsupportedMediaType
+  | Overloaded
+  | Unavailable
+
+const codecs = {
+  InvalidRequest: { status: 400, encode: Schema.encodeSync(InvalidRequestResponse) },
+  Unauthorized: { status: 401, encode: Schema.encodeSync(UnauthorizedResponse) },
+  PayloadTooLarge: { status: 413, encode: Schema.encodeSync(PayloadTooLargeResponse) },
+  UnsupportedMediaType: { status: 415, encode: Schema.encodeSync(UnsupportedMediaTypeResponse) },
+  Overloaded: { status: 429, encode: Schema.encodeSync(OverloadedResponse) },
+  Unavailable: { status: 503, encode: Schema.encodeSync(UnavailableResponse) }
+} as const
+
+export interface EncodedError {
+  readonly status: number
+  readonly headers: Readonly<Record<string, string>>
+  readonly body: unknown
+}
+
+export const encodeContractError = (error: ContractError): EncodedError => {
+  const codec = codecs[error._tag]
+  const { body, headers } = (codec.encode as (e: ContractError) => { body: unknown; headers: Record<string, string> })(
+    error
+  )
+  return { status: codec.status, headers, body }
+}
+
+export const contractErrorResponse = (error: ContractError): HttpServerResponse.HttpServerResponse => {
+  const { body, headers, status } = encodeContractError(error)
+  return HttpServerResponse.jsonUnsafe(body, { status, headers })
+}
+
+/** Writes the error as the whole response, with `extraHeaders` (request id, `Connection: close`). */
+export const writeContractError = (
+  response: ServerResponse,
+  error: ContractError,
+  extraHeaders: Readonly<Record<string, string>>
+): void => {
+  const { body, headers, status } = encodeContractError(error)
+  const text = JSON.stringify(body)
+  response.writeHead(status, {
+    ...headers,
+    ...extraHeaders,
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text)
+  })
+  response.end(text)
+}
+
+/** For a request the server stops at the end of a drain instead of dropping it. */
+export const shuttingDown = new Unavailable({
+  code: "shutting_down",
+  message: "the router is shutting down and could not finish this request",
+  retryAfterSeconds: 1
+})

@@ -1,0 +1,104 @@
+/**
+ * Reads and validates the body of `POST /infer` on Node's request.
+ *
+ * Hand-written instead of HttpApi's payload decoding: measured on this machine
+ * (wrk, 50 connections, zero model time), Effect's body reading
+ * (`HttpServerRequest.text`) alone took a bare Effect route from 0.93x to 0.66x
+ * the throughput of plain `node:http`. Validation still uses the contract's own
+ * `InferRequest` schema, and the errors are the contract's.
+ */
+import { Schema } from "effect"
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
+import { InvalidRequest, PayloadTooLarge, UnsupportedMediaType } from "../api/Errors.ts"
+import { InferRequest } from "../api/RouterApi.ts"
+
+const decodeInferRequest = Schema.decodeUnknownResult(InferRequest)
+
+/** JSON, or JSON sent with curl -d's form label; no Content-Type means JSON. */
+const readsAsJson = (contentType: string | undefined) => {
+  if (contentType === undefined || contentType === "application/json") return true
+  const end = contentType.indexOf(";")
+  const mediaType = (end === -1 ? contentType : contentType.slice(0, end)).trim().toLowerCase()
+  return mediaType === "application/json" || mediaType === "application/x-www-form-urlencoded" || mediaType === ""
+}
+
+const payloadTooLarge = (maxBodyBytes: number) =>
+  new PayloadTooLarge({
+    code: "payload_too_large",
+    message: `request body exceeds MAX_BODY_BYTES (${maxBodyBytes} bytes)`
+  })
+
+/** What the headers alone rule out, before any of the body is read. */
+export const checkBodyHeaders = (
+  headers: IncomingHttpHeaders,
+  maxBodyBytes: number
+): UnsupportedMediaType | PayloadTooLarge | undefined => {
+  if (!readsAsJson(headers["content-type"])) {
+    return new UnsupportedMediaType({
+      code: "unsupported_media_type",
+      message: "send the request body as JSON with Content-Type: application/json"
+    })
+  }
+  if (Number(headers["content-length"]) > maxBodyBytes) return payloadTooLarge(maxBodyBytes)
+  return undefined
+}
+
+/**
+ * Calls `onDone` once with the body as text, or with an error as soon as the body
+ * passes `maxBodyBytes` (rather than after buffering it all) or breaks off.
+ */
+export const readBody = (
+  request: IncomingMessage,
+  maxBodyBytes: number,
+  onDone: (body: string | PayloadTooLarge | InvalidRequest) => void
+): void => {
+  const chunks: Array<Buffer> = []
+  let size = 0
+  // Once done, later events are ignored rather than unsubscribed: cheaper on
+  // every request, and after `end` or `error` none come anyway.
+  let done = false
+  const finish = (result: string | PayloadTooLarge | InvalidRequest) => {
+    done = true
+    chunks.length = 0
+    onDone(result)
+  }
+  request.on("data", (chunk: Buffer) => {
+    if (done) return
+    size += chunk.length
+    if (size > maxBodyBytes) {
+      finish(payloadTooLarge(maxBodyBytes))
+    } else {
+      chunks.push(chunk)
+    }
+  })
+  request.on("end", () => {
+    if (!done) finish(chunks.length === 1 ? chunks[0].toString("utf8") : Buffer.concat(chunks).toString("utf8"))
+  })
+  request.on("error", () => {
+    if (!done) finish(new InvalidRequest({ code: "invalid_body", message: "the request body could not be read" }))
+  })
+}
+
+/** The body text as the contract's `InferRequest`, or the error that names what is wrong with it. */
+export const parseInferRequest = (text: string): InferRequest | InvalidRequest => {
+  if (text.trim() === "") {
+    return new InvalidRequest({
+      code: "invalid_body",
+      message: "request body is empty: send a JSON object with a string \"prompt\""
+    })
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    return new InvalidRequest({ code: "invalid_json", message: "request body is not valid JSON" })
+  }
+  const decoded = decodeInferRequest(json)
+  if (decoded._tag === "Success") return decoded.success
+  return new InvalidRequest({
+    code: "invalid_body",
+    message: `request body must be a JSON object with a string "prompt": ${
+      decoded.failure.message.replace(/\s*\n\s*/g, " ")
+    }`
+  })
+}

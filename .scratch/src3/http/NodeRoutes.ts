@@ -1,0 +1,23 @@
+/**
+ * Routes served from Node's request event, ahead of Effect's router: a request
+ * whose method and path match one goes to its handler and never reaches the
+ * router. Only `POST /infer` is one (see InferHandler for why).
+ */
+import { Context, Layer } from "effect"
+import type { IncomingMessage, ServerResponse } from "node:http"
+
+export type NodeHandler = (request: IncomingMessage, response: ServerResponse) => void
+
+export class NodeRoutes extends Context.Service<NodeRoutes, {
+  /** Registers `handler` for `method` on `path` (exact path; the query string is ignored). */
+  add(method: string, path: string, handler: NodeHandler): void
+  find(method: string | undefined, path: string): NodeHandler | undefined
+}>()("inference-router/NodeRoutes") {
+  static readonly layer = Layer.sync(NodeRoutes, () => {
+    const handlers = new Map<string, NodeHandler>()
+    return NodeRoutes.of({
+      add: (method, path, handler) => void handlers.set(`${method} ${path}`, handler),
+      find: (method, path) => handlers.size === 0 ? undefined : handlers.get(`${method} ${path}`)
+    })
+  })
+}
