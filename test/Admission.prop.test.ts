@@ -1,7 +1,8 @@
 /**
  * Property tests of admission control: random limits and random schedules of
- * arrivals, model times, per-request budgets and client disconnects, driven by
- * TestClock so every run is deterministic and instant.
+ * arrivals (through `admit`, or `enterUnsafe` first as `/infer` does), model
+ * times, per-request budgets and client disconnects, driven by TestClock so
+ * every run is deterministic and instant.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Effect, Exit, Fiber, Schema } from "effect"
@@ -16,7 +17,9 @@ const RequestPlan = Schema.Struct({
   modelMs: int(0, 200),
   budgetMs: Schema.optional(int(0, 300)),
   /** Client hangs up this long after arriving (while queued or running). */
-  hangUpAfterMs: Schema.optional(int(0, 400))
+  hangUpAfterMs: Schema.optional(int(0, 400)),
+  /** Arrives as `/infer` does: first tries `enterUnsafe`, then `admit`. */
+  direct: Schema.Boolean
 })
 
 const Scenario = Schema.Struct({
@@ -80,8 +83,12 @@ const runScenario = (scenario: Scenario) =>
           yield* Effect.sleep(plan.modelMs)
           completions[event.index]++
         }).pipe(Effect.ensuring(Effect.sync(() => inModel--)))
+        const leave = plan.direct ? admission.enterUnsafe() : undefined
+        const admitted = leave === undefined
+          ? admission.admit(() => work, { maxWaitMs: plan.budgetMs })
+          : work.pipe(Effect.onExit((exit) => Effect.sync(() => leave(exit))))
         fibers[event.index] = yield* Effect.forkChild(
-          admission.admit(() => work, { maxWaitMs: plan.budgetMs }).pipe(
+          admitted.pipe(
             Effect.onExit(() => Effect.map(Clock.currentTimeMillis, (t) => void (endedAt[event.index] = t - t0)))
           ),
           { startImmediately: true }

@@ -229,4 +229,44 @@ describe("Admission", () => {
         assert.include(admission.statsUnsafe(), { running: 0, waiting: 0 })
       }))
   })
+
+  describe("enterUnsafe (outside a fiber)", () => {
+    it.effect("takes a free slot at once, counts it, and frees it on leave", () =>
+      Effect.gen(function*() {
+        const admission = yield* Admission.make(limits({ slots: 1 }))
+        const leave = admission.enterUnsafe()
+        assert.isDefined(leave)
+        assert.include(admission.statsUnsafe(), { running: 1, waiting: 0 })
+        assert.isUndefined(admission.enterUnsafe(), "no second slot")
+        // admit queues behind it and gets the slot once it is left
+        const queued = yield* arrive(admission, 100)
+        assert.include(admission.statsUnsafe(), { running: 1, waiting: 1 })
+        yield* TestClock.adjust(50)
+        leave!(Exit.void)
+        yield* TestClock.adjust(100)
+        const outcome = yield* Fiber.join(queued)
+        assert.strictEqual(outcome.waitedMs, 50)
+        assert.include(admission.statsUnsafe(), { running: 0, waiting: 0 })
+      }))
+
+    it.effect("never takes a slot that a queued request is about to get", () =>
+      Effect.gen(function*() {
+        const admission = yield* Admission.make(limits({ slots: 1 }))
+        let enteredOnRelease: unknown = "not called"
+        // The first request frees its slot and, in the same step, a direct
+        // arrival asks for one: the queued second request must keep its turn.
+        const first = yield* Effect.forkChild(
+          admission.admit(() => Effect.sleep(100)).pipe(
+            Effect.ensuring(Effect.sync(() => (enteredOnRelease = admission.enterUnsafe())))
+          ),
+          { startImmediately: true }
+        )
+        const second = yield* arrive(admission, 100)
+        yield* TestClock.adjust(100)
+        yield* Fiber.join(first)
+        assert.isUndefined(enteredOnRelease)
+        yield* TestClock.adjust(100)
+        assert.strictEqual((yield* Fiber.join(second)).finishedAt, 200)
+      }))
+  })
 })
