@@ -6,7 +6,8 @@
  * Slots are an Effect `Semaphore` (FIFO for single permits, and its waiters
  * leave the queue when interrupted). This service adds what the semaphore does
  * not know: the queue bound, the wait deadline, the counts that probes and
- * metrics read, and the Retry-After estimate.
+ * metrics read, and the Retry-After estimate. `enterUnsafe` takes a free slot
+ * without a fiber, for the `/infer` handler's common case.
  */
 import { Cause, Clock, Context, Data, Effect, Exit, Layer, Semaphore } from "effect"
 import { RouterConfig } from "./Config.ts"

@@ -58,6 +58,18 @@ export const contractErrorResponse = (error: ContractError): HttpServerResponse.
   return HttpServerResponse.jsonUnsafe(body, { status, headers })
 }
 
+/** Writes `body` as the whole JSON response. */
+export const writeJson = (
+  response: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Readonly<Record<string, string>>
+): void => {
+  const text = JSON.stringify(body)
+  response.writeHead(status, { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(text) })
+  response.end(text)
+}
+
 /** Writes the error as the whole response, with `extraHeaders` (request id, `Connection: close`). */
 export const writeContractError = (
   response: ServerResponse,
@@ -65,14 +77,7 @@ export const writeContractError = (
   extraHeaders: Readonly<Record<string, string>>
 ): void => {
   const { body, headers, status } = encodeContractError(error)
-  const text = JSON.stringify(body)
-  response.writeHead(status, {
-    ...headers,
-    ...extraHeaders,
-    "content-type": "application/json",
-    "content-length": Buffer.byteLength(text)
-  })
-  response.end(text)
+  writeJson(response, status, body, { ...headers, ...extraHeaders })
 }
 
 /** For a request the server stops at the end of a drain instead of dropping it. */

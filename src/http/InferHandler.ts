@@ -6,12 +6,15 @@
  * HTTP server path alone (request and response objects, router, middleware, a
  * fiber per request) measured 0.77–0.94x the throughput of bare `node:http`
  * for a constant response, under the 0.85x goal before any of the router's
- * own work (BENCHMARKS.md). Here the HTTP part is plain Node, and the part
- * that needs Effect's guarantees stays Effect: admission (`Admission.admit`,
- * on Effect's Semaphore) and the model run as one fiber per admitted request.
- * Node's `close` interrupts that fiber when the client hangs up (leaving the
- * queue or stopping the model), and the end of a drain interrupts it like the
- * router's other request fibers (answered 503 `shutting_down`).
+ * own work (BENCHMARKS.md). Here the HTTP part is plain Node; what needs
+ * Effect's guarantees stays Effect:
+ * - A request that finds a slot free (and nobody queued) takes it at once
+ *   (`Admission.enterUnsafe`, on Effect's Semaphore) and runs the model as a
+ *   fiber, or not at all when the model's answer is ready at once; otherwise
+ *   `Admission.admit` queues it, in a fiber, with its deadline.
+ * - Node's `close` interrupts that fiber when the client hangs up (leaving
+ *   the queue or stopping the model), and the end of a drain interrupts it
+ *   like the router's other request fibers (answered 503 `shutting_down`).
  *
  * The contract is still `InferenceGroup` in `api/RouterApi.ts`: the body, the
  * header, the success body and every error use its schemas, and the
@@ -26,7 +29,7 @@ import { RouterConfig, type RouterSettings } from "../Config.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import { type Inference, Model } from "../Model.ts"
 import { makeBearerCheck } from "./Authorization.ts"
-import { type ContractError, shuttingDown, writeContractError } from "./ContractErrors.ts"
+import { type ContractError, shuttingDown, writeContractError, writeJson } from "./ContractErrors.ts"
 import { internalErrorBody, requestIdHeader } from "./ErrorEnvelope.ts"
 import { checkBodyHeaders, parseInferRequest, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
@@ -131,14 +134,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     runFork(Effect.logError("request failed", exit.cause).pipe(
       Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })
     ))
-    if (response.destroyed) return
-    const text = JSON.stringify(internalErrorBody)
-    response.writeHead(500, {
-      "content-type": "application/json",
-      "content-length": Buffer.byteLength(text),
-      ...commonHeaders(request)
-    })
-    response.end(text)
+    if (!response.destroyed) writeJson(response, 500, internalErrorBody, commonHeaders(request))
   }
 
   const served = (waitedMs: number) => ({ processingMs }: Inference): Served => ({ waitedMs, processingMs })

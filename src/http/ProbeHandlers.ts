@@ -6,7 +6,7 @@ import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { NotReady, ProbesGroup } from "../api/RouterApi.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 
-/** The part of `RouterApi` HttpApiBuilder serves; `/infer` has a route of its own (see InferRoute). */
+/** The part of `RouterApi` HttpApiBuilder serves; `/infer` has a handler of its own (see InferHandler). */
 export const ProbesApi = HttpApi.make("inference-router").add(ProbesGroup)
 
 export const ProbeHandlers = HttpApiBuilder.group(
