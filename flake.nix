@@ -68,7 +68,8 @@
         # project's pinned Node 24 into node_modules for npm start / npm test.
         default = pkgs.mkShell {
           packages = [ pkgs.nodejs_24 pkgs.curl pkgs.wrk pkgs.kubectl ]
-            ++ pkgs.lib.optionals pkgs.stdenv.isLinux [ pkgs.buildah pkgs.podman ];
+            # util-linux: taskset, with which the benchmark pins servers and wrk to cores.
+            ++ pkgs.lib.optionals pkgs.stdenv.isLinux [ pkgs.buildah pkgs.podman pkgs.util-linux ];
         };
       });
     };
