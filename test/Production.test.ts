@@ -12,6 +12,7 @@ import {
   request,
   serverPort,
   TestRouter,
+  untilAccessLines,
   untilStats
 } from "./support/TestRouter.ts"
 
@@ -93,7 +94,7 @@ describe("access log", () => {
       yield* postInfer({ prompt: 7 }, { "x-request-id": "req-2" })
       yield* request({ path: "/healthz" })
       yield* request({ path: "/readyz" })
-      const access = logs.filter((line) => line.message === "request")
+      const access = yield* untilAccessLines(logs, 2)
       assert.lengthOf(access, 2, JSON.stringify(logs))
       assert.deepInclude(access[0].annotations, { requestId: "req-1", method: "POST", path: "/infer", status: 200 })
       assert.isNumber(access[0].annotations.queueMs)
@@ -104,6 +105,36 @@ describe("access log", () => {
       assert.match(String((access[0] as any).timestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
       assert.notInclude(JSON.stringify(logs), "secret diagnosis")
     }).pipe(withRouter({}, undefined, logs))
+  })
+
+  it.live("lines are written in batches, not one write per request", () => {
+    const logs: Array<LogLine> = []
+    const writes: Array<string> = []
+    return Effect.gen(function*() {
+      const { gate, model } = yield* gatedModel
+      yield* Effect.gen(function*() {
+        // All 20 answered at once when the gate opens, well within one flush interval.
+        const fibers = yield* Effect.forEach(Array.from({ length: 20 }, (_, i) => i), (i) =>
+          Effect.forkChild(postInfer({ prompt: `p${i}` })))
+        yield* untilStats(20, 0)
+        yield* gate.open
+        yield* Fiber.joinAll(fibers)
+        const access = yield* untilAccessLines(logs, 20)
+        assert.lengthOf(access, 20)
+        assert.isBelow(writes.length, 20, "one write carries several lines")
+      }).pipe(Effect.provide(TestRouter({ maxConcurrency: 20 }, model, { logs, accessLogWrites: writes })))
+    })
+  })
+
+  it.live("lines still pending when the router stops are written, not lost", () => {
+    const logs: Array<LogLine> = []
+    return Effect.gen(function*() {
+      yield* Effect.gen(function*() {
+        yield* postInfer({ prompt: "last" }, { "x-request-id": "req-last" })
+      }).pipe(Effect.provide(TestRouter({}, undefined, { logs })))
+      // The router's scope has closed: no flush timer has had to fire.
+      assert.deepInclude(logs.find((line) => line.message === "request")?.annotations, { requestId: "req-last" })
+    })
   })
 
   it.live("a request id with quotes and backslashes stays valid JSON; a shed request logs its reason", () => {
@@ -117,7 +148,7 @@ describe("access log", () => {
         assert.strictEqual(shed.status, 429)
         yield* gate.open
         yield* Fiber.join(held)
-        const access = logs.filter((line) => line.message === "request")
+        const access = yield* untilAccessLines(logs, 2)
         const shedLine = access.find((line) => line.annotations.requestId === `r"e\\q`)
         assert.deepInclude(shedLine?.annotations, { status: 429, reason: "queue_full" }, JSON.stringify(access))
       }).pipe(withRouter({ maxConcurrency: 1, maxQueue: 0 }, model, logs))

@@ -32,7 +32,11 @@ export const capturingLogger = (lines: Array<LogLine>) =>
 export const TestRouter = (
   settings: Partial<RouterSettings> = {},
   model?: Model["Service"],
-  options: { readonly logs?: Array<LogLine> } = {}
+  options: {
+    readonly logs?: Array<LogLine>
+    /** Each write of access-log lines, as written. */
+    readonly accessLogWrites?: Array<string>
+  } = {}
 ) =>
   makeRouterServer({
     config: RouterConfig.layerWith({ simLatencyMs: 0, port: 0, host: "127.0.0.1", ...settings }),
@@ -42,6 +46,7 @@ export const TestRouter = (
     Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map())),
     // Access-log lines (written by the request observer, not the logger) join the captured ones.
     Layer.provide(Layer.succeed(AccessLogOutput, (text: string) => {
+      options.accessLogWrites?.push(text)
       if (options.logs === undefined) return
       for (const line of text.split("\n")) if (line !== "") options.logs.push(JSON.parse(line))
     }))
@@ -129,6 +134,14 @@ export const gatedModel = Effect.gen(function*() {
   })
   return { gate, model }
 })
+
+/** Waits (bounded) until `count` access-log lines have been written: they are written in batches. */
+export const untilAccessLines = (logs: ReadonlyArray<LogLine>, count: number) =>
+  Effect.gen(function*() {
+    const lines = () => logs.filter((line) => line.message === "request")
+    for (let i = 0; i < 400 && lines().length < count; i++) yield* Effect.sleep(5)
+    return lines()
+  })
 
 /** Waits (bounded) until admission reports the given counts. */
 export const untilStats = (running: number, waiting: number) =>
