@@ -39,13 +39,13 @@ const codecs = {
   Unavailable: { status: 503, encode: Schema.encodeSync(UnavailableResponse) }
 } as const
 
-export interface EncodedError {
+interface EncodedError {
   readonly status: number
   readonly headers: Readonly<Record<string, string>>
   readonly body: unknown
 }
 
-export const encodeContractError = (error: ContractError): EncodedError => {
+const encodeContractError = (error: ContractError): EncodedError => {
   const codec = codecs[error._tag]
   const { body, headers } = (codec.encode as (e: ContractError) => { body: unknown; headers: Record<string, string> })(
     error
