@@ -183,6 +183,18 @@ describe("HTTP contract", () => {
         assert.include(response.json.error.message, "/v1/models")
       }).pipe(withRouter()))
 
+    it.live("a query string does not change the route: POST /infer?x=1 is /infer", () =>
+      Effect.gen(function*() {
+        const response = yield* request({
+          method: "POST",
+          path: "/infer?trace=1",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: "q" })
+        })
+        assert.strictEqual(response.status, 200)
+        assert.strictEqual(response.json.prompt, "q")
+      }).pipe(withRouter()))
+
     it.live("known path, wrong method: 405 with Allow", () =>
       Effect.gen(function*() {
         const getInfer = yield* request({ path: "/infer" })
