@@ -102,11 +102,11 @@ export const AccessLogOutput = Context.Reference<(text: string) => void>("infere
 /**
  * Access-log lines in the JSON logger's shape, written in batches: at most
  * every `accessLogFlushMs`, or as soon as `accessLogBatchLines` are waiting.
- * Each write to stdout costs the same whatever its size (measured with
- * callgrind: a write per event-loop turn made the access log cost 18 % of a
- * request's instructions), and Effect's logger (a fiber, the structured
- * formatter and a console write per line) cost about 10 µs per request.
- * Envoy batches its access log the same way (every second by default).
+ * A write to stdout costs much the same whatever its size, so at light load
+ * (a few requests per event-loop turn) a write per turn cost more per line;
+ * under the benchmark's load the two measured alike. Effect's logger (a
+ * fiber, the structured formatter and a console write per line) cost about
+ * 10 µs per request. Envoy batches its access log the same way.
  * Pending lines are flushed when the layer is released, so a drain loses none.
  */
 const accessLogFlushMs = 100
