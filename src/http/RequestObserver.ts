@@ -102,9 +102,10 @@ export const AccessLogOutput = Context.Reference<(text: string) => void>("infere
 /**
  * Access-log lines in the JSON logger's shape, written in batches: at most
  * every `accessLogFlushMs`, or as soon as `accessLogBatchLines` are waiting.
- * A write to stdout costs much the same whatever its size, so at light load
- * (a few requests per event-loop turn) a write per turn cost more per line;
- * under the benchmark's load the two measured alike. Effect's logger (a
+ * A write to stdout costs much the same whatever its size: writing per time
+ * window bounds the writes at any load, where a write per event-loop turn
+ * carries only a line or two at light load (under the benchmark's load the
+ * two measured alike). Effect's logger (a
  * fiber, the structured formatter and a console write per line) cost about
  * 10 µs per request. Envoy batches its access log the same way.
  * Pending lines are flushed when the layer is released, so a drain loses none.
