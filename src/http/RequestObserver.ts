@@ -105,9 +105,9 @@ export const AccessLogOutput = Context.Reference<(text: string) => void>("infere
  * A write to stdout costs much the same whatever its size: writing per time
  * window bounds the writes at any load, where a write per event-loop turn
  * carries only a line or two at light load (under the benchmark's load the
- * two measured alike). Effect's logger (a
- * fiber, the structured formatter and a console write per line) cost about
- * 10 µs per request. Envoy batches its access log the same way.
+ * two measured alike). Effect's logger (a fiber, the structured formatter
+ * and a console write per line) cost about 10 µs per request. Envoy batches
+ * its access log the same way.
  * Pending lines are flushed when the layer is released, so a drain loses none.
  */
 const accessLogFlushMs = 100
