@@ -14,10 +14,15 @@ export class NodeRoutes extends Context.Service<NodeRoutes, {
   find(method: string | undefined, path: string): NodeHandler | undefined
 }>()("inference-router/NodeRoutes") {
   static readonly layer = Layer.sync(NodeRoutes, () => {
-    const handlers = new Map<string, NodeHandler>()
+    // By path, then method: looked up on every request, so no key is built.
+    const byPath = new Map<string, Map<string, NodeHandler>>()
     return NodeRoutes.of({
-      add: (method, path, handler) => void handlers.set(`${method} ${path}`, handler),
-      find: (method, path) => handlers.size === 0 ? undefined : handlers.get(`${method} ${path}`)
+      add: (method, path, handler) => {
+        const byMethod = byPath.get(path) ?? new Map<string, NodeHandler>()
+        byMethod.set(method, handler)
+        byPath.set(path, byMethod)
+      },
+      find: (method, path) => method === undefined ? undefined : byPath.get(path)?.get(method)
     })
   })
 }
