@@ -139,8 +139,7 @@ export const createHttpServer = (
       observer.observe(request, response, path)
       const handler = nodeRoutes.find(request.method, path)
       if (handler !== undefined) {
-        if (event === "checkContinue") response.writeContinue()
-        handler(request, response)
+        handler(request, response, event === "checkContinue")
         return true
       }
     }

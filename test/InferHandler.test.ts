@@ -4,7 +4,7 @@
  * failing model.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Schema } from "effect"
+import { Effect, Redacted, Schema } from "effect"
 import * as Http from "node:http"
 import { InferResponse } from "../src/api/RouterApi.ts"
 import { inferResponseEncoder } from "../src/http/InferHandler.ts"
@@ -20,7 +20,7 @@ const Settings = Schema.Struct({
 const decodeResponse = Schema.decodeUnknownSync(InferResponse)
 
 /** POST /infer the way curl sends large bodies: headers first, body only after "100 Continue". */
-const postAfterContinue = (port: number, body: string) =>
+const postAfterContinue = (port: number, body: string, headers: Record<string, string> = {}) =>
   new Promise<{ status: number; continued: boolean; headers: Http.IncomingHttpHeaders; json: any }>(
     (resolve, reject) => {
       let continued = false
@@ -30,7 +30,12 @@ const postAfterContinue = (port: number, body: string) =>
         method: "POST",
         path: "/infer",
         agent: false,
-        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body), expect: "100-continue" }
+        headers: {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          expect: "100-continue",
+          ...headers
+        }
       }, (res) => {
         const chunks: Array<Buffer> = []
         res.on("data", (chunk) => chunks.push(chunk))
@@ -78,6 +83,24 @@ describe("POST /infer on Node's request event", () => {
       assert.strictEqual(response.json.prompt, "big")
       assert.isString(response.headers["x-request-id"])
     }).pipe(Effect.provide(TestRouter())))
+
+  it.live("a request refused on its headers is answered without 100 Continue, before any body is sent", () =>
+    Effect.gen(function*() {
+      const port = yield* serverPort
+      const unauthorized = yield* Effect.promise(() => postAfterContinue(port, JSON.stringify({ prompt: "x" })))
+      assert.strictEqual(unauthorized.status, 401)
+      assert.isFalse(unauthorized.continued)
+      const tooLarge = yield* Effect.promise(() =>
+        postAfterContinue(port, JSON.stringify({ prompt: "x".repeat(2_000) }), { authorization: "Bearer key" })
+      )
+      assert.strictEqual(tooLarge.status, 413)
+      assert.isFalse(tooLarge.continued)
+      const accepted = yield* Effect.promise(() =>
+        postAfterContinue(port, JSON.stringify({ prompt: "x" }), { authorization: "Bearer key" })
+      )
+      assert.strictEqual(accepted.status, 200)
+      assert.isTrue(accepted.continued)
+    }).pipe(Effect.provide(TestRouter({ apiKeys: [Redacted.make("key")], maxBodyBytes: 1_000 }))))
 
   it.live("a failing model is a 500 with the JSON error and the request id, and is logged", () => {
     const logs: Array<LogLine> = []

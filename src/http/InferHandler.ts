@@ -177,7 +177,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     answerWhenDone(request, response, prompt, runFork(running))
   }
 
-  routes.add("POST", inferPath, (request, response) => {
+  routes.add("POST", inferPath, (request, response, awaitsContinue) => {
     const denied = checkBearer(request.headers.authorization)
     if (denied !== undefined) return fail(request, response, denied)
     let maxWaitMs: number | undefined
@@ -198,6 +198,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     }
     const unreadable = checkBodyHeaders(request.headers, config.maxBodyBytes)
     if (unreadable !== undefined) return fail(request, response, unreadable)
+    if (awaitsContinue) response.writeContinue()
     readBody(request, config.maxBodyBytes, (body) => {
       if (typeof body !== "string") return fail(request, response, body)
       const parsed = parseInferRequest(body)

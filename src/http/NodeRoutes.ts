@@ -6,7 +6,13 @@
 import { Context, Layer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 
-export type NodeHandler = (request: IncomingMessage, response: ServerResponse) => void
+/**
+ * `awaitsContinue`: the client sent `Expect: 100-continue` and waits for
+ * "100 Continue" before sending the body. The handler writes it only once it
+ * is going to read the body, so a request refused on its headers alone is
+ * answered before the client uploads anything.
+ */
+export type NodeHandler = (request: IncomingMessage, response: ServerResponse, awaitsContinue: boolean) => void
 
 export class NodeRoutes extends Context.Service<NodeRoutes, {
   /** Registers `handler` for `method` on `path` (exact path; the query string is ignored). */
