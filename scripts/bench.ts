@@ -113,16 +113,15 @@ const peakRssMiB = (pid: number) => {
   return match ? Number(match[1]) / 1024 : NaN
 }
 
-/** CPU seconds (user + system) a process has used so far. */
-const cpuSeconds = (pid: number) => {
+/**
+ * CPU seconds (user + system) from `/proc/<pid>/stat`: the process's own
+ * (utime, stime), or its finished children's (cutime, cstime: the wrk runs).
+ * Fields counted after the command name, in clock ticks of 1/100 s.
+ */
+const cpuSeconds = (pid: number | "self", whose: "own" | "children" = "own") => {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
-  return (Number(fields[11]) + Number(fields[12])) / 100
-}
-
-/** CPU seconds used by this process's finished children (wrk runs), from /proc/self/stat. */
-const childrenCpuSeconds = () => {
-  const fields = readFileSync("/proc/self/stat", "utf8").split(") ")[1].split(" ")
-  return (Number(fields[13]) + Number(fields[14])) / 100
+  const first = whose === "own" ? 11 : 13
+  return (Number(fields[first]) + Number(fields[first + 1])) / 100
 }
 
 const wrkScript = join(tmpdir(), "inference-router-bench.lua")
@@ -155,7 +154,7 @@ const toMs = (value: string) => {
 
 const runWrk = (server: Server, connections: number): LoadResult => {
   const cpuBefore = cpuSeconds(server.child.pid!)
-  const wrkCpuBefore = childrenCpuSeconds()
+  const wrkCpuBefore = cpuSeconds("self", "children")
   const startedAt = performance.now()
   const output = execFileSync(...onCore(1, "wrk", [
     "-t1",
@@ -171,7 +170,7 @@ const runWrk = (server: Server, connections: number): LoadResult => {
   const elapsed = (performance.now() - startedAt) / 1000
   const serverCpuSeconds = cpuSeconds(server.child.pid!) - cpuBefore
   const serverCpu = (serverCpuSeconds / elapsed) * 100
-  const wrkCpu = ((childrenCpuSeconds() - wrkCpuBefore) / elapsed) * 100
+  const wrkCpu = ((cpuSeconds("self", "children") - wrkCpuBefore) / elapsed) * 100
   const number = (pattern: RegExp) => Number(pattern.exec(output)?.[1] ?? 0)
   const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(output)
   const requests = number(/(\d+) requests in/)
