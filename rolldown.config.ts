@@ -4,7 +4,7 @@ import { defineConfig } from "rolldown"
 // API-reference script as its own chunk). Node runs it without type stripping,
 // which starts in about a quarter of the time and holds about half the memory.
 export default defineConfig({
-  input: { router: "src/main.ts" },
+  input: { router: "src/router/main.ts" },
   platform: "node",
   output: { dir: "dist", format: "esm", minify: true, cleanDir: true, entryFileNames: "[name].js" }
 })

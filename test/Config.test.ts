@@ -3,12 +3,13 @@ import { ConfigProvider, Effect, Exit, Redacted } from "effect"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { InvalidSetting, isKvEndpoint, loadSettings } from "../src/Config.ts"
+import { InvalidSetting, isKvEndpoint, kvEndpoint, loadSettings, maskCredentials } from "../src/router/Config.ts"
+import { type SettingError, UnreadableSetting } from "../src/shared/Settings.ts"
 
 const load = (env: Record<string, string>) =>
   Effect.exit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
 
-const invalid = (exit: Exit.Exit<unknown, InvalidSetting>): InvalidSetting => {
+const invalid = (exit: Exit.Exit<unknown, SettingError>): InvalidSetting => {
   assert.isTrue(Exit.isFailure(exit), "expected the configuration to be rejected")
   const reason = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
   assert.strictEqual(reason?._tag, "Fail")
@@ -79,7 +80,7 @@ describe("Config", () => {
         maxQueue: 0,
         queueTimeoutMs: 1500,
         overloadStatus: 503,
-        kvEndpoints: ["kv-0:6379", "redis://kv-1:6379", "http://kv-2.svc:8080/x", "[::1]:7000"],
+        kvEndpoints: ["kv-0:6379", "redis://kv-1:6379", "http://kv-2.svc:8080/x", "[::1]:7000"].map(kvEndpoint),
         simLatencyMs: 0,
         maxBodyBytes: 2048,
         shutdownDelayMs: 5000,
@@ -132,7 +133,17 @@ describe("Config", () => {
     ["REQUEST_TIMEOUT_MS", "0"],
     ["HEADERS_TIMEOUT_MS", "0"],
     ["HEADERS_TIMEOUT_MS", "60000"],
-    ["API_KEYS_FILE", "/nonexistent/keys"]
+    ["API_KEYS_FILE", "/nonexistent/keys"],
+    // Decimal digits only: Number() would read each of these as a number.
+    ["PORT", "0x1F9A"],
+    ["PORT", "1e3"],
+    ["MAX_CONCURRENCY", "0b11"],
+    ["MAX_CONCURRENCY", "+7"],
+    ["MAX_QUEUE", "0o7"],
+    ["QUEUE_TIMEOUT_MS", "1_000"],
+    ["OVERLOAD_STATUS", "0x1f5"],
+    ["SIM_LATENCY_MS", "1.0"],
+    ["MAX_BODY_BYTES", "99999999999999999999"]
   ] as const)("rejects %s=%s naming the variable, the value and what is expected", ([variable, value]) =>
     Effect.gen(function*() {
       const error = invalid(yield* load({ [variable]: variable === "KV_ENDPOINTS" ? `kv-ok:1,${value}` : value }))
@@ -161,6 +172,55 @@ describe("Config", () => {
       assert.isTrue(Exit.isSuccess(exit))
       if (!Exit.isSuccess(exit)) return
       assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2"])
+    }))
+
+  it.effect("credentials in KV_ENDPOINTS are masked wherever the endpoints are shown, kept whole inside", () =>
+    Effect.gen(function*() {
+      const exit = yield* load({ KV_ENDPOINTS: "redis://admin:s3cret@kv-0:6379,https://kv-1/x?token=s3cret&db=2,kv-2:1" })
+      assert.isTrue(Exit.isSuccess(exit))
+      if (!Exit.isSuccess(exit)) return
+      const endpoints = exit.value.kvEndpoints
+      assert.deepStrictEqual(endpoints.map((endpoint) => endpoint.shown), [
+        "redis://***@kv-0:6379",
+        "https://kv-1/x?token=***&db=***",
+        "kv-2:1"
+      ])
+      assert.deepStrictEqual(endpoints.map((endpoint) => Redacted.value(endpoint.value)), [
+        "redis://admin:s3cret@kv-0:6379",
+        "https://kv-1/x?token=s3cret&db=2",
+        "kv-2:1"
+      ])
+      assert.notInclude(JSON.stringify(exit.value), "s3cret")
+      assert.notInclude(String(endpoints.map((endpoint) => endpoint.value)), "s3cret")
+    }))
+
+  it.effect("an invalid KV_ENDPOINTS item is quoted with its credentials masked", () =>
+    Effect.gen(function*() {
+      const error = invalid(yield* load({ KV_ENDPOINTS: "ftp://user:s3cret@kv:21" }))
+      assert.notInclude(error.message, "s3cret")
+      assert.include(error.message, "ftp://***@kv:21")
+    }))
+
+  it("maskCredentials leaves what carries none as written", () => {
+    for (const plain of ["kv:6379", "redis://kv:6379", "http://kv:80/x", "[::1]:7000", "https://kv/a@b"]) {
+      assert.strictEqual(maskCredentials(plain), plain.includes("@b") ? plain : plain)
+    }
+  })
+
+  it.effect("a provider that cannot be read fails naming the variable; it is not taken as unset", () =>
+    Effect.gen(function*() {
+      const failing = ConfigProvider.make((path) =>
+        path[0] === "MAX_QUEUE"
+          ? Effect.fail(new ConfigProvider.SourceError({ message: "vault unreachable" }))
+          : Effect.succeed(undefined)
+      )
+      const exit = yield* Effect.exit(Effect.provide(loadSettings, ConfigProvider.layer(failing)))
+      assert.isTrue(Exit.isFailure(exit))
+      const reason = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
+      const error = (reason as any)?.error
+      assert.instanceOf(error, UnreadableSetting)
+      assert.include(error.message, "MAX_QUEUE")
+      assert.include(error.message, "vault unreachable")
     }))
 
   it("KV endpoint forms", () => {

@@ -15,8 +15,8 @@ import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "vitest"
 import { parseAllDocuments } from "yaml"
-import { loadSettings, settingNames } from "../src/Config.ts"
-import { metricsPath } from "../src/Metrics.ts"
+import { loadSettings, settingNames } from "../src/router/Config.ts"
+import { metricsPath } from "../src/api/RouterApi.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 

@@ -5,8 +5,8 @@ import * as Net from "node:net"
 import { HttpApiClient } from "effect/http-api"
 import { Overloaded } from "../src/api/Errors.ts"
 import { RouterApi } from "../src/api/RouterApi.ts"
-import type { RouterSettings } from "../src/Config.ts"
-import type { Model } from "../src/Model.ts"
+import { kvEndpoint, type RouterSettings } from "../src/router/Config.ts"
+import type { Model } from "../src/router/Model.ts"
 import { gatedModel, postInfer, request, serverPort, TestRouter, untilStats } from "./support/TestRouter.ts"
 
 const withRouter = (settings: Partial<RouterSettings> = {}, model?: Model["Service"]) =>
@@ -53,7 +53,7 @@ describe("HTTP contract", () => {
       }).pipe(withRouter({
         modelRef: "llama-3-8b",
         podName: "router-abc",
-        kvEndpoints: ["kv-0:6379", "redis://kv-1:6379"]
+        kvEndpoints: ["kv-0:6379", "redis://kv-1:6379"].map(kvEndpoint)
       })))
 
     it.live("omits routerPod when no pod name is known", () =>

@@ -7,8 +7,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted, Schema } from "effect"
 import * as Http from "node:http"
 import { InferResponse } from "../src/api/RouterApi.ts"
-import { inferResponseEncoder } from "../src/http/InferHandler.ts"
-import { Model } from "../src/Model.ts"
+import { kvEndpoint, maskCredentials } from "../src/router/Config.ts"
+import { inferResponseEncoder } from "../src/router/http/InferHandler.ts"
+import { Model } from "../src/router/Model.ts"
 import { type LogLine, serverPort, TestRouter } from "./support/TestRouter.ts"
 
 const Settings = Schema.Struct({
@@ -61,12 +62,12 @@ describe("POST /infer on Node's request event", () => {
     "the hand-serialized body is the contract's InferResponse, for any settings and prompt",
     [Settings, Schema.String, Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))],
     ([settings, prompt, processingMs]) => {
-      const text = inferResponseEncoder(settings)(prompt, processingMs)
+      const text = inferResponseEncoder({ ...settings, kvEndpoints: settings.kvEndpoints.map(kvEndpoint) })(prompt, processingMs)
       const expected = {
         modelRef: settings.modelRef,
         prompt,
         ...(settings.podName === undefined ? {} : { routerPod: settings.podName }),
-        kvEndpoints: settings.kvEndpoints,
+        kvEndpoints: settings.kvEndpoints.map(maskCredentials),
         processingMs
       }
       assert.strictEqual(text, JSON.stringify(expected))

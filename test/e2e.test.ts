@@ -119,7 +119,7 @@ describe("end to end", () => {
 
   it("an invalid setting stops start-up with one line naming it", async () => {
     const port = await freePort()
-    const router = start(process.execPath, ["src/main.ts"], { PORT: String(port), MAX_CONCURRENCY: "0" })
+    const router = start(process.execPath, ["src/router/main.ts"], { PORT: String(port), MAX_CONCURRENCY: "0" })
     const code = await router.exited
     assert.notStrictEqual(code, 0)
     const lines = router.output().stderr.trim().split("\n")
@@ -131,7 +131,7 @@ describe("end to end", () => {
 
   it("SIGTERM drains: readiness 503, new requests served during the delay, in-flight ones finish, exit 0", async () => {
     const port = await freePort()
-    const router = start(process.execPath, ["src/main.ts"], {
+    const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
       HOST: "127.0.0.1",
       MAX_CONCURRENCY: "2",
@@ -156,7 +156,7 @@ describe("end to end", () => {
 
   it("requests still running at SHUTDOWN_TIMEOUT_MS are answered 503 shutting_down, then exit 0", async () => {
     const port = await freePort()
-    const router = start(process.execPath, ["src/main.ts"], {
+    const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
       HOST: "127.0.0.1",
       MAX_CONCURRENCY: "1",
@@ -178,7 +178,7 @@ describe("end to end", () => {
 
   it("keep-alive clients do not hold the drain open", async () => {
     const port = await freePort()
-    const router = start(process.execPath, ["src/main.ts"], {
+    const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
       HOST: "127.0.0.1",
       SIM_LATENCY_MS: "1500"
@@ -205,7 +205,7 @@ describe("end to end", () => {
 
   it("an idle router exits promptly on SIGTERM", async () => {
     const port = await freePort()
-    const router = start(process.execPath, ["src/main.ts"], { PORT: String(port), HOST: "127.0.0.1" })
+    const router = start(process.execPath, ["src/router/main.ts"], { PORT: String(port), HOST: "127.0.0.1" })
     await waitReady(port, router.exited)
     const signalledAt = Date.now()
     router.child.kill("SIGTERM")
@@ -216,7 +216,7 @@ describe("end to end", () => {
 
   it("LOG_FORMAT=pretty logs for people, access lines included; an unset MODEL_REF is warned about", async () => {
     const port = await freePort()
-    const router = start(process.execPath, ["src/main.ts"], {
+    const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
       HOST: "127.0.0.1",
       SIM_LATENCY_MS: "0",

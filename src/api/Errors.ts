@@ -37,6 +37,16 @@ export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", r
 /** Not served now (503): shedding with OVERLOAD_STATUS=503, or shutting down. */
 export class Unavailable extends Schema.TaggedError<Unavailable>()("Unavailable", rejectionFields) {}
 
+/** The status of each error the contract declares: the one table codecs and writers share. */
+export const errorStatus = {
+  InvalidRequest: 400,
+  Unauthorized: 401,
+  PayloadTooLarge: 413,
+  UnsupportedMediaType: 415,
+  Overloaded: 429,
+  Unavailable: 503
+} as const
+
 /** The header that tells a client or a mesh this rejection is the router's own, and why. */
 export const rejectReasonHeader = "x-router-reject-reason"
 
@@ -73,21 +83,21 @@ const asRejection = <E extends { readonly code: string; readonly message: string
     })
   }))
 
-export const InvalidRequestResponse = asErrorBody(InvalidRequest, 400, (detail) => new InvalidRequest(detail))
-export const PayloadTooLargeResponse = asErrorBody(PayloadTooLarge, 413, (detail) => new PayloadTooLarge(detail))
+export const InvalidRequestResponse = asErrorBody(InvalidRequest, errorStatus.InvalidRequest, (detail) => new InvalidRequest(detail))
+export const PayloadTooLargeResponse = asErrorBody(PayloadTooLarge, errorStatus.PayloadTooLarge, (detail) => new PayloadTooLarge(detail))
 export const UnsupportedMediaTypeResponse = asErrorBody(
   UnsupportedMediaType,
-  415,
+  errorStatus.UnsupportedMediaType,
   (detail) => new UnsupportedMediaType(detail)
 )
-export const OverloadedResponse = asRejection(Overloaded, 429, (fields) => new Overloaded(fields))
-export const UnavailableResponse = asRejection(Unavailable, 503, (fields) => new Unavailable(fields))
+export const OverloadedResponse = asRejection(Overloaded, errorStatus.Overloaded, (fields) => new Overloaded(fields))
+export const UnavailableResponse = asRejection(Unavailable, errorStatus.Unavailable, (fields) => new Unavailable(fields))
 
 /** Missing or wrong bearer token on /infer, when API keys are configured. */
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", errorFields) {}
 
 export const UnauthorizedResponse = Unauthorized.pipe(HttpApiSchema.encodeToWithHeaders({
-  body: ErrorBody.pipe(HttpApiSchema.status(401)),
+  body: ErrorBody.pipe(HttpApiSchema.status(errorStatus.Unauthorized)),
   headers: { "www-authenticate": Schema.String }
 }, {
   decode: ({ body }) => new Unauthorized(body.error),

@@ -4,6 +4,7 @@
  */
 import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "effect/http-api"
+import { DecimalInt } from "../shared/DecimalInt.ts"
 import { Authorization } from "./Authorization.ts"
 import {
   InvalidRequestResponse,
@@ -37,13 +38,18 @@ export const InferResponse = Schema.Struct({
 }).annotate({ identifier: "InferResponse" })
 export type InferResponse = typeof InferResponse.Type
 
+/** Echoed on every response: the caller's id (1-128 printable ASCII) or a new UUID. */
+export const requestIdHeader = "x-request-id"
+
+/** Routes served beside the `HttpApi` endpoints. */
+export const openapiPath = "/openapi.json"
+export const docsPath = "/docs"
+export const metricsPath = "/metrics"
+
 /** Client's own queue-wait budget; lowers QUEUE_TIMEOUT_MS, never raises it. */
 export const queueTimeoutHeader = "x-queue-timeout-ms"
 
-export const QueueBudgetMs = Schema.Trim.pipe(
-  Schema.decodeTo(Schema.NumberFromString),
-  Schema.decodeTo(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)))
-).annotate({ description: "Most milliseconds to wait for a slot; 0 = run now or be rejected" })
+export const QueueBudgetMs = DecimalInt.check(Schema.isGreaterThanOrEqualTo(0)).annotate({ description: "Most milliseconds to wait for a slot; 0 = run now or be rejected" })
 
 export const Health = Schema.Struct({ status: Schema.Literal("ok") })
 export const Ready = Schema.Struct({ status: Schema.Literal("ready") })

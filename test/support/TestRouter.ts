@@ -7,11 +7,11 @@ import { Effect, Latch, Layer, Logger, Metric } from "effect"
 import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import * as Http from "node:http"
-import { Admission } from "../../src/Admission.ts"
-import { RouterConfig, type RouterSettings } from "../../src/Config.ts"
-import { Model } from "../../src/Model.ts"
-import { AccessLogOutput } from "../../src/http/RequestObserver.ts"
-import { makeRouterServer } from "../../src/Server.ts"
+import { Admission } from "../../src/router/Admission.ts"
+import { RouterConfig, type RouterSettings } from "../../src/router/Config.ts"
+import { Model } from "../../src/router/Model.ts"
+import { AccessLogOutput } from "../../src/router/http/RequestObserver.ts"
+import { makeRouterServer } from "../../src/router/RouterServer.ts"
 
 /** Log lines as the JSON logger writes them, parsed. */
 export interface LogLine {

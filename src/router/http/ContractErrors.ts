@@ -8,6 +8,7 @@ import { Schema } from "effect"
 import { HttpServerResponse } from "effect/http"
 import type { ServerResponse } from "node:http"
 import {
+  errorStatus,
   type InvalidRequest,
   InvalidRequestResponse,
   type Overloaded,
@@ -20,7 +21,7 @@ import {
   UnavailableResponse,
   type UnsupportedMediaType,
   UnsupportedMediaTypeResponse
-} from "../api/Errors.ts"
+} from "../../api/Errors.ts"
 
 export type ContractError =
   | InvalidRequest
@@ -30,13 +31,13 @@ export type ContractError =
   | Overloaded
   | Unavailable
 
-const codecs = {
-  InvalidRequest: { status: 400, encode: Schema.encodeSync(InvalidRequestResponse) },
-  Unauthorized: { status: 401, encode: Schema.encodeSync(UnauthorizedResponse) },
-  PayloadTooLarge: { status: 413, encode: Schema.encodeSync(PayloadTooLargeResponse) },
-  UnsupportedMediaType: { status: 415, encode: Schema.encodeSync(UnsupportedMediaTypeResponse) },
-  Overloaded: { status: 429, encode: Schema.encodeSync(OverloadedResponse) },
-  Unavailable: { status: 503, encode: Schema.encodeSync(UnavailableResponse) }
+const encoders = {
+  InvalidRequest: Schema.encodeSync(InvalidRequestResponse),
+  Unauthorized: Schema.encodeSync(UnauthorizedResponse),
+  PayloadTooLarge: Schema.encodeSync(PayloadTooLargeResponse),
+  UnsupportedMediaType: Schema.encodeSync(UnsupportedMediaTypeResponse),
+  Overloaded: Schema.encodeSync(OverloadedResponse),
+  Unavailable: Schema.encodeSync(UnavailableResponse)
 } as const
 
 interface EncodedError {
@@ -46,11 +47,9 @@ interface EncodedError {
 }
 
 const encodeContractError = (error: ContractError): EncodedError => {
-  const codec = codecs[error._tag]
-  const { body, headers } = (codec.encode as (e: ContractError) => { body: unknown; headers: Record<string, string> })(
-    error
-  )
-  return { status: codec.status, headers, body }
+  const encode = encoders[error._tag] as (e: ContractError) => { body: unknown; headers: Record<string, string> }
+  const { body, headers } = encode(error)
+  return { status: errorStatus[error._tag], headers, body }
 }
 
 export const contractErrorResponse = (error: ContractError): HttpServerResponse.HttpServerResponse => {

@@ -9,8 +9,8 @@
  */
 import { Schema } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
-import { InvalidRequest, PayloadTooLarge, UnsupportedMediaType } from "../api/Errors.ts"
-import { InferRequest } from "../api/RouterApi.ts"
+import { InvalidRequest, PayloadTooLarge, UnsupportedMediaType } from "../../api/Errors.ts"
+import { InferRequest } from "../../api/RouterApi.ts"
 
 const decodeInferRequest = Schema.decodeUnknownResult(InferRequest)
 

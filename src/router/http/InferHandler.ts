@@ -23,14 +23,14 @@
 import { Cause, Effect, Exit, Fiber, Layer, Result, Schema } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { Admission, type Rejected } from "../Admission.ts"
-import { InvalidRequest, Overloaded, Unavailable } from "../api/Errors.ts"
-import { InferenceGroup, QueueBudgetMs, queueTimeoutHeader } from "../api/RouterApi.ts"
+import { InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
+import { InferenceGroup, QueueBudgetMs, queueTimeoutHeader, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig, type RouterSettings } from "../Config.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import { type Inference, Model } from "../Model.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { type ContractError, shuttingDown, writeContractError, writeJson } from "./ContractErrors.ts"
-import { internalErrorBody, requestIdHeader } from "./ErrorEnvelope.ts"
+import { internalErrorBody } from "./ErrorEnvelope.ts"
 import { checkBodyHeaders, parseInferRequest, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
@@ -57,7 +57,7 @@ export const inferResponseEncoder = (
 ): (prompt: string, processingMs: number) => string => {
   const routerPod = settings.podName === undefined ? {} : { routerPod: settings.podName }
   const head = `${JSON.stringify({ modelRef: settings.modelRef }).slice(0, -1)},"prompt":`
-  const middle = `,${JSON.stringify({ ...routerPod, kvEndpoints: settings.kvEndpoints }).slice(1, -1)},"processingMs":`
+  const middle = `,${JSON.stringify({ ...routerPod, kvEndpoints: settings.kvEndpoints.map((endpoint) => endpoint.shown) }).slice(1, -1)},"processingMs":`
   return (prompt, processingMs) => head + JSON.stringify(prompt) + middle + processingMs + "}"
 }
 

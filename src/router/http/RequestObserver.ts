@@ -12,12 +12,13 @@
 import { Context, Effect, Layer, LogLevel, References, type Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
-import { ProbesGroup } from "../api/RouterApi.ts"
+import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
-import { metricContext, metricsPath, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
-import { type AllowedMethods, requestIdHeader } from "./ErrorEnvelope.ts"
-import { inferPath } from "./InferHandler.ts"
+import { metricContext, modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
 import { outcomeOf, type RequestOutcome } from "./RequestOutcome.ts"
+import { type RouteTable, unmatchedEndpoint } from "./Routes.ts"
+
+const inferPath = InferenceGroup.endpoints.infer.path
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
 const validRequestId = /^[\x21-\x7e]{1,128}$/
@@ -29,10 +30,12 @@ const clientClosedRequest = 499
 const untracked = new Set([...Object.values(ProbesGroup.endpoints).map((endpoint) => endpoint.path), metricsPath])
 
 export class RequestObserver extends Context.Service<RequestObserver, {
-  /** Call first for every request Node receives, with the path of its URL. */
+  /** Call first for every request Node receives, with the path it is routed by. */
   observe(request: IncomingMessage, response: ServerResponse, path: string): void
+  /** Counts an answer Node's parser made necessary before there was a request (a bad request line, oversized headers). */
+  unparsed(status: number): void
 }>()("inference-router/RequestObserver") {
-  static readonly layer = (allowed: AllowedMethods) =>
+  static readonly layer = (routes: RouteTable) =>
     Layer.effect(
       RequestObserver,
       Effect.gen(function*() {
@@ -45,10 +48,12 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const metrics = metricContext(context)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
           const durationMs = performance.now() - startedAt
-          const status = response.writableFinished ? response.statusCode : clientClosedRequest
-          requestsBy(allowed.has(path) ? path : "unmatched", String(status)).updateUnsafe(1, metrics)
-          requestDuration.updateUnsafe(durationMs / 1000, metrics)
           const outcome = outcomeOf(request)
+          // What the client got: the response's status, else what was written to
+          // the socket instead (Node's 408 for a slow client), else nothing.
+          const status = response.writableFinished ? response.statusCode : outcome?.status ?? clientClosedRequest
+          requestsBy(routes.has(path) ? path : unmatchedEndpoint, String(status)).updateUnsafe(1, metrics)
+          requestDuration.updateUnsafe(durationMs / 1000, metrics)
           if (outcome?.reason !== undefined) shedBy(outcome.reason).updateUnsafe(1, metrics)
           if (outcome?.queueMs !== undefined) queueWait.updateUnsafe(outcome.queueMs / 1000, metrics)
           if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, metrics)
@@ -76,7 +81,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             const startedAt = performance.now()
             // A response closes once: `on` spares the wrapper `once` allocates.
             response.on("close", () => finished(request, response, path, startedAt))
-          }
+          },
+          unparsed: (status) => requestsBy(unmatchedEndpoint, String(status)).updateUnsafe(1, metrics)
         })
       })
     )

@@ -6,6 +6,7 @@
 import { Context, Effect, Metric } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
+import { metricsPath } from "../api/RouterApi.ts"
 import { Admission, rejectReasons } from "./Admission.ts"
 
 export const requestsTotal = Metric.counter("router_requests_total", {
@@ -77,7 +78,6 @@ export const shedBy = labelled(shedTotal, "reason")
 /** Every reason the router sheds for, exported as 0 before the first one happens. */
 export const shedReasons = [...rejectReasons, "shutting_down"] as const
 
-export const metricsPath = "/metrics"
 
 /** `GET /metrics` in the Prometheus text format. */
 export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {

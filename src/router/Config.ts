@@ -6,11 +6,24 @@
  * layer with `InvalidSetting`, whose message is the one line an operator sees:
  * the variable, the value and what is expected.
  */
-import { Config, Context, Data, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { Context, Effect, Layer, Redacted, Schema } from "effect"
 import { readFileSync } from "node:fs"
+import {
+  decimalAtLeast,
+  decimalBetween,
+  DecimalInt,
+  InvalidSetting,
+  type LogFormat,
+  logFormatSetting,
+  type LogLevelName,
+  logLevelSetting,
+  optionalString,
+  rawSetting,
+  setting,
+  type SettingError
+} from "../shared/Settings.ts"
 
-export type LogLevelName = "debug" | "info" | "warn" | "error"
-export type LogFormat = "json" | "pretty"
+export { InvalidSetting }
 
 export interface RouterSettings {
   readonly modelRef: string
@@ -20,7 +33,7 @@ export interface RouterSettings {
   readonly maxQueue: number
   readonly queueTimeoutMs: number
   readonly overloadStatus: 429 | 503
-  readonly kvEndpoints: ReadonlyArray<string>
+  readonly kvEndpoints: ReadonlyArray<KvEndpoint>
   readonly simLatencyMs: number
   readonly maxBodyBytes: number
   readonly shutdownDelayMs: number
@@ -60,23 +73,18 @@ export const settingNames = [
   "API_KEYS_FILE"
 ] as const
 
-export class InvalidSetting extends Data.TaggedError("InvalidSetting")<{
-  readonly variable: string
-  readonly value: string
-  readonly expected: string
-}> {
-  override get message() {
-    return `invalid configuration: ${this.variable}=${JSON.stringify(this.value)}: expected ${this.expected}`
-  }
+/**
+ * One `KV_ENDPOINTS` item. A URL may carry credentials (`redis://user:pass@…`,
+ * `?password=…`): `shown`, the only form that appears in responses and logs,
+ * masks them; the full value stays `Redacted` inside the process.
+ */
+export interface KvEndpoint {
+  readonly shown: string
+  readonly value: Redacted.Redacted<string>
 }
 
-const IntFromString = Schema.Trim.pipe(Schema.decodeTo(Schema.NumberFromString), Schema.decodeTo(Schema.Int))
-
-const intAtLeast = (min: number) => IntFromString.check(Schema.isGreaterThanOrEqualTo(min))
-const intBetween = (min: number, max: number) => IntFromString.check(Schema.isBetween({ minimum: min, maximum: max }))
-
 /** `host:port` with a port in 1..65535, or an http(s):// or redis:// URL. */
-const hostPort = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})$/
+const hostPort = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$/
 export const isKvEndpoint = (item: string): boolean => {
   const match = hostPort.exec(item)
   if (match !== null) {
@@ -92,43 +100,27 @@ export const isKvEndpoint = (item: string): boolean => {
   }
 }
 
-/**
- * Reads one optional variable and validates it. `fallback` is used when the
- * variable is unset or empty (an empty value is how manifests often "unset").
- */
-const setting = <A>(
-  variable: string,
-  schema: Schema.Codec<A, string>,
-  expected: string,
-  fallback: () => A
-): Effect.Effect<A, InvalidSetting> =>
-  Config.option(Config.String(variable)).pipe(
-    Effect.orElseSucceed(() => Option.none<string>()),
-    Effect.flatMap((raw) => {
-      if (Option.isNone(raw) || raw.value.trim() === "") return Effect.succeed(fallback())
-      return Schema.decodeUnknownEffect(schema)(raw.value).pipe(
-        Effect.mapError(() => new InvalidSetting({ variable, value: raw.value, expected }))
-      )
-    })
-  )
+/** The item with a URL's user information and query values masked, as written otherwise. */
+export const maskCredentials = (item: string): string =>
+  item
+    .replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^/?#]*@/, "$1***@")
+    .replace(/([?&][^=&#]*=)[^&#]*/g, "$1***")
 
-const optionalString = (variable: string): Effect.Effect<string | undefined> =>
-  Config.option(Config.String(variable)).pipe(
-    Effect.map((raw) => Option.isSome(raw) && raw.value.trim() !== "" ? raw.value.trim() : undefined),
-    Effect.orElseSucceed(() => undefined)
-  )
+export const kvEndpoint = (item: string): KvEndpoint => ({ shown: maskCredentials(item), value: Redacted.make(item) })
 
-const parseKvEndpoints = (variable: string): Effect.Effect<ReadonlyArray<string>, InvalidSetting> =>
+const parseKvEndpoints = (variable: string): Effect.Effect<ReadonlyArray<KvEndpoint>, SettingError> =>
   optionalString(variable).pipe(Effect.flatMap((raw) => {
     const items = (raw ?? "").split(",").map((item) => item.trim()).filter((item) => item !== "")
     const bad = items.find((item) => !isKvEndpoint(item))
-    return bad === undefined ? Effect.succeed(items) : Effect.fail(
-      new InvalidSetting({
-        variable,
-        value: bad,
-        expected: "comma-separated items, each host:port (port 1-65535) or an http(s):// or redis:// URL"
-      })
-    )
+    return bad === undefined
+      ? Effect.succeed(items.map(kvEndpoint))
+      : Effect.fail(
+        new InvalidSetting({
+          variable,
+          value: maskCredentials(bad),
+          expected: "comma-separated items, each host:port (port 1-65535) or an http(s):// or redis:// URL"
+        })
+      )
   }))
 
 const splitKeys = (text: string, separator: RegExp) =>
@@ -139,12 +131,8 @@ const splitKeys = (text: string, separator: RegExp) =>
  * together: several keys at once let clients rotate without downtime. Keys are
  * `Redacted` from here on, so they never reach a log line.
  */
-const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, InvalidSetting> = Effect.gen(function*() {
-  const inline = Config.option(Config.Redacted("API_KEYS")).pipe(
-    Effect.map(Option.match({ onNone: () => [], onSome: (keys) => splitKeys(Redacted.value(keys), /,/) })),
-    Effect.orElseSucceed((): Array<string> => [])
-  )
-  const keys = [...yield* inline]
+const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, SettingError> = Effect.gen(function*() {
+  const keys = splitKeys((yield* rawSetting("API_KEYS")) ?? "", /,/)
   const file = yield* optionalString("API_KEYS_FILE")
   if (file !== undefined) {
     const text = yield* Effect.try({
@@ -165,24 +153,24 @@ const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, Inval
   return keys.map((key) => Redacted.make(key, { label: "api-key" }))
 })
 
-export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effect.gen(function*() {
+export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.gen(function*() {
   const modelRefRaw = yield* optionalString("MODEL_REF")
-  const maxConcurrency = yield* setting("MAX_CONCURRENCY", intAtLeast(1), "an integer >= 1", () => 10)
-  const maxQueue = yield* setting("MAX_QUEUE", intAtLeast(0), "an integer >= 0", () => 10 * maxConcurrency)
-  const queueTimeoutMs = yield* setting("QUEUE_TIMEOUT_MS", intAtLeast(1), "an integer >= 1 (milliseconds)", () => 30_000)
+  const maxConcurrency = yield* setting("MAX_CONCURRENCY", decimalAtLeast(1), "an integer >= 1", () => 10)
+  const maxQueue = yield* setting("MAX_QUEUE", decimalAtLeast(0), "an integer >= 0", () => 10 * maxConcurrency)
+  const queueTimeoutMs = yield* setting("QUEUE_TIMEOUT_MS", decimalAtLeast(1), "an integer >= 1 (milliseconds)", () => 30_000)
   const overloadStatus = yield* setting(
     "OVERLOAD_STATUS",
-    Schema.Trim.pipe(Schema.decodeTo(Schema.NumberFromString), Schema.decodeTo(Schema.Literals([429, 503]))),
+    DecimalInt.pipe(Schema.decodeTo(Schema.Literals([429, 503]))),
     "429 or 503",
     () => 429 as const
   )
   const kvEndpoints = yield* parseKvEndpoints("KV_ENDPOINTS")
-  const simLatencyMs = yield* setting("SIM_LATENCY_MS", intAtLeast(0), "an integer >= 0 (milliseconds)", () => 100)
-  const maxBodyBytes = yield* setting("MAX_BODY_BYTES", intAtLeast(1), "an integer >= 1 (bytes)", () => 1024 * 1024)
-  const shutdownDelayMs = yield* setting("SHUTDOWN_DELAY_MS", intAtLeast(0), "an integer >= 0 (milliseconds)", () => 0)
+  const simLatencyMs = yield* setting("SIM_LATENCY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => 100)
+  const maxBodyBytes = yield* setting("MAX_BODY_BYTES", decimalAtLeast(1), "an integer >= 1 (bytes)", () => 1024 * 1024)
+  const shutdownDelayMs = yield* setting("SHUTDOWN_DELAY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => 0)
   const shutdownTimeoutMs = yield* setting(
     "SHUTDOWN_TIMEOUT_MS",
-    intAtLeast(1),
+    decimalAtLeast(1),
     "an integer >= 1 (milliseconds)",
     () => 25_000
   )
@@ -195,31 +183,21 @@ export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effec
   }
   const requestTimeoutMs = yield* setting(
     "REQUEST_TIMEOUT_MS",
-    intAtLeast(1),
+    decimalAtLeast(1),
     "an integer >= 1 (milliseconds)",
     () => 30_000
   )
   const headersTimeoutMs = yield* setting(
     "HEADERS_TIMEOUT_MS",
-    intBetween(1, requestTimeoutMs),
+    decimalBetween(1, requestTimeoutMs),
     `an integer from 1 to REQUEST_TIMEOUT_MS (${requestTimeoutMs}) (milliseconds)`,
     () => Math.min(10_000, requestTimeoutMs)
   )
-  const port = yield* setting("PORT", intBetween(1, 65535), "a port number 1-65535", () => 8080)
+  const port = yield* setting("PORT", decimalBetween(1, 65535), "a port number 1-65535", () => 8080)
   const host = yield* optionalString("HOST")
   const podName = (yield* optionalString("POD_NAME")) ?? (yield* optionalString("HOSTNAME"))
-  const logLevel = yield* setting(
-    "LOG_LEVEL",
-    Schema.Trim.pipe(Schema.decodeTo(Schema.Literals(["debug", "info", "warn", "error"]))),
-    "one of debug, info, warn, error",
-    () => "info" as const
-  )
-  const logFormat = yield* setting(
-    "LOG_FORMAT",
-    Schema.Trim.pipe(Schema.decodeTo(Schema.Literals(["json", "pretty"]))),
-    "json or pretty",
-    () => "json" as const
-  )
+  const logLevel = yield* logLevelSetting
+  const logFormat = yield* logFormatSetting
   const apiKeys = yield* loadApiKeys
   return {
     modelRef: modelRefRaw ?? "demo-model",
@@ -246,7 +224,7 @@ export const loadSettings: Effect.Effect<RouterSettings, InvalidSetting> = Effec
 
 export class RouterConfig extends Context.Service<RouterConfig, RouterSettings>()("inference-router/RouterConfig") {
   /** Reads the settings from the current `ConfigProvider` (the environment by default). */
-  static readonly layer: Layer.Layer<RouterConfig, InvalidSetting> = Layer.effect(RouterConfig, loadSettings)
+  static readonly layer: Layer.Layer<RouterConfig, SettingError> = Layer.effect(RouterConfig, loadSettings)
 
   /** Fixed settings for tests: defaults overridden by `overrides`. */
   static readonly layerWith = (overrides: Partial<RouterSettings> = {}): Layer.Layer<RouterConfig> =>

@@ -5,7 +5,7 @@
  */
 import { Redacted } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
-import { Unauthorized } from "../api/Errors.ts"
+import { Unauthorized } from "../../api/Errors.ts"
 
 // Comparing fixed-length digests in constant time reveals neither the key nor its length.
 const digest = (value: string) => createHash("sha256").update(value).digest()

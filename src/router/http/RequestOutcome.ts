@@ -11,6 +11,8 @@ export interface RequestOutcome {
   readonly modelMs?: number
   /** The `x-router-reject-reason` of a shed request. */
   readonly reason?: string
+  /** The status written to the socket when the response object could not send one (Node's request timeout). */
+  readonly status?: number
 }
 
 const outcomeKey = Symbol.for("inference-router/RequestOutcome")
@@ -18,6 +20,10 @@ const outcomeKey = Symbol.for("inference-router/RequestOutcome")
 export const noteOutcome = (request: IncomingMessage, outcome: RequestOutcome): void => {
   ;(request as unknown as Record<symbol, RequestOutcome>)[outcomeKey] = outcome
 }
+
+/** Adds to what is noted (the status of a request cut short keeps its queue time, say). */
+export const addOutcome = (request: IncomingMessage, outcome: RequestOutcome): void =>
+  noteOutcome(request, { ...outcomeOf(request), ...outcome })
 
 export const outcomeOf = (request: IncomingMessage): RequestOutcome | undefined =>
   (request as unknown as Record<symbol, RequestOutcome | undefined>)[outcomeKey]

@@ -1,0 +1,211 @@
+/**
+ * The router's Node HTTP server, as Effect's `HttpServer` service: it listens,
+ * dispatches every request by the one route rule (`http/Routes.ts`), and stops
+ * gracefully.
+ *
+ * Why not `NodeHttpServer.layer`: that server adds its own `request` listener,
+ * and `/infer` must be served ahead of Effect's router (see InferHandler for
+ * the measurement). Node has one listener per event here, the dispatcher:
+ * - `POST /infer` goes to its Node handler (NodeRoutes);
+ * - other known routes to Effect's HTTP app, through the public
+ *   `NodeHttpServer.makeHandler`;
+ * - unknown paths and wrong methods are answered 404/405 here, so the route
+ *   rule, the metric label and the log line agree.
+ * It also answers in the contract's envelope what Node would otherwise answer
+ * bare: parse errors, request timeouts and oversized headers (`clientError`),
+ * an unknown `Expect` (`checkExpectation`), and a missing Host (checked here,
+ * with Node's own check turned off because it writes a bare 400).
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import { Data, Duration, Effect, Layer, Scope } from "effect"
+import { HttpServer } from "effect/http"
+import { NetAddress } from "effect/net"
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import type { Socket } from "node:net"
+import { requestIdHeader } from "../api/RouterApi.ts"
+import { RouterConfig, type RouterSettings } from "./Config.ts"
+import { writeJson } from "./http/ContractErrors.ts"
+import { rawErrorResponse } from "./http/ErrorEnvelope.ts"
+import { NodeRoutes } from "./http/NodeRoutes.ts"
+import { RequestObserver } from "./http/RequestObserver.ts"
+import { addOutcome } from "./http/RequestOutcome.ts"
+import { routePath, type RouteTable } from "./http/Routes.ts"
+import { Lifecycle } from "./Lifecycle.ts"
+
+/** Listening failed: the one line says why, and which setting to change. */
+export class ListenError extends Data.TaggedError("ListenError")<{
+  readonly code: string | undefined
+  readonly host: string | undefined
+  readonly port: number
+  readonly detail: string
+}> {
+  override get message() {
+    const where = `${this.host ?? "all interfaces"} port ${this.port}`
+    switch (this.code) {
+      case "EADDRINUSE":
+        return `cannot listen on ${where}: the address is already in use (set PORT to a free port)`
+      case "EACCES":
+        return `cannot listen on ${where}: permission denied (ports below 1024 need privileges; set PORT)`
+      case "EADDRNOTAVAIL":
+        return `cannot listen on ${where}: HOST=${JSON.stringify(this.host)} is not an address of this machine`
+      case "ENOTFOUND":
+      case "EAI_AGAIN":
+      case "EAI_FAIL":
+        return `cannot listen on ${where}: HOST=${JSON.stringify(this.host)} does not resolve (${this.code})`
+      default:
+        return `cannot listen on ${where}: ${this.detail}`
+    }
+  }
+}
+
+/** Node's parse and timeout errors, as the status and code the client gets. */
+const clientErrors: Record<string, readonly [number, string, string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [408, "request_timeout", "the request did not arrive in time (HEADERS_TIMEOUT_MS / REQUEST_TIMEOUT_MS)"],
+  HPE_HEADER_OVERFLOW: [431, "headers_too_large", "the request headers are too large"],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, "payload_too_large", "the chunk extensions are too large"]
+}
+const badRequest = [400, "bad_request", "the request is not valid HTTP/1.1"] as const
+
+interface ServeOptions {
+  readonly config: RouterSettings
+  readonly routes: RouteTable
+  readonly observer: RequestObserver["Service"]
+  readonly nodeRoutes: NodeRoutes["Service"]
+  readonly isDraining: () => boolean
+}
+
+/** The Node server, its limits, and every listener but the Effect app's. */
+const makeNodeServer = (options: ServeOptions) => {
+  const { config, isDraining, nodeRoutes, observer, routes } = options
+  const server = createServer({
+    // Headers and the whole request must arrive within these bounds (answered 408).
+    headersTimeout: config.headersTimeoutMs,
+    requestTimeout: config.requestTimeoutMs,
+    // How often Node checks those timeouts (its default is 30 s).
+    connectionsCheckingInterval: Math.min(1_000, config.headersTimeoutMs),
+    // Checked by the dispatcher, so the 400 has the router's envelope.
+    requireHostHeader: false
+  })
+  /** The request each connection is serving, for answers written to the socket. */
+  const current = new WeakMap<Socket, { request: IncomingMessage; response: ServerResponse }>()
+
+  const answer = (request: IncomingMessage, response: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
+    const requestId = request.headers[requestIdHeader] as string
+    writeJson(response, status, { error: { code, message } }, isDraining() ? { ...headers, [requestIdHeader]: requestId, connection: "close" } : { ...headers, [requestIdHeader]: requestId })
+  }
+
+  let effectApp: (request: IncomingMessage, response: ServerResponse) => void = (_request, response) => {
+    response.writeHead(503).end()
+  }
+
+  const dispatch = (request: IncomingMessage, response: ServerResponse, awaitsContinue: boolean) => {
+    const path = routePath(request.url ?? "/")
+    observer.observe(request, response, path)
+    current.set(request.socket, { request, response })
+    if (request.headers.host === undefined && request.httpVersionMinor === 1 && request.httpVersionMajor === 1) {
+      return answer(request, response, 400, "missing_host", "HTTP/1.1 requests must have a Host header", { connection: "close" })
+    }
+    const handler = nodeRoutes.find(request.method, path)
+    if (handler !== undefined) return handler(request, response, awaitsContinue)
+    const methods = routes.get(path)
+    if (methods === undefined) return answer(request, response, 404, "not_found", `no route for ${path}`)
+    if (!methods.includes(request.method ?? "")) {
+      const allow = methods.join(", ")
+      return answer(request, response, 405, "method_not_allowed", `${request.method} is not allowed on ${path}; use ${allow}`, { allow })
+    }
+    // Effect's routes read no body: let the client send it, as Node would.
+    if (awaitsContinue) response.writeContinue()
+    effectApp(request, response)
+  }
+
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => dispatch(request, response, false))
+  server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => dispatch(request, response, true))
+  server.on("checkExpectation", (request: IncomingMessage, response: ServerResponse) => {
+    observer.observe(request, response, routePath(request.url ?? "/"))
+    answer(request, response, 417, "expectation_failed", `unsupported Expect: ${JSON.stringify(request.headers.expect)}; only 100-continue is`, { connection: "close" })
+  })
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
+    const inFlight = current.get(socket)
+    const serving = inFlight !== undefined && !inFlight.response.writableFinished ? inFlight : undefined
+    // As Node does: answer only if the socket can take it and no answer has begun.
+    if (error.code !== "ECONNRESET" && socket.writable && serving?.response.headersSent !== true) {
+      const [status, code, message] = clientErrors[error.code ?? ""] ?? badRequest
+      if (serving === undefined) observer.unparsed(status)
+      else addOutcome(serving.request, { status })
+      const requestId = (serving?.request.headers[requestIdHeader] as string | undefined) ?? crypto.randomUUID()
+      socket.write(rawErrorResponse(status, code, message, requestId))
+    }
+    socket.destroy(error)
+  })
+  return {
+    server,
+    setEffectApp: (app: typeof effectApp) => (effectApp = app)
+  }
+}
+
+const listen = (server: Server, port: number, host: string | undefined) =>
+  Effect.callback<void, ListenError>((resume) => {
+    const onError = (error: NodeJS.ErrnoException) =>
+      resume(Effect.fail(new ListenError({ code: error.code, host, port, detail: error.message })))
+    server.once("error", onError)
+    server.listen({ port, ...(host === undefined ? {} : { host }) }, () => {
+      server.off("error", onError)
+      resume(Effect.void)
+    })
+  })
+
+/**
+ * The `HttpServer` service: building it listens; releasing it stops listening
+ * and waits for open connections. Serving an app registers it with the
+ * dispatcher; when that scope closes, in-flight requests get
+ * `SHUTDOWN_TIMEOUT_MS - SHUTDOWN_DELAY_MS` to finish before they are
+ * interrupted (answered 503 by the app's envelope).
+ */
+export const NodeServerLayer = (routes: RouteTable): Layer.Layer<
+  HttpServer.HttpServer,
+  ListenError,
+  RouterConfig | RequestObserver | NodeRoutes | Lifecycle
+> =>
+  Layer.effect(
+    HttpServer.HttpServer,
+    Effect.gen(function*() {
+      const config = yield* RouterConfig
+      const lifecycle = yield* Lifecycle
+      const { server, setEffectApp } = makeNodeServer({
+        config,
+        routes,
+        observer: yield* RequestObserver,
+        nodeRoutes: yield* NodeRoutes,
+        isDraining: lifecycle.isDraining
+      })
+      const close = yield* Effect.cached(Effect.callback<void>((resume) => {
+        if (!server.listening) return resume(Effect.void)
+        server.close(() => resume(Effect.void))
+        // Idle keep-alive connections would hold `close` open until they time out.
+        server.closeIdleConnections()
+      }))
+      yield* Effect.addFinalizer(() => close)
+      yield* listen(server, config.port, config.host)
+      const bound = server.address()
+      const address = typeof bound === "object" && bound !== null
+        ? NetAddress.inetAddressFromIpStringUnsafe(bound.address, bound.port)
+        : NetAddress.unixPathAddress(String(bound))
+      const grace = Duration.millis(config.shutdownTimeoutMs - config.shutdownDelayMs)
+      return HttpServer.make({
+        address,
+        serve: (app, middleware) =>
+          Effect.gen(function*() {
+            const serveScope = yield* Effect.scope
+            const requestScope = Scope.forkUnsafe(serveScope, "parallel")
+            const handler = yield* NodeHttpServer.makeHandler(app, {
+              scope: requestScope,
+              ...(middleware === undefined ? {} : { middleware: middleware as any })
+            })
+            setEffectApp(handler)
+            // Runs before the request scope closes: stop listening, and give
+            // in-flight requests the grace period.
+            yield* Scope.addFinalizer(serveScope, Effect.timeoutOrElse(close, { duration: grace, orElse: () => Effect.void }))
+          })
+      })
+    })
+  )

@@ -1,0 +1,68 @@
+/**
+ * Composes the router: its HTTP application on the Node server, the services
+ * they use, the request observer, logging and settings.
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
+import { HttpRouter } from "effect/http"
+import { loggingLayer } from "../shared/Logging.ts"
+import { Admission } from "./Admission.ts"
+import { RouterConfig } from "./Config.ts"
+import { NodeRoutes } from "./http/NodeRoutes.ts"
+import { RequestObserver } from "./http/RequestObserver.ts"
+import { Lifecycle } from "./Lifecycle.ts"
+import { Model } from "./Model.ts"
+import { NodeServerLayer } from "./NodeServer.ts"
+import { RequestScheduler, RouterApp, routes } from "./RouterApp.ts"
+
+/** JSON lines on stdout (LOG_FORMAT=pretty for humans), filtered at LOG_LEVEL. */
+export const LoggingLayer = Layer.unwrap(RouterConfig.useSync(loggingLayer))
+
+const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
+  const config = yield* RouterConfig
+  if (config.modelRefDefaulted) {
+    yield* Effect.logWarning(`MODEL_REF is not set; serving "${config.modelRef}"`)
+  }
+  // API keys are Redacted (they print as <redacted>); KV endpoints as shown, credentials masked.
+  yield* Effect.logInfo("effective configuration").pipe(
+    Effect.annotateLogs({
+      config: {
+        ...config,
+        apiKeys: `${config.apiKeys.length} key(s)`,
+        kvEndpoints: config.kvEndpoints.map((endpoint) => endpoint.shown)
+      }
+    })
+  )
+  for (const endpoint of config.kvEndpoints) {
+    yield* Effect.logInfo(`KV endpoint: ${endpoint.shown}`)
+  }
+}))
+
+/**
+ * The whole router as one layer: building it listens; releasing it closes the
+ * listener and waits for in-flight requests. Run `Lifecycle.drain` before
+ * releasing it (see main.ts). Tests swap the configuration, the model and the
+ * logger; everything else is what production runs.
+ */
+export const makeRouterServer = <E>(options: {
+  readonly config: Layer.Layer<RouterConfig, E>
+  readonly model?: Layer.Layer<Model, never, RouterConfig> | undefined
+  readonly logging?: Layer.Layer<never, never, RouterConfig> | undefined
+}) =>
+  HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
+    Layer.provideMerge(NodeServerLayer(routes)),
+    // File and ETag services Effect's HTTP app expects of a Node server.
+    Layer.provide(NodeHttpServer.layerHttpServices),
+    Layer.provideMerge(NodeRoutes.layer),
+    Layer.provide(RequestObserver.layer(routes)),
+    Layer.provideMerge(Layer.mergeAll(
+      Admission.layer.pipe(Layer.provide(RequestScheduler)),
+      options.model ?? Model.layer,
+      Lifecycle.layer
+    )),
+    Layer.provide(StartupLog),
+    Layer.provideMerge(options.logging ?? LoggingLayer),
+    Layer.provideMerge(options.config)
+  )
+
+export const RouterServer = makeRouterServer({ config: RouterConfig.layer })
