@@ -195,6 +195,18 @@ describe("Admission", () => {
       assert.include(admission.statsUnsafe(), { running: 0, waiting: 0 })
     }))
 
+  it.effect("before any work finished, Retry-After starts from the configured model time, not 1 s", () =>
+    Effect.gen(function*() {
+      const admission = yield* Admission.make({ ...limits({ slots: 1, maxQueue: 5 }), expectedHoldMs: 3_000 })
+      const holder = yield* arrive(admission, 60_000)
+      const queued = []
+      for (let i = 0; i < 3; i++) queued.push(yield* arrive(admission, 60_000))
+      // 3 queued ahead on 1 slot of 3 s each, plus its own turn: 12 s.
+      const seconds = rejection(yield* Fiber.await(yield* arrive(admission, 10, 0))).retryAfterSeconds
+      assert.strictEqual(seconds, 12)
+      yield* Effect.forEach([holder, ...queued], Fiber.interrupt)
+    }))
+
   describe("cancellation", () => {
     it.effect("a request interrupted while queued leaves the queue at once", () =>
       Effect.gen(function*() {

@@ -176,6 +176,57 @@ describe("end to end", () => {
     assert.strictEqual(await router.exited, 0)
   })
 
+  it("every /infer gets one access-log line, those the drain ends included (under load)", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/router/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MAX_CONCURRENCY: "2",
+      MAX_QUEUE: "100",
+      SIM_LATENCY_MS: "60000",
+      SHUTDOWN_TIMEOUT_MS: "500"
+    })
+    await waitReady(port, router.exited)
+    const inFlight = Array.from({ length: 31 }, (_, i) => infer(port, `load-${i}`))
+    await until(async () => (await metric(port, "router_requests_waiting")) === 29, "2 running, 29 queued")
+    router.child.kill("SIGTERM")
+    const responses = await Promise.all(inFlight)
+    assert.deepStrictEqual(new Set(responses.map((r) => r.status)), new Set([503]))
+    assert.strictEqual(await router.exited, 0)
+    const lines = router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`))
+      .map((line) => JSON.parse(line).annotations)
+    assert.lengthOf(lines, 31)
+    assert.deepStrictEqual(new Set(lines.map((line) => line.status)), new Set([503]))
+    assert.deepStrictEqual(new Set(lines.map((line) => line.reason)), new Set(["shutting_down"]))
+    assert.deepStrictEqual(
+      new Set(lines.map((line) => line.requestId)),
+      new Set(responses.map((r) => r.headers["x-request-id"]))
+    )
+  })
+
+  it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", async () => {
+    const port = await freePort()
+    const blocker = createServer().listen(port, "127.0.0.1")
+    await once(blocker, "listening")
+    try {
+      const cases: ReadonlyArray<readonly [Record<string, string>, ReadonlyArray<string>]> = [
+        [{ PORT: String(port), HOST: "127.0.0.1" }, ["already in use", "PORT", String(port)]],
+        [{ PORT: String(port), HOST: "no-such-host.invalid" }, ["HOST=", "does not resolve"]],
+        [{ PORT: String(port), HOST: "192.0.2.1" }, ["HOST=", "not an address of this machine"]]
+      ]
+      for (const [env, words] of cases) {
+        const router = start(process.execPath, ["src/router/main.ts"], env)
+        assert.strictEqual(await router.exited, 1)
+        const lines = router.output().stderr.trim().split("\n")
+        assert.lengthOf(lines, 1, router.output().stderr)
+        assert.match(lines[0], /^inference-router: cannot listen on /)
+        for (const word of words) assert.include(lines[0], word)
+      }
+    } finally {
+      blocker.close()
+    }
+  })
+
   it("keep-alive clients do not hold the drain open", async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {

@@ -32,6 +32,14 @@ export interface AdmissionLimits {
   readonly queueTimeoutMs: number
 }
 
+export interface AdmissionOptions extends AdmissionLimits {
+  /**
+   * What a unit of work is expected to hold its slot for before any has
+   * finished (the configured model time): the first Retry-After estimates.
+   */
+  readonly expectedHoldMs?: number | undefined
+}
+
 export interface AdmissionStats extends AdmissionLimits {
   /** Units of work holding a slot now. */
   readonly running: number
@@ -70,8 +78,9 @@ export class Admission extends Context.Service<Admission, {
   /** Current counts, read synchronously so metrics and probes cost nothing. */
   statsUnsafe(): AdmissionStats
 }>()("inference-router/Admission") {
-  static readonly make = (limits: AdmissionLimits): Effect.Effect<Admission["Service"]> =>
+  static readonly make = (options: AdmissionOptions): Effect.Effect<Admission["Service"]> =>
     Effect.gen(function*() {
+      const limits: AdmissionLimits = { slots: options.slots, maxQueue: options.maxQueue, queueTimeoutMs: options.queueTimeoutMs }
       const semaphore = yield* Semaphore.make(limits.slots)
       // Taking or releasing a free permit never suspends, so running it as a
       // fiber completes at once; this costs about 70 ns, Effect.runSync twice that.
@@ -84,7 +93,8 @@ export class Admission extends Context.Service<Admission, {
       let running = 0
       // Admitted but not yet granted a slot: includes requests about to be granted.
       let waiting = 0
-      let holdTimeMs = 0
+      // Learnt from the work that finishes; until then, what the settings say.
+      let holdTimeMs = options.expectedHoldMs ?? 0
 
       /** Rejects the request that would stand at `position` in the queue. */
       const reject = (reason: RejectReason, message: string, position: number) =>
@@ -107,8 +117,15 @@ export class Admission extends Context.Service<Admission, {
       const enterUnsafe = () => {
         // Nobody waiting also means no semaphore waiter for the permit to skip.
         if (waiting > 0 || running >= limits.slots) return undefined
-        const taken = runFork(takeFreePermit).pollUnsafe()
-        if (taken === undefined || !Exit.isSuccess(taken) || !taken.value) return undefined
+        const fiber = runFork(takeFreePermit)
+        const taken = fiber.pollUnsafe()
+        if (taken === undefined) {
+          // Never expected (a free permit is taken without suspending), but a
+          // fiber left running could take a permit nobody releases.
+          fiber.interruptUnsafe()
+          return undefined
+        }
+        if (!Exit.isSuccess(taken) || !taken.value) return undefined
         running++
         const grantedAt = clock.currentTimeMillisUnsafe()
         let left = false
@@ -188,7 +205,8 @@ export class Admission extends Context.Service<Admission, {
       Admission.make({
         slots: config.maxConcurrency,
         maxQueue: config.maxQueue,
-        queueTimeoutMs: config.queueTimeoutMs
+        queueTimeoutMs: config.queueTimeoutMs,
+        expectedHoldMs: config.simLatencyMs
       }))
   )
 }

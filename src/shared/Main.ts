@@ -17,11 +17,10 @@ export const describeCause = (cause: Cause.Cause<unknown>): string => {
     const value = Cause.isFailReason(reason) ? reason.error : Cause.isDieReason(reason) ? reason.defect : undefined
     if (value === undefined) continue
     const text = value instanceof Error ? (value.message || value.name) : String(value)
-    const withCode = value instanceof Error && "code" in value && typeof value.code === "string" && !text.includes(value.code)
-      ? `${text} (${value.code})`
-      : text
-    const line = withCode.split("\n").find((part) => part.trim() !== "")
-    if (line !== undefined) return line.trim()
+    const line = text.split("\n").find((part) => part.trim() !== "")?.trim()
+    if (line === undefined) continue
+    const code = value instanceof Error && "code" in value && typeof value.code === "string" ? value.code : undefined
+    return code === undefined || line.includes(code) ? line : `${line} (${code})`
   }
   return Cause.pretty(cause).split("\n")[0] ?? "unknown failure"
 }

@@ -7,6 +7,7 @@ import { Effect, Latch, Layer, Logger, Metric } from "effect"
 import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import { Admission } from "../../src/router/Admission.ts"
 import { RouterConfig, type RouterSettings } from "../../src/router/Config.ts"
 import { Model } from "../../src/router/Model.ts"
@@ -57,6 +58,8 @@ export interface RawResponse {
   readonly headers: Http.IncomingHttpHeaders
   readonly text: string
   readonly json: any
+  /** The body's bytes as sent (still compressed, if they were). */
+  readonly bytes: Buffer
 }
 
 export interface RawRequest {
@@ -85,14 +88,15 @@ export const requestAt = (port: number, options: RawRequest): Promise<RawRespons
       const chunks: Array<Buffer> = []
       res.on("data", (chunk) => chunks.push(chunk))
       res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8")
+        const bytes = Buffer.concat(chunks)
+        const text = bytes.toString("utf8")
         let json: unknown
         try {
           json = JSON.parse(text)
         } catch {
           json = undefined
         }
-        resolve({ status: res.statusCode!, headers: res.headers, text, json })
+        resolve({ status: res.statusCode!, headers: res.headers, text, json, bytes })
       })
       res.on("error", reject)
     })
@@ -157,3 +161,44 @@ export const untilStats = (running: number, waiting: number) =>
       new Error(`admission never reached running=${running} waiting=${waiting}: ${JSON.stringify(stats)}`)
     )
   })
+
+/**
+ * Sends `text` as it is on a fresh connection and returns everything the
+ * server wrote until it closed the connection (or `waitMs` passed).
+ */
+export const exchangeAt = (port: number, text: string | Buffer, waitMs = 2_000): Promise<string> =>
+  new Promise((resolve) => {
+    const socket = Net.connect(port, "127.0.0.1", () => socket.write(text))
+    let data = ""
+    const done = () => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(data)
+    }
+    const timer = setTimeout(done, waitMs)
+    socket.on("data", (chunk) => (data += chunk))
+    socket.on("error", () => {})
+    socket.on("close", done)
+  })
+
+export const exchange = (text: string | Buffer, waitMs?: number) =>
+  Effect.flatMap(serverPort, (port) => Effect.promise(() => exchangeAt(port, text, waitMs)))
+
+/** A raw HTTP/1.1 response: status, lower-cased headers, body. */
+export const parseRaw = (raw: string) => {
+  const [head, ...rest] = raw.split("\r\n\r\n")
+  const [statusLine, ...headerLines] = head.split("\r\n")
+  const headers: Record<string, string> = {}
+  for (const line of headerLines) {
+    const colon = line.indexOf(":")
+    headers[line.slice(0, colon).toLowerCase()] = line.slice(colon + 1).trim()
+  }
+  const body = rest.join("\r\n\r\n")
+  let json: any
+  try {
+    json = JSON.parse(body)
+  } catch {
+    json = undefined
+  }
+  return { status: Number(statusLine.split(" ")[1]), headers, body, json }
+}

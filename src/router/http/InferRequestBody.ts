@@ -14,6 +14,9 @@ import { InferRequest } from "../../api/RouterApi.ts"
 
 const decodeInferRequest = Schema.decodeUnknownResult(InferRequest)
 
+/** Strict UTF-8: invalid bytes are an error; a leading byte-order mark is dropped. */
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
 /** JSON, or JSON sent with curl -d's form label; no Content-Type means JSON. */
 const readsAsJson = (contentType: string | undefined) => {
   if (contentType === undefined || contentType === "application/json") return true
@@ -72,7 +75,18 @@ export const readBody = (
     }
   })
   request.on("end", () => {
-    if (!done) finish(chunks.length === 1 ? chunks[0].toString("utf8") : Buffer.concat(chunks).toString("utf8"))
+    if (done) return
+    const bytes = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)
+    // Not Buffer#toString, which silently replaces invalid bytes with U+FFFD.
+    let text: string
+    try {
+      text = utf8.decode(bytes)
+    } catch {
+      return finish(
+        new InvalidRequest({ code: "invalid_encoding", message: "request body is not valid UTF-8" })
+      )
+    }
+    finish(text)
   })
   request.on("error", () => {
     if (!done) finish(new InvalidRequest({ code: "invalid_body", message: "the request body could not be read" }))

@@ -45,6 +45,18 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const logsAccess = LogLevel.isGreaterThanOrEqualTo("Info", Context.get(context, References.MinimumLogLevel))
         const accessLog = config.logFormat === "json" ? yield* jsonLines : effectLogger(context)
 
+        // Responses observed and not yet closed. Released with the server, the
+        // observer first waits for them (the 503s that end a drain are written
+        // as the server stops), so every request's line is written before exit.
+        let open = 0
+        let onAllClosed: (() => void) | undefined
+        yield* Effect.addFinalizer(() =>
+          Effect.callback<void>((resume) => {
+            if (open === 0) return resume(Effect.void)
+            onAllClosed = () => resume(Effect.void)
+          }).pipe(Effect.timeoutOrElse({ duration: config.shutdownTimeoutMs, orElse: () => Effect.void }))
+        )
+
         const metrics = metricContext(context)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
           const durationMs = performance.now() - startedAt
@@ -79,8 +91,13 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             }
             if (untracked.has(path)) return
             const startedAt = performance.now()
+            open++
             // A response closes once: `on` spares the wrapper `once` allocates.
-            response.on("close", () => finished(request, response, path, startedAt))
+            response.on("close", () => {
+              open--
+              finished(request, response, path, startedAt)
+              if (open === 0 && onAllClosed !== undefined) onAllClosed()
+            })
           },
           unparsed: (status) => requestsBy(unmatchedEndpoint, String(status)).updateUnsafe(1, metrics)
         })
@@ -123,6 +140,8 @@ const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(f
   const write = yield* AccessLogOutput
   let pending: Array<string> = []
   let timer: ReturnType<typeof setTimeout> | undefined
+  // Once released, a line is written at once: nothing may wait for a timer the exit cancels.
+  let released = false
   const flush = () => {
     if (timer !== undefined) clearTimeout(timer)
     timer = undefined
@@ -131,7 +150,12 @@ const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(f
     pending = []
     write(text)
   }
-  yield* Effect.addFinalizer(() => Effect.sync(flush))
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      released = true
+      flush()
+    })
+  )
   // Formatting a Date costs about 0.4 µs: lines in the same millisecond share one.
   let stampedAt = 0
   let timestamp = ""
@@ -154,7 +178,7 @@ const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(f
         outcome?.reason === undefined ? "" : `,"reason":${JSON.stringify(outcome.reason)}`
       },"durationMs":${entry.durationMs}},"spans":{}}`
     )
-    if (pending.length >= accessLogBatchLines) flush()
+    if (pending.length >= accessLogBatchLines || released) flush()
   }
 })
 
