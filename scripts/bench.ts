@@ -324,6 +324,42 @@ const main = async () => {
     print()
   }
 
+  if (!only || only.includes("docs")) {
+    // Issue: ten readers of an uncompressed, uncached 3.2 MB /docs pushed /infer's p99 from 16 to 360 ms.
+    const readers = 10
+    print(`## 4. /docs readers beside /infer: router only, SIM_LATENCY_MS=0, 10 /infer connections, with and without ${readers} uncached /docs readers`)
+    print()
+    const server = await startServer("router", { SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", LOG_LEVEL: "warn" })
+    const scriptPath = /<script src="([^"]+)"/.exec((await get(server.port, "/docs")).body)?.[1] ?? "/docs"
+    const docsScript = join(tmpdir(), "inference-router-bench-docs.lua")
+    // As a browser without a cache asks: compressed, no If-None-Match.
+    writeFileSync(docsScript, `wrk.headers["Accept-Encoding"] = "gzip, deflate, br"\n`)
+    const alone: Array<LoadResult> = []
+    const beside: Array<LoadResult> = []
+    let docsRequests = 0
+    runWrk(server, 10) // warm-up
+    for (let round = 0; round < rounds; round++) {
+      alone.push(runWrk(server, 10))
+      const docs = spawn(...onCore(1, "wrk", ["-t1", `-c${readers}`, `-d${seconds + 2}s`, "-s", docsScript, `http://127.0.0.1:${server.port}${scriptPath}`]), { stdio: ["ignore", "pipe", "ignore"] })
+      let docsOutput = ""
+      docs.stdout!.on("data", (chunk) => (docsOutput += chunk))
+      await sleep(500)
+      beside.push(runWrk(server, 10))
+      await new Promise((resolve) => docs.on("exit", resolve))
+      docsRequests += Number(/(\d+) requests in/.exec(docsOutput)?.[1] ?? 0)
+    }
+    await stopServer(server)
+    const p99Alone = median(alone.map((r) => r.p99ms))
+    const p99Beside = median(beside.map((r) => r.p99ms))
+    print("| /infer | req/s | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|")
+    print(`| alone | ${fmt(median(alone.map((r) => r.rps)), 0)} | ${fmt(median(alone.map((r) => r.p50ms)), 2)} | ${fmt(p99Alone, 2)} |`)
+    print(`| beside ${readers} /docs readers | ${fmt(median(beside.map((r) => r.rps)), 0)} | ${fmt(median(beside.map((r) => r.p50ms)), 2)} | ${fmt(p99Beside, 2)} |`)
+    print()
+    print(`The readers fetched the compressed script ${docsRequests} times (${fmt(docsRequests / (rounds * (seconds + 2)), 0)}/s). /infer p99 moved ${fmt(p99Beside - p99Alone, 2)} ms.`)
+    print()
+  }
+
   if (!only || only.includes("startup")) {
     print("## 3. Start-up: process start to the first 200 from /readyz (median of 5)")
     print()
