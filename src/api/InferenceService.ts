@@ -1,0 +1,131 @@
+/**
+ * The InferenceService resource: the controller's contract with its users,
+ * as an Effect Schema. `deploy/controller/crd.yaml` is the same contract for
+ * the API server (a test generates specs from this schema and checks the
+ * CRD accepts them, and checks the CRD rejects what this schema rejects).
+ *
+ * Names follow KServe's `v1beta1` where it has the concept (`minReplicas`,
+ * `maxReplicas`, `scaleMetric`, `scaleTarget`, `resources`), in an API group
+ * of the project's own so both can live in one cluster.
+ */
+import { Schema } from "effect"
+
+export const group = "inference-router.dev"
+export const version = "v1alpha1"
+export const apiVersion = `${group}/${version}`
+export const kind = "InferenceService"
+export const plural = "inferenceservices"
+
+const int = (minimum: number, maximum = 2_147_483_647) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
+
+/** Kubernetes resource quantities, as strings or numbers ("500m", "1Gi", 2). */
+const Quantity = Schema.Union([Schema.String.check(Schema.isPattern(/^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/)), Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))])
+
+const ResourceList = Schema.Record(Schema.Literals(["cpu", "memory", "ephemeral-storage"]), Quantity)
+
+/** The router's settings that can differ per InferenceService; unset ones are the router's defaults. */
+export const RouterSpec = Schema.Struct({
+  maxConcurrency: Schema.optionalKey(int(1, 100_000)),
+  maxQueue: Schema.optionalKey(int(0, 1_000_000)),
+  queueTimeoutMs: Schema.optionalKey(int(1, 3_600_000)),
+  overloadStatus: Schema.optionalKey(Schema.Literals([429, 503])),
+  simLatencyMs: Schema.optionalKey(int(0, 3_600_000)),
+  maxBodyBytes: Schema.optionalKey(int(1, 1_073_741_824)),
+  shutdownDelayMs: Schema.optionalKey(int(0, 600_000)),
+  shutdownTimeoutMs: Schema.optionalKey(int(1, 600_000)),
+  headersTimeoutMs: Schema.optionalKey(int(1, 3_600_000)),
+  requestTimeoutMs: Schema.optionalKey(int(1, 3_600_000)),
+  logLevel: Schema.optionalKey(Schema.Literals(["debug", "info", "warn", "error"]))
+})
+export type RouterSpec = typeof RouterSpec.Type
+
+const LabelKey = Schema.String.check(
+  Schema.isPattern(/^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/)
+)
+const LabelValue = Schema.String.check(Schema.isPattern(/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/))
+const EnvName = Schema.String.check(Schema.isPattern(/^[A-Za-z_][A-Za-z0-9_]*$/))
+const DnsName = Schema.String.check(Schema.isPattern(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/))
+  .check(Schema.isMaxLength(253))
+
+/**
+ * The shape of a KV endpoint the API server can check (the CRD has the same
+ * pattern); the router's full rules (port range, URL parsing) are checked by
+ * the controller with the router's own parser.
+ */
+export const kvEndpointPattern = "^([^\\s,:/]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$|^(https?|redis)://[^\\s,]+$"
+
+export const InferenceServiceSpec = Schema.Struct({
+  /** The model this InferenceService serves (the router's MODEL_REF). */
+  modelRef: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(253)),
+  /** KV store nodes, each `host:port` or an http(s):// or redis:// URL (the router's rules). */
+  kvEndpoints: Schema.optionalKey(
+    Schema.Array(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(2048), Schema.isPattern(new RegExp(kvEndpointPattern))))
+      .check(Schema.isMaxLength(64))
+  ),
+  router: Schema.optionalKey(RouterSpec),
+  /** Fixed replica count; leave unset and set maxReplicas to autoscale. */
+  replicas: Schema.optionalKey(int(0, 1000)),
+  minReplicas: Schema.optionalKey(int(1, 1000)),
+  maxReplicas: Schema.optionalKey(int(1, 1000)),
+  /** What the HPA scales on: CPU utilization, or the router's queue (needs a metrics adapter). */
+  scaleMetric: Schema.optionalKey(Schema.Literals(["cpu", "queue"])),
+  /** cpu: target utilization in percent; queue: target requests waiting per pod. */
+  scaleTarget: Schema.optionalKey(int(1, 1000)),
+  resources: Schema.optionalKey(Schema.Struct({
+    requests: Schema.optionalKey(ResourceList),
+    limits: Schema.optionalKey(ResourceList)
+  })),
+  /** A Secret whose key holds comma-separated API keys (the router's API_KEYS). */
+  apiKeysSecretRef: Schema.optionalKey(Schema.Struct({
+    name: DnsName,
+    key: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[-._a-zA-Z0-9]+$/)))
+  })),
+  /** The router image; default: the controller's ROUTER_IMAGE. */
+  image: Schema.optionalKey(Schema.String.check(Schema.isMinLength(1))),
+  podLabels: Schema.optionalKey(Schema.Record(LabelKey, LabelValue)),
+  podAnnotations: Schema.optionalKey(Schema.Record(Schema.String, Schema.String)),
+  /** Extra environment for the router container; router settings are set through the fields above. */
+  env: Schema.optionalKey(Schema.Array(Schema.Struct({ name: EnvName, value: Schema.String })).check(Schema.isMaxLength(64)))
+})
+export type InferenceServiceSpec = typeof InferenceServiceSpec.Type
+
+/** `metav1.Condition`. */
+export const Condition = Schema.Struct({
+  type: Schema.String,
+  status: Schema.Literals(["True", "False", "Unknown"]),
+  reason: Schema.String,
+  message: Schema.String,
+  lastTransitionTime: Schema.String,
+  observedGeneration: Schema.optionalKey(Schema.Int)
+})
+export type Condition = typeof Condition.Type
+
+export const InferenceServiceStatus = Schema.Struct({
+  observedGeneration: Schema.optionalKey(Schema.Int),
+  conditions: Schema.optionalKey(Schema.Array(Condition)),
+  url: Schema.optionalKey(Schema.String),
+  replicas: Schema.optionalKey(Schema.Int),
+  readyReplicas: Schema.optionalKey(Schema.Int),
+  routerImage: Schema.optionalKey(Schema.String)
+})
+export type InferenceServiceStatus = typeof InferenceServiceStatus.Type
+
+export interface ObjectMeta {
+  readonly name: string
+  readonly namespace: string
+  readonly uid: string
+  readonly generation?: number
+  readonly resourceVersion?: string
+  readonly labels?: Record<string, string>
+  readonly annotations?: Record<string, string>
+  readonly deletionTimestamp?: string
+}
+
+/** An InferenceService as the API returns it: the spec is decoded separately, so an invalid one can be reported. */
+export interface InferenceService {
+  readonly apiVersion: string
+  readonly kind: string
+  readonly metadata: ObjectMeta
+  readonly spec: unknown
+  readonly status?: InferenceServiceStatus
+}

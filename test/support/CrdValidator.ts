@@ -1,0 +1,93 @@
+/**
+ * What the API server does with a CRD's schema on create, for the tests (no
+ * API server can run here): structural validation (ajv over the
+ * openAPIV3Schema, which is JSON Schema plus `x-kubernetes-*` extensions),
+ * defaulting (ajv's `useDefaults`, as the API server defaults before it
+ * validates), and the CEL rules (`x-kubernetes-validations`) evaluated with a
+ * CEL library on each value they are attached to, after defaulting.
+ *
+ * Not modelled: CEL cost limits, `oldSelf` transition rules, the API server's
+ * exact error wording, and pruning of unknown fields (ajv here rejects them
+ * instead, which is stricter).
+ */
+import { evaluate } from "@marcbachmann/cel-js"
+import { Ajv } from "ajv"
+import { readFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+import { parse } from "yaml"
+
+const crdFile = fileURLToPath(new URL("../../deploy/controller/crd.yaml", import.meta.url))
+
+export const crd = parse(readFileSync(crdFile, "utf8"))
+export const openApiSchema = crd.spec.versions[0].schema.openAPIV3Schema
+
+interface Rule {
+  readonly rule: string
+  readonly message: string
+}
+
+/** A copy of the schema ajv understands: `additionalProperties: false` where Kubernetes prunes. */
+const forAjv = (schema: any, top = false): any => {
+  if (Array.isArray(schema)) return schema.map((item) => forAjv(item))
+  if (schema === null || typeof schema !== "object") return schema
+  const out: any = {}
+  for (const [key, value] of Object.entries(schema)) {
+    if (key.startsWith("x-kubernetes-")) continue
+    out[key] = key === "properties" ? Object.fromEntries(Object.entries(value as object).map(([k, v]) => [k, forAjv(v)])) : forAjv(value)
+  }
+  if (out.type === "object" && out.properties !== undefined && out.additionalProperties === undefined && !top) {
+    out.additionalProperties = false
+  }
+  return out
+}
+
+const ajv = new Ajv({ useDefaults: true, strict: false, allErrors: true, validateFormats: false })
+const validateStructure = ajv.compile({ ...forAjv(openApiSchema, true), properties: { ...forAjv(openApiSchema, true).properties, metadata: { type: "object" } } })
+
+/** CEL's ints are 64-bit integers: whole JSON numbers become BigInt, as the API server reads them. */
+const celValue = (value: unknown): unknown => {
+  if (typeof value === "number" && Number.isInteger(value)) return BigInt(value)
+  if (Array.isArray(value)) return value.map(celValue)
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, celValue(v)]))
+  }
+  return value
+}
+
+const celErrors = (schema: any, value: unknown, path: string, errors: Array<string>) => {
+  if (value === undefined || schema === undefined) return
+  for (const rule of (schema["x-kubernetes-validations"] ?? []) as ReadonlyArray<Rule>) {
+    let ok: unknown
+    try {
+      ok = evaluate(rule.rule, { self: celValue(value) })
+    } catch (error) {
+      errors.push(`${path}: rule ${JSON.stringify(rule.rule)} failed to evaluate: ${(error as Error).message}`)
+      continue
+    }
+    if (ok !== true) errors.push(`${path}: ${rule.message}`)
+  }
+  if (schema.properties !== undefined && value !== null && typeof value === "object") {
+    for (const [key, sub] of Object.entries(schema.properties)) celErrors(sub, (value as any)[key], `${path}.${key}`, errors)
+  }
+  if (schema.items !== undefined && Array.isArray(value)) {
+    value.forEach((item, i) => celErrors(schema.items, item, `${path}[${i}]`, errors))
+  }
+}
+
+export interface Admitted {
+  readonly ok: boolean
+  readonly errors: ReadonlyArray<string>
+  /** The object after defaulting. */
+  readonly object: any
+}
+
+/** Validates (and defaults) an InferenceService as the API server would on create. */
+export const admit = (input: unknown): Admitted => {
+  const object = structuredClone(input) as any
+  const errors: Array<string> = []
+  if (!validateStructure(object)) {
+    for (const error of validateStructure.errors ?? []) errors.push(`${error.instancePath || "/"}: ${error.message}`)
+  }
+  if (errors.length === 0) celErrors(openApiSchema, object, "", errors)
+  return { ok: errors.length === 0, errors, object }
+}
