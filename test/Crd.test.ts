@@ -124,6 +124,6 @@ describe("the InferenceService CRD", () => {
       const structural = result.errors.filter((error) => !/^\.spec(\.router|\.env)?: /.test(error) && !error.startsWith(": "))
       assert.deepStrictEqual(structural, [], JSON.stringify(spec))
     },
-    { fastCheck: { numRuns: 200 } }
+    { arbitrary: { runs: 200 } }
   )
 })

@@ -1,0 +1,188 @@
+/**
+ * The controller's pure function, over random valid InferenceServices: every
+ * object passes the Kubernetes schemas, the env reaches the pod exactly as the
+ * decision table says and the router's own parser accepts it, output is
+ * deterministic, selectors match labels, owners are set.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Effect, Exit, Schema } from "effect"
+import { Deployment } from "kubernetes-models/apps/v1/Deployment"
+import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler"
+import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget"
+import { Service } from "kubernetes-models/v1/Service"
+import { readFileSync } from "node:fs"
+import { RouterSpec } from "../src/api/InferenceService.ts"
+import {
+  defaults,
+  desiredObjects,
+  envDecisions,
+  envTableMarkdown,
+  ownerLabel,
+  undecidedSettings
+} from "../src/controller/Desired.ts"
+import { checkSpec } from "../src/controller/SpecCheck.ts"
+import { loadSettings, settingNames } from "../src/router/Config.ts"
+import { admit } from "./support/CrdValidator.ts"
+
+const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
+
+/** Specs as users write them: valid KV endpoints, any router settings, either scaling mode. */
+const SpecPlan = Schema.Struct({
+  modelRef: Schema.Literals(["llama-3-8b", "mistral/7b:v0.2", "m"]),
+  kv: Schema.Array(Schema.Struct({
+    scheme: Schema.Literals(["", "redis://", "http://"]),
+    host: Schema.Literals(["kv-0", "kv.ns.svc.cluster.local", "10.0.0.7"]),
+    port: int(1, 65535)
+  })).check(Schema.isMaxLength(4)),
+  router: RouterSpec,
+  scaling: Schema.Union([
+    Schema.Struct({ replicas: int(0, 20) }),
+    Schema.Struct({ minReplicas: int(1, 3), maxReplicas: int(3, 20), scaleMetric: Schema.Literals(["cpu", "queue"]), scaleTarget: int(1, 100) }),
+    Schema.Struct({})
+  ]),
+  secret: Schema.optionalKey(Schema.Literals(["keys-a", "keys-b"])),
+  image: Schema.optionalKey(Schema.Literals(["registry.local/router:1.2.3", "router@sha256:" + "a".repeat(64)])),
+  podLabels: Schema.optionalKey(Schema.Record(Schema.Literals(["team", "tier"]), Schema.Literals(["a", "b-c"]))),
+  extraEnv: Schema.optionalKey(Schema.Literals(["NODE_OPTIONS", "TZ"]))
+})
+
+const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
+  modelRef: plan.modelRef,
+  kvEndpoints: plan.kv.map(({ host, port, scheme }) => `${scheme}${host}:${port}`),
+  router: plan.router,
+  ...plan.scaling,
+  ...(plan.secret === undefined ? {} : { apiKeysSecretRef: { name: plan.secret } }),
+  ...(plan.image === undefined ? {} : { image: plan.image }),
+  ...(plan.podLabels === undefined ? {} : { podLabels: plan.podLabels }),
+  ...(plan.extraEnv === undefined ? {} : { env: [{ name: plan.extraEnv, value: "x" }] })
+})
+
+const owner = { name: "llama", namespace: "models", uid: "0b6c4f3e-1d9a-4b8e-9f1e-6a7c2d3e4f50" }
+const settings = { routerImage: "inference-router:0.1.0" }
+
+/** The spec as the API server stores it (defaulted), or undefined when it would refuse it. */
+const admitted = (spec: Record<string, unknown>) => {
+  const result = admit({ apiVersion: "inference-router.dev/v1alpha1", kind: "InferenceService", metadata: { name: owner.name }, spec })
+  return result.ok ? result.object.spec : undefined
+}
+
+describe("desired objects", () => {
+  it("every router setting has a recorded decision", () => {
+    assert.deepStrictEqual(undecidedSettings(), [])
+    assert.deepStrictEqual(envDecisions.map((d) => d.variable), [...settingNames])
+  })
+
+  it("deploy/README.md shows the decision table the code uses", () => {
+    const readme = readFileSync(new URL("../deploy/README.md", import.meta.url), "utf8")
+    assert.include(readme, envTableMarkdown())
+  })
+
+  it.prop("for any valid InferenceService: schemas, env, parser, determinism, selectors, owners", [SpecPlan], ([plan]) => {
+    const stored = admitted(toSpec(plan))
+    // Cross-field rules the API server enforces (e.g. shutdown delay < timeout) rule some plans out.
+    if (stored === undefined) return
+    const check = checkSpec(stored)
+    // Some plans pass the CRD yet not the router (a port the pattern allows, a headers timeout over
+    // the router's request default): the controller reports those instead of applying them.
+    if (check._tag === "Invalid") {
+      assert.include(check.message, "the router would reject this spec")
+      return
+    }
+    const objects = desiredObjects(owner, check.spec, settings)
+    const recheck = checkSpec(structuredClone(stored))
+    assert.strictEqual(recheck._tag, "Valid")
+    const again = desiredObjects(owner, (recheck as typeof check).spec, settings)
+    assert.strictEqual(JSON.stringify(objects), JSON.stringify(again), "deterministic")
+
+    new Deployment(objects.deployment as any).validate()
+    new Service(objects.service as any).validate()
+    new PodDisruptionBudget(objects.podDisruptionBudget as any).validate()
+    if (objects.horizontalPodAutoscaler !== undefined) new HorizontalPodAutoscaler(objects.horizontalPodAutoscaler as any).validate()
+
+    const deployment = objects.deployment as any
+    const podLabels = deployment.spec.template.metadata.labels
+    for (const [key, value] of Object.entries(deployment.spec.selector.matchLabels)) assert.strictEqual(podLabels[key], value)
+    for (const [key, value] of Object.entries((objects.service.spec as any).selector)) assert.strictEqual(podLabels[key], value)
+    for (const [key, value] of Object.entries((objects.podDisruptionBudget.spec as any).selector.matchLabels)) {
+      assert.strictEqual(podLabels[key], value)
+    }
+    assert.strictEqual(podLabels[ownerLabel], owner.name)
+
+    const children = [objects.deployment, objects.service, objects.podDisruptionBudget, objects.horizontalPodAutoscaler]
+    for (const child of children) {
+      if (child === undefined) continue
+      assert.deepStrictEqual(child.metadata.ownerReferences, [{
+        apiVersion: "inference-router.dev/v1alpha1",
+        kind: "InferenceService",
+        name: owner.name,
+        uid: owner.uid,
+        controller: true,
+        blockOwnerDeletion: true
+      }])
+      assert.strictEqual(child.metadata.namespace, owner.namespace)
+    }
+
+    // An HPA owns the count exactly when the spec autoscales.
+    assert.strictEqual(objects.horizontalPodAutoscaler !== undefined, "replicas" in deployment.spec === false)
+    assert.strictEqual(objects.horizontalPodAutoscaler !== undefined, stored.maxReplicas !== undefined)
+
+    // The env, exactly as the table says.
+    const container = deployment.spec.template.spec.containers[0]
+    const env = new Map<string, any>(container.env.map((e: any) => [e.name, e]))
+    for (const decision of envDecisions) {
+      const item = env.get(decision.variable)
+      switch (decision.from) {
+        case "spec":
+          assert.strictEqual(item?.value, decision.value(check.spec), decision.variable)
+          break
+        case "fixed":
+          assert.strictEqual(item?.value, decision.value, decision.variable)
+          break
+        case "downward":
+          assert.strictEqual(item?.valueFrom?.fieldRef?.fieldPath, decision.fieldPath)
+          break
+        case "secret":
+          assert.deepStrictEqual(
+            item?.valueFrom?.secretKeyRef,
+            stored.apiKeysSecretRef === undefined ? undefined : { name: stored.apiKeysSecretRef.name, key: "keys" }
+          )
+          break
+        case "router":
+          assert.isUndefined(item, decision.variable)
+      }
+    }
+    assert.strictEqual(container.image, stored.image ?? settings.routerImage)
+    assert.strictEqual(
+      deployment.spec.template.spec.terminationGracePeriodSeconds,
+      Math.ceil(stored.router.shutdownTimeoutMs / 1000) + defaults.graceMarginSeconds
+    )
+
+    // The router's own parser accepts the pod's env (downward API resolved as a kubelet would).
+    const podEnv: Record<string, string> = { POD_NAME: `${owner.name}-router-abc12`, HOSTNAME: `${owner.name}-router-abc12` }
+    for (const item of container.env) {
+      if (typeof item.value === "string") podEnv[item.name] = item.value
+      else if (item.valueFrom?.secretKeyRef !== undefined) podEnv[item.name] = "key-1,key-2"
+    }
+    const parsed = Effect.runSyncExit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: podEnv }))))
+    assert.isTrue(Exit.isSuccess(parsed), JSON.stringify(podEnv))
+    if (Exit.isSuccess(parsed)) {
+      assert.strictEqual(parsed.value.modelRef, stored.modelRef)
+      assert.deepStrictEqual(parsed.value.kvEndpoints.map((e) => e.shown), stored.kvEndpoints)
+      assert.strictEqual(parsed.value.maxConcurrency, stored.router.maxConcurrency ?? 10)
+      assert.strictEqual(parsed.value.podName, podEnv.POD_NAME)
+      assert.strictEqual(parsed.value.apiKeys.length, stored.apiKeysSecretRef === undefined ? 0 : 2)
+    }
+  }, { arbitrary: { runs: 150 } })
+
+  it("a spec the router would reject is reported with the router's own message", () => {
+    const check = checkSpec({ modelRef: "m", kvEndpoints: ["kv:70000"] })
+    assert.strictEqual(check._tag, "Invalid")
+    if (check._tag === "Invalid") assert.include(check.message, "KV_ENDPOINTS")
+  })
+
+  it("a spec the contract's schema rejects is reported, naming the field", () => {
+    const check = checkSpec({ modelRef: 7 })
+    assert.strictEqual(check._tag, "Invalid")
+    if (check._tag === "Invalid") assert.include(check.message, "modelRef")
+  })
+})
