@@ -1,0 +1,111 @@
+/**
+ * The controller: informers on InferenceServices and the Deployments they own
+ * (in every replica, so a standby is warm), and, while this replica leads,
+ * the work queue that reconciles them, fed by watch events, by the owned
+ * Deployments' events, and by a periodic resync.
+ */
+import { Context, Effect, Layer } from "effect"
+import { metricContext } from "../shared/Metrics.ts"
+import { ControllerConfig } from "./ControllerConfig.ts"
+import { type Informer, makeInformer } from "./Informer.ts"
+import { resources } from "./KubeApi.ts"
+import { runWhileLeader } from "./LeaderElection.ts"
+import { isLeader, watchRestartsBy } from "./Metrics.ts"
+import { makeReconciler } from "./Reconciler.ts"
+import { makeWorkQueue, type WorkQueue } from "./WorkQueue.ts"
+
+/** The InferenceService that controls a child, as `namespace/name`. */
+export const ownerKey = (object: any): string | undefined => {
+  const owner = (object.metadata?.ownerReferences ?? []).find((ref: any) =>
+    ref.controller === true && ref.kind === "InferenceService"
+  )
+  return owner === undefined ? undefined : `${object.metadata.namespace}/${owner.name}`
+}
+
+export class ControllerState extends Context.Service<ControllerState, {
+  /** Ready once both informers have listed once. */
+  readonly isReady: () => boolean
+  readonly queueDepth: () => number
+  readonly isLeading: () => boolean
+}>()("inference-router/ControllerState") {}
+
+export const Controller = Layer.effect(
+  ControllerState,
+  Effect.gen(function*() {
+    const settings = yield* ControllerConfig
+    const metrics = metricContext(yield* Effect.context<never>())
+    let queue: WorkQueue | undefined
+    let leading = false
+    const restarts = (resource: string) => (reason: string) => watchRestartsBy(resource, reason).updateUnsafe(1, metrics)
+
+    const inferenceServices: Informer = yield* makeInformer({
+      resource: resources.inferenceServices,
+      namespaces: settings.watchNamespaces,
+      idleTimeoutMs: settings.watchIdleTimeoutMs,
+      onChange: (key) => queue?.add(key),
+      onRestart: restarts("InferenceService")
+    })
+    const deployments: Informer = yield* makeInformer({
+      resource: resources.deployments,
+      namespaces: settings.watchNamespaces,
+      labelSelector: "app.kubernetes.io/managed-by=inference-router-controller",
+      idleTimeoutMs: settings.watchIdleTimeoutMs,
+      onChange: (_key, object) => {
+        const owner = ownerKey(object)
+        if (owner !== undefined) queue?.add(owner)
+      },
+      onRestart: restarts("Deployment")
+    })
+    const isReady = () => inferenceServices.isSynced() && deployments.isSynced()
+    const reconcile = yield* makeReconciler({ routerImage: settings.routerImage, inferenceServices, deployments })
+
+    const lead = Effect.scoped(Effect.gen(function*() {
+      while (!isReady()) yield* Effect.sleep(50)
+      const work = yield* makeWorkQueue(
+        { parallelism: settings.maxParallelReconciles, backoffBase: "500 millis", backoffMax: "5 minutes" },
+        reconcile,
+        (key, result, error) =>
+          result === "error"
+            ? Effect.logWarning("reconcile failed; retrying with backoff").pipe(
+              Effect.annotateLogs({ inferenceService: key, error: (error as { message?: string } | undefined)?.message })
+            )
+            : Effect.void
+      )
+      queue = work
+      for (const key of inferenceServices.store.keys()) work.add(key)
+      // Level-based: now and then every InferenceService is looked at again,
+      // which writes nothing when nothing changed.
+      return yield* Effect.forever(
+        Effect.sleep(settings.resyncSeconds * 1000).pipe(
+          Effect.andThen(Effect.sync(() => {
+            for (const key of inferenceServices.store.keys()) work.add(key)
+          }))
+        )
+      )
+    }).pipe(Effect.ensuring(Effect.sync(() => (queue = undefined)))))
+
+    const setLeading = (value: boolean) => {
+      leading = value
+      isLeader.updateUnsafe(value ? 1 : 0, metrics)
+    }
+    yield* Effect.forkScoped(
+      settings.leaderElection
+        ? runWhileLeader({
+          namespace: settings.leaseNamespace,
+          name: settings.leaseName,
+          identity: settings.identity,
+          leaseDurationSeconds: settings.leaseDurationSeconds,
+          renewDeadlineMs: settings.renewDeadlineMs,
+          retryMs: settings.leaderRetryMs,
+          onLeading: setLeading
+        }, lead)
+        : Effect.sync(() => setLeading(true)).pipe(Effect.andThen(lead))
+    )
+    yield* Effect.logInfo("controller started").pipe(Effect.annotateLogs({
+      watchNamespaces: settings.watchNamespaces.length === 0 ? "(all)" : settings.watchNamespaces.join(","),
+      leaderElection: settings.leaderElection,
+      identity: settings.identity
+    }))
+    return ControllerState.of({ isReady, queueDepth: () => queue?.depth() ?? 0, isLeading: () => leading })
+  })
+)

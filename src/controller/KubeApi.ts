@@ -1,0 +1,212 @@
+/**
+ * The Kubernetes API as the controller uses it, through
+ * `@kubernetes/client-node` (kubeconfig loading and auth, discovery, the
+ * typed APIs, watch streams), each call an Effect that fails with `KubeError`
+ * and is interruptible (a watch is aborted when its fiber is interrupted).
+ */
+import {
+  ApiException,
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  type KubernetesObject,
+  KubernetesObjectApi,
+  PatchStrategy,
+  setHeaderOptions,
+  Watch
+} from "@kubernetes/client-node"
+import { Context, Data, Effect, Layer } from "effect"
+import { group, plural, version } from "../api/InferenceService.ts"
+
+/** A failed API call: the HTTP status when there was one, and what the server said. */
+export class KubeError extends Data.TaggedError("KubeError")<{
+  readonly operation: string
+  readonly status: number | undefined
+  readonly detail: string
+}> {
+  override get message() {
+    return `${this.operation}: ${this.status === undefined ? "" : `${this.status} `}${this.detail}`
+  }
+}
+
+/** A watch the server ended with 410 Gone: the resourceVersion is too old, list again. */
+export class WatchExpired extends Data.TaggedError("WatchExpired")<{ readonly detail: string }> {}
+
+/** The field manager of every write: what `kubectl get --show-managed-fields` shows. */
+export const fieldManager = "inference-router-controller"
+
+export interface ResourceRef {
+  readonly apiVersion: string
+  readonly kind: string
+  /** The collection's URL path below the namespace, e.g. `apis/apps/v1/deployments`. */
+  readonly path: string
+}
+
+export const resources = {
+  inferenceServices: { apiVersion: `${group}/${version}`, kind: "InferenceService", path: `apis/${group}/${version}/${plural}` },
+  deployments: { apiVersion: "apps/v1", kind: "Deployment", path: "apis/apps/v1/deployments" }
+} satisfies Record<string, ResourceRef>
+
+export interface ListResult {
+  readonly items: ReadonlyArray<any>
+  readonly resourceVersion: string
+}
+
+export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK"
+
+const toKubeError = (operation: string) => (error: unknown): KubeError => {
+  if (error instanceof ApiException) {
+    const body = typeof error.body === "string" ? safeJson(error.body) : error.body
+    return new KubeError({ operation, status: error.code, detail: String((body as any)?.message ?? error.message).slice(0, 500) })
+  }
+  const status = (error as { statusCode?: number }).statusCode
+  return new KubeError({ operation, status, detail: error instanceof Error ? error.message : String(error) })
+}
+
+const safeJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return { message: text }
+  }
+}
+
+/** `apis/<group>/<version>/<plural>`, or its `namespaces/<ns>/<plural>` form. */
+const collectionPath = (resource: ResourceRef, namespace: string | undefined) => {
+  if (namespace === undefined) return `/${resource.path}`
+  const parts = resource.path.split("/")
+  const last = parts.pop()
+  return `/${parts.join("/")}/namespaces/${namespace}/${last}`
+}
+
+const call = <A>(operation: string, run: () => Promise<A>) => Effect.tryPromise({ try: run, catch: toKubeError(operation) })
+
+export class KubeApi extends Context.Service<KubeApi, {
+  /** The server the kubeconfig points at, for logs. */
+  readonly server: string
+  list(resource: ResourceRef, namespace: string | undefined, labelSelector?: string): Effect.Effect<ListResult, KubeError>
+  /**
+   * Streams events from `resourceVersion` until the server ends the stream
+   * (succeeds), the connection fails (KubeError) or the server says 410
+   * (WatchExpired). Interrupting it aborts the request.
+   */
+  watch(
+    resource: ResourceRef,
+    namespace: string | undefined,
+    resourceVersion: string,
+    onEvent: (type: WatchEventType, object: any) => void,
+    labelSelector?: string
+  ): Effect.Effect<void, KubeError | WatchExpired>
+  /** Server-side apply, forcing ownership of the fields it sets. */
+  apply(object: KubernetesObject): Effect.Effect<any, KubeError>
+  /** Server-side apply of an InferenceService's status (the status subresource). */
+  applyStatus(namespace: string, name: string, status: unknown): Effect.Effect<any, KubeError>
+  /** Deletes an object; one already gone is not an error. */
+  remove(object: { apiVersion: string; kind: string; metadata: { name: string; namespace: string } }): Effect.Effect<void, KubeError>
+  listPods(namespace: string, labelSelector: string): Effect.Effect<ReadonlyArray<any>, KubeError>
+  createEvent(namespace: string, event: any): Effect.Effect<void, KubeError>
+  readLease(namespace: string, name: string): Effect.Effect<any | undefined, KubeError>
+  createLease(namespace: string, lease: any): Effect.Effect<any, KubeError>
+  replaceLease(namespace: string, name: string, lease: any): Effect.Effect<any, KubeError>
+}>()("inference-router/KubeApi") {
+  static readonly make = (kc: KubeConfig): KubeApi["Service"] => {
+    const objects = KubernetesObjectApi.makeApiClient(kc)
+    const core = kc.makeApiClient(CoreV1Api)
+    const custom = kc.makeApiClient(CustomObjectsApi)
+    const coordination = kc.makeApiClient(CoordinationV1Api)
+    const watcher = new Watch(kc)
+    const applyContentType = setHeaderOptions("Content-Type", PatchStrategy.ServerSideApply)
+    const [resourceGroup, resourceVersion] = [group, version]
+
+    return KubeApi.of({
+      server: kc.getCurrentCluster()?.server ?? "(none)",
+      list: (resource, namespace, labelSelector) =>
+        call(
+          `list ${resource.kind}`,
+          () => objects.list(resource.apiVersion, resource.kind, namespace, undefined, undefined, undefined, undefined, labelSelector)
+        ).pipe(
+          Effect.map((list) => ({ items: list.items, resourceVersion: list.metadata?.resourceVersion ?? "" }))
+        ),
+      watch: (resource, namespace, from, onEvent, labelSelector) =>
+        Effect.callback<void, KubeError | WatchExpired>((resume) => {
+          const path = collectionPath(resource, namespace)
+          let aborted = false
+          let abort: AbortController | undefined
+          let expired: WatchExpired | undefined
+          watcher.watch(
+            path,
+            // The server ends each watch after a while; the informer watches again from where it was.
+            {
+              resourceVersion: from,
+              allowWatchBookmarks: true,
+              labelSelector,
+              timeoutSeconds: 300 + Math.floor(Math.random() * 300)
+            },
+            (type, object) => {
+              if (type === "ERROR") {
+                if (object?.code === 410) expired = new WatchExpired({ detail: String(object.message ?? "410 Gone") })
+                return
+              }
+              onEvent(type as WatchEventType, object)
+            },
+            (error) => {
+              if (expired !== undefined) return resume(Effect.fail(expired))
+              if (error === null || error === undefined || (error as Error).name === "AbortError") return resume(Effect.void)
+              resume(Effect.fail(toKubeError(`watch ${resource.kind}`)(error)))
+            }
+          ).then((controller) => {
+            abort = controller
+            if (aborted) controller.abort()
+          }, (error) => resume(Effect.fail(toKubeError(`watch ${resource.kind}`)(error))))
+          return Effect.sync(() => {
+            aborted = true
+            abort?.abort()
+          })
+        }),
+      apply: (object) =>
+        call(
+          `apply ${object.kind} ${object.metadata?.namespace}/${object.metadata?.name}`,
+          () => objects.patch(object, undefined, undefined, fieldManager, true, PatchStrategy.ServerSideApply)
+        ),
+      applyStatus: (namespace, name, status) =>
+        call(`apply status of InferenceService ${namespace}/${name}`, () =>
+          custom.patchNamespacedCustomObjectStatus({
+            group: resourceGroup,
+            version: resourceVersion,
+            namespace,
+            plural,
+            name,
+            body: { apiVersion: `${resourceGroup}/${resourceVersion}`, kind: "InferenceService", metadata: { name, namespace }, status },
+            fieldManager,
+            force: true
+          }, applyContentType)),
+      remove: (object) =>
+        call(`delete ${object.kind} ${object.metadata.namespace}/${object.metadata.name}`, () => objects.delete(object)).pipe(
+          Effect.asVoid,
+          Effect.catchIf((error) => error.status === 404, () => Effect.void)
+        ),
+      listPods: (namespace, labelSelector) =>
+        call(`list pods in ${namespace}`, () => core.listNamespacedPod({ namespace, labelSelector })).pipe(
+          Effect.map((list) => list.items)
+        ),
+      createEvent: (namespace, event) =>
+        call(`create event in ${namespace}`, () => core.createNamespacedEvent({ namespace, body: event })).pipe(Effect.asVoid),
+      readLease: (namespace, name) =>
+        call(`read lease ${namespace}/${name}`, () => coordination.readNamespacedLease({ namespace, name })).pipe(
+          Effect.catchIf((error) => error.status === 404, () => Effect.succeed(undefined))
+        ),
+      createLease: (namespace, lease) =>
+        call(`create lease ${namespace}`, () => coordination.createNamespacedLease({ namespace, body: lease })),
+      replaceLease: (namespace, name, lease) =>
+        call(`replace lease ${namespace}/${name}`, () => coordination.replaceNamespacedLease({ namespace, name, body: lease }))
+    })
+  }
+
+  /** From the kubeconfig kubectl would use (KUBECONFIG, ~/.kube/config, or the pod's service account). */
+  static readonly layer: Layer.Layer<KubeApi> = Layer.sync(KubeApi, () => {
+    const kc = new KubeConfig()
+    kc.loadFromDefault()
+    return KubeApi.make(kc)
+  })
+}

@@ -1,0 +1,144 @@
+/**
+ * An InferenceService's status from what its children report, pure: the
+ * conditions say what is wrong in words a person can act on.
+ *
+ * - `Reconciled`: the children match the spec (False: `InvalidSpec` with the
+ *   router's own message, or `ApplyFailed`).
+ * - `RouterAvailable`: the router Deployment serves (False: `ImagePullFailed`,
+ *   `RouterRejectedSettings` with the line the router printed,
+ *   `CrashLoopBackOff`, `ProgressDeadlineExceeded`, `ReplicaFailure`,
+ *   `RolloutInProgress`, `Unavailable`; Unknown: `Pending`).
+ * - `Ready`: both True; otherwise False with the first failing one's reason.
+ * `lastTransitionTime` moves only when a condition's status changes.
+ */
+import type { Condition, InferenceServiceStatus } from "../api/InferenceService.ts"
+
+export interface Observed {
+  readonly generation: number
+  /** Why the spec was not applied, when it was not. */
+  readonly specProblem?: { readonly reason: "InvalidSpec" | "ApplyFailed"; readonly message: string } | undefined
+  readonly deployment: any | undefined
+  /** The router pods (read only while the Deployment is not available). */
+  readonly pods: ReadonlyArray<any>
+  readonly url: string
+  readonly image: string
+  readonly previous: InferenceServiceStatus | undefined
+  readonly now: string
+}
+
+type Verdict = Omit<Condition, "lastTransitionTime" | "observedGeneration">
+
+const condition = (type: string, status: Verdict["status"], reason: string, message: string): Verdict => ({
+  type,
+  status,
+  reason,
+  message
+})
+
+const deploymentCondition = (deployment: any, type: string) =>
+  (deployment?.status?.conditions ?? []).find((c: any) => c.type === type)
+
+/** The first thing a person should know about pods that do not become ready. */
+const podProblem = (pods: ReadonlyArray<any>): Verdict | undefined => {
+  for (const pod of pods) {
+    for (const container of pod.status?.containerStatuses ?? []) {
+      const waiting = container.state?.waiting
+      if (waiting?.reason === "ErrImagePull" || waiting?.reason === "ImagePullBackOff" || waiting?.reason === "InvalidImageName") {
+        return condition("RouterAvailable", "False", "ImagePullFailed", `${pod.metadata.name}: ${waiting.reason}: ${waiting.message ?? container.image}`)
+      }
+      const terminated = container.lastState?.terminated ?? container.state?.terminated
+      const said: string = (terminated?.message ?? "").trim()
+      const line = said.split("\n").reverse().find((l: string) => l.includes("invalid configuration"))
+      if (line !== undefined) {
+        return condition("RouterAvailable", "False", "RouterRejectedSettings", `${pod.metadata.name}: ${line.trim()}`)
+      }
+      if (waiting?.reason === "CrashLoopBackOff") {
+        const last = said.split("\n").filter((l: string) => l.trim() !== "").pop()
+        return condition(
+          "RouterAvailable",
+          "False",
+          "CrashLoopBackOff",
+          `${pod.metadata.name}: the router keeps exiting${terminated?.exitCode === undefined ? "" : ` (exit code ${terminated.exitCode})`}${last === undefined ? "" : `: ${last}`}`
+        )
+      }
+    }
+  }
+  return undefined
+}
+
+const routerAvailable = (observed: Observed): Verdict => {
+  const deployment = observed.deployment
+  if (deployment === undefined) return condition("RouterAvailable", "Unknown", "Pending", "the router Deployment does not exist yet")
+  const desired: number = deployment.spec?.replicas ?? 1
+  const ready: number = deployment.status?.readyReplicas ?? 0
+  const rolledOut = (deployment.status?.observedGeneration ?? 0) >= (deployment.metadata?.generation ?? 0)
+  const available = deploymentCondition(deployment, "Available")
+  const progressing = deploymentCondition(deployment, "Progressing")
+  const replicaFailure = deploymentCondition(deployment, "ReplicaFailure")
+  const updated: number = deployment.status?.updatedReplicas ?? 0
+  if (desired === 0 && rolledOut) return condition("RouterAvailable", "True", "ScaledToZero", "the router is scaled to zero replicas")
+  const pods = podProblem(observed.pods)
+  if (pods !== undefined) return pods
+  if (replicaFailure?.status === "True") {
+    return condition("RouterAvailable", "False", "ReplicaFailure", replicaFailure.message ?? "pods could not be created")
+  }
+  if (progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded") {
+    return condition("RouterAvailable", "False", "ProgressDeadlineExceeded", progressing.message ?? "the rollout did not progress in time")
+  }
+  if (available?.status === "True" && ready >= 1 && rolledOut && updated >= desired) {
+    return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready`)
+  }
+  if (!rolledOut || updated < desired) {
+    return condition("RouterAvailable", "False", "RolloutInProgress", `rolling out: ${updated}/${desired} replicas updated, ${ready} ready`)
+  }
+  return condition("RouterAvailable", "False", "Unavailable", `${ready}/${desired} router replicas ready`)
+}
+
+export const computeStatus = (observed: Observed): InferenceServiceStatus => {
+  const reconciled = observed.specProblem === undefined
+    ? condition("Reconciled", "True", "Applied", `the router's objects match generation ${observed.generation}`)
+    : condition("Reconciled", "False", observed.specProblem.reason, observed.specProblem.message)
+  const available = routerAvailable(observed)
+  const failing = [reconciled, available].find((c) => c.status !== "True")
+  const ready = failing === undefined
+    ? condition("Ready", "True", "Ready", `serving ${observed.url}`)
+    : condition("Ready", failing.status === "Unknown" ? "Unknown" : "False", failing.reason, failing.message)
+  const stamp = (verdict: Verdict): Condition => {
+    const before = observed.previous?.conditions?.find((c) => c.type === verdict.type)
+    return {
+      ...verdict,
+      lastTransitionTime: before !== undefined && before.status === verdict.status ? before.lastTransitionTime : observed.now,
+      observedGeneration: observed.generation
+    }
+  }
+  const deployment = observed.deployment
+  return {
+    // The InferenceService generation reconciled (not the Deployment's, as KServe once did).
+    observedGeneration: observed.generation,
+    conditions: [stamp(ready), stamp(reconciled), stamp(available)],
+    url: observed.url,
+    replicas: deployment?.spec?.replicas ?? deployment?.status?.replicas ?? 0,
+    readyReplicas: deployment?.status?.readyReplicas ?? 0,
+    routerImage: observed.image
+  }
+}
+
+/** Whether two statuses say the same, so an unchanged one is not written. */
+export const sameStatus = (a: InferenceServiceStatus | undefined, b: InferenceServiceStatus): boolean =>
+  a !== undefined && JSON.stringify(normalize(a)) === JSON.stringify(normalize(b))
+
+const normalize = (status: InferenceServiceStatus) => ({
+  observedGeneration: status.observedGeneration,
+  url: status.url,
+  replicas: status.replicas,
+  readyReplicas: status.readyReplicas,
+  routerImage: status.routerImage,
+  conditions: [...(status.conditions ?? [])].sort((x, y) => x.type.localeCompare(y.type)).map((c) => ({
+    type: c.type,
+    status: c.status,
+    reason: c.reason,
+    message: c.message,
+    lastTransitionTime: c.lastTransitionTime,
+    observedGeneration: c.observedGeneration
+  }))
+})
