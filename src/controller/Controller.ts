@@ -1,6 +1,6 @@
 /**
- * The controller: informers on InferenceServices and the Deployments they own
- * (in every replica, so a standby is warm), and, while this replica leads,
+ * The controller: informers on InferenceServices and on the children it
+ * creates (by their label; in every replica, so a standby is warm), and, while this replica leads,
  * the work queue that reconciles them, fed by watch events, by the owned
  * Deployments' events, and by a periodic resync.
  */
@@ -8,7 +8,7 @@ import { Context, Effect, Layer } from "effect"
 import { metricContext } from "../shared/Metrics.ts"
 import { ControllerConfig } from "./ControllerConfig.ts"
 import { type Informer, makeInformer } from "./Informer.ts"
-import { resources } from "./KubeApi.ts"
+import { childResources, resources } from "./KubeApi.ts"
 import { runWhileLeader } from "./LeaderElection.ts"
 import { isLeader, watchRestartsBy } from "./Metrics.ts"
 import { makeReconciler } from "./Reconciler.ts"
@@ -23,7 +23,7 @@ export const ownerKey = (object: any): string | undefined => {
 }
 
 export class ControllerState extends Context.Service<ControllerState, {
-  /** Ready once both informers have listed once. */
+  /** Ready once every informer has listed once. */
   readonly isReady: () => boolean
   readonly queueDepth: () => number
   readonly isLeading: () => boolean
@@ -45,19 +45,23 @@ export const Controller = Layer.effect(
       onChange: (key) => queue?.add(key),
       onRestart: restarts("InferenceService")
     })
-    const deployments: Informer = yield* makeInformer({
-      resource: resources.deployments,
-      namespaces: settings.watchNamespaces,
-      labelSelector: "app.kubernetes.io/managed-by=inference-router-controller",
-      idleTimeoutMs: settings.watchIdleTimeoutMs,
-      onChange: (_key, object) => {
-        const owner = ownerKey(object)
-        if (owner !== undefined) queue?.add(owner)
-      },
-      onRestart: restarts("Deployment")
-    })
-    const isReady = () => inferenceServices.isSynced() && deployments.isSynced()
-    const reconcile = yield* makeReconciler({ routerImage: settings.routerImage, inferenceServices, deployments })
+    const children: Record<string, Informer> = {}
+    for (const resource of childResources) {
+      children[resource.kind] = yield* makeInformer({
+        resource,
+        namespaces: settings.watchNamespaces,
+        labelSelector: "app.kubernetes.io/managed-by=inference-router-controller",
+        idleTimeoutMs: settings.watchIdleTimeoutMs,
+        // A child changed (a rollout's progress, a manual edit): look at its InferenceService again.
+        onChange: (_key, object) => {
+          const owner = ownerKey(object)
+          if (owner !== undefined) queue?.add(owner)
+        },
+        onRestart: restarts(resource.kind)
+      })
+    }
+    const isReady = () => inferenceServices.isSynced() && Object.values(children).every((informer) => informer.isSynced())
+    const reconcile = yield* makeReconciler({ routerImage: settings.routerImage, inferenceServices, children })
 
     const lead = Effect.scoped(Effect.gen(function*() {
       while (!isReady()) yield* Effect.sleep(50)

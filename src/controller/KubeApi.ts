@@ -45,8 +45,23 @@ export interface ResourceRef {
 
 export const resources = {
   inferenceServices: { apiVersion: `${group}/${version}`, kind: "InferenceService", path: `apis/${group}/${version}/${plural}` },
-  deployments: { apiVersion: "apps/v1", kind: "Deployment", path: "apis/apps/v1/deployments" }
+  deployments: { apiVersion: "apps/v1", kind: "Deployment", path: "apis/apps/v1/deployments" },
+  services: { apiVersion: "v1", kind: "Service", path: "api/v1/services" },
+  podDisruptionBudgets: { apiVersion: "policy/v1", kind: "PodDisruptionBudget", path: "apis/policy/v1/poddisruptionbudgets" },
+  horizontalPodAutoscalers: {
+    apiVersion: "autoscaling/v2",
+    kind: "HorizontalPodAutoscaler",
+    path: "apis/autoscaling/v2/horizontalpodautoscalers"
+  }
 } satisfies Record<string, ResourceRef>
+
+/** The kinds of child the controller creates, each watched (by its label) so drift is seen and re-asserted. */
+export const childResources = [
+  resources.deployments,
+  resources.services,
+  resources.podDisruptionBudgets,
+  resources.horizontalPodAutoscalers
+] as const
 
 export interface ListResult {
   readonly items: ReadonlyArray<any>

@@ -12,7 +12,7 @@ import { apiVersion as isvcApiVersion, kind as isvcKind } from "../api/Inference
 import { metricContext } from "../shared/Metrics.ts"
 import { childName, desiredObjects, type KubeObject, selectorLabels } from "./Desired.ts"
 import type { Informer } from "./Informer.ts"
-import { KubeApi, type KubeError } from "./KubeApi.ts"
+import { KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
 import { apiWritesBy, reconcileDuration, reconcilesBy } from "./Metrics.ts"
 import { checkSpec } from "./SpecCheck.ts"
 import { computeStatus, sameStatus } from "./Status.ts"
@@ -32,7 +32,8 @@ export const contains = (live: unknown, desired: unknown): boolean => {
 export interface ReconcilerDeps {
   readonly routerImage: string
   readonly inferenceServices: Informer
-  readonly deployments: Informer
+  /** The watched children, by kind. */
+  readonly children: Readonly<Record<string, Informer>>
 }
 
 export const makeReconciler = (deps: ReconcilerDeps) =>
@@ -40,27 +41,21 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
     const kube = yield* KubeApi
     const metrics = metricContext(yield* Effect.context<never>())
     const clock = yield* Clock.Clock
-    /** What was last applied per child (by kind/namespace/name) in this process, for the kinds not watched. */
-    const lastApplied = new Map<string, string>()
     const wrote = (kind: string) => Effect.sync(() => apiWritesBy(kind).updateUnsafe(1, metrics))
 
-    const applyIfChanged = (object: KubeObject | undefined, kind: string, namespace: string, name: string, live?: any) => {
-      const key = `${kind}/${namespace}/${name}`
+    /** Applies `object` unless the live one already has every field it sets; deletes an unwanted live one. */
+    const applyIfChanged = (object: KubeObject | undefined, ref: ResourceRef, namespace: string, name: string) => {
+      const live = deps.children[ref.kind]?.store.get(`${namespace}/${name}`)
       if (object === undefined) {
-        // Not wanted (an HPA after autoscaling was turned off): delete once.
-        if (lastApplied.get(key) === "absent") return Effect.void
-        return kube.remove({ apiVersion: "autoscaling/v2", kind, metadata: { name, namespace } }).pipe(
-          Effect.tap(() => wrote(kind)),
-          Effect.tap(() => Effect.sync(() => lastApplied.set(key, "absent")))
+        // Not wanted (an HPA after autoscaling was turned off).
+        if (live === undefined) return Effect.succeed(undefined)
+        return kube.remove({ apiVersion: ref.apiVersion, kind: ref.kind, metadata: { name, namespace } }).pipe(
+          Effect.tap(() => wrote(ref.kind)),
+          Effect.as(undefined)
         )
       }
-      const text = JSON.stringify(object)
-      const unchanged = live !== undefined ? contains(live, object) : lastApplied.get(key) === text
-      if (unchanged) return Effect.succeed(live)
-      return kube.apply(object as any).pipe(
-        Effect.tap(() => wrote(kind)),
-        Effect.tap(() => Effect.sync(() => lastApplied.set(key, text)))
-      )
+      if (live !== undefined && contains(live, object)) return Effect.succeed(live)
+      return kube.apply(object as any).pipe(Effect.tap(() => wrote(ref.kind)))
     }
 
     const event = (isvc: any, type: "Normal" | "Warning", reason: string, message: string) => {
@@ -133,7 +128,7 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         if (isvc === undefined || isvc.metadata.deletionTimestamp !== undefined) return
         const { name, namespace, uid } = isvc.metadata
         const routerName = childName(name)
-        const liveDeployment = deps.deployments.store.get(`${namespace}/${routerName}`)
+        const liveDeployment = deps.children.Deployment?.store.get(`${namespace}/${routerName}`)
         const check = checkSpec(isvc.spec)
         if (check._tag === "Invalid") {
           // Children are left as they were: a bad edit does not take a working router down.
@@ -143,10 +138,10 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         }
         const desired = desiredObjects({ name, namespace, uid }, check.spec, { routerImage: deps.routerImage })
         const applied = yield* Effect.gen(function*() {
-          const deployment = yield* applyIfChanged(desired.deployment, "Deployment", namespace, routerName, liveDeployment)
-          yield* applyIfChanged(desired.service, "Service", namespace, routerName)
-          yield* applyIfChanged(desired.podDisruptionBudget, "PodDisruptionBudget", namespace, routerName)
-          yield* applyIfChanged(desired.horizontalPodAutoscaler, "HorizontalPodAutoscaler", namespace, routerName)
+          const deployment = yield* applyIfChanged(desired.deployment, resources.deployments, namespace, routerName)
+          yield* applyIfChanged(desired.service, resources.services, namespace, routerName)
+          yield* applyIfChanged(desired.podDisruptionBudget, resources.podDisruptionBudgets, namespace, routerName)
+          yield* applyIfChanged(desired.horizontalPodAutoscaler, resources.horizontalPodAutoscalers, namespace, routerName)
           return deployment
         }).pipe(
           Effect.tapError((error) =>

@@ -164,7 +164,8 @@ export class FakeKubeApi {
       JSON.stringify({
         apiVersion: "v1",
         kind: "Config",
-        clusters: [{ name: "fake", cluster: { server: `http://127.0.0.1:${this.port}` } }],
+        // Plain HTTP on loopback: client-node allows it only with TLS verification off.
+        clusters: [{ name: "fake", cluster: { server: `http://127.0.0.1:${this.port}`, "insecure-skip-tls-verify": true } }],
         users: [{ name: "controller", user: { token } }],
         contexts: [{ name: "fake", context: { cluster: "fake", user: "controller", namespace: "default" } }],
         "current-context": "fake"

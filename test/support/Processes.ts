@@ -1,0 +1,63 @@
+/**
+ * Real processes for end-to-end tests: started with a given environment,
+ * output captured, killed after each test; plus bounded polling.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { once } from "node:events"
+import { createServer } from "node:net"
+import { fileURLToPath } from "node:url"
+
+export const root = fileURLToPath(new URL("../..", import.meta.url))
+
+export const freePort = async (): Promise<number> => {
+  const server = createServer().listen(0, "127.0.0.1")
+  await once(server, "listening")
+  const port = (server.address() as { port: number }).port
+  server.close()
+  await once(server, "close")
+  return port
+}
+
+export interface Started {
+  readonly child: ChildProcess
+  readonly exited: Promise<number | null>
+  readonly output: () => { readonly stdout: string; readonly stderr: string }
+}
+
+const running = new Set<ChildProcess>()
+
+/** Kills every process still running (call in afterEach). */
+export const killAll = () => {
+  for (const child of running) child.kill("SIGKILL")
+  running.clear()
+}
+
+export const startProcess = (args: ReadonlyArray<string>, env: Record<string, string>): Started => {
+  const child = spawn(process.execPath, [...args], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  running.add(child)
+  let stdout = ""
+  let stderr = ""
+  child.stdout!.on("data", (chunk) => (stdout += chunk))
+  child.stderr!.on("data", (chunk) => (stderr += chunk))
+  const exited = once(child, "exit").then(([code]) => {
+    running.delete(child)
+    return code as number | null
+  })
+  return { child, exited, output: () => ({ stdout, stderr }) }
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Polls `condition` every 25 ms, up to `limitMs` (generous: slow machines must not fail it). */
+export const until = async (condition: () => boolean | Promise<boolean>, what: string, limitMs = 15_000) => {
+  const deadline = Date.now() + limitMs
+  while (Date.now() < deadline) {
+    if (await condition()) return
+    await sleep(25)
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
