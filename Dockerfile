@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-# The router image: one bundled ES module on Node 24, run as a non-root user.
+# The image of both programs, each one bundled ES module on Node 24, run as a
+# non-root user: the router (the default command) and the InferenceService
+# controller (command: node --disable-warning=DEP0040 dist/controller.js).
 # Build: docker build -t inference-router:0.1.0 .   (or: scripts/image-smoke.sh)
 
 # ---- build: bundle src/ with every dependency inside (rolldown) ----

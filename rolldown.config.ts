@@ -1,10 +1,18 @@
 import { defineConfig } from "rolldown"
 
-// The production build: one ES module for the router (plus the lazily imported
-// API-reference script as its own chunk). Node runs it without type stripping,
-// which starts in about a quarter of the time and holds about half the memory.
-export default defineConfig({
-  input: { router: "src/router/main.ts" },
-  platform: "node",
-  output: { dir: "dist", format: "esm", minify: true, cleanDir: true, entryFileNames: "[name].js" }
+// The production build: one self-contained ES module per program,
+// `dist/router.js` and `dist/controller.js` (no chunk shared between them, so
+// either runs alone), plus the API reference's script as a chunk the router
+// loads only when /docs is first asked for. Node runs them without type
+// stripping, which starts in about a quarter of the time and holds about half
+// the memory. `npm run build` empties dist/ first.
+const program = (name: string, entry: string) => ({
+  input: { [name]: entry },
+  platform: "node" as const,
+  output: { dir: "dist", format: "esm" as const, minify: true, entryFileNames: "[name].js" }
 })
+
+export default defineConfig([
+  program("router", "src/router/main.ts"),
+  program("controller", "src/controller/main.ts")
+])

@@ -71,6 +71,8 @@ export interface RecordedRequest {
   readonly token: string | undefined
   readonly contentType: string | undefined
   readonly watch: boolean
+  /** The status answered (set when the answer is written). */
+  status?: number
 }
 
 const status = (code: number, reason: string, message: string) => ({
@@ -280,13 +282,16 @@ export class FakeKubeApi {
     const url = new URL(request.url ?? "/", "http://fake")
     const authorization = request.headers.authorization
     const watch = url.searchParams.get("watch") === "true" || url.searchParams.get("watch") === "1"
-    this.requests.push({
+    const recorded: RecordedRequest = {
       method: request.method ?? "GET",
       path: url.pathname,
       token: authorization?.startsWith("Bearer ") ? authorization.slice(7) : undefined,
       contentType: request.headers["content-type"],
       watch
-    })
+    }
+    this.requests.push(recorded)
+    response.on("finish", () => (recorded.status = response.statusCode))
+    if (watch) recorded.status = 200
     const chunks: Array<Buffer> = []
     for await (const chunk of request) chunks.push(chunk as Buffer)
     const bodyText = Buffer.concat(chunks).toString("utf8")
