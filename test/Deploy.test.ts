@@ -15,7 +15,9 @@ import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "vitest"
 import { parseAllDocuments } from "yaml"
+import { envDecisions } from "../src/controller/Desired.ts"
 import { loadSettings, settingNames } from "../src/router/Config.ts"
+import { renderBase } from "../scripts/render-base.ts"
 import { metricsPath } from "../src/api/RouterApi.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -117,13 +119,21 @@ describe("Kubernetes manifests", () => {
     assert.deepInclude(target, { kind: "Deployment", name: deployment.metadata.name })
   })
 
-  it("the environment is exactly what the Config layer reads", () => {
-    // Not set by a controller: HOSTNAME (Kubernetes sets it), HOST (the default,
-    // all interfaces, suits pods), API_KEYS_FILE (the alternative to API_KEYS).
-    const notRendered = new Set(["HOSTNAME", "HOST", "API_KEYS_FILE"])
-    assert.sameMembers(Object.keys(env), settingNames.filter((name) => !notRendered.has(name)))
-    assert.deepStrictEqual(env.POD_NAME.valueFrom, { fieldRef: { fieldPath: "metadata.name" } })
-    assert.isTrue(env.API_KEYS.valueFrom.secretKeyRef.optional, "no Secret means no auth, not a failed pod")
+  it("is what the controller renders from deploy/base/inferenceservice.yaml (no drift)", () => {
+    for (const [file, text] of Object.entries(renderBase())) {
+      assert.strictEqual(readFileSync(`${root}/deploy/base/${file}`, "utf8"), text, `${file}: run npm run render:base`)
+    }
+  })
+
+  it("the environment is what the Config layer reads, as the decision table says", () => {
+    // Left to the router: HOSTNAME (Kubernetes sets it), HOST (the default, all
+    // interfaces, suits pods), API_KEYS_FILE (the alternative to API_KEYS).
+    const leftToRouter = envDecisions.filter((d) => d.from === "router").map((d) => d.variable)
+    assert.sameMembers(leftToRouter, ["HOSTNAME", "HOST", "API_KEYS_FILE"])
+    assert.sameMembers(Object.keys(env), settingNames.filter((name) => !leftToRouter.includes(name)))
+    assert.deepStrictEqual(env.POD_NAME.valueFrom, { fieldRef: { apiVersion: "v1", fieldPath: "metadata.name" } })
+    // A Secret that is named must exist: a missing one stops the pod (and the status says so) rather than serving without auth.
+    assert.deepStrictEqual(env.API_KEYS.valueFrom.secretKeyRef, { name: "inference-router-api-keys", key: "keys" })
   })
 
   it("the Config layer accepts every value the Deployment sets", async () => {

@@ -25,7 +25,14 @@ export const routerPort = 8080
 
 /** Where each router setting comes from: the one table the code and deploy/README.md share. */
 export type EnvDecision =
-  | { readonly variable: string; readonly from: "spec"; readonly field: string; readonly value: (spec: InferenceServiceSpec) => string | undefined }
+  | {
+    readonly variable: string
+    readonly from: "spec"
+    readonly field: string
+    readonly value: (spec: InferenceServiceSpec) => string | undefined
+    /** What happens when the field is unset; default: the router's default applies. */
+    readonly unset?: string
+  }
   | { readonly variable: string; readonly from: "fixed"; readonly value: string; readonly why: string }
   | { readonly variable: string; readonly from: "downward"; readonly fieldPath: string; readonly why: string }
   | { readonly variable: string; readonly from: "secret"; readonly field: string; readonly why: string }
@@ -35,6 +42,7 @@ const routerField = (variable: string, field: keyof NonNullable<InferenceService
   variable,
   from: "spec",
   field: `router.${field}`,
+  ...(fallback === undefined ? {} : { unset: `the controller's default, ${fallback}` }),
   value: (spec) => {
     const value = spec.router?.[field] ?? fallback
     return value === undefined ? undefined : String(value)
@@ -42,7 +50,7 @@ const routerField = (variable: string, field: keyof NonNullable<InferenceService
 })
 
 export const envDecisions: ReadonlyArray<EnvDecision> = [
-  { variable: "MODEL_REF", from: "spec", field: "modelRef", value: (spec) => spec.modelRef },
+  { variable: "MODEL_REF", from: "spec", field: "modelRef", unset: "not allowed, the field is required", value: (spec) => spec.modelRef },
   routerField("MAX_CONCURRENCY", "maxConcurrency"),
   routerField("MAX_QUEUE", "maxQueue"),
   routerField("QUEUE_TIMEOUT_MS", "queueTimeoutMs"),
@@ -51,6 +59,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     variable: "KV_ENDPOINTS",
     from: "spec",
     field: "kvEndpoints",
+    unset: "none (`[]`)",
     value: (spec) => spec.kvEndpoints === undefined || spec.kvEndpoints.length === 0 ? undefined : spec.kvEndpoints.join(",")
   },
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
@@ -66,7 +75,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   routerField("LOG_LEVEL", "logLevel"),
   { variable: "LOG_FORMAT", from: "fixed", value: "json", why: "one JSON object per line, for log collectors" },
   { variable: "API_KEYS", from: "secret", field: "apiKeysSecretRef", why: "set only when the spec names a Secret (key default `keys`); no Secret: no authentication" },
-  { variable: "API_KEYS_FILE", from: "router", why: "unset: keys come from the Secret through API_KEYS" }
+  { variable: "API_KEYS_FILE", from: "router", why: "keys come from the Secret through API_KEYS" }
 ]
 
 /** The decision for every setting the router reads, in the router's order; a test fails when one is missing. */
@@ -78,13 +87,7 @@ export const envTableMarkdown = (): string => {
   const rows = envDecisions.map((decision) => {
     switch (decision.from) {
       case "spec":
-        return `| \`${decision.variable}\` | spec | \`spec.${decision.field}\`${
-          decision.variable === "SHUTDOWN_DELAY_MS"
-            ? ` (default ${defaults.shutdownDelayMs})`
-            : decision.variable === "SHUTDOWN_TIMEOUT_MS"
-            ? ` (default ${defaults.shutdownTimeoutMs})`
-            : "; unset: the router's default"
-        } |`
+        return `| \`${decision.variable}\` | spec | \`spec.${decision.field}\`; unset: ${decision.unset ?? "the router's default"} |`
       case "fixed":
         return `| \`${decision.variable}\` | fixed | \`${decision.value}\`: ${decision.why} |`
       case "downward":

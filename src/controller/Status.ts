@@ -6,6 +6,7 @@
  *   router's own message, or `ApplyFailed`).
  * - `RouterAvailable`: the router Deployment serves (False: `ImagePullFailed`,
  *   `RouterRejectedSettings` with the line the router printed,
+ *   `ContainerConfigError` (a named API-keys Secret that does not exist),
  *   `CrashLoopBackOff`, `ProgressDeadlineExceeded`, `ReplicaFailure`,
  *   `RolloutInProgress`, `Unavailable`; Unknown: `Pending`).
  * - `Ready`: both True; otherwise False with the first failing one's reason.
@@ -45,6 +46,9 @@ const podProblem = (pods: ReadonlyArray<any>): Verdict | undefined => {
       const waiting = container.state?.waiting
       if (waiting?.reason === "ErrImagePull" || waiting?.reason === "ImagePullBackOff" || waiting?.reason === "InvalidImageName") {
         return condition("RouterAvailable", "False", "ImagePullFailed", `${pod.metadata.name}: ${waiting.reason}: ${waiting.message ?? container.image}`)
+      }
+      if (waiting?.reason === "CreateContainerConfigError") {
+        return condition("RouterAvailable", "False", "ContainerConfigError", `${pod.metadata.name}: ${waiting.message ?? "the container's configuration (a Secret or ConfigMap) is missing"}`)
       }
       const terminated = container.lastState?.terminated ?? container.state?.terminated
       const said: string = (terminated?.message ?? "").trim()
