@@ -14,7 +14,7 @@ import { childName, desiredObjects, type KubeObject, selectorLabels } from "./De
 import type { Informer } from "./Informer.ts"
 import { KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
 import { apiWritesBy, reconcileDuration, reconcilesBy } from "./Metrics.ts"
-import { checkSpec } from "./SpecCheck.ts"
+import { checkSpec, type SpecCheck } from "./SpecCheck.ts"
 import { computeStatus, sameStatus } from "./Status.ts"
 
 /** Whether `live` has every field `desired` sets, with the same value (what the API added is ignored). */
@@ -112,6 +112,20 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         }
       })
 
+    /**
+     * The spec check runs the router's settings parser, the most costly part of
+     * a reconcile that writes nothing: a resync re-checks only what changed
+     * (a spec changes only with its generation).
+     */
+    const checks = new Map<string, { readonly key: string; readonly generation: number; readonly check: SpecCheck }>()
+    const checkedSpec = (isvc: any): SpecCheck => {
+      const known = checks.get(isvc.metadata.uid)
+      if (known !== undefined && known.generation === isvc.metadata.generation) return known.check
+      const check = checkSpec(isvc.spec)
+      checks.set(isvc.metadata.uid, { key: `${isvc.metadata.namespace}/${isvc.metadata.name}`, generation: isvc.metadata.generation, check })
+      return check
+    }
+
     const timed = <A, E>(effect: Effect.Effect<A, E>) =>
       Effect.suspend(() => {
         const startedAt = clock.currentTimeMillisUnsafe()
@@ -125,11 +139,14 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
       Effect.gen(function*() {
         const isvc = deps.inferenceServices.store.get(key)
         // Gone, or going: the garbage collector removes the children.
-        if (isvc === undefined || isvc.metadata.deletionTimestamp !== undefined) return
+        if (isvc === undefined || isvc.metadata.deletionTimestamp !== undefined) {
+          if (isvc === undefined) for (const [uid, entry] of checks) if (entry.key === key) checks.delete(uid)
+          return
+        }
         const { name, namespace, uid } = isvc.metadata
         const routerName = childName(name)
         const liveDeployment = deps.children.Deployment?.store.get(`${namespace}/${routerName}`)
-        const check = checkSpec(isvc.spec)
+        const check = checkedSpec(isvc)
         if (check._tag === "Invalid") {
           // Children are left as they were: a bad edit does not take a working router down.
           yield* writeStatus(isvc, { reason: "InvalidSpec", message: check.message }, liveDeployment, isvc.status?.url ?? "", isvc.status?.routerImage ?? "")
