@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the container image: build it from the Dockerfile, run it
 # read-only as a non-root user, probe /healthz, /readyz and /infer with env
-# settings, and time a SIGTERM stop.
+# settings, and time a SIGTERM stop; run the controller's render in it; and
+# run the Deployment the controller renders for deploy/controller/example.yaml
+# with `podman kube play`, calling /infer.
 #
 # Uses buildah and podman (Debian: apt-get install buildah podman crun
 # debootstrap). Where no registry is reachable, it first makes a local
@@ -91,6 +93,60 @@ echo "podman stop took ${stopped_ms} ms, exit code $code"
 [ "$stopped_ms" -lt 5000 ] || fail "stop took ${stopped_ms} ms: SIGTERM not handled"
 $P rm smoke > /dev/null
 INNER
+
+say "the controller in the image: render an InferenceService with no cluster"
+unshare -m --propagation private bash -s "$image" <<'INNER'
+set -euo pipefail
+image="$1"
+umount /sys/fs/cgroup/unified 2>/dev/null || true
+P="podman --storage-driver vfs --cgroup-manager cgroupfs"
+U="--ulimit nofile=20000:20000 --ulimit nproc=32768:32768"
+out=$($P run --rm $U --network=none --read-only --cap-drop=ALL -i "$image" \
+  node --disable-warning=DEP0040 dist/controller.js render - < deploy/controller/example.yaml)
+echo "$out" | grep -q '^kind: Deployment$' || { echo "FAIL: render printed no Deployment"; echo "$out" | head; exit 1; }
+echo "dist/controller.js render: $(echo "$out" | grep -c '^kind:') objects"
+INNER
+
+say "the Deployment the controller renders, run by podman kube play"
+kport="${SMOKE_KUBE_PORT:-18181}"
+play="$(mktemp -d)"
+# The controller's own output for an InferenceService, with the built image. Changed for podman
+# 4.3 only: PORT (the host network is shared here, so the pod cannot have 8080 to itself) and the
+# probes (podman runs them with curl inside the container, which the image does not have).
+ROUTER_IMAGE="$image" node_modules/.bin/node --disable-warning=DEP0040 src/controller/main.ts render deploy/controller/example.yaml \
+  | node_modules/.bin/node -e '
+    const { parseAllDocuments, stringify } = require("yaml")
+    const text = require("fs").readFileSync(0, "utf8")
+    const deployment = parseAllDocuments(text).map((d) => d.toJS()).find((o) => o.kind === "Deployment")
+    deployment.spec.replicas = 1
+    const container = deployment.spec.template.spec.containers[0]
+    container.env = container.env.map((e) => e.name === "PORT" ? { name: "PORT", value: process.argv[1] } : e)
+    delete container.startupProbe; delete container.readinessProbe; delete container.livenessProbe
+    process.stdout.write(stringify(deployment))
+  ' "$kport" > "$play/deployment.yaml"
+cat > "$play/containers.conf" <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+CONF
+unshare -m --propagation private bash -s "$play" "$kport" <<'INNER'
+set -euo pipefail
+play="$1"; port="$2"
+umount /sys/fs/cgroup/unified 2>/dev/null || true
+export CONTAINERS_CONF="$play/containers.conf"
+P="podman --storage-driver vfs --cgroup-manager cgroupfs"
+$P kube play --network host "$play/deployment.yaml" > /dev/null
+fail() { echo "FAIL: $*"; $P pod logs llama-router-pod-0 2>/dev/null | tail -20; $P kube down "$play/deployment.yaml" > /dev/null 2>&1; exit 1; }
+for i in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break; sleep 0.1; done
+body=$(curl -sf "http://127.0.0.1:$port/infer" -H 'content-type: application/json' -d '{"prompt":"kube"}') || fail "/infer"
+echo "$body" | grep -q '"modelRef":"llama-3-8b"' || fail "/infer modelRef: $body"
+echo "$body" | grep -q '"routerPod":"llama-router-pod-0"' || fail "/infer routerPod (downward API): $body"
+echo "$body" | grep -q '"kvEndpoints":\["kv-0.kv:6379","kv-1.kv:6379"\]' || fail "/infer kvEndpoints: $body"
+echo "POST /infer -> $body"
+curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^router_max_concurrency 8$' || fail "MAX_CONCURRENCY from the spec"
+echo "router_max_concurrency 8 (spec.router.maxConcurrency)"
+$P kube down "$play/deployment.yaml" > /dev/null
+INNER
+rm -rf "$play"
 
 if [ "${SMOKE_KEEP_IMAGE:-0}" != "1" ]; then
   buildah "${store[@]}" rmi "$image" > /dev/null 2>&1 || true
