@@ -112,7 +112,8 @@ kport="${SMOKE_KUBE_PORT:-18181}"
 play="$(mktemp -d)"
 # The controller's own output for an InferenceService, with the built image. Changed for podman
 # 4.3 only: PORT (the host network is shared here, so the pod cannot have 8080 to itself) and the
-# probes (podman runs them with curl inside the container, which the image does not have).
+# probes (podman runs them with curl inside the container, which the image does not have) and the
+# container port (podman refuses port mappings on the host network).
 ROUTER_IMAGE="$image" node_modules/.bin/node --disable-warning=DEP0040 src/controller/main.ts render deploy/controller/example.yaml \
   | node_modules/.bin/node -e '
     const { parseAllDocuments, stringify } = require("yaml")
@@ -122,6 +123,7 @@ ROUTER_IMAGE="$image" node_modules/.bin/node --disable-warning=DEP0040 src/contr
     const container = deployment.spec.template.spec.containers[0]
     container.env = container.env.map((e) => e.name === "PORT" ? { name: "PORT", value: process.argv[1] } : e)
     delete container.startupProbe; delete container.readinessProbe; delete container.livenessProbe
+    delete container.ports // host network: no port mappings
     process.stdout.write(stringify(deployment))
   ' "$kport" > "$play/deployment.yaml"
 cat > "$play/containers.conf" <<'CONF'

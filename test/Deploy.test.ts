@@ -127,9 +127,11 @@ describe("Kubernetes manifests", () => {
 
   it("the environment is what the Config layer reads, as the decision table says", () => {
     // Left to the router: HOSTNAME (Kubernetes sets it), HOST (the default, all
-    // interfaces, suits pods), API_KEYS_FILE (the alternative to API_KEYS).
+    // interfaces, suits pods), API_KEYS_FILE (the alternative to API_KEYS), and
+    // the simulated model's tuning (SIM_* but SIM_LATENCY_MS; spec.env sets them).
     const leftToRouter = envDecisions.filter((d) => d.from === "router").map((d) => d.variable)
-    assert.sameMembers(leftToRouter, ["HOSTNAME", "HOST", "API_KEYS_FILE"])
+    assert.includeMembers(leftToRouter, ["HOSTNAME", "HOST", "API_KEYS_FILE"])
+    assert.isTrue(leftToRouter.filter((name) => !["HOSTNAME", "HOST", "API_KEYS_FILE"].includes(name)).every((name) => name.startsWith("SIM_")))
     assert.sameMembers(Object.keys(env), settingNames.filter((name) => !leftToRouter.includes(name)))
     assert.deepStrictEqual(env.POD_NAME.valueFrom, { fieldRef: { apiVersion: "v1", fieldPath: "metadata.name" } })
     // A Secret that is named must exist: a missing one stops the pod (and the status says so) rather than serving without auth.

@@ -63,6 +63,23 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     value: (spec) => spec.kvEndpoints === undefined || spec.kvEndpoints.length === 0 ? undefined : spec.kvEndpoints.join(",")
   },
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
+  ...[
+    "SIM_MODE",
+    "SIM_SEED",
+    "SIM_TTFT_MS",
+    "SIM_TTFT_STDDEV_MS",
+    "SIM_ITL_MS",
+    "SIM_ITL_STDDEV_MS",
+    "SIM_LOAD_FACTOR",
+    "SIM_MAX_TOKENS",
+    "SIM_MAX_MODEL_LEN",
+    "SIM_FAILURE_RATE",
+    "SIM_FAILURE_TYPES"
+  ].map((variable): EnvDecision => ({
+    variable,
+    from: "router",
+    why: "tuning of the simulated model, not a property of the service; set it through `spec.env`"
+  })),
   routerField("MAX_BODY_BYTES", "maxBodyBytes"),
   routerField("SHUTDOWN_DELAY_MS", "shutdownDelayMs", defaults.shutdownDelayMs),
   routerField("SHUTDOWN_TIMEOUT_MS", "shutdownTimeoutMs", defaults.shutdownTimeoutMs),

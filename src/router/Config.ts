@@ -17,6 +17,7 @@ import {
   logFormatSetting,
   type LogLevelName,
   logLevelSetting,
+  oneOf,
   optionalString,
   rawSetting,
   setting,
@@ -24,6 +25,31 @@ import {
 } from "../shared/Settings.ts"
 
 export { InvalidSetting }
+
+/** Failures the simulated model can inject, as llm-d-inference-sim does. */
+export const failureTypes = ["rate_limit", "invalid_api_key", "context_length", "invalid_request", "model_not_found", "server_error"] as const
+export type FailureType = typeof failureTypes[number]
+
+export interface SimulationSettings {
+  /** echo: the output repeats the prompt (the last user message); random: seeded random words. */
+  readonly mode: "echo" | "random"
+  readonly seed: number
+  /** Time to first token; unset: SIM_LATENCY_MS. */
+  readonly ttftMs: number | undefined
+  readonly ttftStdDevMs: number
+  /** Inter-token latency; unset: 0 (every token at once after the first). */
+  readonly itlMs: number | undefined
+  readonly itlStdDevMs: number
+  /** Latency multiplier reached when every slot is busy (1 = load has no effect). */
+  readonly loadFactor: number
+  /** Most tokens generated when the request sets no max_tokens. */
+  readonly maxTokens: number
+  /** Context length: prompt tokens plus max_tokens may not exceed it. */
+  readonly maxModelLen: number
+  /** Percent of requests failed on purpose. */
+  readonly failureRate: number
+  readonly failureTypes: ReadonlyArray<FailureType>
+}
 
 export interface RouterSettings {
   readonly modelRef: string
@@ -35,6 +61,8 @@ export interface RouterSettings {
   readonly overloadStatus: 429 | 503
   readonly kvEndpoints: ReadonlyArray<KvEndpoint>
   readonly simLatencyMs: number
+  /** The simulated model's token-level behaviour (the OpenAI-compatible API). */
+  readonly simulation: SimulationSettings
   readonly maxBodyBytes: number
   readonly shutdownDelayMs: number
   readonly shutdownTimeoutMs: number
@@ -58,6 +86,17 @@ export const settingNames = [
   "OVERLOAD_STATUS",
   "KV_ENDPOINTS",
   "SIM_LATENCY_MS",
+  "SIM_MODE",
+  "SIM_SEED",
+  "SIM_TTFT_MS",
+  "SIM_TTFT_STDDEV_MS",
+  "SIM_ITL_MS",
+  "SIM_ITL_STDDEV_MS",
+  "SIM_LOAD_FACTOR",
+  "SIM_MAX_TOKENS",
+  "SIM_MAX_MODEL_LEN",
+  "SIM_FAILURE_RATE",
+  "SIM_FAILURE_TYPES",
   "MAX_BODY_BYTES",
   "SHUTDOWN_DELAY_MS",
   "SHUTDOWN_TIMEOUT_MS",
@@ -153,6 +192,75 @@ const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, Setti
   return keys.map((key) => Redacted.make(key, { label: "api-key" }))
 })
 
+const ms = (variable: string, fallback: () => number | undefined) =>
+  setting(variable, decimalAtLeast(0), "an integer >= 0 (milliseconds)", fallback)
+
+/** A decimal number as people write one: digits, an optional fraction. */
+const DecimalNumber = Schema.Trim.pipe(
+  Schema.check(Schema.isPattern(/^[0-9]{1,6}(\.[0-9]{1,6})?$/, { expected: "a decimal number" })),
+  Schema.decodeTo(Schema.NumberFromString)
+)
+
+export const defaultSimulation: SimulationSettings = {
+  mode: "random",
+  seed: 0,
+  ttftMs: undefined,
+  ttftStdDevMs: 0,
+  itlMs: undefined,
+  itlStdDevMs: 0,
+  loadFactor: 1,
+  maxTokens: 64,
+  maxModelLen: 4096,
+  failureRate: 0,
+  failureTypes
+}
+
+const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.gen(function*() {
+  const mode = yield* setting("SIM_MODE", oneOf(["echo", "random"]), "echo or random", () => defaultSimulation.mode)
+  const seed = yield* setting("SIM_SEED", decimalBetween(0, 4294967295), "an integer from 0 to 4294967295", () => 0)
+  const ttftMs = yield* ms("SIM_TTFT_MS", () => undefined)
+  const ttftStdDevMs = (yield* ms("SIM_TTFT_STDDEV_MS", () => 0)) ?? 0
+  const itlMs = yield* ms("SIM_ITL_MS", () => undefined)
+  const itlStdDevMs = (yield* ms("SIM_ITL_STDDEV_MS", () => 0)) ?? 0
+  const loadFactor = yield* setting(
+    "SIM_LOAD_FACTOR",
+    DecimalNumber.check(Schema.isBetween({ minimum: 1, maximum: 1000 })),
+    "a number from 1 to 1000",
+    () => 1
+  )
+  const maxModelLen = yield* setting("SIM_MAX_MODEL_LEN", decimalBetween(1, 10_000_000), "an integer from 1 to 10000000 (tokens)", () => 4096)
+  const maxTokens = yield* setting(
+    "SIM_MAX_TOKENS",
+    decimalBetween(1, maxModelLen),
+    `an integer from 1 to SIM_MAX_MODEL_LEN (${maxModelLen}) (tokens)`,
+    () => Math.min(64, maxModelLen)
+  )
+  const failureRate = yield* setting("SIM_FAILURE_RATE", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => 0)
+  const typesRaw = yield* optionalString("SIM_FAILURE_TYPES")
+  const types = typesRaw === undefined ? [...failureTypes] : typesRaw.split(",").map((t) => t.trim()).filter((t) => t !== "")
+  const unknown = types.find((t) => !(failureTypes as ReadonlyArray<string>).includes(t))
+  if (unknown !== undefined || types.length === 0) {
+    return yield* new InvalidSetting({
+      variable: "SIM_FAILURE_TYPES",
+      value: typesRaw ?? "",
+      expected: `comma-separated, each one of ${failureTypes.join(", ")}`
+    })
+  }
+  return {
+    mode,
+    seed,
+    ttftMs,
+    ttftStdDevMs,
+    itlMs,
+    itlStdDevMs,
+    loadFactor,
+    maxTokens,
+    maxModelLen,
+    failureRate,
+    failureTypes: types as Array<FailureType>
+  }
+})
+
 export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.gen(function*() {
   const modelRefRaw = yield* optionalString("MODEL_REF")
   const maxConcurrency = yield* setting("MAX_CONCURRENCY", decimalAtLeast(1), "an integer >= 1", () => 10)
@@ -166,6 +274,7 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
   )
   const kvEndpoints = yield* parseKvEndpoints("KV_ENDPOINTS")
   const simLatencyMs = yield* setting("SIM_LATENCY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => 100)
+  const simulation = yield* loadSimulation
   const maxBodyBytes = yield* setting("MAX_BODY_BYTES", decimalAtLeast(1), "an integer >= 1 (bytes)", () => 1024 * 1024)
   const shutdownDelayMs = yield* setting("SHUTDOWN_DELAY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => 0)
   const shutdownTimeoutMs = yield* setting(
@@ -208,6 +317,7 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
     overloadStatus,
     kvEndpoints,
     simLatencyMs,
+    simulation,
     maxBodyBytes,
     shutdownDelayMs,
     shutdownTimeoutMs,
@@ -237,6 +347,7 @@ export class RouterConfig extends Context.Service<RouterConfig, RouterSettings>(
       overloadStatus: 429,
       kvEndpoints: [],
       simLatencyMs: 100,
+      simulation: defaultSimulation,
       maxBodyBytes: 1024 * 1024,
       shutdownDelayMs: 0,
       shutdownTimeoutMs: 25_000,
