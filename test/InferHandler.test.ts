@@ -105,7 +105,7 @@ describe("POST /infer on Node's request event", () => {
 
   it.live("a failing model is a 500 with the JSON error and the request id, and is logged", () => {
     const logs: Array<LogLine> = []
-    const failing = Model.of({ infer: () => Effect.die(new Error("model crashed")) })
+    const failing = Model.withInfer(() => Effect.die(new Error("model crashed")))
     return Effect.gen(function*() {
       const port = yield* serverPort
       const response = yield* Effect.promise(() =>

@@ -1,24 +1,135 @@
 /**
- * The model behind the router. Today a simulation: it waits `SIM_LATENCY_MS`
- * on Effect's Clock (so TestClock drives it in tests) and reports how long the
- * inference took. It knows nothing of HTTP or admission.
+ * The model behind the router. Today a simulation on Effect's Clock (so
+ * TestClock drives it in tests):
+ * - `infer` (for `/infer`): waits SIM_LATENCY_MS and reports how long it took;
+ *   when SIM_TTFT_MS or SIM_ITL_MS is set, it is a whole generation instead
+ *   (`processingMs` = the model's whole time).
+ * - `generate` (for the OpenAI-compatible API): a stream of tokens (see
+ *   Simulation.ts for the text), the first after the time to first token, the
+ *   rest each after the inter-token latency, each with its standard deviation
+ *   and scaled by load (SIM_LOAD_FACTOR is reached when every slot is busy).
+ *   Each token is handed to `onToken`, whose effect must complete before the
+ *   next token is produced: a client that reads slowly slows the generation
+ *   instead of making the router buffer.
+ * It knows nothing of HTTP; of admission only how busy the slots are.
  */
-import { Context, Effect, Layer } from "effect"
-import { RouterConfig } from "./Config.ts"
+import { Context, Effect, Layer, Random } from "effect"
+import { Admission } from "./Admission.ts"
+import { RouterConfig, type RouterSettings } from "./Config.ts"
+import { type FinishReason, hash32, planText } from "./Simulation.ts"
 
 export interface Inference {
   /** Whole milliseconds the model spent on this prompt. */
   readonly processingMs: number
 }
 
+export interface GenerationRequest {
+  /** What echo mode repeats (the prompt, or the last user message). */
+  readonly echoText: string
+  /** Tokens the request's input counts, for usage and the context length. */
+  readonly promptTokens: number
+  readonly maxTokens: number | undefined
+  readonly stop: ReadonlyArray<string>
+  readonly seed: number | undefined
+}
+
+export interface Generated {
+  readonly text: string
+  readonly completionTokens: number
+  readonly finishReason: FinishReason
+  /** Milliseconds from the start of generation to the first token (0 when none). */
+  readonly firstTokenMs: number
+  /** Whole milliseconds the model took. */
+  readonly processingMs: number
+}
+
+export type OnToken = (token: string, index: number) => Effect.Effect<void>
+
 export class Model extends Context.Service<Model, {
   infer(prompt: string): Effect.Effect<Inference>
+  generate(request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated>
 }>()("inference-router/Model") {
-  static readonly simulated = (latencyMs: number): Model["Service"] => {
+  /** How far a delay stretches at the share of slots busy (1 = none busy). */
+  static readonly loadScale = (loadFactor: number, busyShare: number) => 1 + (loadFactor - 1) * Math.max(0, Math.min(1, busyShare))
+
+  static readonly simulated = (
+    latencyMs: number,
+    settings: RouterSettings["simulation"] = {
+      mode: "random",
+      seed: 0,
+      ttftMs: undefined,
+      ttftStdDevMs: 0,
+      itlMs: undefined,
+      itlStdDevMs: 0,
+      loadFactor: 1,
+      maxTokens: 64,
+      maxModelLen: 4096,
+      failureRate: 0,
+      failureTypes: []
+    },
+    /** Share of slots busy besides this request, 0..1. */
+    busyShare: () => number = () => 0
+  ): Model["Service"] => {
     const instant = Effect.succeed<Inference>({ processingMs: 0 })
+    const ttftMs = settings.ttftMs ?? latencyMs
+    const itlMs = settings.itlMs ?? 0
+
+    /** A delay with its standard deviation (normal, by Box-Muller on Effect's Random), scaled by load, never negative. */
+    const delay = (meanMs: number, stdDevMs: number) =>
+      Effect.gen(function*() {
+        let value = meanMs
+        if (stdDevMs > 0) {
+          const u = 1 - (yield* Random.next)
+          const v = yield* Random.next
+          value += stdDevMs * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v)
+        }
+        return Math.max(0, value * Model.loadScale(settings.loadFactor, busyShare()))
+      })
+
+    const generate = (request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated> =>
+      Effect.clockWith((clock) =>
+        Effect.gen(function*() {
+          const startedAt = clock.currentTimeNanosUnsafe()
+          const elapsedMs = () => Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000
+          const plan = planText({
+            mode: settings.mode,
+            echoText: request.echoText,
+            maxTokens: Math.min(request.maxTokens ?? settings.maxTokens, settings.maxModelLen),
+            stop: request.stop,
+            seed: (request.seed ?? hash32(request.echoText)) ^ settings.seed
+          })
+          let firstTokenMs = 0
+          let text = ""
+          for (let i = 0; i < plan.tokens.length; i++) {
+            const wait = i === 0 ? yield* delay(ttftMs, settings.ttftStdDevMs) : yield* delay(itlMs, settings.itlStdDevMs)
+            if (wait > 0) yield* Effect.sleep(wait)
+            if (i === 0) firstTokenMs = elapsedMs()
+            text += plan.tokens[i]
+            yield* onToken(plan.tokens[i], i)
+          }
+          if (plan.tokens.length === 0 && ttftMs > 0) yield* Effect.sleep(yield* delay(ttftMs, settings.ttftStdDevMs))
+          return {
+            text,
+            completionTokens: plan.tokens.length,
+            finishReason: plan.finishReason,
+            firstTokenMs: Math.round(firstTokenMs),
+            processingMs: Math.round(elapsedMs())
+          }
+        })
+      )
+
+    const noTokens: OnToken = () => Effect.void
+    const tokenLevel = settings.ttftMs !== undefined || settings.itlMs !== undefined
+
     return Model.of({
-      infer: (_prompt) =>
-        latencyMs === 0 ? instant : Effect.clockWith((clock) => {
+      infer: (prompt) => {
+        if (tokenLevel) {
+          return Effect.map(
+            generate({ echoText: prompt, promptTokens: 0, maxTokens: undefined, stop: [], seed: undefined }, noTokens),
+            ({ processingMs }) => ({ processingMs })
+          )
+        }
+        return latencyMs === 0 ? instant : Effect.clockWith((clock) => {
           // Nanoseconds, rounded to the nearest millisecond: Node's timers run on
           // the event loop's cached clock, so a 100 ms sleep measures 99.6 ms as
           // often as 100.4 ms, and the millisecond clock can even read 99.
@@ -27,11 +138,27 @@ export class Model extends Context.Service<Model, {
             processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000)
           }))
         })
+      },
+      generate
     })
   }
 
-  static readonly layer: Layer.Layer<Model, never, RouterConfig> = Layer.effect(
+  /** A stand-in model for tests: `infer` as given, `generate` the default simulation's with no delays. */
+  static readonly withInfer = (infer: Model["Service"]["infer"]): Model["Service"] =>
+    Model.of({ ...Model.simulated(0), infer })
+
+  static readonly layer: Layer.Layer<Model, never, RouterConfig | Admission> = Layer.effect(
     Model,
-    RouterConfig.useSync((config) => Model.simulated(config.simLatencyMs))
+    Effect.gen(function*() {
+      const config = yield* RouterConfig
+      const admission = yield* Admission
+      const slots = admission.limits.slots
+      return Model.simulated(
+        config.simLatencyMs,
+        config.simulation,
+        // The share of the other slots busy: one request alone runs at the base latency.
+        () => slots <= 1 ? 0 : Math.max(0, admission.statsUnsafe().running - 1) / (slots - 1)
+      )
+    })
   )
 }

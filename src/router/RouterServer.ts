@@ -46,7 +46,7 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
  */
 export const makeRouterServer = <E>(options: {
   readonly config: Layer.Layer<RouterConfig, E>
-  readonly model?: Layer.Layer<Model, never, RouterConfig> | undefined
+  readonly model?: Layer.Layer<Model, never, RouterConfig | Admission> | undefined
   readonly logging?: Layer.Layer<never, never, RouterConfig> | undefined
 }) =>
   HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
@@ -55,9 +55,9 @@ export const makeRouterServer = <E>(options: {
     Layer.provide(NodeHttpServer.layerHttpServices),
     Layer.provideMerge(NodeRoutes.layer),
     Layer.provide(RequestObserver.layer(routes)),
+    Layer.provideMerge(options.model ?? Model.layer),
     Layer.provideMerge(Layer.mergeAll(
       Admission.layer.pipe(Layer.provide(RequestScheduler)),
-      options.model ?? Model.layer,
       Lifecycle.layer
     )),
     Layer.provide(StartupLog),

@@ -133,8 +133,10 @@ export const postInfer = (body: unknown, headers: Record<string, string> = {}) =
 /** A model that holds every call until the gate opens: deterministic "slots busy". */
 export const gatedModel = Effect.gen(function*() {
   const gate = yield* Latch.make()
+  const simulated = Model.simulated(0)
   const model = Model.of({
-    infer: () => gate.await.pipe(Effect.as({ processingMs: 0 }))
+    infer: () => gate.await.pipe(Effect.as({ processingMs: 0 })),
+    generate: (request, onToken) => gate.await.pipe(Effect.andThen(simulated.generate(request, onToken)))
   })
   return { gate, model }
 })
