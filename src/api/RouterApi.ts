@@ -6,6 +6,10 @@ import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "effect/http-api"
 import { DecimalInt } from "../shared/DecimalInt.ts"
 import { Authorization } from "./Authorization.ts"
+import { queueTimeoutHeader } from "./Headers.ts"
+import { OpenAiGroup } from "./OpenAiApi.ts"
+
+export { queueTimeoutHeader, requestIdHeader } from "./Headers.ts"
 import {
   InvalidRequestResponse,
   OverloadedResponse,
@@ -38,16 +42,12 @@ export const InferResponse = Schema.Struct({
 }).annotate({ identifier: "InferResponse" })
 export type InferResponse = typeof InferResponse.Type
 
-/** Echoed on every response: the caller's id (1-128 printable ASCII) or a new UUID. */
-export const requestIdHeader = "x-request-id"
 
 /** Routes served beside the `HttpApi` endpoints. */
 export const openapiPath = "/openapi.json"
 export const docsPath = "/docs"
 export const metricsPath = "/metrics"
 
-/** Client's own queue-wait budget; lowers QUEUE_TIMEOUT_MS, never raises it. */
-export const queueTimeoutHeader = "x-queue-timeout-ms"
 
 export const QueueBudgetMs = DecimalInt.check(Schema.isGreaterThanOrEqualTo(0)).annotate({ description: "Most milliseconds to wait for a slot; 0 = run now or be rejected" })
 
@@ -103,6 +103,7 @@ export class InferenceGroup extends HttpApiGroup.make("inference", { topLevel: t
 export class RouterApi extends HttpApi.make("inference-router")
   .add(ProbesGroup)
   .add(InferenceGroup)
+  .add(OpenAiGroup)
   .annotateMerge(OpenApi.annotations({
     title: "inference-router",
     version: "0.1.0",

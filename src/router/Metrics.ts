@@ -8,6 +8,7 @@ import { HttpRouter } from "effect/http"
 import { labelled, prometheusResponse, secondsHistogram } from "../shared/Metrics.ts"
 import { metricsPath } from "../api/RouterApi.ts"
 import { Admission, rejectReasons } from "./Admission.ts"
+import { RouterConfig } from "./Config.ts"
 
 export const requestsTotal = Metric.counter("router_requests_total", {
   description: "HTTP requests served, by endpoint and status (probes and /metrics excluded)",
@@ -32,9 +33,46 @@ const gauges = {
   waiting: Metric.gauge("router_requests_waiting", { description: "/infer requests waiting for a slot now" }),
   maxConcurrency: Metric.gauge("router_max_concurrency", { description: "Configured MAX_CONCURRENCY" }),
   maxQueue: Metric.gauge("router_max_queue", { description: "Configured MAX_QUEUE" }),
-  // The names inference gateways' endpoint pickers read from vLLM servers.
-  vllmRunning: Metric.gauge("vllm:num_requests_running", { description: "Requests running (vLLM-compatible name)" }),
-  vllmWaiting: Metric.gauge("vllm:num_requests_waiting", { description: "Requests waiting (vLLM-compatible name)" })
+  // The names inference gateways' endpoint pickers read from vLLM servers (labelled model_name at scrape).
+  vllmRunning: Metric.gauge("vllm:num_requests_running", { description: "Requests in the model now (vLLM's name)" }),
+  vllmWaiting: Metric.gauge("vllm:num_requests_waiting", { description: "Requests waiting for a slot now (vLLM's name)" }),
+  vllmKvCache: Metric.gauge("vllm:kv_cache_usage_perc", {
+    description: "Simulated KV-cache use: the share of slots in use (running / MAX_CONCURRENCY), 0..1 (vLLM's name)"
+  })
+}
+
+/**
+ * vLLM's per-request metrics, for the OpenAI-compatible API, each labelled
+ * `model_name` (the MODEL_REF). Seconds, from 1 ms to a minute.
+ */
+export const vllm = {
+  timeToFirstToken: secondsHistogram("vllm:time_to_first_token_seconds", "From the request's arrival to its first token, in seconds"),
+  interTokenLatency: secondsHistogram("vllm:inter_token_latency_seconds", "Between consecutive tokens of a request, in seconds"),
+  e2eLatency: secondsHistogram("vllm:e2e_request_latency_seconds", "From the request's arrival to its last token, in seconds"),
+  queueTime: secondsHistogram("vllm:request_queue_time_seconds", "Time a request waited for a slot, in seconds"),
+  promptTokens: Metric.counter("vllm:prompt_tokens_total", { description: "Prompt tokens processed", incremental: true }),
+  generationTokens: Metric.counter("vllm:generation_tokens_total", { description: "Tokens generated", incremental: true }),
+  requestSuccess: Metric.counter("vllm:request_success_total", {
+    description: "Requests finished, by finished_reason",
+    incremental: true
+  })
+}
+
+/** vLLM's metrics with their `model_name` label (and `finished_reason` for successes). */
+export const vllmMetrics = (modelName: string) => {
+  const label = <M extends Metric.Metric<any, any>>(metric: M) => Metric.withAttributes(metric, { model_name: modelName }) as M
+  return {
+    running: label(gauges.vllmRunning),
+    waiting: label(gauges.vllmWaiting),
+    kvCache: label(gauges.vllmKvCache),
+    timeToFirstToken: label(vllm.timeToFirstToken),
+    interTokenLatency: label(vllm.interTokenLatency),
+    e2eLatency: label(vllm.e2eLatency),
+    queueTime: label(vllm.queueTime),
+    promptTokens: label(vllm.promptTokens),
+    generationTokens: label(vllm.generationTokens),
+    requestSuccess: labelled(Metric.withAttributes(vllm.requestSuccess, { model_name: modelName }), "finished_reason")
+  }
 }
 
 /** `router_requests_total` by endpoint and status. */
@@ -48,6 +86,8 @@ export const shedReasons = [...rejectReasons, "shutting_down"] as const
 /** `GET /metrics` in the Prometheus text format. */
 export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const admission = yield* Admission
+  const config = yield* RouterConfig
+  const labelledVllm = vllmMetrics(config.modelRef)
   const context = yield* Effect.context<never>()
   for (const reason of shedReasons) shedBy(reason).updateUnsafe(0, context)
   const handler = Effect.gen(function*() {
@@ -55,8 +95,9 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     const stats = admission.statsUnsafe()
     gauges.running.updateUnsafe(stats.running, context)
     gauges.waiting.updateUnsafe(stats.waiting, context)
-    gauges.vllmRunning.updateUnsafe(stats.running, context)
-    gauges.vllmWaiting.updateUnsafe(stats.waiting, context)
+    labelledVllm.running.updateUnsafe(stats.running, context)
+    labelledVllm.waiting.updateUnsafe(stats.waiting, context)
+    labelledVllm.kvCache.updateUnsafe(stats.running / stats.slots, context)
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)
     gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
     return prometheusResponse(context)

@@ -10,6 +10,7 @@ import { metricsPath, openapiPath, RouterApi } from "../api/RouterApi.ts"
 import { DocsRoute, docsRoutes } from "./http/DocsRoute.ts"
 import { withErrorEnvelope } from "./http/ErrorEnvelope.ts"
 import { InferHandler } from "./http/InferHandler.ts"
+import { OpenAiHandler } from "./http/OpenAiHandler.ts"
 import { ProbeHandlers, ProbesApi } from "./http/ProbeHandlers.ts"
 import { routeTable } from "./http/Routes.ts"
 import { Lifecycle } from "./Lifecycle.ts"
@@ -65,6 +66,7 @@ export const RequestScheduler = Layer.succeed(Scheduler.Scheduler, new Scheduler
 export const RouterApp = Layer.mergeAll(
   HttpApiBuilder.layer(ProbesApi).pipe(Layer.provide(ProbeHandlers)),
   InferHandler.pipe(Layer.provide(RequestScheduler)),
+  OpenAiHandler.pipe(Layer.provide(RequestScheduler)),
   OpenApiRoute,
   DocsRoute,
   MetricsRoute,

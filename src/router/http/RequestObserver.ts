@@ -12,6 +12,7 @@
 import { Context, Effect, Layer, LogLevel, References, type Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
+import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
@@ -19,7 +20,8 @@ import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Me
 import { outcomeOf, type RequestOutcome } from "./RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "./Routes.ts"
 
-const inferPath = InferenceGroup.endpoints.infer.path
+/** Inference requests: each gets one access-log line, whatever ends it. */
+const inferencePaths = new Set([InferenceGroup.endpoints.infer.path, completionsPath, chatCompletionsPath])
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
 const validRequestId = /^[\x21-\x7e]{1,128}$/
@@ -70,7 +72,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           if (outcome?.reason !== undefined) shedBy(outcome.reason).updateUnsafe(1, metrics)
           if (outcome?.queueMs !== undefined) queueWait.updateUnsafe(outcome.queueMs / 1000, metrics)
           if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, metrics)
-          if (!logsAccess || path !== inferPath) return
+          if (!logsAccess || !inferencePaths.has(path)) return
           accessLog({
             requestId: request.headers[requestIdHeader] as string,
             method: request.method ?? "",

@@ -1,0 +1,213 @@
+/**
+ * The OpenAI-compatible API: the request fields and response shapes of vLLM's
+ * OpenAI server (Completions, Chat Completions, Models), so clients, gateways
+ * and endpoint pickers that speak it can use the router. Unknown request
+ * fields are ignored. Errors are OpenAI's `{"error":{"message","type","param",
+ * "code"}}`. With `"stream": true` the success is server-sent events (one
+ * `data:` line per chunk, then `data: [DONE]`); the schemas below give the
+ * chunks' shape too.
+ */
+import { Schema } from "effect"
+import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "effect/http-api"
+import { queueTimeoutHeader } from "./Headers.ts"
+
+export const completionsPath = "/v1/completions"
+export const chatCompletionsPath = "/v1/chat/completions"
+export const modelsPath = "/v1/models"
+
+/** Forces one of the simulated model's failures, for testing clients' retry paths. */
+export const simFailureHeader = "x-sim-failure"
+
+const StopField = Schema.optionalKey(Schema.NullOr(Schema.Union([Schema.String, Schema.Array(Schema.String)])))
+const Int = Schema.Int
+
+const commonFields = {
+  model: Schema.optionalKey(Schema.String).annotate({ description: "The served model (GET /v1/models); another is a 404" }),
+  stop: StopField,
+  temperature: Schema.optionalKey(Schema.NullOr(Schema.Number)),
+  top_p: Schema.optionalKey(Schema.NullOr(Schema.Number)),
+  seed: Schema.optionalKey(Schema.NullOr(Int)),
+  n: Schema.optionalKey(Schema.NullOr(Int)).annotate({ description: "Only 1 is served" }),
+  stream: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
+  stream_options: Schema.optionalKey(Schema.NullOr(Schema.Struct({
+    include_usage: Schema.optionalKey(Schema.NullOr(Schema.Boolean))
+  }))),
+  user: Schema.optionalKey(Schema.NullOr(Schema.String))
+}
+
+export const CompletionRequest = Schema.Struct({
+  ...commonFields,
+  prompt: Schema.Union([Schema.String, Schema.Array(Schema.String)]),
+  max_tokens: Schema.optionalKey(Schema.NullOr(Int))
+}).annotate({ identifier: "CompletionRequest", description: "Unknown fields are ignored" })
+export type CompletionRequest = typeof CompletionRequest.Type
+
+const ContentPart = Schema.Struct({ type: Schema.String, text: Schema.optionalKey(Schema.String) })
+
+export const ChatMessage = Schema.Struct({
+  role: Schema.String,
+  content: Schema.optionalKey(Schema.NullOr(Schema.Union([Schema.String, Schema.Array(ContentPart)]))),
+  name: Schema.optionalKey(Schema.String)
+})
+
+export const ChatCompletionRequest = Schema.Struct({
+  ...commonFields,
+  messages: Schema.Array(ChatMessage),
+  max_tokens: Schema.optionalKey(Schema.NullOr(Int)),
+  max_completion_tokens: Schema.optionalKey(Schema.NullOr(Int))
+}).annotate({ identifier: "ChatCompletionRequest", description: "Unknown fields are ignored" })
+export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
+
+export const Usage = Schema.Struct({
+  prompt_tokens: Int,
+  completion_tokens: Int,
+  total_tokens: Int
+})
+export type Usage = typeof Usage.Type
+
+const FinishReason = Schema.NullOr(Schema.Literals(["stop", "length", "error"]))
+
+export const CompletionResponse = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("text_completion"),
+  created: Int,
+  model: Schema.String,
+  choices: Schema.Array(Schema.Struct({
+    index: Int,
+    text: Schema.String,
+    logprobs: Schema.Null,
+    finish_reason: FinishReason
+  })),
+  usage: Schema.optionalKey(Schema.NullOr(Usage))
+}).annotate({ identifier: "CompletionResponse", description: "Also the shape of each streamed chunk" })
+export type CompletionResponse = typeof CompletionResponse.Type
+
+export const ChatCompletionResponse = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("chat.completion"),
+  created: Int,
+  model: Schema.String,
+  choices: Schema.Array(Schema.Struct({
+    index: Int,
+    message: Schema.Struct({ role: Schema.Literal("assistant"), content: Schema.String }),
+    logprobs: Schema.Null,
+    finish_reason: FinishReason
+  })),
+  usage: Usage
+}).annotate({ identifier: "ChatCompletionResponse" })
+export type ChatCompletionResponse = typeof ChatCompletionResponse.Type
+
+export const ChatCompletionChunk = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("chat.completion.chunk"),
+  created: Int,
+  model: Schema.String,
+  choices: Schema.Array(Schema.Struct({
+    index: Int,
+    delta: Schema.Struct({ role: Schema.optionalKey(Schema.Literal("assistant")), content: Schema.optionalKey(Schema.String) }),
+    logprobs: Schema.Null,
+    finish_reason: FinishReason
+  })),
+  usage: Schema.optionalKey(Schema.NullOr(Usage))
+}).annotate({ identifier: "ChatCompletionChunk" })
+export type ChatCompletionChunk = typeof ChatCompletionChunk.Type
+
+export const ModelCard = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("model"),
+  created: Int,
+  owned_by: Schema.String,
+  root: Schema.String,
+  parent: Schema.Null,
+  max_model_len: Int
+})
+export const ModelList = Schema.Struct({ object: Schema.Literal("list"), data: Schema.Array(ModelCard) }).annotate({
+  identifier: "ModelList"
+})
+export type ModelList = typeof ModelList.Type
+
+/** OpenAI's error body. */
+export const OpenAiErrorBody = Schema.Struct({
+  error: Schema.Struct({
+    message: Schema.String,
+    type: Schema.String,
+    param: Schema.NullOr(Schema.String),
+    code: Schema.NullOr(Schema.String)
+  })
+}).annotate({ identifier: "OpenAiErrorBody" })
+export type OpenAiErrorBody = typeof OpenAiErrorBody.Type
+
+const errorFields = { message: Schema.String, type: Schema.String, param: Schema.NullOr(Schema.String), code: Schema.NullOr(Schema.String) }
+
+/** One error class per status OpenAI clients act on. */
+export class OpenAiError extends Schema.TaggedError<OpenAiError>()("OpenAiError", {
+  ...errorFields,
+  status: Int,
+  retryAfterSeconds: Schema.optionalKey(Int),
+  /** `x-router-reject-reason` for the router's own overload answers. */
+  rejectReason: Schema.optionalKey(Schema.String)
+}) {}
+
+const errorResponse = (status: number, description: string) =>
+  OpenAiError.pipe(HttpApiSchema.encodeToWithHeaders({
+    body: OpenAiErrorBody.pipe(HttpApiSchema.status(status)).annotate({ description }),
+    headers: {}
+  }, {
+    decode: ({ body }) => new OpenAiError({ ...body.error, status }),
+    encode: (error) => ({ body: { error: { message: error.message, type: error.type, param: error.param, code: error.code } }, headers: {} })
+  }))
+
+const rejectionResponse = (status: number, description: string) =>
+  OpenAiError.pipe(HttpApiSchema.encodeToWithHeaders({
+    body: OpenAiErrorBody.pipe(HttpApiSchema.status(status)).annotate({ description }),
+    headers: { "retry-after": Schema.optionalKey(Schema.String), "x-router-reject-reason": Schema.optionalKey(Schema.String) }
+  }, {
+    decode: ({ body, headers }) =>
+      new OpenAiError({
+        ...body.error,
+        status,
+        ...(headers["retry-after"] === undefined ? {} : { retryAfterSeconds: Number(headers["retry-after"]) }),
+        ...(headers["x-router-reject-reason"] === undefined ? {} : { rejectReason: headers["x-router-reject-reason"] })
+      }),
+    encode: (error) => ({
+      body: { error: { message: error.message, type: error.type, param: error.param, code: error.code } },
+      headers: {
+        ...(error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) }),
+        ...(error.rejectReason === undefined ? {} : { "x-router-reject-reason": error.rejectReason })
+      }
+    })
+  }))
+
+const errors = [
+  errorResponse(400, "Invalid request: a field, the context length, n other than 1"),
+  errorResponse(401, "Missing or wrong bearer token"),
+  errorResponse(404, "A model this router does not serve"),
+  errorResponse(413, "Body over MAX_BODY_BYTES"),
+  errorResponse(415, "Not JSON"),
+  rejectionResponse(429, "Shed by admission (queue full or queue timeout), with Retry-After"),
+  errorResponse(500, "The model failed (or a simulated server_error)"),
+  rejectionResponse(503, "Shutting down, or shed with OVERLOAD_STATUS=503")
+]
+
+const headers = { [queueTimeoutHeader]: Schema.optionalKey(Schema.String), [simFailureHeader]: Schema.optionalKey(Schema.String) }
+
+export class OpenAiGroup extends HttpApiGroup.make("openai", { topLevel: true })
+  .add(
+    HttpApiEndpoint.post("completions", completionsPath, {
+      payload: CompletionRequest,
+      headers,
+      success: CompletionResponse,
+      error: errors
+    }).annotate(OpenApi.Description, "Text completion, behind admission control; `stream: true` answers server-sent events"),
+    HttpApiEndpoint.post("chatCompletions", chatCompletionsPath, {
+      payload: ChatCompletionRequest,
+      headers,
+      success: ChatCompletionResponse,
+      error: errors
+    }).annotate(OpenApi.Description, "Chat completion, behind admission control; `stream: true` answers server-sent events (ChatCompletionChunk)"),
+    HttpApiEndpoint.get("models", modelsPath, { success: ModelList, error: [errors[1]] }).annotate(
+      OpenApi.Description,
+      "The served model"
+    )
+  )
+{}
