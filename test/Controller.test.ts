@@ -222,7 +222,7 @@ describe("controller against a stand-in API server", () => {
     api.put("inferenceservices", isvc("d", { modelRef: "d" }))
     await until(() => api.get("deployments", "default", "d-router") !== undefined, "seen after a silent watch", 10_000)
     assert.strictEqual(controller.child.exitCode, null, "still running")
-  })
+  }, 60_000)
 
   it("leader election: two replicas, one writes; SIGTERM releases the lease and the other takes over", async () => {
     const api = await fakeApi()

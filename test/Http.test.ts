@@ -178,9 +178,9 @@ describe("HTTP contract", () => {
 
     it.live("unknown path: 404", () =>
       Effect.gen(function*() {
-        const response = yield* request({ path: "/v1/models?x=1" })
+        const response = yield* request({ path: "/v2/engines?x=1" })
         assertError(response, 404, "not_found")
-        assert.include(response.json.error.message, "/v1/models")
+        assert.include(response.json.error.message, "/v2/engines")
       }).pipe(withRouter()))
 
     it.live("a query string does not change the route: POST /infer?x=1 is /infer", () =>

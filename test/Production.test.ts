@@ -241,8 +241,8 @@ describe("metrics", () => {
         const text = (yield* request({ path: "/metrics" })).text
         assert.strictEqual(sample(text, "router_requests_running"), 1)
         assert.strictEqual(sample(text, "router_requests_waiting"), 2)
-        assert.strictEqual(sample(text, "vllm:num_requests_running"), 1)
-        assert.strictEqual(sample(text, "vllm:num_requests_waiting"), 2)
+        assert.strictEqual(sample(text, `vllm:num_requests_running{model_name="test-model"}`), 1)
+        assert.strictEqual(sample(text, `vllm:num_requests_waiting{model_name="test-model"}`), 2)
         assert.strictEqual(sample(text, `router_shed_total{reason="queue_full"}`), 1)
         yield* gate.open
         yield* Fiber.joinAll(fibers)
