@@ -227,6 +227,44 @@ describe("end to end", () => {
     }
   })
 
+  it("drain with streams in flight: they run until SHUTDOWN_TIMEOUT_MS, then end with an error frame and [DONE]", async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/router/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MODEL_REF: "m",
+      MAX_CONCURRENCY: "2",
+      SIM_TTFT_MS: "10",
+      SIM_ITL_MS: "100",
+      SIM_MAX_TOKENS: "1000",
+      SHUTDOWN_TIMEOUT_MS: "800"
+    })
+    await waitReady(port, router.exited)
+    const stream = (max: number) =>
+      requestAt(port, {
+        method: "POST",
+        path: "/v1/chat/completions",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "m", messages: [{ role: "user", content: "x" }], max_tokens: max, stream: true })
+      })
+    // One ends within the drain, one does not.
+    const short = stream(3)
+    const long = stream(1000)
+    await until(async () => (await metric(port, `vllm:num_requests_running{model_name="m"}`)) === 2, "two streams running")
+    router.child.kill("SIGTERM")
+    const [finished, cut] = await Promise.all([short, long])
+    const events = (text: string) => text.split("\n\n").filter((e) => e !== "")
+    assert.strictEqual(finished.status, 200)
+    assert.strictEqual(events(finished.text).at(-1), "data: [DONE]")
+    assert.notInclude(finished.text, "\"error\"")
+    assert.strictEqual(cut.status, 200)
+    const cutEvents = events(cut.text)
+    assert.strictEqual(cutEvents.at(-1), "data: [DONE]")
+    assert.deepStrictEqual(JSON.parse(cutEvents.at(-2)!.slice(6)).error.code, "shutting_down")
+    assert.isAbove(cutEvents.length, 3, "it streamed until the drain ended")
+    assert.strictEqual(await router.exited, 0)
+  })
+
   it("keep-alive clients do not hold the drain open", async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {

@@ -1,0 +1,91 @@
+/**
+ * The simulated model: its documented tokenization, echo and seeded random
+ * text, stop sequences, finish reasons, and its timing on TestClock (time to
+ * first token, inter-token latency, latency growing with load).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import { defaultSimulation } from "../src/router/Config.ts"
+import { Model } from "../src/router/Model.ts"
+import { countTokens, planText, tokenize } from "../src/router/Simulation.ts"
+
+describe("simulated text", () => {
+  it("tokens are runs of non-blanks with the blanks before them", () => {
+    assert.deepStrictEqual(tokenize("Hello, big  world "), ["Hello,", " big", "  world"])
+    assert.strictEqual(countTokens("Hello, big  world "), 3)
+    assert.strictEqual(countTokens(""), 0)
+  })
+
+  it("echo repeats up to max_tokens; a stop sequence cuts before itself", () => {
+    assert.deepStrictEqual(planText({ mode: "echo", echoText: "a b c", maxTokens: 5, stop: [], seed: 0 }), { tokens: ["a", " b", " c"], finishReason: "stop" })
+    assert.deepStrictEqual(planText({ mode: "echo", echoText: "a b c", maxTokens: 2, stop: [], seed: 0 }), { tokens: ["a", " b"], finishReason: "length" })
+    assert.deepStrictEqual(planText({ mode: "echo", echoText: "alpha beta", maxTokens: 9, stop: ["ta"], seed: 0 }), { tokens: ["alpha", " be"], finishReason: "stop" })
+  })
+
+  it("random text is seeded: same seed, same text; another seed, another text", () => {
+    const a = planText({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed: 1 })
+    assert.deepStrictEqual(planText({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed: 1 }), a)
+    assert.notDeepEqual(planText({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed: 2 }).tokens, a.tokens)
+    assert.isAtMost(a.tokens.length, 20)
+  })
+})
+
+describe("simulated timing (TestClock)", () => {
+  const request = { echoText: "one two three four", promptTokens: 4, maxTokens: undefined, stop: [], seed: undefined }
+
+  it.effect("the first token after TTFT, each next after ITL; processingMs is the whole time", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(100, { ...defaultSimulation, mode: "echo", ttftMs: 50, itlMs: 10 })
+      const times: Array<number> = []
+      const fiber = yield* Effect.forkChild(
+        model.generate(request, () => Effect.flatMap(Clock.currentTimeMillis, (t) => Effect.sync(() => void times.push(t)))),
+        { startImmediately: true }
+      )
+      yield* TestClock.adjust(1_000)
+      const generated = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(times, [50, 60, 70, 80])
+      assert.strictEqual(generated.firstTokenMs, 50)
+      assert.strictEqual(generated.processingMs, 80)
+      assert.strictEqual(generated.finishReason, "stop")
+    }))
+
+  it.effect("unset TTFT and ITL: /infer keeps SIM_LATENCY_MS; generation's first token after it, the rest at once", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(100, { ...defaultSimulation, mode: "echo" })
+      const inference = yield* Effect.forkChild(model.infer("x"), { startImmediately: true })
+      const times: Array<number> = []
+      const generation = yield* Effect.forkChild(
+        model.generate(request, () => Effect.flatMap(Clock.currentTimeMillis, (t) => Effect.sync(() => void times.push(t)))),
+        { startImmediately: true }
+      )
+      yield* TestClock.adjust(100)
+      assert.deepStrictEqual(yield* Fiber.join(inference), { processingMs: 100 })
+      yield* Fiber.join(generation)
+      assert.deepStrictEqual(times, [100, 100, 100, 100])
+    }))
+
+  it.effect("latency grows with load: SIM_LOAD_FACTOR is reached when every other slot is busy", () =>
+    Effect.gen(function*() {
+      let busy = 0
+      const model = Model.simulated(0, { ...defaultSimulation, mode: "echo", ttftMs: 40, itlMs: 10, loadFactor: 3 }, () => busy)
+      const timeOf = (share: number) =>
+        Effect.gen(function*() {
+          busy = share
+          const fiber = yield* Effect.forkChild(model.generate({ ...request, maxTokens: 2 }, () => Effect.void), { startImmediately: true })
+          yield* TestClock.adjust(10_000)
+          return (yield* Fiber.join(fiber)).processingMs
+        })
+      assert.strictEqual(yield* timeOf(0), 50)
+      assert.strictEqual(yield* timeOf(0.5), 100)
+      assert.strictEqual(yield* timeOf(1), 150)
+    }))
+
+  it.effect("/infer becomes a whole generation when TTFT or ITL is set", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(100, { ...defaultSimulation, mode: "echo", ttftMs: 30, itlMs: 5 })
+      const fiber = yield* Effect.forkChild(model.infer("a b c"), { startImmediately: true })
+      yield* TestClock.adjust(1_000)
+      assert.deepStrictEqual(yield* Fiber.join(fiber), { processingMs: 40 })
+    }))
+})
