@@ -4,6 +4,7 @@ import { FetchHttpClient, HttpClient, HttpClientRequest } from "effect/http"
 import * as Net from "node:net"
 import { HttpApiClient } from "effect/http-api"
 import { Overloaded } from "../src/api/Errors.ts"
+import { OpenAiError } from "../src/api/OpenAiApi.ts"
 import { RouterApi } from "../src/api/RouterApi.ts"
 import { kvEndpoint, type RouterSettings } from "../src/router/Config.ts"
 import type { Model } from "../src/router/Model.ts"
@@ -294,5 +295,20 @@ describe("HTTP contract", () => {
           assert.match(result.headers["server-timing"], /^queue;dur=/)
         }).pipe(withRouter({ maxConcurrency: 1, maxQueue: 0 }, model))
       }).pipe(Effect.provide(Layer.empty)))
+
+    it.live("the OpenAI-compatible endpoints are in the contract: typed calls decode their answers and errors", () =>
+      Effect.gen(function*() {
+        const api = yield* client
+        const completion = yield* api.completions({ payload: { model: "test-model", prompt: "x y", max_tokens: 1 }, headers: {} })
+        assert.strictEqual(completion.object, "text_completion")
+        assert.strictEqual(completion.usage?.completion_tokens, 1)
+        const chat = yield* api.chatCompletions({ payload: { messages: [{ role: "user", content: "hi" }] }, headers: {} })
+        assert.strictEqual(chat.choices[0].message.role, "assistant")
+        assert.deepStrictEqual((yield* api.models()).data.map((m) => m.id), ["test-model"])
+        const error = yield* Effect.flip(api.completions({ payload: { model: "nope", prompt: "x" }, headers: {} }))
+        assert.instanceOf(error, OpenAiError)
+        assert.strictEqual((error as OpenAiError).code, "model_not_found")
+        assert.strictEqual((error as OpenAiError).status, 404)
+      }).pipe(withRouter({ modelRef: "test-model" })))
   })
 })
