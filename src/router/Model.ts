@@ -75,8 +75,11 @@ export class Model extends Context.Service<Model, {
     const itlMs = settings.itlMs ?? 0
 
     /** A delay with its standard deviation (normal, by Box-Muller on Effect's Random), scaled by load, never negative. */
-    const delay = (meanMs: number, stdDevMs: number) =>
-      Effect.gen(function*() {
+    const delay = (meanMs: number, stdDevMs: number): Effect.Effect<number> =>
+      // The common case, computed without a generator: it runs once per token.
+      stdDevMs === 0
+        ? Effect.sync(() => settings.loadFactor === 1 ? meanMs : meanMs * Model.loadScale(settings.loadFactor, busyShare()))
+        : Effect.gen(function*() {
         let value = meanMs
         if (stdDevMs > 0) {
           const u = 1 - (yield* Random.next)

@@ -254,6 +254,11 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     let lastTokenAt = 0
     let queueMs = 0
 
+    // A token's frame is fixed but for the token: its two ends are serialized once per stream.
+    const [tokenHead, tokenTail] = JSON.stringify({ id, object, created, model: config.modelRef, choices: [choice("\u0000", null)] })
+      .split("\"\\u0000\"")
+    const tokenFrame = (token: string) => `data: ${tokenHead}${JSON.stringify(token)}${tokenTail}\n\n`
+
     const onToken = (token: string, index: number) => {
       const now = performance.now()
       if (index === 0) {
@@ -264,7 +269,10 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       lastTokenAt = now
       if (!parsed.stream) return Effect.void
       // The chat role travels on the first chunk, as vLLM sends it.
-      return send(response, frame({ id, object, created, model: config.modelRef, choices: [choice(token, null, index === 0)] }))
+      return send(
+        response,
+        index === 0 ? frame({ id, object, created, model: config.modelRef, choices: [choice(token, null, true)] }) : tokenFrame(token)
+      )
     }
 
     const work = ({ waitedMs }: { readonly waitedMs: number }) =>
