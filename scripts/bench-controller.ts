@@ -8,24 +8,16 @@
  * The controller runs bundled (dist/controller.js), pinned to core 0, the
  * stand-in API in this process on core 1, where taskset exists.
  */
-import { execFileSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
-import { availableParallelism } from "node:os"
 import { FakeKubeApi } from "../test/support/FakeKubeApi.ts"
 import { freePort, sleep, until } from "../test/support/Processes.ts"
+import { onCore, pinned, pinSelf } from "./pinning.ts"
 
 const count = Number(process.env.BENCH_ISVCS ?? 1000)
 const resyncSeconds = 5
 
-const pinned = (() => {
-  try {
-    execFileSync("taskset", ["-c", "0", "true"], { stdio: "ignore" })
-    return availableParallelism() >= 2
-  } catch {
-    return false
-  }
-})()
-if (pinned) execFileSync("taskset", ["-pc", "1", String(process.pid)], { stdio: "ignore" })
+pinSelf(1)
 
 const rssMiB = (pid: number) => {
   const status = readFileSync(`/proc/${pid}/status`, "utf8")
@@ -36,7 +28,7 @@ const api = new FakeKubeApi({ bookmarkMs: 10_000 })
 await api.start()
 const port = await freePort()
 const args = ["--disable-warning=DEP0040", "dist/controller.js"]
-const controller = spawn(pinned ? "taskset" : process.execPath, pinned ? ["-c", "0", process.execPath, ...args] : args, {
+const controller = spawn(...onCore(0, process.execPath, args), {
   env: {
     PATH: process.env.PATH ?? "",
     KUBECONFIG: api.kubeconfig(),

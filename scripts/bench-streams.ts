@@ -9,26 +9,18 @@
  * 0, this process on core 1 (taskset). RSS with N streams open.
  *   npm run bench:streams     # BENCH_STREAMS=100,250,500,1000 BENCH_TOKENS=200
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { Agent, request } from "node:http"
-import { availableParallelism } from "node:os"
 import { freePort, sleep, until } from "../test/support/Processes.ts"
+import { onCore, pinned, pinSelf } from "./pinning.ts"
 
 const ttftMs = 50
 const itlMs = 10
 const tokens = Number(process.env.BENCH_TOKENS ?? 200)
 const levels = (process.env.BENCH_STREAMS ?? "100,250,500,1000").split(",").map(Number)
 
-const pinned = (() => {
-  try {
-    execFileSync("taskset", ["-c", "0", "true"], { stdio: "ignore" })
-    return availableParallelism() >= 2
-  } catch {
-    return false
-  }
-})()
-if (pinned) execFileSync("taskset", ["-pc", "1", String(process.pid)], { stdio: "ignore" })
+pinSelf(1)
 
 type Target = "router" | "baseline"
 const commands: Record<Target, Array<string>> = {
@@ -50,7 +42,7 @@ const start = async (target: Target, port: number): Promise<ChildProcess> => {
     LOG_LEVEL: "warn"
   }
   const args = commands[target]
-  const child = spawn(pinned ? "taskset" : process.execPath, pinned ? ["-c", "0", process.execPath, ...args] : args, { env, stdio: "ignore" })
+  const child = spawn(...onCore(0, process.execPath, args), { env, stdio: "ignore" })
   await until(() =>
     new Promise<boolean>((resolve) => {
       const req = request({ host: "127.0.0.1", port, path: "/readyz" }, (res) => {

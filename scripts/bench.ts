@@ -13,10 +13,11 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { request } from "node:http"
-import { createServer } from "node:net"
-import { availableParallelism, tmpdir } from "node:os"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { freePort, sleep } from "../test/support/Processes.ts"
+import { onCore, pinned } from "./pinning.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 const seconds = Number(process.env.BENCH_SECONDS ?? 5)
@@ -40,27 +41,6 @@ const command: Record<Target, ReadonlyArray<string>> = {
  * core 1 (taskset, from util-linux), so the two never compete for a core and
  * the scheduler's placement does not add noise. Without taskset, unpinned.
  */
-const pinned = (() => {
-  try {
-    execFileSync("taskset", ["-c", "0", "true"], { stdio: "ignore" })
-    return availableParallelism() >= 2
-  } catch {
-    return false
-  }
-})()
-const onCore = (core: number, file: string, args: ReadonlyArray<string>): [string, Array<string>] =>
-  pinned ? ["taskset", ["-c", String(core), file, ...args]] : [file, [...args]]
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-const freePort = async () => {
-  const server = createServer().listen(0, "127.0.0.1")
-  await once(server, "listening")
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, "close")
-  return port
-}
 
 const get = (port: number, path: string) =>
   new Promise<{ status: number; body: string }>((resolve, reject) => {

@@ -12,32 +12,16 @@ import { Role } from "kubernetes-models/rbac.authorization.k8s.io/v1/Role"
 import { RoleBinding } from "kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding"
 import { Namespace } from "kubernetes-models/v1/Namespace"
 import { ServiceAccount } from "kubernetes-models/v1/ServiceAccount"
-import { execFileSync } from "node:child_process"
-import { readFileSync } from "node:fs"
 import { afterEach, assert, describe, it } from "vitest"
 import { parseAllDocuments } from "yaml"
 import { controllerSettingNames, loadControllerSettings } from "../src/controller/ControllerConfig.ts"
 import { FakeKubeApi, type RecordedRequest } from "./support/FakeKubeApi.ts"
-import { freePort, killAll, root, startProcess, until } from "./support/Processes.ts"
+import { kustomize } from "./support/Kubectl.ts"
+import { freePort, killAll, startProcess, until } from "./support/Processes.ts"
 import { ConfigProvider, Effect, Exit } from "effect"
 
-const hasKubectl = (() => {
-  try {
-    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" })
-    return true
-  } catch {
-    return false
-  }
-})()
-
-/** `kubectl kustomize` where kubectl is installed; elsewhere the files as listed. */
-const rendered: Array<any> = parseAllDocuments(
-  hasKubectl
-    ? execFileSync("kubectl", ["kustomize", "deploy/controller"], { cwd: root, encoding: "utf8" })
-    : (parseAllDocuments(readFileSync(`${root}/deploy/controller/kustomization.yaml`, "utf8"))[0].toJS().resources as Array<string>)
-      .map((file) => readFileSync(`${root}/deploy/controller/${file}`, "utf8"))
-      .join("\n---\n")
-).map((doc) => doc.toJS()).filter((object) => object !== null)
+/** Rendered as `kubectl apply -k deploy/controller` would apply it. */
+const rendered: Array<any> = parseAllDocuments(kustomize("controller")).map((doc) => doc.toJS()).filter((object) => object !== null)
 
 const validators: Record<string, (object: any) => void> = {
   Namespace: (o) => new Namespace(o).validate(),

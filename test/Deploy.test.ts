@@ -10,7 +10,6 @@ import { Deployment } from "kubernetes-models/apps/v1/Deployment"
 import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler"
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget"
 import { Service } from "kubernetes-models/v1/Service"
-import { execFileSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "vitest"
@@ -18,28 +17,12 @@ import { parseAllDocuments } from "yaml"
 import { envDecisions } from "../src/controller/Desired.ts"
 import { loadSettings, settingNames } from "../src/router/Config.ts"
 import { renderBase } from "../scripts/render-base.ts"
+import { hasKubectl, kustomize } from "./support/Kubectl.ts"
 import { metricsPath } from "../src/api/RouterApi.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
 
-const hasKubectl = (() => {
-  try {
-    execFileSync("kubectl", ["version", "--client"], { stdio: "ignore" })
-    return true
-  } catch {
-    return false
-  }
-})()
-
-/**
- * `kubectl kustomize` where kubectl is installed (it is on the CI machines);
- * elsewhere the base's resources as listed (it applies no transformations).
- */
-const renderedYaml = hasKubectl
-  ? execFileSync("kubectl", ["kustomize", "deploy/base"], { cwd: root, encoding: "utf8" })
-  : (parseAllDocuments(readFileSync(`${root}/deploy/base/kustomization.yaml`, "utf8"))[0].toJS().resources as Array<string>)
-    .map((file) => readFileSync(`${root}/deploy/base/${file}`, "utf8"))
-    .join("\n---\n")
+const renderedYaml = kustomize("base")
 
 const rendered: Array<any> = parseAllDocuments(renderedYaml).map((doc) => doc.toJS())
 

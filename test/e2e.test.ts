@@ -5,20 +5,12 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { createServer } from "node:net"
+import { freePort } from "./support/Processes.ts"
 import { fileURLToPath } from "node:url"
 import { afterEach, assert, describe, it } from "vitest"
 import { requestAt } from "./support/TestRouter.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
-
-const freePort = async (): Promise<number> => {
-  const server = createServer().listen(0, "127.0.0.1")
-  await once(server, "listening")
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, "close")
-  return port
-}
 
 const running: Array<ChildProcess> = []
 afterEach(() => {

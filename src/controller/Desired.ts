@@ -63,6 +63,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     value: (spec) => spec.kvEndpoints === undefined || spec.kvEndpoints.length === 0 ? undefined : spec.kvEndpoints.join(",")
   },
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
+  // Listed one by one on purpose: a setting the router gains gets a decision only when someone makes one.
   ...[
     "SIM_MODE",
     "SIM_SEED",

@@ -15,7 +15,7 @@
  */
 import { Context, Effect, Layer, Random } from "effect"
 import { Admission } from "./Admission.ts"
-import { RouterConfig, type RouterSettings } from "./Config.ts"
+import { defaultSimulation, RouterConfig, type RouterSettings } from "./Config.ts"
 import { type FinishReason, hash32, planText } from "./Simulation.ts"
 
 export interface Inference {
@@ -54,19 +54,7 @@ export class Model extends Context.Service<Model, {
 
   static readonly simulated = (
     latencyMs: number,
-    settings: RouterSettings["simulation"] = {
-      mode: "random",
-      seed: 0,
-      ttftMs: undefined,
-      ttftStdDevMs: 0,
-      itlMs: undefined,
-      itlStdDevMs: 0,
-      loadFactor: 1,
-      maxTokens: 64,
-      maxModelLen: 4096,
-      failureRate: 0,
-      failureTypes: []
-    },
+    settings: RouterSettings["simulation"] = defaultSimulation,
     /** Share of slots busy besides this request, 0..1. */
     busyShare: () => number = () => 0
   ): Model["Service"] => {

@@ -34,6 +34,7 @@ import { internalErrorBody } from "./ErrorEnvelope.ts"
 import { checkBodyHeaders, parseInferRequest, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
+import { makeCommonHeaders } from "./ResponseHeaders.ts"
 
 export const inferPath = InferenceGroup.endpoints.infer.path
 
@@ -73,11 +74,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
   const runFork = Effect.runForkWith(yield* Effect.context<never>())
   const checkBearer = makeBearerCheck(config.apiKeys)
 
-  /** Request id (set by the RequestObserver) and, while draining, `Connection: close` so keep-alive clients move on. */
-  const commonHeaders = (request: IncomingMessage): Record<string, string> => {
-    const requestId = request.headers[requestIdHeader] as string
-    return lifecycle.isDraining() ? { [requestIdHeader]: requestId, connection: "close" } : { [requestIdHeader]: requestId }
-  }
+  const commonHeaders = makeCommonHeaders(lifecycle.isDraining)
 
   const encodeResponse = inferResponseEncoder(config)
 

@@ -40,6 +40,7 @@ import { makeBearerCheck } from "./Authorization.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
+import { makeCommonHeaders } from "./ResponseHeaders.ts"
 
 /** An OpenAI error, with the status and headers it is answered with. */
 interface ApiError {
@@ -115,10 +116,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
   const simulation = config.simulation
   const startedAt = Math.floor(Date.now() / 1000)
 
-  const headersOf = (request: IncomingMessage): Record<string, string> => {
-    const id = request.headers[requestIdHeader] as string
-    return lifecycle.isDraining() ? { [requestIdHeader]: id, connection: "close" } : { [requestIdHeader]: id }
-  }
+  const headersOf = makeCommonHeaders(lifecycle.isDraining)
 
   const sendJson = (request: IncomingMessage, response: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}) => {
     if (response.destroyed || response.headersSent) return
