@@ -200,6 +200,39 @@ describe("server-sent events, byte for byte", () => {
     }).pipe(withRouter(sim({ mode: "echo" }))))
 })
 
+describe("failures", () => {
+  it.live("a model that fails after the stream started ends it with one error frame, then [DONE]", () => {
+    const base = Model.simulated(0, { ...defaultSimulation, mode: "echo" })
+    const failing = Model.of({
+      infer: base.infer,
+      generate: (request, onToken) =>
+        base.generate(request, (token, i) => i === 2 ? Effect.die(new Error("model crashed")) : onToken(token, i))
+    })
+    return Effect.gen(function*() {
+      const port = yield* serverPort
+      const body = JSON.stringify({ model: "test-model", prompt: "a b c d e", stream: true })
+      const raw = yield* Effect.promise(() =>
+        exchangeAt(port, `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`)
+      )
+      assert.match(raw, /^HTTP\/1\.1 200 /)
+      const events = raw.split("\r\n\r\n").slice(1).join("").replace(/(?:^|\r\n)[0-9a-f]+\r\n/g, "").split("\n\n").filter((e) => e.startsWith("data: "))
+      assert.strictEqual(events.at(-1), "data: [DONE]")
+      assert.strictEqual(JSON.parse(events.at(-2)!.slice(6)).error.type, "server_error")
+      assert.lengthOf(events, 4, "two tokens, the error frame, [DONE]")
+    }).pipe(withRouter({}, failing))
+  })
+
+  it.live("SIM_FAILURE_RATE=100 fails every request with one of SIM_FAILURE_TYPES", () =>
+    Effect.gen(function*() {
+      const client = yield* openai
+      for (let i = 0; i < 5; i++) {
+        const error = yield* Effect.promise(() => client.completions.create({ model: "test-model", prompt: "x" }).then(() => undefined, (e) => e))
+        assert.instanceOf(error, OpenAI.RateLimitError)
+        assert.strictEqual(error.code, "rate_limit_exceeded")
+      }
+    }).pipe(withRouter(sim({ failureRate: 100, failureTypes: ["rate_limit"] }))))
+})
+
 describe("backpressure", () => {
   it.live("a client that stops reading pauses the generation instead of making the router buffer", () => {
     let emitted = 0
