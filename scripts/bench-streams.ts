@@ -34,6 +34,8 @@ const start = async (target: Target, port: number): Promise<ChildProcess> => {
     PORT: String(port),
     HOST: "127.0.0.1",
     MODEL_REF: "bench",
+    // Echo of a prompt of exactly `tokens` tokens: every stream carries `tokens` tokens, as the baseline's do.
+    SIM_MODE: "echo",
     SIM_TTFT_MS: String(ttftMs),
     SIM_ITL_MS: String(itlMs),
     SIM_MAX_TOKENS: String(tokens),
@@ -78,7 +80,7 @@ const run = async (target: Target, streams: number): Promise<Result> => {
   const gaps: Array<number> = []
   let completed = 0
   let rss = 0
-  const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go" }], max_tokens: tokens, stream: true })
+  const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: tokens, stream: true })
   const one = () =>
     new Promise<void>((resolve) => {
       const startedAt = performance.now()
