@@ -2,7 +2,10 @@
  * The real process, started the way operators start it (`npm start`), on an
  * ephemeral port, talked to over HTTP.
  */
-import { type ChildProcess, spawn } from "node:child_process"
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { once } from "node:events"
 import { createServer } from "node:net"
 import { freePort } from "./support/Processes.ts"
@@ -255,6 +258,24 @@ describe("end to end", () => {
     assert.deepStrictEqual(JSON.parse(cutEvents.at(-2)!.slice(6)).error.code, "shutting_down")
     assert.isAbove(cutEvents.length, 3, "it streamed until the drain ended")
     assert.strictEqual(await router.exited, 0)
+  })
+
+  it("the bundle copied without its docs chunk still serves; /docs answers 500 and the log names the missing file", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "router-bundle-"))
+    execFileSync(join(root, "node_modules/.bin/rolldown"), ["src/router/main.ts", "--dir", dir, "--platform", "node", "--format", "esm", "--entry-file-names", "router.js"], { cwd: root, stdio: "ignore" })
+    for (const file of readdirSync(dir)) if (file !== "router.js") rmSync(join(dir, file))
+    const port = await freePort()
+    const router = start(process.execPath, [join(dir, "router.js")], { PORT: String(port), HOST: "127.0.0.1" })
+    await waitReady(port, router.exited)
+    assert.strictEqual((await infer(port, "still serving")).status, 200)
+    const docs = await requestAt(port, { path: "/docs" })
+    assert.strictEqual(docs.status, 500)
+    assert.strictEqual(docs.json.error.code, "internal_error")
+    await until(async () => router.output().stdout.includes("Cannot find module"), "the log line")
+    assert.match(router.output().stdout, /"message":"request failed".*httpApiScalar/)
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    rmSync(dir, { recursive: true })
   })
 
   it("keep-alive clients do not hold the drain open", async () => {
