@@ -33,6 +33,8 @@
               cp -r dist/. $out/lib/inference-router/
               makeWrapper ${nodejs}/bin/node $out/bin/inference-router \
                 --add-flags "${builtins.concatStringsSep " " nodeFlags} $out/lib/inference-router/router.js"
+              makeWrapper ${nodejs}/bin/node $out/bin/inference-router-controller \
+                --add-flags "--disable-warning=DEP0040 $out/lib/inference-router/controller.js"
               runHook postInstall
             '';
             meta.mainProgram = "inference-router";
@@ -60,6 +62,10 @@
         default = {
           type = "app";
           program = "${self.packages.${pkgs.stdenv.hostPlatform.system}.default}/bin/inference-router";
+        };
+        controller = {
+          type = "app";
+          program = "${self.packages.${pkgs.stdenv.hostPlatform.system}.default}/bin/inference-router-controller";
         };
       });
 
