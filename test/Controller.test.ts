@@ -224,6 +224,20 @@ describe("controller against a stand-in API server", () => {
     assert.strictEqual(controller.child.exitCode, null, "still running")
   }, 60_000)
 
+  it("WATCH_NAMESPACES: only those namespaces are watched and reconciled", async () => {
+    const api = await fakeApi()
+    await startController(api, { WATCH_NAMESPACES: "team-a,team-b" })
+    api.put("inferenceservices", isvc("other", { modelRef: "x" }, "team-c"))
+    api.put("inferenceservices", isvc("mine", { modelRef: "a" }, "team-a"))
+    api.put("inferenceservices", isvc("also", { modelRef: "b" }, "team-b"))
+    await until(() => api.get("deployments", "team-a", "mine-router") !== undefined && api.get("deployments", "team-b", "also-router") !== undefined, "both watched namespaces")
+    await sleep(500)
+    assert.isUndefined(api.get("deployments", "team-c", "other-router"))
+    const paths = new Set(api.requests.filter((r) => r.method === "GET" && r.path.includes("inferenceservices")).map((r) => r.path))
+    assert.isFalse([...paths].some((p) => p === "/apis/inference-router.dev/v1alpha1/inferenceservices"), "no cluster-wide list or watch")
+    assert.isTrue(paths.has("/apis/inference-router.dev/v1alpha1/namespaces/team-a/inferenceservices"))
+  })
+
   it("leader election: two replicas, one writes; SIGTERM releases the lease and the other takes over", async () => {
     const api = await fakeApi()
     // A long lease: taking over well before it could expire shows it was released.

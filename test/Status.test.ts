@@ -1,0 +1,84 @@
+/**
+ * Status from the children, pure: every reason a person can act on, the
+ * summary Ready, observedGeneration, and lastTransitionTime moving only when
+ * a condition's status changes.
+ */
+import { assert, describe, it } from "vitest"
+import { computeStatus, type Observed, sameStatus } from "../src/controller/Status.ts"
+
+const deployment = (status: Record<string, unknown>, spec: Record<string, unknown> = { replicas: 2 }, generation = 3) => ({
+  metadata: { generation },
+  spec,
+  status: { observedGeneration: generation, ...status }
+})
+
+const observe = (overrides: Partial<Observed>): Observed => ({
+  generation: 7,
+  deployment: undefined,
+  pods: [],
+  url: "http://m-router.ns.svc.cluster.local",
+  image: "router:1",
+  previous: undefined,
+  now: "2026-11-27T10:00:00.000Z",
+  ...overrides
+})
+
+const ready = (status: ReturnType<typeof computeStatus>) => status.conditions!.find((c) => c.type === "Ready")!
+
+describe("status", () => {
+  it("available: Ready True, with counts, the URL, the image and the InferenceService's generation", () => {
+    const status = computeStatus(observe({
+      deployment: deployment({ readyReplicas: 2, updatedReplicas: 2, conditions: [{ type: "Available", status: "True" }] })
+    }))
+    assert.deepInclude(ready(status), { status: "True", reason: "Ready", observedGeneration: 7 })
+    assert.deepInclude(status, { observedGeneration: 7, replicas: 2, readyReplicas: 2, url: "http://m-router.ns.svc.cluster.local", routerImage: "router:1" })
+    assert.sameMembers(status.conditions!.map((c) => c.type), ["Ready", "Reconciled", "RouterAvailable"])
+  })
+
+  for (const [what, observed, reason] of [
+    ["no Deployment yet", observe({}), "Pending"],
+    ["a rollout in progress", observe({ deployment: { ...deployment({ readyReplicas: 2, updatedReplicas: 1 }), metadata: { generation: 4 } } }), "RolloutInProgress"],
+    ["ReplicaFailure", observe({ deployment: deployment({ updatedReplicas: 2, conditions: [{ type: "ReplicaFailure", status: "True", message: "quota exceeded" }] }) }), "ReplicaFailure"],
+    ["ProgressDeadlineExceeded", observe({ deployment: deployment({ updatedReplicas: 2, conditions: [{ type: "Progressing", status: "False", reason: "ProgressDeadlineExceeded" }] }) }), "ProgressDeadlineExceeded"],
+    ["an image that cannot be pulled", observe({ deployment: deployment({ updatedReplicas: 2 }), pods: [{ metadata: { name: "p" }, status: { containerStatuses: [{ state: { waiting: { reason: "ErrImagePull", message: "not found" } } }] } }] }), "ImagePullFailed"],
+    ["a missing Secret", observe({ deployment: deployment({ updatedReplicas: 2 }), pods: [{ metadata: { name: "p" }, status: { containerStatuses: [{ state: { waiting: { reason: "CreateContainerConfigError", message: "secret \"k\" not found" } } }] } }] }), "ContainerConfigError"],
+    ["a router crash-looping on a setting", observe({ deployment: deployment({ updatedReplicas: 2 }), pods: [{ metadata: { name: "p" }, status: { containerStatuses: [{ state: { waiting: { reason: "CrashLoopBackOff" } }, lastState: { terminated: { exitCode: 1, message: "inference-router: invalid configuration: PORT=\"x\": expected a port number 1-65535\n" } } }] } }] }), "RouterRejectedSettings"],
+    ["a router crash-looping otherwise", observe({ deployment: deployment({ updatedReplicas: 2 }), pods: [{ metadata: { name: "p" }, status: { containerStatuses: [{ state: { waiting: { reason: "CrashLoopBackOff" } }, lastState: { terminated: { exitCode: 137, message: "" } } }] } }] }), "CrashLoopBackOff"],
+    ["an invalid spec", observe({ specProblem: { reason: "InvalidSpec", message: "the router would reject this spec: …" } }), "InvalidSpec"],
+    ["a failed apply", observe({ specProblem: { reason: "ApplyFailed", message: "apply Deployment: 403 forbidden" } }), "ApplyFailed"]
+  ] as const) {
+    it(`${what}: Ready is not True, reason ${reason}`, () => {
+      const condition = ready(computeStatus(observed))
+      assert.notStrictEqual(condition.status, "True")
+      assert.strictEqual(condition.reason, reason)
+      assert.isAbove(condition.message.length, 5)
+    })
+  }
+
+  it("the router's own line reaches the message", () => {
+    const condition = ready(computeStatus(observe({
+      deployment: deployment({ updatedReplicas: 2 }),
+      pods: [{ metadata: { name: "p-1" }, status: { containerStatuses: [{ state: { waiting: { reason: "CrashLoopBackOff" } }, lastState: { terminated: { message: "inference-router: invalid configuration: MAX_QUEUE=\"-1\": expected an integer >= 0" } } }] } }]
+    })))
+    assert.strictEqual(condition.message, "p-1: inference-router: invalid configuration: MAX_QUEUE=\"-1\": expected an integer >= 0")
+  })
+
+  it("lastTransitionTime moves only when a condition's status changes; an unchanged status is the same status", () => {
+    const first = computeStatus(observe({}))
+    const later = computeStatus(observe({ previous: first, now: "2026-11-27T11:00:00.000Z" }))
+    assert.strictEqual(ready(later).lastTransitionTime, "2026-11-27T10:00:00.000Z")
+    assert.isTrue(sameStatus(first, later))
+    const available = computeStatus(observe({
+      previous: later,
+      now: "2026-11-27T12:00:00.000Z",
+      deployment: deployment({ readyReplicas: 2, updatedReplicas: 2, conditions: [{ type: "Available", status: "True" }] })
+    }))
+    assert.strictEqual(ready(available).lastTransitionTime, "2026-11-27T12:00:00.000Z")
+    assert.strictEqual(available.conditions!.find((c) => c.type === "Reconciled")!.lastTransitionTime, "2026-11-27T10:00:00.000Z")
+    assert.isFalse(sameStatus(later, available))
+  })
+
+  it("scaled to zero is available", () => {
+    assert.strictEqual(ready(computeStatus(observe({ deployment: deployment({}, { replicas: 0 }) }))).status, "True")
+  })
+})
