@@ -232,7 +232,7 @@ describe("end to end", () => {
       SIM_TTFT_MS: "10",
       SIM_ITL_MS: "100",
       SIM_MAX_TOKENS: "1000",
-      SHUTDOWN_TIMEOUT_MS: "800"
+      SHUTDOWN_TIMEOUT_MS: "1500"
     })
     await waitReady(port, router.exited)
     const stream = (max: number) =>

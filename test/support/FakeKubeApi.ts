@@ -184,7 +184,10 @@ export class FakeKubeApi {
 
   /** Forgets history: watches resuming from an older resourceVersion get 410 Expired. */
   compact() {
-    this.oldestRetained = this.revision + 1
+    // Everything up to now is gone: a watch from any resourceVersion seen so far gets 410; a new
+    // list returns a version past the compaction, which can be watched.
+    this.revision++
+    this.oldestRetained = this.revision
     this.log.length = 0
   }
 
@@ -447,7 +450,7 @@ export class FakeKubeApi {
     response.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" })
     const watcher: Watcher = { type, namespace, selector, response, silent: this.silentWatches }
     const from = url.searchParams.get("resourceVersion")
-    if (from !== null && from !== "" && from !== "0" && Number(from) < this.oldestRetained - 1) {
+    if (from !== null && from !== "" && from !== "0" && Number(from) < this.oldestRetained) {
       response.end(
         JSON.stringify({ type: "ERROR", object: status(410, "Expired", `too old resource version: ${from} (${this.oldestRetained})`) }) + "\n"
       )
