@@ -12,7 +12,7 @@ import * as Net from "node:net"
 import OpenAI from "openai"
 import { defaultSimulation, type RouterSettings } from "../src/router/Config.ts"
 import { Model } from "../src/router/Model.ts"
-import { exchangeAt, serverPort, TestRouter, untilStats } from "./support/TestRouter.ts"
+import { exchangeAt, type LogLine, request, serverPort, TestRouter, untilAccessLines, untilStats } from "./support/TestRouter.ts"
 
 const withRouter = (settings: Partial<RouterSettings> = {}, model?: Model["Service"]) =>
   Effect.provide(TestRouter({ modelRef: "test-model", ...settings }, model))
@@ -198,6 +198,39 @@ describe("server-sent events, byte for byte", () => {
       assert.deepStrictEqual(chunks[3].usage, { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4 })
       assert.isTrue(chunks.every((c) => c.object === "text_completion" && c.id === chunks[0].id && c.model === "test-model"))
     }).pipe(withRouter(sim({ mode: "echo" }))))
+})
+
+describe("metrics an endpoint picker reads, and the access log", () => {
+  it.live("vLLM's metrics with model_name after a streamed and a plain request; one access line each", () => {
+    const logs: Array<LogLine> = []
+    return Effect.gen(function*() {
+      const client = yield* openai
+      yield* Effect.promise(() => client.completions.create({ model: "test-model", prompt: "a b c", max_tokens: 2 }))
+      const stream = yield* Effect.promise(() => client.chat.completions.create({ model: "test-model", messages: [{ role: "user", content: "x y z w" }], stream: true }))
+      yield* Effect.promise(async () => {
+        for await (const _ of stream) {
+          // drain
+        }
+      })
+      const text = (yield* request({ path: "/metrics" })).text
+      const value = (series: string) => Number(text.split("\n").find((l) => l.startsWith(series + " "))?.slice(series.length + 1))
+      const m = `model_name="test-model"`
+      assert.strictEqual(value(`vllm:prompt_tokens_total{${m}}`), 7)
+      assert.strictEqual(value(`vllm:generation_tokens_total{${m}}`), 6)
+      // completions: 2 of 3 tokens (length); chat: all 4 (stop).
+      assert.strictEqual(value(`vllm:request_success_total{finished_reason="length",${m}}`), 1)
+      assert.strictEqual(value(`vllm:request_success_total{finished_reason="stop",${m}}`), 1)
+      for (const histogram of ["time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"]) {
+        assert.strictEqual(value(`vllm:${histogram}_count{${m}}`), 2, histogram)
+      }
+      assert.strictEqual(value(`vllm:inter_token_latency_seconds_count{${m}}`), 4, "one gap per token after the first")
+      assert.strictEqual(value(`vllm:kv_cache_usage_perc{${m}}`), 0)
+      assert.strictEqual(value(`vllm:num_requests_running{${m}}`), 0)
+      const lines = yield* untilAccessLines(logs, 2)
+      assert.deepStrictEqual(lines.map((l) => [l.annotations.path, l.annotations.status]), [["/v1/completions", 200], ["/v1/chat/completions", 200]])
+      assert.notInclude(JSON.stringify(lines), "x y z w", "no prompt text in logs")
+    }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", ...sim({ mode: "echo" }) }, undefined, { logs })))
+  })
 })
 
 describe("failures", () => {
