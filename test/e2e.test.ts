@@ -2,38 +2,20 @@
  * The real process, started the way operators start it (`npm start`), on an
  * ephemeral port, talked to over HTTP.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { execFileSync } from "node:child_process"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { once } from "node:events"
 import { createServer } from "node:net"
-import { freePort } from "./support/Processes.ts"
-import { fileURLToPath } from "node:url"
+import { freePort, killAll, root, startProcess } from "./support/Processes.ts"
 import { afterEach, assert, describe, it } from "vitest"
 import { requestAt } from "./support/TestRouter.ts"
 
-const root = fileURLToPath(new URL("..", import.meta.url))
 
-const running: Array<ChildProcess> = []
-afterEach(() => {
-  for (const child of running.splice(0)) child.kill("SIGKILL")
-})
+afterEach(killAll)
 
-const start = (command: string, args: Array<string>, env: Record<string, string>) => {
-  const child = spawn(command, args, {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
-    stdio: ["ignore", "pipe", "pipe"]
-  })
-  running.push(child)
-  let stdout = ""
-  let stderr = ""
-  child.stdout!.on("data", (chunk) => (stdout += chunk))
-  child.stderr!.on("data", (chunk) => (stderr += chunk))
-  const exited = once(child, "exit").then(([code]) => code as number | null)
-  return { child, exited, output: () => ({ stdout, stderr }) }
-}
+const start = (command: string, args: Array<string>, env: Record<string, string>) => startProcess(args, env, command)
 
 const waitReady = async (port: number, exited: Promise<unknown>) => {
   let done = false

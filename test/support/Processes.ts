@@ -32,8 +32,9 @@ export const killAll = () => {
   running.clear()
 }
 
-export const startProcess = (args: ReadonlyArray<string>, env: Record<string, string>): Started => {
-  const child = spawn(process.execPath, [...args], {
+/** Starts `command args` (Node itself by default) in the repository, with only `env` (plus PATH and HOME). */
+export const startProcess = (args: ReadonlyArray<string>, env: Record<string, string>, command: string = process.execPath): Started => {
+  const child = spawn(command, [...args], {
     cwd: root,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "pipe", "pipe"]
