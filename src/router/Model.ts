@@ -92,8 +92,13 @@ export class Model extends Context.Service<Model, {
           let firstTokenMs = 0
           let text = ""
           for (let i = 0; i < plan.tokens.length; i++) {
-            const wait = i === 0 ? yield* delay(ttftMs, settings.ttftStdDevMs) : yield* delay(itlMs, settings.itlStdDevMs)
-            if (wait > 0) yield* Effect.sleep(wait)
+            if (i > 0 && fixedItl !== undefined) {
+              // The common case, one prebuilt sleep: this runs once per token of every stream.
+              if (fixedItl !== null) yield* fixedItl
+            } else {
+              const wait = i === 0 ? yield* delay(ttftMs, settings.ttftStdDevMs) : yield* delay(itlMs, settings.itlStdDevMs)
+              if (wait > 0) yield* Effect.sleep(wait)
+            }
             if (i === 0) firstTokenMs = elapsedMs()
             text += plan.tokens[i]
             yield* onToken(plan.tokens[i], i)
@@ -108,6 +113,11 @@ export class Model extends Context.Service<Model, {
           }
         })
       )
+
+    /** The inter-token sleep when it neither varies nor scales with load (null: no wait at all). */
+    const fixedItl = settings.itlStdDevMs === 0 && settings.loadFactor === 1
+      ? (itlMs > 0 ? Effect.sleep(itlMs) : null)
+      : undefined
 
     const noTokens: OnToken = () => Effect.void
     const tokenLevel = settings.ttftMs !== undefined || settings.itlMs !== undefined
