@@ -65,7 +65,15 @@ const percentile = (values: Array<number>, p: number) => {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
 }
 
+/** CPU seconds (user + system) the process has used. */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
 interface Result {
+  /** Server CPU per token delivered in the measured streams, in µs. */
+  readonly cpuUsPerToken: number
   readonly ttft: Array<number>
   readonly gaps: Array<number>
   readonly completed: number
@@ -114,15 +122,17 @@ const run = async (target: Target, streams: number): Promise<Result> => {
   ttft.length = 0
   gaps.length = 0
   completed = 0
+  const cpuBefore = cpuSeconds(child.pid!)
   // Streams start spread over 250 ms, as independent clients would, not in one burst.
   const all = Array.from({ length: streams }, (_, i) => sleep((250 * i) / streams).then(one))
   // RSS with every stream open (sampled mid-way through the streams' life).
   await sleep(250 + ttftMs + (tokens * itlMs) / 2)
   rss = rssMiB(child.pid!)
   await Promise.all(all)
+  const cpuUsPerToken = ((cpuSeconds(child.pid!) - cpuBefore) * 1e6) / (completed * tokens)
   child.kill("SIGTERM")
   await new Promise((resolve) => child.once("exit", resolve))
-  return { ttft, gaps, completed, rss }
+  return { cpuUsPerToken, ttft, gaps, completed, rss }
 }
 
 const fmt = (n: number) => n.toFixed(2)
@@ -130,17 +140,17 @@ console.log(`# Streaming benchmark ${new Date().toISOString()}`)
 console.log()
 console.log(`Node ${process.version}; TTFT ${ttftMs} ms, ITL ${itlMs} ms, ${tokens} tokens per stream; ${pinned ? "servers on core 0, load generator on core 1" : "not pinned"}; 50 warm-up streams, then the measured ones started over 250 ms.`)
 console.log()
-console.log("| streams | target | completed | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | RSS MiB |")
-console.log("|---:|---|---:|---:|---:|---:|---:|---:|")
+console.log("| streams | target | completed | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | RSS MiB | CPU µs/token |")
+console.log("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 for (const streams of levels) {
   const results: Partial<Record<Target, Result>> = {}
   for (const target of ["baseline", "router"] as const) {
     const result = await run(target, streams)
     results[target] = result
-    console.log(`| ${streams} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} |`)
+    console.log(`| ${streams} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} |`)
   }
   const r = results.router!
   const b = results.baseline!
-  console.log(`| ${streams} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× |`)
+  console.log(`| ${streams} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× | ${(r.cpuUsPerToken / b.cpuUsPerToken).toFixed(2)}× |`)
 }
 process.exit(0)
