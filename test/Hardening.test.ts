@@ -99,6 +99,15 @@ describe("one rule for every route", () => {
       assert.strictEqual(health.status, 200)
     }).pipe(withRouter()))
 
+  it.live("HEAD is answered on every GET route, Node-level ones included, without a body", () =>
+    Effect.gen(function*() {
+      for (const path of ["/healthz", "/metrics", "/v1/models"]) {
+        const response = yield* request({ method: "HEAD", path })
+        assert.strictEqual(response.status, 200, path)
+        assert.strictEqual(response.text, "", path)
+      }
+    }).pipe(withRouter()))
+
   it.live("doubled and trailing slashes are unknown on every route, and counted as unmatched", () =>
     Effect.gen(function*() {
       const paths = ["//healthz", "/metrics/", "/docs/", "//infer", "/infer/", "/readyz/"]

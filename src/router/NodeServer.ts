@@ -105,7 +105,8 @@ const makeNodeServer = (options: ServeOptions) => {
     if (request.headers.host === undefined && request.httpVersionMinor === 1 && request.httpVersionMajor === 1) {
       return answer(request, response, 400, "missing_host", "HTTP/1.1 requests must have a Host header", { connection: "close" })
     }
-    const handler = nodeRoutes.find(request.method, path)
+    // HEAD is GET without the body (Node drops it): the route table allows it for every GET route.
+    const handler = nodeRoutes.find(request.method === "HEAD" ? "GET" : request.method, path)
     if (handler !== undefined) return handler(request, response, awaitsContinue)
     const methods = routes.get(path)
     if (methods === undefined) return answer(request, response, 404, "not_found", `no route for ${path}`)
