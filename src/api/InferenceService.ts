@@ -109,23 +109,3 @@ export const InferenceServiceStatus = Schema.Struct({
   routerImage: Schema.optionalKey(Schema.String)
 })
 export type InferenceServiceStatus = typeof InferenceServiceStatus.Type
-
-export interface ObjectMeta {
-  readonly name: string
-  readonly namespace: string
-  readonly uid: string
-  readonly generation?: number
-  readonly resourceVersion?: string
-  readonly labels?: Record<string, string>
-  readonly annotations?: Record<string, string>
-  readonly deletionTimestamp?: string
-}
-
-/** An InferenceService as the API returns it: the spec is decoded separately, so an invalid one can be reported. */
-export interface InferenceService {
-  readonly apiVersion: string
-  readonly kind: string
-  readonly metadata: ObjectMeta
-  readonly spec: unknown
-  readonly status?: InferenceServiceStatus
-}

@@ -34,14 +34,12 @@ import { internalErrorBody } from "./ErrorEnvelope.ts"
 import { checkBodyHeaders, parseInferRequest, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
-import { makeCommonHeaders } from "./ResponseHeaders.ts"
+import { closesEarly, makeCommonHeaders } from "./ResponseHeaders.ts"
 
 export const inferPath = InferenceGroup.endpoints.infer.path
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 
-/** Most unread body bytes drained to keep a connection open after an early answer. */
-const maxDrainBytes = 64 * 1024
 
 interface Served {
   readonly waitedMs: number
@@ -82,10 +80,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     // A client that hung up gets no answer.
     if (response.destroyed) return
     const headers = commonHeaders(request)
-    // Answered before the whole body arrived: Node reads and drops the rest to
-    // keep the connection, which is fine for a small rest; a large or unknown
-    // one (a body over MAX_BODY_BYTES) closes the connection instead.
-    if (!request.complete && !(Number(request.headers["content-length"]) <= maxDrainBytes)) headers.connection = "close"
+    if (closesEarly(request)) headers.connection = "close"
     writeContractError(response, error, headers)
   }
 

@@ -40,7 +40,7 @@ import { makeBearerCheck } from "./Authorization.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
-import { makeCommonHeaders } from "./ResponseHeaders.ts"
+import { closesEarly, makeCommonHeaders } from "./ResponseHeaders.ts"
 
 /** An OpenAI error, with the status and headers it is answered with. */
 interface ApiError {
@@ -122,8 +122,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     if (response.destroyed || response.headersSent) return
     const text = JSON.stringify(body)
     const headers: Record<string, string | number> = { ...headersOf(request), ...extra, "content-type": "application/json", "content-length": Buffer.byteLength(text) }
-    // Answered before the body was read (an error on the headers): do not read an unknown rest.
-    if (!request.complete && !(Number(request.headers["content-length"]) <= 64 * 1024)) headers.connection = "close"
+    if (closesEarly(request)) headers.connection = "close"
     response.writeHead(status, headers)
     response.end(text)
   }

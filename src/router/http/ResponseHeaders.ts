@@ -10,3 +10,15 @@ export const makeCommonHeaders = (isDraining: () => boolean) => (request: Incomi
   const requestId = request.headers[requestIdHeader] as string
   return isDraining() ? { [requestIdHeader]: requestId, connection: "close" } : { [requestIdHeader]: requestId }
 }
+
+/** Most unread body bytes Node may drain to keep a connection open after an early answer. */
+const maxDrainBytes = 64 * 1024
+
+/**
+ * For an answer written before the whole body arrived (an error on the
+ * headers or a body over the limit): Node reads and drops the rest to keep
+ * the connection, which is fine for a small rest; a large or unknown one
+ * closes the connection instead.
+ */
+export const closesEarly = (request: IncomingMessage): boolean =>
+  !request.complete && !(Number(request.headers["content-length"]) <= maxDrainBytes)
