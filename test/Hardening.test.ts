@@ -197,3 +197,14 @@ describe("/docs is cheap to read", () => {
     }).pipe(withRouter()))
 })
 
+
+describe("the docs page split", () => {
+  it("keeps Effect's page whole when its shape is not the expected one", async () => {
+    const { splitPage } = await import("../src/router/http/DocsRoute.ts")
+    assert.deepStrictEqual(splitPage("<html>no container</html>"), { page: "<html>no container</html>", script: undefined })
+    const split = splitPage(`<div id="api-reference-container"></div><script>JS</script><script>boot()</script>`)
+    assert.strictEqual(split.script, "JS")
+    assert.notInclude(split.page, "JS")
+    assert.include(split.page, "<script>boot()</script>")
+  })
+})

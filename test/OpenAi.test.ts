@@ -116,6 +116,30 @@ describe("OpenAI-compatible API with the official openai SDK", () => {
       stream.controller.abort()
     }).pipe(withRouter({ maxConcurrency: 1, maxQueue: 0, ...sim({ ttftMs: 5, itlMs: 50, maxTokens: 100 }) })))
 
+  it.live("queue budgets and overload answers work for streams as for /infer: a shed stream is a plain 429/503, not SSE", () =>
+    Effect.gen(function*() {
+      const port = yield* serverPort
+      const client = yield* openai
+      const running = client.chat.completions.create({ model: "test-model", messages: [{ role: "user", content: "x" }], max_tokens: 100, stream: true })
+      yield* untilStats(1, 0)
+      const body = JSON.stringify({ model: "test-model", messages: [{ role: "user", content: "y" }], stream: true })
+      const shed = (budget: string) =>
+        Effect.promise(() =>
+          exchangeAt(port, `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-queue-timeout-ms: ${budget}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`)
+        )
+      const timedOut = yield* shed("0")
+      assert.match(timedOut, /^HTTP\/1\.1 503 /)
+      assert.match(timedOut, /\r\ncontent-type: application\/json\r\n/i)
+      assert.match(timedOut, /\r\nx-router-reject-reason: queue_timeout\r\n/i)
+      assert.match(timedOut, /\r\nretry-after: \d+\r\n/i)
+      assert.include(timedOut, `"type":"service_unavailable"`)
+      const invalid = yield* shed("0x10")
+      assert.match(invalid, /^HTTP\/1\.1 400 /)
+      assert.include(invalid, `"param":"x-queue-timeout-ms"`)
+      const stream = yield* Effect.promise(() => running)
+      stream.controller.abort()
+    }).pipe(withRouter({ maxConcurrency: 1, maxQueue: 5, overloadStatus: 503, ...sim({ ttftMs: 5, itlMs: 50, maxTokens: 100 }) })))
+
   it.live("a model this router does not serve is a 404, not a substitution; /v1/models lists the served one", () =>
     Effect.gen(function*() {
       const client = yield* openai
