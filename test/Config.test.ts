@@ -30,6 +30,8 @@ describe("Config", () => {
         queueTimeoutMs: 30_000,
         overloadStatus: 429,
         kvEndpoints: [],
+        backend: "simulated",
+        upstream: undefined,
         simLatencyMs: 100,
         simulation: {
           mode: "random",
@@ -105,6 +107,8 @@ describe("Config", () => {
         queueTimeoutMs: 1500,
         overloadStatus: 503,
         kvEndpoints: ["kv-0:6379", "redis://kv-1:6379", "http://kv-2.svc:8080/x", "[::1]:7000"].map(kvEndpoint),
+        backend: "simulated",
+        upstream: undefined,
         simLatencyMs: 0,
         simulation: {
           mode: "echo",

@@ -37,6 +37,12 @@ export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", r
 /** Not served now (503): shedding with OVERLOAD_STATUS=503, or shutting down. */
 export class Unavailable extends Schema.TaggedError<Unavailable>()("Unavailable", rejectionFields) {}
 
+/** MODEL_BACKEND=upstream: no model server gave a usable answer (unreachable, failed, or broke off). */
+export class BadGateway extends Schema.TaggedError<BadGateway>()("BadGateway", errorFields) {}
+
+/** MODEL_BACKEND=upstream: the model server sent no response within UPSTREAM_FIRST_BYTE_TIMEOUT_MS. */
+export class GatewayTimeout extends Schema.TaggedError<GatewayTimeout>()("GatewayTimeout", errorFields) {}
+
 /** The status of each error the contract declares: the one table codecs and writers share. */
 export const errorStatus = {
   InvalidRequest: 400,
@@ -44,7 +50,9 @@ export const errorStatus = {
   PayloadTooLarge: 413,
   UnsupportedMediaType: 415,
   Overloaded: 429,
-  Unavailable: 503
+  BadGateway: 502,
+  Unavailable: 503,
+  GatewayTimeout: 504
 } as const
 
 /** The header that tells a client or a mesh this rejection is the router's own, and why. */
@@ -92,6 +100,8 @@ export const UnsupportedMediaTypeResponse = asErrorBody(
 )
 export const OverloadedResponse = asRejection(Overloaded, errorStatus.Overloaded, (fields) => new Overloaded(fields))
 export const UnavailableResponse = asRejection(Unavailable, errorStatus.Unavailable, (fields) => new Unavailable(fields))
+export const BadGatewayResponse = asErrorBody(BadGateway, errorStatus.BadGateway, (detail) => new BadGateway(detail))
+export const GatewayTimeoutResponse = asErrorBody(GatewayTimeout, errorStatus.GatewayTimeout, (detail) => new GatewayTimeout(detail))
 
 /** Missing or wrong bearer token on /infer, when API keys are configured. */
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", errorFields) {}

@@ -11,6 +11,8 @@ import { OpenAiGroup } from "./OpenAiApi.ts"
 
 export { queueTimeoutHeader, requestIdHeader } from "./Headers.ts"
 import {
+  BadGatewayResponse,
+  GatewayTimeoutResponse,
   InvalidRequestResponse,
   OverloadedResponse,
   PayloadTooLargeResponse,
@@ -54,13 +56,15 @@ export const QueueBudgetMs = DecimalInt.check(Schema.isGreaterThanOrEqualTo(0)).
 export const Health = Schema.Struct({ status: Schema.Literal("ok") })
 export const Ready = Schema.Struct({ status: Schema.Literal("ready") })
 
-export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", {}) {}
+/** Why the router is not ready: draining, or (MODEL_BACKEND=upstream) no model server can take requests. */
+export const NotReadyStatus = Schema.Literals(["draining", "no_healthy_upstream"])
+export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", { status: NotReadyStatus }) {}
 export const NotReadyResponse = NotReady.pipe(HttpApiSchema.encodeToWithHeaders({
-  body: Schema.Struct({ status: Schema.Literal("draining") }).pipe(HttpApiSchema.status(503)),
+  body: Schema.Struct({ status: NotReadyStatus }).pipe(HttpApiSchema.status(503)),
   headers: {}
 }, {
-  decode: () => new NotReady(),
-  encode: () => ({ body: { status: "draining" as const }, headers: {} })
+  decode: ({ body }) => new NotReady({ status: body.status }),
+  encode: (error) => ({ body: { status: error.status }, headers: {} })
 }))
 
 /** Liveness and readiness. */
@@ -72,7 +76,11 @@ export class ProbesGroup extends HttpApiGroup.make("probes", { topLevel: true })
     ),
     HttpApiEndpoint.get("readyz", "/readyz", { success: Ready, error: NotReadyResponse }).annotate(
       OpenApi.Description,
-      "Readiness: 200 when the router can serve, 503 while it drains"
+      "Readiness: 200 when the router can serve; 503 while it drains, or while no upstream model server is healthy (MODEL_BACKEND=upstream)"
+    ),
+    HttpApiEndpoint.get("health", "/health", { success: Ready, error: NotReadyResponse }).annotate(
+      OpenApi.Description,
+      "vLLM's health path, answered as /readyz: so a router can be another router's upstream"
     )
   )
 {}
@@ -91,7 +99,9 @@ export class InferenceGroup extends HttpApiGroup.make("inference", { topLevel: t
         PayloadTooLargeResponse,
         UnsupportedMediaTypeResponse,
         OverloadedResponse,
-        UnavailableResponse
+        UnavailableResponse,
+        BadGatewayResponse,
+        GatewayTimeoutResponse
       ]
     }).middleware(Authorization).annotate(
       OpenApi.Description,

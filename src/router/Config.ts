@@ -23,6 +23,7 @@ import {
   setting,
   type SettingError
 } from "../shared/Settings.ts"
+import { parseTargets, type UpstreamTarget, upstreamsExpected } from "./upstream/Targets.ts"
 
 export { InvalidSetting }
 
@@ -51,6 +52,37 @@ export interface SimulationSettings {
   readonly failureTypes: ReadonlyArray<FailureType>
 }
 
+/** How the router reaches model servers when MODEL_BACKEND=upstream. */
+export interface UpstreamSettings {
+  readonly targets: ReadonlyArray<UpstreamTarget>
+  /** Most requests in flight to one upstream (0 = only MAX_CONCURRENCY bounds it). */
+  readonly maxConcurrency: number
+  readonly connectTimeoutMs: number
+  /** From sending the request to the upstream's response headers. */
+  readonly firstByteTimeoutMs: number
+  /** Longest silence between two chunks of an upstream's body. */
+  readonly idleTimeoutMs: number
+  /** Active checks (`GET /health`) every this often; 0 = none (every upstream counts as healthy). */
+  readonly healthIntervalMs: number
+  readonly healthTimeoutMs: number
+  /** Consecutive failures (connect failures, 5xx, timeouts) that eject an upstream. */
+  readonly ejectAfter: number
+  /** The first ejection's length; each further one is longer, up to 10 times this. */
+  readonly ejectBaseMs: number
+  /** At most this share of the upstreams is ejected at once (at least one may be). */
+  readonly maxEjectedPercent: number
+  /** Further attempts after a connect failure or a 429/503 before any byte, per request. */
+  readonly retries: number
+  /** Retries in flight may be this share of the requests in flight... */
+  readonly retryBudgetPercent: number
+  /** ...or this many, whichever is more. */
+  readonly retryBudgetMin: number
+  /** How often `dns+` names are resolved again. */
+  readonly dnsRefreshMs: number
+}
+
+export type ModelBackend = "simulated" | "upstream"
+
 export interface RouterSettings {
   readonly modelRef: string
   /** True when MODEL_REF was not set and `modelRef` is the demo default. */
@@ -60,6 +92,9 @@ export interface RouterSettings {
   readonly queueTimeoutMs: number
   readonly overloadStatus: 429 | 503
   readonly kvEndpoints: ReadonlyArray<KvEndpoint>
+  readonly backend: ModelBackend
+  /** Set exactly when `backend` is "upstream". */
+  readonly upstream: UpstreamSettings | undefined
   readonly simLatencyMs: number
   /** The simulated model's token-level behaviour (the OpenAI-compatible API). */
   readonly simulation: SimulationSettings
@@ -85,6 +120,21 @@ export const settingNames = [
   "QUEUE_TIMEOUT_MS",
   "OVERLOAD_STATUS",
   "KV_ENDPOINTS",
+  "MODEL_BACKEND",
+  "UPSTREAMS",
+  "UPSTREAM_MAX_CONCURRENCY",
+  "UPSTREAM_CONNECT_TIMEOUT_MS",
+  "UPSTREAM_FIRST_BYTE_TIMEOUT_MS",
+  "UPSTREAM_IDLE_TIMEOUT_MS",
+  "UPSTREAM_HEALTH_INTERVAL_MS",
+  "UPSTREAM_HEALTH_TIMEOUT_MS",
+  "UPSTREAM_EJECT_AFTER",
+  "UPSTREAM_EJECT_BASE_MS",
+  "UPSTREAM_MAX_EJECTED_PERCENT",
+  "UPSTREAM_RETRIES",
+  "UPSTREAM_RETRY_BUDGET_PERCENT",
+  "UPSTREAM_RETRY_BUDGET_MIN",
+  "UPSTREAM_DNS_REFRESH_MS",
   "SIM_LATENCY_MS",
   "SIM_MODE",
   "SIM_SEED",
@@ -261,6 +311,74 @@ const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.g
   }
 })
 
+export const defaultUpstream: Omit<UpstreamSettings, "targets"> = {
+  maxConcurrency: 0,
+  connectTimeoutMs: 2_000,
+  firstByteTimeoutMs: 60_000,
+  idleTimeoutMs: 30_000,
+  healthIntervalMs: 5_000,
+  healthTimeoutMs: 2_000,
+  ejectAfter: 5,
+  ejectBaseMs: 30_000,
+  maxEjectedPercent: 50,
+  retries: 2,
+  retryBudgetPercent: 20,
+  retryBudgetMin: 3,
+  dnsRefreshMs: 5_000
+}
+
+const positiveMs = (variable: string, fallback: number) =>
+  setting(variable, decimalAtLeast(1), "an integer >= 1 (milliseconds)", () => fallback)
+
+/** MODEL_BACKEND and, for `upstream`, UPSTREAMS and the UPSTREAM_* settings. */
+const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSettings | undefined }, SettingError> = Effect.gen(function*() {
+  const backend = yield* setting("MODEL_BACKEND", oneOf(["simulated", "upstream"]), "simulated or upstream", () => "simulated" as const)
+  const raw = yield* optionalString("UPSTREAMS")
+  if (backend === "simulated") {
+    if (raw !== undefined) {
+      return yield* new InvalidSetting({ variable: "MODEL_BACKEND", value: "simulated", expected: "upstream when UPSTREAMS is set (or unset UPSTREAMS)" })
+    }
+    return { backend, upstream: undefined }
+  }
+  if (raw === undefined) return yield* new InvalidSetting({ variable: "UPSTREAMS", value: "", expected: `${upstreamsExpected} (required when MODEL_BACKEND=upstream)` })
+  const parsed = parseTargets(raw)
+  if ("bad" in parsed) return yield* new InvalidSetting({ variable: "UPSTREAMS", value: parsed.bad, expected: `${upstreamsExpected}; ${parsed.reason}` })
+  if (parsed.targets.length === 0) return yield* new InvalidSetting({ variable: "UPSTREAMS", value: raw, expected: upstreamsExpected })
+  const d = defaultUpstream
+  const maxConcurrency = yield* setting("UPSTREAM_MAX_CONCURRENCY", decimalAtLeast(0), "an integer >= 0 (0: no cap per upstream)", () => d.maxConcurrency)
+  const connectTimeoutMs = yield* positiveMs("UPSTREAM_CONNECT_TIMEOUT_MS", d.connectTimeoutMs)
+  const firstByteTimeoutMs = yield* positiveMs("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", d.firstByteTimeoutMs)
+  const idleTimeoutMs = yield* positiveMs("UPSTREAM_IDLE_TIMEOUT_MS", d.idleTimeoutMs)
+  const healthIntervalMs = (yield* ms("UPSTREAM_HEALTH_INTERVAL_MS", () => d.healthIntervalMs)) ?? d.healthIntervalMs
+  const healthTimeoutMs = yield* positiveMs("UPSTREAM_HEALTH_TIMEOUT_MS", d.healthTimeoutMs)
+  const ejectAfter = yield* setting("UPSTREAM_EJECT_AFTER", decimalBetween(1, 1000), "an integer from 1 to 1000 (consecutive failures)", () => d.ejectAfter)
+  const ejectBaseMs = yield* positiveMs("UPSTREAM_EJECT_BASE_MS", d.ejectBaseMs)
+  const maxEjectedPercent = yield* setting("UPSTREAM_MAX_EJECTED_PERCENT", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => d.maxEjectedPercent)
+  const retries = yield* setting("UPSTREAM_RETRIES", decimalBetween(0, 10), "an integer from 0 to 10", () => d.retries)
+  const retryBudgetPercent = yield* setting("UPSTREAM_RETRY_BUDGET_PERCENT", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => d.retryBudgetPercent)
+  const retryBudgetMin = yield* setting("UPSTREAM_RETRY_BUDGET_MIN", decimalAtLeast(0), "an integer >= 0 (retries in flight)", () => d.retryBudgetMin)
+  const dnsRefreshMs = yield* positiveMs("UPSTREAM_DNS_REFRESH_MS", d.dnsRefreshMs)
+  return {
+    backend,
+    upstream: {
+      targets: parsed.targets,
+      maxConcurrency,
+      connectTimeoutMs,
+      firstByteTimeoutMs,
+      idleTimeoutMs,
+      healthIntervalMs,
+      healthTimeoutMs,
+      ejectAfter,
+      ejectBaseMs,
+      maxEjectedPercent,
+      retries,
+      retryBudgetPercent,
+      retryBudgetMin,
+      dnsRefreshMs
+    }
+  }
+})
+
 export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.gen(function*() {
   const modelRefRaw = yield* optionalString("MODEL_REF")
   const maxConcurrency = yield* setting("MAX_CONCURRENCY", decimalAtLeast(1), "an integer >= 1", () => 10)
@@ -273,6 +391,7 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
     () => 429 as const
   )
   const kvEndpoints = yield* parseKvEndpoints("KV_ENDPOINTS")
+  const { backend, upstream } = yield* loadBackend
   const simLatencyMs = yield* setting("SIM_LATENCY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => 100)
   const simulation = yield* loadSimulation
   const maxBodyBytes = yield* setting("MAX_BODY_BYTES", decimalAtLeast(1), "an integer >= 1 (bytes)", () => 1024 * 1024)
@@ -316,6 +435,8 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
     queueTimeoutMs,
     overloadStatus,
     kvEndpoints,
+    backend,
+    upstream,
     simLatencyMs,
     simulation,
     maxBodyBytes,
@@ -346,6 +467,8 @@ export class RouterConfig extends Context.Service<RouterConfig, RouterSettings>(
       queueTimeoutMs: 30_000,
       overloadStatus: 429,
       kvEndpoints: [],
+      backend: "simulated",
+      upstream: undefined,
       simLatencyMs: 100,
       simulation: defaultSimulation,
       maxBodyBytes: 1024 * 1024,

@@ -9,6 +9,7 @@ import { labelled, prometheusResponse, secondsHistogram } from "../shared/Metric
 import { metricsPath } from "../api/RouterApi.ts"
 import { Admission, rejectReasons } from "./Admission.ts"
 import { RouterConfig } from "./Config.ts"
+import { Upstreams } from "./upstream/Upstreams.ts"
 
 export const requestsTotal = Metric.counter("router_requests_total", {
   description: "HTTP requests served, by endpoint and status (probes and /metrics excluded)",
@@ -75,6 +76,40 @@ export const vllmMetrics = (modelName: string) => {
   }
 }
 
+/** Per upstream (MODEL_BACKEND=upstream), labelled `upstream` (host:port). */
+export const upstreamMetrics = {
+  requests: labelled(
+    Metric.counter("router_upstream_requests_total", {
+      description: "Attempts sent to each upstream, by its status code (or connect_error, timeout, error; broken: the body failed mid-way)",
+      incremental: true
+    }),
+    "upstream",
+    "version",
+    "status"
+  ),
+  duration: labelled(
+    secondsHistogram("router_upstream_request_duration_seconds", "From forwarding a request to the end of the upstream's answer, in seconds"),
+    "upstream"
+  ),
+  ejections: labelled(
+    Metric.counter("router_upstream_ejections_total", { description: "Times each upstream was ejected after consecutive failures", incremental: true }),
+    "upstream"
+  ),
+  retries: labelled(
+    Metric.counter("router_upstream_retries_total", { description: "Retried attempts sent to each upstream", incremental: true }),
+    "upstream"
+  ),
+  inFlight: labelled(Metric.gauge("router_upstream_in_flight", { description: "Requests in flight to each upstream now" }), "upstream"),
+  available: labelled(
+    Metric.gauge("router_upstream_available", { description: "1 while the upstream is healthy and not ejected, else 0" }),
+    "upstream"
+  ),
+  connections: labelled(
+    Metric.gauge("router_upstream_connections", { description: "Open keep-alive connections to each upstream" }),
+    "upstream"
+  )
+}
+
 /** `router_requests_total` by endpoint and status. */
 export const requestsBy = labelled(requestsTotal, "endpoint", "status")
 /** `router_shed_total` by reason. */
@@ -86,6 +121,7 @@ export const shedReasons = [...rejectReasons, "shutting_down"] as const
 /** `GET /metrics` in the Prometheus text format. */
 export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const admission = yield* Admission
+  const upstreams = yield* Upstreams
   const config = yield* RouterConfig
   const labelledVllm = vllmMetrics(config.modelRef)
   const context = yield* Effect.context<never>()
@@ -100,6 +136,11 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     labelledVllm.kvCache.updateUnsafe(stats.running / stats.slots, context)
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)
     gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
+    for (const upstream of upstreams.view()) {
+      upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
+      upstreamMetrics.available(upstream.id).updateUnsafe(upstream.available ? 1 : 0, context)
+      upstreamMetrics.connections(upstream.id).updateUnsafe(upstream.connections, context)
+    }
     return prometheusResponse(context)
   })
   yield* router.add("GET", metricsPath, handler)

@@ -17,10 +17,13 @@ import { Context, Effect, Layer, Random } from "effect"
 import { Admission } from "./Admission.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "./Config.ts"
 import { type FinishReason, hash32, planText } from "./Simulation.ts"
+import { UpstreamFailure, upstreamRefusal, Upstreams } from "./upstream/Upstreams.ts"
 
 export interface Inference {
   /** Whole milliseconds the model spent on this prompt. */
   readonly processingMs: number
+  /** `host:port` of the model server that answered (MODEL_BACKEND=upstream). */
+  readonly upstream?: string | undefined
 }
 
 export interface GenerationRequest {
@@ -46,7 +49,8 @@ export interface Generated {
 export type OnToken = (token: string, index: number) => Effect.Effect<void>
 
 export class Model extends Context.Service<Model, {
-  infer(prompt: string): Effect.Effect<Inference>
+  /** `requestId` travels to an upstream model server (MODEL_BACKEND=upstream). */
+  infer(prompt: string, requestId?: string): Effect.Effect<Inference, UpstreamFailure>
   generate(request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated>
 }>()("inference-router/Model") {
   /** How far a delay stretches at the share of slots busy (1 = none busy). */
@@ -144,14 +148,52 @@ export class Model extends Context.Service<Model, {
     })
   }
 
+  /**
+   * MODEL_BACKEND=upstream: `/infer` is a completion of the prompt on an
+   * upstream model server (its defaults decide the length); `processingMs` is
+   * the upstream's whole time. An upstream's refusal or failure is an
+   * `UpstreamFailure` the handler answers in `/infer`'s envelope. `generate`
+   * is not used: the OpenAI API is forwarded as it is (see OpenAiHandler).
+   */
+  static readonly upstream = (upstreams: Upstreams["Service"], modelRef: string): Model["Service"] =>
+    Model.of({
+      infer: (prompt, requestId) =>
+        Effect.clockWith((clock) =>
+          Effect.scoped(Effect.gen(function*() {
+            const startedAt = clock.currentTimeNanosUnsafe()
+            const answer = yield* upstreams.forward({
+              method: "POST",
+              path: "/v1/completions",
+              body: JSON.stringify({ model: modelRef, prompt }),
+              headers: requestId === undefined ? {} : { "x-request-id": requestId }
+            })
+            const text = yield* Effect.tryPromise({
+              try: () => answer.body.text(),
+              catch: (error) => {
+                answer.settle("failed")
+                return new UpstreamFailure({ status: 502, code: "upstream_broken", message: `the model server ${answer.upstream} broke off its answer (${String(error)})`, retryAfterSeconds: undefined })
+              }
+            })
+            answer.settle("ok")
+            if (answer.status >= 200 && answer.status < 300) {
+              return { processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000), upstream: answer.upstream }
+            }
+            return yield* upstreamRefusal(answer.status, answer.upstream, text, answer.headers["retry-after"])
+          }))
+        ),
+      generate: () => Effect.die(new Error("generate is not used with MODEL_BACKEND=upstream"))
+    })
+
   /** A stand-in model for tests: `infer` as given, `generate` the default simulation's with no delays. */
   static readonly withInfer = (infer: Model["Service"]["infer"]): Model["Service"] =>
     Model.of({ ...Model.simulated(0), infer })
 
-  static readonly layer: Layer.Layer<Model, never, RouterConfig | Admission> = Layer.effect(
+  static readonly layer: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams> = Layer.effect(
     Model,
     Effect.gen(function*() {
       const config = yield* RouterConfig
+      const upstreams = yield* Upstreams
+      if (upstreams.enabled) return Model.upstream(upstreams, config.modelRef)
       const admission = yield* Admission
       const slots = admission.limits.slots
       return Model.simulated(

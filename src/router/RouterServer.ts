@@ -14,6 +14,7 @@ import { Lifecycle } from "./Lifecycle.ts"
 import { Model } from "./Model.ts"
 import { NodeServerLayer } from "./NodeServer.ts"
 import { RequestScheduler, RouterApp, routes } from "./RouterApp.ts"
+import { Upstreams } from "./upstream/Upstreams.ts"
 
 /** JSON lines on stdout (LOG_FORMAT=pretty for humans), filtered at LOG_LEVEL. */
 export const LoggingLayer = Layer.unwrap(RouterConfig.useSync(loggingLayer))
@@ -46,7 +47,7 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
  */
 export const makeRouterServer = <E>(options: {
   readonly config: Layer.Layer<RouterConfig, E>
-  readonly model?: Layer.Layer<Model, never, RouterConfig | Admission> | undefined
+  readonly model?: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams> | undefined
   readonly logging?: Layer.Layer<never, never, RouterConfig> | undefined
 }) =>
   HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
@@ -58,7 +59,8 @@ export const makeRouterServer = <E>(options: {
     Layer.provideMerge(options.model ?? Model.layer),
     Layer.provideMerge(Layer.mergeAll(
       Admission.layer.pipe(Layer.provide(RequestScheduler)),
-      Lifecycle.layer
+      Lifecycle.layer,
+      Upstreams.layer
     )),
     Layer.provide(StartupLog),
     Layer.provideMerge(options.logging ?? LoggingLayer),

@@ -8,7 +8,11 @@ import { Schema } from "effect"
 import { HttpServerResponse } from "effect/http"
 import type { ServerResponse } from "node:http"
 import {
+  type BadGateway,
+  BadGatewayResponse,
   errorStatus,
+  type GatewayTimeout,
+  GatewayTimeoutResponse,
   type InvalidRequest,
   InvalidRequestResponse,
   type Overloaded,
@@ -30,6 +34,8 @@ export type ContractError =
   | UnsupportedMediaType
   | Overloaded
   | Unavailable
+  | BadGateway
+  | GatewayTimeout
 
 const encoders = {
   InvalidRequest: Schema.encodeSync(InvalidRequestResponse),
@@ -37,7 +43,9 @@ const encoders = {
   PayloadTooLarge: Schema.encodeSync(PayloadTooLargeResponse),
   UnsupportedMediaType: Schema.encodeSync(UnsupportedMediaTypeResponse),
   Overloaded: Schema.encodeSync(OverloadedResponse),
-  Unavailable: Schema.encodeSync(UnavailableResponse)
+  Unavailable: Schema.encodeSync(UnavailableResponse),
+  BadGateway: Schema.encodeSync(BadGatewayResponse),
+  GatewayTimeout: Schema.encodeSync(GatewayTimeoutResponse)
 } as const
 
 interface EncodedError {

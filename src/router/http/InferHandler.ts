@@ -23,11 +23,12 @@
 import { Cause, Effect, Exit, Fiber, Layer, Result, Schema } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { Admission, type Rejected } from "../Admission.ts"
-import { InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
+import { BadGateway, GatewayTimeout, InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
 import { InferenceGroup, QueueBudgetMs, queueTimeoutHeader, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig, type RouterSettings } from "../Config.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import { type Inference, Model } from "../Model.ts"
+import { type UpstreamFailure, upstreamHeader } from "../upstream/Upstreams.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { type ContractError, shuttingDown, writeContractError, writeJson } from "./ContractErrors.ts"
 import { internalErrorBody } from "./ErrorEnvelope.ts"
@@ -44,6 +45,7 @@ const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 interface Served {
   readonly waitedMs: number
   readonly processingMs: number
+  readonly upstream?: string | undefined
 }
 
 /**
@@ -58,6 +60,23 @@ export const inferResponseEncoder = (
   const head = `${JSON.stringify({ modelRef: settings.modelRef }).slice(0, -1)},"prompt":`
   const middle = `,${JSON.stringify({ ...routerPod, kvEndpoints: settings.kvEndpoints.map((endpoint) => endpoint.shown) }).slice(1, -1)},"processingMs":`
   return (prompt, processingMs) => head + JSON.stringify(prompt) + middle + processingMs + "}"
+}
+
+/** An upstream model server's failure in `/infer`'s envelope (MODEL_BACKEND=upstream). */
+const upstreamError = (error: UpstreamFailure): ContractError => {
+  const fields = { code: error.code, message: error.message }
+  switch (error.status) {
+    case 400:
+      return new InvalidRequest(fields)
+    case 429:
+      return new Overloaded({ ...fields, retryAfterSeconds: error.retryAfterSeconds ?? 1 })
+    case 503:
+      return new Unavailable({ ...fields, retryAfterSeconds: error.retryAfterSeconds ?? 1 })
+    case 504:
+      return new GatewayTimeout(fields)
+    default:
+      return new BadGateway(fields)
+  }
 }
 
 export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
@@ -98,6 +117,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     const requestId = request.headers[requestIdHeader] as string
     const serverTiming = `queue;dur=${served.waitedMs}, model;dur=${served.processingMs}`
     const length = Buffer.byteLength(body)
+    if (served.upstream !== undefined) response.setHeader(upstreamHeader, served.upstream)
     response.writeHead(
       200,
       lifecycle.isDraining()
@@ -111,11 +131,16 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     request: IncomingMessage,
     response: ServerResponse,
     prompt: string,
-    exit: Exit.Exit<Served, Rejected>
+    exit: Exit.Exit<Served, Rejected | UpstreamFailure>
   ) => {
     if (Exit.isSuccess(exit)) return succeed(request, response, prompt, exit.value)
-    const rejected = Cause.findError(exit.cause)
-    if (Result.isSuccess(rejected)) return shed(request, response, rejected.success)
+    const failed = Cause.findError(exit.cause)
+    if (Result.isSuccess(failed)) {
+      const error = failed.success
+      if (error._tag === "Rejected") return shed(request, response, error)
+      noteOutcome(request, { reason: error.code })
+      return fail(request, response, upstreamError(error))
+    }
     // Interrupted: either the client hung up (nothing to answer) or the server
     // is stopping at the end of a drain.
     if (Cause.hasInterruptsOnly(exit.cause)) {
@@ -129,7 +154,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     if (!response.destroyed) writeJson(response, 500, internalErrorBody, commonHeaders(request))
   }
 
-  const served = (waitedMs: number) => ({ processingMs }: Inference): Served => ({ waitedMs, processingMs })
+  const served = (waitedMs: number) => ({ processingMs, upstream }: Inference): Served => ({ waitedMs, processingMs, upstream })
   const servedAtOnce = served(0)
 
   /** Answers when the fiber ends; interrupts it if the client hangs up first. */
@@ -137,7 +162,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     request: IncomingMessage,
     response: ServerResponse,
     prompt: string,
-    fiber: Fiber.Fiber<Served, Rejected>
+    fiber: Fiber.Fiber<Served, Rejected | UpstreamFailure>
   ) => {
     const done = fiber.pollUnsafe()
     if (done !== undefined) return answer(request, response, prompt, done)
@@ -154,14 +179,14 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     const leave = admission.enterUnsafe()
     if (leave === undefined) {
       // All slots busy, or others queued first: wait in line (or be shed).
-      const queued = admission.admit(({ waitedMs }) => Effect.map(model.infer(prompt), served(waitedMs)), { maxWaitMs })
+      const queued = admission.admit(({ waitedMs }) => Effect.map(model.infer(prompt, request.headers[requestIdHeader] as string), served(waitedMs)), { maxWaitMs })
       return answerWhenDone(request, response, prompt, runFork(queued))
     }
     // A slot was free: the common case while the router is not saturated.
-    const inference = model.infer(prompt)
+    const inference = model.infer(prompt, request.headers[requestIdHeader] as string)
     if (Exit.isExit(inference)) {
       // The model answered at once (a stub, a cached answer): no fiber needed.
-      const ready = inference as Exit.Exit<Inference> // isExit forgets the type parameters
+      const ready = inference as Exit.Exit<Inference, UpstreamFailure> // isExit forgets the type parameters
       leave(ready)
       return answer(request, response, prompt, Exit.map(ready, servedAtOnce))
     }

@@ -36,6 +36,7 @@ import { Lifecycle } from "../Lifecycle.ts"
 import { vllmMetrics } from "../Metrics.ts"
 import { type Generated, Model } from "../Model.ts"
 import { countTokens } from "../Simulation.ts"
+import { type Forwarded, UpstreamFailure, upstreamHeader, Upstreams, upstreamVersionHeader } from "../upstream/Upstreams.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
@@ -105,6 +106,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
   const config = yield* RouterConfig
   const admission = yield* Admission
   const model = yield* Model
+  const upstreams = yield* Upstreams
   const lifecycle = yield* Lifecycle
   const routes = yield* NodeRoutes
   const scope = yield* Effect.scope
@@ -178,7 +180,8 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     if (maxTokens !== null && maxTokens !== undefined && maxTokens < 1) return badRequest("max_tokens must be at least 1", "max_tokens")
     const promptTokens = countTokens(promptText)
     const limit = simulation.maxModelLen
-    if (promptTokens + (maxTokens ?? 0) > limit) {
+    // An upstream model server knows its own context length.
+    if (!upstreams.enabled && promptTokens + (maxTokens ?? 0) > limit) {
       return badRequest(
         `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + (maxTokens ?? 0)} tokens (${promptTokens} in the ${kind === "chat" ? "messages" : "prompt"}, ${maxTokens ?? 0} for the completion).`,
         kind === "chat" ? "messages" : "prompt",
@@ -355,6 +358,176 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     })
   }
 
+  /** Ends the response with one error frame and `[DONE]`: a started stream is never cut silently. */
+  const endWithErrorFrame = (response: ServerResponse, error: ApiError) =>
+    response.end(frame({ error: { message: error.message, type: error.type, param: null, code: error.code } }) + done)
+
+  /**
+   * Passes an upstream's SSE body through as it arrives, with backpressure
+   * (the upstream socket pauses while the client's is full). Only whole
+   * events are written (up to the last blank line; the rest waits for the
+   * next chunk) so an error frame after a broken upstream stands alone.
+   */
+  const pipeEvents = (forwarded: Forwarded, response: ServerResponse, onFirstChunk: () => void) =>
+    Effect.callback<void, ApiError>((resume) => {
+      const body = forwarded.body
+      let pending: Buffer | undefined
+      let first = true
+      const onData = (chunk: Buffer) => {
+        if (first) {
+          first = false
+          onFirstChunk()
+        }
+        const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
+        const end = data.lastIndexOf("\n\n")
+        if (end === -1) {
+          pending = data
+          return
+        }
+        pending = end + 2 === data.length ? undefined : data.subarray(end + 2)
+        if (!response.write(end + 2 === data.length ? data : data.subarray(0, end + 2))) {
+          body.pause()
+          response.once("drain", onDrain)
+        }
+      }
+      const onDrain = () => body.resume()
+      const cleanup = () => {
+        body.off("data", onData)
+        body.off("end", onEnd)
+        body.off("error", onError)
+        response.off("drain", onDrain)
+      }
+      const onEnd = () => {
+        cleanup()
+        if (pending !== undefined) response.write(pending)
+        resume(Effect.void)
+      }
+      const onError = (error: NodeJS.ErrnoException) => {
+        cleanup()
+        const timedOut = error.code === "UND_ERR_BODY_TIMEOUT"
+        resume(Effect.fail(apiError(
+          timedOut ? 504 : 502,
+          "server_error",
+          timedOut ? "upstream_timeout" : "upstream_broken",
+          timedOut
+            ? `the model server ${forwarded.upstream} sent nothing for ${config.upstream!.idleTimeoutMs} ms (UPSTREAM_IDLE_TIMEOUT_MS)`
+            : `the model server ${forwarded.upstream} broke off the stream (${error.code ?? error.message})`
+        )))
+      }
+      body.on("data", onData)
+      body.on("end", onEnd)
+      body.on("error", onError)
+      return Effect.sync(cleanup)
+    })
+
+  /** Headers of the upstream's answer the client sees, beside the router's own. */
+  const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
+
+  /** MODEL_BACKEND=upstream: the request, admitted, forwarded to an upstream as it came. */
+  const forward = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, maxWaitMs: number | undefined) => {
+    const arrivedAt = performance.now()
+    let queueMs = 0
+    const outgoing: Record<string, string> = { "x-request-id": request.headers[requestIdHeader] as string }
+    const forced = request.headers[simFailureHeader]
+    // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
+    if (typeof forced === "string") outgoing[simFailureHeader] = forced
+
+    const work = ({ waitedMs }: { readonly waitedMs: number }) =>
+      Effect.scoped(Effect.gen(function*() {
+        queueMs = waitedMs
+        vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
+        const forwarded = yield* upstreams.forward({
+          method: "POST",
+          path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath,
+          body,
+          headers: outgoing
+        })
+        const headers: Record<string, string | number> = { ...headersOf(request), [upstreamHeader]: forwarded.upstream }
+        if (forwarded.version !== undefined) headers[upstreamVersionHeader] = forwarded.version
+        for (const name of passedOn) {
+          const value = forwarded.headers[name]
+          if (typeof value === "string") headers[name] = value
+        }
+        const streaming = forwarded.status === 200 && String(forwarded.headers["content-type"]).startsWith("text/event-stream")
+        if (streaming) {
+          if (response.destroyed) return forwarded.status
+          response.writeHead(200, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" })
+          response.flushHeaders()
+          const piped = yield* Effect.exit(pipeEvents(forwarded, response, () => {
+            vllm.timeToFirstToken.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
+          }))
+          if (Exit.isSuccess(piped)) {
+            forwarded.settle("ok")
+            response.end()
+          } else {
+            forwarded.settle("failed")
+            const error = Cause.findError(piped.cause)
+            if (Result.isSuccess(error)) endWithErrorFrame(response, error.success)
+            else return yield* Effect.failCause(piped.cause as Cause.Cause<never>)
+          }
+          return forwarded.status
+        }
+        const text = yield* Effect.tryPromise({
+          try: () => forwarded.body.text(),
+          catch: (error) => {
+            forwarded.settle("failed")
+            return new UpstreamFailure({
+              status: 502,
+              code: "upstream_broken",
+              message: `the model server ${forwarded.upstream} broke off its answer (${(error as NodeJS.ErrnoException).code ?? error})`,
+              retryAfterSeconds: undefined
+            })
+          }
+        })
+        forwarded.settle("ok")
+        if (!response.destroyed && !response.headersSent) {
+          if (closesEarly(request)) headers.connection = "close"
+          headers["content-length"] = Buffer.byteLength(text)
+          response.writeHead(forwarded.status, headers)
+          response.end(text)
+        }
+        return forwarded.status
+      }))
+
+    const answer = (exit: Exit.Exit<number, Rejected | UpstreamFailure>) => {
+      if (Exit.isSuccess(exit)) {
+        vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
+        noteOutcome(request, { queueMs })
+        return
+      }
+      const failed = Cause.findError(exit.cause)
+      if (Result.isSuccess(failed)) {
+        const error = failed.success
+        if (error._tag === "Rejected") {
+          noteOutcome(request, { reason: error.reason })
+          return fail(request, response, rejection(error))
+        }
+        noteOutcome(request, { reason: error.code, queueMs })
+        const type = error.status === 400 ? "invalid_request_error" : error.status === 429 ? "rate_limit_error" : error.status === 503 ? "service_unavailable" : "server_error"
+        return fail(request, response, {
+          ...apiError(error.status, type, error.code, error.message),
+          ...(error.retryAfterSeconds === undefined ? {} : { headers: { "retry-after": String(error.retryAfterSeconds) } })
+        })
+      }
+      if (response.destroyed) return // the client hung up: the upstream request was aborted
+      const stopping = Cause.hasInterruptsOnly(exit.cause)
+      if (stopping) noteOutcome(request, { reason: "shutting_down", queueMs })
+      else runFork(Effect.logError("request failed", exit.cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
+      const error = stopping ? shuttingDown : apiError(500, "server_error", "internal_error", "the router failed to handle this request")
+      if (!response.headersSent) return fail(request, response, error)
+      endWithErrorFrame(response, error)
+    }
+
+    const fiber = runFork(admission.admit(work, { maxWaitMs }))
+    Fiber.runIn(fiber, scope)
+    const hangUp = () => fiber.interruptUnsafe()
+    response.on("close", hangUp)
+    fiber.addObserver((exit) => {
+      response.off("close", hangUp)
+      answer(exit)
+    })
+  }
+
   const handle = (kind: Kind) => (request: IncomingMessage, response: ServerResponse, awaitsContinue: boolean) => {
     const denied = checkBearer(request.headers.authorization)
     if (denied !== undefined) {
@@ -389,6 +562,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       }
       const parsed = parse(kind, json)
       if ("status" in parsed) return fail(request, response, parsed)
+      if (upstreams.enabled) return forward(request, response, parsed, body, maxWaitMs)
       const failure = failureFor(request)
       if (failure !== undefined) return fail(request, response, failure)
       serve(request, response, parsed, maxWaitMs)

@@ -5,6 +5,7 @@ import { Effect } from "effect"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { NotReady, ProbesGroup } from "../../api/RouterApi.ts"
 import { Lifecycle } from "../Lifecycle.ts"
+import { Upstreams } from "../upstream/Upstreams.ts"
 
 /** The part of `RouterApi` HttpApiBuilder serves; `/infer` has a handler of its own (see InferHandler). */
 export const ProbesApi = HttpApi.make("inference-router").add(ProbesGroup)
@@ -14,10 +15,18 @@ export const ProbeHandlers = HttpApiBuilder.group(
   "probes",
   Effect.fn(function*(handlers) {
     const lifecycle = yield* Lifecycle
+    const upstreams = yield* Upstreams
+    const readiness = Effect.suspend(() =>
+      lifecycle.isDraining()
+        ? Effect.fail(new NotReady({ status: "draining" }))
+        : upstreams.ready()
+        ? Effect.succeed({ status: "ready" as const })
+        : Effect.fail(new NotReady({ status: "no_healthy_upstream" }))
+    )
     return handlers.handleAll({
       healthz: () => Effect.succeed({ status: "ok" as const }),
-      readyz: () =>
-        lifecycle.isDraining() ? Effect.fail(new NotReady()) : Effect.succeed({ status: "ready" as const })
+      readyz: () => readiness,
+      health: () => readiness
     })
   })
 )

@@ -1,0 +1,162 @@
+/**
+ * Choosing an upstream and taking one out of rotation (Balancer.ts): pure
+ * state with explicit times and a seeded random source, so every bound here
+ * is exact or a fixed-seed count.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Schema } from "effect"
+import { Balancer, type BalancerSettings, type Endpoint, makeEndpoint } from "../src/router/upstream/Balancer.ts"
+import { parseTarget, parseTargets, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
+
+/** mulberry32: a seeded source, so the statistical tests are the same every run. */
+const seeded = (seed: number) => () => {
+  seed = (seed + 0x6d2b79f5) | 0
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+const settings: BalancerSettings = { maxConcurrency: 0, ejectAfter: 3, ejectBaseMs: 1000, maxEjectedPercent: 50 }
+
+const target = (weight = 1): UpstreamTarget => parseTarget(`http://10.0.0.1:8000;weight=${weight}`) as UpstreamTarget
+
+const pool = (weights: ReadonlyArray<number>, options: Partial<BalancerSettings> = {}, seed = 1) => {
+  const balancer = new Balancer({ ...settings, ...options }, seeded(seed))
+  balancer.endpoints = weights.map((weight, i) => makeEndpoint(target(weight), `10.0.0.${i}`, `u${i}`, weight, true))
+  return balancer
+}
+
+const pickEndpoint = (balancer: Balancer, now = 0, exclude?: ReadonlySet<Endpoint>): Endpoint => {
+  const picked = balancer.pick(now, exclude)
+  if (typeof picked === "string") throw new Error(picked)
+  return picked
+}
+
+describe("UPSTREAMS items", () => {
+  it("reads plain URLs as they are, with weight, version and dns+", () => {
+    const plain = parseTarget("http://10.0.0.5:8000") as UpstreamTarget
+    assert.deepStrictEqual([plain.hostname, plain.port, plain.prefix, plain.weight, plain.version, plain.resolve], ["10.0.0.5", 8000, "", 1, undefined, false])
+    const base = parseTarget("https://vllm.example/v1;weight=90;version=v1") as UpstreamTarget
+    assert.deepStrictEqual([base.protocol, base.port, base.prefix, base.weight, base.version], ["https:", 443, "", 90, "v1"])
+    const prefixed = parseTarget("http://gw:80/models/a/") as UpstreamTarget
+    assert.strictEqual(prefixed.prefix, "/models/a")
+    const dns = parseTarget("dns+http://model-pods.ns.svc:8000;version=v2") as UpstreamTarget
+    assert.deepStrictEqual([dns.resolve, dns.hostname, dns.version], [true, "model-pods.ns.svc", "v2"])
+    const v6 = parseTarget("http://[::1]:9000") as UpstreamTarget
+    assert.strictEqual(v6.hostname, "::1")
+  })
+
+  it("names what is wrong with a bad item", () => {
+    const reasons = [
+      "10.0.0.5:8000",
+      "ftp://x",
+      "http://user:pw@x:1",
+      "http://x:1?a=b",
+      "http://x:1;weight=0",
+      "http://x:1;weight=abc",
+      "http://x:1;color=red",
+      "http://x:1;version=",
+      "dns+http://10.0.0.1:80"
+    ].map((item) => parseTarget(item))
+    for (const reason of reasons) assert.strictEqual(typeof reason, "string")
+    assert.include(parseTarget("http://x:1;weight=0") as string, "weight must be an integer from 1 to 1000")
+    const bad = parseTargets("http://a:1, http://user:secret@b:2")
+    assert.deepStrictEqual(bad, { bad: "http://***@b:2", reason: "the URL must not carry credentials" })
+  })
+})
+
+describe("choosing an upstream", () => {
+  it("honours weights when idle (90/10 within a fixed-seed bound)", () => {
+    const balancer = pool([90, 10])
+    let first = 0
+    for (let i = 0; i < 10_000; i++) if (pickEndpoint(balancer).id === "u0") first++
+    // Binomial(10000, 0.9): standard deviation 30.
+    assert.isTrue(Math.abs(first - 9000) < 150, `u0 chosen ${first} times`)
+  })
+
+  it.prop("prefers the upstream with fewer requests in flight per weight", [Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 })), Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 20 }))], ([a, b]) => {
+    const balancer = pool([1, 1])
+    balancer.endpoints[0].inFlight = a
+    balancer.endpoints[1].inFlight = b
+    const chosen = pickEndpoint(balancer)
+    if (a < b) assert.strictEqual(chosen.id, "u0")
+    if (b < a) assert.strictEqual(chosen.id, "u1")
+  })
+
+  it("keeps in-flight counts near the weights under load", () => {
+    const balancer = pool([3, 1, 1, 1], {}, 7)
+    // 60 requests that never finish: each choice sees the earlier ones in flight.
+    for (let i = 0; i < 60; i++) pickEndpoint(balancer).inFlight++
+    const counts = balancer.endpoints.map((endpoint) => endpoint.inFlight)
+    assert.isTrue(counts[0] >= 24 && counts[0] <= 36, `counts ${counts}`)
+    for (const count of counts.slice(1)) assert.isTrue(count >= 6 && count <= 14, `counts ${counts}`)
+  })
+
+  it("respects the per-upstream cap, then reports saturation", () => {
+    const balancer = pool([1, 1], { maxConcurrency: 2 })
+    for (let i = 0; i < 4; i++) pickEndpoint(balancer).inFlight++
+    assert.deepStrictEqual(balancer.endpoints.map((endpoint) => endpoint.inFlight), [2, 2])
+    assert.strictEqual(balancer.pick(0), "upstreams_saturated")
+  })
+
+  it("skips unhealthy and already-tried upstreams; none left is no_healthy_upstream", () => {
+    const balancer = pool([1, 1, 1])
+    balancer.endpoints[0].healthy = false
+    const tried = new Set([balancer.endpoints[1]])
+    assert.strictEqual(pickEndpoint(balancer, 0, tried).id, "u2")
+    tried.add(balancer.endpoints[2])
+    assert.strictEqual(balancer.pick(0, tried), "no_healthy_upstream")
+  })
+
+  it("chooses an upstream that sent Retry-After only when no other can take the request", () => {
+    const balancer = pool([1, 1])
+    balancer.backOff(balancer.endpoints[0], 0, 2)
+    for (let i = 0; i < 50; i++) assert.strictEqual(pickEndpoint(balancer, 1000).id, "u1")
+    balancer.endpoints[1].healthy = false
+    assert.strictEqual(pickEndpoint(balancer, 1000).id, "u0")
+    balancer.endpoints[1].healthy = true
+    const after = new Set<string>()
+    for (let i = 0; i < 50; i++) after.add(pickEndpoint(balancer, 2000).id)
+    assert.deepStrictEqual([...after].sort(), ["u0", "u1"])
+  })
+})
+
+describe("passive ejection", () => {
+  it("ejects after consecutive failures, for a growing time, and the upstream returns by itself", () => {
+    const balancer = pool([1, 1, 1, 1])
+    const [bad] = balancer.endpoints
+    assert.isFalse(balancer.failed(bad, 0))
+    balancer.succeeded(bad, 0) // a success resets the count
+    assert.isFalse(balancer.failed(bad, 0))
+    assert.isFalse(balancer.failed(bad, 0))
+    assert.isTrue(balancer.failed(bad, 0))
+    assert.strictEqual(bad.ejectedUntil, 1000)
+    for (let i = 0; i < 50; i++) assert.notStrictEqual(pickEndpoint(balancer, 999).id, "u0")
+    assert.strictEqual(balancer.availableCount(999), 3)
+    assert.strictEqual(balancer.availableCount(1000), 4)
+    // Fails again at once: the second ejection lasts twice as long.
+    for (let i = 0; i < 3; i++) balancer.failed(bad, 1000)
+    assert.strictEqual(bad.ejectedUntil, 3000)
+    // Back and well for ejectBaseMs: the count is forgotten.
+    balancer.succeeded(bad, 4000)
+    assert.strictEqual(bad.ejections, 0)
+  })
+
+  it("never ejects more than the allowed share, but one of two", () => {
+    const balancer = pool([1, 1, 1, 1])
+    const fail = (endpoint: Endpoint) => {
+      let ejected = false
+      for (let i = 0; i < 3; i++) ejected = balancer.failed(endpoint, 0) || ejected
+      return ejected
+    }
+    assert.deepStrictEqual(balancer.endpoints.map(fail), [true, true, false, false])
+    const two = pool([1, 1], { maxEjectedPercent: 10 })
+    assert.deepStrictEqual(two.endpoints.map((endpoint) => {
+      let ejected = false
+      for (let i = 0; i < 3; i++) ejected = two.failed(endpoint, 0) || ejected
+      return ejected
+    }), [true, false])
+    const alone = pool([1])
+    for (let i = 0; i < 10; i++) assert.isFalse(alone.failed(alone.endpoints[0], 0))
+  })
+})
