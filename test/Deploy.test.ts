@@ -114,8 +114,10 @@ describe("Kubernetes manifests", () => {
     // the simulated model's tuning (SIM_* but SIM_LATENCY_MS; spec.env sets them).
     const leftToRouter = envDecisions.filter((d) => d.from === "router").map((d) => d.variable)
     assert.includeMembers(leftToRouter, ["HOSTNAME", "HOST", "API_KEYS_FILE"])
-    assert.isTrue(leftToRouter.filter((name) => !["HOSTNAME", "HOST", "API_KEYS_FILE"].includes(name)).every((name) => name.startsWith("SIM_")))
-    assert.sameMembers(Object.keys(env), settingNames.filter((name) => !leftToRouter.includes(name)))
+    assert.isTrue(leftToRouter.filter((name) => !["HOSTNAME", "HOST", "API_KEYS_FILE"].includes(name)).every((name) => name.startsWith("SIM_") || name.startsWith("UPSTREAM_")))
+    // The base example is the simulated model: the upstream settings are set only with spec.upstreams (Desired.test.ts).
+    const upstreamOnly = (name: string) => name === "MODEL_BACKEND" || name.startsWith("UPSTREAM")
+    assert.sameMembers(Object.keys(env), settingNames.filter((name) => !leftToRouter.includes(name) && !upstreamOnly(name)))
     assert.deepStrictEqual(env.POD_NAME.valueFrom, { fieldRef: { apiVersion: "v1", fieldPath: "metadata.name" } })
     // A Secret that is named must exist: a missing one stops the pod (and the status says so) rather than serving without auth.
     assert.deepStrictEqual(env.API_KEYS.valueFrom.secretKeyRef, { name: "inference-router-api-keys", key: "keys" })

@@ -11,7 +11,7 @@ import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2/Horizo
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget"
 import { Service } from "kubernetes-models/v1/Service"
 import { readFileSync } from "node:fs"
-import { RouterSpec } from "../src/api/InferenceService.ts"
+import { RouterSpec, UpstreamPolicySpec } from "../src/api/InferenceService.ts"
 import {
   defaults,
   desiredObjects,
@@ -43,7 +43,13 @@ const SpecPlan = Schema.Struct({
   secret: Schema.optionalKey(Schema.Literals(["keys-a", "keys-b"])),
   image: Schema.optionalKey(Schema.Literals(["registry.local/router:1.2.3", "router@sha256:" + "a".repeat(64)])),
   podLabels: Schema.optionalKey(Schema.Record(Schema.Literals(["team", "tier"]), Schema.Literals(["a", "b-c"]))),
-  extraEnv: Schema.optionalKey(Schema.Literals(["NODE_OPTIONS", "TZ"]))
+  extraEnv: Schema.optionalKey(Schema.Literals(["NODE_OPTIONS", "TZ"])),
+  upstreams: Schema.optionalKey(Schema.Array(Schema.Struct({
+    url: Schema.Literals(["http://vllm-0:8000", "https://gw.example/v1", "dns+http://model-pods.models.svc:8000", "http://[fd00::7]:8000"]),
+    weight: Schema.optionalKey(int(1, 1000)),
+    version: Schema.optionalKey(Schema.Literals(["v1", "v2.1-rc"]))
+  })).check(Schema.isMaxLength(3))),
+  upstreamPolicy: Schema.optionalKey(UpstreamPolicySpec)
 })
 
 const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
@@ -54,7 +60,9 @@ const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
   ...(plan.secret === undefined ? {} : { apiKeysSecretRef: { name: plan.secret } }),
   ...(plan.image === undefined ? {} : { image: plan.image }),
   ...(plan.podLabels === undefined ? {} : { podLabels: plan.podLabels }),
-  ...(plan.extraEnv === undefined ? {} : { env: [{ name: plan.extraEnv, value: "x" }] })
+  ...(plan.extraEnv === undefined ? {} : { env: [{ name: plan.extraEnv, value: "x" }] }),
+  ...(plan.upstreams === undefined ? {} : { upstreams: plan.upstreams }),
+  ...(plan.upstreamPolicy === undefined ? {} : { upstreamPolicy: plan.upstreamPolicy })
 })
 
 const owner = { name: "llama", namespace: "models", uid: "0b6c4f3e-1d9a-4b8e-9f1e-6a7c2d3e4f50" }
@@ -178,6 +186,26 @@ describe("desired objects", () => {
     const check = checkSpec({ modelRef: "m", kvEndpoints: ["kv:70000"] })
     assert.strictEqual(check._tag, "Invalid")
     if (check._tag === "Invalid") assert.include(check.message, "KV_ENDPOINTS")
+  })
+
+  it("upstreams become MODEL_BACKEND=upstream and UPSTREAMS; a bad one is the router's own message", () => {
+    const check = checkSpec({
+      modelRef: "m",
+      upstreams: [{ url: "http://vllm-v1:8000", weight: 90, version: "v1" }, { url: "dns+http://canary-pods.models.svc:8000", weight: 10, version: "v2" }],
+      upstreamPolicy: { retries: 1, idleTimeoutMs: 5000 }
+    })
+    assert.strictEqual(check._tag, "Valid")
+    if (check._tag !== "Valid") return
+    const env = Object.fromEntries(desiredObjects(owner, check.spec, settings).env.map((e) => [e.name, e.value]))
+    assert.deepInclude(env, {
+      MODEL_BACKEND: "upstream",
+      UPSTREAMS: "http://vllm-v1:8000;weight=90;version=v1,dns+http://canary-pods.models.svc:8000;weight=10;version=v2",
+      UPSTREAM_RETRIES: "1",
+      UPSTREAM_IDLE_TIMEOUT_MS: "5000"
+    })
+    const bad = checkSpec({ modelRef: "m", upstreams: [{ url: "dns+http://10.0.0.1:8000" }] })
+    assert.strictEqual(bad._tag, "Invalid")
+    if (bad._tag === "Invalid") assert.include(bad.message, "dns+ needs a host name")
   })
 
   it("a spec the contract's schema rejects is reported, naming the field", () => {

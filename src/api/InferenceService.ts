@@ -54,6 +54,32 @@ const DnsName = Schema.String.check(Schema.isPattern(/^[a-z0-9]([-a-z0-9]*[a-z0-
  */
 export const kvEndpointPattern = "^([^\\s,:/]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$|^(https?|redis)://[^\\s,]+$"
 
+/** The shape of an upstream URL the API server can check (the CRD has the same pattern); the router's parser checks the rest. */
+export const upstreamUrlPattern = "^(dns\\+)?https?://[^\\s,;?#@]+$"
+
+/** One model server (or a DNS name of several) the router forwards to: an item of the router's UPSTREAMS. */
+export const UpstreamSpec = Schema.Struct({
+  /** A base URL; `dns+http://name:port` uses every address of the name (a headless Service). */
+  url: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(2048), Schema.isPattern(new RegExp(upstreamUrlPattern))),
+  weight: Schema.optionalKey(int(1, 1000)),
+  version: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/)))
+})
+export type UpstreamSpec = typeof UpstreamSpec.Type
+
+/** How the router treats its upstreams; unset ones are the router's defaults. */
+export const UpstreamPolicySpec = Schema.Struct({
+  maxConcurrency: Schema.optionalKey(int(0, 100_000)),
+  connectTimeoutMs: Schema.optionalKey(int(1, 3_600_000)),
+  firstByteTimeoutMs: Schema.optionalKey(int(1, 3_600_000)),
+  idleTimeoutMs: Schema.optionalKey(int(1, 3_600_000)),
+  healthIntervalMs: Schema.optionalKey(int(0, 3_600_000)),
+  ejectAfter: Schema.optionalKey(int(1, 1000)),
+  ejectBaseMs: Schema.optionalKey(int(1, 3_600_000)),
+  maxEjectedPercent: Schema.optionalKey(int(0, 100)),
+  retries: Schema.optionalKey(int(0, 10))
+})
+export type UpstreamPolicySpec = typeof UpstreamPolicySpec.Type
+
 export const InferenceServiceSpec = Schema.Struct({
   /** The model this InferenceService serves (the router's MODEL_REF). */
   modelRef: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(253)),
@@ -63,6 +89,9 @@ export const InferenceServiceSpec = Schema.Struct({
       .check(Schema.isMaxLength(64))
   ),
   router: Schema.optionalKey(RouterSpec),
+  /** Model servers to forward to (the router's MODEL_BACKEND=upstream); unset or empty: the simulated model. */
+  upstreams: Schema.optionalKey(Schema.Array(UpstreamSpec).check(Schema.isMaxLength(64))),
+  upstreamPolicy: Schema.optionalKey(UpstreamPolicySpec),
   /** Fixed replica count; leave unset and set maxReplicas to autoscale. */
   replicas: Schema.optionalKey(int(0, 1000)),
   minReplicas: Schema.optionalKey(int(1, 1000)),

@@ -38,6 +38,16 @@ export type EnvDecision =
   | { readonly variable: string; readonly from: "secret"; readonly field: string; readonly why: string }
   | { readonly variable: string; readonly from: "router"; readonly why: string }
 
+const upstreamField = (variable: string, field: keyof NonNullable<InferenceServiceSpec["upstreamPolicy"]>): EnvDecision => ({
+  variable,
+  from: "spec",
+  field: `upstreamPolicy.${field}`,
+  value: (spec) => {
+    const value = spec.upstreamPolicy?.[field]
+    return value === undefined || spec.upstreams === undefined || spec.upstreams.length === 0 ? undefined : String(value)
+  }
+})
+
 const routerField = (variable: string, field: keyof NonNullable<InferenceServiceSpec["router"]>, fallback?: number): EnvDecision => ({
   variable,
   from: "spec",
@@ -62,6 +72,42 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     unset: "none (`[]`)",
     value: (spec) => spec.kvEndpoints === undefined || spec.kvEndpoints.length === 0 ? undefined : spec.kvEndpoints.join(",")
   },
+  {
+    variable: "MODEL_BACKEND",
+    from: "spec",
+    field: "upstreams",
+    unset: "the simulated model (`simulated`); `upstream` when the list has items",
+    value: (spec) => spec.upstreams !== undefined && spec.upstreams.length > 0 ? "upstream" : undefined
+  },
+  {
+    variable: "UPSTREAMS",
+    from: "spec",
+    field: "upstreams",
+    unset: "none",
+    value: (spec) =>
+      spec.upstreams === undefined || spec.upstreams.length === 0
+        ? undefined
+        : spec.upstreams.map((u) => [u.url, ...(u.weight === undefined ? [] : [`weight=${u.weight}`]), ...(u.version === undefined ? [] : [`version=${u.version}`])].join(";")).join(",")
+  },
+  upstreamField("UPSTREAM_MAX_CONCURRENCY", "maxConcurrency"),
+  upstreamField("UPSTREAM_CONNECT_TIMEOUT_MS", "connectTimeoutMs"),
+  upstreamField("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "firstByteTimeoutMs"),
+  upstreamField("UPSTREAM_IDLE_TIMEOUT_MS", "idleTimeoutMs"),
+  upstreamField("UPSTREAM_HEALTH_INTERVAL_MS", "healthIntervalMs"),
+  ...["UPSTREAM_HEALTH_TIMEOUT_MS"].map((variable): EnvDecision => ({
+    variable,
+    from: "router",
+    why: "rarely differs per service; set it through `spec.env`"
+  })),
+  upstreamField("UPSTREAM_EJECT_AFTER", "ejectAfter"),
+  upstreamField("UPSTREAM_EJECT_BASE_MS", "ejectBaseMs"),
+  upstreamField("UPSTREAM_MAX_EJECTED_PERCENT", "maxEjectedPercent"),
+  upstreamField("UPSTREAM_RETRIES", "retries"),
+  ...["UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS"].map((variable): EnvDecision => ({
+    variable,
+    from: "router",
+    why: "rarely differs per service; set it through `spec.env`"
+  })),
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
   // Listed one by one on purpose: a setting the router gains gets a decision only when someone makes one.
   ...[
