@@ -159,27 +159,19 @@ export class Model extends Context.Service<Model, {
     Model.of({
       infer: (prompt, requestId) =>
         Effect.clockWith((clock) =>
-          Effect.scoped(Effect.gen(function*() {
+          Effect.gen(function*() {
             const startedAt = clock.currentTimeNanosUnsafe()
-            const answer = yield* upstreams.forward({
+            const answer = yield* upstreams.fetch({
               method: "POST",
               path: "/v1/completions",
               body: JSON.stringify({ model: modelRef, prompt }),
               headers: requestId === undefined ? {} : { "x-request-id": requestId }
             })
-            const text = yield* Effect.tryPromise({
-              try: () => answer.body.text(),
-              catch: (error) => {
-                answer.settle("failed")
-                return new UpstreamFailure({ status: 502, code: "upstream_broken", message: `the model server ${answer.upstream} broke off its answer (${String(error)})`, retryAfterSeconds: undefined })
-              }
-            })
-            answer.settle("ok")
             if (answer.status >= 200 && answer.status < 300) {
               return { processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000), upstream: answer.upstream }
             }
-            return yield* upstreamRefusal(answer.status, answer.upstream, text, answer.headers["retry-after"])
-          }))
+            return yield* upstreamRefusal(answer.status, answer.upstream, answer.body, answer.headers["retry-after"])
+          })
         ),
       generate: () => Effect.die(new Error("generate is not used with MODEL_BACKEND=upstream"))
     })

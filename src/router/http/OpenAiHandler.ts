@@ -36,7 +36,7 @@ import { Lifecycle } from "../Lifecycle.ts"
 import { vllmMetrics } from "../Metrics.ts"
 import { type Generated, Model } from "../Model.ts"
 import { countTokens } from "../Simulation.ts"
-import { type Forwarded, UpstreamFailure, upstreamHeader, Upstreams, upstreamVersionHeader } from "../upstream/Upstreams.ts"
+import { type UpstreamFailure, upstreamHeader, type UpstreamResponse, Upstreams, upstreamVersionHeader } from "../upstream/Upstreams.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
@@ -362,21 +362,89 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
   const endWithErrorFrame = (response: ServerResponse, error: ApiError) =>
     response.end(frame({ error: { message: error.message, type: error.type, param: null, code: error.code } }) + done)
 
+  const upstreamApiError = (error: UpstreamFailure): ApiError => ({
+    ...apiError(
+      error.status,
+      error.status === 400 ? "invalid_request_error" : error.status === 429 ? "rate_limit_error" : error.status === 503 ? "service_unavailable" : "server_error",
+      error.code,
+      error.message
+    ),
+    ...(error.retryAfterSeconds === undefined ? {} : { headers: { "retry-after": String(error.retryAfterSeconds) } })
+  })
+
+  /** Headers of the upstream's answer the client sees, beside the router's own. */
+  const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
+
+  /** Relays in flight, stopped at the end of a drain (those in fibers are interrupted instead). */
+  const relaying = new Set<() => void>()
+  yield* Effect.addFinalizer(() => Effect.sync(() => {
+    for (const stop of [...relaying]) stop()
+  }))
+
   /**
-   * Passes an upstream's SSE body through as it arrives, with backpressure
-   * (the upstream socket pauses while the client's is full). Only whole
-   * events are written (up to the last blank line; the rest waits for the
-   * next chunk) so an error frame after a broken upstream stands alone.
+   * Forwards one admitted request and relays the answer: JSON as one whole
+   * response, SSE as it arrives (only whole events, so an error frame after a
+   * broken upstream stands alone), pausing the upstream while the client's
+   * socket is full. Calls `done` once, when the client has its answer or is
+   * gone; a client that hangs up aborts the upstream request. Plain callbacks
+   * for the same reason as Upstreams.forwardUnsafe: it runs once per request.
    */
-  const pipeEvents = (forwarded: Forwarded, response: ServerResponse, onFirstChunk: () => void) =>
-    Effect.callback<void, ApiError>((resume) => {
-      const body = forwarded.body
-      let pending: Buffer | undefined
-      let first = true
-      const onData = (chunk: Buffer) => {
-        if (first) {
-          first = false
-          onFirstChunk()
+  const relay = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, arrivedAt: number, done: (failure: UpstreamFailure | undefined) => void) => {
+    const outgoing: Record<string, string> = { "x-request-id": request.headers[requestIdHeader] as string }
+    const forced = request.headers[simFailureHeader]
+    // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
+    if (typeof forced === "string") outgoing[simFailureHeader] = forced
+    let streaming = false
+    let pending: Buffer | undefined
+    let chunks: Array<Buffer> | undefined
+    let answer: UpstreamResponse | undefined
+    let headers: Record<string, string | number> | undefined
+    let firstChunk = true
+    let finished = false
+    let abort: () => void = () => {}
+    const finish = (failure: UpstreamFailure | undefined) => {
+      if (finished) return
+      finished = true
+      relaying.delete(stop)
+      response.off("close", hangUp)
+      done(failure)
+    }
+    const hangUp = () => {
+      abort()
+      finish(undefined)
+    }
+    /** The end of a drain: the answer so far, then an error frame. */
+    const stop = () => {
+      abort()
+      if (!response.headersSent) fail(request, response, shuttingDown)
+      else if (!response.writableEnded) endWithErrorFrame(response, shuttingDown)
+      finish(undefined)
+    }
+    const onDrain = () => answer?.resume()
+    relaying.add(stop)
+    response.on("close", hangUp)
+    abort = upstreams.forwardUnsafe({ method: "POST", path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath, body, headers: outgoing }, {
+      onResponse: (upstream) => {
+        answer = upstream
+        headers = { ...headersOf(request), [upstreamHeader]: upstream.upstream }
+        if (upstream.version !== undefined) headers[upstreamVersionHeader] = upstream.version
+        for (const name of passedOn) {
+          const value = upstream.headers[name]
+          if (typeof value === "string") headers[name] = value
+        }
+        streaming = upstream.status === 200 && String(upstream.headers["content-type"]).startsWith("text/event-stream")
+        if (!streaming) {
+          chunks = []
+          return
+        }
+        response.writeHead(200, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" })
+        response.flushHeaders()
+      },
+      onData: (chunk) => {
+        if (!streaming) return void chunks!.push(chunk)
+        if (firstChunk) {
+          firstChunk = false
+          vllm.timeToFirstToken.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
         }
         const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
         const end = data.lastIndexOf("\n\n")
@@ -384,147 +452,85 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
           pending = data
           return
         }
-        pending = end + 2 === data.length ? undefined : data.subarray(end + 2)
-        if (!response.write(end + 2 === data.length ? data : data.subarray(0, end + 2))) {
-          body.pause()
+        const whole = end + 2 === data.length
+        pending = whole ? undefined : data.subarray(end + 2)
+        if (!response.write(whole ? data : data.subarray(0, end + 2))) {
+          answer!.pause()
           response.once("drain", onDrain)
         }
+      },
+      onEnd: () => {
+        if (streaming) {
+          response.end(pending)
+        } else if (!response.headersSent) {
+          const text = Buffer.concat(chunks!)
+          if (closesEarly(request)) headers!.connection = "close"
+          headers!["content-length"] = text.length
+          response.writeHead(answer!.status, headers)
+          response.end(text)
+        }
+        finish(undefined)
+      },
+      onError: (failure) => {
+        if (!response.headersSent) fail(request, response, upstreamApiError(failure))
+        else endWithErrorFrame(response, upstreamApiError(failure))
+        finish(failure)
       }
-      const onDrain = () => body.resume()
-      const cleanup = () => {
-        body.off("data", onData)
-        body.off("end", onEnd)
-        body.off("error", onError)
-        response.off("drain", onDrain)
-      }
-      const onEnd = () => {
-        cleanup()
-        if (pending !== undefined) response.write(pending)
-        resume(Effect.void)
-      }
-      const onError = (error: NodeJS.ErrnoException) => {
-        cleanup()
-        const timedOut = error.code === "UND_ERR_BODY_TIMEOUT"
-        resume(Effect.fail(apiError(
-          timedOut ? 504 : 502,
-          "server_error",
-          timedOut ? "upstream_timeout" : "upstream_broken",
-          timedOut
-            ? `the model server ${forwarded.upstream} sent nothing for ${config.upstream!.idleTimeoutMs} ms (UPSTREAM_IDLE_TIMEOUT_MS)`
-            : `the model server ${forwarded.upstream} broke off the stream (${error.code ?? error.message})`
-        )))
-      }
-      body.on("data", onData)
-      body.on("end", onEnd)
-      body.on("error", onError)
-      return Effect.sync(cleanup)
     })
+    return hangUp
+  }
 
-  /** Headers of the upstream's answer the client sees, beside the router's own. */
-  const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
+  /** Notes how a forwarded request ended, for metrics and the access log. */
+  const forwarded = (request: IncomingMessage, arrivedAt: number, queueMs: number, failure: UpstreamFailure | undefined) => {
+    if (failure === undefined) {
+      vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
+      noteOutcome(request, { queueMs })
+    } else {
+      noteOutcome(request, { reason: failure.code, queueMs })
+    }
+  }
 
   /** MODEL_BACKEND=upstream: the request, admitted, forwarded to an upstream as it came. */
   const forward = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, maxWaitMs: number | undefined) => {
     const arrivedAt = performance.now()
+    const leave = admission.enterUnsafe()
+    if (leave !== undefined) {
+      // A slot was free: the common case, no fiber.
+      vllm.queueTime.updateUnsafe(0, metrics)
+      return void relay(request, response, parsed, body, arrivedAt, (failure) => {
+        leave(Exit.void)
+        forwarded(request, arrivedAt, 0, failure)
+      })
+    }
     let queueMs = 0
-    const outgoing: Record<string, string> = { "x-request-id": request.headers[requestIdHeader] as string }
-    const forced = request.headers[simFailureHeader]
-    // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
-    if (typeof forced === "string") outgoing[simFailureHeader] = forced
-
     const work = ({ waitedMs }: { readonly waitedMs: number }) =>
-      Effect.scoped(Effect.gen(function*() {
+      Effect.callback<UpstreamFailure | undefined>((resume) => {
         queueMs = waitedMs
         vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
-        const forwarded = yield* upstreams.forward({
-          method: "POST",
-          path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath,
-          body,
-          headers: outgoing
-        })
-        const headers: Record<string, string | number> = { ...headersOf(request), [upstreamHeader]: forwarded.upstream }
-        if (forwarded.version !== undefined) headers[upstreamVersionHeader] = forwarded.version
-        for (const name of passedOn) {
-          const value = forwarded.headers[name]
-          if (typeof value === "string") headers[name] = value
-        }
-        const streaming = forwarded.status === 200 && String(forwarded.headers["content-type"]).startsWith("text/event-stream")
-        if (streaming) {
-          if (response.destroyed) return forwarded.status
-          response.writeHead(200, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" })
-          response.flushHeaders()
-          const piped = yield* Effect.exit(pipeEvents(forwarded, response, () => {
-            vllm.timeToFirstToken.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
-          }))
-          if (Exit.isSuccess(piped)) {
-            forwarded.settle("ok")
-            response.end()
-          } else {
-            forwarded.settle("failed")
-            const error = Cause.findError(piped.cause)
-            if (Result.isSuccess(error)) endWithErrorFrame(response, error.success)
-            else return yield* Effect.failCause(piped.cause as Cause.Cause<never>)
-          }
-          return forwarded.status
-        }
-        const text = yield* Effect.tryPromise({
-          try: () => forwarded.body.text(),
-          catch: (error) => {
-            forwarded.settle("failed")
-            return new UpstreamFailure({
-              status: 502,
-              code: "upstream_broken",
-              message: `the model server ${forwarded.upstream} broke off its answer (${(error as NodeJS.ErrnoException).code ?? error})`,
-              retryAfterSeconds: undefined
-            })
-          }
-        })
-        forwarded.settle("ok")
-        if (!response.destroyed && !response.headersSent) {
-          if (closesEarly(request)) headers.connection = "close"
-          headers["content-length"] = Buffer.byteLength(text)
-          response.writeHead(forwarded.status, headers)
-          response.end(text)
-        }
-        return forwarded.status
-      }))
-
-    const answer = (exit: Exit.Exit<number, Rejected | UpstreamFailure>) => {
-      if (Exit.isSuccess(exit)) {
-        vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
-        noteOutcome(request, { queueMs })
-        return
-      }
-      const failed = Cause.findError(exit.cause)
-      if (Result.isSuccess(failed)) {
-        const error = failed.success
-        if (error._tag === "Rejected") {
-          noteOutcome(request, { reason: error.reason })
-          return fail(request, response, rejection(error))
-        }
-        noteOutcome(request, { reason: error.code, queueMs })
-        const type = error.status === 400 ? "invalid_request_error" : error.status === 429 ? "rate_limit_error" : error.status === 503 ? "service_unavailable" : "server_error"
-        return fail(request, response, {
-          ...apiError(error.status, type, error.code, error.message),
-          ...(error.retryAfterSeconds === undefined ? {} : { headers: { "retry-after": String(error.retryAfterSeconds) } })
-        })
-      }
-      if (response.destroyed) return // the client hung up: the upstream request was aborted
-      const stopping = Cause.hasInterruptsOnly(exit.cause)
-      if (stopping) noteOutcome(request, { reason: "shutting_down", queueMs })
-      else runFork(Effect.logError("request failed", exit.cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
-      const error = stopping ? shuttingDown : apiError(500, "server_error", "internal_error", "the router failed to handle this request")
-      if (!response.headersSent) return fail(request, response, error)
-      endWithErrorFrame(response, error)
-    }
-
+        const hangUp = relay(request, response, parsed, body, arrivedAt, (failure) => resume(Effect.succeed(failure)))
+        return Effect.sync(hangUp)
+      })
     const fiber = runFork(admission.admit(work, { maxWaitMs }))
+    // Released when the server stops, after its grace period: a request still queued then is answered 503.
     Fiber.runIn(fiber, scope)
     const hangUp = () => fiber.interruptUnsafe()
     response.on("close", hangUp)
     fiber.addObserver((exit) => {
       response.off("close", hangUp)
-      answer(exit)
+      if (Exit.isSuccess(exit)) return forwarded(request, arrivedAt, queueMs, exit.value)
+      const rejected = Cause.findError(exit.cause)
+      if (Result.isSuccess(rejected)) {
+        noteOutcome(request, { reason: rejected.success.reason })
+        return fail(request, response, rejection(rejected.success))
+      }
+      if (response.destroyed || response.writableEnded) return // the client hung up (the upstream request was aborted), or already answered
+      if (Cause.hasInterruptsOnly(exit.cause)) {
+        noteOutcome(request, { reason: "shutting_down", queueMs })
+        if (!response.headersSent) return fail(request, response, shuttingDown)
+        return endWithErrorFrame(response, shuttingDown)
+      }
+      runFork(Effect.logError("request failed", exit.cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
+      if (!response.headersSent) fail(request, response, apiError(500, "server_error", "internal_error", "the router failed to handle this request"))
     })
   }
 

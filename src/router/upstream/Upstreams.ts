@@ -19,7 +19,7 @@
  *
  * With MODEL_BACKEND=simulated the service is present and empty.
  */
-import { Clock, Context, Data, Duration, Effect, Layer, Schedule, Scope } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Schedule } from "effect"
 import { lookup } from "node:dns/promises"
 import type { IncomingHttpHeaders } from "node:http"
 import { type Dispatcher, Pool } from "undici"
@@ -46,16 +46,36 @@ export interface ForwardRequest {
   readonly headers: Record<string, string>
 }
 
-/** An upstream's answer, headers received, body not yet read. */
-export interface Forwarded {
+/** An upstream's answer as its headers arrive; the body follows through the handler. */
+export interface UpstreamResponse {
   readonly status: number
   readonly headers: IncomingHttpHeaders
-  readonly body: Dispatcher.ResponseData["body"]
   /** `host:port` of the upstream that answered. */
   readonly upstream: string
   readonly version: string | undefined
-  /** Marks the body read to its end (or broken by the upstream); otherwise closing the scope aborts it. */
-  settle(outcome: "ok" | "failed"): void
+  /** Backpressure: stop and restart the upstream's body (its socket). */
+  pause(): void
+  resume(): void
+}
+
+/**
+ * Receives one forwarded request's outcome: either `onError` alone (no
+ * usable answer), or `onResponse`, then `onData` for each body chunk, then
+ * `onEnd` or `onError` (the body broke off or went silent).
+ */
+export interface ForwardHandler {
+  onResponse(response: UpstreamResponse): void
+  onData(chunk: Buffer): void
+  onEnd(): void
+  onError(failure: UpstreamFailure): void
+}
+
+/** A whole answer, body read (for `/infer`). */
+export interface UpstreamAnswer {
+  readonly status: number
+  readonly headers: IncomingHttpHeaders
+  readonly body: string
+  readonly upstream: string
 }
 
 export interface UpstreamView {
@@ -105,8 +125,6 @@ export const upstreamRefusal = (status: number, upstream: string, body: string, 
   })
 }
 
-const ignore = () => {}
-
 interface Member {
   readonly endpoint: Endpoint
   readonly pool: Pool
@@ -116,14 +134,24 @@ export class Upstreams extends Context.Service<Upstreams, {
   readonly enabled: boolean
   /** True while at least one upstream can take requests (synchronous: probes read it). */
   ready(): boolean
-  /** Forwards one request; the answer's body stays readable until the scope closes. */
-  forward(request: ForwardRequest): Effect.Effect<Forwarded, UpstreamFailure, Scope.Scope>
+  /**
+   * Forwards one request, reporting to `handler` (see ForwardHandler); returns
+   * the function that aborts it, after which the handler hears nothing more.
+   * Callbacks, not an Effect: this runs once per request on the hot path
+   * (see the comment on `forwardUnsafe` below).
+   */
+  forwardUnsafe(request: ForwardRequest, handler: ForwardHandler): () => void
+  /** The whole answer, body read; interrupting it aborts the upstream request. */
+  fetch(request: ForwardRequest): Effect.Effect<UpstreamAnswer, UpstreamFailure>
   view(): ReadonlyArray<UpstreamView>
 }>()("inference-router/Upstreams") {
   static readonly disabled: Upstreams["Service"] = Upstreams.of({
     enabled: false,
     ready: () => true,
-    forward: () => Effect.die(new Error("MODEL_BACKEND is not upstream")),
+    forwardUnsafe: () => {
+      throw new Error("MODEL_BACKEND is not upstream")
+    },
+    fetch: () => Effect.die(new Error("MODEL_BACKEND is not upstream")),
     view: () => []
   })
 
@@ -236,128 +264,211 @@ export class Upstreams extends Context.Service<Upstreams, {
           retryAfterSeconds: 1
         })
 
-      const forward = (request: ForwardRequest): Effect.Effect<Forwarded, UpstreamFailure, Scope.Scope> =>
-        Effect.gen(function*() {
-          const startedAt = now()
-          const deadline = startedAt + settings.firstByteTimeoutMs
-          const tried = new Set<Endpoint>()
-          requestsInFlight++
-          yield* Effect.addFinalizer(() => Effect.sync(() => requestsInFlight--))
-          let refused: UpstreamFailure | undefined
-          for (let attempt = 0;; attempt++) {
-            const picked = balancer.pick(now(), tried)
-            if (typeof picked === "string") return yield* (refused ?? unavailable(picked))
-            const endpoint = picked
-            const member = members.get(endpoint.id)!
-            const retry = attempt > 0
-            if (retry) metrics.retries(endpoint.id).updateUnsafe(1, context)
-            tried.add(endpoint)
-            // Held until the scope closes or the attempt ends; aborting undoes a request still running.
-            const controller = new AbortController()
-            let held = true
-            let settled = false
-            endpoint.inFlight++
-            const release = () => {
-              if (!held) return
-              held = false
-              endpoint.inFlight--
-            }
-            yield* Effect.addFinalizer(() =>
-              Effect.sync(() => {
-                if (!settled) controller.abort()
-                release()
-              })
-            )
-            if (retry) retriesInFlight++
-            const result = yield* Effect.callback<Dispatcher.ResponseData | { readonly error: unknown }>((resume) => {
-              member.pool.request({
-                method: request.method,
-                path: `${endpoint.target.prefix}${request.path}`,
-                headers: request.body === undefined ? request.headers : { ...request.headers, "content-type": "application/json" },
-                body: request.body,
-                signal: controller.signal,
-                headersTimeout: Math.max(1, deadline - now())
-              }).then((data) => resume(Effect.succeed(data)), (error) => resume(Effect.succeed({ error })))
-              return Effect.sync(() => controller.abort())
-            }).pipe(Effect.ensuring(Effect.sync(() => {
-              if (retry) retriesInFlight--
-            })))
-            const canRetry = () =>
-              attempt < settings.retries && now() < deadline &&
-              retriesInFlight < Math.max(settings.retryBudgetMin, requestsInFlight * settings.retryBudgetPercent / 100)
+      const canRetry = (attempt: number, deadline: number) =>
+        attempt < settings.retries && now() < deadline &&
+        retriesInFlight < Math.max(settings.retryBudgetMin, requestsInFlight * settings.retryBudgetPercent / 100)
 
-            // Aborting a body nobody reads any more (a hang-up, a drain) must not be an unhandled error.
-            if (!("error" in result)) result.body.on("error", ignore)
-            if ("error" in result) {
-              settled = true
+      /**
+       * Hand-written on undici's dispatch handler API rather than an Effect per
+       * request over `pool.request`: measured (scripts/bench-upstream.ts,
+       * BENCHMARKS.md section 7), the Effect version with undici's stream-based
+       * `request` reached 0.44x a bare node:http proxy's throughput; a client
+       * alone costs about 62 us per request with `request` or node:http and
+       * 35-45 us with `dispatch`. Admission stays Effect's (see OpenAiHandler).
+       */
+      const forwardUnsafe = (request: ForwardRequest, handler: ForwardHandler): () => void => {
+        const deadline = now() + settings.firstByteTimeoutMs
+        const startedAt = now()
+        let tried: Set<Endpoint> | undefined
+        let refused: UpstreamFailure | undefined
+        let attempt = 0
+        let finished = false
+        /** Aborts the attempt in flight (set while one is). */
+        let abortCurrent: (() => void) | undefined
+        requestsInFlight++
+        const finish = () => {
+          if (finished) return false
+          finished = true
+          requestsInFlight--
+          return true
+        }
+        const fail = (failure: UpstreamFailure) => {
+          if (finish()) handler.onError(failure)
+        }
+
+        const start = (): void => {
+          const picked = balancer.pick(now(), tried)
+          if (typeof picked === "string") return fail(refused ?? unavailable(picked))
+          const endpoint = picked
+          const member = members.get(endpoint.id)!
+          const retry = attempt > 0
+          if (retry) {
+            metrics.retries(endpoint.id).updateUnsafe(1, context)
+            retriesInFlight++
+          }
+          endpoint.inFlight++
+          let held = true
+          const release = () => {
+            if (!held) return
+            held = false
+            endpoint.inFlight--
+          }
+          let retrying = retry
+          const retryDone = () => {
+            if (!retrying) return
+            retrying = false
+            retriesInFlight--
+          }
+          /** Set once this attempt no longer speaks for the request (retried, or aborted by the caller). */
+          let detached = false
+          let answered = false
+          let controller: Dispatcher.DispatchController | undefined
+          const abortError = new Error("aborted by the router")
+          abortCurrent = () => {
+            detached = true
+            release()
+            retryDone()
+            if (controller !== undefined) controller.abort(abortError)
+          }
+          const retryElsewhere = () => {
+            detached = true
+            release()
+            ;(tried ??= new Set()).add(endpoint)
+            attempt++
+            start()
+          }
+          member.pool.dispatch({
+            method: request.method,
+            path: `${endpoint.target.prefix}${request.path}`,
+            headers: request.body === undefined ? request.headers : { ...request.headers, "content-type": "application/json" },
+            body: request.body,
+            headersTimeout: Math.max(1, deadline - now()),
+            bodyTimeout: settings.idleTimeoutMs
+          }, {
+            onRequestStart: (dispatchController) => {
+              controller = dispatchController
+              if (detached) dispatchController.abort(abortError)
+            },
+            onResponseStart: (dispatchController, status, headers) => {
+              controller = dispatchController
+              retryDone()
+              if (detached) return
+              record(endpoint, String(status))
+              if (status >= 500) runFork(noteFailure(endpoint))
+              else balancer.succeeded(endpoint, now())
+              if (status === 429 || status === 503) {
+                const after = retryAfterSeconds(headers["retry-after"], Date.now())
+                if (after !== undefined) balancer.backOff(endpoint, now(), after)
+                if (canRetry(attempt, deadline)) {
+                  refused = new UpstreamFailure({
+                    status: status === 429 ? 429 : 503,
+                    code: status === 429 ? "upstream_rate_limited" : "upstream_unavailable",
+                    message: `the model servers refused the request (${endpoint.id} answered ${status})`,
+                    retryAfterSeconds: after ?? 1
+                  })
+                  // The refusal's body is read and dropped, keeping the connection; the next attempt starts now.
+                  return retryElsewhere()
+                }
+              }
+              answered = true
+              handler.onResponse({
+                status,
+                headers,
+                upstream: endpoint.id,
+                version: endpoint.target.version,
+                pause: () => dispatchController.pause(),
+                resume: () => dispatchController.resume()
+              })
+            },
+            onResponseData: (_, chunk) => {
+              if (!detached) handler.onData(chunk)
+            },
+            onResponseEnd: () => {
               release()
-              const code = errorCode(result.error)
-              if (code === "UND_ERR_ABORTED" || controller.signal.aborted) return yield* Effect.interrupt
-              yield* noteFailure(endpoint)
+              if (detached) return
+              metrics.duration(endpoint.id).updateUnsafe((now() - startedAt) / 1000, context)
+              if (finish()) handler.onEnd()
+            },
+            onResponseError: (_, error) => {
+              release()
+              retryDone()
+              if (detached) return
+              const code = errorCode(error)
+              if (answered) {
+                // The body broke off or went silent: never retried, a byte may have reached the client.
+                const timedOut = code === "UND_ERR_BODY_TIMEOUT"
+                record(endpoint, timedOut ? "idle_timeout" : "broken")
+                runFork(noteFailure(endpoint))
+                return fail(
+                  new UpstreamFailure({
+                    status: timedOut ? 504 : 502,
+                    code: timedOut ? "upstream_timeout" : "upstream_broken",
+                    message: timedOut
+                      ? `the model server ${endpoint.id} sent nothing for ${settings.idleTimeoutMs} ms (UPSTREAM_IDLE_TIMEOUT_MS)`
+                      : `the model server ${endpoint.id} broke off its answer (${code ?? error.message})`,
+                    retryAfterSeconds: undefined
+                  })
+                )
+              }
+              runFork(noteFailure(endpoint))
               if (code === "UND_ERR_HEADERS_TIMEOUT") {
                 record(endpoint, "timeout")
-                return yield* new UpstreamFailure({
-                  status: 504,
-                  code: "upstream_timeout",
-                  message: `the model server ${endpoint.id} sent no response within ${settings.firstByteTimeoutMs} ms (UPSTREAM_FIRST_BYTE_TIMEOUT_MS)`,
-                  retryAfterSeconds: undefined
-                })
+                return fail(
+                  new UpstreamFailure({
+                    status: 504,
+                    code: "upstream_timeout",
+                    message: `the model server ${endpoint.id} sent no response within ${settings.firstByteTimeoutMs} ms (UPSTREAM_FIRST_BYTE_TIMEOUT_MS)`,
+                    retryAfterSeconds: undefined
+                  })
+                )
               }
               const connectFailed = code !== undefined && connectFailures.has(code)
               record(endpoint, connectFailed ? "connect_error" : "error")
-              if (connectFailed && canRetry()) continue
-              return yield* new UpstreamFailure({
-                status: 502,
-                code: connectFailed ? "upstream_connect_failed" : "upstream_failed",
-                message: `the model server ${endpoint.id} ${connectFailed ? "could not be reached" : "failed before answering"} (${code ?? "error"})`,
-                retryAfterSeconds: undefined
-              })
-            }
-
-            const status = result.statusCode
-            record(endpoint, String(status))
-            if (status >= 500) yield* noteFailure(endpoint)
-            else balancer.succeeded(endpoint, now())
-            if (status === 429 || status === 503) {
-              const after = retryAfterSeconds(result.headers["retry-after"], Date.now())
-              if (after !== undefined) balancer.backOff(endpoint, now(), after)
-              if (canRetry()) {
-                refused = new UpstreamFailure({
-                  status: status === 429 ? 429 : 503,
-                  code: status === 429 ? "upstream_rate_limited" : "upstream_unavailable",
-                  message: `the model servers refused the request (${endpoint.id} answered ${status})`,
-                  retryAfterSeconds: after ?? 1
+              // Nothing reached the model: safe to try another upstream.
+              if (connectFailed && canRetry(attempt, deadline)) return retryElsewhere()
+              fail(
+                new UpstreamFailure({
+                  status: 502,
+                  code: connectFailed ? "upstream_connect_failed" : "upstream_failed",
+                  message: `the model server ${endpoint.id} ${connectFailed ? "could not be reached" : "failed before answering"} (${code ?? error.message})`,
+                  retryAfterSeconds: undefined
                 })
-                settled = true
-                result.body.dump().catch(ignore)
-                release()
-                continue
-              }
+              )
             }
-            const forwarded: Forwarded = {
-              status,
-              headers: result.headers,
-              body: result.body,
-              upstream: endpoint.id,
-              version: endpoint.target.version,
-              settle: (outcome) => {
-                if (settled) return
-                settled = true
-                metrics.duration(endpoint.id).updateUnsafe((now() - startedAt) / 1000, context)
-                if (outcome === "failed") {
-                  record(endpoint, "broken")
-                  runFork(noteFailure(endpoint))
-                }
-              }
-            }
-            return forwarded
-          }
+          })
+        }
+
+        start()
+        return () => {
+          if (!finish()) return
+          abortCurrent?.()
+        }
+      }
+
+      const fetch = (request: ForwardRequest): Effect.Effect<UpstreamAnswer, UpstreamFailure> =>
+        Effect.callback<UpstreamAnswer, UpstreamFailure>((resume) => {
+          let answer: UpstreamResponse | undefined
+          const chunks: Array<Buffer> = []
+          const abort = forwardUnsafe(request, {
+            onResponse: (response) => (answer = response),
+            onData: (chunk) => chunks.push(chunk),
+            onEnd: () =>
+              resume(Effect.succeed({
+                status: answer!.status,
+                headers: answer!.headers,
+                body: Buffer.concat(chunks).toString("utf8"),
+                upstream: answer!.upstream
+              })),
+            onError: (failure) => resume(Effect.fail(failure))
+          })
+          return Effect.sync(abort)
         })
 
       return Upstreams.of({
         enabled: true,
         ready: () => balancer.availableCount(now()) > 0,
-        forward,
+        forwardUnsafe,
+        fetch,
         view: () =>
           [...members.values()].map(({ endpoint, pool }) => ({
             id: endpoint.id,
