@@ -79,7 +79,15 @@ const toMs = (value: string) => {
   return match[2] === "us" ? n / 1000 : match[2] === "s" ? n * 1000 : n
 }
 
+/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat (clock ticks of 1/100 s). */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
 interface Load {
+  /** Server CPU per request, in µs (heavy runs only). */
+  cpuUs?: number
   readonly rps: number
   readonly p50: number
   readonly p99: number
@@ -173,7 +181,9 @@ const main = async () => {
   const requests: Record<Name, number> = { proxy: 0, router: 0, "router (access log)": 0 }
   const measure = async (name: Name, connections: number) => {
     const before = await connectionsNow()
+    const cpuBefore = cpuSeconds(targets[name].child.pid!)
     const result = wrk(targets[name].port, connections)
+    result.cpuUs = ((cpuSeconds(targets[name].child.pid!) - cpuBefore) * 1e6) / (result.rps * seconds)
     opened[name] += (await connectionsNow()) - before
     requests[name] += result.rps * seconds
     return result
@@ -193,8 +203,8 @@ const main = async () => {
 
   print("## 1. Throughput at zero model time (50 connections) and latency at light load (1 connection)")
   print()
-  print("| | req/s (50 conn.) | ratio to proxy | p50 / p99 ms (50 conn.) | p50 / p99 ms (1 conn.) | added p50 / p99 ms (1 conn.) | errors |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  print("| | req/s (50 conn.) | ratio to proxy | CPU µs/request | p50 / p99 ms (50 conn.) | p50 / p99 ms (1 conn.) | added p50 / p99 ms (1 conn.) | errors |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|")
   const proxyP50 = median(light.proxy.map((r) => r.p50))
   const proxyP99 = median(light.proxy.map((r) => r.p99))
   for (const name of names) {
@@ -202,9 +212,9 @@ const main = async () => {
     const p50 = median(light[name].map((r) => r.p50))
     const p99 = median(light[name].map((r) => r.p99))
     const bad = [...heavy[name], ...light[name]].reduce((s, r) => s + r.bad, 0)
-    print(`| ${name} | ${fmt(median(heavy[name].map((r) => r.rps)), 0)} | ${fmt(ratio)}× | ${fmt(median(heavy[name].map((r) => r.p50)))} / ${fmt(median(heavy[name].map((r) => r.p99)))} | ${fmt(p50, 3)} / ${fmt(p99, 3)} | ${name === "proxy" ? "" : `${fmt(p50 - proxyP50, 3)} / ${fmt(p99 - proxyP99, 3)}`} | ${bad} |`)
+    print(`| ${name} | ${fmt(median(heavy[name].map((r) => r.rps)), 0)} | ${fmt(ratio)}× | ${fmt(median(heavy[name].map((r) => r.cpuUs!)), 0)} | ${fmt(median(heavy[name].map((r) => r.p50)))} / ${fmt(median(heavy[name].map((r) => r.p99)))} | ${fmt(p50, 3)} / ${fmt(p99, 3)} | ${name === "proxy" ? "" : `${fmt(p50 - proxyP50, 3)} / ${fmt(p99 - proxyP99, 3)}`} | ${bad} |`)
   }
-  print(`| the stub alone | | | | ${fmt(median(direct.map((r) => r.p50)), 3)} / ${fmt(median(direct.map((r) => r.p99)), 3)} | | |`)
+  print(`| the stub alone | | | | | ${fmt(median(direct.map((r) => r.p50)), 3)} / ${fmt(median(direct.map((r) => r.p99)), 3)} | | |`)
   print()
   print("Ratio per round (router / proxy): " + heavy.router.map((r, i) => fmt(r.rps / heavy.proxy[i].rps)).join(", ") + ".")
   print()

@@ -205,6 +205,57 @@ describe("Config", () => {
       assert.notInclude(error.message, "\n")
     }))
 
+  it.effect.each([
+    ["MODEL_BACKEND", "vllm"],
+    ["UPSTREAMS", "10.0.0.5:8000"],
+    ["UPSTREAMS", "http://a:1;weight=0"],
+    ["UPSTREAMS", "http://a:1;weight=5000"],
+    ["UPSTREAMS", "http://a:1;zone=b"],
+    ["UPSTREAMS", "dns+http://10.0.0.1:80"],
+    ["UPSTREAM_MAX_CONCURRENCY", "-1"],
+    ["UPSTREAM_CONNECT_TIMEOUT_MS", "0"],
+    ["UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "soon"],
+    ["UPSTREAM_IDLE_TIMEOUT_MS", "0x10"],
+    ["UPSTREAM_HEALTH_INTERVAL_MS", "-5"],
+    ["UPSTREAM_EJECT_AFTER", "0"],
+    ["UPSTREAM_MAX_EJECTED_PERCENT", "101"],
+    ["UPSTREAM_RETRIES", "11"],
+    ["UPSTREAM_RETRY_BUDGET_PERCENT", "150"],
+    ["UPSTREAM_DNS_REFRESH_MS", "0"]
+  ] as const)("MODEL_BACKEND=upstream: rejects %s=%s naming the variable and what is expected", ([variable, value]) =>
+    Effect.gen(function*() {
+      const error = invalid(yield* load({ MODEL_BACKEND: "upstream", UPSTREAMS: "http://vllm:8000", [variable]: value }))
+      assert.strictEqual(error.variable, variable)
+      assert.include(error.message, JSON.stringify(value))
+      assert.include(error.message, "expected")
+    }))
+
+  it.effect("reads the upstream settings; UPSTREAMS needs MODEL_BACKEND=upstream and the other way round", () =>
+    Effect.gen(function*() {
+      const exit = yield* load({
+        MODEL_BACKEND: "upstream",
+        UPSTREAMS: "http://vllm-a:8000/v1;weight=90;version=v1, dns+http://pods.ns.svc:8000;weight=10;version=v2",
+        UPSTREAM_RETRIES: "1",
+        UPSTREAM_HEALTH_INTERVAL_MS: "0"
+      })
+      assert.isTrue(Exit.isSuccess(exit))
+      if (!Exit.isSuccess(exit)) return
+      assert.strictEqual(exit.value.backend, "upstream")
+      const upstream = exit.value.upstream!
+      assert.deepStrictEqual(upstream.targets.map((t) => [t.hostname, t.port, t.prefix, t.weight, t.version, t.resolve]), [
+        ["vllm-a", 8000, "", 90, "v1", false],
+        ["pods.ns.svc", 8000, "", 10, "v2", true]
+      ])
+      assert.deepInclude(upstream, { retries: 1, healthIntervalMs: 0, connectTimeoutMs: 2000, ejectAfter: 5 })
+      const missing = invalid(yield* load({ MODEL_BACKEND: "upstream" }))
+      assert.strictEqual(missing.variable, "UPSTREAMS")
+      assert.include(missing.message, "required when MODEL_BACKEND=upstream")
+      const unused = invalid(yield* load({ UPSTREAMS: "http://vllm:8000" }))
+      assert.strictEqual(unused.variable, "MODEL_BACKEND")
+      const simulated = yield* load({})
+      assert.isTrue(Exit.isSuccess(simulated) && simulated.value.backend === "simulated" && simulated.value.upstream === undefined)
+    }))
+
   it.effect("SHUTDOWN_DELAY_MS must leave time inside SHUTDOWN_TIMEOUT_MS", () =>
     Effect.gen(function*() {
       const error = invalid(yield* load({ SHUTDOWN_DELAY_MS: "5000", SHUTDOWN_TIMEOUT_MS: "5000" }))

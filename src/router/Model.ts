@@ -165,7 +165,7 @@ export class Model extends Context.Service<Model, {
               method: "POST",
               path: "/v1/completions",
               body: JSON.stringify({ model: modelRef, prompt }),
-              headers: requestId === undefined ? {} : { "x-request-id": requestId }
+              headers: requestId === undefined ? { "content-type": "application/json" } : { "content-type": "application/json", "x-request-id": requestId }
             })
             if (answer.status >= 200 && answer.status < 300) {
               return { processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000), upstream: answer.upstream }

@@ -390,7 +390,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
    * for the same reason as Upstreams.forwardUnsafe: it runs once per request.
    */
   const relay = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, arrivedAt: number, done: (failure: UpstreamFailure | undefined) => void) => {
-    const outgoing: Record<string, string> = { "x-request-id": request.headers[requestIdHeader] as string }
+    const outgoing: Record<string, string> = { "content-type": "application/json", "x-request-id": request.headers[requestIdHeader] as string }
     const forced = request.headers[simFailureHeader]
     // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
     if (typeof forced === "string") outgoing[simFailureHeader] = forced

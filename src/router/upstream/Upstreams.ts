@@ -42,7 +42,7 @@ export interface ForwardRequest {
   /** The path after the upstream's prefix, e.g. `/v1/chat/completions`. */
   readonly path: string
   readonly body: string | undefined
-  /** Headers passed on (request id, the simulator's failure header). */
+  /** Headers sent as they are (content type, request id, the simulator's failure header). */
   readonly headers: Record<string, string>
 }
 
@@ -81,6 +81,7 @@ export interface UpstreamAnswer {
 export interface UpstreamView {
   readonly id: string
   readonly version: string
+  readonly weight: number
   readonly inFlight: number
   readonly available: boolean
   readonly connections: number
@@ -125,6 +126,14 @@ export const upstreamRefusal = (status: number, upstream: string, body: string, 
   })
 }
 
+/** One error for every abort: building an Error (its stack) per request measured as a tenth of the forwarding CPU. */
+const abortError = new Error("aborted by the router")
+
+export type Resolve = (hostname: string) => Promise<ReadonlyArray<string>>
+
+/** Every address of a name, as the system resolver gives them (a headless Service's pod IPs). */
+const resolveAll: Resolve = async (hostname) => (await lookup(hostname, { all: true })).map((entry) => entry.address)
+
 interface Member {
   readonly endpoint: Endpoint
   readonly pool: Pool
@@ -155,7 +164,8 @@ export class Upstreams extends Context.Service<Upstreams, {
     view: () => []
   })
 
-  static readonly make = (settings: UpstreamSettings, slots: number) =>
+  /** `resolve` finds a `dns+` name's addresses (Node's resolver; tests pass their own). */
+  static readonly make = (settings: UpstreamSettings, slots: number, resolve: Resolve = resolveAll) =>
     Effect.gen(function*() {
       const clock = yield* Clock.Clock
       const now = () => clock.currentTimeMillisUnsafe()
@@ -203,8 +213,8 @@ export class Upstreams extends Context.Service<Upstreams, {
       for (const target of settings.targets) if (!target.resolve) setAddresses(target, [target.hostname])
 
       const resolveNames = Effect.forEach(settings.targets.filter((target) => target.resolve), (target) =>
-        Effect.tryPromise(() => lookup(target.hostname, { all: true })).pipe(
-          Effect.map((found) => setAddresses(target, [...new Set(found.map((entry) => entry.address))].sort())),
+        Effect.tryPromise(() => resolve(target.hostname)).pipe(
+          Effect.map((found) => setAddresses(target, [...new Set(found)].sort())),
           // Keep the addresses we had: a DNS hiccup must not empty the pool.
           Effect.catch((error) => Effect.logWarning(`could not resolve ${target.shown}; keeping ${[...members.values()].filter((m) => m.endpoint.target === target).length} address(es)`, String(error)))
         ), { discard: true })
@@ -323,7 +333,6 @@ export class Upstreams extends Context.Service<Upstreams, {
           let detached = false
           let answered = false
           let controller: Dispatcher.DispatchController | undefined
-          const abortError = new Error("aborted by the router")
           abortCurrent = () => {
             detached = true
             release()
@@ -340,7 +349,7 @@ export class Upstreams extends Context.Service<Upstreams, {
           member.pool.dispatch({
             method: request.method,
             path: `${endpoint.target.prefix}${request.path}`,
-            headers: request.body === undefined ? request.headers : { ...request.headers, "content-type": "application/json" },
+            headers: request.headers,
             body: request.body,
             headersTimeout: Math.max(1, deadline - now()),
             bodyTimeout: settings.idleTimeoutMs
@@ -473,6 +482,7 @@ export class Upstreams extends Context.Service<Upstreams, {
           [...members.values()].map(({ endpoint, pool }) => ({
             id: endpoint.id,
             version: endpoint.target.version ?? "",
+            weight: endpoint.weight,
             inFlight: endpoint.inFlight,
             available: isAvailable(endpoint, now()),
             connections: pool.stats.connected
