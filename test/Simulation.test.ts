@@ -4,10 +4,17 @@
  * first token, inter-token latency, latency growing with load).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Effect, Fiber } from "effect"
+import { Clock, Effect, Fiber, Layer } from "effect"
 import { TestClock } from "effect/testing"
-import { defaultSimulation } from "../src/router/Config.ts"
-import { Model } from "../src/router/Model.ts"
+import { Admission } from "../src/router/Admission.ts"
+import { defaultSimulation, RouterConfig } from "../src/router/Config.ts"
+import { type Generated, Model } from "../src/router/Model.ts"
+import { Upstreams } from "../src/router/upstream/Upstreams.ts"
+
+const testModelLayer = Model.layer.pipe(
+  Layer.provide(Layer.mergeAll(Admission.layer, Layer.succeed(Upstreams, Upstreams.disabled))),
+  Layer.provide(RouterConfig.layerWith({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
+)
 import { countTokens, planText, tokenize } from "../src/router/Simulation.ts"
 
 describe("simulated text", () => {
@@ -87,5 +94,84 @@ describe("simulated timing (TestClock)", () => {
       const fiber = yield* Effect.forkChild(model.infer("a b c"), { startImmediately: true })
       yield* TestClock.adjust(1_000)
       assert.deepStrictEqual(yield* Fiber.join(fiber), { processingMs: 40 })
+    }))
+})
+
+describe("the hand-written generation (generateUnsafe)", () => {
+  const fixed = { ...defaultSimulation, mode: "echo" as const, ttftMs: 3, itlMs: 1 }
+  const request = { echoText: "one two three four five six", promptTokens: 6, maxTokens: 4, stop: [], seed: undefined }
+
+  it("exists only on the system clock with fixed delays; under TestClock or with a standard deviation, generate runs", () => {
+    assert.isDefined(Model.simulated(0, fixed, () => 0, true).generateUnsafe)
+    assert.isUndefined(Model.simulated(0, fixed, () => 0, false).generateUnsafe)
+    assert.isUndefined(Model.simulated(0, { ...fixed, itlStdDevMs: 2 }, () => 0, true).generateUnsafe)
+    assert.isUndefined(Model.simulated(0, { ...fixed, loadFactor: 2 }, () => 0, true).generateUnsafe)
+  })
+
+  const modelOfLayer = Effect.gen(function*() {
+    return yield* Model
+  }).pipe(Effect.provide(testModelLayer))
+
+  it.effect("under TestClock the model layer keeps the Effect path", () =>
+    Effect.gen(function*() {
+      assert.isUndefined((yield* modelOfLayer).generateUnsafe)
+    }))
+
+  it.live("on the system clock the model layer has the hand-written path", () =>
+    Effect.gen(function*() {
+      assert.isDefined((yield* modelOfLayer).generateUnsafe)
+    }))
+
+  it.live("gives generate's tokens, in order, each after the previous was taken, then ends once", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(0, fixed, () => 0, true)
+      const expected = yield* model.generate(request, () => Effect.void)
+      const seen: Array<string> = []
+      const generated = yield* Effect.callback<Generated>((resume) => {
+        const stop = model.generateUnsafe!(request, {
+          // A consumer that is slow to take each token: the next comes only after `next`.
+          token: (text, index, next) => {
+            seen.push(`${index}:${text}`)
+            setTimeout(next, 2)
+          },
+          end: (generated) => resume(Effect.succeed(generated))
+        })
+        return Effect.sync(stop)
+      })
+      assert.deepStrictEqual(seen, ["0:one", "1: two", "2: three", "3: four"])
+      assert.deepStrictEqual({ ...generated, firstTokenMs: 0, processingMs: 0 }, { ...expected, firstTokenMs: 0, processingMs: 0 })
+      // Lower bounds only (a slow machine is later, never earlier): TTFT, then three ITLs and the consumer's waits.
+      assert.isAtLeast(generated.processingMs, 3 + 3 * (1 + 2) - 1)
+    }))
+
+  it.live("with no delay at all a long generation runs in a loop, not by recursion", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(0, { ...fixed, ttftMs: 0, itlMs: 0, maxModelLen: 200_000 }, () => 0, true)
+      const long = { ...request, echoText: "w ".repeat(100_000), maxTokens: 100_000 }
+      let count = 0
+      const generated = yield* Effect.callback<Generated>((resume) => {
+        model.generateUnsafe!(long, { token: (_, __, next) => (count++, next()), end: (generated) => resume(Effect.succeed(generated)) })
+      })
+      assert.strictEqual(count, 100_000)
+      assert.strictEqual(generated.completionTokens, 100_000)
+    }))
+
+  it.live("stopped, it emits nothing more and never ends", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(0, fixed, () => 0, true)
+      const seen: Array<number> = []
+      let ended = false
+      let stop = () => {}
+      stop = model.generateUnsafe!(request, {
+        token: (_, index, next) => {
+          seen.push(index)
+          if (index === 1) stop()
+          next()
+        },
+        end: () => (ended = true)
+      })
+      yield* Effect.sleep(30)
+      assert.deepStrictEqual(seen, [0, 1])
+      assert.isFalse(ended)
     }))
 })

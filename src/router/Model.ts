@@ -13,7 +13,7 @@
  *   instead of making the router buffer.
  * It knows nothing of HTTP; of admission only how busy the slots are.
  */
-import { Context, Effect, Layer, Random } from "effect"
+import { Clock, Context, Effect, Layer, Random } from "effect"
 import { Admission } from "./Admission.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "./Config.ts"
 import { type FinishReason, hash32, planText } from "./Simulation.ts"
@@ -48,10 +48,71 @@ export interface Generated {
 
 export type OnToken = (token: string, index: number) => Effect.Effect<void>
 
+/** Receives a generation's tokens from `generateUnsafe`. */
+export interface TokenSink {
+  /** One token; call `next` when ready for the next (at once, or once the client's socket drained). */
+  token(text: string, index: number, next: () => void): void
+  end(generated: Generated): void
+}
+
+/**
+ * Timers for token delays, shared by every stream: callbacks due in the same
+ * millisecond run from one `setTimeout`, as an engine emits the tokens of all
+ * its running sequences per step. Streams at 100 tokens a second each meet in
+ * the same millisecond by the dozen, so this replaces most timers with an
+ * array push.
+ */
+export const makeTokenTimer = () => {
+  const due = new Map<number, Array<() => void>>()
+  let armedFor = Infinity
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const fire = () => {
+    timer = undefined
+    armedFor = Infinity
+    const now = performance.now()
+    let next = Infinity
+    for (const [at, callbacks] of due) {
+      if (at > now) {
+        if (at < next) next = at
+        continue
+      }
+      due.delete(at)
+      for (const callback of callbacks) callback()
+    }
+    // Callbacks may have added earlier-due entries (a zero delay): look again.
+    for (const at of due.keys()) if (at < next) next = at
+    if (next !== Infinity) arm(next)
+  }
+  const arm = (at: number) => {
+    if (at >= armedFor) return
+    if (timer !== undefined) clearTimeout(timer)
+    armedFor = at
+    timer = setTimeout(fire, Math.max(0, at - performance.now()))
+  }
+  return {
+    /** Runs `callback` `ms` from now, at whole-millisecond resolution (as Node's timers). */
+    after(ms: number, callback: () => void): void {
+      const at = Math.ceil(performance.now() + ms)
+      const list = due.get(at)
+      if (list === undefined) due.set(at, [callback])
+      else list.push(callback)
+      arm(at)
+    }
+  }
+}
+
 export class Model extends Context.Service<Model, {
   /** `requestId` travels to an upstream model server (MODEL_BACKEND=upstream). */
   infer(prompt: string, requestId?: string): Effect.Effect<Inference, UpstreamFailure>
   generate(request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated>
+  /**
+   * The same generation as `generate`, with plain callbacks and shared timers;
+   * returns the function that stops it. Present only where it gives the same
+   * tokens at the same times: fixed delays (no standard deviation, no load
+   * factor) on the system clock. Under TestClock, or with varying delays,
+   * `generate` runs instead. Why by hand: see BENCHMARKS.md, section 6.
+   */
+  readonly generateUnsafe?: ((request: GenerationRequest, sink: TokenSink) => () => void) | undefined
 }>()("inference-router/Model") {
   /** How far a delay stretches at the share of slots busy (1 = none busy). */
   static readonly loadScale = (loadFactor: number, busyShare: number) => 1 + (loadFactor - 1) * Math.max(0, Math.min(1, busyShare))
@@ -60,7 +121,9 @@ export class Model extends Context.Service<Model, {
     latencyMs: number,
     settings: RouterSettings["simulation"] = defaultSimulation,
     /** Share of slots busy besides this request, 0..1. */
-    busyShare: () => number = () => 0
+    busyShare: () => number = () => 0,
+    /** True when time is the system's (not a TestClock): `generateUnsafe` may use Node's timers. */
+    systemTime = false
   ): Model["Service"] => {
     const instant = Effect.succeed<Inference>({ processingMs: 0 })
     const ttftMs = settings.ttftMs ?? latencyMs
@@ -86,13 +149,7 @@ export class Model extends Context.Service<Model, {
         Effect.gen(function*() {
           const startedAt = clock.currentTimeNanosUnsafe()
           const elapsedMs = () => Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000
-          const plan = planText({
-            mode: settings.mode,
-            echoText: request.echoText,
-            maxTokens: Math.min(request.maxTokens ?? settings.maxTokens, settings.maxModelLen),
-            stop: request.stop,
-            seed: (request.seed ?? hash32(request.echoText)) ^ settings.seed
-          })
+          const plan = planFor(request)
           let firstTokenMs = 0
           let text = ""
           for (let i = 0; i < plan.tokens.length; i++) {
@@ -123,6 +180,63 @@ export class Model extends Context.Service<Model, {
       ? (itlMs > 0 ? Effect.sleep(itlMs) : null)
       : undefined
 
+    const planFor = (request: GenerationRequest) =>
+      planText({
+        mode: settings.mode,
+        echoText: request.echoText,
+        maxTokens: Math.min(request.maxTokens ?? settings.maxTokens, settings.maxModelLen),
+        stop: request.stop,
+        seed: (request.seed ?? hash32(request.echoText)) ^ settings.seed
+      })
+
+    const timer = makeTokenTimer()
+    const generateUnsafe = (request: GenerationRequest, sink: TokenSink): () => void => {
+      const startedAt = performance.now()
+      const plan = planFor(request)
+      const tokens = plan.tokens
+      let i = 0
+      let text = ""
+      let firstTokenMs = 0
+      let stopped = false
+      const finish = () =>
+        sink.end({
+          text,
+          completionTokens: tokens.length,
+          finishReason: plan.finishReason,
+          firstTokenMs: Math.round(firstTokenMs),
+          processingMs: Math.round(performance.now() - startedAt)
+        })
+      // With no inter-token delay, tokens a sink takes at once are emitted in a loop, not by recursion.
+      let emitting = false
+      let again = false
+      const next = () => {
+        if (stopped) return
+        if (i === tokens.length) return finish()
+        if (itlMs > 0) timer.after(itlMs, emit)
+        else if (emitting) again = true
+        else emit()
+      }
+      const emit = () => {
+        emitting = true
+        do {
+          again = false
+          if (stopped) break
+          if (i === 0) firstTokenMs = performance.now() - startedAt
+          const token = tokens[i]
+          text += token
+          sink.token(token, i++, next)
+        } while (again)
+        emitting = false
+      }
+      const first = tokens.length === 0 ? finish : emit
+      if (ttftMs > 0) timer.after(ttftMs, first)
+      else first()
+      return () => {
+        stopped = true
+      }
+    }
+    const fixedTimes = settings.ttftStdDevMs === 0 && settings.itlStdDevMs === 0 && settings.loadFactor === 1
+
     const noTokens: OnToken = () => Effect.void
     const tokenLevel = settings.ttftMs !== undefined || settings.itlMs !== undefined
 
@@ -144,7 +258,8 @@ export class Model extends Context.Service<Model, {
           }))
         })
       },
-      generate
+      generate,
+      generateUnsafe: systemTime && fixedTimes ? generateUnsafe : undefined
     })
   }
 
@@ -188,11 +303,14 @@ export class Model extends Context.Service<Model, {
       if (upstreams.enabled) return Model.upstream(upstreams, config.modelRef)
       const admission = yield* Admission
       const slots = admission.limits.slots
+      // The system's clock is the default one; tests put a TestClock in its place.
+      const systemTime = (yield* Clock.Clock) === Context.get(Context.empty(), Clock.Clock)
       return Model.simulated(
         config.simLatencyMs,
         config.simulation,
         // The share of the other slots busy: one request alone runs at the base latency.
-        () => slots <= 1 ? 0 : Math.max(0, admission.statsUnsafe().running - 1) / (slots - 1)
+        () => slots <= 1 ? 0 : Math.max(0, admission.statsUnsafe().running - 1) / (slots - 1),
+        systemTime
       )
     })
   )

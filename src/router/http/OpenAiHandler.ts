@@ -34,7 +34,7 @@ import { metricContext } from "../../shared/Metrics.ts"
 import { type FailureType, RouterConfig } from "../Config.ts"
 import { Lifecycle } from "../Lifecycle.ts"
 import { vllmMetrics } from "../Metrics.ts"
-import { type Generated, Model } from "../Model.ts"
+import { type Generated, Model, type TokenSink } from "../Model.ts"
 import { countTokens } from "../Simulation.ts"
 import { type UpstreamFailure, upstreamHeader, type UpstreamResponse, Upstreams, upstreamVersionHeader } from "../upstream/Upstreams.ts"
 import { makeBearerCheck } from "./Authorization.ts"
@@ -224,7 +224,12 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
   const send = (response: ServerResponse, text: string): Effect.Effect<void> => {
     if (response.destroyed) return Effect.void
     if (response.write(text)) return Effect.void
-    return Effect.callback<void>((resume) => {
+    return drained(response)
+  }
+
+  /** Waits until the client's socket drained (or closed). */
+  const drained = (response: ServerResponse): Effect.Effect<void> =>
+    Effect.callback<void>((resume) => {
       const done = () => {
         response.off("drain", done)
         response.off("close", done)
@@ -237,7 +242,16 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         response.off("close", done)
       })
     })
-  }
+
+  /**
+   * Requests served without a fiber (a free slot at arrival), each with the
+   * function that ends it: at the end of a drain they are ended as fibers
+   * are interrupted (an error frame after a started stream, else a 503).
+   */
+  const running = new Set<() => void>()
+  yield* Effect.addFinalizer(() => Effect.sync(() => {
+    for (const stop of [...running]) stop()
+  }))
 
   const frame = (data: unknown) => `data: ${JSON.stringify(data)}\n\n`
   const done = "data: [DONE]\n\n"
@@ -259,7 +273,8 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       .split("\"\\u0000\"")
     const tokenFrame = (token: string) => `data: ${tokenHead}${JSON.stringify(token)}${tokenTail}\n\n`
 
-    const onToken = (token: string, index: number) => {
+    /** Notes a token's timing and writes its frame; false when the client's socket is full. */
+    const writeToken = (token: string, index: number): boolean => {
       const now = performance.now()
       if (index === 0) {
         vllm.timeToFirstToken.updateUnsafe((now - arrivedAt) / 1000, metrics)
@@ -267,39 +282,55 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         vllm.interTokenLatency.updateUnsafe((now - lastTokenAt) / 1000, metrics)
       }
       lastTokenAt = now
-      if (!parsed.stream) return Effect.void
+      if (!parsed.stream || response.destroyed) return true
       // The chat role travels on the first chunk, as vLLM sends it.
-      return send(
-        response,
+      return response.write(
         index === 0 ? frame({ id, object, created, model: config.modelRef, choices: [choice(token, null, true)] }) : tokenFrame(token)
       )
     }
 
+    const onToken = (token: string, index: number) => writeToken(token, index) ? Effect.void : drained(response)
+
+    const generation = { echoText: parsed.echoText, promptTokens: parsed.promptTokens, maxTokens: parsed.maxTokens, stop: parsed.stop, seed: parsed.seed }
+
+    /** Admitted: the stream's headers go out now (a shed stream gets a plain 429/503 instead). */
+    const begin = (waitedMs: number) => {
+      queueMs = waitedMs
+      vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
+      if (parsed.stream && !response.destroyed) {
+        response.writeHead(200, {
+          ...headersOf(request),
+          "content-type": "text/event-stream; charset=utf-8",
+          "cache-control": "no-cache",
+          "x-accel-buffering": "no"
+        })
+        response.flushHeaders()
+      }
+    }
+
+    /** A stream's last frames: the role for an empty chat answer, the finish, the usage when asked, [DONE]. */
+    const tail = (generated: Generated) =>
+      (generated.completionTokens === 0 && parsed.kind === "chat" ? frame({ id, object, created, model: config.modelRef, choices: [choice("", null, true)] }) : "") +
+      frame({ id, object, created, model: config.modelRef, choices: [choice(undefined, generated.finishReason)] }) +
+      (parsed.includeUsage ? frame({ id, object, created, model: config.modelRef, choices: [], usage: usageOf(parsed, generated) }) : "") +
+      done
+
+    const sink = (end: (generated: Generated) => void): TokenSink => ({
+      token: (token, index, next) => {
+        if (writeToken(token, index)) next()
+        else response.once("drain", next)
+      },
+      end
+    })
+
     const work = ({ waitedMs }: { readonly waitedMs: number }) =>
       Effect.gen(function*() {
-        queueMs = waitedMs
-        vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
-        if (parsed.stream && !response.destroyed) {
-          response.writeHead(200, {
-            ...headersOf(request),
-            "content-type": "text/event-stream; charset=utf-8",
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no"
-          })
-          response.flushHeaders()
-        }
-        const generated = yield* model.generate(
-          { echoText: parsed.echoText, promptTokens: parsed.promptTokens, maxTokens: parsed.maxTokens, stop: parsed.stop, seed: parsed.seed },
-          onToken
-        )
-        if (parsed.stream) {
-          if (generated.completionTokens === 0 && parsed.kind === "chat") {
-            yield* send(response, frame({ id, object, created, model: config.modelRef, choices: [choice("", null, true)] }))
-          }
-          yield* send(response, frame({ id, object, created, model: config.modelRef, choices: [choice(undefined, generated.finishReason)] }))
-          if (parsed.includeUsage) yield* send(response, frame({ id, object, created, model: config.modelRef, choices: [], usage: usageOf(parsed, generated) }))
-          yield* send(response, done)
-        }
+        begin(waitedMs)
+        const generateUnsafe = model.generateUnsafe
+        const generated = generateUnsafe === undefined
+          ? yield* model.generate(generation, onToken)
+          : yield* Effect.callback<Generated>((resume) => Effect.sync(generateUnsafe(generation, sink((generated) => resume(Effect.succeed(generated))))))
+        if (parsed.stream) yield* send(response, tail(generated))
         return generated
       })
 
@@ -347,6 +378,33 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       response.end(frame({ error: { message: error.message, type: error.type, param: null, code: error.code } }) + done)
     }
 
+    const generateUnsafe = model.generateUnsafe
+    const leave = generateUnsafe === undefined ? undefined : admission.enterUnsafe()
+    if (generateUnsafe !== undefined && leave !== undefined) {
+      // A slot was free: no fiber. Ended by its last token, a hang-up, or the end of a drain.
+      let ended = false
+      const end = (exit: Exit.Exit<Generated, Rejected>) => {
+        if (ended) return
+        ended = true
+        running.delete(stopNow)
+        response.off("close", hangUp)
+        leave(Exit.void)
+        answer(exit)
+      }
+      const stopNow = () => {
+        stop()
+        end(Exit.interrupt())
+      }
+      const hangUp = stopNow
+      running.add(stopNow)
+      response.on("close", hangUp)
+      begin(0)
+      const stop = generateUnsafe(generation, sink((generated) => {
+        if (parsed.stream && !response.destroyed) response.write(tail(generated))
+        end(Exit.succeed(generated))
+      }))
+      return
+    }
     const fiber = runFork(admission.admit(work, { maxWaitMs }))
     // Released when the server stops, after its grace period: streams still running then are ended.
     Fiber.runIn(fiber, scope)
@@ -375,12 +433,6 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
   /** Headers of the upstream's answer the client sees, beside the router's own. */
   const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
 
-  /** Relays in flight, stopped at the end of a drain (those in fibers are interrupted instead). */
-  const relaying = new Set<() => void>()
-  yield* Effect.addFinalizer(() => Effect.sync(() => {
-    for (const stop of [...relaying]) stop()
-  }))
-
   /**
    * Forwards one admitted request and relays the answer: JSON as one whole
    * response, SSE as it arrives (only whole events, so an error frame after a
@@ -405,7 +457,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     const finish = (failure: UpstreamFailure | undefined) => {
       if (finished) return
       finished = true
-      relaying.delete(stop)
+      running.delete(stop)
       response.off("close", hangUp)
       done(failure)
     }
@@ -421,7 +473,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       finish(undefined)
     }
     const onDrain = () => answer?.resume()
-    relaying.add(stop)
+    running.add(stop)
     response.on("close", hangUp)
     abort = upstreams.forwardUnsafe({ method: "POST", path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath, body, headers: outgoing }, {
       onResponse: (upstream) => {
