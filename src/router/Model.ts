@@ -90,9 +90,13 @@ export const makeTokenTimer = () => {
     timer = setTimeout(fire, Math.max(0, at - performance.now()))
   }
   return {
-    /** Runs `callback` `ms` from now, at whole-millisecond resolution (as Node's timers). */
+    /**
+     * Runs `callback` about `ms` from now, in the nearest whole millisecond
+     * (Node's own timers fire up to a millisecond late; rounding up here too
+     * measured about a millisecond more than a bare setTimeout).
+     */
     after(ms: number, callback: () => void): void {
-      const at = Math.ceil(performance.now() + ms)
+      const at = Math.round(performance.now() + ms)
       const list = due.get(at)
       if (list === undefined) due.set(at, [callback])
       else list.push(callback)
