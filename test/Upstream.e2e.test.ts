@@ -111,6 +111,16 @@ describe("routing to upstream model servers", () => {
       (await metricValue(front.port, `router_upstream_requests_total{upstream="127.0.0.1:${closed}",version="",status="connect_error"}`)) ?? 0,
       0
     )
+    // No retry budget: a refusal is passed on as it came, not retried.
+    const strict = await startFront([limited, healthy], { UPSTREAM_RETRY_BUDGET_PERCENT: "0", UPSTREAM_RETRY_BUDGET_MIN: "0" })
+    let passedOn = 0
+    for (let i = 0; i < 20; i++) {
+      const response = await post(strict.port, "/v1/completions", { model: "m", prompt: "x", max_tokens: 2 })
+      if (response.status === 429) passedOn++
+      else assert.strictEqual(response.status, 200)
+    }
+    assert.isAbove(passedOn, 0)
+    assert.strictEqual((await metricValue(strict.port, "router_upstream_retries_total")) ?? 0, 0)
     // When every upstream refuses, the client gets the refusal and the upstream's Retry-After.
     const refused = await post(front.port, "/v1/completions", { model: "m", prompt: "x" }, { "x-sim-failure": "rate_limit" })
     assert.strictEqual(refused.status, 429)
@@ -120,7 +130,7 @@ describe("routing to upstream model servers", () => {
 
   it("passes a stream through event by event; an upstream dying mid-stream ends it with an error frame and [DONE], not retried", async () => {
     const upstream = await startUpstream({ SIM_MODE: "echo", SIM_TTFT_MS: "10", SIM_ITL_MS: "40" })
-    const front = await startFront([upstream])
+    const front = await startFront([upstream], { LOG_LEVEL: "debug" })
     const stream = await openStream(front.port, "/v1/chat/completions", chatStream(50))
     assert.strictEqual(stream.status, 200)
     assert.strictEqual(stream.headers["content-type"], "text/event-stream; charset=utf-8")
@@ -136,6 +146,9 @@ describe("routing to upstream model servers", () => {
     for (const event of stream.events.slice(0, -1)) JSON.parse(event)
     assert.isBelow(stream.events.length, 50)
     assert.strictEqual((await metricValue(front.port, "router_upstream_retries_total")) ?? 0, 0)
+    // Logs never hold prompts, even at debug.
+    await until(() => front.output().stdout.includes("/v1/chat/completions"), "the access log line")
+    assert.notInclude(front.output().stdout + front.output().stderr, "w17")
   })
 
   it("a client that hangs up aborts the upstream's generation", async () => {
@@ -150,13 +163,19 @@ describe("routing to upstream model servers", () => {
     await until(async () => (await metricValue(front.port, "router_requests_running")) === 0, "the front's slot to free", 5_000)
   })
 
-  it("ends a stream whose upstream goes silent past UPSTREAM_IDLE_TIMEOUT_MS with an error frame", async () => {
+  it("times out an upstream that goes silent mid-stream (idle) or sends no response at all (first byte)", async () => {
     const upstream = await startUpstream({ SIM_MODE: "echo", SIM_TTFT_MS: "10", SIM_ITL_MS: "2000" })
-    const front = await startFront([upstream], { UPSTREAM_IDLE_TIMEOUT_MS: "300" })
+    const front = await startFront([upstream], { UPSTREAM_IDLE_TIMEOUT_MS: "300", UPSTREAM_FIRST_BYTE_TIMEOUT_MS: "500" })
     const stream = await openStream(front.port, "/v1/completions", { model: "m", prompt: "a b c d", stream: true })
     await stream.ended
     assert.strictEqual(stream.events.at(-1), "[DONE]")
     assert.strictEqual(JSON.parse(stream.events.at(-2)!).error.code, "upstream_timeout")
+    // Not streamed, the upstream answers only after its whole generation (over 2 s): no first byte in time.
+    const startedAt = Date.now()
+    const plain = await post(front.port, "/v1/completions", { model: "m", prompt: "a b c d" })
+    assert.strictEqual(plain.status, 504)
+    assert.strictEqual((plain.json as { error: { code: string } }).error.code, "upstream_timeout")
+    assert.isBelow(Date.now() - startedAt, 2000)
   })
 
   it("is not ready while no upstream is healthy, and ready again when one is", async () => {
