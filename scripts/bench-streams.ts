@@ -12,6 +12,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { Agent, request } from "node:http"
+import { cpuSeconds, percentile, timedStream } from "./BenchSupport.ts"
 import { freePort, sleep, until } from "../test/support/Processes.ts"
 import { onCore, pinned, pinSelf } from "./pinning.ts"
 
@@ -59,17 +60,6 @@ const start = async (target: Target, port: number): Promise<ChildProcess> => {
 
 const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) / 1024
 
-const percentile = (values: Array<number>, p: number) => {
-  if (values.length === 0) return NaN
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
-}
-
-/** CPU seconds (user + system) the process has used. */
-const cpuSeconds = (pid: number) => {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
-  return (Number(fields[11]) + Number(fields[12])) / 100
-}
 
 interface Result {
   /** Server CPU per token delivered in the measured streams, in µs. */
@@ -89,34 +79,9 @@ const run = async (target: Target, streams: number): Promise<Result> => {
   let completed = 0
   let rss = 0
   const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: tokens, stream: true })
-  const one = () =>
-    new Promise<void>((resolve) => {
-      const startedAt = performance.now()
-      let last = 0
-      let buffered = ""
-      const req = request({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
-        res.setEncoding("utf8")
-        res.on("data", (chunk: string) => {
-          const now = performance.now()
-          buffered += chunk
-          let at: number
-          while ((at = buffered.indexOf("\n\n")) !== -1) {
-            const event = buffered.slice(0, at)
-            buffered = buffered.slice(at + 2)
-            if (!event.startsWith("data: {") || !event.includes("\"content\"")) continue
-            if (last === 0) ttft.push(now - startedAt)
-            else gaps.push(now - last)
-            last = now
-          }
-        })
-        res.on("end", () => {
-          completed++
-          resolve()
-        })
-      })
-      req.on("error", () => resolve())
-      req.end(body)
-    })
+  const one = async () => {
+    if (await timedStream(port, agent, body, ttft, gaps)) completed++
+  }
   // Warm-up (untimed): the JIT compiles the hot paths before anything is measured.
   await Promise.all(Array.from({ length: 50 }, one))
   ttft.length = 0

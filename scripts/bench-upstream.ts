@@ -1,7 +1,7 @@
 /**
  * MODEL_BACKEND=upstream against a bare `node:http` forwarding proxy
  * (scripts/proxy-baseline.ts), both in front of the same model server stub
- * (scripts/upstream-stub.ts), in the same run, alternating rounds:
+ * (scripts/sse-baseline.ts, also the streaming benchmark's baseline), in the same run, alternating rounds:
  *
  * 1. throughput at zero model time (wrk, 50 connections, POST /v1/completions);
  * 2. latency added at light load (wrk, 1 connection): p50/p99, and the stub
@@ -20,7 +20,8 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
-import { Agent, request } from "node:http"
+import { Agent } from "node:http"
+import { cpuSeconds, get, median, percentile, timedStream } from "./BenchSupport.ts"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -31,17 +32,6 @@ const root = fileURLToPath(new URL("..", import.meta.url))
 const seconds = Number(process.env.BENCH_SECONDS ?? 5)
 const rounds = Number(process.env.BENCH_ROUNDS ?? 4)
 const routerArgs: Array<string> = JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts["start:prod"].split("exec node ")[1].split(" ")
-
-const get = (port: number, path: string) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
-      let body = ""
-      res.on("data", (chunk) => (body += chunk))
-      res.on("end", () => resolve({ status: res.statusCode!, body }))
-    })
-    req.on("error", reject)
-    req.end()
-  })
 
 const startOn = async (core: number, args: Array<string>, env: Record<string, string>, readyPath = "/readyz") => {
   const port = await freePort()
@@ -79,12 +69,6 @@ const toMs = (value: string) => {
   return match[2] === "us" ? n / 1000 : match[2] === "s" ? n * 1000 : n
 }
 
-/** CPU seconds (user + system) a process has used, from /proc/<pid>/stat (clock ticks of 1/100 s). */
-const cpuSeconds = (pid: number) => {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
-  return (Number(fields[11]) + Number(fields[12])) / 100
-}
-
 interface Load {
   /** Server CPU per request, in µs (heavy runs only). */
   cpuUs?: number
@@ -105,15 +89,6 @@ const wrk = (port: number, connections: number, duration = seconds): Load => {
   }
 }
 
-const median = (values: ReadonlyArray<number>) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
-}
-const percentile = (values: Array<number>, p: number) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
-}
 const fmt = (n: number, digits = 2) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
 
 /** Streams through `port`, from core 1 (this process is pinned there by the caller's command). */
@@ -122,31 +97,7 @@ const streams = async (port: number, count: number, tokens: number) => {
   const ttft: Array<number> = []
   const gaps: Array<number> = []
   const body = JSON.stringify({ model: "m", messages: [{ role: "user", content: "go" }], max_tokens: tokens, stream: true })
-  const one = () =>
-    new Promise<void>((resolve) => {
-      const startedAt = performance.now()
-      let last = 0
-      let buffered = ""
-      const req = request({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
-        res.setEncoding("utf8")
-        res.on("data", (chunk: string) => {
-          const now = performance.now()
-          buffered += chunk
-          let at: number
-          while ((at = buffered.indexOf("\n\n")) !== -1) {
-            const event = buffered.slice(0, at)
-            buffered = buffered.slice(at + 2)
-            if (!event.includes("\"content\"")) continue
-            if (last === 0) ttft.push(now - startedAt)
-            else gaps.push(now - last)
-            last = now
-          }
-        })
-        res.on("end", resolve)
-      })
-      req.on("error", () => resolve())
-      req.end(body)
-    })
+  const one = () => timedStream(port, agent, body, ttft, gaps)
   await Promise.all(Array.from({ length: 20 }, one)) // warm-up
   ttft.length = 0
   gaps.length = 0
@@ -167,7 +118,7 @@ const main = async () => {
   print()
   print(`Node ${process.version}; ${rounds} alternating rounds of ${seconds} s; ${pinned ? "proxies on core 0, stub, wrk and stream client on core 1" : "not pinned (no taskset)"}.`)
   print()
-  const stub = await startOn(1, ["dist/bench/upstream-stub.js"], { SIM_TTFT_MS: "50", SIM_ITL_MS: "10" }, "/health")
+  const stub = await startOn(1, ["dist/bench/sse-baseline.js"], { SIM_TTFT_MS: "50", SIM_ITL_MS: "10" }, "/health")
   const connectionsNow = async () => JSON.parse((await get(stub.port, "/stats")).body).connections as number
   const upstreamEnv = { MODEL_BACKEND: "upstream", UPSTREAMS: `http://127.0.0.1:${stub.port}`, MODEL_REF: "m", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0" }
   const targets = {

@@ -12,11 +12,11 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
-import { request } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { freePort, sleep } from "../test/support/Processes.ts"
+import { cpuSeconds, get, median } from "./BenchSupport.ts"
 import { onCore, pinned } from "./pinning.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -42,16 +42,6 @@ const command: Record<Target, ReadonlyArray<string>> = {
  * the scheduler's placement does not add noise. Without taskset, unpinned.
  */
 
-const get = (port: number, path: string) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
-      let body = ""
-      res.on("data", (chunk) => (body += chunk))
-      res.on("end", () => resolve({ status: res.statusCode!, body }))
-    })
-    req.on("error", reject)
-    req.end()
-  })
 
 interface Server {
   readonly child: ChildProcess
@@ -93,16 +83,6 @@ const peakRssMiB = (pid: number) => {
   return match ? Number(match[1]) / 1024 : NaN
 }
 
-/**
- * CPU seconds (user + system) from `/proc/<pid>/stat`: the process's own
- * (utime, stime), or its finished children's (cutime, cstime: the wrk runs).
- * Fields counted after the command name, in clock ticks of 1/100 s.
- */
-const cpuSeconds = (pid: number | "self", whose: "own" | "children" = "own") => {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
-  const first = whose === "own" ? 11 : 13
-  return (Number(fields[first]) + Number(fields[first + 1])) / 100
-}
 
 const wrkScript = join(tmpdir(), "inference-router-bench.lua")
 writeFileSync(
@@ -167,11 +147,6 @@ const runWrk = (server: Server, connections: number): LoadResult => {
   }
 }
 
-const median = (values: ReadonlyArray<number>) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
-}
 const fmt = (n: number, digits = 1) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
 
 const lines: Array<string> = []

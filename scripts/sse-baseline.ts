@@ -1,8 +1,14 @@
 /**
- * The streaming benchmark's baseline: a bare `node:http` server answering
- * POST /v1/chat/completions with the router's SSE frames on the same schedule
- * (first token after SIM_TTFT_MS, the rest every SIM_ITL_MS), no admission,
- * no Effect. PORT, SIM_TTFT_MS, SIM_ITL_MS from the environment.
+ * A bare `node:http` model server speaking the OpenAI API as vLLM frames it,
+ * with no admission and no Effect, for two benchmarks:
+ * - bench:streams: the baseline the router's own streams are compared with:
+ *   the router's SSE frames on the same schedule (first token after
+ *   SIM_TTFT_MS, then one every SIM_ITL_MS, one `setTimeout` each);
+ * - bench:upstream: the model server both the router (MODEL_BACKEND=upstream)
+ *   and a bare proxy forward to: JSON answers at once, `GET /health` for the
+ *   router's checks, and `GET /stats`, the TCP connections it accepted (are
+ *   they reused?).
+ * PORT, SIM_TTFT_MS, SIM_ITL_MS from the environment.
  */
 import { randomUUID } from "node:crypto"
 import { createServer } from "node:http"
@@ -11,9 +17,11 @@ const port = Number(process.env.PORT ?? 8090)
 const ttftMs = Number(process.env.SIM_TTFT_MS ?? 50)
 const itlMs = Number(process.env.SIM_ITL_MS ?? 10)
 const words = ["the", "model", "router", "token", "stream"]
+let connections = 0
 
-createServer((request, response) => {
-  if (request.url === "/readyz") return response.end("{\"status\":\"ready\"}")
+const server = createServer((request, response) => {
+  if (request.url === "/readyz" || request.url === "/health") return response.end("{\"status\":\"ready\"}")
+  if (request.url === "/stats") return response.end(JSON.stringify({ connections }))
   const chunks: Array<Buffer> = []
   request.on("data", (chunk) => chunks.push(chunk))
   request.on("end", () => {
@@ -21,6 +29,18 @@ createServer((request, response) => {
     const max: number = body.max_tokens ?? 16
     const id = `chatcmpl-${randomUUID()}`
     const created = Math.floor(Date.now() / 1000)
+    if (!body.stream) {
+      const text = JSON.stringify({
+        id,
+        object: "text_completion",
+        created,
+        model: body.model,
+        choices: [{ index: 0, text: " the model router", logprobs: null, finish_reason: "length" }],
+        usage: { prompt_tokens: 2, completion_tokens: 3, total_tokens: 5 }
+      })
+      response.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
+      return response.end(text)
+    }
     const frame = (delta: object, finish: string | null) =>
       `data: ${JSON.stringify({ id, object: "chat.completion.chunk", created, model: body.model, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] })}\n\n`
     response.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache" })
@@ -36,4 +56,7 @@ createServer((request, response) => {
     timer = setTimeout(next, ttftMs)
     response.on("close", () => clearTimeout(timer))
   })
-}).listen(port, "127.0.0.1")
+})
+server.on("connection", () => connections++)
+server.keepAliveTimeout = 60_000
+server.listen(port, "127.0.0.1")

@@ -253,6 +253,22 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     for (const stop of [...running]) stop()
   }))
 
+  /**
+   * Runs `effect` (admission, then the work) in a fiber that a hang-up
+   * interrupts, and that ends with the server, after its grace period (a
+   * request still running then is answered as shutting down); `onExit` answers.
+   */
+  const runUntilHangUp = <A, E>(response: ServerResponse, effect: Effect.Effect<A, E>, onExit: (exit: Exit.Exit<A, E>) => void) => {
+    const fiber = runFork(effect)
+    Fiber.runIn(fiber, scope)
+    const hangUp = () => fiber.interruptUnsafe()
+    response.on("close", hangUp)
+    fiber.addObserver((exit) => {
+      response.off("close", hangUp)
+      onExit(exit)
+    })
+  }
+
   const frame = (data: unknown) => `data: ${JSON.stringify(data)}\n\n`
   const done = "data: [DONE]\n\n"
 
@@ -405,15 +421,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       }))
       return
     }
-    const fiber = runFork(admission.admit(work, { maxWaitMs }))
-    // Released when the server stops, after its grace period: streams still running then are ended.
-    Fiber.runIn(fiber, scope)
-    const hangUp = () => fiber.interruptUnsafe()
-    response.on("close", hangUp)
-    fiber.addObserver((exit) => {
-      response.off("close", hangUp)
-      answer(exit)
-    })
+    runUntilHangUp(response, admission.admit(work, { maxWaitMs }), answer)
   }
 
   /** Ends the response with one error frame and `[DONE]`: a started stream is never cut silently. */
@@ -562,13 +570,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         const hangUp = relay(request, response, parsed, body, arrivedAt, (failure) => resume(Effect.succeed(failure)))
         return Effect.sync(hangUp)
       })
-    const fiber = runFork(admission.admit(work, { maxWaitMs }))
-    // Released when the server stops, after its grace period: a request still queued then is answered 503.
-    Fiber.runIn(fiber, scope)
-    const hangUp = () => fiber.interruptUnsafe()
-    response.on("close", hangUp)
-    fiber.addObserver((exit) => {
-      response.off("close", hangUp)
+    runUntilHangUp(response, admission.admit(work, { maxWaitMs }), (exit) => {
       if (Exit.isSuccess(exit)) return forwarded(request, arrivedAt, queueMs, exit.value)
       const rejected = Cause.findError(exit.cause)
       if (Result.isSuccess(rejected)) {
