@@ -4,7 +4,7 @@
  * first token, inter-token latency, latency growing with load).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Effect, Fiber, Layer } from "effect"
+import { Clock, Effect, Fiber, Layer, Schema, SchemaGetter } from "effect"
 import { TestClock } from "effect/testing"
 import { Admission } from "../src/router/Admission.ts"
 import { defaultSimulation, RouterConfig } from "../src/router/Config.ts"
@@ -174,4 +174,17 @@ describe("the hand-written generation (generateUnsafe)", () => {
       assert.deepStrictEqual(seen, [0, 1])
       assert.isFalse(ended)
     }))
+})
+
+describe("the tokenizer's scan", () => {
+  const blanks = [" ", "\t", "\n", "\r", "\v", "\f", "\u00a0", "\u1680", "\u2000", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\ufeff", "\u200b", "\u0085"]
+  const Text = Schema.Array(Schema.Union([Schema.String, Schema.Literals(blanks)])).pipe(Schema.decodeTo(Schema.String, {
+    decode: SchemaGetter.transform((parts: ReadonlyArray<string>) => parts.join("")),
+    encode: SchemaGetter.transform((text: string) => [text])
+  }))
+
+  it.prop("is the rule /\\s*\\S+/g exactly, on any text", [Text], ([text]) => {
+    assert.deepStrictEqual(tokenize(text), text.match(/\s*\S+/g) ?? [])
+    assert.strictEqual(countTokens(text), (text.match(/\s*\S+/g) ?? []).length)
+  })
 })
