@@ -52,7 +52,7 @@ describe("routing to upstream model servers", () => {
   })
 
   it("sends fewer requests to a slower upstream (least request)", async () => {
-    const [slow, fast] = await Promise.all([startUpstream({ SIM_LATENCY_MS: "150" }), startUpstream({ SIM_LATENCY_MS: "5" })])
+    const [slow, fast] = await Promise.all([startUpstream({ SIM_LATENCY_MS: "300" }), startUpstream({ SIM_LATENCY_MS: "5" })])
     const front = await startFront([slow, fast])
     const counts = new Map<string, number>()
     await Promise.all(Array.from({ length: 6 }, async () => {

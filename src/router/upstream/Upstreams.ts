@@ -435,6 +435,8 @@ export class Upstreams extends Context.Service<Upstreams, {
               record(endpoint, connectFailed ? "connect_error" : "error")
               // Nothing reached the model: safe to try another upstream.
               if (connectFailed && canRetry(attempt, deadline)) return retryElsewhere()
+              // Out of attempts after others refused with Retry-After: that is the answer a client can act on.
+              if (connectFailed && refused !== undefined) return fail(refused)
               fail(
                 new UpstreamFailure({
                   status: 502,
