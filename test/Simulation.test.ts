@@ -140,8 +140,8 @@ describe("the hand-written generation (generateUnsafe)", () => {
       })
       assert.deepStrictEqual(seen, ["0:one", "1: two", "2: three", "3: four"])
       assert.deepStrictEqual({ ...generated, firstTokenMs: 0, processingMs: 0 }, { ...expected, firstTokenMs: 0, processingMs: 0 })
-      // A lower bound only, loose (timers are millisecond-grained; a slow machine is only later): the TTFT and the consumer's three waits.
-      assert.isAtLeast(generated.processingMs, 3 + 3 * 2 - 2)
+      // Timing itself is TestClock's to test (the Effect path); here only that the reported times are consistent.
+      assert.isAtMost(generated.firstTokenMs, generated.processingMs)
     }))
 
   it.live("with no delay at all a long generation runs in a loop, not by recursion", () =>
