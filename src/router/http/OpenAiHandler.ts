@@ -178,9 +178,9 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       maxTokens = body.max_tokens
     }
     if (maxTokens !== null && maxTokens !== undefined && maxTokens < 1) return badRequest("max_tokens must be at least 1", "max_tokens")
-    const promptTokens = countTokens(promptText)
+    // Counted for the simulated model only: an upstream model server counts (and limits) its own.
+    const promptTokens = upstreams.enabled ? 0 : countTokens(promptText)
     const limit = simulation.maxModelLen
-    // An upstream model server knows its own context length.
     if (!upstreams.enabled && promptTokens + (maxTokens ?? 0) > limit) {
       return badRequest(
         `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + (maxTokens ?? 0)} tokens (${promptTokens} in the ${kind === "chat" ? "messages" : "prompt"}, ${maxTokens ?? 0} for the completion).`,
