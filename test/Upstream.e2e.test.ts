@@ -47,8 +47,9 @@ describe("routing to upstream model servers", () => {
       assert.isTrue(connections !== undefined && connections >= 1 && connections <= 2, `connections to ${upstream.port}: ${connections}`)
     }
     const ok = await metricValue(front.port, `router_upstream_requests_total{upstream="127.0.0.1:${stable.port}",version="v1",status="200"}`)
-    // Every attempt counted, the chat request's too when it went there.
+    // Every attempt counted, the chat request's too when it went there; each one timed to its end.
     assert.include([stableCount, stableCount + 1], ok)
+    assert.strictEqual(await metricValue(front.port, `router_upstream_request_duration_seconds_count{upstream="127.0.0.1:${stable.port}"}`), ok)
   })
 
   it("sends fewer requests to a slower upstream (least request)", async () => {
@@ -156,10 +157,13 @@ describe("routing to upstream model servers", () => {
     const front = await startFront([upstream])
     const running = () => metricValue(upstream.port, `vllm:num_requests_running{model_name="m"}`)
     const stream = await openStream(front.port, "/v1/chat/completions", chatStream(200))
+    const inFlight = () => metricValue(front.port, `router_upstream_in_flight{upstream="127.0.0.1:${upstream.port}"}`)
     await stream.received(2)
     assert.strictEqual(await running(), 1)
+    assert.strictEqual(await inFlight(), 1)
     stream.hangUp()
     await until(async () => (await running()) === 0, "the upstream to stop generating", 5_000)
+    await until(async () => (await inFlight()) === 0, "the front's in-flight count to drop", 5_000)
     await until(async () => (await metricValue(front.port, "router_requests_running")) === 0, "the front's slot to free", 5_000)
   })
 

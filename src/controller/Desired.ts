@@ -38,6 +38,12 @@ export type EnvDecision =
   | { readonly variable: string; readonly from: "secret"; readonly field: string; readonly why: string }
   | { readonly variable: string; readonly from: "router"; readonly why: string }
 
+/** Settings the Deployment leaves unset (the router's default), each named: a new one gets a decision only when someone makes one. */
+const leftToRouter = (why: string, ...variables: ReadonlyArray<string>): Array<EnvDecision> =>
+  variables.map((variable) => ({ variable, from: "router", why }))
+
+const rarelyPerService = "rarely differs per service; set it through `spec.env`"
+
 const upstreamField = (variable: string, field: keyof NonNullable<InferenceServiceSpec["upstreamPolicy"]>): EnvDecision => ({
   variable,
   from: "spec",
@@ -94,23 +100,15 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   upstreamField("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "firstByteTimeoutMs"),
   upstreamField("UPSTREAM_IDLE_TIMEOUT_MS", "idleTimeoutMs"),
   upstreamField("UPSTREAM_HEALTH_INTERVAL_MS", "healthIntervalMs"),
-  ...["UPSTREAM_HEALTH_TIMEOUT_MS"].map((variable): EnvDecision => ({
-    variable,
-    from: "router",
-    why: "rarely differs per service; set it through `spec.env`"
-  })),
+  ...leftToRouter(rarelyPerService, "UPSTREAM_HEALTH_TIMEOUT_MS"),
   upstreamField("UPSTREAM_EJECT_AFTER", "ejectAfter"),
   upstreamField("UPSTREAM_EJECT_BASE_MS", "ejectBaseMs"),
   upstreamField("UPSTREAM_MAX_EJECTED_PERCENT", "maxEjectedPercent"),
   upstreamField("UPSTREAM_RETRIES", "retries"),
-  ...["UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS"].map((variable): EnvDecision => ({
-    variable,
-    from: "router",
-    why: "rarely differs per service; set it through `spec.env`"
-  })),
+  ...leftToRouter(rarelyPerService, "UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS"),
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
-  // Listed one by one on purpose: a setting the router gains gets a decision only when someone makes one.
-  ...[
+  ...leftToRouter(
+    "tuning of the simulated model, not a property of the service; set it through `spec.env`",
     "SIM_MODE",
     "SIM_SEED",
     "SIM_TTFT_MS",
@@ -122,11 +120,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     "SIM_MAX_MODEL_LEN",
     "SIM_FAILURE_RATE",
     "SIM_FAILURE_TYPES"
-  ].map((variable): EnvDecision => ({
-    variable,
-    from: "router",
-    why: "tuning of the simulated model, not a property of the service; set it through `spec.env`"
-  })),
+  ),
   routerField("MAX_BODY_BYTES", "maxBodyBytes"),
   routerField("SHUTDOWN_DELAY_MS", "shutdownDelayMs", defaults.shutdownDelayMs),
   routerField("SHUTDOWN_TIMEOUT_MS", "shutdownTimeoutMs", defaults.shutdownTimeoutMs),

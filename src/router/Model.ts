@@ -281,7 +281,6 @@ export class Model extends Context.Service<Model, {
           Effect.gen(function*() {
             const startedAt = clock.currentTimeNanosUnsafe()
             const answer = yield* upstreams.fetch({
-              method: "POST",
               path: "/v1/completions",
               body: JSON.stringify({ model: modelRef, prompt }),
               headers: requestId === undefined ? { "content-type": "application/json" } : { "content-type": "application/json", "x-request-id": requestId }

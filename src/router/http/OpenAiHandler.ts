@@ -161,15 +161,19 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       return apiError(404, "invalid_request_error", "model_not_found", `the model "${body.model}" does not exist; this router serves "${config.modelRef}"`, "model")
     }
     if (body.n !== undefined && body.n !== null && body.n !== 1) return badRequest("only n=1 is supported", "n")
-    let echoText: string
-    let promptText: string
+    // The prompt's text, echo text and token count are the simulated model's: an upstream model
+    // server reads (and counts, and limits) the request itself.
+    const simulated = !upstreams.enabled
+    let echoText = ""
+    let promptText = ""
     let maxTokens: number | null | undefined
     if ("messages" in body) {
       if (body.messages.length === 0) return badRequest("messages must not be empty", "messages")
-      const texts = body.messages.map((message) => contentText(message.content))
-      promptText = texts.join("\n")
-      const lastUser = [...body.messages].reverse().find((message) => message.role === "user")
-      echoText = contentText(lastUser?.content ?? body.messages[body.messages.length - 1].content)
+      if (simulated) {
+        promptText = body.messages.map((message) => contentText(message.content)).join("\n")
+        const lastUser = body.messages.findLast((message) => message.role === "user")
+        echoText = contentText(lastUser?.content ?? body.messages[body.messages.length - 1].content)
+      }
       maxTokens = body.max_completion_tokens ?? body.max_tokens
     } else {
       const prompts = typeof body.prompt === "string" ? [body.prompt] : body.prompt
@@ -178,10 +182,9 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       maxTokens = body.max_tokens
     }
     if (maxTokens !== null && maxTokens !== undefined && maxTokens < 1) return badRequest("max_tokens must be at least 1", "max_tokens")
-    // Counted for the simulated model only: an upstream model server counts (and limits) its own.
-    const promptTokens = upstreams.enabled ? 0 : countTokens(promptText)
+    const promptTokens = simulated ? countTokens(promptText) : 0
     const limit = simulation.maxModelLen
-    if (!upstreams.enabled && promptTokens + (maxTokens ?? 0) > limit) {
+    if (simulated && promptTokens + (maxTokens ?? 0) > limit) {
       return badRequest(
         `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + (maxTokens ?? 0)} tokens (${promptTokens} in the ${kind === "chat" ? "messages" : "prompt"}, ${maxTokens ?? 0} for the completion).`,
         kind === "chat" ? "messages" : "prompt",
@@ -244,8 +247,8 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     })
 
   /**
-   * Requests served without a fiber (a free slot at arrival), each with the
-   * function that ends it: at the end of a drain they are ended as fibers
+   * Requests served without a fiber (see `runWithoutFiber`), each with the
+   * function that interrupts it: at the end of a drain they end as fibers
    * are interrupted (an error frame after a started stream, else a 503).
    */
   const running = new Set<() => void>()
@@ -269,8 +272,57 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     })
   }
 
+  /**
+   * The same, without a fiber, for a request that found a slot free: `start`
+   * begins the work, hands it the function that completes it, and returns the
+   * function that stops it. A hang-up or the end of a drain stops it and ends
+   * it as an interruption, as `runUntilHangUp`'s fiber would be.
+   */
+  const runWithoutFiber = <A>(response: ServerResponse, start: (complete: (value: A) => void) => () => void, onExit: (exit: Exit.Exit<A>) => void) => {
+    let ended = false
+    let stop = () => {}
+    const end = (exit: Exit.Exit<A>) => {
+      if (ended) return
+      ended = true
+      running.delete(interrupt)
+      response.off("close", interrupt)
+      onExit(exit)
+    }
+    const interrupt = () => {
+      stop()
+      end(Exit.interrupt())
+    }
+    running.add(interrupt)
+    response.on("close", interrupt)
+    stop = start((value) => end(Exit.succeed(value)))
+  }
+
   const frame = (data: unknown) => `data: ${JSON.stringify(data)}\n\n`
   const done = "data: [DONE]\n\n"
+
+  /** Ends the response with one error frame and `[DONE]`: a started stream is never cut silently. */
+  const endWithErrorFrame = (response: ServerResponse, error: ApiError) =>
+    response.end(frame({ error: { message: error.message, type: error.type, param: null, code: error.code } }) + done)
+
+  /**
+   * Answers a request whose work did not succeed: shed by admission, stopped
+   * by a hang-up (nothing to answer) or the end of a drain (503, or an error
+   * frame after a started stream), or failed (logged; 500 or an error frame).
+   */
+  const answerFailure = (request: IncomingMessage, response: ServerResponse, cause: Cause.Cause<Rejected>, queueMs: number) => {
+    const rejected = Cause.findError(cause)
+    if (Result.isSuccess(rejected)) {
+      noteOutcome(request, { reason: rejected.success.reason })
+      return fail(request, response, rejection(rejected.success))
+    }
+    if (response.destroyed || response.writableEnded) return
+    const stopping = Cause.hasInterruptsOnly(cause)
+    if (stopping) noteOutcome(request, { reason: "shutting_down", queueMs })
+    else runFork(Effect.logError("request failed", cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
+    const error = stopping ? shuttingDown : apiError(500, "server_error", "internal_error", "the router failed to handle this request")
+    if (!response.headersSent) return fail(request, response, error)
+    endWithErrorFrame(response, error)
+  }
 
   const serve = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, maxWaitMs: number | undefined) => {
     const arrivedAt = performance.now()
@@ -379,54 +431,28 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
           }
         return sendJson(request, response, 200, body, { "server-timing": `queue;dur=${queueMs}, model;dur=${generated.processingMs}` })
       }
-      const rejected = Cause.findError(exit.cause)
-      if (Result.isSuccess(rejected)) {
-        noteOutcome(request, { reason: rejected.success.reason })
-        return fail(request, response, rejection(rejected.success))
-      }
-      if (response.destroyed) return // the client hung up: nothing to answer
-      const stopping = Cause.hasInterruptsOnly(exit.cause)
-      if (stopping) noteOutcome(request, { reason: "shutting_down", queueMs })
-      else runFork(Effect.logError("request failed", exit.cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
-      const error = stopping ? shuttingDown : apiError(500, "server_error", "internal_error", "the router failed to handle this request")
-      if (!response.headersSent) return fail(request, response, error)
-      // A stream already started: one error frame, then [DONE]; nothing is cut silently.
-      response.end(frame({ error: { message: error.message, type: error.type, param: null, code: error.code } }) + done)
+      answerFailure(request, response, exit.cause, queueMs)
     }
 
     const generateUnsafe = model.generateUnsafe
     const leave = generateUnsafe === undefined ? undefined : admission.enterUnsafe()
     if (generateUnsafe !== undefined && leave !== undefined) {
-      // A slot was free: no fiber. Ended by its last token, a hang-up, or the end of a drain.
-      let ended = false
-      const end = (exit: Exit.Exit<Generated, Rejected>) => {
-        if (ended) return
-        ended = true
-        running.delete(stopNow)
-        response.off("close", hangUp)
-        leave(Exit.void)
-        answer(exit)
-      }
-      const stopNow = () => {
-        stop()
-        end(Exit.interrupt())
-      }
-      const hangUp = stopNow
-      running.add(stopNow)
-      response.on("close", hangUp)
       begin(0)
-      const stop = generateUnsafe(generation, sink((generated) => {
-        if (parsed.stream && !response.destroyed) response.write(tail(generated))
-        end(Exit.succeed(generated))
-      }))
-      return
+      return runWithoutFiber<Generated>(
+        response,
+        (complete) =>
+          generateUnsafe(generation, sink((generated) => {
+            if (parsed.stream && !response.destroyed) response.write(tail(generated))
+            complete(generated)
+          })),
+        (exit) => {
+          leave(Exit.void)
+          answer(exit)
+        }
+      )
     }
     runUntilHangUp(response, admission.admit(work, { maxWaitMs }), answer)
   }
-
-  /** Ends the response with one error frame and `[DONE]`: a started stream is never cut silently. */
-  const endWithErrorFrame = (response: ServerResponse, error: ApiError) =>
-    response.end(frame({ error: { message: error.message, type: error.type, param: null, code: error.code } }) + done)
 
   const upstreamApiError = (error: UpstreamFailure): ApiError => ({
     ...apiError(
@@ -445,11 +471,12 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
    * Forwards one admitted request and relays the answer: JSON as one whole
    * response, SSE as it arrives (only whole events, so an error frame after a
    * broken upstream stands alone), pausing the upstream while the client's
-   * socket is full. Calls `done` once, when the client has its answer or is
-   * gone; a client that hangs up aborts the upstream request. Plain callbacks
-   * for the same reason as Upstreams.forwardUnsafe: it runs once per request.
+   * socket is full. Calls `done` once the client has its answer (with the
+   * failure, if the upstream gave none); returns the function that aborts the
+   * upstream request. Plain callbacks for the same reason as
+   * Upstreams.forwardUnsafe: it runs once per request.
    */
-  const relay = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, arrivedAt: number, done: (failure: UpstreamFailure | undefined) => void) => {
+  const relay = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, arrivedAt: number, done: (failure: UpstreamFailure | undefined) => void): () => void => {
     const outgoing: Record<string, string> = { "content-type": "application/json", "x-request-id": request.headers[requestIdHeader] as string }
     const forced = request.headers[simFailureHeader]
     // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
@@ -460,30 +487,8 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     let answer: UpstreamResponse | undefined
     let headers: Record<string, string | number> | undefined
     let firstChunk = true
-    let finished = false
-    let abort: () => void = () => {}
-    const finish = (failure: UpstreamFailure | undefined) => {
-      if (finished) return
-      finished = true
-      running.delete(stop)
-      response.off("close", hangUp)
-      done(failure)
-    }
-    const hangUp = () => {
-      abort()
-      finish(undefined)
-    }
-    /** The end of a drain: the answer so far, then an error frame. */
-    const stop = () => {
-      abort()
-      if (!response.headersSent) fail(request, response, shuttingDown)
-      else if (!response.writableEnded) endWithErrorFrame(response, shuttingDown)
-      finish(undefined)
-    }
     const onDrain = () => answer?.resume()
-    running.add(stop)
-    response.on("close", hangUp)
-    abort = upstreams.forwardUnsafe({ method: "POST", path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath, body, headers: outgoing }, {
+    return upstreams.forwardUnsafe({ path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath, body, headers: outgoing }, {
       onResponse: (upstream) => {
         answer = upstream
         headers = { ...headersOf(request), [upstreamHeader]: upstream.upstream }
@@ -529,63 +534,44 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
           response.writeHead(answer!.status, headers)
           response.end(text)
         }
-        finish(undefined)
+        done(undefined)
       },
       onError: (failure) => {
         if (!response.headersSent) fail(request, response, upstreamApiError(failure))
         else endWithErrorFrame(response, upstreamApiError(failure))
-        finish(failure)
+        done(failure)
       }
     })
-    return hangUp
-  }
-
-  /** Notes how a forwarded request ended, for metrics and the access log. */
-  const forwarded = (request: IncomingMessage, arrivedAt: number, queueMs: number, failure: UpstreamFailure | undefined) => {
-    if (failure === undefined) {
-      vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
-      noteOutcome(request, { queueMs })
-    } else {
-      noteOutcome(request, { reason: failure.code, queueMs })
-    }
   }
 
   /** MODEL_BACKEND=upstream: the request, admitted, forwarded to an upstream as it came. */
   const forward = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, maxWaitMs: number | undefined) => {
     const arrivedAt = performance.now()
+    let queueMs = 0
+    /** How it ended, for metrics and the access log. */
+    const answer = (exit: Exit.Exit<UpstreamFailure | undefined, Rejected>) => {
+      if (Exit.isFailure(exit)) return answerFailure(request, response, exit.cause, queueMs)
+      const failure = exit.value
+      if (failure !== undefined) return noteOutcome(request, { reason: failure.code, queueMs })
+      vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
+      noteOutcome(request, { queueMs })
+    }
     const leave = admission.enterUnsafe()
     if (leave !== undefined) {
       // A slot was free: the common case, no fiber.
       vllm.queueTime.updateUnsafe(0, metrics)
-      return void relay(request, response, parsed, body, arrivedAt, (failure) => {
+      return runWithoutFiber<UpstreamFailure | undefined>(response, (complete) => relay(request, response, parsed, body, arrivedAt, complete), (exit) => {
         leave(Exit.void)
-        forwarded(request, arrivedAt, 0, failure)
+        answer(exit)
       })
     }
-    let queueMs = 0
     const work = ({ waitedMs }: { readonly waitedMs: number }) =>
       Effect.callback<UpstreamFailure | undefined>((resume) => {
         queueMs = waitedMs
         vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
-        const hangUp = relay(request, response, parsed, body, arrivedAt, (failure) => resume(Effect.succeed(failure)))
-        return Effect.sync(hangUp)
+        return Effect.sync(relay(request, response, parsed, body, arrivedAt, (failure) => resume(Effect.succeed(failure))))
       })
-    runUntilHangUp(response, admission.admit(work, { maxWaitMs }), (exit) => {
-      if (Exit.isSuccess(exit)) return forwarded(request, arrivedAt, queueMs, exit.value)
-      const rejected = Cause.findError(exit.cause)
-      if (Result.isSuccess(rejected)) {
-        noteOutcome(request, { reason: rejected.success.reason })
-        return fail(request, response, rejection(rejected.success))
-      }
-      if (response.destroyed || response.writableEnded) return // the client hung up (the upstream request was aborted), or already answered
-      if (Cause.hasInterruptsOnly(exit.cause)) {
-        noteOutcome(request, { reason: "shutting_down", queueMs })
-        if (!response.headersSent) return fail(request, response, shuttingDown)
-        return endWithErrorFrame(response, shuttingDown)
-      }
-      runFork(Effect.logError("request failed", exit.cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
-      if (!response.headersSent) fail(request, response, apiError(500, "server_error", "internal_error", "the router failed to handle this request"))
-    })
+    runUntilHangUp(response, admission.admit(work, { maxWaitMs }), answer)
   }
 
   const handle = (kind: Kind) => (request: IncomingMessage, response: ServerResponse, awaitsContinue: boolean) => {

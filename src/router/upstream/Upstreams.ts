@@ -37,8 +37,8 @@ export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
   readonly retryAfterSeconds: number | undefined
 }> {}
 
+/** A POST to an upstream (completions: the only requests the router forwards). */
 export interface ForwardRequest {
-  readonly method: "GET" | "POST"
   /** The path after the upstream's prefix, e.g. `/v1/chat/completions`. */
   readonly path: string
   readonly body: string | undefined
@@ -354,7 +354,7 @@ export class Upstreams extends Context.Service<Upstreams, {
             start()
           }
           member.pool.dispatch({
-            method: request.method,
+            method: "POST",
             path: `${endpoint.target.prefix}${request.path}`,
             headers: request.headers,
             body: request.body,
