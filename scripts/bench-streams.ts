@@ -1,13 +1,32 @@
 /**
  * Streaming benchmark: the router's /v1/chat/completions (bundled, production
  * flags) against a bare node:http SSE server emitting the same frames on the
- * same schedule (scripts/sse-baseline.ts), in the same run, alternating. The
- * load generator (this process) opens N concurrent streams and timestamps
- * every `data:` frame: time to first token and inter-token gaps, p50/p99; the
- * router's added latency is its figure minus the baseline's. Each run warms up
- * with 50 streams first; measured streams start spread over 250 ms. Servers on core
- * 0, this process on core 1 (taskset). RSS with N streams open.
- *   npm run bench:streams     # BENCH_STREAMS=100,250,500,1000 BENCH_TOKENS=200
+ * same schedule (scripts/sse-baseline.ts), in the same run, taking turns
+ * level by level (the order alternating). TTFT 50 ms, 200 tokens per stream.
+ *
+ * Each level is N concurrent streams with an inter-token gap: "250" is 250
+ * streams at 10 ms, "1000@50" 1,000 at 50 ms. At 10 ms, 1,000 streams are
+ * 100,000 tokens a second, more than one core sends for the bare server too
+ * (its gaps stretch), so the default run's 1,000 streams are at 50 ms (as an
+ * engine's gaps grow with its batch).
+ *
+ * Steady arrivals (the default): N clients, their first streams started over
+ * one stream's lifetime, each starting a new stream as its last ends, so N
+ * are open at every moment and new ones arrive at the rate of steady service;
+ * the streams started after the first lifetime are measured, at least 1,000.
+ * BENCH_ARRIVALS=burst instead starts the N streams within 250 ms, once (a
+ * surge of new streams: it measures how fast each accepts them).
+ *
+ * Both servers start once per gap and are warmed up alike (2,000 short
+ * streams, then one untimed round of up to 250), so what is measured is each
+ * one's steady state, not V8 compiling the router's larger request path;
+ * BENCH_COLD=1 measures a fresh process per level after 50 warm-up streams.
+ *
+ * The load generator (this process) timestamps every `data:` frame: time to
+ * first token and inter-token gaps, p50/p99; the router's added latency is
+ * its figure minus the baseline's. Server CPU per delivered token; RSS with N
+ * streams open. Servers on core 0, this process on core 1 (taskset).
+ *   npm run bench:streams     # BENCH_STREAMS=50,100,250,500,1000@50 (the default), ~8 minutes
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -17,9 +36,17 @@ import { freePort, sleep, until } from "../test/support/Processes.ts"
 import { onCore, pinned, pinSelf } from "./pinning.ts"
 
 const ttftMs = 50
-const itlMs = 10
-const tokens = Number(process.env.BENCH_TOKENS ?? 200)
-const levels = (process.env.BENCH_STREAMS ?? "100,250,500,1000").split(",").map(Number)
+const tokens = 200
+const cold = process.env.BENCH_COLD === "1"
+const arrivals = process.env.BENCH_ARRIVALS === "burst" ? "burst" : "steady"
+interface Level {
+  readonly streams: number
+  readonly itlMs: number
+}
+const levels: Array<Level> = (process.env.BENCH_STREAMS ?? "50,100,250,500,1000@50").split(",").map((item) => {
+  const [streams, itlMs = "10"] = item.split("@")
+  return { streams: Number(streams), itlMs: Number(itlMs) }
+})
 
 pinSelf(1)
 
@@ -29,7 +56,7 @@ const commands: Record<Target, Array<string>> = {
   baseline: ["dist/bench/sse-baseline.js"]
 }
 
-const start = async (target: Target, port: number): Promise<ChildProcess> => {
+const start = async (target: Target, port: number, itlMs: number): Promise<ChildProcess> => {
   const env = {
     PATH: process.env.PATH ?? "",
     PORT: String(port),
@@ -62,7 +89,7 @@ const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc
 
 
 interface Result {
-  /** Server CPU per token delivered in the measured streams, in µs. */
+  /** Server CPU per token delivered in the round (measured or not), in µs. */
   readonly cpuUsPerToken: number
   readonly ttft: Array<number>
   readonly gaps: Array<number>
@@ -70,52 +97,122 @@ interface Result {
   readonly rss: number
 }
 
-const run = async (target: Target, streams: number): Promise<Result> => {
-  const port = await freePort()
-  const child = await start(target, port)
+const shortBody = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: 2, stream: true })
+const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: tokens, stream: true })
+
+const lifetimeOf = (itlMs: number) => ttftMs + tokens * itlMs
+
+/** `streams` concurrent streams of `body` (steady or burst arrivals: see the top). */
+const round = async (port: number, { streams, itlMs }: Level, onOpen?: () => void) => {
   const agent = new Agent({ keepAlive: false, maxSockets: Infinity })
+  const lifetimeMs = lifetimeOf(itlMs)
   const ttft: Array<number> = []
   const gaps: Array<number> = []
-  let completed = 0
-  let rss = 0
-  const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: tokens, stream: true })
-  const one = async () => {
-    if (await timedStream(port, agent, body, ttft, gaps)) completed++
+  let measured = 0
+  let delivered = 0
+  const t0 = performance.now()
+  const burst = arrivals === "burst"
+  const spread = burst ? 250 : lifetimeMs
+  const measuredFrom = burst ? t0 : t0 + lifetimeMs
+  // At least 1,000 measured streams, so that a p99 is not one stream's figure.
+  const lastStart = burst ? t0 : measuredFrom + Math.ceil(1000 / streams) * lifetimeMs
+  const client = async (i: number) => {
+    await sleep((spread * i) / streams)
+    do {
+      const startedAt = performance.now()
+      const own = { ttft: [] as Array<number>, gaps: [] as Array<number> }
+      const completed = await timedStream(port, agent, body, own.ttft, own.gaps)
+      if (completed) delivered++
+      if (completed && startedAt >= measuredFrom) {
+        measured++
+        ttft.push(...own.ttft)
+        gaps.push(...own.gaps)
+      }
+    } while (performance.now() < lastStart)
   }
-  // Warm-up (untimed): the JIT compiles the hot paths before anything is measured.
-  await Promise.all(Array.from({ length: 50 }, one))
-  ttft.length = 0
-  gaps.length = 0
-  completed = 0
-  const cpuBefore = cpuSeconds(child.pid!)
-  // Streams start spread over 250 ms, as independent clients would, not in one burst.
-  const all = Array.from({ length: streams }, (_, i) => sleep((250 * i) / streams).then(one))
-  // RSS with every stream open (sampled mid-way through the streams' life).
-  await sleep(250 + ttftMs + (tokens * itlMs) / 2)
-  rss = rssMiB(child.pid!)
+  const all = Array.from({ length: streams }, (_, i) => client(i))
+  if (onOpen) {
+    await sleep(burst ? 250 + lifetimeMs / 2 : 1.5 * lifetimeMs)
+    onOpen()
+  }
   await Promise.all(all)
-  const cpuUsPerToken = ((cpuSeconds(child.pid!) - cpuBefore) * 1e6) / (completed * tokens)
-  child.kill("SIGTERM")
-  await new Promise((resolve) => child.once("exit", resolve))
+  return { ttft, gaps, completed: measured, tokensDelivered: delivered * tokens }
+}
+
+/** Untimed: the same request path and token path as measured, until V8 has compiled them. */
+const warmUp = async (port: number, itlMs: number) => {
+  const agent = new Agent({ keepAlive: false, maxSockets: Infinity })
+  if (cold) {
+    await Promise.all(Array.from({ length: 50 }, () => timedStream(port, agent, body, [], [])))
+    return
+  }
+  for (let batch = 0; batch < 40; batch++) {
+    await Promise.all(Array.from({ length: 50 }, () => timedStream(port, agent, shortBody, [], [])))
+  }
+  await round(port, { streams: 250, itlMs })
+}
+
+const measure = async (port: number, pid: number, level: Level): Promise<Result> => {
+  const cpuBefore = cpuSeconds(pid)
+  let rss = 0
+  const { ttft, gaps, completed, tokensDelivered } = await round(port, level, () => (rss = rssMiB(pid)))
+  const cpuUsPerToken = ((cpuSeconds(pid) - cpuBefore) * 1e6) / tokensDelivered
   return { cpuUsPerToken, ttft, gaps, completed, rss }
+}
+
+const servers = new Map<Target, { child: ChildProcess; port: number; itlMs: number }>()
+const stop = async (target: Target) => {
+  const running = servers.get(target)
+  if (running === undefined) return
+  servers.delete(target)
+  running.child.kill("SIGTERM")
+  await new Promise((resolve) => running.child.once("exit", resolve))
+}
+/** The target's warm server for this gap (a new one when the gap changes, or for every level when cold). */
+const server = async (target: Target, itlMs: number) => {
+  const running = servers.get(target)
+  if (running !== undefined && running.itlMs === itlMs && !cold) return running
+  await stop(target)
+  const port = await freePort()
+  const child = await start(target, port, itlMs)
+  await warmUp(port, itlMs)
+  servers.set(target, { child, port, itlMs })
+  return servers.get(target)!
 }
 
 const fmt = (n: number) => n.toFixed(2)
 console.log(`# Streaming benchmark ${new Date().toISOString()}`)
 console.log()
-console.log(`Node ${process.version}; TTFT ${ttftMs} ms, ITL ${itlMs} ms, ${tokens} tokens per stream; ${pinned ? "servers on core 0, load generator on core 1" : "not pinned"}; 50 warm-up streams, then the measured ones started over 250 ms.`)
+console.log(`Node ${process.version}; TTFT ${ttftMs} ms, ${tokens} tokens per stream; ${pinned ? "servers on core 0, load generator on core 1" : "not pinned"}; ${cold ? "cold: a fresh process per level, 50 warm-up streams" : "warm: one process each per gap, 2,000 short streams and a round of 250 first"}; ${arrivals === "burst" ? "burst: the streams started within 250 ms" : "steady: N streams open at every moment, at least 1,000 measured after the first lifetime"}.`)
 console.log()
-console.log("| streams | target | completed | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | RSS MiB | CPU µs/token |")
-console.log("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-for (const streams of levels) {
+console.log("| streams | gap ms | target | measured | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | RSS MiB | CPU µs/token |")
+console.log("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+/** Per gap and target: the most streams whose inter-token p99 stayed within 1 ms, and within 2 ms, of the gap. */
+const held = new Map<string, { within1: number; within2: number }>()
+for (const [index, level] of levels.entries()) {
   const results: Partial<Record<Target, Result>> = {}
-  for (const target of ["baseline", "router"] as const) {
-    const result = await run(target, streams)
+  const order: Array<Target> = index % 2 === 0 ? ["baseline", "router"] : ["router", "baseline"]
+  for (const target of order) {
+    const { child, port } = await server(target, level.itlMs)
+    const result = await measure(port, child.pid!, level)
     results[target] = result
-    console.log(`| ${streams} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} |`)
+    const key = `${level.itlMs} ms, ${target}`
+    const most = held.get(key) ?? { within1: 0, within2: 0 }
+    const p99 = percentile(result.gaps, 99)
+    if (p99 <= level.itlMs + 1) most.within1 = Math.max(most.within1, level.streams)
+    if (p99 <= level.itlMs + 2) most.within2 = Math.max(most.within2, level.streams)
+    held.set(key, most)
   }
+  const row = (target: string, result: Result) =>
+    `| ${level.streams} | ${level.itlMs} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} |`
   const r = results.router!
   const b = results.baseline!
-  console.log(`| ${streams} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× | ${(r.cpuUsPerToken / b.cpuUsPerToken).toFixed(2)}× |`)
+  console.log(row("baseline", b))
+  console.log(row("router", r))
+  console.log(`| ${level.streams} | ${level.itlMs} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× | ${(r.cpuUsPerToken / b.cpuUsPerToken).toFixed(2)}× |`)
 }
+console.log()
+console.log("Most streams (of the levels run) with the inter-token p99 within 1 ms / 2 ms of the gap:")
+for (const [key, { within1, within2 }] of held) console.log(`- ${key}: ${within1 || "none"} / ${within2 || "none"}`)
+for (const target of ["baseline", "router"] as const) await stop(target)
 process.exit(0)

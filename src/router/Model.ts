@@ -66,6 +66,8 @@ export const makeTokenTimer = () => {
   const due = new Map<number, Array<() => void>>()
   let armedFor = Infinity
   let timer: ReturnType<typeof setTimeout> | undefined
+  /** The millisecond whose callbacks are running, if any. */
+  let firing: number | undefined
   const fire = () => {
     timer = undefined
     armedFor = Infinity
@@ -77,7 +79,9 @@ export const makeTokenTimer = () => {
         continue
       }
       due.delete(at)
+      firing = at
       for (const callback of callbacks) callback()
+      firing = undefined
     }
     // Callbacks may have added earlier-due entries (a zero delay): look again.
     for (const at of due.keys()) if (at < next) next = at
@@ -96,7 +100,13 @@ export const makeTokenTimer = () => {
      * measured about a millisecond more than a bare setTimeout).
      */
     after(ms: number, callback: () => void): void {
-      const at = Math.round(performance.now() + ms)
+      const now = performance.now()
+      // Counted from when the running callback was due, not from when its
+      // timer ran (up to a millisecond later; more is a stall and not made
+      // up for), as Node counts from the loop's time: gaps then average
+      // the configured one instead of that plus the timer's lateness.
+      const from = firing === undefined ? now : Math.max(firing, now - 1)
+      const at = Math.round(from + ms)
       const list = due.get(at)
       if (list === undefined) due.set(at, [callback])
       else list.push(callback)
