@@ -31,6 +31,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { Agent, request } from "node:http"
+import { monitorEventLoopDelay } from "node:perf_hooks"
 import { cpuSeconds, percentile, timedStream } from "./BenchSupport.ts"
 import { freePort, sleep, until } from "../test/support/Processes.ts"
 import { onCore, pinned, pinSelf } from "./pinning.ts"
@@ -95,6 +96,8 @@ interface Result {
   readonly gaps: Array<number>
   readonly completed: number
   readonly rss: number
+  /** The load generator's own event-loop delay, p99 and max (ms): how late it may have read a frame. */
+  readonly clientLag: { readonly p99: number; readonly max: number }
 }
 
 const shortBody = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: 2, stream: true })
@@ -155,9 +158,12 @@ const warmUp = async (port: number, itlMs: number) => {
 const measure = async (port: number, pid: number, level: Level): Promise<Result> => {
   const cpuBefore = cpuSeconds(pid)
   let rss = 0
+  const lag = monitorEventLoopDelay({ resolution: 1 })
+  lag.enable()
   const { ttft, gaps, completed, tokensDelivered } = await round(port, level, () => (rss = rssMiB(pid)))
+  lag.disable()
   const cpuUsPerToken = ((cpuSeconds(pid) - cpuBefore) * 1e6) / tokensDelivered
-  return { cpuUsPerToken, ttft, gaps, completed, rss }
+  return { cpuUsPerToken, ttft, gaps, completed, rss, clientLag: { p99: lag.percentile(99) / 1e6, max: lag.max / 1e6 } }
 }
 
 const servers = new Map<Target, { child: ChildProcess; port: number; itlMs: number }>()
@@ -185,8 +191,8 @@ console.log(`# Streaming benchmark ${new Date().toISOString()}`)
 console.log()
 console.log(`Node ${process.version}; TTFT ${ttftMs} ms, ${tokens} tokens per stream; ${pinned ? "servers on core 0, load generator on core 1" : "not pinned"}; ${cold ? "cold: a fresh process per level, 50 warm-up streams" : "warm: one process each per gap, 2,000 short streams and a round of 250 first"}; ${arrivals === "burst" ? "burst: the streams started within 250 ms" : "steady: N streams open at every moment, at least 1,000 measured after the first lifetime"}.`)
 console.log()
-console.log("| streams | gap ms | target | measured | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | RSS MiB | CPU µs/token |")
-console.log("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+console.log("| streams | gap ms | target | measured | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | RSS MiB | CPU µs/token | client lag p99 / max |")
+console.log("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 /** Per gap and target: the most streams whose inter-token p99 stayed within 1 ms, and within 2 ms, of the gap. */
 const held = new Map<string, { within1: number; within2: number }>()
 for (const [index, level] of levels.entries()) {
@@ -204,12 +210,12 @@ for (const [index, level] of levels.entries()) {
     held.set(key, most)
   }
   const row = (target: string, result: Result) =>
-    `| ${level.streams} | ${level.itlMs} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} |`
+    `| ${level.streams} | ${level.itlMs} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} | ${fmt(result.clientLag.p99)} / ${fmt(result.clientLag.max)} |`
   const r = results.router!
   const b = results.baseline!
   console.log(row("baseline", b))
   console.log(row("router", r))
-  console.log(`| ${level.streams} | ${level.itlMs} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× | ${(r.cpuUsPerToken / b.cpuUsPerToken).toFixed(2)}× |`)
+  console.log(`| ${level.streams} | ${level.itlMs} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× | ${(r.cpuUsPerToken / b.cpuUsPerToken).toFixed(2)}× | |`)
 }
 console.log()
 console.log("Most streams (of the levels run) with the inter-token p99 within 1 ms / 2 ms of the gap:")
