@@ -97,14 +97,14 @@ export const makeTokenTimer = () => {
     /**
      * Runs `callback` about `ms` from now, in the nearest whole millisecond
      * (Node's own timers fire up to a millisecond late; rounding up here too
-     * measured about a millisecond more than a bare setTimeout).
+     * measured about a millisecond more than a bare setTimeout). Called from
+     * a callback, "now" is when that callback was due, not when its timer ran
+     * (up to a millisecond later; a longer stall is not made up for), as Node
+     * counts a setTimeout from the loop's time: a stream's gaps then average
+     * the configured gap, not that plus the timer's lateness (BENCHMARKS.md 6c).
      */
     after(ms: number, callback: () => void): void {
       const now = performance.now()
-      // Counted from when the running callback was due, not from when its
-      // timer ran (up to a millisecond later; more is a stall and not made
-      // up for), as Node counts from the loop's time: gaps then average
-      // the configured one instead of that plus the timer's lateness.
       const from = firing === undefined ? now : Math.max(firing, now - 1)
       const at = Math.round(from + ms)
       const list = due.get(at)
