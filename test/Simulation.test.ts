@@ -8,7 +8,7 @@ import { Clock, Effect, Fiber, Layer, Schema, SchemaGetter } from "effect"
 import { TestClock } from "effect/testing"
 import { Admission } from "../src/router/Admission.ts"
 import { defaultSimulation, RouterConfig } from "../src/router/Config.ts"
-import { type Generated, Model } from "../src/router/Model.ts"
+import { type Generated, makeTokenTimer, Model } from "../src/router/Model.ts"
 import { Upstreams } from "../src/router/upstream/Upstreams.ts"
 
 const testModelLayer = Model.layer.pipe(
@@ -95,6 +95,65 @@ describe("simulated timing (TestClock)", () => {
       yield* TestClock.adjust(1_000)
       assert.deepStrictEqual(yield* Fiber.join(fiber), { processingMs: 40 })
     }))
+})
+
+describe("the shared token timer", () => {
+  /** A clock driven by hand: `runAt(t)` moves time to t and runs the armed timer (its callbacks run "late" when t is past its due time). */
+  const handClock = () => {
+    let now = 0
+    let armed: { readonly callback: () => void; readonly at: number } | undefined
+    return {
+      clock: {
+        now: () => now,
+        setTimeout: (callback: () => void, ms: number) => (armed = { callback, at: now + ms }),
+        clearTimeout: (handle: unknown) => {
+          if (armed === handle) armed = undefined
+        }
+      },
+      armedAt: () => armed?.at,
+      runAt(t: number) {
+        now = t
+        const due = armed!
+        armed = undefined
+        due.callback()
+      }
+    }
+  }
+
+  it("counts a token's successor from when the token was due: up to a millisecond of lateness made up, a longer stall not", () => {
+    const hand = handClock()
+    const timer = makeTokenTimer(hand.clock)
+    const ran: Array<number> = []
+    const token = () => {
+      ran.push(hand.clock.now())
+      timer.after(10, token)
+    }
+    timer.after(10, token)
+    assert.strictEqual(hand.armedAt(), 10)
+    hand.runAt(10.6) // 0.6 ms late: the next is due at 20, not 20.6 (which would round to 21)
+    assert.strictEqual(hand.armedAt(), 20)
+    hand.runAt(20.9) // 0.9 ms late: still made up
+    assert.strictEqual(hand.armedAt(), 30)
+    hand.runAt(34) // a 4 ms stall: only 1 ms of it made up, the next 10 ms after 33
+    assert.strictEqual(hand.armedAt(), 43)
+    assert.deepStrictEqual(ran, [10.6, 20.9, 34])
+  })
+
+  it("runs every callback due in the same millisecond from one timer, and a new request's delay from now", () => {
+    const hand = handClock()
+    const timer = makeTokenTimer(hand.clock)
+    const ran: Array<string> = []
+    timer.after(5, () => ran.push("a"))
+    timer.after(5.2, () => ran.push("b"))
+    timer.after(7, () => ran.push("c"))
+    assert.strictEqual(hand.armedAt(), 5)
+    hand.runAt(5)
+    assert.deepStrictEqual(ran, ["a", "b"])
+    assert.strictEqual(hand.armedAt(), 7)
+    hand.runAt(7)
+    assert.deepStrictEqual(ran, ["a", "b", "c"])
+    assert.isUndefined(hand.armedAt())
+  })
 })
 
 describe("the hand-written generation (generateUnsafe)", () => {

@@ -55,6 +55,19 @@ export interface TokenSink {
   end(generated: Generated): void
 }
 
+/** What the token timer reads and arms: the system's by default, a hand-driven one in tests. */
+export interface TimerClock {
+  now(): number
+  setTimeout(callback: () => void, ms: number): unknown
+  clearTimeout(handle: unknown): void
+}
+
+const systemTimerClock: TimerClock = {
+  now: () => performance.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>)
+}
+
 /**
  * Timers for token delays, shared by every stream: callbacks due in the same
  * millisecond run from one `setTimeout`, as an engine emits the tokens of all
@@ -62,16 +75,16 @@ export interface TokenSink {
  * the same millisecond by the dozen, so this replaces most timers with an
  * array push.
  */
-export const makeTokenTimer = () => {
+export const makeTokenTimer = (clock: TimerClock = systemTimerClock) => {
   const due = new Map<number, Array<() => void>>()
   let armedFor = Infinity
-  let timer: ReturnType<typeof setTimeout> | undefined
+  let timer: unknown
   /** The millisecond whose callbacks are running, if any. */
   let firing: number | undefined
   const fire = () => {
     timer = undefined
     armedFor = Infinity
-    const now = performance.now()
+    const now = clock.now()
     let next = Infinity
     for (const [at, callbacks] of due) {
       if (at > now) {
@@ -89,9 +102,9 @@ export const makeTokenTimer = () => {
   }
   const arm = (at: number) => {
     if (at >= armedFor) return
-    if (timer !== undefined) clearTimeout(timer)
+    if (timer !== undefined) clock.clearTimeout(timer)
     armedFor = at
-    timer = setTimeout(fire, Math.max(0, at - performance.now()))
+    timer = clock.setTimeout(fire, Math.max(0, at - clock.now()))
   }
   return {
     /**
@@ -104,7 +117,7 @@ export const makeTokenTimer = () => {
      * the configured gap, not that plus the timer's lateness (BENCHMARKS.md 6c).
      */
     after(ms: number, callback: () => void): void {
-      const now = performance.now()
+      const now = clock.now()
       const from = firing === undefined ? now : Math.max(firing, now - 1)
       const at = Math.round(from + ms)
       const list = due.get(at)
