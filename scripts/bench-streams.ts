@@ -26,7 +26,10 @@
  * The load generator (this process) timestamps every `data:` frame: time to
  * first token and inter-token gaps, p50/p99; the router's added latency is
  * its figure minus the baseline's. Server CPU per delivered token; RSS with N
- * streams open. Servers on core 0, this process on core 1 (taskset).
+ * streams open. Servers on core 0, this process on core 1 (taskset). This
+ * process runs with a 1 MB young generation (package.json): its collections
+ * are then a millisecond or two each instead of up to 20 ms and more, which
+ * landed in both servers' tails.
  *   npm run bench:streams     # BENCH_STREAMS=50,100,250,500,1000@50 (the default), ~8 minutes
  */
 import { type ChildProcess, spawn } from "node:child_process"
