@@ -98,14 +98,18 @@ interface Result {
   readonly cpuUsPerToken: number
   readonly ttft: Array<number>
   readonly gaps: Array<number>
-  readonly completed: number
+  /** Streams completed and measured (started after the lead-in). */
+  readonly measured: number
   readonly rss: number
   /** The load generator's own event-loop delay, p99 and max (ms): how late it may have read a frame. */
   readonly clientLag: { readonly p99: number; readonly max: number }
 }
 
-const shortBody = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: 2, stream: true })
-const body = JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: tokens, stream: true })
+/** A streaming chat request whose prompt is `tokens` tokens (echoed by the router, so a stream carries `maxTokens`). */
+const chatBody = (maxTokens: number) =>
+  JSON.stringify({ model: "bench", messages: [{ role: "user", content: "go ".repeat(tokens).trim() }], max_tokens: maxTokens, stream: true })
+const body = chatBody(tokens)
+const shortBody = chatBody(2)
 
 const lifetimeOf = (itlMs: number) => ttftMs + tokens * itlMs
 
@@ -143,7 +147,7 @@ const round = async (port: number, { streams, itlMs }: Level, onOpen?: () => voi
     onOpen()
   }
   await Promise.all(all)
-  return { ttft, gaps, completed: measured, tokensDelivered: delivered * tokens }
+  return { ttft, gaps, measured, tokensDelivered: delivered * tokens }
 }
 
 /** Untimed: the same request path and token path as measured, until V8 has compiled them. */
@@ -164,10 +168,10 @@ const measure = async (port: number, pid: number, level: Level): Promise<Result>
   let rss = 0
   const lag = monitorEventLoopDelay({ resolution: 1 })
   lag.enable()
-  const { ttft, gaps, completed, tokensDelivered } = await round(port, level, () => (rss = rssMiB(pid)))
+  const { ttft, gaps, measured, tokensDelivered } = await round(port, level, () => (rss = rssMiB(pid)))
   lag.disable()
   const cpuUsPerToken = ((cpuSeconds(pid) - cpuBefore) * 1e6) / tokensDelivered
-  return { cpuUsPerToken, ttft, gaps, completed, rss, clientLag: { p99: lag.percentile(99) / 1e6, max: lag.max / 1e6 } }
+  return { cpuUsPerToken, ttft, gaps, measured, rss, clientLag: { p99: lag.percentile(99) / 1e6, max: lag.max / 1e6 } }
 }
 
 const servers = new Map<Target, { child: ChildProcess; port: number; itlMs: number }>()
@@ -214,7 +218,7 @@ for (const [index, level] of levels.entries()) {
     held.set(key, most)
   }
   const row = (target: string, result: Result) =>
-    `| ${level.streams} | ${level.itlMs} | ${target} | ${result.completed} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} | ${fmt(result.clientLag.p99)} / ${fmt(result.clientLag.max)} |`
+    `| ${level.streams} | ${level.itlMs} | ${target} | ${result.measured} | ${fmt(percentile(result.ttft, 50))} | ${fmt(percentile(result.ttft, 99))} | ${fmt(percentile(result.gaps, 50))} | ${fmt(percentile(result.gaps, 99))} | ${result.rss.toFixed(1)} | ${result.cpuUsPerToken.toFixed(1)} | ${fmt(result.clientLag.p99)} / ${fmt(result.clientLag.max)} |`
   const r = results.router!
   const b = results.baseline!
   console.log(row("baseline", b))
