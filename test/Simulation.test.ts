@@ -15,7 +15,7 @@ const testModelLayer = Model.layer.pipe(
   Layer.provide(Layer.mergeAll(Admission.layer, Layer.succeed(Upstreams, Upstreams.disabled))),
   Layer.provide(RouterConfig.layerWith({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
 )
-import { countTokens, planText, tokenize } from "../src/router/Simulation.ts"
+import { countTokens, planOutput, planText, planTokens, type TextRequest, tokenize } from "../src/router/Simulation.ts"
 
 describe("simulated text", () => {
   it("tokens are runs of non-blanks with the blanks before them", () => {
@@ -24,17 +24,46 @@ describe("simulated text", () => {
     assert.strictEqual(countTokens(""), 0)
   })
 
+  /** The plan as its tokens and finish reason. */
+  const plan = (request: TextRequest) => {
+    const planned = planText(request)
+    return { tokens: planTokens(planned), finishReason: planned.finishReason }
+  }
+  const echo = (echoText: string, maxTokens: number, stop: ReadonlyArray<string> = []) => plan({ mode: "echo", echoText, maxTokens, stop, seed: 0 })
+
   it("echo repeats up to max_tokens; a stop sequence cuts before itself", () => {
-    assert.deepStrictEqual(planText({ mode: "echo", echoText: "a b c", maxTokens: 5, stop: [], seed: 0 }), { tokens: ["a", " b", " c"], finishReason: "stop" })
-    assert.deepStrictEqual(planText({ mode: "echo", echoText: "a b c", maxTokens: 2, stop: [], seed: 0 }), { tokens: ["a", " b"], finishReason: "length" })
-    assert.deepStrictEqual(planText({ mode: "echo", echoText: "alpha beta", maxTokens: 9, stop: ["ta"], seed: 0 }), { tokens: ["alpha", " be"], finishReason: "stop" })
+    assert.deepStrictEqual(echo("a b c", 5), { tokens: ["a", " b", " c"], finishReason: "stop" })
+    assert.deepStrictEqual(echo("a b c", 2), { tokens: ["a", " b"], finishReason: "length" })
+    assert.deepStrictEqual(echo("a b c ", 3), { tokens: ["a", " b", " c"], finishReason: "stop" })
+    assert.deepStrictEqual(echo("a b", 0), { tokens: [], finishReason: "length" })
+    assert.deepStrictEqual(echo("alpha beta", 9, ["ta"]), { tokens: ["alpha", " be"], finishReason: "stop" })
+    assert.deepStrictEqual(echo("alpha beta", 9, ["alpha"]), { tokens: [], finishReason: "stop" })
+    assert.deepStrictEqual(echo("alpha beta", 9, ["", "x"]), { tokens: ["alpha", " beta"], finishReason: "stop" })
+    // Past max_tokens a stop sequence is never seen.
+    assert.deepStrictEqual(echo("alpha beta", 1, ["beta"]), { tokens: ["alpha"], finishReason: "length" })
+  })
+
+  it("a stop sequence across tokens: no part of it is returned", () => {
+    assert.deepStrictEqual(echo("Hello world again", 9, ["world"]), { tokens: ["Hello", " "], finishReason: "stop" })
+    assert.deepStrictEqual(echo("Hello world again", 9, ["o w"]), { tokens: ["Hell"], finishReason: "stop" })
+    assert.deepStrictEqual(echo("Hello world again", 9, [" world"]), { tokens: ["Hello"], finishReason: "stop" })
+    assert.strictEqual(planOutput(planText({ mode: "echo", echoText: "Hello world again", maxTokens: 9, stop: ["d a"], seed: 0 })), "Hello worl")
+  })
+
+  it("of several stop sequences, the text ends at the one completed first, as a server checking after each token", () => {
+    // " beta gamma" begins first, but "ta" is complete a token earlier.
+    assert.deepStrictEqual(echo("alpha beta gamma", 9, [" beta gamma", "ta"]), { tokens: ["alpha", " be"], finishReason: "stop" })
+    // Both complete in the same token: the earlier one cuts.
+    assert.deepStrictEqual(echo("alpha beta gamma", 9, ["ta", "beta"]), { tokens: ["alpha", " "], finishReason: "stop" })
   })
 
   it("random text is seeded: same seed, same text; another seed, another text", () => {
-    const a = planText({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed: 1 })
-    assert.deepStrictEqual(planText({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed: 1 }), a)
-    assert.notDeepEqual(planText({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed: 2 }).tokens, a.tokens)
+    const random = (seed: number) => plan({ mode: "random", echoText: "", maxTokens: 20, stop: [], seed })
+    const a = random(1)
+    assert.deepStrictEqual(random(1), a)
+    assert.notDeepEqual(random(2).tokens, a.tokens)
     assert.isAtMost(a.tokens.length, 20)
+    assert.deepStrictEqual(a.tokens, tokenize(a.tokens.join("")))
   })
 })
 
@@ -246,4 +275,28 @@ describe("the tokenizer's scan", () => {
     assert.deepStrictEqual(tokenize(text), text.match(/\s*\S+/g) ?? [])
     assert.strictEqual(countTokens(text), (text.match(/\s*\S+/g) ?? []).length)
   })
+
+  it.prop(
+    "a plan's tokens make its text; stop sequences cut it at one of them, and none is left in it",
+    [Text, Schema.Array(Schema.String), Schema.Array(Schema.Tuple([Schema.Int, Schema.Int])), Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 12 }))],
+    ([text, others, slices, maxTokens]) => {
+      // Mostly pieces of the text itself, so that they are found.
+      const stop = [...others, ...slices.map(([from, length]) => text.slice(Math.abs(from) % (text.length + 1)).slice(0, Math.abs(length) % 8))]
+      const whole = planText({ mode: "echo", echoText: text, maxTokens, stop: [], seed: 0 })
+      const cut = planText({ mode: "echo", echoText: text, maxTokens, stop, seed: 0 })
+      for (const plan of [whole, cut]) {
+        const tokens = planTokens(plan)
+        assert.strictEqual(tokens.length, plan.tokens)
+        assert.strictEqual(tokens.join(""), planOutput(plan))
+        assert.isTrue(tokens.every((token) => token !== ""))
+      }
+      assert.deepStrictEqual(planTokens(whole), tokenize(text).slice(0, maxTokens))
+      assert.isTrue(planOutput(whole).startsWith(planOutput(cut)))
+      if (cut.end < whole.end) {
+        assert.strictEqual(cut.finishReason, "stop")
+        assert.isTrue(stop.some((sequence) => sequence !== "" && planOutput(whole).startsWith(sequence, cut.end)))
+        assert.isTrue(stop.every((sequence) => sequence === "" || !planOutput(cut).includes(sequence)))
+      }
+    }
+  )
 })

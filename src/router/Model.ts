@@ -16,7 +16,7 @@
 import { Clock, Context, Effect, Layer, Random } from "effect"
 import { Admission } from "./Admission.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "./Config.ts"
-import { type FinishReason, hash32, planText } from "./Simulation.ts"
+import { type FinishReason, hash32, planOutput, planText, tokenReader } from "./Simulation.ts"
 import { UpstreamFailure, upstreamRefusal, Upstreams } from "./upstream/Upstreams.ts"
 
 export interface Inference {
@@ -177,9 +177,9 @@ export class Model extends Context.Service<Model, {
           const startedAt = clock.currentTimeNanosUnsafe()
           const elapsedMs = () => Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000
           const plan = planFor(request)
+          const nextToken = tokenReader(plan)
           let firstTokenMs = 0
-          let text = ""
-          for (let i = 0; i < plan.tokens.length; i++) {
+          for (let i = 0; i < plan.tokens; i++) {
             if (i > 0 && fixedItl !== undefined) {
               // The common case, one prebuilt sleep: this runs once per token of every stream.
               if (fixedItl !== null) yield* fixedItl
@@ -188,13 +188,12 @@ export class Model extends Context.Service<Model, {
               if (wait > 0) yield* Effect.sleep(wait)
             }
             if (i === 0) firstTokenMs = elapsedMs()
-            text += plan.tokens[i]
-            yield* onToken(plan.tokens[i], i)
+            yield* onToken(nextToken(), i)
           }
-          if (plan.tokens.length === 0 && ttftMs > 0) yield* Effect.sleep(yield* delay(ttftMs, settings.ttftStdDevMs))
+          if (plan.tokens === 0 && ttftMs > 0) yield* Effect.sleep(yield* delay(ttftMs, settings.ttftStdDevMs))
           return {
-            text,
-            completionTokens: plan.tokens.length,
+            text: planOutput(plan),
+            completionTokens: plan.tokens,
             finishReason: plan.finishReason,
             firstTokenMs: Math.round(firstTokenMs),
             processingMs: Math.round(elapsedMs())
@@ -221,14 +220,14 @@ export class Model extends Context.Service<Model, {
       const startedAt = performance.now()
       const plan = planFor(request)
       const tokens = plan.tokens
+      const nextToken = tokenReader(plan)
       let i = 0
-      let text = ""
       let firstTokenMs = 0
       let stopped = false
       const finish = () =>
         sink.end({
-          text,
-          completionTokens: tokens.length,
+          text: planOutput(plan),
+          completionTokens: tokens,
           finishReason: plan.finishReason,
           firstTokenMs: Math.round(firstTokenMs),
           processingMs: Math.round(performance.now() - startedAt)
@@ -238,7 +237,7 @@ export class Model extends Context.Service<Model, {
       let again = false
       const next = () => {
         if (stopped) return
-        if (i === tokens.length) return finish()
+        if (i === tokens) return finish()
         if (itlMs > 0) timer.after(itlMs, emit)
         else if (emitting) again = true
         else emit()
@@ -249,13 +248,11 @@ export class Model extends Context.Service<Model, {
           again = false
           if (stopped) break
           if (i === 0) firstTokenMs = performance.now() - startedAt
-          const token = tokens[i]
-          text += token
-          sink.token(token, i++, next)
+          sink.token(nextToken(), i++, next)
         } while (again)
         emitting = false
       }
-      const first = tokens.length === 0 ? finish : emit
+      const first = tokens === 0 ? finish : emit
       if (ttftMs > 0) timer.after(ttftMs, first)
       else first()
       return () => {

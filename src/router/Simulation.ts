@@ -21,18 +21,20 @@ const isBlank = (code: number): boolean =>
 // /v1 request counts its prompt's tokens, and the regex was a sixth of the CPU
 // of a 200-token chat request (profile, BENCHMARKS.md 6b). The same rule; a
 // property test holds them equal to `/\s*\S+/g`.
+
+/** Where the token starting at `from` ends (its blanks, then its non-blanks); `from` itself when only blanks are left. */
+export const tokenEnd = (text: string, from: number): number => {
+  const length = text.length
+  let i = from
+  while (i < length && isBlank(text.charCodeAt(i))) i++
+  if (i === length) return from
+  while (i < length && !isBlank(text.charCodeAt(i))) i++
+  return i
+}
+
 export const tokenize = (text: string): Array<string> => {
   const tokens: Array<string> = []
-  let start = 0
-  let i = 0
-  const length = text.length
-  while (i < length) {
-    while (i < length && isBlank(text.charCodeAt(i))) i++
-    if (i === length) break
-    while (i < length && !isBlank(text.charCodeAt(i))) i++
-    tokens.push(text.slice(start, i))
-    start = i
-  }
+  for (let start = 0, end = tokenEnd(text, 0); end > start; start = end, end = tokenEnd(text, end)) tokens.push(text.slice(start, end))
   return tokens
 }
 
@@ -77,9 +79,17 @@ const vocabulary = (
 
 export type FinishReason = "stop" | "length"
 
+/**
+ * What a generation emits: the first `end` characters of `source`, as `tokens`
+ * tokens (by the rule above; the last one may be cut short by a stop
+ * sequence). Offsets into one string rather than an array of token strings:
+ * a stream holds its plan for its whole life (seconds), and 200 small strings
+ * per stream were most of what the router kept per stream (BENCHMARKS.md 6c).
+ */
 export interface TextPlan {
-  /** The tokens to emit, in order (stop sequences already applied). */
-  readonly tokens: ReadonlyArray<string>
+  readonly source: string
+  readonly end: number
+  readonly tokens: number
   readonly finishReason: FinishReason
 }
 
@@ -93,46 +103,76 @@ export interface TextRequest {
   readonly seed: number
 }
 
-/** Cuts `tokens` where the text first contains a stop sequence (the sequence itself is not returned). */
-const applyStop = (tokens: ReadonlyArray<string>, stop: ReadonlyArray<string>): TextPlan | undefined => {
-  if (stop.length === 0) return undefined
-  let text = ""
-  for (let i = 0; i < tokens.length; i++) {
-    const next = text + tokens[i]
-    let cut = -1
-    for (const sequence of stop) {
-      if (sequence === "") continue
-      const at = next.indexOf(sequence)
-      if (at !== -1 && (cut === -1 || at < cut)) cut = at
-    }
-    if (cut !== -1) {
-      const kept = tokens.slice(0, i)
-      const partial = next.slice(text.length, cut)
-      return { tokens: partial === "" ? kept : [...kept, partial], finishReason: "stop" }
-    }
-    text = next
+/** The plan's tokens one by one: each call returns the next. */
+export const tokenReader = (plan: TextPlan): () => string => {
+  let at = 0
+  return () => {
+    const to = Math.min(tokenEnd(plan.source, at), plan.end)
+    const token = plan.source.slice(at, to)
+    at = to
+    return token
   }
-  return undefined
+}
+
+/** The plan's tokens, all at once. */
+export const planTokens = (plan: TextPlan): Array<string> => {
+  const next = tokenReader(plan)
+  return Array.from({ length: plan.tokens }, next)
+}
+
+/** The plan's whole text. */
+export const planOutput = (plan: TextPlan): string => plan.source.slice(0, plan.end)
+
+/** How many tokens start before `end`. */
+const tokensBefore = (text: string, end: number): number => {
+  let count = 0
+  for (let at = 0; at < end; at = tokenEnd(text, at)) count++
+  return count
+}
+
+/**
+ * Cuts the plan where its text first contains a stop sequence, as a server
+ * that checks the text after each token would: at the first token that
+ * completes a sequence, the text ends where the earliest sequence it completed
+ * begins (the sequence itself is not returned, nor any part of it).
+ */
+const applyStop = (plan: TextPlan, stop: ReadonlyArray<string>): TextPlan => {
+  const text = planOutput(plan)
+  const found: Array<{ readonly at: number; readonly end: number }> = []
+  for (const sequence of stop) {
+    const at = sequence === "" ? -1 : text.indexOf(sequence)
+    if (at !== -1) found.push({ at, end: at + sequence.length })
+  }
+  if (found.length === 0) return plan
+  // The end of the token in which the first sequence is complete.
+  const completed = Math.min(...found.map((match) => match.end))
+  let tokenEndAt = 0
+  while (tokenEndAt < completed) tokenEndAt = tokenEnd(text, tokenEndAt)
+  const cut = Math.min(...found.filter((match) => match.end <= tokenEndAt).map((match) => match.at))
+  return { source: plan.source, end: cut, tokens: tokensBefore(text, cut), finishReason: "stop" }
 }
 
 export const planText = (request: TextRequest): TextPlan => {
-  let tokens: Array<string>
-  let finishReason: FinishReason
+  let plan: TextPlan
   if (request.mode === "echo") {
-    const all = tokenize(request.echoText)
-    tokens = all.slice(0, request.maxTokens)
-    finishReason = all.length > request.maxTokens ? "length" : "stop"
+    const source = request.echoText
+    let end = 0
+    let tokens = 0
+    for (let next = tokenEnd(source, 0); tokens < request.maxTokens && next > end; next = tokenEnd(source, next)) {
+      end = next
+      tokens++
+    }
+    // "length" when a token was left out.
+    plan = { source, end, tokens, finishReason: tokenEnd(source, end) > end ? "length" : "stop" }
   } else {
     const random = prng(request.seed)
     // A natural end somewhere up to max_tokens, as a model's end-of-sequence would.
     const natural = 1 + Math.floor(random() * Math.max(1, request.maxTokens))
-    const length = Math.min(natural, request.maxTokens)
-    tokens = []
-    for (let i = 0; i < length; i++) {
-      const word = vocabulary[Math.floor(random() * vocabulary.length)]
-      tokens.push(i === 0 ? word : ` ${word}`)
-    }
-    finishReason = natural >= request.maxTokens ? "length" : "stop"
+    const tokens = Math.min(natural, request.maxTokens)
+    const words: Array<string> = []
+    for (let i = 0; i < tokens; i++) words.push(vocabulary[Math.floor(random() * vocabulary.length)])
+    const source = words.join(" ")
+    plan = { source, end: source.length, tokens, finishReason: natural >= request.maxTokens ? "length" : "stop" }
   }
-  return applyStop(tokens, request.stop) ?? { tokens, finishReason }
+  return applyStop(plan, request.stop)
 }
