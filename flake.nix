@@ -8,7 +8,7 @@
       systems = [ "x86_64-linux" "aarch64-linux" "x86_64-darwin" "aarch64-darwin" ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
       # The same command as the Dockerfile's CMD (see BENCHMARKS.md for the flag).
-      nodeFlags = [ "--max-semi-space-size=4" ];
+      nodeFlags = [ "--max-semi-space-size=4" "--single-threaded-gc" ];
     in
     {
       packages = forAllSystems (pkgs:

@@ -1,10 +1,23 @@
 /**
  * What the benchmark scripts share: reading a server's CPU time, a GET, the
- * percentiles they report, and a streaming client that timestamps every
- * token's `data:` event.
+ * percentiles they report, a streaming client that timestamps every token's
+ * `data:` event, and the router's production command.
  */
 import { readFileSync } from "node:fs"
 import { type Agent, request } from "node:http"
+
+/**
+ * The router's Node arguments as production runs it: what `npm run start:prod`
+ * runs after its build (`exec node <args>`, the Dockerfile's CMD). With
+ * BENCH_ROUTER_FLAGS, those Node flags instead of production's (to try others).
+ */
+export const routerArgs = (): Array<string> => {
+  const packageJson = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"))
+  const args: Array<string> = packageJson.scripts["start:prod"].split("exec node ")[1].split(" ")
+  const flags = process.env.BENCH_ROUTER_FLAGS
+  if (flags === undefined) return args
+  return [...flags.split(" ").filter((flag) => flag !== ""), ...args.filter((arg) => !arg.startsWith("--"))]
+}
 
 /** CPU seconds (user + system) from `/proc/<pid>/stat`: the process's own, or its finished children's (wrk runs). Clock ticks of 1/100 s. */
 export const cpuSeconds = (pid: number | "self", whose: "own" | "children" = "own") => {

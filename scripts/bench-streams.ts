@@ -36,7 +36,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { Agent, request } from "node:http"
 import { monitorEventLoopDelay } from "node:perf_hooks"
-import { cpuSeconds, percentile, timedStream } from "./BenchSupport.ts"
+import { cpuSeconds, percentile, routerArgs, timedStream } from "./BenchSupport.ts"
 import { freePort, sleep, until } from "../test/support/Processes.ts"
 import { onCore, pinned, pinSelf } from "./pinning.ts"
 
@@ -57,7 +57,7 @@ pinSelf(1)
 
 type Target = "router" | "baseline"
 const commands: Record<Target, Array<string>> = {
-  router: ["--max-semi-space-size=4", "dist/router.js"],
+  router: routerArgs(),
   baseline: ["dist/bench/sse-baseline.js"]
 }
 

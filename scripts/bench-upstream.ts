@@ -19,9 +19,9 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { mkdirSync, writeFileSync } from "node:fs"
 import { Agent } from "node:http"
-import { cpuSeconds, get, median, percentile, timedStream } from "./BenchSupport.ts"
+import { cpuSeconds, get, median, percentile, routerArgs, timedStream } from "./BenchSupport.ts"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -31,7 +31,7 @@ import { onCore, pinned, pinSelf } from "./pinning.ts"
 const root = fileURLToPath(new URL("..", import.meta.url))
 const seconds = Number(process.env.BENCH_SECONDS ?? 5)
 const rounds = Number(process.env.BENCH_ROUNDS ?? 4)
-const routerArgs: Array<string> = JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts["start:prod"].split("exec node ")[1].split(" ")
+const router = routerArgs()
 
 const startOn = async (core: number, args: Array<string>, env: Record<string, string>, readyPath = "/readyz") => {
   const port = await freePort()
@@ -123,8 +123,8 @@ const main = async () => {
   const upstreamEnv = { MODEL_BACKEND: "upstream", UPSTREAMS: `http://127.0.0.1:${stub.port}`, MODEL_REF: "m", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0" }
   const targets = {
     proxy: await startOn(0, ["dist/bench/proxy-baseline.js"], { UPSTREAM: `http://127.0.0.1:${stub.port}` }),
-    router: await startOn(0, routerArgs, { ...upstreamEnv, LOG_LEVEL: "warn" }),
-    "router (access log)": await startOn(0, routerArgs, { ...upstreamEnv })
+    router: await startOn(0, router, { ...upstreamEnv, LOG_LEVEL: "warn" }),
+    "router (access log)": await startOn(0, router, { ...upstreamEnv })
   }
   type Name = keyof typeof targets
   const names = Object.keys(targets) as Array<Name>

@@ -16,7 +16,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { freePort, sleep } from "../test/support/Processes.ts"
-import { cpuSeconds, get, median } from "./BenchSupport.ts"
+import { cpuSeconds, get, median, routerArgs } from "./BenchSupport.ts"
 import { onCore, pinned } from "./pinning.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -30,9 +30,7 @@ type Target = "router" | "baseline"
  * its production command (package.json's `start:prod`, the Dockerfile's CMD).
  */
 const command: Record<Target, ReadonlyArray<string>> = {
-  // Exactly what `npm run start:prod` runs after its build: `exec node <args>`.
-  router: JSON.parse(readFileSync(join(root, "package.json"), "utf8")).scripts["start:prod"]
-    .split("exec node ")[1].split(" "),
+  router: routerArgs(),
   baseline: ["dist/bench/baseline.js"]
 }
 
