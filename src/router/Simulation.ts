@@ -84,7 +84,8 @@ export type FinishReason = "stop" | "length"
  * tokens (by the rule above; the last one may be cut short by a stop
  * sequence). Offsets into one string rather than an array of token strings:
  * a stream holds its plan for its whole life (seconds), and 200 small strings
- * per stream were most of what the router kept per stream (BENCHMARKS.md 6c).
+ * per stream and the text built from them were most of what the router kept
+ * per stream (BENCHMARKS.md 6d).
  */
 export interface TextPlan {
   readonly source: string
