@@ -30,7 +30,7 @@
  * process runs with a 1 MB young generation (package.json): its collections
  * are then a millisecond or two each instead of up to 20 ms and more, which
  * landed in both servers' tails.
- *   npm run bench:streams     # BENCH_STREAMS=50,100,250,500,1000@50 (the default), ~8 minutes
+ *   npm run bench:streams     # BENCH_STREAMS=50,100,250,500,1000@50 (the default), ~10 minutes
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
