@@ -50,6 +50,10 @@ describe("simulated text", () => {
     assert.strictEqual(planOutput(planText({ mode: "echo", echoText: "Hello world again", maxTokens: 9, stop: ["d a"], seed: 0 })), "Hello worl")
   })
 
+  it("any number of stop sequences (more than a function call takes arguments)", () => {
+    assert.deepStrictEqual(echo("alpha beta", 9, Array.from({ length: 200_000 }, () => "ta")), { tokens: ["alpha", " be"], finishReason: "stop" })
+  })
+
   it("of several stop sequences, the text ends at the one completed first, as a server checking after each token", () => {
     // " beta gamma" begins first, but "ta" is complete a token earlier.
     assert.deepStrictEqual(echo("alpha beta gamma", 9, [" beta gamma", "ta"]), { tokens: ["alpha", " be"], finishReason: "stop" })

@@ -139,17 +139,22 @@ const tokensBefore = (text: string, end: number): number => {
  */
 const applyStop = (plan: TextPlan, stop: ReadonlyArray<string>): TextPlan => {
   const text = planOutput(plan)
+  // Each sequence's first occurrence, and the earliest end of one. (Loops, not `Math.min(...)`:
+  // a request may carry more stop sequences than a call takes arguments.)
   const found: Array<{ readonly at: number; readonly end: number }> = []
+  let completed = Infinity
   for (const sequence of stop) {
     const at = sequence === "" ? -1 : text.indexOf(sequence)
-    if (at !== -1) found.push({ at, end: at + sequence.length })
+    if (at === -1) continue
+    found.push({ at, end: at + sequence.length })
+    completed = Math.min(completed, at + sequence.length)
   }
   if (found.length === 0) return plan
   // The end of the token in which the first sequence is complete.
-  const completed = Math.min(...found.map((match) => match.end))
   let tokenEndAt = 0
   while (tokenEndAt < completed) tokenEndAt = tokenEnd(text, tokenEndAt)
-  const cut = Math.min(...found.filter((match) => match.end <= tokenEndAt).map((match) => match.at))
+  let cut = Infinity
+  for (const match of found) if (match.end <= tokenEndAt) cut = Math.min(cut, match.at)
   return { source: plan.source, end: cut, tokens: tokensBefore(text, cut), finishReason: "stop" }
 }
 
