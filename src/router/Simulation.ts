@@ -38,16 +38,14 @@ export const tokenize = (text: string): Array<string> => {
   return tokens
 }
 
-export const countTokens = (text: string): number => {
+/** How many tokens start before `end` (`text.length`: all of them). */
+const tokensBefore = (text: string, end: number): number => {
   let count = 0
-  let inToken = false
-  for (let i = 0; i < text.length; i++) {
-    const blank = isBlank(text.charCodeAt(i))
-    if (!blank && !inToken) count++
-    inToken = !blank
-  }
+  for (let at = 0, next = tokenEnd(text, 0); at < end && next > at; at = next, next = tokenEnd(text, next)) count++
   return count
 }
+
+export const countTokens = (text: string): number => tokensBefore(text, text.length)
 
 /** mulberry32: a small seeded PRNG, the same sequence for the same seed on every platform. */
 export const prng = (seed: number) => {
@@ -123,13 +121,6 @@ export const planTokens = (plan: TextPlan): Array<string> => {
 
 /** The plan's whole text. */
 export const planOutput = (plan: TextPlan): string => plan.source.slice(0, plan.end)
-
-/** How many tokens start before `end`. */
-const tokensBefore = (text: string, end: number): number => {
-  let count = 0
-  for (let at = 0; at < end; at = tokenEnd(text, at)) count++
-  return count
-}
 
 /**
  * Cuts the plan where its text first contains a stop sequence, as a server
