@@ -31,5 +31,5 @@ STOPSIGNAL SIGTERM
 # at about 0.7x the default with no throughput loss. --single-threaded-gc: the
 # pod has one CPU (limits.cpu 1), so V8's background GC threads could only take
 # turns with the thread serving requests; marking on it in small steps instead
-# removed the 10-30 ms stalls in new streams' first tokens (BENCHMARKS.md 6d).
+# removed the 10-40 ms stalls that delayed new streams' first tokens (BENCHMARKS.md 6d).
 CMD ["node", "--max-semi-space-size=4", "--single-threaded-gc", "dist/router.js"]

@@ -15,7 +15,12 @@ const testModelLayer = Model.layer.pipe(
   Layer.provide(Layer.mergeAll(Admission.layer, Layer.succeed(Upstreams, Upstreams.disabled))),
   Layer.provide(RouterConfig.layerWith({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
 )
-import { countTokens, planOutput, planText, planTokens, type TextRequest, tokenize } from "../src/router/Simulation.ts"
+import { countTokens, planOutput, planText, type TextPlan, type TextRequest, tokenReader } from "../src/router/Simulation.ts"
+
+/** A plan's tokens, all at once, as the model emits them one by one. */
+const planTokens = (plan: TextPlan): Array<string> => Array.from({ length: plan.tokens }, tokenReader(plan))
+/** All of a text's tokens: echo's, with no limit and no stop sequence. */
+const tokenize = (text: string): Array<string> => planTokens(planText({ mode: "echo", echoText: text, maxTokens: Infinity, stop: [], seed: 0 }))
 
 describe("simulated text", () => {
   it("tokens are runs of non-blanks with the blanks before them", () => {
@@ -300,6 +305,10 @@ describe("the tokenizer's scan", () => {
         assert.strictEqual(cut.finishReason, "stop")
         assert.isTrue(stop.some((sequence) => sequence !== "" && planOutput(whole).startsWith(sequence, cut.end)))
         assert.isTrue(stop.every((sequence) => sequence === "" || !planOutput(cut).includes(sequence)))
+      } else {
+        // Not cut: no sequence was in the text, and the plan is the same, finish reason included.
+        assert.isTrue(stop.every((sequence) => sequence === "" || !planOutput(whole).includes(sequence)))
+        assert.deepStrictEqual(cut, whole)
       }
     }
   )

@@ -17,25 +17,19 @@ const isBlank = (code: number): boolean =>
     : code >= 160 && (code === 160 || code === 5760 || (code >= 8192 && code <= 8202) || code === 8232 || code === 8233 || code === 8239 ||
       code === 8287 || code === 12288 || code === 65279)
 
-// Both by a scan of character codes rather than the regular expression: every
-// /v1 request counts its prompt's tokens, and the regex was a sixth of the CPU
-// of a 200-token chat request (profile, BENCHMARKS.md 6b). The same rule; a
-// property test holds them equal to `/\s*\S+/g`.
+// Tokens are found by a scan of character codes rather than the regular
+// expression: every /v1 request counts its prompt's tokens, and the regex was a
+// sixth of the CPU of a 200-token chat request (profile, BENCHMARKS.md 6b). The
+// same rule; property tests hold the count and a plan's tokens equal to `/\s*\S+/g`.
 
 /** Where the token starting at `from` ends (its blanks, then its non-blanks); `from` itself when only blanks are left. */
-export const tokenEnd = (text: string, from: number): number => {
+const tokenEnd = (text: string, from: number): number => {
   const length = text.length
   let i = from
   while (i < length && isBlank(text.charCodeAt(i))) i++
   if (i === length) return from
   while (i < length && !isBlank(text.charCodeAt(i))) i++
   return i
-}
-
-export const tokenize = (text: string): Array<string> => {
-  const tokens: Array<string> = []
-  for (let start = 0, end = tokenEnd(text, 0); end > start; start = end, end = tokenEnd(text, end)) tokens.push(text.slice(start, end))
-  return tokens
 }
 
 /** How many tokens start before `end` (`text.length`: all of them). */
@@ -111,12 +105,6 @@ export const tokenReader = (plan: TextPlan): () => string => {
     at = to
     return token
   }
-}
-
-/** The plan's tokens, all at once. */
-export const planTokens = (plan: TextPlan): Array<string> => {
-  const next = tokenReader(plan)
-  return Array.from({ length: plan.tokens }, next)
 }
 
 /** The plan's whole text. */
