@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Effect, Exit, Fiber, Schema } from "effect"
 import { TestClock } from "effect/testing"
-import { Admission, Rejected } from "../src/router/Admission.ts"
+import { Admission, Rejected } from "../src/router/core/Admission.ts"
 
 const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
 

@@ -1,8 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Effect, Exit, Fiber } from "effect"
 import { TestClock } from "effect/testing"
-import { Admission, type AdmissionLimits, Rejected } from "../src/router/Admission.ts"
-import { Model } from "../src/router/Model.ts"
+import { Admission, type AdmissionLimits, Rejected } from "../src/router/core/Admission.ts"
+import { Model } from "../src/router/simulated/Model.ts"
 
 const limits = (overrides: Partial<AdmissionLimits> = {}): AdmissionLimits => ({
   slots: 2,

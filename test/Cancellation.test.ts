@@ -5,7 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as Http from "node:http"
-import { Admission } from "../src/router/Admission.ts"
+import { Admission } from "../src/router/core/Admission.ts"
 import { gatedModel, postInfer, serverPort, TestRouter, untilStats } from "./support/TestRouter.ts"
 
 /** Starts a POST /infer and returns a way to hang up on it. */

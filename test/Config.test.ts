@@ -3,7 +3,7 @@ import { ConfigProvider, Effect, Exit, Redacted } from "effect"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { InvalidSetting, isKvEndpoint, kvEndpoint, loadSettings, maskCredentials } from "../src/router/Config.ts"
+import { InvalidSetting, isKvEndpoint, kvEndpoint, loadSettings, maskCredentials } from "../src/router/core/Config.ts"
 import { type SettingError, UnreadableSetting } from "../src/shared/Settings.ts"
 
 const load = (env: Record<string, string>) =>

@@ -21,7 +21,7 @@ import {
   undecidedSettings
 } from "../src/controller/Desired.ts"
 import { checkSpec } from "../src/controller/SpecCheck.ts"
-import { loadSettings, settingNames } from "../src/router/Config.ts"
+import { loadSettings, settingNames } from "../src/router/core/Config.ts"
 import { admit } from "./support/CrdValidator.ts"
 
 const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))

@@ -5,8 +5,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { gunzipSync, brotliDecompressSync } from "node:zlib"
-import { kvEndpoint, type RouterSettings } from "../src/router/Config.ts"
-import { docsScriptPath } from "../src/router/http/DocsRoute.ts"
+import { kvEndpoint, type RouterSettings } from "../src/router/core/Config.ts"
+import { docsScriptPath } from "../src/router/app/DocsRoute.ts"
 import {
   exchange,
   type LogLine,
@@ -200,7 +200,7 @@ describe("/docs is cheap to read", () => {
 
 describe("the docs page split", () => {
   it("keeps Effect's page whole when its shape is not the expected one", async () => {
-    const { splitPage } = await import("../src/router/http/DocsRoute.ts")
+    const { splitPage } = await import("../src/router/app/DocsRoute.ts")
     assert.deepStrictEqual(splitPage("<html>no container</html>"), { page: "<html>no container</html>", script: undefined })
     const split = splitPage(`<div id="api-reference-container"></div><script>JS</script><script>boot()</script>`)
     assert.strictEqual(split.script, "JS")

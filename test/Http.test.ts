@@ -6,8 +6,8 @@ import { HttpApiClient } from "effect/http-api"
 import { Overloaded } from "../src/api/Errors.ts"
 import { OpenAiError } from "../src/api/OpenAiApi.ts"
 import { RouterApi } from "../src/api/RouterApi.ts"
-import { kvEndpoint, type RouterSettings } from "../src/router/Config.ts"
-import type { Model } from "../src/router/Model.ts"
+import { kvEndpoint, type RouterSettings } from "../src/router/core/Config.ts"
+import type { Model } from "../src/router/simulated/Model.ts"
 import { gatedModel, postInfer, request, serverPort, TestRouter, untilStats } from "./support/TestRouter.ts"
 
 const withRouter = (settings: Partial<RouterSettings> = {}, model?: Model["Service"]) =>

@@ -7,9 +7,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted, Schema } from "effect"
 import * as Http from "node:http"
 import { InferResponse } from "../src/api/RouterApi.ts"
-import { kvEndpoint, maskCredentials } from "../src/router/Config.ts"
-import { inferResponseEncoder } from "../src/router/http/InferHandler.ts"
-import { Model } from "../src/router/Model.ts"
+import { kvEndpoint, maskCredentials } from "../src/router/core/Config.ts"
+import { inferResponseEncoder } from "../src/router/edge/InferHandler.ts"
+import { Model } from "../src/router/simulated/Model.ts"
 import { type LogLine, serverPort, TestRouter } from "./support/TestRouter.ts"
 
 const Settings = Schema.Struct({

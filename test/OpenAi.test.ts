@@ -10,8 +10,8 @@ import { generateText, streamText } from "ai"
 import { Effect } from "effect"
 import * as Net from "node:net"
 import OpenAI from "openai"
-import { defaultSimulation, type RouterSettings } from "../src/router/Config.ts"
-import { Model } from "../src/router/Model.ts"
+import { defaultSimulation, type RouterSettings } from "../src/router/core/Config.ts"
+import { Model } from "../src/router/simulated/Model.ts"
 import { exchangeAt, type LogLine, request, serverPort, TestRouter, untilAccessLines, untilStats } from "./support/TestRouter.ts"
 
 const withRouter = (settings: Partial<RouterSettings> = {}, model?: Model["Service"]) =>

@@ -2,9 +2,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import * as Net from "node:net"
-import type { RouterSettings } from "../src/router/Config.ts"
-import { Lifecycle } from "../src/router/Lifecycle.ts"
-import type { Model } from "../src/router/Model.ts"
+import type { RouterSettings } from "../src/router/core/Config.ts"
+import { Lifecycle } from "../src/router/core/Lifecycle.ts"
+import type { Model } from "../src/router/simulated/Model.ts"
 import {
   gatedModel,
   type LogLine,

@@ -6,16 +6,16 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Effect, Fiber, Layer, Schema, SchemaGetter } from "effect"
 import { TestClock } from "effect/testing"
-import { Admission } from "../src/router/Admission.ts"
-import { defaultSimulation, RouterConfig } from "../src/router/Config.ts"
-import { type Generated, makeTokenTimer, Model } from "../src/router/Model.ts"
+import { Admission } from "../src/router/core/Admission.ts"
+import { defaultSimulation, RouterConfig } from "../src/router/core/Config.ts"
+import { type Generated, makeTokenTimer, Model } from "../src/router/simulated/Model.ts"
 import { Upstreams } from "../src/router/upstream/Upstreams.ts"
 
 const testModelLayer = Model.layer.pipe(
   Layer.provide(Layer.mergeAll(Admission.layer, Layer.succeed(Upstreams, Upstreams.disabled))),
   Layer.provide(RouterConfig.layerWith({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
 )
-import { countTokens, planOutput, planText, type TextPlan, type TextRequest, tokenReader } from "../src/router/Simulation.ts"
+import { countTokens, planOutput, planText, type TextPlan, type TextRequest, tokenReader } from "../src/router/simulated/Simulation.ts"
 
 /** A plan's tokens, all at once, as the model emits them one by one. */
 const planTokens = (plan: TextPlan): Array<string> => Array.from({ length: plan.tokens }, tokenReader(plan))

@@ -8,9 +8,9 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Effect, Exit, Fiber, Schema } from "effect"
 import { TestClock } from "effect/testing"
-import { Admission, Rejected } from "../src/router/Admission.ts"
-import { defaultSimulation } from "../src/router/Config.ts"
-import { Model } from "../src/router/Model.ts"
+import { Admission, Rejected } from "../src/router/core/Admission.ts"
+import { defaultSimulation } from "../src/router/core/Config.ts"
+import { Model } from "../src/router/simulated/Model.ts"
 
 const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
 

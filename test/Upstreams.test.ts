@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { TestClock } from "effect/testing"
-import { defaultUpstream } from "../src/router/Config.ts"
+import { defaultUpstream } from "../src/router/core/Config.ts"
 import { parseTargets, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
 import { Upstreams } from "../src/router/upstream/Upstreams.ts"
 

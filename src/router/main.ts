@@ -7,8 +7,8 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Context, Effect, Layer } from "effect"
 import { exitOnSignal, reportFailure } from "../shared/Main.ts"
-import { Lifecycle } from "./Lifecycle.ts"
-import { RouterServer } from "./RouterServer.ts"
+import { Lifecycle } from "./core/Lifecycle.ts"
+import { RouterServer } from "./edge/RouterServer.ts"
 
 Effect.scoped(Effect.gen(function*() {
   const services = yield* Layer.build(RouterServer)

@@ -8,11 +8,11 @@ import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import * as Http from "node:http"
 import * as Net from "node:net"
-import { Admission } from "../../src/router/Admission.ts"
-import { RouterConfig, type RouterSettings } from "../../src/router/Config.ts"
-import { Model } from "../../src/router/Model.ts"
-import { AccessLogOutput } from "../../src/router/http/RequestObserver.ts"
-import { makeRouterServer } from "../../src/router/RouterServer.ts"
+import { Admission } from "../../src/router/core/Admission.ts"
+import { RouterConfig, type RouterSettings } from "../../src/router/core/Config.ts"
+import { Model } from "../../src/router/simulated/Model.ts"
+import { AccessLogOutput } from "../../src/router/edge/RequestObserver.ts"
+import { makeRouterServer } from "../../src/router/edge/RouterServer.ts"
 
 /** Log lines as the JSON logger writes them, parsed. */
 export interface LogLine {

@@ -4,7 +4,7 @@
 import { Effect } from "effect"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { NotReady, ProbesGroup } from "../../api/RouterApi.ts"
-import { Lifecycle } from "../Lifecycle.ts"
+import { Lifecycle } from "../core/Lifecycle.ts"
 import { Upstreams } from "../upstream/Upstreams.ts"
 
 /** The part of `RouterApi` HttpApiBuilder serves; `/infer` has a handler of its own (see InferHandler). */

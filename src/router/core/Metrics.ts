@@ -5,11 +5,11 @@
  */
 import { Effect, Metric } from "effect"
 import { HttpRouter } from "effect/http"
-import { labelled, prometheusResponse, secondsHistogram } from "../shared/Metrics.ts"
-import { metricsPath } from "../api/RouterApi.ts"
+import { labelled, prometheusResponse, secondsHistogram } from "../../shared/Metrics.ts"
+import { metricsPath } from "../../api/RouterApi.ts"
 import { Admission, rejectReasons } from "./Admission.ts"
 import { RouterConfig } from "./Config.ts"
-import { Upstreams } from "./upstream/Upstreams.ts"
+import { Upstreams } from "../upstream/Upstreams.ts"
 
 export const requestsTotal = Metric.counter("router_requests_total", {
   description: "HTTP requests served, by endpoint and status (probes and /metrics excluded)",

@@ -14,11 +14,11 @@ import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
-import { RouterConfig } from "../Config.ts"
+import { RouterConfig } from "../core/Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
-import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../Metrics.ts"
+import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../core/Metrics.ts"
 import { outcomeOf, type RequestOutcome } from "./RequestOutcome.ts"
-import { type RouteTable, unmatchedEndpoint } from "./Routes.ts"
+import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
 
 /** Inference requests: each gets one access-log line, whatever ends it. */
 const inferencePaths = new Set([InferenceGroup.endpoints.infer.path, completionsPath, chatCompletionsPath])

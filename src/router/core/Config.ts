@@ -22,8 +22,8 @@ import {
   rawSetting,
   setting,
   type SettingError
-} from "../shared/Settings.ts"
-import { parseTargets, type UpstreamTarget, upstreamsExpected } from "./upstream/Targets.ts"
+} from "../../shared/Settings.ts"
+import { parseTargets, type UpstreamTarget, upstreamsExpected } from "../upstream/Targets.ts"
 
 export { InvalidSetting }
 

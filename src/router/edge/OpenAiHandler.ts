@@ -15,7 +15,7 @@
 import { Cause, Effect, Exit, Fiber, Layer, Result, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
-import { type Rejected, Admission } from "../Admission.ts"
+import { type Rejected, Admission } from "../core/Admission.ts"
 import {
   ChatCompletionRequest,
   type ChatCompletionRequest as ChatCompletionRequestType,
@@ -31,11 +31,11 @@ import {
 } from "../../api/OpenAiApi.ts"
 import { QueueBudgetMs, queueTimeoutHeader, requestIdHeader } from "../../api/RouterApi.ts"
 import { metricContext } from "../../shared/Metrics.ts"
-import { type FailureType, RouterConfig } from "../Config.ts"
-import { Lifecycle } from "../Lifecycle.ts"
-import { vllmMetrics } from "../Metrics.ts"
-import { type Generated, Model, type TokenSink } from "../Model.ts"
-import { countTokens } from "../Simulation.ts"
+import { type FailureType, RouterConfig } from "../core/Config.ts"
+import { Lifecycle } from "../core/Lifecycle.ts"
+import { vllmMetrics } from "../core/Metrics.ts"
+import { type Generated, Model, type TokenSink } from "../simulated/Model.ts"
+import { countTokens } from "../simulated/Simulation.ts"
 import { type UpstreamFailure, upstreamHeader, type UpstreamResponse, Upstreams, upstreamVersionHeader } from "../upstream/Upstreams.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"

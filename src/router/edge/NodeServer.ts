@@ -1,6 +1,6 @@
 /**
  * The router's Node HTTP server, as Effect's `HttpServer` service: it listens,
- * dispatches every request by the one route rule (`http/Routes.ts`), and stops
+ * dispatches every request by the one route rule (`app/Routes.ts`), and stops
  * gracefully.
  *
  * Why not `NodeHttpServer.layer`: that server adds its own `request` listener,
@@ -22,15 +22,15 @@ import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
-import { requestIdHeader } from "../api/RouterApi.ts"
-import { RouterConfig, type RouterSettings } from "./Config.ts"
-import { writeJson } from "./http/ContractErrors.ts"
-import { rawErrorResponse } from "./http/ErrorEnvelope.ts"
-import { NodeRoutes } from "./http/NodeRoutes.ts"
-import { RequestObserver } from "./http/RequestObserver.ts"
-import { addOutcome } from "./http/RequestOutcome.ts"
-import { routePath, type RouteTable } from "./http/Routes.ts"
-import { Lifecycle } from "./Lifecycle.ts"
+import { requestIdHeader } from "../../api/RouterApi.ts"
+import { RouterConfig, type RouterSettings } from "../core/Config.ts"
+import { writeJson } from "./ContractErrors.ts"
+import { rawErrorResponse } from "./ErrorEnvelope.ts"
+import { NodeRoutes } from "./NodeRoutes.ts"
+import { RequestObserver } from "./RequestObserver.ts"
+import { addOutcome } from "./RequestOutcome.ts"
+import { routePath, type RouteTable } from "../app/Routes.ts"
+import { Lifecycle } from "../core/Lifecycle.ts"
 
 /** Listening failed: the one line says why, and which setting to change. */
 export class ListenError extends Data.TaggedError("ListenError")<{

@@ -14,10 +14,10 @@
  * It knows nothing of HTTP; of admission only how busy the slots are.
  */
 import { Clock, Context, Effect, Layer, Random } from "effect"
-import { Admission } from "./Admission.ts"
-import { defaultSimulation, RouterConfig, type RouterSettings } from "./Config.ts"
+import { Admission } from "../core/Admission.ts"
+import { defaultSimulation, RouterConfig, type RouterSettings } from "../core/Config.ts"
 import { type FinishReason, hash32, planOutput, planText, tokenReader } from "./Simulation.ts"
-import { UpstreamFailure, upstreamRefusal, Upstreams } from "./upstream/Upstreams.ts"
+import { UpstreamFailure, upstreamRefusal, Upstreams } from "../upstream/Upstreams.ts"
 
 export interface Inference {
   /** Whole milliseconds the model spent on this prompt. */
