@@ -36,7 +36,8 @@ import { Lifecycle } from "../core/Lifecycle.ts"
 import { vllmMetrics } from "../core/Metrics.ts"
 import { type Generated, Model, type TokenSink } from "../simulated/Model.ts"
 import { countTokens } from "../simulated/Simulation.ts"
-import { type UpstreamFailure, upstreamHeader, type UpstreamResponse, Upstreams, upstreamVersionHeader } from "../upstream/Upstreams.ts"
+import { relayUnsafe } from "../upstream/Relay.ts"
+import { type UpstreamFailure, Upstreams } from "../upstream/Upstreams.ts"
 import { makeBearerCheck } from "./Authorization.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
@@ -464,83 +465,22 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     ...(error.retryAfterSeconds === undefined ? {} : { headers: { "retry-after": String(error.retryAfterSeconds) } })
   })
 
-  /** Headers of the upstream's answer the client sees, beside the router's own. */
-  const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
-
-  /**
-   * Forwards one admitted request and relays the answer: JSON as one whole
-   * response, SSE as it arrives (only whole events, so an error frame after a
-   * broken upstream stands alone), pausing the upstream while the client's
-   * socket is full. Calls `done` once the client has its answer (with the
-   * failure, if the upstream gave none); returns the function that aborts the
-   * upstream request. Plain callbacks for the same reason as
-   * Upstreams.forwardUnsafe: it runs once per request.
-   */
+  /** Forwards one admitted request and relays the answer (upstream/Relay.ts); returns the function that aborts it. */
   const relay = (request: IncomingMessage, response: ServerResponse, parsed: Parsed, body: string, arrivedAt: number, done: (failure: UpstreamFailure | undefined) => void): () => void => {
     const outgoing: Record<string, string> = { "content-type": "application/json", "x-request-id": request.headers[requestIdHeader] as string }
     const forced = request.headers[simFailureHeader]
     // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
     if (typeof forced === "string") outgoing[simFailureHeader] = forced
-    let streaming = false
-    let pending: Buffer | undefined
-    let chunks: Array<Buffer> | undefined
-    let answer: UpstreamResponse | undefined
-    let headers: Record<string, string | number> | undefined
-    let firstChunk = true
-    const onDrain = () => answer?.resume()
-    return upstreams.forwardUnsafe({ path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath, body, headers: outgoing }, {
-      onResponse: (upstream) => {
-        answer = upstream
-        headers = { ...headersOf(request), [upstreamHeader]: upstream.upstream }
-        if (upstream.version !== undefined) headers[upstreamVersionHeader] = upstream.version
-        for (const name of passedOn) {
-          const value = upstream.headers[name]
-          if (typeof value === "string") headers[name] = value
-        }
-        streaming = upstream.status === 200 && String(upstream.headers["content-type"]).startsWith("text/event-stream")
-        if (!streaming) {
-          chunks = []
-          return
-        }
-        response.writeHead(200, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" })
-        response.flushHeaders()
-      },
-      onData: (chunk) => {
-        if (!streaming) return void chunks!.push(chunk)
-        if (firstChunk) {
-          firstChunk = false
-          vllm.timeToFirstToken.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
-        }
-        const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
-        const end = data.lastIndexOf("\n\n")
-        if (end === -1) {
-          pending = data
-          return
-        }
-        const whole = end + 2 === data.length
-        pending = whole ? undefined : data.subarray(end + 2)
-        if (!response.write(whole ? data : data.subarray(0, end + 2))) {
-          answer!.pause()
-          response.once("drain", onDrain)
-        }
-      },
-      onEnd: () => {
-        if (streaming) {
-          response.end(pending)
-        } else if (!response.headersSent) {
-          const text = Buffer.concat(chunks!)
-          if (closesEarly(request)) headers!.connection = "close"
-          headers!["content-length"] = text.length
-          response.writeHead(answer!.status, headers)
-          response.end(text)
-        }
-        done(undefined)
-      },
-      onError: (failure) => {
-        if (!response.headersSent) fail(request, response, upstreamApiError(failure))
-        else endWithErrorFrame(response, upstreamApiError(failure))
-        done(failure)
-      }
+    return relayUnsafe(upstreams, {
+      path: parsed.kind === "chat" ? chatCompletionsPath : completionsPath,
+      body,
+      headers: outgoing,
+      answerHeaders: () => closesEarly(request) ? { ...headersOf(request), connection: "close" } : headersOf(request)
+    }, response, {
+      onFirstByte: () => vllm.timeToFirstToken.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics),
+      failBeforeHeaders: (failure) => fail(request, response, upstreamApiError(failure)),
+      endWithErrorFrame: (failure) => endWithErrorFrame(response, upstreamApiError(failure)),
+      done
     })
   }
 
