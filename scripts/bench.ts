@@ -82,6 +82,12 @@ const peakRssMiB = (pid: number) => {
 }
 
 
+/** Current resident set size (VmRSS) of a live process, in MiB. */
+const rssMiB = (pid: number) => {
+  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+  return match ? Number(match[1]) / 1024 : NaN
+}
+
 const wrkScript = join(tmpdir(), "inference-router-bench.lua")
 writeFileSync(
   wrkScript,
@@ -238,14 +244,16 @@ const main = async () => {
   )
   print()
 
-  for (const [name, env, label] of [
-    ["overhead", {}, "default settings: one access-log line per request"],
-    ["overhead-quiet", { LOG_LEVEL: "warn" }, "LOG_LEVEL=warn: no access log"]
+  for (const [name, env, label, connections] of [
+    ["overhead", {}, "default settings: one access-log line per request", 50],
+    ["overhead-quiet", { LOG_LEVEL: "warn" }, "LOG_LEVEL=warn: no access log", 50],
+    // Many connections: a long pause (GC, a slow batch write) shows here first.
+    ["overhead-256", {}, "default settings, 256 connections", 256]
   ] as const) {
     if (only && !only.includes(name)) continue
-    print(`## 1. Router overhead (${label}): SIM_LATENCY_MS=0, MAX_CONCURRENCY=10000, 50 connections`)
+    print(`## 1. Router overhead (${label}): SIM_LATENCY_MS=0, MAX_CONCURRENCY=10000, ${connections} connections`)
     print()
-    const { results, rss } = await alternate({ SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", ...env }, 50)
+    const { results, rss } = await alternate({ SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", ...env }, connections)
     const { baseline, router, throughput } = summarize(results, rss)
     print()
     print(`Goals: throughput ≥ 0.85× (${fmt(throughput, 2)}×), p99 ≤ 2× baseline + 1 ms (${fmt(router.p99, 2)} ≤ ${fmt(2 * baseline.p99 + 1, 2)}), peak RSS ≤ 1.5× (${fmt(router.rss / baseline.rss, 2)}×).`)
@@ -317,19 +325,23 @@ const main = async () => {
     print("## 3. Start-up: process start to the first 200 from /readyz (median of 5)")
     print()
     const times: Record<Target, Array<number>> = { router: [], baseline: [] }
+    const idleRss: Record<Target, Array<number>> = { router: [], baseline: [] }
     for (let i = 0; i < 5; i++) {
       for (const target of ["router", "baseline"] as const) {
         const server = await startServer(target, {})
         times[target].push(server.startupMs)
+        // Idle memory: ready, one second settled, no load yet.
+        await sleep(1_000)
+        idleRss[target].push(rssMiB(server.child.pid!))
         await stopServer(server)
       }
     }
-    print("| | start-up ms |")
-    print("|---|---:|")
-    print(`| router | ${fmt(median(times.router), 0)} |`)
-    print(`| baseline | ${fmt(median(times.baseline), 0)} |`)
+    print("| | start-up ms | idle RSS MiB |")
+    print("|---|---:|---:|")
+    print(`| router | ${fmt(median(times.router), 0)} | ${fmt(median(idleRss.router))} |`)
+    print(`| baseline | ${fmt(median(times.baseline), 0)} | ${fmt(median(idleRss.baseline))} |`)
     print()
-    print(`Goal: router ≤ 500 ms (${fmt(median(times.router), 0)} ms).`)
+    print(`Goals: router ≤ 500 ms (${fmt(median(times.router), 0)} ms); idle RSS ≤ 1.2× baseline (${fmt(median(idleRss.router) / median(idleRss.baseline), 2)}×).`)
   }
 
   mkdirSync(join(root, "bench-results"), { recursive: true })
