@@ -34,6 +34,7 @@ const gauges = {
   waiting: Metric.gauge("router_requests_waiting", { description: "/infer requests waiting for a slot now" }),
   maxConcurrency: Metric.gauge("router_max_concurrency", { description: "Configured MAX_CONCURRENCY" }),
   maxQueue: Metric.gauge("router_max_queue", { description: "Configured MAX_QUEUE" }),
+  queueTimeout: Metric.gauge("router_queue_timeout_seconds", { description: "Configured QUEUE_TIMEOUT_MS, in seconds (alerts compare queue wait with it)" }),
   // The names inference gateways' endpoint pickers read from vLLM servers (labelled model_name at scrape).
   vllmRunning: Metric.gauge("vllm:num_requests_running", { description: "Requests in the model now (vLLM's name)" }),
   vllmWaiting: Metric.gauge("vllm:num_requests_waiting", { description: "Requests waiting for a slot now (vLLM's name)" }),
@@ -136,6 +137,7 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     labelledVllm.kvCache.updateUnsafe(stats.running / stats.slots, context)
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)
     gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
+    gauges.queueTimeout.updateUnsafe(stats.queueTimeoutMs / 1000, context)
     for (const upstream of upstreams.view()) {
       upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
       upstreamMetrics.available(upstream.id).updateUnsafe(upstream.available ? 1 : 0, context)
