@@ -7,13 +7,14 @@ import { assert, describe, it } from "@effect/vitest"
 import { Clock, Effect, Fiber, Layer, Schema, SchemaGetter } from "effect"
 import { TestClock } from "effect/testing"
 import { Admission } from "../src/router/core/Admission.ts"
-import { defaultSimulation, RouterConfig } from "../src/router/core/Config.ts"
+import { defaultSimulation } from "../src/router/core/Config.ts"
+import { testConfigLayer } from "./support/TestSettings.ts"
 import { type Generated, makeTokenTimer, Model } from "../src/router/simulated/Model.ts"
 import { Upstreams } from "../src/router/upstream/Upstreams.ts"
 
 const testModelLayer = Model.layer.pipe(
   Layer.provide(Layer.mergeAll(Admission.layer, Layer.succeed(Upstreams, Upstreams.disabled))),
-  Layer.provide(RouterConfig.layerWith({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
+  Layer.provide(testConfigLayer({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
 )
 import { countTokens, planOutput, planText, type TextPlan, type TextRequest, tokenReader } from "../src/router/simulated/Simulation.ts"
 

@@ -121,6 +121,7 @@ export const ModelCard = Schema.Struct({
   parent: Schema.Null,
   max_model_len: Int
 })
+export type ModelCard = typeof ModelCard.Type
 export const ModelList = Schema.Struct({ object: Schema.Literal("list"), data: Schema.Array(ModelCard) }).annotate({
   identifier: "ModelList"
 })

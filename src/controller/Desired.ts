@@ -4,7 +4,7 @@
  * output, byte for byte; no clock, no randomness, no API calls. `render` prints
  * it, the reconciler applies it, `deploy/base` is its output for the example.
  */
-import { settingNames } from "../router/core/Config.ts"
+import { settingNames } from "../router/core/Settings.ts"
 import { apiVersion, type InferenceServiceSpec, kind } from "../api/InferenceService.ts"
 
 /** The controller's own defaults; the CRD's `default:` values are the same (a test checks). */

@@ -7,7 +7,7 @@
  */
 import { ConfigProvider, Effect, Exit, Schema } from "effect"
 import { InferenceServiceSpec } from "../api/InferenceService.ts"
-import { loadSettings } from "../router/core/Config.ts"
+import { loadSettings } from "../router/core/Settings.ts"
 import { routerEnv } from "./Desired.ts"
 
 export type SpecCheck =

@@ -9,10 +9,11 @@ import { NetAddress } from "effect/net"
 import * as Http from "node:http"
 import * as Net from "node:net"
 import { Admission } from "../../src/router/core/Admission.ts"
-import { RouterConfig, type RouterSettings } from "../../src/router/core/Config.ts"
+import type { RouterSettings } from "../../src/router/core/Config.ts"
 import { Model } from "../../src/router/simulated/Model.ts"
 import { AccessLogOutput } from "../../src/router/edge/RequestObserver.ts"
 import { makeRouterServer } from "../../src/router/edge/RouterServer.ts"
+import { testConfigLayer } from "./TestSettings.ts"
 
 /** Log lines as the JSON logger writes them, parsed. */
 export interface LogLine {
@@ -40,7 +41,7 @@ export const TestRouter = (
   } = {}
 ) =>
   makeRouterServer({
-    config: RouterConfig.layerWith({ simLatencyMs: 0, port: 0, host: "127.0.0.1", ...settings }),
+    config: testConfigLayer({ simLatencyMs: 0, port: 0, host: "127.0.0.1", ...settings }),
     model: model === undefined ? undefined : Layer.succeed(Model, model),
     logging: options.logs === undefined ? Logger.layer([]) : capturingLogger(options.logs)
   }).pipe(

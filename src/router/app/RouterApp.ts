@@ -14,7 +14,7 @@ import { OpenAiHandler } from "../edge/OpenAiHandler.ts"
 import { ProbeHandlers, ProbesApi } from "./ProbeHandlers.ts"
 import { routeTable } from "./Routes.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
-import { MetricsRoute } from "../core/Metrics.ts"
+import { MetricsRoute } from "./MetricsRoute.ts"
 
 /** Every route the router serves: what it matches, answers 405 for, and labels metrics with. */
 export const routes = routeTable([

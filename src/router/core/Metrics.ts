@@ -1,15 +1,12 @@
 /**
- * The router's Prometheus metrics, on Effect's Metric registry and exported by
- * Effect's Prometheus formatter. Gauges of current state (slots in use, queue
- * length) are read from admission at scrape time, so they are never stale.
+ * The router's Prometheus metrics: their definitions only, on Effect's Metric
+ * registry (the route that exports them is app/MetricsRoute.ts). A leaf of the
+ * router's import graph but for Admission's reject reasons, so every part may
+ * record into it.
  */
-import { Effect, Metric } from "effect"
-import { HttpRouter } from "effect/http"
-import { labelled, prometheusResponse, secondsHistogram } from "../../shared/Metrics.ts"
-import { metricsPath } from "../../api/RouterApi.ts"
-import { Admission, rejectReasons } from "./Admission.ts"
-import { RouterConfig } from "./Config.ts"
-import { Upstreams } from "../upstream/Upstreams.ts"
+import { Metric } from "effect"
+import { labelled, secondsHistogram } from "../../shared/Metrics.ts"
+import { rejectReasons } from "./Admission.ts"
 
 export const requestsTotal = Metric.counter("router_requests_total", {
   description: "HTTP requests served, by endpoint and status (probes and /metrics excluded)",
@@ -29,7 +26,7 @@ export const shedTotal = Metric.counter("router_shed_total", {
   incremental: true
 })
 
-const gauges = {
+export const gauges = {
   running: Metric.gauge("router_requests_running", { description: "/infer requests in the model now" }),
   waiting: Metric.gauge("router_requests_waiting", { description: "/infer requests waiting for a slot now" }),
   maxConcurrency: Metric.gauge("router_max_concurrency", { description: "Configured MAX_CONCURRENCY" }),
@@ -117,33 +114,3 @@ export const requestsBy = labelled(requestsTotal, "endpoint", "status")
 export const shedBy = labelled(shedTotal, "reason")
 /** Every reason the router sheds for, exported as 0 before the first one happens. */
 export const shedReasons = [...rejectReasons, "shutting_down"] as const
-
-
-/** `GET /metrics` in the Prometheus text format. */
-export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
-  const admission = yield* Admission
-  const upstreams = yield* Upstreams
-  const config = yield* RouterConfig
-  const labelledVllm = vllmMetrics(config.modelRef)
-  const context = yield* Effect.context<never>()
-  for (const reason of shedReasons) shedBy(reason).updateUnsafe(0, context)
-  const handler = Effect.gen(function*() {
-    const context = yield* Effect.context<never>()
-    const stats = admission.statsUnsafe()
-    gauges.running.updateUnsafe(stats.running, context)
-    gauges.waiting.updateUnsafe(stats.waiting, context)
-    labelledVllm.running.updateUnsafe(stats.running, context)
-    labelledVllm.waiting.updateUnsafe(stats.waiting, context)
-    labelledVllm.kvCache.updateUnsafe(stats.running / stats.slots, context)
-    gauges.maxConcurrency.updateUnsafe(stats.slots, context)
-    gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
-    gauges.queueTimeout.updateUnsafe(stats.queueTimeoutMs / 1000, context)
-    for (const upstream of upstreams.view()) {
-      upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
-      upstreamMetrics.available(upstream.id).updateUnsafe(upstream.available ? 1 : 0, context)
-      upstreamMetrics.connections(upstream.id).updateUnsafe(upstream.connections, context)
-    }
-    return prometheusResponse(context)
-  })
-  yield* router.add("GET", metricsPath, handler)
-}))

@@ -12,7 +12,7 @@
  * trailing `/v1` is the OpenAI-style base URL clients are given and means the
  * server's root. Pure: parsing only, no I/O.
  */
-import { maskCredentials } from "../core/Config.ts"
+import { maskCredentials } from "../../shared/Credentials.ts"
 
 export interface UpstreamTarget {
   /** As written (credentials masked): what errors and the start-up log show. */

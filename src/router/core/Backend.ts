@@ -1,0 +1,129 @@
+/**
+ * The model behind the router, as the request pipeline sees it: the simulated
+ * model and the upstream pool both implement this, so no route asks which one
+ * it is. The composition (`edge/RouterServer.ts`) picks one by MODEL_BACKEND.
+ *
+ * A backend's work is run by the pipeline (`edge/Pipeline.ts`), which holds
+ * the admission slot, wires the client's hang-up and the drain, and answers.
+ * Work is an Effect, or plain callbacks where a benchmark showed a fiber's
+ * cost on the hot path (BENCHMARKS.md sections 6 and 7; docs/architecture.md
+ * lists every such place): the pipeline runs either form the same way.
+ */
+import { Context, Effect, Exit } from "effect"
+import type { ChatCompletionRequest, CompletionRequest, ModelCard, OpenAiError } from "../../api/OpenAiApi.ts"
+
+/** No usable answer from the backend: the status says what the client should do (400: fix the request, 429/503: later). */
+export interface BackendFailure {
+  readonly status: 400 | 429 | 502 | 503 | 504
+  readonly code: string
+  readonly message: string
+  readonly retryAfterSeconds: number | undefined
+}
+
+/** Work that reports through callbacks: `start` begins it and returns the function that stops it. */
+export interface Callbacks<A, E> {
+  readonly _tag: "Callbacks"
+  start(done: (exit: Exit.Exit<A, E>) => void): () => void
+}
+
+/** An admitted request's work: an Effect (no fiber when it is an Exit already), or callbacks. */
+export type Work<A, E = never> = Effect.Effect<A, E> | Callbacks<A, E>
+
+export const callbacks = <A, E = never>(start: Callbacks<A, E>["start"]): Callbacks<A, E> => ({ _tag: "Callbacks", start })
+
+export const isCallbacks = <A, E>(work: Work<A, E>): work is Callbacks<A, E> => (work as Callbacks<A, E>)._tag === "Callbacks"
+
+/** The work as an Effect (for a request that waits in the queue, in a fiber anyway). */
+export const workEffect = <A, E>(work: Work<A, E>): Effect.Effect<A, E> =>
+  isCallbacks(work)
+    ? Effect.callback<A, E>((resume) => {
+      const stop = work.start((exit) => resume(exit))
+      return Effect.sync(stop)
+    })
+    : work
+
+/** `/infer`'s answer. */
+export interface Inference {
+  /** Whole milliseconds the model spent on this prompt. */
+  readonly processingMs: number
+  /** `host:port` of the model server that answered (upstream backend). */
+  readonly upstream?: string | undefined
+}
+
+/** One decoded `/v1/completions` or `/v1/chat/completions` request. */
+export interface CompletionCall {
+  readonly kind: "completion" | "chat"
+  readonly body: CompletionRequest | ChatCompletionRequest
+  /** The body as received: what a model server is sent. */
+  readonly text: string
+  readonly requestId: string
+  /** The `x-sim-failure` header, if any (a simulated backend fails as asked; an upstream is sent it). */
+  readonly simFailure: string | undefined
+}
+
+/** A generation's end, at token level. */
+export interface Generated {
+  readonly text: string
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly finishReason: "stop" | "length"
+  /** Whole milliseconds the model took. */
+  readonly processingMs: number
+}
+
+/**
+ * Where a backend writes a completion's answer; the pipeline provides it. A
+ * model that produces tokens hands them over one by one (the route encodes
+ * OpenAI's JSON or frames); a model server's own answer is relayed as bytes.
+ */
+export interface CompletionReply {
+  // -- tokens (the route encodes them)
+  /** One token; false when the client's socket is full: call `onceDrained` before the next. */
+  token(text: string, index: number): boolean
+  onceDrained(resume: () => void): void
+  /** The last token was handed over: the route writes the end of the answer. */
+  finish(generated: Generated): void
+  // -- bytes (a model server's answer, relayed)
+  /** The client's response, for a relay that writes the model server's bytes (a subset of Node's). */
+  readonly response: ClientResponse
+  /** The router's own answer headers (request id, `Connection: close` while draining). */
+  answerHeaders(): Record<string, string | number>
+  /** The first body byte arrived (time to first token). */
+  firstByte(): void
+  // -- either
+  /** No usable answer: an error response, or one error frame and `[DONE]` after a started stream. */
+  fail(failure: BackendFailure): void
+}
+
+/** What the client's response offers a relay: the subset of Node's ServerResponse used. */
+export interface ClientResponse {
+  readonly headersSent: boolean
+  readonly destroyed: boolean
+  writeHead(status: number, headers: Record<string, string | number>): unknown
+  flushHeaders(): void
+  write(chunk: Buffer | string): boolean
+  end(chunk?: Buffer | string): unknown
+  once(event: "drain", listener: () => void): unknown
+}
+
+/** How a completion ended: `failure` when the client got an error instead of an answer. */
+export interface Completed {
+  readonly failure?: BackendFailure | undefined
+  readonly generated?: Generated | undefined
+}
+
+export class Backend extends Context.Service<Backend, {
+  /** True while it can take requests (synchronous: probes read it). */
+  ready(): boolean
+  /** `/infer`: the model's work on one prompt, once admitted. */
+  infer(prompt: string, requestId: string): Work<Inference, BackendFailure>
+  /**
+   * What this backend refuses before admission (an injected failure, the
+   * simulated context length); undefined when the call may queue.
+   */
+  check(call: CompletionCall): OpenAiError | undefined
+  /** A completion, once admitted: written to `reply`. */
+  complete(call: CompletionCall, reply: CompletionReply, waitedMs: number): Work<Completed>
+  /** `/v1/models`: the models served, as the model servers report them. */
+  readonly models: Effect.Effect<ReadonlyArray<ModelCard>, BackendFailure>
+}>()("inference-router/Backend") {}

@@ -1,0 +1,499 @@
+/**
+ * The router's settings contract: every variable's name and documentation
+ * (docs/settings.md is generated from `settingDocs`; a test fails on drift),
+ * one defaults object, and the parser. No layer, no I/O beyond reading the
+ * environment through Effect's `Config` (so tests swap the `ConfigProvider`)
+ * and API_KEYS_FILE: the controller validates specs with the same parser.
+ *
+ * An invalid value fails with `InvalidSetting`, whose message is the one line
+ * an operator sees: the variable, the value and what is expected.
+ */
+import { Effect, Redacted, Schema } from "effect"
+import { readFileSync } from "node:fs"
+import {
+  decimalAtLeast,
+  decimalBetween,
+  DecimalInt,
+  InvalidSetting,
+  type LogFormat,
+  logFormatSetting,
+  type LogLevelName,
+  logLevelSetting,
+  oneOf,
+  optionalString,
+  rawSetting,
+  setting,
+  type SettingError
+} from "../../shared/Settings.ts"
+import { maskCredentials } from "../../shared/Credentials.ts"
+import { parseTargets, type UpstreamTarget, upstreamsExpected } from "../upstream/Targets.ts"
+
+export { InvalidSetting, maskCredentials }
+
+/** Failures the simulated model can inject, as llm-d-inference-sim does. */
+export const failureTypes = ["rate_limit", "invalid_api_key", "context_length", "invalid_request", "model_not_found", "server_error"] as const
+export type FailureType = typeof failureTypes[number]
+
+export interface SimulationSettings {
+  /** echo: the output repeats the prompt (the last user message); random: seeded random words. */
+  readonly mode: "echo" | "random"
+  readonly seed: number
+  /** Time to first token; unset: SIM_LATENCY_MS. */
+  readonly ttftMs: number | undefined
+  readonly ttftStdDevMs: number
+  /** Inter-token latency; unset: 0 (every token at once after the first). */
+  readonly itlMs: number | undefined
+  readonly itlStdDevMs: number
+  /** Latency multiplier reached when every slot is busy (1 = load has no effect). */
+  readonly loadFactor: number
+  /** Most tokens generated when the request sets no max_tokens. */
+  readonly maxTokens: number
+  /** Context length: prompt tokens plus max_tokens may not exceed it. */
+  readonly maxModelLen: number
+  /** Percent of requests failed on purpose. */
+  readonly failureRate: number
+  readonly failureTypes: ReadonlyArray<FailureType>
+}
+
+/** How the router reaches model servers when MODEL_BACKEND=upstream. */
+export interface UpstreamSettings {
+  readonly targets: ReadonlyArray<UpstreamTarget>
+  /** Most requests in flight to one upstream (0 = only MAX_CONCURRENCY bounds it). */
+  readonly maxConcurrency: number
+  readonly connectTimeoutMs: number
+  /** From sending the request to the upstream's response headers. */
+  readonly firstByteTimeoutMs: number
+  /** Longest silence between two chunks of an upstream's body. */
+  readonly idleTimeoutMs: number
+  /** Active checks (`GET /health`) every this often; 0 = none (every upstream counts as healthy). */
+  readonly healthIntervalMs: number
+  readonly healthTimeoutMs: number
+  /** Consecutive failures (connect failures, 5xx, timeouts) that eject an upstream. */
+  readonly ejectAfter: number
+  /** The first ejection's length; each further one is longer, up to 10 times this. */
+  readonly ejectBaseMs: number
+  /** At most this share of the upstreams is ejected at once (at least one may be). */
+  readonly maxEjectedPercent: number
+  /** Further attempts after a connect failure or a 429/503 before any byte, per request. */
+  readonly retries: number
+  /** Retries in flight may be this share of the requests in flight... */
+  readonly retryBudgetPercent: number
+  /** ...or this many, whichever is more. */
+  readonly retryBudgetMin: number
+  /** How often `dns+` names are resolved again. */
+  readonly dnsRefreshMs: number
+}
+
+export type ModelBackend = "simulated" | "upstream"
+
+export interface RouterSettings {
+  readonly modelRef: string
+  /** True when MODEL_REF was not set and `modelRef` is the demo default. */
+  readonly modelRefDefaulted: boolean
+  readonly maxConcurrency: number
+  readonly maxQueue: number
+  readonly queueTimeoutMs: number
+  readonly overloadStatus: 429 | 503
+  readonly kvEndpoints: ReadonlyArray<KvEndpoint>
+  readonly backend: ModelBackend
+  /** Set exactly when `backend` is "upstream". */
+  readonly upstream: UpstreamSettings | undefined
+  readonly simLatencyMs: number
+  /** The simulated model's token-level behaviour (the OpenAI-compatible API). */
+  readonly simulation: SimulationSettings
+  readonly maxBodyBytes: number
+  readonly shutdownDelayMs: number
+  readonly shutdownTimeoutMs: number
+  readonly headersTimeoutMs: number
+  readonly requestTimeoutMs: number
+  readonly port: number
+  readonly host: string | undefined
+  readonly podName: string | undefined
+  readonly logLevel: LogLevelName
+  readonly logFormat: LogFormat
+  /** Bearer tokens accepted on /infer; empty = no authentication. */
+  readonly apiKeys: ReadonlyArray<Redacted.Redacted<string>>
+}
+
+
+/**
+ * One `KV_ENDPOINTS` item. A URL may carry credentials (`redis://user:pass@…`,
+ * `?password=…`): `shown`, the only form that appears in responses and logs,
+ * masks them; the full value stays `Redacted` inside the process.
+ */
+export interface KvEndpoint {
+  readonly shown: string
+  readonly value: Redacted.Redacted<string>
+}
+
+/** `host:port` with a port in 1..65535, or an http(s):// or redis:// URL. */
+const hostPort = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$/
+export const isKvEndpoint = (item: string): boolean => {
+  const match = hostPort.exec(item)
+  if (match !== null) {
+    const port = Number(match[1])
+    return port >= 1 && port <= 65535
+  }
+  if (!/^(https?|redis):\/\//.test(item)) return false
+  try {
+    const url = new URL(item)
+    return url.hostname !== ""
+  } catch {
+    return false
+  }
+}
+
+export const kvEndpoint = (item: string): KvEndpoint => ({ shown: maskCredentials(item), value: Redacted.make(item) })
+
+const parseKvEndpoints = (variable: string): Effect.Effect<ReadonlyArray<KvEndpoint>, SettingError> =>
+  optionalString(variable).pipe(Effect.flatMap((raw) => {
+    const items = (raw ?? "").split(",").map((item) => item.trim()).filter((item) => item !== "")
+    const bad = items.find((item) => !isKvEndpoint(item))
+    return bad === undefined
+      ? Effect.succeed(items.map(kvEndpoint))
+      : Effect.fail(
+        new InvalidSetting({
+          variable,
+          value: maskCredentials(bad),
+          expected: "comma-separated items, each host:port (port 1-65535) or an http(s):// or redis:// URL"
+        })
+      )
+  }))
+
+const splitKeys = (text: string, separator: RegExp) =>
+  text.split(separator).map((key) => key.trim()).filter((key) => key !== "")
+
+/**
+ * API_KEYS (comma-separated) and API_KEYS_FILE (one key per line, `#` comments)
+ * together: several keys at once let clients rotate without downtime. Keys are
+ * `Redacted` from here on, so they never reach a log line.
+ */
+const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, SettingError> = Effect.gen(function*() {
+  const keys = splitKeys((yield* rawSetting("API_KEYS")) ?? "", /,/)
+  const file = yield* optionalString("API_KEYS_FILE")
+  if (file !== undefined) {
+    const text = yield* Effect.try({
+      try: () => readFileSync(file, "utf8"),
+      catch: (error) =>
+        new InvalidSetting({
+          variable: "API_KEYS_FILE",
+          value: file,
+          expected: `a readable file of API keys, one per line (${(error as NodeJS.ErrnoException).code ?? error})`
+        })
+    })
+    const fromFile = splitKeys(text.replace(/#.*$/gm, ""), /\r?\n/)
+    if (fromFile.length === 0) {
+      return yield* new InvalidSetting({ variable: "API_KEYS_FILE", value: file, expected: "a file with at least one key" })
+    }
+    keys.push(...fromFile)
+  }
+  return keys.map((key) => Redacted.make(key, { label: "api-key" }))
+})
+
+const ms = (variable: string, fallback: () => number | undefined) =>
+  setting(variable, decimalAtLeast(0), "an integer >= 0 (milliseconds)", fallback)
+
+/** A decimal number as people write one: digits, an optional fraction. */
+const DecimalNumber = Schema.Trim.pipe(
+  Schema.check(Schema.isPattern(/^[0-9]{1,6}(\.[0-9]{1,6})?$/, { expected: "a decimal number" })),
+  Schema.decodeTo(Schema.NumberFromString)
+)
+
+export const defaultSimulation: SimulationSettings = {
+  mode: "random",
+  seed: 0,
+  ttftMs: undefined,
+  ttftStdDevMs: 0,
+  itlMs: undefined,
+  itlStdDevMs: 0,
+  loadFactor: 1,
+  maxTokens: 64,
+  maxModelLen: 4096,
+  failureRate: 0,
+  failureTypes
+}
+
+const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.gen(function*() {
+  const mode = yield* setting("SIM_MODE", oneOf(["echo", "random"]), "echo or random", () => defaultSimulation.mode)
+  const seed = yield* setting("SIM_SEED", decimalBetween(0, 4294967295), "an integer from 0 to 4294967295", () => defaultSimulation.seed)
+  const ttftMs = yield* ms("SIM_TTFT_MS", () => undefined)
+  const ttftStdDevMs = (yield* ms("SIM_TTFT_STDDEV_MS", () => defaultSimulation.ttftStdDevMs)) ?? 0
+  const itlMs = yield* ms("SIM_ITL_MS", () => undefined)
+  const itlStdDevMs = (yield* ms("SIM_ITL_STDDEV_MS", () => defaultSimulation.itlStdDevMs)) ?? 0
+  const loadFactor = yield* setting(
+    "SIM_LOAD_FACTOR",
+    DecimalNumber.check(Schema.isBetween({ minimum: 1, maximum: 1000 })),
+    "a number from 1 to 1000",
+    () => defaultSimulation.loadFactor
+  )
+  const maxModelLen = yield* setting("SIM_MAX_MODEL_LEN", decimalBetween(1, 10_000_000), "an integer from 1 to 10000000 (tokens)", () => defaultSimulation.maxModelLen)
+  const maxTokens = yield* setting(
+    "SIM_MAX_TOKENS",
+    decimalBetween(1, maxModelLen),
+    `an integer from 1 to SIM_MAX_MODEL_LEN (${maxModelLen}) (tokens)`,
+    () => Math.min(defaultSimulation.maxTokens, maxModelLen)
+  )
+  const failureRate = yield* setting("SIM_FAILURE_RATE", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => defaultSimulation.failureRate)
+  const typesRaw = yield* optionalString("SIM_FAILURE_TYPES")
+  const types = typesRaw === undefined ? [...failureTypes] : typesRaw.split(",").map((t) => t.trim()).filter((t) => t !== "")
+  const unknown = types.find((t) => !(failureTypes as ReadonlyArray<string>).includes(t))
+  if (unknown !== undefined || types.length === 0) {
+    return yield* new InvalidSetting({
+      variable: "SIM_FAILURE_TYPES",
+      value: typesRaw ?? "",
+      expected: `comma-separated, each one of ${failureTypes.join(", ")}`
+    })
+  }
+  return {
+    mode,
+    seed,
+    ttftMs,
+    ttftStdDevMs,
+    itlMs,
+    itlStdDevMs,
+    loadFactor,
+    maxTokens,
+    maxModelLen,
+    failureRate,
+    failureTypes: types as Array<FailureType>
+  }
+})
+
+export const defaultUpstream: Omit<UpstreamSettings, "targets"> = {
+  maxConcurrency: 0,
+  connectTimeoutMs: 2_000,
+  firstByteTimeoutMs: 60_000,
+  idleTimeoutMs: 30_000,
+  healthIntervalMs: 5_000,
+  healthTimeoutMs: 2_000,
+  ejectAfter: 5,
+  ejectBaseMs: 30_000,
+  maxEjectedPercent: 50,
+  retries: 2,
+  retryBudgetPercent: 20,
+  retryBudgetMin: 3,
+  dnsRefreshMs: 5_000
+}
+
+/** The router's defaults: the one place each is written (the parser and docs/settings.md read them here). */
+export const defaults = {
+  modelRef: "demo-model",
+  maxConcurrency: 10,
+  /** MAX_QUEUE's default is this many per slot. */
+  queuePerSlot: 10,
+  queueTimeoutMs: 30_000,
+  overloadStatus: 429 as const,
+  backend: "simulated" as const,
+  simLatencyMs: 100,
+  maxBodyBytes: 1024 * 1024,
+  shutdownDelayMs: 0,
+  shutdownTimeoutMs: 25_000,
+  requestTimeoutMs: 30_000,
+  /** Capped at REQUEST_TIMEOUT_MS. */
+  headersTimeoutMs: 10_000,
+  port: 8080,
+  logLevel: "info" as const,
+  logFormat: "json" as const
+}
+
+/** One row of docs/settings.md. */
+export interface SettingDoc {
+  readonly variable: string
+  readonly meaning: string
+  /** Markdown; "—" when unset means absent. */
+  readonly default: string
+  readonly valid: string
+}
+
+const code = (value: unknown) => `\`${value}\``
+
+/**
+ * Every environment variable the router reads, in documentation order: the
+ * source of docs/settings.md's table (`settingsTableMarkdown`) and of
+ * `settingNames`, which the controller decides a value for one by one.
+ */
+export const settingDocs: ReadonlyArray<SettingDoc> = [
+  { variable: "MODEL_REF", meaning: "logical model name served", default: `${code(defaults.modelRef)} (logs a warning)`, valid: "any" },
+  { variable: "MAX_CONCURRENCY", meaning: "most requests in the model at once (`/infer` and `/v1/*` share the slots)", default: code(defaults.maxConcurrency), valid: "integer ≥ 1" },
+  { variable: "MAX_QUEUE", meaning: "most requests waiting for a slot; `0` = answer at once when all slots are busy", default: `${code(`${defaults.queuePerSlot} × MAX_CONCURRENCY`)}`, valid: "integer ≥ 0" },
+  { variable: "QUEUE_TIMEOUT_MS", meaning: "longest a request may wait for a slot (a client's `x-queue-timeout-ms` may lower it)", default: code(defaults.queueTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "OVERLOAD_STATUS", meaning: "status for shed requests: `503` suits meshes that retry on 5xx", default: code(defaults.overloadStatus), valid: "`429` or `503`" },
+  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`, query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines; the full value stays inside the process", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL" },
+  { variable: "MODEL_BACKEND", meaning: "`simulated`: the built-in simulation; `upstream`: forward to the model servers in `UPSTREAMS`", default: code(defaults.backend), valid: "`simulated`, `upstream`" },
+  { variable: "UPSTREAMS", meaning: "the model servers (only with `MODEL_BACKEND=upstream`, and required then): comma-separated base URLs, each optionally followed by `;weight=<1-1000>` and `;version=<label>`; `dns+http://name:port` uses every address the name resolves to (a headless Service), re-resolved every `UPSTREAM_DNS_REFRESH_MS`, the item's weight split among them. A base URL's path prefixes every request; a trailing `/v1` is the OpenAI-style base URL and means the root", default: "—", valid: "e.g. `http://vllm-a:8000;weight=90;version=v1,http://vllm-b:8000;weight=10;version=v2`" },
+  { variable: "UPSTREAM_MAX_CONCURRENCY", meaning: "most requests in flight to one upstream (`MAX_CONCURRENCY` bounds the total first; keep it ≤ the sum of the caps, or the excess gets 503 `upstreams_saturated`)", default: `${code(defaultUpstream.maxConcurrency)} (no cap of its own)`, valid: "integer ≥ 0" },
+  { variable: "UPSTREAM_CONNECT_TIMEOUT_MS", meaning: "connecting to an upstream", default: code(defaultUpstream.connectTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "UPSTREAM_FIRST_BYTE_TIMEOUT_MS", meaning: "from sending a request to the upstream's response headers (also bounds retries)", default: code(defaultUpstream.firstByteTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "UPSTREAM_IDLE_TIMEOUT_MS", meaning: "longest silence between two chunks of an upstream's body", default: code(defaultUpstream.idleTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "UPSTREAM_HEALTH_INTERVAL_MS", meaning: "active checks: `GET <base>/health` (vLLM's) this often; `0` = no checks (every upstream counts as healthy). Until its first check passes an upstream takes no requests", default: code(defaultUpstream.healthIntervalMs), valid: "integer ≥ 0" },
+  { variable: "UPSTREAM_HEALTH_TIMEOUT_MS", meaning: "a check passes on a 2xx within this", default: code(defaultUpstream.healthTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "UPSTREAM_EJECT_AFTER", meaning: "passive ejection: this many consecutive failures (5xx, connect failures, timeouts, broken bodies) take an upstream out", default: code(defaultUpstream.ejectAfter), valid: "1–1000" },
+  { variable: "UPSTREAM_EJECT_BASE_MS", meaning: "an ejection lasts this × the upstream's ejection count (at most 10×)", default: code(defaultUpstream.ejectBaseMs), valid: "integer ≥ 1" },
+  { variable: "UPSTREAM_MAX_EJECTED_PERCENT", meaning: "never more than this share of the pool ejected at once (at least one of two or more)", default: code(defaultUpstream.maxEjectedPercent), valid: "0–100" },
+  { variable: "UPSTREAM_RETRIES", meaning: "further attempts, each on another upstream, after a connect failure or a 429/503 before any byte (never after a byte reached the client)", default: code(defaultUpstream.retries), valid: "0–10" },
+  { variable: "UPSTREAM_RETRY_BUDGET_PERCENT", meaning: "retries in flight may be this share of the requests in flight, or `UPSTREAM_RETRY_BUDGET_MIN`, whichever is more (Envoy's retry budget)", default: code(defaultUpstream.retryBudgetPercent), valid: "0–100" },
+  { variable: "UPSTREAM_RETRY_BUDGET_MIN", meaning: "retries in flight always allowed, whatever the share", default: code(defaultUpstream.retryBudgetMin), valid: "integer ≥ 0" },
+  { variable: "UPSTREAM_DNS_REFRESH_MS", meaning: "how often `dns+` names are resolved again (a failed lookup keeps the addresses it had)", default: code(defaultUpstream.dnsRefreshMs), valid: "integer ≥ 1" },
+  { variable: "SIM_LATENCY_MS", meaning: "simulated model time per `/infer` request (and the time to first token on `/v1/*` when `SIM_TTFT_MS` is unset)", default: code(defaults.simLatencyMs), valid: "integer ≥ 0" },
+  { variable: "SIM_MODE", meaning: "the simulated model's text: `random` (seeded words) or `echo` (the prompt / last user message)", default: code(defaultSimulation.mode), valid: "`random`, `echo`" },
+  { variable: "SIM_SEED", meaning: "mixed into every request's seed (a request's `seed`, else a hash of its prompt): the same request gives the same text", default: code(defaultSimulation.seed), valid: "0 – 4294967295" },
+  { variable: "SIM_TTFT_MS", meaning: "time to first token", default: "`SIM_LATENCY_MS`", valid: "integer ≥ 0" },
+  { variable: "SIM_TTFT_STDDEV_MS", meaning: "its standard deviation (normal, clipped at 0)", default: code(defaultSimulation.ttftStdDevMs), valid: "integer ≥ 0" },
+  { variable: "SIM_ITL_MS", meaning: "inter-token latency. Setting `SIM_TTFT_MS` or `SIM_ITL_MS` makes `/infer` a whole generation too (`processingMs` = its time)", default: "`0`", valid: "integer ≥ 0" },
+  { variable: "SIM_ITL_STDDEV_MS", meaning: "its standard deviation (normal, clipped at 0)", default: code(defaultSimulation.itlStdDevMs), valid: "integer ≥ 0" },
+  { variable: "SIM_LOAD_FACTOR", meaning: "latency multiplier reached when every other slot is busy (linear in between; 1 = load has no effect)", default: code(defaultSimulation.loadFactor), valid: "number 1 – 1000" },
+  { variable: "SIM_MAX_TOKENS", meaning: "most tokens generated when the request sets no `max_tokens`", default: code(defaultSimulation.maxTokens), valid: "1 – `SIM_MAX_MODEL_LEN`" },
+  { variable: "SIM_MAX_MODEL_LEN", meaning: "context length: prompt tokens + `max_tokens` above it is a 400 `context_length_exceeded`; `/v1/models` reports it as `max_model_len`", default: code(defaultSimulation.maxModelLen), valid: "1 – 10000000" },
+  { variable: "SIM_FAILURE_RATE", meaning: "percent of `/v1/*` requests failed on purpose (for testing clients' retry paths)", default: code(defaultSimulation.failureRate), valid: "0 – 100" },
+  { variable: "SIM_FAILURE_TYPES", meaning: "which failures: `rate_limit` (429), `invalid_api_key` (401), `context_length` (400), `invalid_request` (400), `model_not_found` (404), `server_error` (500)", default: "all", valid: "comma-separated, of those" },
+  { variable: "MAX_BODY_BYTES", meaning: "largest request body, enforced while reading", default: `${code(defaults.maxBodyBytes)} (1 MiB)`, valid: "integer ≥ 1" },
+  { variable: "SHUTDOWN_DELAY_MS", meaning: "after SIGTERM, keep serving this long (readiness already 503) so endpoints stop routing here", default: code(defaults.shutdownDelayMs), valid: "integer ≥ 0, < `SHUTDOWN_TIMEOUT_MS`" },
+  { variable: "SHUTDOWN_TIMEOUT_MS", meaning: "bounds the whole drain; requests still running then are answered 503", default: code(defaults.shutdownTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "HEADERS_TIMEOUT_MS", meaning: "a client must send its request headers within this (else 408)", default: `${code(`min(${defaults.headersTimeoutMs}, REQUEST_TIMEOUT_MS)`)}`, valid: "1 … `REQUEST_TIMEOUT_MS`" },
+  { variable: "REQUEST_TIMEOUT_MS", meaning: "a client must send its whole request within this (else 408)", default: code(defaults.requestTimeoutMs), valid: "integer ≥ 1" },
+  { variable: "PORT", meaning: "the port to listen on", default: code(defaults.port), valid: "1–65535" },
+  { variable: "HOST", meaning: "the address to listen on", default: "all interfaces", valid: "an address of this machine, or a name resolving to one" },
+  { variable: "POD_NAME", meaning: "pod name (downward API), returned as `routerPod`; omitted when neither it nor `HOSTNAME` is set", default: "—", valid: "any" },
+  { variable: "HOSTNAME", meaning: "`POD_NAME`'s fallback (Kubernetes sets it to the pod name)", default: "—", valid: "any" },
+  { variable: "LOG_LEVEL", meaning: "least severe level logged; `info` includes one access-log line per inference request", default: code(defaults.logLevel), valid: "`debug`, `info`, `warn`, `error`" },
+  { variable: "LOG_FORMAT", meaning: "`json` (one object per line) or `pretty` (for humans)", default: code(defaults.logFormat), valid: "`json`, `pretty`" },
+  { variable: "API_KEYS", meaning: "comma-separated bearer tokens accepted on `/infer` and `/v1/*`; unset = no authentication", default: "—", valid: "any" },
+  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (`#` comments); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file" }
+]
+
+/** The environment variables the router reads, in documentation order. */
+export const settingNames: ReadonlyArray<string> = settingDocs.map((doc) => doc.variable)
+
+/** docs/settings.md's table, as generated from `settingDocs`. */
+export const settingsTableMarkdown = (): string =>
+  [
+    "| variable | meaning | default | valid |",
+    "|---|---|---|---|",
+    ...settingDocs.map((doc) => `| \`${doc.variable}\` | ${doc.meaning} | ${doc.default} | ${doc.valid} |`)
+  ].join("\n")
+
+const positiveMs = (variable: string, fallback: number) =>
+  setting(variable, decimalAtLeast(1), "an integer >= 1 (milliseconds)", () => fallback)
+
+/** MODEL_BACKEND and, for `upstream`, UPSTREAMS and the UPSTREAM_* settings. */
+const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSettings | undefined }, SettingError> = Effect.gen(function*() {
+  const backend = yield* setting("MODEL_BACKEND", oneOf(["simulated", "upstream"]), "simulated or upstream", () => defaults.backend)
+  const raw = yield* optionalString("UPSTREAMS")
+  if (backend === "simulated") {
+    if (raw !== undefined) {
+      return yield* new InvalidSetting({ variable: "MODEL_BACKEND", value: "simulated", expected: "upstream when UPSTREAMS is set (or unset UPSTREAMS)" })
+    }
+    return { backend, upstream: undefined }
+  }
+  if (raw === undefined) return yield* new InvalidSetting({ variable: "UPSTREAMS", value: "", expected: `${upstreamsExpected} (required when MODEL_BACKEND=upstream)` })
+  const parsed = parseTargets(raw)
+  if ("bad" in parsed) return yield* new InvalidSetting({ variable: "UPSTREAMS", value: parsed.bad, expected: `${upstreamsExpected}; ${parsed.reason}` })
+  if (parsed.targets.length === 0) return yield* new InvalidSetting({ variable: "UPSTREAMS", value: raw, expected: upstreamsExpected })
+  const d = defaultUpstream
+  const maxConcurrency = yield* setting("UPSTREAM_MAX_CONCURRENCY", decimalAtLeast(0), "an integer >= 0 (0: no cap per upstream)", () => d.maxConcurrency)
+  const connectTimeoutMs = yield* positiveMs("UPSTREAM_CONNECT_TIMEOUT_MS", d.connectTimeoutMs)
+  const firstByteTimeoutMs = yield* positiveMs("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", d.firstByteTimeoutMs)
+  const idleTimeoutMs = yield* positiveMs("UPSTREAM_IDLE_TIMEOUT_MS", d.idleTimeoutMs)
+  const healthIntervalMs = (yield* ms("UPSTREAM_HEALTH_INTERVAL_MS", () => d.healthIntervalMs)) ?? d.healthIntervalMs
+  const healthTimeoutMs = yield* positiveMs("UPSTREAM_HEALTH_TIMEOUT_MS", d.healthTimeoutMs)
+  const ejectAfter = yield* setting("UPSTREAM_EJECT_AFTER", decimalBetween(1, 1000), "an integer from 1 to 1000 (consecutive failures)", () => d.ejectAfter)
+  const ejectBaseMs = yield* positiveMs("UPSTREAM_EJECT_BASE_MS", d.ejectBaseMs)
+  const maxEjectedPercent = yield* setting("UPSTREAM_MAX_EJECTED_PERCENT", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => d.maxEjectedPercent)
+  const retries = yield* setting("UPSTREAM_RETRIES", decimalBetween(0, 10), "an integer from 0 to 10", () => d.retries)
+  const retryBudgetPercent = yield* setting("UPSTREAM_RETRY_BUDGET_PERCENT", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => d.retryBudgetPercent)
+  const retryBudgetMin = yield* setting("UPSTREAM_RETRY_BUDGET_MIN", decimalAtLeast(0), "an integer >= 0 (retries in flight)", () => d.retryBudgetMin)
+  const dnsRefreshMs = yield* positiveMs("UPSTREAM_DNS_REFRESH_MS", d.dnsRefreshMs)
+  return {
+    backend,
+    upstream: {
+      targets: parsed.targets,
+      maxConcurrency,
+      connectTimeoutMs,
+      firstByteTimeoutMs,
+      idleTimeoutMs,
+      healthIntervalMs,
+      healthTimeoutMs,
+      ejectAfter,
+      ejectBaseMs,
+      maxEjectedPercent,
+      retries,
+      retryBudgetPercent,
+      retryBudgetMin,
+      dnsRefreshMs
+    }
+  }
+})
+
+export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.gen(function*() {
+  const modelRefRaw = yield* optionalString("MODEL_REF")
+  const maxConcurrency = yield* setting("MAX_CONCURRENCY", decimalAtLeast(1), "an integer >= 1", () => defaults.maxConcurrency)
+  const maxQueue = yield* setting("MAX_QUEUE", decimalAtLeast(0), "an integer >= 0", () => defaults.queuePerSlot * maxConcurrency)
+  const queueTimeoutMs = yield* setting("QUEUE_TIMEOUT_MS", decimalAtLeast(1), "an integer >= 1 (milliseconds)", () => defaults.queueTimeoutMs)
+  const overloadStatus = yield* setting(
+    "OVERLOAD_STATUS",
+    DecimalInt.pipe(Schema.decodeTo(Schema.Literals([429, 503]))),
+    "429 or 503",
+    () => defaults.overloadStatus
+  )
+  const kvEndpoints = yield* parseKvEndpoints("KV_ENDPOINTS")
+  const { backend, upstream } = yield* loadBackend
+  const simLatencyMs = yield* setting("SIM_LATENCY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => defaults.simLatencyMs)
+  const simulation = yield* loadSimulation
+  const maxBodyBytes = yield* setting("MAX_BODY_BYTES", decimalAtLeast(1), "an integer >= 1 (bytes)", () => defaults.maxBodyBytes)
+  const shutdownDelayMs = yield* setting("SHUTDOWN_DELAY_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds)", () => defaults.shutdownDelayMs)
+  const shutdownTimeoutMs = yield* setting(
+    "SHUTDOWN_TIMEOUT_MS",
+    decimalAtLeast(1),
+    "an integer >= 1 (milliseconds)",
+    () => defaults.shutdownTimeoutMs
+  )
+  if (shutdownDelayMs >= shutdownTimeoutMs) {
+    return yield* new InvalidSetting({
+      variable: "SHUTDOWN_DELAY_MS",
+      value: String(shutdownDelayMs),
+      expected: `less than SHUTDOWN_TIMEOUT_MS (${shutdownTimeoutMs}), which bounds the whole drain`
+    })
+  }
+  const requestTimeoutMs = yield* setting(
+    "REQUEST_TIMEOUT_MS",
+    decimalAtLeast(1),
+    "an integer >= 1 (milliseconds)",
+    () => defaults.requestTimeoutMs
+  )
+  const headersTimeoutMs = yield* setting(
+    "HEADERS_TIMEOUT_MS",
+    decimalBetween(1, requestTimeoutMs),
+    `an integer from 1 to REQUEST_TIMEOUT_MS (${requestTimeoutMs}) (milliseconds)`,
+    () => Math.min(defaults.headersTimeoutMs, requestTimeoutMs)
+  )
+  const port = yield* setting("PORT", decimalBetween(1, 65535), "a port number 1-65535", () => defaults.port)
+  const host = yield* optionalString("HOST")
+  const podName = (yield* optionalString("POD_NAME")) ?? (yield* optionalString("HOSTNAME"))
+  const logLevel = yield* logLevelSetting
+  const logFormat = yield* logFormatSetting
+  const apiKeys = yield* loadApiKeys
+  return {
+    modelRef: modelRefRaw ?? defaults.modelRef,
+    modelRefDefaulted: modelRefRaw === undefined,
+    maxConcurrency,
+    maxQueue,
+    queueTimeoutMs,
+    overloadStatus,
+    kvEndpoints,
+    backend,
+    upstream,
+    simLatencyMs,
+    simulation,
+    maxBodyBytes,
+    shutdownDelayMs,
+    shutdownTimeoutMs,
+    headersTimeoutMs,
+    requestTimeoutMs,
+    port,
+    host,
+    podName,
+    logLevel,
+    logFormat,
+    apiKeys
+  }
+})
