@@ -1,0 +1,210 @@
+/**
+ * What each upstream has in its prefix cache, as block keys (chained block
+ * hashes: a key stands for its whole prefix, see BlockKeys.ts). Pure state:
+ * the caller passes the time (Effect's Clock, so TestClock drives ageing).
+ *
+ * Two sources per upstream, used together:
+ * - approximate: the router's own decisions ("this prompt went there, so its
+ *   blocks are cached there now"), least recently used first out once the
+ *   upstream's capacity (`vllm:cache_config_info`'s `num_gpu_blocks`) is
+ *   reached, and forgotten after `ttlMs` untouched. With KV events on, a
+ *   decision's entries live only `pendingTtlMs`: they stand in for the
+ *   `BlockStored` that follows once the prompt is prefilled, so a burst of one
+ *   prefix doesn't scatter before the first event arrives.
+ * - precise: the upstream's own KV events (`BlockStored`, `BlockRemoved`,
+ *   `AllBlocksCleared`), applied exactly. Events carry a sequence number per
+ *   publisher; a gap (missed batches, a publisher restart) means removals may
+ *   have been missed, so the precise set is no longer trusted as exact: its
+ *   blocks become approximate entries (aged and evicted like decisions, and
+ *   still removed by later `BlockRemoved`s) and the precise set starts again
+ *   from the next batch. That is the healing: stale entries age out instead of
+ *   being believed forever, fresh ones are exact again at once.
+ */
+
+export type BlockKey = string
+
+export type KvEvent =
+  | { readonly type: "BlockStored"; readonly blockHashes: ReadonlyArray<BlockKey> }
+  | { readonly type: "BlockRemoved"; readonly blockHashes: ReadonlyArray<BlockKey> }
+  | { readonly type: "AllBlocksCleared" }
+
+export interface KvEventBatch {
+  /** The publisher's sequence number of this batch (consecutive when nothing was lost). */
+  readonly seq: number
+  readonly events: ReadonlyArray<KvEvent>
+}
+
+export interface PrefixIndexSettings {
+  /** Blocks an upstream holds when its metrics don't say (`num_gpu_blocks`). */
+  readonly defaultCapacity: number
+  /** An approximate entry untouched this long is forgotten. */
+  readonly ttlMs: number
+  /** With KV events: how long a decision's entries stand in for the events that confirm them. */
+  readonly pendingTtlMs: number
+}
+
+export const defaultPrefixIndexSettings: PrefixIndexSettings = { defaultCapacity: 8192, ttlMs: 10 * 60_000, pendingTtlMs: 2_000 }
+
+interface UpstreamCache {
+  /** key -> when last touched; Map order is least recently touched first. */
+  readonly approximate: Map<BlockKey, number>
+  capacity: number
+  /** Present once the upstream publishes KV events. */
+  precise: Set<BlockKey> | undefined
+  lastSeq: number | undefined
+  gaps: number
+}
+
+/** Why a batch was applied as it was. */
+export type BatchOutcome = "applied" | "gap" | "duplicate"
+
+export class PrefixIndex {
+  private readonly upstreams = new Map<string, UpstreamCache>()
+  readonly settings: PrefixIndexSettings
+
+  constructor(settings: PrefixIndexSettings = defaultPrefixIndexSettings) {
+    this.settings = settings
+  }
+
+  private cache(upstream: string): UpstreamCache {
+    let cache = this.upstreams.get(upstream)
+    if (cache === undefined) {
+      cache = { approximate: new Map(), capacity: this.settings.defaultCapacity, precise: undefined, lastSeq: undefined, gaps: 0 }
+      this.upstreams.set(upstream, cache)
+    }
+    return cache
+  }
+
+  /** The upstream's cache size in blocks, as its `vllm:cache_config_info` reports it. */
+  setCapacity(upstream: string, blocks: number): void {
+    const cache = this.cache(upstream)
+    cache.capacity = Math.max(1, Math.floor(blocks))
+    this.trim(cache)
+  }
+
+  /** Forgets an upstream (removed from the pool, or found down). */
+  drop(upstream: string): void {
+    this.upstreams.delete(upstream)
+  }
+
+  upstreamIds(): ReadonlyArray<string> {
+    return [...this.upstreams.keys()]
+  }
+
+  /** Whether the upstream's precise set is being followed (it has sent KV events). */
+  isPrecise(upstream: string): boolean {
+    return this.upstreams.get(upstream)?.precise !== undefined
+  }
+
+  gapCount(upstream: string): number {
+    return this.upstreams.get(upstream)?.gaps ?? 0
+  }
+
+  /** Records that `keys` (a prompt's blocks, in order) were sent to `upstream` at `now`. */
+  recordDecision(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): void {
+    const cache = this.cache(upstream)
+    for (const key of keys) {
+      if (cache.precise?.has(key)) continue
+      cache.approximate.delete(key)
+      cache.approximate.set(key, now)
+    }
+    this.trim(cache)
+  }
+
+  /**
+   * Applies one batch of the upstream's KV events. A batch whose sequence
+   * number is not the next one is a gap (see the header) and is still applied;
+   * one at or below the last seen is a duplicate and is skipped.
+   */
+  applyBatch(upstream: string, batch: KvEventBatch, now: number): BatchOutcome {
+    const cache = this.cache(upstream)
+    let outcome: BatchOutcome = "applied"
+    if (cache.lastSeq !== undefined && batch.seq <= cache.lastSeq) {
+      // A restarted publisher counts from 0 again: that is a gap, not a replay.
+      if (batch.seq !== 0) return "duplicate"
+    }
+    if (cache.precise === undefined) {
+      cache.precise = new Set()
+    } else if (cache.lastSeq !== undefined && batch.seq !== cache.lastSeq + 1) {
+      outcome = "gap"
+      cache.gaps++
+      // Demote what we believed to approximate entries, oldest-first order kept.
+      for (const key of cache.precise) {
+        cache.approximate.delete(key)
+        cache.approximate.set(key, now)
+      }
+      cache.precise = new Set()
+    }
+    cache.lastSeq = batch.seq
+    for (const event of batch.events) {
+      switch (event.type) {
+        case "BlockStored":
+          for (const key of event.blockHashes) {
+            cache.precise.add(key)
+            cache.approximate.delete(key)
+          }
+          break
+        case "BlockRemoved":
+          for (const key of event.blockHashes) {
+            cache.precise.delete(key)
+            cache.approximate.delete(key)
+          }
+          break
+        case "AllBlocksCleared":
+          cache.precise.clear()
+          cache.approximate.clear()
+          break
+      }
+    }
+    this.trim(cache)
+    return outcome
+  }
+
+  /**
+   * How many of `keys` (a prompt's blocks, in order), counted from the first,
+   * the upstream has: the prompt's cached prefix in blocks.
+   */
+  cachedPrefix(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): number {
+    const cache = this.upstreams.get(upstream)
+    if (cache === undefined) return 0
+    const ttl = cache.precise === undefined ? this.settings.ttlMs : this.settings.pendingTtlMs
+    let count = 0
+    for (const key of keys) {
+      if (cache.precise?.has(key)) {
+        count++
+        continue
+      }
+      const touched = cache.approximate.get(key)
+      if (touched === undefined || now - touched > ttl) break
+      count++
+    }
+    return count
+  }
+
+  /** Every key the upstream is believed to hold now (tests, the shared snapshot). */
+  keys(upstream: string, now: number): Set<BlockKey> {
+    const cache = this.upstreams.get(upstream)
+    const found = new Set<BlockKey>(cache?.precise ?? [])
+    if (cache === undefined) return found
+    const ttl = cache.precise === undefined ? this.settings.ttlMs : this.settings.pendingTtlMs
+    for (const [key, touched] of cache.approximate) if (now - touched <= ttl) found.add(key)
+    return found
+  }
+
+  /** Blocks held for the upstream (precise and approximate, aged ones included until evicted). */
+  size(upstream: string): number {
+    const cache = this.upstreams.get(upstream)
+    return cache === undefined ? 0 : (cache.precise?.size ?? 0) + cache.approximate.size
+  }
+
+  /** Approximate entries beyond capacity go, least recently touched first. */
+  private trim(cache: UpstreamCache): void {
+    const room = Math.max(0, cache.capacity - (cache.precise?.size ?? 0))
+    let excess = cache.approximate.size - room
+    if (excess <= 0) return
+    for (const key of cache.approximate.keys()) {
+      if (excess-- <= 0) break
+      cache.approximate.delete(key)
+    }
+  }
+}

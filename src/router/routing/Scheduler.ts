@@ -1,0 +1,234 @@
+/**
+ * The cache-aware choice (UPSTREAM_SCHEDULER=cache-aware): among the
+ * upstreams the balancer says may take a request (healthy, not ejected, under
+ * their cap), the one with the lowest predicted time to first token
+ * (Predictor.ts), counting what the prefix index (PrefixIndex.ts) says each
+ * has cached, under a bound on load:
+ *
+ * - bounded load (consistent hashing with bounded loads, Mirrokni et al.): no
+ *   upstream is given a request that would take it above
+ *   `loadBound` × the pool's mean in flight (the request included, rounded
+ *   up). A hot prefix therefore spills to a second upstream, and since the
+ *   decision is recorded in the index, the next request of that prefix finds
+ *   it cached in both places;
+ * - near-ties (predictions within `tieMs` or `tieFraction` of the best) go to
+ *   the one with the fewest requests in flight, then at random: with nothing
+ *   cached anywhere the choice spreads like least-request;
+ * - in flight counts from the moment of the pick (the caller's Ticket), so a
+ *   burst cannot all choose one server on a count that has not moved yet.
+ *
+ * Pure state and arithmetic: the caller passes the time and the random source.
+ */
+import type { BlockKey } from "./PrefixIndex.ts"
+import { PrefixIndex } from "./PrefixIndex.ts"
+import { type PredictionInput, TtftPredictor } from "./Predictor.ts"
+
+export type RouteReason = "cache" | "load" | "spill" | "only-healthy"
+export const routeReasons: ReadonlyArray<RouteReason> = ["cache", "load", "spill", "only-healthy"]
+
+export interface Candidate {
+  readonly id: string
+  /** This router's requests in flight there. */
+  readonly inFlight: number
+}
+
+export interface SchedulerSettings {
+  /** UPSTREAM_LOAD_BOUND: at most this × the pool's mean in flight on one upstream (>= 1). */
+  readonly loadBound: number
+  readonly tieMs: number
+  readonly tieFraction: number
+  /** Block size when an upstream's metrics don't say (vLLM's default, the simulator's). */
+  readonly defaultBlockSize: number
+}
+
+export const defaultSchedulerSettings: SchedulerSettings = { loadBound: 1.25, tieMs: 1, tieFraction: 0.05, defaultBlockSize: 16 }
+
+/** One request as the scheduler sees it. */
+export interface RoutingRequest {
+  readonly promptTokens: number
+  /** The prompt's block keys at a block size (computed once per size asked). */
+  readonly keys: (blockSize: number) => ReadonlyArray<BlockKey>
+}
+
+/** What the upstream reports about itself (scraped /metrics, fresh). */
+export interface UpstreamSignals {
+  readonly waiting: number
+  readonly running: number
+  readonly blockSize: number | undefined
+}
+
+interface UpstreamState {
+  /** Uncached prompt tokens of this router's requests there before their first token. */
+  queuedPrefillTokens: number
+  /** In flight there from other router replicas (shared state), 0 without sharing. */
+  remoteInFlight: number
+  signals: UpstreamSignals | undefined
+  /** Mean prompt size of requests sent there (for scraped waiting requests the router didn't send). */
+  meanPrompt: number
+  blockSize: number
+}
+
+export interface Decision<C extends Candidate> {
+  readonly candidate: C
+  readonly reason: RouteReason
+  readonly cachedTokens: number
+  readonly predictedMs: number
+  /** What the prediction was made from (the learning compares the answer against it). */
+  readonly input: PredictionInput
+  readonly keys: ReadonlyArray<BlockKey>
+  readonly promptTokens: number
+}
+
+export class CacheAwareScheduler {
+  readonly index: PrefixIndex
+  readonly predictor: TtftPredictor
+  readonly settings: SchedulerSettings
+  private readonly random: () => number
+  private readonly states = new Map<string, UpstreamState>()
+
+  constructor(settings: SchedulerSettings = defaultSchedulerSettings, index = new PrefixIndex(), predictor = new TtftPredictor(), random: () => number = Math.random) {
+    this.settings = settings
+    this.index = index
+    this.predictor = predictor
+    this.random = random
+  }
+
+  state(upstream: string): UpstreamState {
+    let state = this.states.get(upstream)
+    if (state === undefined) {
+      state = { queuedPrefillTokens: 0, remoteInFlight: 0, signals: undefined, meanPrompt: 0, blockSize: this.settings.defaultBlockSize }
+      this.states.set(upstream, state)
+    }
+    return state
+  }
+
+  /** Fresh scraped signals, or undefined once they went stale (then only the router's own counts are used). */
+  setSignals(upstream: string, signals: UpstreamSignals | undefined): void {
+    const state = this.state(upstream)
+    state.signals = signals
+    if (signals?.blockSize !== undefined) state.blockSize = signals.blockSize
+  }
+
+  setRemoteInFlight(upstream: string, count: number): void {
+    this.state(upstream).remoteInFlight = Math.max(0, count)
+  }
+
+  /** Forgets an upstream (removed, or down): its index entries and learning. */
+  drop(upstream: string): void {
+    this.states.delete(upstream)
+    this.index.drop(upstream)
+    this.predictor.drop(upstream)
+  }
+
+  /** The pick. `candidates` is never empty (the balancer answers when none can take it). */
+  choose<C extends Candidate>(candidates: ReadonlyArray<C>, request: RoutingRequest, now: number): Decision<C> {
+    const n = candidates.length
+    const loads = candidates.map((candidate) => candidate.inFlight + this.state(candidate.id).remoteInFlight)
+    let total = 0
+    for (const load of loads) total += load
+    const cap = Math.max(1, Math.ceil(this.settings.loadBound * (total + 1) / n))
+
+    const keysBySize = new Map<number, ReadonlyArray<BlockKey>>()
+    const keysAt = (size: number) => {
+      let keys = keysBySize.get(size)
+      if (keys === undefined) keysBySize.set(size, keys = request.keys(size))
+      return keys
+    }
+
+    let best = -1
+    let bestMs = Infinity
+    let mostCached = 0
+    let mostCachedOverBound = false
+    const predicted = new Array<number>(n)
+    const cached = new Array<number>(n)
+    const inputs = new Array<PredictionInput>(n)
+    for (let i = 0; i < n; i++) {
+      const candidate = candidates[i]
+      const state = this.state(candidate.id)
+      const blocks = this.index.cachedPrefix(candidate.id, keysAt(state.blockSize), now)
+      const cachedTokens = Math.min(request.promptTokens, blocks * state.blockSize)
+      const unknownWaiting = state.signals === undefined ? 0 : Math.max(0, state.signals.waiting - loads[i])
+      const input: PredictionInput = {
+        uncachedTokens: request.promptTokens - cachedTokens,
+        queuedPrefillTokens: state.queuedPrefillTokens + unknownWaiting * state.meanPrompt,
+        inFlight: Math.max(loads[i], state.signals?.running ?? 0)
+      }
+      cached[i] = cachedTokens
+      inputs[i] = input
+      const overBound = loads[i] + 1 > cap
+      if (cachedTokens > mostCached) {
+        mostCached = cachedTokens
+        mostCachedOverBound = overBound
+      } else if (cachedTokens === mostCached && cachedTokens > 0 && !overBound) {
+        mostCachedOverBound = false
+      }
+      predicted[i] = this.predictor.predict(candidate.id, input)
+      if (!overBound && predicted[i] < bestMs) {
+        bestMs = predicted[i]
+        best = i
+      }
+    }
+    // Every candidate over the bound cannot happen (the least loaded is at most the mean), but a
+    // bound below 1 or rounding must never leave no answer.
+    if (best < 0) {
+      for (let i = 0; i < n; i++) if (predicted[i] < bestMs) bestMs = predicted[i], best = i
+    }
+
+    // Near-ties: fewest in flight, then at random.
+    const slack = Math.max(this.settings.tieMs, bestMs * this.settings.tieFraction)
+    let chosen = best
+    let ties = 1
+    for (let i = 0; i < n; i++) {
+      if (i === best || loads[i] + 1 > cap || predicted[i] > bestMs + slack) continue
+      if (loads[i] < loads[chosen]) {
+        chosen = i
+        ties = 1
+      } else if (loads[i] === loads[chosen] && this.random() * ++ties < 1) {
+        chosen = i
+      }
+    }
+
+    const reason: RouteReason = n === 1
+      ? "only-healthy"
+      : mostCached > 0 && mostCachedOverBound && cached[chosen] < mostCached
+      ? "spill"
+      : cached[chosen] > 0 && cached.some((c) => c < cached[chosen])
+      ? "cache"
+      : "load"
+    const state = this.state(candidates[chosen].id)
+    return {
+      candidate: candidates[chosen],
+      reason,
+      cachedTokens: cached[chosen],
+      predictedMs: predicted[chosen],
+      input: inputs[chosen],
+      keys: keysAt(state.blockSize),
+      promptTokens: request.promptTokens
+    }
+  }
+
+  /**
+   * The request was sent: its blocks are cached there from now on (the
+   * approximate index), and its uncached tokens queue for prefill until its
+   * first token.
+   */
+  sent(upstream: string, decision: Decision<Candidate>, now: number): void {
+    const state = this.state(upstream)
+    this.index.recordDecision(upstream, decision.keys, now)
+    state.queuedPrefillTokens += decision.input.uncachedTokens
+    state.meanPrompt = state.meanPrompt === 0 ? decision.promptTokens : state.meanPrompt * 0.9 + decision.promptTokens * 0.1
+  }
+
+  /**
+   * Its first token came (or it ended without one): no longer queued for
+   * prefill. With a time to first token and the cached tokens the answer
+   * reported, the predictor learns.
+   */
+  firstToken(upstream: string, decision: Decision<Candidate>, ttftMs: number | undefined, reportedCachedTokens: number | undefined): void {
+    const state = this.states.get(upstream)
+    if (state !== undefined) state.queuedPrefillTokens = Math.max(0, state.queuedPrefillTokens - decision.input.uncachedTokens)
+    if (ttftMs === undefined) return
+    const uncached = reportedCachedTokens === undefined ? decision.input.uncachedTokens : Math.max(0, decision.promptTokens - reportedCachedTokens)
+    this.predictor.observe(upstream, { ...decision.input, uncachedTokens: uncached }, ttftMs)
+  }
+}

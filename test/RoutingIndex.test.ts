@@ -1,0 +1,144 @@
+/**
+ * The prefix index: approximate entries (decisions, LRU by capacity, aged),
+ * precise entries (KV events), sequence gaps and their healing.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Schema } from "effect"
+import { blockKeysOf, characterIds } from "../src/router/routing/BlockKeys.ts"
+import { type KvEvent, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
+
+const settings = { defaultCapacity: 100, ttlMs: 1_000, pendingTtlMs: 50 }
+const keys = (...names: Array<string>) => names
+
+describe("block keys", () => {
+  it("are chained: prompts share their first n keys exactly when they share n full blocks", () => {
+    const a = blockKeysOf("m", characterIds("abcdefgh" + "ijklmnop" + "qrstuvwx"), 8)
+    const b = blockKeysOf("m", characterIds("abcdefgh" + "ijklmnop" + "QRSTUVWX"), 8)
+    const c = blockKeysOf("m", characterIds("Abcdefgh" + "ijklmnop" + "qrstuvwx"), 8)
+    assert.strictEqual(a.length, 3)
+    assert.deepStrictEqual(a.slice(0, 2), b.slice(0, 2))
+    assert.notStrictEqual(a[2], b[2])
+    // Same second block after a different first: a different key (the chain).
+    assert.notStrictEqual(a[1], c[1])
+  })
+
+  it("ignore a partial last block and depend on the model", () => {
+    assert.strictEqual(blockKeysOf("m", characterIds("abcdefghijk"), 8).length, 1)
+    assert.notDeepEqual(blockKeysOf("m", characterIds("abcdefgh"), 8), blockKeysOf("n", characterIds("abcdefgh"), 8))
+  })
+})
+
+describe("approximate entries", () => {
+  it("count the cached prefix from the first block, stopping at the first miss", () => {
+    const index = new PrefixIndex(settings)
+    index.recordDecision("u", keys("a", "b", "c"), 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b", "c", "d"), 0), 3)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "x", "c"), 0), 1)
+    assert.strictEqual(index.cachedPrefix("u", keys("x", "b", "c"), 0), 0)
+    assert.strictEqual(index.cachedPrefix("other", keys("a"), 0), 0)
+  })
+
+  it("are forgotten after ttlMs untouched; a touch renews them", () => {
+    const index = new PrefixIndex(settings)
+    index.recordDecision("u", keys("a", "b"), 0)
+    index.recordDecision("u", keys("a"), 600)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1_000), 2)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1_001), 1)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1_601), 0)
+  })
+
+  it("hold at most the upstream's capacity, least recently touched out first", () => {
+    const index = new PrefixIndex(settings)
+    index.setCapacity("u", 3)
+    index.recordDecision("u", keys("a", "b", "c"), 0)
+    index.recordDecision("u", keys("a"), 1)
+    index.recordDecision("u", keys("d"), 2)
+    assert.deepStrictEqual([...index.keys("u", 2)].sort(), ["a", "c", "d"])
+    index.setCapacity("u", 1)
+    assert.deepStrictEqual([...index.keys("u", 2)], ["d"])
+  })
+})
+
+describe("precise entries (KV events)", () => {
+  it("follow BlockStored, BlockRemoved and AllBlocksCleared exactly", () => {
+    const index = new PrefixIndex(settings)
+    index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["a", "b", "c"] }] }, 0)
+    index.applyBatch("u", { seq: 1, events: [{ type: "BlockRemoved", blockHashes: ["c"] }] }, 0)
+    assert.isTrue(index.isPrecise("u"))
+    // Precise entries do not age.
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b", "c"), 1e9), 2)
+    index.applyBatch("u", { seq: 2, events: [{ type: "AllBlocksCleared" }] }, 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("a"), 0), 0)
+  })
+
+  it("let a decision stand in for its events for pendingTtlMs only", () => {
+    const index = new PrefixIndex(settings)
+    index.applyBatch("u", { seq: 0, events: [] }, 0)
+    index.recordDecision("u", keys("a", "b"), 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 50), 2)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 51), 0)
+    // Confirmed by an event: exact from then on.
+    index.recordDecision("u", keys("a", "b"), 100)
+    index.applyBatch("u", { seq: 1, events: [{ type: "BlockStored", blockHashes: ["a"] }] }, 100)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 10_000), 1)
+  })
+
+  it("detect a sequence gap: what was believed ages out, later events are exact again", () => {
+    const index = new PrefixIndex(settings)
+    assert.strictEqual(index.applyBatch("u", { seq: 5, events: [{ type: "BlockStored", blockHashes: ["a", "b"] }] }, 0), "applied")
+    assert.strictEqual(index.applyBatch("u", { seq: 5, events: [{ type: "BlockRemoved", blockHashes: ["a"] }] }, 0), "duplicate")
+    assert.strictEqual(index.cachedPrefix("u", keys("a"), 0), 1)
+    // 6 and 7 lost: "b" may have been removed meanwhile.
+    assert.strictEqual(index.applyBatch("u", { seq: 8, events: [{ type: "BlockStored", blockHashes: ["c"] }] }, 100), "gap")
+    assert.strictEqual(index.gapCount("u"), 1)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 100), 2)
+    // The demoted entries are approximate now: gone after the pending ttl; "c" is exact.
+    assert.strictEqual(index.cachedPrefix("u", keys("a"), 151), 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("c"), 10_000), 1)
+    // A removal still removes a demoted entry.
+    index.applyBatch("u", { seq: 9, events: [{ type: "BlockRemoved", blockHashes: ["b"] }] }, 100)
+    assert.isFalse(index.keys("u", 100).has("b"))
+  })
+
+  it("treat a publisher restart (sequence back to 0) as a gap, not a duplicate", () => {
+    const index = new PrefixIndex(settings)
+    index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["a"] }] }, 0)
+    index.applyBatch("u", { seq: 1, events: [] }, 0)
+    assert.strictEqual(index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["z"] }] }, 0), "gap")
+    assert.isTrue(index.keys("u", 0).has("z"))
+  })
+
+  // A reference LRU block cache emitting events as vLLM does; replaying its events (without gaps)
+  // must reproduce its contents exactly, whatever the order of stores, hits and evictions.
+  const Operation = Schema.Struct({ prompt: Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 5 }))).check(Schema.isMaxLength(6)) })
+  it.prop("replayed in order, the events reproduce a reference cache's contents", [Schema.Array(Operation).check(Schema.isMaxLength(40))], ([operations]) => {
+    const capacity = 6
+    const cache = new Map<string, true>()
+    const index = new PrefixIndex(settings)
+    let seq = 0
+    for (const { prompt } of operations) {
+      const blockKeys = prompt.map((_, i) => prompt.slice(0, i + 1).join("."))
+      const events: Array<KvEvent> = []
+      for (const key of blockKeys) {
+        if (cache.has(key)) {
+          cache.delete(key)
+          cache.set(key, true)
+          continue
+        }
+        if (cache.size >= capacity) {
+          const oldest = cache.keys().next().value!
+          cache.delete(oldest)
+          events.push({ type: "BlockRemoved", blockHashes: [oldest] })
+        }
+        cache.set(key, true)
+        events.push({ type: "BlockStored", blockHashes: [key] })
+      }
+      if (prompt.length === 5) {
+        cache.clear()
+        events.push({ type: "AllBlocksCleared" })
+      }
+      index.applyBatch("u", { seq: seq++, events }, 0)
+      assert.deepStrictEqual([...index.keys("u", 1e12)].sort(), [...cache.keys()].sort())
+    }
+  })
+})

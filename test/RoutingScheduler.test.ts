@@ -1,0 +1,144 @@
+/**
+ * The cache-aware choice: predicted time to first token (arithmetic and
+ * online learning), bounded load, spills, near-ties and the reasons.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Schema } from "effect"
+import { prng } from "../src/router/simulated/Simulation.ts"
+import { TtftPredictor } from "../src/router/routing/Predictor.ts"
+import { CacheAwareScheduler, type Candidate, defaultSchedulerSettings, type RoutingRequest } from "../src/router/routing/Scheduler.ts"
+
+const request = (prefix: string, blocks: number, blockSize = 16): RoutingRequest => ({
+  promptTokens: blocks * blockSize,
+  keys: () => Array.from({ length: blocks }, (_, i) => `${prefix}${i}`)
+})
+
+const upstreams = (...inFlight: Array<number>): Array<{ id: string; inFlight: number }> => inFlight.map((count, i) => ({ id: `u${i}`, inFlight: count }))
+
+describe("predicted time to first token", () => {
+  it("is overhead + prefill cost × (uncached + queued prefill) + load cost × in flight", () => {
+    const predictor = new TtftPredictor({ overheadMs: 20, prefillMsPerToken: 0.5, loadMsPerRequest: 2, forgetting: 0.98 })
+    assert.strictEqual(predictor.predict("u", { uncachedTokens: 100, queuedPrefillTokens: 40, inFlight: 3 }), 20 + 0.5 * 140 + 2 * 3)
+  })
+
+  it("learns an upstream's true costs from observed answers (within 5% after 200 answers)", () => {
+    const predictor = new TtftPredictor()
+    const random = prng(3)
+    const truth = (tokens: number, inFlight: number) => 35 + 0.8 * tokens + 4 * inFlight
+    for (let i = 0; i < 200; i++) {
+      const input = { uncachedTokens: Math.floor(random() * 4000), queuedPrefillTokens: 0, inFlight: Math.floor(random() * 8) }
+      predictor.observe("u", input, truth(input.uncachedTokens, input.inFlight))
+    }
+    const learned = predictor.coefficients("u")
+    assert.approximately(learned.overheadMs, 35, 35 * 0.05)
+    assert.approximately(learned.prefillMsPerToken, 0.8, 0.8 * 0.05)
+    assert.approximately(learned.loadMsPerRequest, 4, 4 * 0.05)
+    assert.strictEqual(learned.samples, 200)
+    // The other upstream keeps the prior.
+    assert.strictEqual(predictor.coefficients("v").samples, 0)
+  })
+
+  it("follows an upstream that slows down (forgetting)", () => {
+    const predictor = new TtftPredictor()
+    const random = prng(5)
+    for (const perToken of [0.2, 1.0]) {
+      for (let i = 0; i < 300; i++) {
+        const input = { uncachedTokens: Math.floor(random() * 2000), queuedPrefillTokens: 0, inFlight: 0 }
+        predictor.observe("u", input, 10 + perToken * input.uncachedTokens)
+      }
+    }
+    assert.approximately(predictor.coefficients("u").prefillMsPerToken, 1.0, 0.05)
+  })
+
+  it("ignores answers that are not times", () => {
+    const predictor = new TtftPredictor()
+    predictor.observe("u", { uncachedTokens: 1, queuedPrefillTokens: 0, inFlight: 0 }, Number.NaN)
+    predictor.observe("u", { uncachedTokens: 1, queuedPrefillTokens: 0, inFlight: 0 }, -5)
+    assert.strictEqual(predictor.coefficients("u").samples, 0)
+  })
+})
+
+describe("the cache-aware choice", () => {
+  it("sends a prompt where its prefix is cached (reason cache), and records it there", () => {
+    const scheduler = new CacheAwareScheduler(defaultSchedulerSettings, undefined, undefined, prng(1))
+    scheduler.index.recordDecision("u2", request("p", 10).keys(16), 0)
+    const decision = scheduler.choose(upstreams(0, 0, 0), request("p", 12), 0)
+    assert.strictEqual(decision.candidate.id, "u2")
+    assert.strictEqual(decision.reason, "cache")
+    assert.strictEqual(decision.cachedTokens, 160)
+    scheduler.sent("u2", decision, 0)
+    assert.strictEqual(scheduler.index.cachedPrefix("u2", request("p", 12).keys(16), 0), 12)
+  })
+
+  it("with nothing cached, goes by load (reason load); one candidate is only-healthy", () => {
+    const scheduler = new CacheAwareScheduler(defaultSchedulerSettings, undefined, undefined, prng(1))
+    const decision = scheduler.choose(upstreams(3, 1, 2), request("q", 4), 0)
+    assert.strictEqual(decision.candidate.id, "u1")
+    assert.strictEqual(decision.reason, "load")
+    assert.strictEqual(scheduler.choose(upstreams(9), request("q", 4), 0).reason, "only-healthy")
+  })
+
+  it("counts requests queued for prefill from the moment of the pick: a burst spreads", () => {
+    const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 100 }, undefined, undefined, prng(2))
+    const pool = upstreams(0, 0, 0, 0)
+    const chosen = new Set<string>()
+    for (let i = 0; i < 4; i++) {
+      // Four different long prompts, none cached: each pick sees the earlier ones queued.
+      const decision = scheduler.choose(pool, request(`r${i}-`, 200), 0)
+      scheduler.sent(decision.candidate.id, decision, 0)
+      decision.candidate.inFlight++
+      chosen.add(decision.candidate.id)
+    }
+    assert.strictEqual(chosen.size, 4)
+  })
+
+  it("spills a hot prefix past the load bound, and the index learns the second location", () => {
+    const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 1.25 }, undefined, undefined, prng(4))
+    const pool = upstreams(0, 0, 0, 0)
+    scheduler.index.recordDecision("u0", request("hot", 20).keys(16), 0)
+    const reasons: Array<string> = []
+    for (let i = 0; i < 12; i++) {
+      const decision = scheduler.choose(pool, request("hot", 20), 0)
+      scheduler.sent(decision.candidate.id, decision, 0)
+      decision.candidate.inFlight++
+      reasons.push(decision.reason)
+    }
+    assert.include(reasons, "spill")
+    const holders = pool.filter((u) => scheduler.index.cachedPrefix(u.id, request("hot", 20).keys(16), 0) === 20)
+    assert.isAtLeast(holders.length, 2)
+    // No one above the bound at any point: 12 requests over 4 is a mean of 3, bound ceil(1.25 × 3) = 4.
+    assert.isAtMost(Math.max(...pool.map((u) => u.inFlight)), 4)
+  })
+
+  it("spreads near-ties at random among the least loaded", () => {
+    const scheduler = new CacheAwareScheduler(defaultSchedulerSettings, undefined, undefined, prng(9))
+    const counts = new Map<string, number>()
+    for (let i = 0; i < 300; i++) {
+      const id = scheduler.choose(upstreams(0, 0, 0), request("z", 1), 0).candidate.id
+      counts.set(id, (counts.get(id) ?? 0) + 1)
+    }
+    for (const id of ["u0", "u1", "u2"]) assert.isAbove(counts.get(id) ?? 0, 70, `${id}: ${counts.get(id)}`)
+  })
+
+  const Load = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 30 }))
+  it.prop(
+    "never gives an upstream more than the load bound × the pool's mean (request included)",
+    [Schema.Array(Load).check(Schema.isMinLength(1), Schema.isMaxLength(8)), Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 7 })), Schema.Int.check(Schema.isBetween({ minimum: 100, maximum: 300 }))],
+    ([loads, cachedAt, boundPercent]) => {
+      const bound = boundPercent / 100
+      const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: bound }, undefined, undefined, prng(loads.length))
+      const pool: Array<Candidate & { inFlight: number }> = upstreams(...loads)
+      scheduler.index.recordDecision(`u${cachedAt % loads.length}`, request("hot", 50).keys(16), 0)
+      for (let i = 0; i < 20; i++) {
+        const decision = scheduler.choose(pool, request("hot", 50), 0)
+        const total = pool.reduce((sum, u) => sum + u.inFlight, 0)
+        const cap = Math.max(1, Math.ceil(bound * (total + 1) / pool.length))
+        // The chosen one was under the bound, unless all were over (then the least loaded is at the mean).
+        const chosenLoad = decision.candidate.inFlight + 1
+        assert.isTrue(chosenLoad <= cap || pool.every((u) => u.inFlight + 1 > cap), `load ${chosenLoad} cap ${cap}`)
+        scheduler.sent(decision.candidate.id, decision, 0)
+        ;(decision.candidate as { inFlight: number }).inFlight++
+      }
+    }
+  )
+})
