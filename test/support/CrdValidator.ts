@@ -6,9 +6,13 @@
  * validates), and the CEL rules (`x-kubernetes-validations`) evaluated with a
  * CEL library on each value they are attached to, after defaulting.
  *
+ * `admit` rejects unknown fields (stricter than the API server, which prunes
+ * them: `prune` does that, and the stand-in API server prunes before it
+ * admits). List-map lists (`x-kubernetes-list-type: map`) refuse duplicate
+ * keys, as the API server does.
+ *
  * Not modelled: CEL cost limits, `oldSelf` transition rules, the API server's
- * exact error wording, and pruning of unknown fields (ajv here rejects them
- * instead, which is stricter).
+ * exact error wording.
  */
 import { evaluate } from "@marcbachmann/cel-js"
 import { Ajv } from "ajv"
@@ -74,6 +78,42 @@ const celErrors = (schema: any, value: unknown, path: string, errors: Array<stri
   }
 }
 
+/** Duplicate keys in `x-kubernetes-list-type: map` lists (the API server refuses them). */
+const listMapErrors = (schema: any, value: unknown, path: string, errors: Array<string>) => {
+  if (value === undefined || value === null || schema === undefined) return
+  if (Array.isArray(value) && schema["x-kubernetes-list-type"] === "map") {
+    const keys: ReadonlyArray<string> = schema["x-kubernetes-list-map-keys"] ?? []
+    const seen = new Set<string>()
+    for (const item of value) {
+      const key = JSON.stringify(keys.map((k) => (item as any)?.[k]))
+      if (seen.has(key)) errors.push(`${path}: Duplicate value: ${keys.map((k) => `${k}=${JSON.stringify((item as any)?.[k])}`).join(",")}`)
+      seen.add(key)
+    }
+  }
+  if (schema.properties !== undefined && typeof value === "object" && !Array.isArray(value)) {
+    for (const [key, sub] of Object.entries(schema.properties)) listMapErrors(sub, (value as any)[key], `${path}.${key}`, errors)
+  }
+  if (schema.items !== undefined && Array.isArray(value)) value.forEach((item, i) => listMapErrors(schema.items, item, `${path}[${i}]`, errors))
+}
+
+/**
+ * Structural pruning, as the API server does on every write: fields the
+ * schema does not declare are dropped (not refused), except under
+ * `x-kubernetes-preserve-unknown-fields` or `additionalProperties`.
+ */
+export const prune = (value: unknown, schema: any = openApiSchema): unknown => {
+  if (schema === undefined || value === null || typeof value !== "object") return value
+  if (Array.isArray(value)) return schema.items === undefined ? value : value.map((item) => prune(item, schema.items))
+  if (schema["x-kubernetes-preserve-unknown-fields"] === true) return value
+  const out: Record<string, unknown> = {}
+  for (const [key, sub] of Object.entries(value)) {
+    if (schema.properties?.[key] !== undefined) out[key] = prune(sub, schema.properties[key])
+    else if (typeof schema.additionalProperties === "object") out[key] = prune(sub, schema.additionalProperties)
+    else if (schema.properties === undefined && schema.additionalProperties === undefined) out[key] = sub
+  }
+  return out
+}
+
 export interface Admitted {
   readonly ok: boolean
   readonly errors: ReadonlyArray<string>
@@ -88,6 +128,7 @@ export const admit = (input: unknown): Admitted => {
   if (!validateStructure(object)) {
     for (const error of validateStructure.errors ?? []) errors.push(`${error.instancePath || "/"}: ${error.message}`)
   }
+  if (errors.length === 0) listMapErrors(openApiSchema, object, "", errors)
   if (errors.length === 0) celErrors(openApiSchema, object, "", errors)
   return { ok: errors.length === 0, errors, object }
 }

@@ -2,23 +2,45 @@
  * A stand-in for the Kubernetes API server, for the controller's tests: an
  * HTTP server on 127.0.0.1 speaking the parts of the real wire protocol the
  * controller uses, reached through a kubeconfig with the same client code as
- * a real cluster (`@kubernetes/client-node`).
+ * a real cluster (`@kubernetes/client-node`), and as strict as kube-apiserver
+ * where the controller depends on it (test/FakeKubeApi.test.ts pins each rule).
  *
- * Modelled: discovery (`/api`, `/apis`, group versions); list with label
- * selectors and a collection resourceVersion; watch streams (newline-delimited
- * JSON events, replay from a resourceVersion, bookmarks, `timeoutSeconds`, a
- * 410 `Expired` ERROR event for a resourceVersion older than the retained
- * history); get, create (409 AlreadyExists), replace (409 Conflict on a stale
- * resourceVersion), JSON merge patch (as `kubectl edit` does), server-side
- * apply (`application/apply-patch+yaml`, `fieldManager` required, a manager's
- * fields it no longer applies removed, `force`), the status subresource,
- * `metadata.generation` bumped on spec changes, Leases, Events; bearer tokens
- * recorded per request. Faults: down (503 to everything), dropped watches,
- * silent watches, compaction (old resourceVersions gone).
+ * Modelled:
+ * - discovery; list with label selectors and a collection resourceVersion;
+ *   watch streams (newline-delimited JSON, replay from a resourceVersion,
+ *   bookmarks, `timeoutSeconds`, 410 `Expired` as an ERROR event for a
+ *   resourceVersion older than the retained history); get, create (409
+ *   AlreadyExists), replace (409 Conflict on a stale resourceVersion), JSON
+ *   merge patch, the status subresource, `metadata.generation` bumped on spec
+ *   changes only, Leases, Events; bearer tokens recorded per request.
+ * - Server-side apply with managed fields per field manager (fieldsV1 as the
+ *   server writes it): a manager owns the fields it applied; applying a
+ *   field another manager owns with a different value is a 409 conflict
+ *   unless `force`, which takes it over; the same value is shared ownership;
+ *   a field a manager stops applying is removed only when no other manager
+ *   owns it; list-maps (`containers`, `env`, `ports`, `ownerReferences`,
+ *   conditions) merge by key, duplicate keys refused; other lists are atomic;
+ *   an apply that changes nothing changes nothing (no resourceVersion bump, no
+ *   watch event). Updates (PUT, merge patch, `put`, `scale`) take ownership of
+ *   the fields whose value they change, as the HPA writing `spec.replicas` does.
+ * - Defaulting of the built-in fields the controller depends on (Deployment
+ *   `spec.replicas` = 1 when no manager sets it, strategy, protocols, a
+ *   Service's clusterIP and targetPort, ...) and the CRD's `default:`s;
+ *   structural pruning of unknown fields in InferenceServices.
+ * - Write-time validation: DNS-1035 Service names, DNS-1123 names, label
+ *   keys and values, a container's requests <= limits, a Deployment's selector
+ *   matching its template, the CRD's schema and CEL rules (CrdValidator).
+ * - Faults on demand (`fault`): slow requests, hanging requests, any HTTP
+ *   status (409, 410 on a watch, 429 with Retry-After, 403, 503), per method,
+ *   path, token; plus down (503 to everything), dropped watches, silent
+ *   watches, compaction (old resourceVersions gone).
  *
- * Not modelled: the garbage collector (owner references do not cascade),
- * admission webhooks, CRD validation (tests use CrdValidator for that),
- * field-level conflicts between managers, defaulting, pagination, RBAC.
+ * Not modelled: the garbage collector (owner references do not cascade), the
+ * deployment controller (tests write a Deployment's status themselves),
+ * admission webhooks, RBAC (ControllerRbac.test.ts compares what was used
+ * with what is granted), pagination, quantity canonicalisation ("0.5" stays
+ * "0.5"; a real server stores "500m"), `oldSelf` rules, the exact wording of
+ * the server's messages.
  */
 import { randomUUID } from "node:crypto"
 import { once } from "node:events"
@@ -27,7 +49,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { isDeepStrictEqual } from "node:util"
 import { parse as parseYaml } from "yaml"
+import { admit, prune } from "./CrdValidator.ts"
 
 interface ResourceType {
   readonly group: string
@@ -42,7 +66,7 @@ const resourceTypes: ReadonlyArray<ResourceType> = [
   { group: "", version: "v1", plural: "pods", kind: "Pod", subresources: ["status"] },
   { group: "", version: "v1", plural: "events", kind: "Event" },
   { group: "", version: "v1", plural: "secrets", kind: "Secret" },
-  { group: "apps", version: "v1", plural: "deployments", kind: "Deployment", subresources: ["status"] },
+  { group: "apps", version: "v1", plural: "deployments", kind: "Deployment", subresources: ["status", "scale"] },
   { group: "policy", version: "v1", plural: "poddisruptionbudgets", kind: "PodDisruptionBudget" },
   { group: "autoscaling", version: "v2", plural: "horizontalpodautoscalers", kind: "HorizontalPodAutoscaler" },
   { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease" },
@@ -50,6 +74,22 @@ const resourceTypes: ReadonlyArray<ResourceType> = [
 ]
 
 const apiVersionOf = (type: ResourceType) => type.group === "" ? type.version : `${type.group}/${type.version}`
+
+/** The list-maps of the built-in types and the CRD, by field path (list items add no segment): their keys. */
+const listMapKeys: Record<string, ReadonlyArray<string>> = {
+  "metadata.ownerReferences": ["uid"],
+  "spec.template.spec.containers": ["name"],
+  "spec.template.spec.initContainers": ["name"],
+  "spec.template.spec.containers.env": ["name"],
+  "spec.template.spec.containers.ports": ["containerPort", "protocol"],
+  "spec.template.spec.volumes": ["name"],
+  "spec.ports": ["port", "protocol"],
+  "status.conditions": ["type"]
+}
+const keyDefaults: Record<string, unknown> = { protocol: "TCP" }
+
+/** Metadata the server keeps, never a manager's field. */
+const serverMetadata = new Set(["name", "namespace", "resourceVersion", "uid", "managedFields", "creationTimestamp", "generation", "deletionTimestamp"])
 
 interface WatchEvent {
   readonly rv: number
@@ -71,8 +111,51 @@ export interface RecordedRequest {
   readonly token: string | undefined
   readonly contentType: string | undefined
   readonly watch: boolean
+  /** When the request arrived (Date.now()). */
+  readonly at: number
   /** The status answered (set when the answer is written). */
   status?: number
+  /** When it was answered. */
+  answeredAt?: number
+}
+
+/** A fault: requests it matches are delayed, left hanging, or answered with `status`. */
+export interface Fault {
+  readonly method?: string
+  /** A substring of the path, or a pattern. */
+  readonly path?: string | RegExp
+  readonly token?: string
+  readonly watch?: boolean
+  /** Answer after this long (then normally, or with `status`). */
+  readonly delayMs?: number
+  /** Never answer (the connection stays open until the client gives up or the server stops). */
+  readonly hang?: boolean
+  readonly status?: number
+  readonly retryAfterSeconds?: number
+  /** How many requests it applies to; unset: until removed. */
+  times?: number
+}
+
+export class ApiError extends Error {
+  readonly code: number
+  readonly reason: string
+  constructor(code: number, reason: string, message: string) {
+    super(message)
+    this.code = code
+    this.reason = reason
+  }
+}
+
+const reasons: Record<number, string> = {
+  400: "BadRequest",
+  403: "Forbidden",
+  404: "NotFound",
+  409: "Conflict",
+  410: "Expired",
+  422: "Invalid",
+  429: "TooManyRequests",
+  500: "InternalError",
+  503: "ServiceUnavailable"
 }
 
 const status = (code: number, reason: string, message: string) => ({
@@ -88,32 +171,262 @@ const status = (code: number, reason: string, message: string) => ({
 const isObject = (value: unknown): value is Record<string, any> =>
   value !== null && typeof value === "object" && !Array.isArray(value)
 
-/** Leaf paths of an applied object (arrays are leaves: replaced whole, as atomic lists). */
-const leafPaths = (value: unknown, prefix: Array<string> = []): Array<Array<string>> => {
-  if (!isObject(value) || Object.keys(value).length === 0) return [prefix]
-  return Object.entries(value).flatMap(([key, sub]) => leafPaths(sub, [...prefix, key]))
-}
+// ---------------------------------------------------------------- field sets
 
-const deletePath = (target: any, path: ReadonlyArray<string>) => {
-  const parents: Array<any> = []
-  let node = target
-  for (const key of path.slice(0, -1)) {
-    if (!isObject(node[key])) return
-    parents.push(node)
-    node = node[key]
+/** A field path as a string: segments `f:<name>`, `k:<key json>` (a list-map item) and `.` (the item itself). */
+type FieldSet = Set<string>
+const pathKey = (segments: ReadonlyArray<string>) => JSON.stringify(segments)
+const pathOf = (key: string): Array<string> => JSON.parse(key)
+
+const itemKey = (item: any, keys: ReadonlyArray<string>) =>
+  `k:${JSON.stringify(Object.fromEntries(keys.map((k) => [k, item?.[k] ?? keyDefaults[k]])))}`
+
+/** The fields `value` sets, as the server's field sets have them; throws 422 on a duplicate list-map key. */
+const fieldSet = (value: unknown, generic = "", prefix: Array<string> = [], out: FieldSet = new Set()): FieldSet => {
+  if (isObject(value)) {
+    const entries = Object.entries(value).filter(([k, v]) => v !== undefined && !(generic === "metadata" && serverMetadata.has(k)))
+    if (entries.length === 0 && prefix.length > 0) out.add(pathKey(prefix))
+    for (const [k, v] of entries) {
+      if (prefix.length === 0 && (k === "apiVersion" || k === "kind")) continue
+      fieldSet(v, generic === "" ? k : `${generic}.${k}`, [...prefix, `f:${k}`], out)
+    }
+    return out
   }
-  delete node[path[path.length - 1]]
+  const keys = listMapKeys[generic]
+  if (Array.isArray(value) && keys !== undefined) {
+    const seen = new Set<string>()
+    for (const item of value) {
+      const key = itemKey(item, keys)
+      if (seen.has(key)) {
+        throw new ApiError(422, "Invalid", `.${generic}: duplicate entries for key [${key.slice(2)}]`)
+      }
+      seen.add(key)
+      out.add(pathKey([...prefix, key, "."]))
+      fieldSet(item, generic, [...prefix, key], out)
+    }
+    return out
+  }
+  out.add(pathKey(prefix))
+  return out
 }
 
-const merge = (target: Record<string, any>, patch: Record<string, any>) => {
+const genericOf = (segments: ReadonlyArray<string>) =>
+  segments.filter((s) => s.startsWith("f:")).map((s) => s.slice(2)).join(".")
+
+/** The value at a field path, or undefined. */
+const valueAt = (object: unknown, segments: ReadonlyArray<string>): unknown => {
+  let node: any = object
+  for (const segment of segments) {
+    if (node === undefined || node === null) return undefined
+    if (segment === ".") return node
+    if (segment.startsWith("f:")) node = isObject(node) ? node[segment.slice(2)] : undefined
+    else {
+      const wanted = JSON.parse(segment.slice(2))
+      node = Array.isArray(node)
+        ? node.find((item) => Object.entries(wanted).every(([k, v]) => (item?.[k] ?? keyDefaults[k]) === v))
+        : undefined
+    }
+  }
+  return node
+}
+
+/** Removes the field (or list item, for a path ending in `.`) at a path. */
+const removeAt = (object: any, segments: ReadonlyArray<string>) => {
+  const last = segments[segments.length - 1] === "." ? segments.length - 2 : segments.length - 1
+  const parent = valueAt(object, segments.slice(0, last))
+  const segment = segments[last]
+  if (segment.startsWith("f:")) {
+    if (isObject(parent)) delete parent[segment.slice(2)]
+  } else if (Array.isArray(parent)) {
+    const item = valueAt(parent, [segment])
+    const index = parent.indexOf(item)
+    if (index >= 0) parent.splice(index, 1)
+  }
+}
+
+/** Merges an applied configuration into an object: maps by field, list-maps by key, everything else replaced. */
+const mergeApplied = (target: Record<string, any>, applied: Record<string, any>, generic = "") => {
+  for (const [key, value] of Object.entries(applied)) {
+    const path = generic === "" ? key : `${generic}.${key}`
+    const keys = listMapKeys[path]
+    if (isObject(value) && isObject(target[key])) mergeApplied(target[key], value, path)
+    else if (Array.isArray(value) && keys !== undefined && Array.isArray(target[key])) {
+      const merged: Array<any> = []
+      for (const item of value) {
+        const live = valueAt(target[key], [itemKey(item, keys)])
+        if (isObject(live) && isObject(item)) {
+          mergeApplied(live, item, path)
+          merged.push(live)
+        } else merged.push(structuredClone(item))
+      }
+      for (const item of target[key]) if (!merged.includes(item) && valueAt(value, [itemKey(item, keys)]) === undefined) merged.push(item)
+      target[key] = merged
+    } else target[key] = structuredClone(value)
+  }
+}
+
+const mergePatch = (target: Record<string, any>, patch: Record<string, any>) => {
   for (const [key, value] of Object.entries(patch)) {
     if (value === null) delete target[key]
-    else if (isObject(value) && isObject(target[key])) merge(target[key], value)
+    else if (isObject(value) && isObject(target[key])) mergePatch(target[key], value)
     else target[key] = structuredClone(value)
   }
 }
 
+/** fieldsV1 as the server writes it: nested `f:`/`k:` keys, `.` for a list item itself. */
+const fieldsV1 = (set: FieldSet) => {
+  const root: Record<string, any> = {}
+  for (const key of [...set].sort()) {
+    let node = root
+    for (const segment of pathOf(key)) node = node[segment] ??= {}
+  }
+  return root
+}
+
+interface Manager {
+  readonly manager: string
+  readonly operation: "Apply" | "Update"
+  readonly subresource: string
+  fields: FieldSet
+  time: string
+}
+
+// ---------------------------------------------------------------- defaulting and validation
+
+const dns1035 = /^[a-z]([-a-z0-9]*[a-z0-9])?$/
+const dns1123Subdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/
+const labelValue = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
+const labelName = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/
+
+const suffixes: Record<string, number> = {
+  "": 1,
+  m: 1e-3,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60
+}
+
+/** A resource quantity's value, or undefined when it is not one. */
+export const quantityValue = (quantity: unknown): number | undefined => {
+  if (typeof quantity === "number") return quantity
+  const match = typeof quantity === "string" ? /^([+-]?[0-9.]+)(e[+-]?[0-9]+|[a-zA-Z]*)$/.exec(quantity) : null
+  if (match === null) return undefined
+  const number = Number(match[1])
+  if (Number.isNaN(number)) return undefined
+  if (match[2].startsWith("e")) return number * 10 ** Number(match[2].slice(1))
+  const factor = suffixes[match[2]]
+  return factor === undefined ? undefined : number * factor
+}
+
+const defaultPodTemplate = (template: any) => {
+  const spec = template?.spec
+  if (!isObject(spec)) return
+  spec.restartPolicy ??= "Always"
+  spec.dnsPolicy ??= "ClusterFirst"
+  spec.schedulerName ??= "default-scheduler"
+  spec.terminationGracePeriodSeconds ??= 30
+  spec.securityContext ??= {}
+  for (const container of spec.containers ?? []) {
+    container.terminationMessagePath ??= "/dev/termination-log"
+    container.terminationMessagePolicy ??= "File"
+    container.imagePullPolicy ??= String(container.image ?? "").endsWith(":latest") || !String(container.image ?? "").includes(":") ? "Always" : "IfNotPresent"
+    container.resources ??= {}
+    for (const port of container.ports ?? []) port.protocol ??= "TCP"
+  }
+}
+
+/** The built-in defaults the controller's objects meet on a real server. */
+const applyDefaults = (kind: string, object: any) => {
+  const spec = object.spec
+  if (!isObject(spec)) return
+  switch (kind) {
+    case "Deployment":
+      spec.replicas ??= 1
+      spec.revisionHistoryLimit ??= 10
+      spec.progressDeadlineSeconds ??= 600
+      spec.strategy ??= { type: "RollingUpdate" }
+      if (spec.strategy.type === "RollingUpdate") spec.strategy.rollingUpdate ??= { maxUnavailable: "25%", maxSurge: "25%" }
+      defaultPodTemplate(spec.template)
+      break
+    case "Service":
+      spec.type ??= "ClusterIP"
+      spec.sessionAffinity ??= "None"
+      spec.clusterIP ??= `10.96.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`
+      spec.clusterIPs ??= [spec.clusterIP]
+      spec.ipFamilies ??= ["IPv4"]
+      spec.ipFamilyPolicy ??= "SingleStack"
+      spec.internalTrafficPolicy ??= "Cluster"
+      for (const port of spec.ports ?? []) {
+        port.protocol ??= "TCP"
+        port.targetPort ??= port.port
+      }
+      break
+  }
+}
+
+/** What the API server refuses at write time for the kinds the controller writes (422 Invalid). */
+const validationErrors = (kind: string, object: any): Array<string> => {
+  const errors: Array<string> = []
+  const name: string = object.metadata?.name ?? ""
+  if (kind === "Service") {
+    if (name.length > 63 || !dns1035.test(name)) {
+      errors.push(`metadata.name: Invalid value: ${JSON.stringify(name)}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character`)
+    }
+  } else if (kind !== "Event" && (name.length > 253 || !dns1123Subdomain.test(name))) {
+    errors.push(`metadata.name: Invalid value: ${JSON.stringify(name)}: a lowercase RFC 1123 subdomain`)
+  }
+  const labelMaps: Array<[string, unknown]> = [["metadata.labels", object.metadata?.labels]]
+  if (kind === "Deployment") labelMaps.push(["spec.template.metadata.labels", object.spec?.template?.metadata?.labels])
+  for (const [path, labels] of labelMaps) {
+    for (const [key, value] of Object.entries((labels ?? {}) as Record<string, unknown>)) {
+      if (!labelName.test(key)) errors.push(`${path}: Invalid value: ${JSON.stringify(key)}: not a label key`)
+      if (typeof value !== "string" || value.length > 63 || !labelValue.test(value)) errors.push(`${path}: Invalid value: ${JSON.stringify(value)}: not a label value`)
+    }
+  }
+  if (kind === "Deployment") {
+    const spec = object.spec ?? {}
+    if (typeof spec.replicas === "number" && spec.replicas < 0) errors.push("spec.replicas: must be >= 0")
+    const template = spec.template?.metadata?.labels ?? {}
+    for (const [key, value] of Object.entries(spec.selector?.matchLabels ?? {})) {
+      if (template[key] !== value) errors.push("spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`")
+    }
+    const containers: Array<any> = spec.template?.spec?.containers ?? []
+    if (containers.length === 0) errors.push("spec.template.spec.containers: Required value")
+    containers.forEach((container, i) => {
+      const requests = container.resources?.requests ?? {}
+      const limits = container.resources?.limits ?? {}
+      for (const [resource, request] of Object.entries(requests)) {
+        const value = quantityValue(request)
+        if (value === undefined) {
+          errors.push(`spec.template.spec.containers[${i}].resources.requests[${resource}]: Invalid value: ${JSON.stringify(request)}: not a quantity`)
+          continue
+        }
+        const limit = quantityValue(limits[resource])
+        if (limit !== undefined && value > limit) {
+          errors.push(`spec.template.spec.containers[${i}].resources.requests: Invalid value: ${JSON.stringify(request)}: must be less than or equal to ${resource} limit of ${limits[resource]}`)
+        }
+      }
+    })
+  }
+  if (kind === "HorizontalPodAutoscaler") {
+    const spec = object.spec ?? {}
+    if ((spec.minReplicas ?? 1) > spec.maxReplicas) errors.push("spec.minReplicas: must be less than or equal to maxReplicas")
+  }
+  return errors
+}
+
 const specOf = (object: any) => JSON.stringify({ ...object, metadata: undefined, status: undefined })
+
+// ---------------------------------------------------------------- the server
 
 export class FakeKubeApi {
   readonly server: Server
@@ -122,8 +435,10 @@ export class FakeKubeApi {
   readonly objects = new Map<string, any>()
   private readonly log: Array<WatchEvent & { readonly plural: string }> = []
   private readonly watchers = new Set<Watcher>()
-  /** Fields each manager applied last, by object key and manager. */
-  private readonly applied = new Map<string, Array<Array<string>>>()
+  /** Field managers by object key. */
+  private readonly managers = new Map<string, Array<Manager>>()
+  private readonly faults = new Set<Fault>()
+  private readonly hanging = new Set<ServerResponse>()
   private revision = 100
   private oldestRetained = 0
   private bookmarkTimer: ReturnType<typeof setInterval> | undefined
@@ -136,7 +451,11 @@ export class FakeKubeApi {
 
   constructor(options: { readonly bookmarkMs?: number } = {}) {
     this.options = options
-    this.server = createServer((request, response) => this.handle(request, response))
+    this.server = createServer((request, response) => {
+      this.handle(request, response).catch((error) => {
+        if (!response.headersSent) this.json(response, 500, status(500, "InternalError", String(error)))
+      })
+    })
   }
 
   async start(): Promise<number> {
@@ -153,6 +472,7 @@ export class FakeKubeApi {
   async stop() {
     clearInterval(this.bookmarkTimer)
     this.dropWatches()
+    for (const response of this.hanging) response.destroy()
     this.server.closeAllConnections()
     this.server.close()
   }
@@ -174,6 +494,20 @@ export class FakeKubeApi {
       })
     )
     return file
+  }
+
+  /** Adds a fault; returns a function that removes it. */
+  fault(fault: Fault): () => void {
+    this.faults.add(fault)
+    return () => {
+      this.faults.delete(fault)
+    }
+  }
+
+  /** Answers every request left hanging by a fault with 504 (as if the server came back). */
+  releaseHanging() {
+    for (const response of this.hanging) response.destroy()
+    this.hanging.clear()
   }
 
   /** Ends every open watch stream, as a dropped connection or an API server restart would. */
@@ -212,16 +546,35 @@ export class FakeKubeApi {
     return [...this.objects.entries()].filter(([key]) => key.startsWith(`${plural}/`)).map(([, object]) => object)
   }
 
-  /** Creates or replaces an object directly (as another client would), emitting its watch event. */
-  put(plural: string, object: any): any {
+  /** The field managers of an object: manager name to the fields it owns (fieldsV1), by operation. */
+  managedFields(plural: string, namespace: string, name: string): Array<any> {
+    return this.get(plural, namespace, name)?.metadata.managedFields ?? []
+  }
+
+  /**
+   * Creates or replaces an object directly, as another client's update
+   * (`manager`, default `test-client`) would: defaulted, validated (throws
+   * ApiError), ownership of the fields whose value it changes moves to it.
+   */
+  put(plural: string, object: any, manager = "test-client"): any {
     const type = resourceTypes.find((t) => t.plural === plural)!
-    const key = `${plural}/${object.metadata.namespace ?? "default"}/${object.metadata.name}`
-    const existing = this.objects.get(key)
     const stored = structuredClone(object)
     stored.apiVersion ??= apiVersionOf(type)
     stored.kind ??= type.kind
     stored.metadata.namespace ??= "default"
-    return this.store(type, key, stored, existing)
+    const key = `${plural}/${stored.metadata.namespace}/${stored.metadata.name}`
+    return this.update(type, key, stored, this.objects.get(key), manager, "", true)
+  }
+
+  /** What the HPA does: writes a Deployment's replicas through the scale subresource. */
+  scale(namespace: string, name: string, replicas: number, manager = "kube-controller-manager"): any {
+    const type = resourceTypes.find((t) => t.plural === "deployments")!
+    const key = `deployments/${namespace}/${name}`
+    const existing = this.objects.get(key)
+    if (existing === undefined) throw new ApiError(404, "NotFound", `deployments "${name}" not found`)
+    const next = structuredClone(existing)
+    next.spec.replicas = replicas
+    return this.update(type, key, next, existing, manager, "scale", false)
   }
 
   delete(plural: string, namespace: string, name: string) {
@@ -229,8 +582,126 @@ export class FakeKubeApi {
     const existing = this.objects.get(key)
     if (existing === undefined) return
     this.objects.delete(key)
+    this.managers.delete(key)
     this.revision++
     this.emit(plural, { rv: this.revision, type: "DELETED", object: { ...existing, metadata: { ...existing.metadata, resourceVersion: String(this.revision) } } })
+  }
+
+  // ------------------------------------------------------------ writes
+
+  /** Defaults, prunes and validates an object the way the API server does before it stores it. */
+  private admitObject(type: ResourceType, object: any): any {
+    if (type.kind === "InferenceService") {
+      const pruned: any = prune(object)
+      const result = admit({ ...pruned, spec: pruned.spec ?? {}, metadata: object.metadata })
+      if (!result.ok) {
+        throw new ApiError(422, "Invalid", `InferenceService.inference-router.dev "${object.metadata.name}" is invalid: ${result.errors.join(", ")}`)
+      }
+      return { ...result.object, metadata: object.metadata, ...(object.status === undefined ? {} : { status: result.object.status }) }
+    }
+    applyDefaults(type.kind, object)
+    const errors = validationErrors(type.kind, object)
+    if (errors.length > 0) throw new ApiError(422, "Invalid", `${type.kind} "${object.metadata.name}" is invalid: ${errors.join(", ")}`)
+    return object
+  }
+
+  private managersOf(key: string): Array<Manager> {
+    let list = this.managers.get(key)
+    if (list === undefined) this.managers.set(key, list = [])
+    return list
+  }
+
+  /** An update's ownership: the fields whose value it changes (or adds) become its own and no one else's. */
+  private update(type: ResourceType, key: string, next: any, existing: any, manager: string, subresource: string, admitIt: boolean): any {
+    next.metadata = { ...(existing?.metadata ?? {}), ...next.metadata, managedFields: undefined }
+    if (admitIt) next = this.admitObject(type, next)
+    const before = existing === undefined ? new Set<string>() : this.allFields(existing)
+    const after = fieldSet({ metadata: next.metadata, spec: next.spec, status: next.status, data: next.data })
+    const changed = [...after].filter((path) => !before.has(path) || !isDeepStrictEqual(valueAt(existing, pathOf(path)), valueAt(next, pathOf(path))))
+    const gone = [...before].filter((path) => !after.has(path))
+    const managers = existing === undefined ? [] : structuredClone(this.managersOf(key))
+    for (const other of managers) for (const path of [...changed, ...gone]) other.fields.delete(path)
+    let mine = managers.find((m) => m.manager === manager && m.operation === "Update" && m.subresource === subresource)
+    if (mine === undefined && changed.length > 0) {
+      managers.push(mine = { manager, operation: "Update", subresource, fields: new Set(), time: new Date().toISOString() })
+    }
+    for (const path of changed) mine!.fields.add(path)
+    return this.commit(type, key, next, existing, managers.filter((m) => m.fields.size > 0), subresource === "status")
+  }
+
+  private allFields(object: any): FieldSet {
+    return fieldSet({ metadata: object.metadata, spec: object.spec, status: object.status, data: object.data })
+  }
+
+  /** Server-side apply. */
+  private apply(type: ResourceType, key: string, applied: any, existing: any, manager: string, subresource: string, force: boolean): any {
+    if (!isObject(applied)) throw new ApiError(400, "BadRequest", "the applied configuration is not an object")
+    const config = subresource === "status"
+      ? { status: applied.status ?? {} }
+      : { metadata: applied.metadata ?? {}, spec: applied.spec, data: applied.data }
+    for (const field of Object.keys(config)) if ((config as any)[field] === undefined) delete (config as any)[field]
+    const configFields = fieldSet(config)
+    const managers = existing === undefined ? [] : structuredClone(this.managersOf(key))
+    const mine = managers.find((m) => m.manager === manager && m.operation === "Apply" && m.subresource === subresource)
+    const conflicts: Array<string> = []
+    for (const path of configFields) {
+      const segments = pathOf(path)
+      if (segments[segments.length - 1] === ".") continue
+      for (const other of managers) {
+        if (other === mine || !other.fields.has(path)) continue
+        if (isDeepStrictEqual(valueAt(existing, segments), valueAt(config, segments))) continue
+        if (force) other.fields.delete(path)
+        else conflicts.push(`conflict with "${other.manager}"${other.operation === "Update" ? " using " + apiVersionOf(type) : ""}: .${genericOf(segments)}`)
+      }
+    }
+    if (conflicts.length > 0) {
+      throw new ApiError(409, "Conflict", `Apply failed with ${conflicts.length} conflict${conflicts.length === 1 ? "" : "s"}: ${conflicts.join("\n")}`)
+    }
+    const next: any = existing === undefined
+      ? { apiVersion: apiVersionOf(type), kind: type.kind, metadata: { name: applied.metadata?.name, namespace: applied.metadata?.namespace } }
+      : structuredClone(existing)
+    // Fields this manager no longer applies go, unless another manager owns them (or, for a list item, a field in it).
+    const ownedByOthers = new Set(managers.filter((m) => m !== mine).flatMap((m) => [...m.fields]))
+    const dropped = [...(mine?.fields ?? [])].filter((path) => !configFields.has(path) && !ownedByOthers.has(path))
+    for (const path of dropped.sort((a, b) => b.length - a.length)) {
+      const segments = pathOf(path)
+      if (segments[segments.length - 1] === ".") {
+        const item = pathKey(segments.slice(0, -1)).slice(0, -1)
+        if ([...ownedByOthers].some((other) => other.startsWith(item))) continue
+      }
+      removeAt(next, segments)
+    }
+    mergeApplied(next, config)
+    const others = managers.filter((m) => m !== mine)
+    const now = new Date().toISOString()
+    const updated = [...others, { manager, operation: "Apply" as const, subresource, fields: configFields, time: mine?.time ?? now }]
+    const admitted = subresource === "status" ? this.admitObject(type, next) : this.admitObject(type, { ...next, status: existing?.status })
+    if (admitted.status === undefined) delete admitted.status
+    return this.commit(type, key, admitted, existing, updated.filter((m) => m.fields.size > 0), subresource === "status")
+  }
+
+  /** Stores an object unless nothing changed (then no resourceVersion bump and no watch event). */
+  private commit(type: ResourceType, key: string, object: any, existing: any, managers: Array<Manager>, statusOnly: boolean): any {
+    const previous = this.managers.get(key) ?? []
+    const sameManagers = previous.length === managers.length &&
+      previous.every((m, i) => m.manager === managers[i].manager && m.operation === managers[i].operation && isDeepStrictEqual(m.fields, managers[i].fields))
+    const strip = (o: any) => ({ ...o, metadata: { ...o.metadata, managedFields: undefined, resourceVersion: undefined } })
+    if (existing !== undefined && sameManagers && isDeepStrictEqual(strip(existing), strip(object))) return existing
+    for (const manager of managers) {
+      const before = previous.find((m) => m.manager === manager.manager && m.operation === manager.operation && m.subresource === manager.subresource)
+      if (before === undefined || !isDeepStrictEqual(before.fields, manager.fields)) manager.time = new Date().toISOString()
+    }
+    this.managers.set(key, managers)
+    object.metadata.managedFields = managers.map((m) => ({
+      manager: m.manager,
+      operation: m.operation,
+      apiVersion: apiVersionOf(type),
+      time: m.time,
+      fieldsType: "FieldsV1",
+      fieldsV1: fieldsV1(m.fields),
+      ...(m.subresource === "" ? {} : { subresource: m.subresource })
+    }))
+    return this.store(type, key, object, existing, statusOnly)
   }
 
   private store(type: ResourceType, key: string, object: any, existing: any, statusOnly = false): any {
@@ -275,10 +746,25 @@ export class FakeKubeApi {
     }
   }
 
-  private json(response: ServerResponse, code: number, body: unknown) {
+  private json(response: ServerResponse, code: number, body: unknown, headers: Record<string, string> = {}) {
     const text = JSON.stringify(body)
-    response.writeHead(code, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
+    response.writeHead(code, { "content-type": "application/json", "content-length": Buffer.byteLength(text), ...headers })
     response.end(text)
+  }
+
+  private matchFault(recorded: RecordedRequest): Fault | undefined {
+    for (const fault of this.faults) {
+      if (fault.method !== undefined && fault.method !== recorded.method) continue
+      if (fault.token !== undefined && fault.token !== recorded.token) continue
+      if (fault.watch !== undefined && fault.watch !== recorded.watch) continue
+      if (fault.path !== undefined && !(typeof fault.path === "string" ? recorded.path.includes(fault.path) : fault.path.test(recorded.path))) continue
+      if (fault.times !== undefined) {
+        if (fault.times <= 0) continue
+        fault.times--
+      }
+      return fault
+    }
+    return undefined
   }
 
   private async handle(request: IncomingMessage, response: ServerResponse) {
@@ -290,16 +776,46 @@ export class FakeKubeApi {
       path: url.pathname,
       token: authorization?.startsWith("Bearer ") ? authorization.slice(7) : undefined,
       contentType: request.headers["content-type"],
-      watch
+      watch,
+      at: Date.now()
     }
     this.requests.push(recorded)
-    response.on("finish", () => (recorded.status = response.statusCode))
+    response.on("finish", () => {
+      recorded.status = response.statusCode
+      recorded.answeredAt = Date.now()
+    })
     if (watch) recorded.status = 200
     const chunks: Array<Buffer> = []
     for await (const chunk of request) chunks.push(chunk as Buffer)
     const bodyText = Buffer.concat(chunks).toString("utf8")
     if (this.down) return this.json(response, 503, status(503, "ServiceUnavailable", "the API server is down (test fault)"))
+    const fault = this.matchFault(recorded)
+    if (fault !== undefined) {
+      if (fault.hang === true) {
+        this.hanging.add(response)
+        response.on("close", () => this.hanging.delete(response))
+        return
+      }
+      if (fault.delayMs !== undefined) await new Promise((resolve) => setTimeout(resolve, fault.delayMs))
+      if (fault.status !== undefined) {
+        if (watch) recorded.status = fault.status
+        return this.json(
+          response,
+          fault.status,
+          status(fault.status, reasons[fault.status] ?? "Unknown", `test fault: ${fault.status}`),
+          fault.retryAfterSeconds === undefined ? {} : { "retry-after": String(fault.retryAfterSeconds) }
+        )
+      }
+    }
+    try {
+      this.route(request, response, url, watch, bodyText)
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error
+      this.json(response, error.code, status(error.code, error.reason, error.message))
+    }
+  }
 
+  private route(request: IncomingMessage, response: ServerResponse, url: URL, watch: boolean, bodyText: string) {
     const path = url.pathname
     if (path === "/api") return this.json(response, 200, { kind: "APIVersions", versions: ["v1"] })
     if (path === "/apis") {
@@ -373,7 +889,8 @@ export class FakeKubeApi {
         }
         object.apiVersion ??= apiVersionOf(type)
         object.kind ??= type.kind
-        return this.json(response, 201, this.store(type, key, object, undefined))
+        const manager = url.searchParams.get("fieldManager") ?? "unknown"
+        return this.json(response, 201, this.update(type, key, object, undefined, manager, "", true))
       }
       return this.json(response, 405, status(405, "MethodNotAllowed", `${request.method} on a collection`))
     }
@@ -381,6 +898,9 @@ export class FakeKubeApi {
     const ns = namespace ?? "default"
     const key = `${plural}/${ns}/${name}`
     const existing = this.objects.get(key)
+    if (subresource !== undefined && !(type.subresources ?? []).includes(subresource)) {
+      return this.json(response, 404, status(404, "NotFound", `no subresource ${subresource} of ${plural}`))
+    }
     if (request.method === "GET") {
       return existing === undefined
         ? this.json(response, 404, status(404, "NotFound", `${plural} "${name}" not found`))
@@ -391,6 +911,7 @@ export class FakeKubeApi {
       this.delete(plural, ns, name)
       return this.json(response, 200, { kind: "Status", apiVersion: "v1", status: "Success" })
     }
+    const manager = url.searchParams.get("fieldManager")
     if (request.method === "PUT") {
       if (existing === undefined) return this.json(response, 404, status(404, "NotFound", `${plural} "${name}" not found`))
       const object = JSON.parse(bodyText)
@@ -401,45 +922,30 @@ export class FakeKubeApi {
           status(409, "Conflict", `Operation cannot be fulfilled on ${plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`)
         )
       }
-      object.metadata = { ...existing.metadata, ...object.metadata }
-      const next = subresource === "status" ? { ...existing, status: object.status } : { ...object, status: existing.status }
-      return this.json(response, 200, this.store(type, key, next, existing, subresource === "status"))
+      const next = subresource === "status" ? { ...structuredClone(existing), status: object.status } : { ...object, status: existing.status }
+      return this.json(response, 200, this.update(type, key, next, existing, manager ?? "unknown", subresource ?? "", true))
     }
     if (request.method === "PATCH") {
       const contentType = (request.headers["content-type"] ?? "").split(";")[0].trim()
       if (contentType === "application/apply-patch+yaml") {
-        const manager = url.searchParams.get("fieldManager")
         if (manager === null || manager === "") {
           return this.json(response, 400, status(400, "BadRequest", "PATCH with apply requires a fieldManager"))
         }
-        const applied = parseYaml(bodyText)
-        const next: any = existing === undefined
-          ? { apiVersion: apiVersionOf(type), kind: type.kind, metadata: { name, namespace: ns } }
-          : structuredClone(existing)
-        const target = subresource === "status" ? { status: applied.status ?? {} } : { ...applied, status: undefined }
-        delete target.status
-        const appliedSubtree = subresource === "status" ? { status: applied.status ?? {} } : target
-        const ownerKey = `${key}#${manager}#${subresource ?? ""}`
-        const paths = leafPaths(appliedSubtree).filter((p) => p[0] !== "metadata" || !["resourceVersion", "uid", "managedFields"].includes(p[1]))
-        for (const previous of this.applied.get(ownerKey) ?? []) {
-          if (!paths.some((p) => p.join("/") === previous.join("/"))) deletePath(next, previous)
-        }
-        merge(next, appliedSubtree)
-        next.metadata.managedFields = [
-          ...(next.metadata.managedFields ?? []).filter((m: any) => m.manager !== manager || (m.subresource ?? "") !== (subresource ?? "")),
-          { manager, operation: "Apply", apiVersion: apiVersionOf(type), ...(subresource ? { subresource } : {}) }
-        ]
-        this.applied.set(ownerKey, paths)
         if (existing === undefined && subresource === "status") {
           return this.json(response, 404, status(404, "NotFound", `${plural} "${name}" not found`))
         }
-        return this.json(response, existing === undefined ? 201 : 200, this.store(type, key, next, existing, subresource === "status"))
+        const applied = parseYaml(bodyText)
+        if (applied?.metadata?.name !== undefined && applied.metadata.name !== name) {
+          return this.json(response, 400, status(400, "BadRequest", "the name of the object does not match the name on the URL"))
+        }
+        const stored = this.apply(type, key, { ...applied, metadata: { ...applied?.metadata, name, namespace: ns } }, existing, manager, subresource ?? "", url.searchParams.get("force") === "true")
+        return this.json(response, existing === undefined ? 201 : 200, stored)
       }
       if (contentType === "application/merge-patch+json" || contentType === "application/strategic-merge-patch+json") {
         if (existing === undefined) return this.json(response, 404, status(404, "NotFound", `${plural} "${name}" not found`))
         const next = structuredClone(existing)
-        merge(next, JSON.parse(bodyText))
-        return this.json(response, 200, this.store(type, key, next, existing, subresource === "status"))
+        mergePatch(next, JSON.parse(bodyText))
+        return this.json(response, 200, this.update(type, key, next, existing, manager ?? "unknown", subresource ?? "", true))
       }
       return this.json(response, 415, status(415, "UnsupportedMediaType", `unsupported patch type ${contentType}`))
     }
