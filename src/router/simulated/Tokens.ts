@@ -1,0 +1,104 @@
+/**
+ * Token ids for the simulated model, and the chained block hashes of vLLM's
+ * prefix caching, pure and deterministic.
+ *
+ * A token (by Simulation.ts's rule: a run of non-blanks with the blanks before
+ * it) has the id FNV-1a(text) with the top bit cleared: the same text, the same
+ * id, on every server and across restarts, so a router can hash a prompt the
+ * way the model server does without asking it.
+ *
+ * A full block of `blockSize` token ids has a 53-bit key chained from its
+ * parent's key (the block before it) and its own ids; the first block's parent
+ * is the seed (the model's name, hashed), as vLLM seeds its first block with
+ * NONE_HASH. 53 bits: exact as a JavaScript number, in JSON and as msgpack's
+ * uint64. A partial block has no key (it is never shared).
+ */
+import { hash32 } from "./Simulation.ts"
+
+/** JavaScript's `\s`, as in Simulation.ts: ASCII blanks, and the Unicode spaces and line breaks it names. */
+const isBlank = (code: number): boolean =>
+  code <= 32
+    ? code === 32 || (code >= 9 && code <= 13)
+    : code >= 160 && (code === 160 || code === 5760 || (code >= 8192 && code <= 8202) || code === 8232 || code === 8233 || code === 8239 ||
+      code === 8287 || code === 12288 || code === 65279)
+
+/** One token's id: FNV-1a of its text, in 31 bits (vocabulary ids are non-negative int32 in vLLM). */
+export const tokenId = (token: string): number => hash32(token) & 0x7fffffff
+
+/**
+ * Calls `each(id, start, end)` for every token of `text` (the tokenization rule
+ * of Simulation.ts), hashing as it scans: no token strings are built.
+ */
+const scanTokens = (text: string, each: (id: number, start: number, end: number) => void): void => {
+  const length = text.length
+  let at = 0
+  while (at < length) {
+    let i = at
+    while (i < length && isBlank(text.charCodeAt(i))) i++
+    if (i === length) return
+    while (i < length && !isBlank(text.charCodeAt(i))) i++
+    let h = 0x811c9dc5
+    for (let j = at; j < i; j++) {
+      h ^= text.charCodeAt(j)
+      h = Math.imul(h, 0x01000193)
+    }
+    each((h >>> 0) & 0x7fffffff, at, i)
+    at = i
+  }
+}
+
+/** The ids of `text`'s tokens, in order. */
+export const tokenIds = (text: string): Array<number> => {
+  const ids: Array<number> = []
+  scanTokens(text, (id) => ids.push(id))
+  return ids
+}
+
+/** The tokens of `text`, each with its id (for /tokenize, which also teaches /detokenize the ids). */
+export const tokensWithIds = (text: string): Array<{ readonly id: number; readonly text: string }> => {
+  const tokens: Array<{ id: number; text: string }> = []
+  scanTokens(text, (id, start, end) => tokens.push({ id, text: text.slice(start, end) }))
+  return tokens
+}
+
+/** The seed of a model's first block: its name, hashed to 53 bits. */
+export const blockSeed = (modelName: string): number => mix53(hash32(modelName), hash32(`${modelName}\u0000`), [], 0, 0)
+
+/**
+ * A 53-bit hash of `ids[from..to)` chained from `parent` (two 32-bit lanes,
+ * cyrb53's mixing). Not cryptographic: collisions are as unlikely as 53 bits
+ * make them, which is what a simulation needs.
+ */
+const mix53 = (parentLow: number, parentHigh: number, ids: ArrayLike<number>, from: number, to: number): number => {
+  let h1 = 0xdeadbeef ^ parentLow
+  let h2 = 0x41c6ce57 ^ parentHigh
+  for (let i = from; i < to; i++) {
+    const id = ids[i]
+    h1 = Math.imul(h1 ^ id, 2654435761)
+    h2 = Math.imul(h2 ^ id, 1597334677)
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507)
+  h1 ^= Math.imul(h2 ^ (h2 >>> 13), 3266489909)
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507)
+  h2 ^= Math.imul(h1 ^ (h1 >>> 13), 3266489909)
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0)
+}
+
+/** The key of the block `ids[from..to)` whose parent block's key is `parent` (the seed for the first block). */
+export const blockHash = (parent: number, ids: ArrayLike<number>, from: number, to: number): number =>
+  mix53(parent >>> 0, Math.floor(parent / 4294967296), ids, from, to)
+
+/** The keys of the full blocks of `ids`, each chained from the one before, the first from `seed`. */
+export const blockHashes = (seed: number, ids: ArrayLike<number>, blockSize: number): Array<number> => {
+  const hashes: Array<number> = []
+  let parent = seed
+  for (let from = 0; from + blockSize <= ids.length; from += blockSize) {
+    parent = blockHash(parent, ids, from, from + blockSize)
+    hashes.push(parent)
+  }
+  return hashes
+}
+
+/** The keys of a prompt's full blocks, as this model's server computes them (for routers that score by prefix). */
+export const promptBlockHashes = (modelName: string, text: string, blockSize: number): Array<number> =>
+  blockHashes(blockSeed(modelName), tokenIds(text), blockSize)
