@@ -42,11 +42,15 @@ export class BlockCache {
   /** Blocks holding data: referenced, or cached and evictable. Never more than `capacity`. */
   private allocated = 0
 
-  constructor(
-    readonly capacity: number,
-    readonly blockSize: number,
-    private readonly publish: (event: KvEvent) => void = () => {}
-  ) {}
+  readonly capacity: number
+  readonly blockSize: number
+  private readonly publish: (event: KvEvent) => void
+
+  constructor(capacity: number, blockSize: number, publish: (event: KvEvent) => void = () => {}) {
+    this.capacity = capacity
+    this.blockSize = blockSize
+    this.publish = publish
+  }
 
   /** How many of `hashes`' leading blocks are cached, at most `max`. */
   hits(hashes: ReadonlyArray<number>, max: number): number {
