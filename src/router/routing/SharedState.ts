@@ -1,0 +1,263 @@
+/**
+ * Routing state shared by router replicas through Redis (`redis://` items of
+ * KV_ENDPOINTS), so that a prefix one replica sent to an upstream is known as
+ * cached there by all of them, and each counts the others' requests in flight.
+ *
+ * - Each replica keeps its own copy in memory (the PrefixIndex and the remote
+ *   counts here): a decision reads memory only, never Redis.
+ * - Writes are fire-and-forget: a decision's block keys go into a sorted set
+ *   per upstream (`<prefix>blocks:<upstream>`, score = when, so expiry is one
+ *   ZREMRANGEBYSCORE) and out on a pub/sub channel; every replica applies the
+ *   others' messages to its copy. Each replica publishes its in-flight counts
+ *   every `loadIntervalMs`; counts older than three intervals are not trusted.
+ * - A replica that (re)connects reads the sorted sets back (the keys of the
+ *   last `ttlMs`): a new replica starts warm, one that was cut off catches up.
+ * - Several endpoints: each block key lives on one of them (a hash of the
+ *   key), loads go to all. Losing one loses only its share.
+ * - Redis down, refusing or slow: no command waits in the client (no offline
+ *   queue), at most `maxPendingWrites` writes are outstanding (more are
+ *   dropped), the replica goes on with its local copy, logs once per outage,
+ *   says so in a metric, and rejoins (reconnects, reads back) by itself. No
+ *   request waits for or fails because of Redis.
+ */
+import { createClient } from "redis"
+import { hash32 } from "../simulated/Simulation.ts"
+
+const makeClient = (url: string) =>
+  createClient({
+    url,
+    // Commands fail at once while disconnected instead of queueing in memory.
+    disableOfflineQueue: true,
+    socket: { connectTimeout: 1_000, reconnectStrategy: (retries: number) => reconnectDelay(retries) }
+  })
+type Client = ReturnType<typeof makeClient>
+
+export interface SharedStateSettings {
+  /** `redis://` URLs, credentials included (they never leave the process: logs show `shown`). */
+  readonly endpoints: ReadonlyArray<{ readonly url: string; readonly shown: string }>
+  /** Names this replica in messages (its own are ignored when they come back). */
+  readonly replicaId: string
+  /** Key and channel prefix, so that several pools can share one Redis. */
+  readonly prefix: string
+  readonly ttlMs: number
+  readonly loadIntervalMs: number
+  readonly maxPendingWrites: number
+}
+
+export interface SharedStateSink {
+  /** Another replica sent `keys` to `upstream` at `at` (wall-clock ms). */
+  blocks(upstream: string, keys: ReadonlyArray<string>, at: number): void
+  /** An endpoint went down (false) or came back (true); `shown` has no credentials. */
+  status(shown: string, up: boolean, reason: string): void
+}
+
+interface Shard {
+  readonly shown: string
+  readonly client: Client
+  readonly subscriber: Client
+  up: boolean
+  /** Upstreams whose sorted set this replica has read since it last (re)connected. */
+  readonly loaded: Set<string>
+}
+
+interface BlocksMessage {
+  readonly r: string
+  readonly u: string
+  readonly k: ReadonlyArray<string>
+  readonly t: number
+}
+interface LoadMessage {
+  readonly r: string
+  readonly l: Record<string, number>
+}
+
+/** Reconnect after 50 ms, doubling to at most 2 s, with jitter: rejoins quickly, never hammers. */
+const reconnectDelay = (retries: number) => Math.min(2_000, 50 * 2 ** Math.min(retries, 6)) + Math.floor(Math.random() * 50)
+
+export class SharedState {
+  readonly settings: SharedStateSettings
+  private readonly shards: ReadonlyArray<Shard>
+  private readonly sink: SharedStateSink
+  private readonly now: () => number
+  private readonly remote = new Map<string, { at: number; loads: Record<string, number> }>()
+  private pendingWrites = 0
+  private closed = false
+  droppedWrites = 0
+
+  constructor(settings: SharedStateSettings, sink: SharedStateSink, now: () => number = Date.now) {
+    this.settings = settings
+    this.sink = sink
+    this.now = now
+    this.shards = settings.endpoints.map((endpoint) => this.connect(endpoint.url, endpoint.shown))
+  }
+
+  private get blocksChannel() {
+    return `${this.settings.prefix}blocks`
+  }
+  private get loadChannel() {
+    return `${this.settings.prefix}load`
+  }
+
+  private connect(url: string, shown: string): Shard {
+    const client = makeClient(url)
+    const subscriber = makeClient(url)
+    const shard: Shard = { shown, client, subscriber, up: false, loaded: new Set() }
+    const down = (reason: string) => {
+      if (!shard.up || this.closed) return
+      shard.up = false
+      shard.loaded.clear()
+      this.sink.status(shown, false, reason)
+    }
+    // node-redis rethrows `error` events nobody listens to; each failure is a reason to be down.
+    client.on("error", (error: Error) => down(error.message || String(error)))
+    subscriber.on("error", () => {})
+    client.on("end", () => down("connection closed"))
+    client.on("ready", () => {
+      if (shard.up || this.closed) return
+      shard.up = true
+      this.sink.status(shown, true, "connected")
+    })
+    const startClient = (which: Client, then?: () => Promise<unknown>) => {
+      const attempt = () => {
+        if (this.closed) return
+        which.connect().then(then).catch(() => setTimeout(attempt, reconnectDelay(3)).unref())
+      }
+      attempt()
+    }
+    startClient(client)
+    startClient(subscriber, () =>
+      Promise.all([
+        subscriber.subscribe(this.blocksChannel, (message) => this.receiveBlocks(message)),
+        subscriber.subscribe(this.loadChannel, (message) => this.receiveLoad(message))
+      ]))
+    return shard
+  }
+
+  private receiveBlocks(text: string): void {
+    let message: BlocksMessage
+    try {
+      message = JSON.parse(text)
+    } catch {
+      return
+    }
+    if (message.r === this.settings.replicaId || typeof message.u !== "string" || !Array.isArray(message.k)) return
+    this.sink.blocks(message.u, message.k, Number(message.t) || this.now())
+  }
+
+  private receiveLoad(text: string): void {
+    let message: LoadMessage
+    try {
+      message = JSON.parse(text)
+    } catch {
+      return
+    }
+    if (message.r === this.settings.replicaId || typeof message.l !== "object" || message.l === null) return
+    this.remote.set(message.r, { at: this.now(), loads: message.l })
+  }
+
+  private shardOf(key: string): Shard {
+    return this.shards[this.shards.length === 1 ? 0 : hash32(key) % this.shards.length]
+  }
+
+  /** Sends one write unless Redis is down or too many are outstanding; never waits, never throws. */
+  private write(shard: Shard, command: (client: Client) => Promise<unknown>): void {
+    if (!shard.up || this.closed || this.pendingWrites >= this.settings.maxPendingWrites) {
+      this.droppedWrites++
+      return
+    }
+    this.pendingWrites++
+    let promise: Promise<unknown>
+    try {
+      promise = command(shard.client)
+    } catch {
+      this.pendingWrites--
+      this.droppedWrites++
+      return
+    }
+    promise.then(
+      () => this.pendingWrites--,
+      () => {
+        this.pendingWrites--
+        this.droppedWrites++
+      }
+    )
+  }
+
+  /** This replica sent `keys` to `upstream` (at wall-clock `at`): tell the others, and remember it in Redis. */
+  decided(upstream: string, keys: ReadonlyArray<string>, at: number): void {
+    if (keys.length === 0) return
+    const byShard = new Map<Shard, Array<string>>()
+    for (const key of keys) {
+      const shard = this.shardOf(key)
+      let list = byShard.get(shard)
+      if (list === undefined) byShard.set(shard, list = [])
+      list.push(key)
+    }
+    const setKey = `${this.settings.prefix}blocks:${upstream}`
+    for (const [shard, list] of byShard) {
+      const message = JSON.stringify({ r: this.settings.replicaId, u: upstream, k: list, t: at } satisfies BlocksMessage)
+      this.write(shard, (client) =>
+        client.multi()
+          .zAdd(setKey, list.map((value) => ({ score: at, value })))
+          .zRemRangeByScore(setKey, "-inf", at - this.settings.ttlMs)
+          .pExpire(setKey, this.settings.ttlMs)
+          .publish(this.blocksChannel, message)
+          .exec())
+    }
+  }
+
+  /** This replica's requests in flight per upstream (called every loadIntervalMs). */
+  publishLoad(loads: Record<string, number>): void {
+    const message = JSON.stringify({ r: this.settings.replicaId, l: loads } satisfies LoadMessage)
+    for (const shard of this.shards) this.write(shard, (client) => client.publish(this.loadChannel, message))
+  }
+
+  /** Requests in flight on `upstream` from the other replicas, as they last said (within three intervals). */
+  remoteInFlight(upstream: string): number {
+    const oldest = this.now() - 3 * this.settings.loadIntervalMs
+    let total = 0
+    for (const [replica, entry] of this.remote) {
+      if (entry.at < oldest) {
+        this.remote.delete(replica)
+        continue
+      }
+      total += entry.loads[upstream] ?? 0
+    }
+    return total
+  }
+
+  /**
+   * Reads back what the replicas recorded for `upstreams` in the last ttlMs,
+   * from every shard that is up and has not been read since it (re)connected.
+   */
+  async catchUp(upstreams: ReadonlyArray<string>, wallNow: number): Promise<void> {
+    await Promise.all(this.shards.map(async (shard) => {
+      if (!shard.up) return
+      for (const upstream of upstreams) {
+        if (shard.loaded.has(upstream)) continue
+        shard.loaded.add(upstream)
+        try {
+          const keys = await shard.client.zRangeByScore(`${this.settings.prefix}blocks:${upstream}`, wallNow - this.settings.ttlMs, "+inf")
+          if (keys.length > 0) this.sink.blocks(upstream, keys, wallNow)
+        } catch {
+          shard.loaded.delete(upstream)
+        }
+      }
+    }))
+  }
+
+  /** Forgets an upstream in Redis too (removed from the pool, or found down). */
+  forget(upstream: string): void {
+    for (const shard of this.shards) this.write(shard, (client) => client.del(`${this.settings.prefix}blocks:${upstream}`))
+  }
+
+  /** Per endpoint (credentials masked): connected or not. */
+  status(): ReadonlyArray<{ readonly shown: string; readonly up: boolean }> {
+    return this.shards.map((shard) => ({ shown: shard.shown, up: shard.up }))
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    await Promise.all(this.shards.flatMap((shard) => [shard.client, shard.subscriber]).map((client) => client.isOpen ? client.close().catch(() => client.destroy()) : Promise.resolve()))
+  }
+}

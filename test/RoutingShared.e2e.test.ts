@@ -1,0 +1,130 @@
+/**
+ * Routing state shared through a real Redis (Debian's redis-server on an
+ * ephemeral port): replicas learn each other's decisions and loads, a new one
+ * starts warm, Redis stopped and restarted mid-test costs nothing but
+ * sharing, and several endpoints shard the keys.
+ */
+import { afterEach, assert, describe, it } from "@effect/vitest"
+import { SharedState, type SharedStateSink } from "../src/router/routing/SharedState.ts"
+import { killAll, until } from "./support/Processes.ts"
+import { redisServerPath, startRedis } from "./support/RedisServer.ts"
+
+interface Replica {
+  readonly state: SharedState
+  readonly blocks: Map<string, Set<string>>
+  readonly events: Array<string>
+}
+
+const replicas: Array<SharedState> = []
+afterEach(async () => {
+  await Promise.all(replicas.splice(0).map((state) => state.close()))
+  killAll()
+})
+
+const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:"): Replica => {
+  const blocks = new Map<string, Set<string>>()
+  const events: Array<string> = []
+  const sink: SharedStateSink = {
+    blocks: (upstream, keys) => {
+      let set = blocks.get(upstream)
+      if (set === undefined) blocks.set(upstream, set = new Set())
+      for (const key of keys) set.add(key)
+    },
+    status: (shown, up, reason) => events.push(`${shown} ${up ? "up" : "down"}${up ? "" : `: ${reason}`}`)
+  }
+  const state = new SharedState(
+    { endpoints: urls.map((url) => ({ url, shown: url })), replicaId: id, prefix, ttlMs: 60_000, loadIntervalMs: 50, maxPendingWrites: 1_000 },
+    sink
+  )
+  replicas.push(state)
+  return { state, blocks, events }
+}
+
+const allUp = (r: Replica) => r.state.status().every((s) => s.up)
+const has = (r: Replica, upstream: string, keys: ReadonlyArray<string>) => keys.every((key) => r.blocks.get(upstream)?.has(key) ?? false)
+const keys = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}${i}`)
+
+describe.skipIf(redisServerPath() === undefined)("routing state shared through Redis", () => {
+  it("three replicas learn each other's decisions and loads; a new replica starts warm", async () => {
+    const redis = await startRedis()
+    const [a, b, c] = ["a", "b", "c"].map((id) => replica(id, [redis.url]))
+    await until(() => [a, b, c].every(allUp), "replicas connected")
+    // Subscriptions settle after `ready`: publish until the others have heard.
+    await until(() => {
+      a.state.decided("u1", keys("k", 4), Date.now())
+      return has(b, "u1", keys("k", 4)) && has(c, "u1", keys("k", 4))
+    }, "b and c learn a's decision")
+    assert.isFalse(a.blocks.has("u1"), "a replica ignores its own messages")
+    await until(() => {
+      b.state.publishLoad({ u1: 3, u2: 1 })
+      c.state.publishLoad({ u1: 2 })
+      return a.state.remoteInFlight("u1") === 5 && a.state.remoteInFlight("u2") === 1
+    }, "a counts the others' in flight")
+
+    const late = replica("d", [redis.url])
+    await until(() => allUp(late), "d connected")
+    await late.state.catchUp(["u1"], Date.now())
+    assert.isTrue(has(late, "u1", keys("k", 4)), "d read what a recorded")
+  })
+
+  it("Redis stopped mid-run: writes are dropped without waiting, one status line; restarted: rejoins and shares again", async () => {
+    const redis = await startRedis()
+    const a = replica("a", [redis.url])
+    const b = replica("b", [redis.url])
+    await until(() => allUp(a) && allUp(b), "replicas connected")
+    await redis.stop()
+    await until(() => !allUp(a) && !allUp(b), "both see Redis down")
+    const dropped = a.state.droppedWrites
+    const started = performance.now()
+    for (let i = 0; i < 1_000; i++) a.state.decided("u1", [`x${i}`], Date.now())
+    assert.isBelow(performance.now() - started, 500, "a decision never waits for Redis")
+    assert.strictEqual(a.state.droppedWrites - dropped, 1_000)
+    assert.isFalse(b.state.remoteInFlight("u1") > 0)
+
+    await redis.start()
+    await until(() => allUp(a) && allUp(b), "both rejoin", 20_000)
+    await until(() => {
+      a.state.decided("u2", ["after"], Date.now())
+      return has(b, "u2", ["after"])
+    }, "sharing works again")
+    // One line per outage and one per return, not one per failed command.
+    assert.strictEqual(a.events.filter((line) => line.includes("down")).length, 1, a.events.join("\n"))
+    assert.strictEqual(a.events.filter((line) => line.endsWith(" up")).length, 2, a.events.join("\n"))
+  })
+
+  it("a paused (slow) Redis: writes stop at maxPendingWrites, nothing waits", async () => {
+    const redis = await startRedis()
+    const a = replica("a", [redis.url])
+    await until(() => allUp(a), "connected")
+    redis.pause()
+    const started = performance.now()
+    for (let i = 0; i < 5_000; i++) a.state.decided("u1", [`s${i}`], Date.now())
+    assert.isBelow(performance.now() - started, 1_000)
+    assert.isAtLeast(a.state.droppedWrites, 4_000)
+    redis.resume()
+  })
+
+  it("several endpoints shard the keys; losing one loses only its share", async () => {
+    const one = await startRedis()
+    const two = await startRedis()
+    const a = replica("a", [one.url, two.url])
+    const b = replica("b", [one.url, two.url])
+    await until(() => allUp(a) && allUp(b), "replicas connected")
+    const written = keys("s", 40)
+    await until(() => {
+      a.state.decided("u1", written, Date.now())
+      return has(b, "u1", written)
+    }, "b learns every key through both shards")
+    await two.stop()
+    await until(() => a.state.status().filter((s) => s.up).length === 1, "a sees one shard down")
+    const fresh = keys("f", 40)
+    const late = replica("c", [one.url, two.url])
+    await until(() => late.state.status()[0].up, "c connected to the remaining shard")
+    await late.state.catchUp(["u1"], Date.now())
+    const kept = written.filter((key) => late.blocks.get("u1")?.has(key))
+    // Roughly half live on each shard (a hash): some, not all, survive.
+    assert.isAbove(kept.length, 5)
+    assert.isBelow(kept.length, 35)
+    a.state.decided("u1", fresh, Date.now())
+  })
+})
