@@ -4,8 +4,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
-import { blockKeysOf, characterIds } from "../src/router/routing/BlockKeys.ts"
+import { blockKeysOf, characterIds, eventKey, tokenIdsOf } from "../src/router/routing/BlockKeys.ts"
 import { type KvEvent, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
+import { type Block, BlockCache, type KvEvent as SimulatorEvent } from "../src/router/simulated/BlockCache.ts"
+import { blockHashes, blockSeed, promptBlockHashes } from "../src/router/simulated/Tokens.ts"
 
 const settings = { defaultCapacity: 100, ttlMs: 1_000, pendingTtlMs: 50 }
 const keys = (...names: Array<string>) => names
@@ -20,6 +22,11 @@ describe("block keys", () => {
     assert.notStrictEqual(a[2], b[2])
     // Same second block after a different first: a different key (the chain).
     assert.notStrictEqual(a[1], c[1])
+  })
+
+  it("are the simulator's keys for its tokens", () => {
+    const text = Array.from({ length: 40 }, (_, i) => `word${i % 7}`).join(" ")
+    assert.deepStrictEqual(blockKeysOf("llama", tokenIdsOf(text), 4), promptBlockHashes("llama", text, 4).map(String))
   })
 
   it("ignore a partial last block and depend on the model", () => {
@@ -141,4 +148,88 @@ describe("precise entries (KV events)", () => {
       assert.deepStrictEqual([...index.keys("u", 1e12)].sort(), [...cache.keys()].sort())
     }
   })
+})
+
+/** The simulator's cache and its events, as the index receives them (one batch per operation, numbered). */
+const asIndexEvent = (event: SimulatorEvent): KvEvent =>
+  event._tag === "AllBlocksCleared" ? { type: "AllBlocksCleared" } : { type: event._tag, blockHashes: event.blockHashes.map(eventKey) }
+
+const SimOperation = Schema.Struct({
+  /** Which of a few prompts (sharing prefixes) arrives; -1 resets the cache. */
+  prompt: Schema.Int.check(Schema.isBetween({ minimum: -1, maximum: 7 })),
+  /** How many blocks of it. */
+  blocks: Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 6 })),
+  /** Released at once (else it stays running until the next operations release it). */
+  releaseNow: Schema.Boolean,
+  /** This batch of events is lost on the way (a gap). */
+  lost: Schema.Boolean
+})
+
+describe("the index against the simulator's true cache", () => {
+  const blockSize = 2
+  const seed = blockSeed("m")
+  // Prompts share prefixes: prompt p is the family (p % 3) prefix followed by its own tail.
+  const promptIds = (p: number, blocks: number) =>
+    Array.from({ length: blocks * blockSize }, (_, i) => (i < 4 ? 100 + (p % 3) : 200 + p * 10 + i))
+
+  const run = (operations: ReadonlyArray<typeof SimOperation.Type>, withLosses: boolean) => {
+    const batch: Array<KvEvent> = []
+    const cache = new BlockCache(8, blockSize, (event) => batch.push(asIndexEvent(event)))
+    const index = new PrefixIndex({ defaultCapacity: 8, ttlMs: 1_000, pendingTtlMs: 10 })
+    const running: Array<Array<Block>> = []
+    let seq = 0
+    let now = 0
+    let lostSince = false
+    const storedSinceLoss = new Set<string>()
+    for (const operation of operations) {
+      now += 100
+      if (operation.prompt === -1) {
+        cache.reset()
+      } else {
+        const ids = promptIds(operation.prompt, operation.blocks)
+        const hashes = blockHashes(seed, ids, blockSize)
+        const hits = cache.hits(hashes, hashes.length)
+        const blocks = cache.reserve(hashes, hits, hashes.length - hits)
+        if (blocks !== undefined) {
+          cache.store(blocks.slice(hits), hashes.slice(hits), hits === 0 ? undefined : hashes[hits - 1], ids, hits * blockSize)
+          if (operation.releaseNow) cache.release(blocks)
+          else running.push(blocks)
+        } else {
+          for (const held of running.splice(0)) cache.release(held)
+        }
+      }
+      const events = batch.splice(0)
+      const number = seq++
+      if (withLosses && operation.lost) {
+        lostSince = true
+        storedSinceLoss.clear()
+        continue
+      }
+      index.applyBatch("u", { seq: number, events }, now)
+      for (const event of events) {
+        if (event.type === "BlockStored") for (const key of event.blockHashes) storedSinceLoss.add(key)
+        if (event.type === "BlockRemoved") for (const key of event.blockHashes) storedSinceLoss.delete(key)
+        if (event.type === "AllBlocksCleared") storedSinceLoss.clear()
+      }
+      const truth = new Set([...cache.cachedHashes()].map(String))
+      const believed = index.keys("u", now + 11)
+      if (!withLosses || !lostSince) {
+        assert.deepStrictEqual([...believed].sort(), [...truth].sort())
+        // And the prefix it reports is the simulator's, for every prompt.
+        for (let p = 0; p < 8; p++) {
+          const hashes = blockHashes(seed, promptIds(p, 6), blockSize)
+          assert.strictEqual(index.cachedPrefix("u", hashes.map(String), now), cache.hits(hashes, hashes.length))
+        }
+      } else {
+        // After a loss, once the demoted entries aged: nothing believed that isn't cached, and
+        // every block stored since the loss (still cached) is known.
+        for (const key of believed) assert.isTrue(truth.has(key), `believed ${key} not cached`)
+        for (const key of storedSinceLoss) if (truth.has(key)) assert.isTrue(believed.has(key))
+      }
+    }
+  }
+
+  it.prop("replaying its events, the index holds exactly the cached blocks and reports its hits", [Schema.Array(SimOperation).check(Schema.isMaxLength(40))], ([operations]) => run(operations, false))
+
+  it.prop("with batches lost, it never believes an uncached block once the demoted entries aged, and knows every block stored since", [Schema.Array(SimOperation).check(Schema.isMaxLength(40))], ([operations]) => run(operations, true))
 })

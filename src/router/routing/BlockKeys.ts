@@ -1,44 +1,47 @@
 /**
- * A prompt's block keys: the prompt as token ids, cut into full blocks of
+ * A prompt's block keys, as the simulator (and vLLM's prefix caching)
+ * computes them: the prompt as token ids, cut into full blocks of
  * `blockSize`, each block's key a hash chained from its parent's key and its
- * token ids, seeded with the model name (vLLM's prefix-caching hash; a partial
- * last block has no key: it is never shared). Two prompts share their first n
- * keys exactly when they share their first n blocks of tokens, so a key
- * stands for its whole prefix.
+ * token ids, the first seeded with the model name (simulated/Tokens.ts: the
+ * same function, so keys from KV events and keys computed here agree). A
+ * partial last block has no key: it is never shared. Two prompts share their
+ * first n keys exactly when they share their first n blocks of tokens, so a
+ * key stands for its whole prefix.
  *
- * Token ids come from the upstream's tokenizer when the router knows it (the
- * simulator's rule, or `/tokenize`); otherwise from characters (one id per
- * UTF-16 code unit), which is self-consistent for the approximate index: the
- * router only ever compares its own keys with its own keys.
+ * Token ids come from the simulator's tokenization rule (the upstreams in
+ * tests and benchmarks are simulators, and a prompt's ids are then the
+ * server's own) or, for an upstream whose tokenizer the router does not
+ * know, from characters (one id per UTF-16 code unit): self-consistent for
+ * the approximate index, which only ever compares the router's keys with its
+ * own keys. Keys are strings in the index: vLLM publishes integer or byte
+ * hashes depending on its version, and a string holds either.
  */
-// PROVISIONAL until the simulator's module (H-sim, issue 22) lands: same shape, to be replaced by its import.
-const simulatorBlockKeys = (model: string, ids: ReadonlyArray<number>, blockSize: number): Array<string> => {
-  const keys: Array<string> = []
-  let h1 = 0x811c9dc5
-  let h2 = 0x01000193
-  for (let i = 0; i < model.length; i++) {
-    h1 = Math.imul(h1 ^ model.charCodeAt(i), 0x01000193)
-    h2 = Math.imul(h2 ^ model.charCodeAt(i), 0x5bd1e995)
-  }
-  for (let start = 0; start + blockSize <= ids.length; start += blockSize) {
-    for (let i = start; i < start + blockSize; i++) {
-      h1 = Math.imul(h1 ^ ids[i], 0x01000193)
-      h2 = Math.imul(h2 ^ (ids[i] >>> 0), 0x5bd1e995) ^ (h1 >>> 13)
-    }
-    keys.push(`${(h1 >>> 0).toString(16)}${(h2 >>> 0).toString(16).padStart(8, "0")}`)
-  }
-  return keys
-}
+import { blockHashes, blockSeed, tokenIds } from "../simulated/Tokens.ts"
 
-export type TokenIds = ReadonlyArray<number>
+export type TokenIds = ArrayLike<number>
+
+/** The simulator's token ids for `text` (its tokenization rule). */
+export const tokenIdsOf = (text: string): TokenIds => tokenIds(text)
 
 /** One id per UTF-16 code unit: the fallback when the upstream's tokenizer is unknown. */
 export const characterIds = (text: string): TokenIds => {
-  const ids = new Array<number>(text.length)
+  const ids = new Uint16Array(text.length)
   for (let i = 0; i < text.length; i++) ids[i] = text.charCodeAt(i)
   return ids
 }
 
+const seeds = new Map<string, number>()
+
 /** The keys of every full block of `ids`, as strings (the index's key type). */
-export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number): Array<string> =>
-  simulatorBlockKeys(model, ids, blockSize).map(String)
+export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number): Array<string> => {
+  let seed = seeds.get(model)
+  if (seed === undefined) {
+    seed = blockSeed(model)
+    if (seeds.size < 1_000) seeds.set(model, seed)
+  }
+  return blockHashes(seed, ids, blockSize).map(String)
+}
+
+/** A key as published in a KV event (an integer, or bytes in newer vLLM versions) in the index's form. */
+export const eventKey = (hash: unknown): string =>
+  typeof hash === "number" || typeof hash === "bigint" ? String(hash) : hash instanceof Uint8Array ? Buffer.from(hash).toString("hex") : String(hash)
