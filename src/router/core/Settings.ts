@@ -44,8 +44,20 @@ export interface SimulationSettings {
   /** Inter-token latency; unset: 0 (every token at once after the first). */
   readonly itlMs: number | undefined
   readonly itlStdDevMs: number
-  /** Latency multiplier reached when every slot is busy (1 = load has no effect). */
+  /** Step length multiplier reached when every running slot is busy (1 = load has no effect). */
   readonly loadFactor: number
+  /** Tokens per KV-cache block (vLLM's block_size). */
+  readonly blockSize: number
+  /** KV-cache blocks (vLLM's num_gpu_blocks). */
+  readonly kvBlocks: number
+  /** Most tokens one step computes (vLLM's max_num_batched_tokens: chunked prefill). */
+  readonly maxBatchedTokens: number
+  /** Microseconds a step lasts longer per prompt token it prefills (0: prefill costs nothing). */
+  readonly prefillUsPerToken: number
+  /** ZeroMQ endpoint the KV events are published on (`tcp://*:5557` binds); unset: none. */
+  readonly kvEventsEndpoint: string | undefined
+  /** The events' ZeroMQ topic; unset: `kv@<pod>@<model>`, as llm-d's subscribers parse it. */
+  readonly kvEventsTopic: string | undefined
   /** Most tokens generated when the request sets no max_tokens. */
   readonly maxTokens: number
   /** Context length: prompt tokens plus max_tokens may not exceed it. */
@@ -207,6 +219,12 @@ export const defaultSimulation: SimulationSettings = {
   itlMs: undefined,
   itlStdDevMs: 0,
   loadFactor: 1,
+  blockSize: 16,
+  kvBlocks: 32_768,
+  maxBatchedTokens: 2048,
+  prefillUsPerToken: 0,
+  kvEventsEndpoint: undefined,
+  kvEventsTopic: undefined,
   maxTokens: 64,
   maxModelLen: 4096,
   failureRate: 0,
@@ -226,6 +244,29 @@ const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.g
     "a number from 1 to 1000",
     () => defaultSimulation.loadFactor
   )
+  const blockSize = yield* setting("SIM_BLOCK_SIZE", decimalBetween(1, 1024), "an integer from 1 to 1024 (tokens)", () => defaultSimulation.blockSize)
+  const kvBlocks = yield* setting("SIM_KV_BLOCKS", decimalBetween(1, 10_000_000), "an integer from 1 to 10000000 (blocks)", () => defaultSimulation.kvBlocks)
+  const maxBatchedTokens = yield* setting(
+    "SIM_MAX_BATCHED_TOKENS",
+    decimalBetween(1, 10_000_000),
+    "an integer from 1 to 10000000 (tokens)",
+    () => defaultSimulation.maxBatchedTokens
+  )
+  const prefillUsPerToken = yield* setting(
+    "SIM_PREFILL_US_PER_TOKEN",
+    DecimalNumber.check(Schema.isBetween({ minimum: 0, maximum: 100_000 })),
+    "a number from 0 to 100000 (microseconds)",
+    () => defaultSimulation.prefillUsPerToken
+  )
+  const kvEventsEndpoint = yield* optionalString("SIM_KV_EVENTS_ENDPOINT")
+  if (kvEventsEndpoint !== undefined && !/^(tcp|ipc|inproc):\/\/\S+$/.test(kvEventsEndpoint)) {
+    return yield* new InvalidSetting({
+      variable: "SIM_KV_EVENTS_ENDPOINT",
+      value: kvEventsEndpoint,
+      expected: "a ZeroMQ endpoint: tcp://*:5557 (bind), tcp://host:port (connect), ipc://path"
+    })
+  }
+  const kvEventsTopic = yield* optionalString("SIM_KV_EVENTS_TOPIC")
   const maxModelLen = yield* setting("SIM_MAX_MODEL_LEN", decimalBetween(1, 10_000_000), "an integer from 1 to 10000000 (tokens)", () => defaultSimulation.maxModelLen)
   const maxTokens = yield* setting(
     "SIM_MAX_TOKENS",
@@ -252,6 +293,12 @@ const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.g
     itlMs,
     itlStdDevMs,
     loadFactor,
+    blockSize,
+    kvBlocks,
+    maxBatchedTokens,
+    prefillUsPerToken,
+    kvEventsEndpoint,
+    kvEventsTopic,
     maxTokens,
     maxModelLen,
     failureRate,
@@ -341,7 +388,13 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "SIM_TTFT_STDDEV_MS", meaning: "its standard deviation (normal, clipped at 0)", default: code(defaultSimulation.ttftStdDevMs), valid: "integer ≥ 0" },
   { variable: "SIM_ITL_MS", meaning: "inter-token latency. Setting `SIM_TTFT_MS` or `SIM_ITL_MS` makes `/infer` a whole generation too (`processingMs` = its time)", default: "`0`", valid: "integer ≥ 0" },
   { variable: "SIM_ITL_STDDEV_MS", meaning: "its standard deviation (normal, clipped at 0)", default: code(defaultSimulation.itlStdDevMs), valid: "integer ≥ 0" },
-  { variable: "SIM_LOAD_FACTOR", meaning: "latency multiplier reached when every other slot is busy (linear in between; 1 = load has no effect)", default: code(defaultSimulation.loadFactor), valid: "number 1 – 1000" },
+  { variable: "SIM_LOAD_FACTOR", meaning: "step length multiplier reached when every other running slot is busy (linear in between; 1 = load has no effect): the batch slowing its own decode steps, beside what prefill costs them", default: code(defaultSimulation.loadFactor), valid: "number 1 – 1000" },
+  { variable: "SIM_BLOCK_SIZE", meaning: "tokens per KV-cache block (vLLM's `block_size`); full blocks are keyed by a hash chained from the model's name", default: code(defaultSimulation.blockSize), valid: "1 – 1024" },
+  { variable: "SIM_KV_BLOCKS", meaning: "KV-cache blocks (vLLM's `num_gpu_blocks`): a request waits until its blocks fit; a prompt longer than the whole cache is a 400", default: code(defaultSimulation.kvBlocks), valid: "1 – 10000000" },
+  { variable: "SIM_MAX_BATCHED_TOKENS", meaning: "most tokens one engine step computes (vLLM's `max_num_batched_tokens`): longer prompts are prefilled in chunks over several steps", default: code(defaultSimulation.maxBatchedTokens), valid: "1 – 10000000" },
+  { variable: "SIM_PREFILL_US_PER_TOKEN", meaning: "microseconds a step lasts longer per uncached prompt token it prefills (0: prefill is free, timings as before the prefix cache)", default: code(defaultSimulation.prefillUsPerToken), valid: "number 0 – 100000" },
+  { variable: "SIM_KV_EVENTS_ENDPOINT", meaning: "publish vLLM's KV events (BlockStored, BlockRemoved, AllBlocksCleared) over ZeroMQ PUB here; `*` in the host binds, else connects", default: "— (none)", valid: "`tcp://…`, `ipc://…`" },
+  { variable: "SIM_KV_EVENTS_TOPIC", meaning: "the KV events' ZeroMQ topic", default: "`kv@<POD_NAME>@<MODEL_REF>` (llm-d's format)", valid: "any" },
   { variable: "SIM_MAX_TOKENS", meaning: "most tokens generated when the request sets no `max_tokens`", default: code(defaultSimulation.maxTokens), valid: "1 – `SIM_MAX_MODEL_LEN`" },
   { variable: "SIM_MAX_MODEL_LEN", meaning: "context length: prompt tokens + `max_tokens` above it is a 400 `context_length_exceeded`; `/v1/models` reports it as `max_model_len`", default: code(defaultSimulation.maxModelLen), valid: "1 – 10000000" },
   { variable: "SIM_FAILURE_RATE", meaning: "percent of `/v1/*` requests failed on purpose (for testing clients' retry paths)", default: code(defaultSimulation.failureRate), valid: "0 – 100" },
