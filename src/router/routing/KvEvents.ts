@@ -1,0 +1,97 @@
+/**
+ * An upstream's KV events, as vLLM publishes them (`--kv-events-config`
+ * with the zmq publisher; the simulator's SIM_KV_EVENTS_ENDPOINT): a ZeroMQ
+ * PUB socket sending three-frame messages `[topic, seq, payload]`, `seq` an
+ * 8-byte big-endian counter per publisher, `payload` a msgpack
+ * `KVEventBatch`: `[ts, events, data_parallel_rank?]`, each event an array
+ * whose first item is its tag (msgspec `array_like`, `tag=True`, trailing
+ * defaults omitted):
+ *
+ *   ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id?, medium?]
+ *   ["BlockRemoved", block_hashes, medium?]
+ *   ["AllBlocksCleared"]
+ *
+ * Hashes are integers (64-bit ones decoded as bigint) or bytes; eventKey
+ * gives the index's string either way. A malformed message is skipped and
+ * counted, never thrown: one bad publisher must not stop the router.
+ */
+import { Decoder } from "@msgpack/msgpack"
+import { Predicate } from "effect"
+import { Subscriber } from "zeromq"
+import { eventKey } from "./BlockKeys.ts"
+import type { KvEvent, KvEventBatch } from "./PrefixIndex.ts"
+
+const decoder = new Decoder({ useBigInt64: true })
+
+const hashes = (value: unknown): ReadonlyArray<string> | undefined => Array.isArray(value) ? value.map(eventKey) : undefined
+
+const decodeEvent = (raw: unknown): KvEvent | undefined => {
+  if (!Array.isArray(raw) || !Predicate.isString(raw[0])) return undefined
+  switch (raw[0]) {
+    case "BlockStored":
+    case "BlockRemoved": {
+      const blockHashes = hashes(raw[1])
+      return blockHashes === undefined ? undefined : { type: raw[0], blockHashes }
+    }
+    case "AllBlocksCleared":
+      return { type: "AllBlocksCleared" }
+    default:
+      return undefined
+  }
+}
+
+/** One message's frames as a batch; undefined when they are not a KV event batch. */
+export const decodeKvMessage = (frames: ReadonlyArray<Uint8Array>): KvEventBatch | undefined => {
+  if (frames.length < 2) return undefined
+  const seqFrame = frames.length >= 3 ? frames[1] : undefined
+  const payload = frames[frames.length - 1]
+  if (seqFrame === undefined || seqFrame.length !== 8) return undefined
+  const seq = Number(Buffer.from(seqFrame.buffer, seqFrame.byteOffset, 8).readBigUInt64BE(0))
+  let decoded: unknown
+  try {
+    decoded = decoder.decode(payload)
+  } catch {
+    return undefined
+  }
+  if (!Array.isArray(decoded) || !Array.isArray(decoded[1])) return undefined
+  const events: Array<KvEvent> = []
+  for (const raw of decoded[1]) {
+    const event = decodeEvent(raw)
+    if (event === undefined) return undefined
+    events.push(event)
+  }
+  return { seq, events }
+}
+
+export interface KvEventsHandler {
+  batch(batch: KvEventBatch): void
+  malformed(): void
+}
+
+/**
+ * Subscribes to `endpoint` (every topic) until the returned function is
+ * called. ZeroMQ reconnects by itself when the publisher goes and comes back
+ * (its sequence then starts again: the index sees a gap).
+ */
+export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler): () => void => {
+  const socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 10_000 })
+  socket.connect(endpoint)
+  socket.subscribe()
+  let closed = false
+  void (async () => {
+    try {
+      for await (const frames of socket) {
+        const batch = decodeKvMessage(frames)
+        if (batch === undefined) handler.malformed()
+        else handler.batch(batch)
+      }
+    } catch {
+      // Closed under the loop: the end.
+    }
+  })()
+  return () => {
+    if (closed) return
+    closed = true
+    socket.close()
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * KV events over a real ZeroMQ socket in vLLM's wire format (frames
+ * `[topic, seq (8 bytes big-endian), msgpack KVEventBatch]`, events as tagged
+ * arrays), encoded here independently of the subscriber: integer, 64-bit and
+ * byte hashes, omitted trailing fields, gaps and bad messages.
+ */
+import { encode } from "@msgpack/msgpack"
+import { afterEach, assert, describe, it } from "@effect/vitest"
+import { Publisher } from "zeromq"
+import { decodeKvMessage, subscribeKvEvents } from "../src/router/routing/KvEvents.ts"
+import { PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
+import { until } from "./support/Processes.ts"
+
+const seqFrame = (seq: number) => {
+  const frame = Buffer.alloc(8)
+  frame.writeBigUInt64BE(BigInt(seq))
+  return frame
+}
+const message = (seq: number, events: ReadonlyArray<unknown>) => [Buffer.from("kv-events"), seqFrame(seq), Buffer.from(encode([Date.now() / 1000, events], { useBigInt64: true }))]
+
+const closers: Array<() => void> = []
+afterEach(() => {
+  for (const close of closers.splice(0)) close()
+})
+
+describe("decoding vLLM's KV event messages", () => {
+  it("reads every event type, with trailing defaults present or omitted", () => {
+    const batch = decodeKvMessage(message(7, [
+      ["BlockStored", [1, 2], null, [10, 11, 12, 13], 2, null, "GPU"],
+      ["BlockStored", [3], 2, [14, 15], 2],
+      ["BlockRemoved", [1], "GPU"],
+      ["BlockRemoved", [2]],
+      ["AllBlocksCleared"]
+    ]))
+    assert.deepStrictEqual(batch, {
+      seq: 7,
+      events: [
+        { type: "BlockStored", blockHashes: ["1", "2"] },
+        { type: "BlockStored", blockHashes: ["3"] },
+        { type: "BlockRemoved", blockHashes: ["1"] },
+        { type: "BlockRemoved", blockHashes: ["2"] },
+        { type: "AllBlocksCleared" }
+      ]
+    })
+  })
+
+  it("keys 64-bit and byte hashes as the index does", () => {
+    const big = 2n ** 63n + 5n
+    const batch = decodeKvMessage(message(0, [["BlockStored", [big, new Uint8Array([0xab, 0x01])], null, [], 16]]))
+    assert.deepStrictEqual(batch?.events[0], { type: "BlockStored", blockHashes: [big.toString(), "ab01"] })
+  })
+
+  it("refuses what is not a batch, without throwing", () => {
+    assert.isUndefined(decodeKvMessage([Buffer.from("t"), seqFrame(0), Buffer.from([0xc1])]))
+    assert.isUndefined(decodeKvMessage([Buffer.from("t"), Buffer.from([1]), Buffer.from(encode([0, []]))]))
+    assert.isUndefined(decodeKvMessage(message(0, [["Unknown", 1]])))
+    assert.isUndefined(decodeKvMessage([Buffer.from("only")]))
+  })
+})
+
+describe("subscribing over ZeroMQ", () => {
+  it("follows a publisher: the index tracks its blocks, a gap is detected, bad messages are counted", async () => {
+    const publisher = new Publisher()
+    await publisher.bind("tcp://127.0.0.1:*")
+    closers.push(() => publisher.close())
+    const index = new PrefixIndex()
+    let malformed = 0
+    let received = 0
+    const outcomes: Array<string> = []
+    closers.push(subscribeKvEvents(publisher.lastEndpoint!, {
+      batch: (batch) => {
+        received++
+        outcomes.push(index.applyBatch("u", batch, 0))
+      },
+      malformed: () => malformed++
+    }))
+    // A PUB socket drops what it sends before the subscriber has joined: empty batches until one arrives.
+    let seq = 0
+    await until(async () => {
+      await publisher.send(message(seq++, []))
+      return received > 0
+    }, "the subscriber joined")
+    const next = () => seq++
+    await publisher.send(message(next(), [["BlockStored", [1, 2, 3], null, [], 16]]))
+    await publisher.send(message(next(), [["BlockRemoved", [3]]]))
+    await publisher.send([Buffer.from("kv-events"), seqFrame(next()), Buffer.from("not msgpack")])
+    seq++ // one batch lost
+    await publisher.send(message(next(), [["BlockStored", [4], 2, [], 16]]))
+    await until(() => index.keys("u", 0).has("4"), "the last batch")
+    assert.strictEqual(malformed, 1)
+    assert.deepStrictEqual([...index.keys("u", 0)].sort(), ["1", "2", "4"])
+    assert.strictEqual(outcomes.at(-1), "gap")
+    assert.strictEqual(index.gapCount("u"), 1)
+  })
+})
