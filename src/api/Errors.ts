@@ -5,6 +5,7 @@
  */
 import { Schema } from "effect"
 import { HttpApiSchema } from "effect/http-api"
+import { rejectReasonHeader } from "./Headers.ts"
 
 export const ErrorDetail = Schema.Struct({
   code: Schema.String.annotate({ description: "Machine-readable snake_case reason" }),
@@ -55,8 +56,7 @@ export const errorStatus = {
   GatewayTimeout: 504
 } as const
 
-/** The header that tells a client or a mesh this rejection is the router's own, and why. */
-export const rejectReasonHeader = "x-router-reject-reason"
+export { rejectReasonHeader }
 
 const asErrorBody = <E extends { readonly code: string; readonly message: string }>(
   self: Schema.Codec<E, any>,

@@ -9,23 +9,36 @@
  */
 import { Schema } from "effect"
 import { HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "effect/http-api"
-import { queueTimeoutHeader } from "./Headers.ts"
+import { queueTimeoutHeader, rejectReasonHeader, simFailureHeader } from "./Headers.ts"
 
 export const completionsPath = "/v1/completions"
 export const chatCompletionsPath = "/v1/chat/completions"
 export const modelsPath = "/v1/models"
 
-/** Forces one of the simulated model's failures, for testing clients' retry paths. */
-export const simFailureHeader = "x-sim-failure"
+export { simFailureHeader }
 
-const StopField = Schema.optionalKey(Schema.NullOr(Schema.Union([Schema.String, Schema.Array(Schema.String)])))
+/**
+ * Most stop sequences a request may carry. OpenAI allows 4, vLLM any number;
+ * every sequence is searched for in the output, so an unbounded list costs
+ * the event loop (60,000 blocked it ~170 ms a request). 16 leaves room for
+ * clients that send a model's several end markers.
+ */
+export const maxStopSequences = 16
+
+const StopField = Schema.optionalKey(Schema.NullOr(Schema.Union([
+  Schema.String,
+  Schema.Array(Schema.String).check(Schema.isMaxLength(maxStopSequences))
+])).annotate({ description: `A stop sequence, or at most ${maxStopSequences}` }))
 const Int = Schema.Int
+
+/** A finite number, at least 0 (JSON's 1e400 parses as Infinity). */
+const NonNegative = Schema.Number.check(Schema.isFinite(), Schema.isGreaterThanOrEqualTo(0))
 
 const commonFields = {
   model: Schema.optionalKey(Schema.String).annotate({ description: "The served model (GET /v1/models); another is a 404" }),
   stop: StopField,
-  temperature: Schema.optionalKey(Schema.NullOr(Schema.Number)),
-  top_p: Schema.optionalKey(Schema.NullOr(Schema.Number)),
+  temperature: Schema.optionalKey(Schema.NullOr(NonNegative)).annotate({ description: "A finite number >= 0 (vLLM's rule)" }),
+  top_p: Schema.optionalKey(Schema.NullOr(Schema.Number.check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 1 })))),
   seed: Schema.optionalKey(Schema.NullOr(Int)),
   n: Schema.optionalKey(Schema.NullOr(Int)).annotate({ description: "Only 1 is served" }),
   stream: Schema.optionalKey(Schema.NullOr(Schema.Boolean)),
@@ -44,8 +57,11 @@ export type CompletionRequest = typeof CompletionRequest.Type
 
 const ContentPart = Schema.Struct({ type: Schema.String, text: Schema.optionalKey(Schema.String) })
 
+/** The roles OpenAI's and vLLM's chat APIs accept (`function`: OpenAI's deprecated tool role). */
+export const chatRoles = ["system", "developer", "user", "assistant", "tool", "function"] as const
+
 export const ChatMessage = Schema.Struct({
-  role: Schema.String,
+  role: Schema.Literals(chatRoles),
   content: Schema.optionalKey(Schema.NullOr(Schema.Union([Schema.String, Schema.Array(ContentPart)]))),
   name: Schema.optionalKey(Schema.String)
 })
@@ -161,20 +177,20 @@ const errorResponse = (status: number, description: string) =>
 const rejectionResponse = (status: number, description: string) =>
   OpenAiError.pipe(HttpApiSchema.encodeToWithHeaders({
     body: OpenAiErrorBody.pipe(HttpApiSchema.status(status)).annotate({ description }),
-    headers: { "retry-after": Schema.optionalKey(Schema.String), "x-router-reject-reason": Schema.optionalKey(Schema.String) }
+    headers: { "retry-after": Schema.optionalKey(Schema.String), [rejectReasonHeader]: Schema.optionalKey(Schema.String) }
   }, {
     decode: ({ body, headers }) =>
       new OpenAiError({
         ...body.error,
         status,
         ...(headers["retry-after"] === undefined ? {} : { retryAfterSeconds: Number(headers["retry-after"]) }),
-        ...(headers["x-router-reject-reason"] === undefined ? {} : { rejectReason: headers["x-router-reject-reason"] })
+        ...(headers[rejectReasonHeader] === undefined ? {} : { rejectReason: headers[rejectReasonHeader] })
       }),
     encode: (error) => ({
       body: { error: { message: error.message, type: error.type, param: error.param, code: error.code } },
       headers: {
         ...(error.retryAfterSeconds === undefined ? {} : { "retry-after": String(error.retryAfterSeconds) }),
-        ...(error.rejectReason === undefined ? {} : { "x-router-reject-reason": error.rejectReason })
+        ...(error.rejectReason === undefined ? {} : { [rejectReasonHeader]: error.rejectReason })
       }
     })
   }))
@@ -212,3 +228,34 @@ export class OpenAiGroup extends HttpApiGroup.make("openai", { topLevel: true })
     )
   )
 {}
+
+/** An OpenAI error as the router answers it. */
+export const openAiError = (
+  status: number,
+  type: string,
+  code: string | null,
+  message: string,
+  param: string | null = null,
+  extra: { readonly retryAfterSeconds?: number; readonly rejectReason?: string } = {}
+): OpenAiError => new OpenAiError({ status, type, code, message, param, ...extra })
+
+/** A 400 `invalid_request_error`, naming the field at fault in `param`. */
+export const invalidRequestError = (message: string, param: string | null = null, code: string | null = null): OpenAiError =>
+  openAiError(400, "invalid_request_error", code, message, param)
+
+/** OpenAI's `type` for a status the router answers with. */
+export const errorTypeOf = (status: number): string =>
+  status === 401
+    ? "authentication_error"
+    : status === 429
+    ? "rate_limit_error"
+    : status === 503
+    ? "service_unavailable"
+    : status >= 500
+    ? "server_error"
+    : "invalid_request_error"
+
+/** The error's body, with all four of OpenAI's fields. */
+export const openAiErrorBody = (error: OpenAiError): OpenAiErrorBody => ({
+  error: { message: error.message, type: error.type, param: error.param, code: error.code }
+})

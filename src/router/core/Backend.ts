@@ -78,6 +78,8 @@ export interface Generated {
  */
 export interface CompletionReply {
   // -- tokens (the route encodes them)
+  /** The model is about to produce tokens: a stream's headers go out now (a shed stream got a plain 429/503 instead). */
+  begin(): void
   /** One token; false when the client's socket is full: call `onceDrained` before the next. */
   token(text: string, index: number): boolean
   onceDrained(resume: () => void): void

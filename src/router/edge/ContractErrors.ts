@@ -54,7 +54,7 @@ interface EncodedError {
   readonly body: unknown
 }
 
-const encodeContractError = (error: ContractError): EncodedError => {
+export const encodeContractError = (error: ContractError): EncodedError => {
   const encode = encoders[error._tag] as (e: ContractError) => { body: unknown; headers: Record<string, string> }
   const { body, headers } = encode(error)
   return { status: errorStatus[error._tag], headers, body }

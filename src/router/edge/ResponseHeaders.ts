@@ -1,15 +1,8 @@
 /**
- * The headers every answer of a Node-level handler carries: the request id
- * (set by the RequestObserver) and, while draining, `Connection: close` so
- * keep-alive clients move on to another router.
+ * When an early answer closes the connection (the pipeline's answer headers
+ * add the rest: the request id, `Connection: close` while draining).
  */
 import type { IncomingMessage } from "node:http"
-import { requestIdHeader } from "../../api/RouterApi.ts"
-
-export const makeCommonHeaders = (isDraining: () => boolean) => (request: IncomingMessage): Record<string, string> => {
-  const requestId = request.headers[requestIdHeader] as string
-  return isDraining() ? { [requestIdHeader]: requestId, connection: "close" } : { [requestIdHeader]: requestId }
-}
 
 /** Most unread body bytes Node may drain to keep a connection open after an early answer. */
 const maxDrainBytes = 64 * 1024

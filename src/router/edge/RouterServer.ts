@@ -15,6 +15,10 @@ import { Model } from "../simulated/Model.ts"
 import { NodeServerLayer } from "./NodeServer.ts"
 import { RequestScheduler, RouterApp, routes } from "../app/RouterApp.ts"
 import { Upstreams } from "../upstream/Upstreams.ts"
+import { Backend } from "../core/Backend.ts"
+import { SimulatedBackend } from "../simulated/SimulatedBackend.ts"
+import { UpstreamBackend } from "../upstream/UpstreamBackend.ts"
+import { Pipeline } from "./Pipeline.ts"
 
 /** JSON lines on stdout (LOG_FORMAT=pretty for humans), filtered at LOG_LEVEL. */
 export const LoggingLayer = Layer.unwrap(RouterConfig.useSync(loggingLayer))
@@ -40,6 +44,15 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
 }))
 
 /**
+ * The backend MODEL_BACKEND names: the one place that asks which it is. The
+ * simulated one runs `Model` (tests pass a stand-in).
+ */
+const BackendLayer = (model: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams>): Layer.Layer<Backend, never, RouterConfig | Admission | Upstreams> =>
+  Layer.unwrap(RouterConfig.useSync((config) =>
+    config.backend === "upstream" ? UpstreamBackend : SimulatedBackend.pipe(Layer.provide(model))
+  ))
+
+/**
  * The whole router as one layer: building it listens; releasing it closes the
  * listener and waits for in-flight requests. Run `Lifecycle.drain` before
  * releasing it (see main.ts). Tests swap the configuration, the model and the
@@ -56,7 +69,8 @@ export const makeRouterServer = <E>(options: {
     Layer.provide(NodeHttpServer.layerHttpServices),
     Layer.provideMerge(NodeRoutes.layer),
     Layer.provide(RequestObserver.layer(routes)),
-    Layer.provideMerge(options.model ?? Model.layer),
+    Layer.provideMerge(Pipeline.layer),
+    Layer.provideMerge(BackendLayer(options.model ?? Model.layer)),
     Layer.provideMerge(Layer.mergeAll(
       Admission.layer.pipe(Layer.provide(RequestScheduler)),
       Lifecycle.layer,

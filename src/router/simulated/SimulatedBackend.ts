@@ -1,0 +1,155 @@
+/**
+ * The simulated model as the router's `Backend` (core/Backend.ts): a thin
+ * adapter over `Model`. What only a simulation does lives here: the prompt's
+ * token count and the context length, the injected failures (SIM_FAILURE_RATE,
+ * `x-sim-failure`), and the choice between the fiber-free generation (plain
+ * callbacks on shared timers, where it gives the same tokens at the same
+ * times) and the Effect one (TestClock, varying delays).
+ */
+import { Effect, Exit, Layer } from "effect"
+import { simFailureHeader } from "../../api/Headers.ts"
+import { invalidRequestError, type ModelCard, type OpenAiError, openAiError } from "../../api/OpenAiApi.ts"
+import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
+import { type FailureType, RouterConfig, type SimulationSettings } from "../core/Config.ts"
+import { type GenerationRequest, Model, type Generated as ModelGenerated } from "./Model.ts"
+import { countTokens } from "./Simulation.ts"
+
+/** What each injected failure answers, as llm-d-inference-sim's do. */
+const injected: Record<FailureType, OpenAiError> = {
+  rate_limit: openAiError(429, "rate_limit_error", "rate_limit_exceeded", "simulated failure: rate limit reached", null, { retryAfterSeconds: 1 }),
+  invalid_api_key: openAiError(401, "authentication_error", "invalid_api_key", "simulated failure: invalid API key"),
+  context_length: invalidRequestError("simulated failure: the prompt is longer than the model's context length", "messages", "context_length_exceeded"),
+  invalid_request: invalidRequestError("simulated failure: invalid request"),
+  model_not_found: openAiError(404, "invalid_request_error", "model_not_found", "simulated failure: model not found", "model"),
+  server_error: openAiError(500, "server_error", "server_error", "simulated failure: the model failed")
+}
+
+/** The text of a message's content: a string, or the text parts of an array. */
+const contentText = (content: unknown): string =>
+  typeof content === "string"
+    ? content
+    : Array.isArray(content)
+    ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
+    : ""
+
+/** The call as the model sees it. */
+const generationOf = (call: CompletionCall): GenerationRequest => {
+  const body = call.body
+  let echoText: string
+  let promptText: string
+  let maxTokens: number | null | undefined
+  if ("messages" in body) {
+    promptText = body.messages.map((message) => contentText(message.content)).join("\n")
+    const lastUser = body.messages.findLast((message) => message.role === "user")
+    echoText = contentText(lastUser?.content ?? body.messages[body.messages.length - 1]?.content)
+    maxTokens = body.max_completion_tokens ?? body.max_tokens
+  } else {
+    promptText = echoText = typeof body.prompt === "string" ? body.prompt : body.prompt[0] ?? ""
+    maxTokens = body.max_tokens
+  }
+  const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
+  return { echoText, promptTokens: countTokens(promptText), maxTokens: maxTokens ?? undefined, stop, seed: body.seed ?? undefined }
+}
+
+export const makeSimulatedBackend = (model: Model["Service"], simulation: SimulationSettings, card: ModelCard): Backend["Service"] => {
+  // Computed once per call: `check` and `complete` both need it.
+  const generations = new WeakMap<CompletionCall, GenerationRequest>()
+  const generation = (call: CompletionCall) => {
+    let found = generations.get(call)
+    if (found === undefined) generations.set(call, found = generationOf(call))
+    return found
+  }
+
+  /** An injected failure: forced by the request's header, or drawn at SIM_FAILURE_RATE. */
+  const failureFor = (call: CompletionCall): OpenAiError | undefined => {
+    const forced = call.simFailure
+    if (forced !== undefined) {
+      const type = forced.trim() as FailureType
+      return injected[type] ?? invalidRequestError(
+        `invalid request header ${simFailureHeader}: ${JSON.stringify(forced)}: expected one of ${Object.keys(injected).join(", ")}`,
+        simFailureHeader
+      )
+    }
+    if (simulation.failureRate > 0 && Math.random() * 100 < simulation.failureRate) {
+      return injected[simulation.failureTypes[Math.floor(Math.random() * simulation.failureTypes.length)]]
+    }
+    return undefined
+  }
+
+  const check = (call: CompletionCall): OpenAiError | undefined => {
+    const { maxTokens, promptTokens } = generation(call)
+    const limit = simulation.maxModelLen
+    if (promptTokens + (maxTokens ?? 0) > limit) {
+      const field = call.kind === "chat" ? "messages" : "prompt"
+      return invalidRequestError(
+        `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + (maxTokens ?? 0)} tokens (${promptTokens} in the ${field}, ${maxTokens ?? 0} for the completion).`,
+        field,
+        "context_length_exceeded"
+      )
+    }
+    return failureFor(call)
+  }
+
+  const complete = (call: CompletionCall, reply: CompletionReply) => {
+    const request = generation(call)
+    const generated = (done: ModelGenerated): Generated => ({
+      text: done.text,
+      promptTokens: request.promptTokens,
+      completionTokens: done.completionTokens,
+      finishReason: done.finishReason,
+      processingMs: done.processingMs
+    })
+    const generateUnsafe = model.generateUnsafe
+    if (generateUnsafe !== undefined) {
+      return callbacks<Completed>((done) => {
+        reply.begin()
+        return generateUnsafe(request, {
+          token: (token, index, next) => {
+            if (reply.token(token, index)) next()
+            else reply.onceDrained(next)
+          },
+          end: (end) => {
+            const result = generated(end)
+            reply.finish(result)
+            done(Exit.succeed({ generated: result }))
+          }
+        })
+      })
+    }
+    const drained = Effect.callback<void>((resume) => reply.onceDrained(() => resume(Effect.void)))
+    return Effect.suspend(() => {
+      reply.begin()
+      return model.generate(request, (token, index) => reply.token(token, index) ? Effect.void : drained)
+    }).pipe(Effect.map((end): Completed => {
+      const result = generated(end)
+      reply.finish(result)
+      return { generated: result }
+    }))
+  }
+
+  return Backend.of({
+    ready: () => true,
+    infer: (prompt) => model.infer(prompt),
+    check,
+    complete,
+    models: Effect.succeed([card])
+  })
+}
+
+export const SimulatedBackend: Layer.Layer<Backend, never, Model | RouterConfig> = Layer.effect(
+  Backend,
+  Effect.gen(function*() {
+    const config = yield* RouterConfig
+    const model = yield* Model
+    const card: ModelCard = {
+      id: config.modelRef,
+      object: "model",
+      created: Math.floor(Date.now() / 1000),
+      owned_by: "inference-router",
+      root: config.modelRef,
+      parent: null,
+      max_model_len: config.simulation.maxModelLen
+    }
+    return makeSimulatedBackend(model, config.simulation, card)
+  })
+)

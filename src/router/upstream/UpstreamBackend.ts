@@ -1,0 +1,78 @@
+/**
+ * The upstream pool as the router's `Backend` (core/Backend.ts), for
+ * MODEL_BACKEND=upstream: a thin adapter over `Upstreams` and the relay.
+ * - `/infer` is a completion of the prompt on an upstream model server (its
+ *   defaults decide the length); `processingMs` is the upstream's whole time;
+ * - `/v1/*` completions are forwarded as they came and the answer relayed
+ *   (Relay.ts), on plain callbacks (see Upstreams.forwardUnsafe for why);
+ * - the model server reads, counts and limits the request itself: nothing is
+ *   refused before admission.
+ */
+import { Clock, Effect, Exit, Layer } from "effect"
+import { requestIdHeader, simFailureHeader } from "../../api/Headers.ts"
+import { chatCompletionsPath, completionsPath, type ModelCard } from "../../api/OpenAiApi.ts"
+import { Backend, callbacks, type Completed, type Inference } from "../core/Backend.ts"
+import { RouterConfig } from "../core/Config.ts"
+import { relayUnsafe } from "./Relay.ts"
+import { type UpstreamFailure, upstreamRefusal, Upstreams } from "./Upstreams.ts"
+
+export const makeUpstreamBackend = (upstreams: Upstreams["Service"], modelRef: string, card: ModelCard): Backend["Service"] =>
+  Backend.of({
+    ready: () => upstreams.ready(),
+    infer: (prompt, requestId) =>
+      Effect.clockWith((clock: Clock.Clock) =>
+        Effect.gen(function*() {
+          const startedAt = clock.currentTimeNanosUnsafe()
+          const answer = yield* upstreams.fetch({
+            path: completionsPath,
+            body: JSON.stringify({ model: modelRef, prompt }),
+            headers: { "content-type": "application/json", [requestIdHeader]: requestId }
+          })
+          if (answer.status >= 200 && answer.status < 300) {
+            return {
+              processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000),
+              upstream: answer.upstream
+            } satisfies Inference
+          }
+          return yield* upstreamRefusal(answer.status, answer.upstream, answer.body, answer.headers["retry-after"])
+        })
+      ) as Effect.Effect<Inference, UpstreamFailure>,
+    check: () => undefined,
+    complete: (call, reply) =>
+      callbacks<Completed>((done) => {
+        const headers: Record<string, string> = { "content-type": "application/json", [requestIdHeader]: call.requestId }
+        // For tests of clients' retry paths through the router: a router upstream in simulated mode honours it.
+        if (call.simFailure !== undefined) headers[simFailureHeader] = call.simFailure
+        return relayUnsafe(upstreams, {
+          path: call.kind === "chat" ? chatCompletionsPath : completionsPath,
+          body: call.text,
+          headers,
+          answerHeaders: reply.answerHeaders
+        }, reply.response, {
+          onFirstByte: reply.firstByte,
+          failBeforeHeaders: reply.fail,
+          endWithErrorFrame: reply.fail,
+          done: (failure) => done(Exit.succeed({ failure }))
+        })
+      }),
+    // TODO(H-upstream): what the upstreams report (GET /v1/models, their max_model_len).
+    models: Effect.succeed([card])
+  })
+
+export const UpstreamBackend: Layer.Layer<Backend, never, Upstreams | RouterConfig> = Layer.effect(
+  Backend,
+  Effect.gen(function*() {
+    const config = yield* RouterConfig
+    const upstreams = yield* Upstreams
+    const card: ModelCard = {
+      id: config.modelRef,
+      object: "model",
+      created: Math.floor(Date.now() / 1000),
+      owned_by: "inference-router",
+      root: config.modelRef,
+      parent: null,
+      max_model_len: config.simulation.maxModelLen
+    }
+    return makeUpstreamBackend(upstreams, config.modelRef, card)
+  })
+)
