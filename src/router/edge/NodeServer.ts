@@ -22,6 +22,7 @@ import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
+import { errorTypeOf, openAiError, openAiErrorBody } from "../../api/OpenAiApi.ts"
 import { requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig, type RouterSettings } from "../core/Config.ts"
 import { writeJson } from "./ContractErrors.ts"
@@ -66,6 +67,9 @@ const clientErrors: Record<string, readonly [number, string, string]> = {
 }
 const badRequest = [400, "bad_request", "the request is not valid HTTP/1.1"] as const
 
+/** The OpenAI-compatible API's paths: their errors are OpenAI's. */
+const isOpenAiPath = (path: string) => path === "/v1" || path.startsWith("/v1/")
+
 interface ServeOptions {
   readonly config: RouterSettings
   readonly routes: RouteTable
@@ -91,7 +95,11 @@ const makeNodeServer = (options: ServeOptions) => {
 
   const answer = (request: IncomingMessage, response: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
     const requestId = request.headers[requestIdHeader] as string
-    writeJson(response, status, { error: { code, message } }, isDraining() ? { ...headers, [requestIdHeader]: requestId, connection: "close" } : { ...headers, [requestIdHeader]: requestId })
+    // Under /v1/, OpenAI clients parse OpenAI's error shape (all four fields).
+    const body = isOpenAiPath(routePath(request.url ?? "/"))
+      ? openAiErrorBody(openAiError(status, errorTypeOf(status), code, message))
+      : { error: { code, message } }
+    writeJson(response, status, body, isDraining() ? { ...headers, [requestIdHeader]: requestId, connection: "close" } : { ...headers, [requestIdHeader]: requestId })
   }
 
   let effectApp: (request: IncomingMessage, response: ServerResponse) => void = (_request, response) => {

@@ -1,0 +1,99 @@
+/**
+ * What the OpenAI-compatible API refuses, as OpenAI and vLLM do, and how:
+ * every error has OpenAI's four fields (message, type, param, code), 404 and
+ * 405 under /v1/ included. And the request-id rule docs/api.md states.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { maxStopSequences } from "../src/api/OpenAiApi.ts"
+import { request, TestRouter } from "./support/TestRouter.ts"
+
+const withRouter = Effect.provide(TestRouter({ modelRef: "test-model" }))
+
+const post = (path: string, body: string, headers: Record<string, string> = {}) =>
+  request({ method: "POST", path, headers: { "content-type": "application/json", ...headers }, body })
+
+const chat = (body: unknown) => post("/v1/chat/completions", JSON.stringify(body))
+
+/** An OpenAI error: all four fields, the type, the param named. */
+const assertOpenAiError = (
+  response: { status: number; json: any },
+  status: number,
+  expected: { readonly type?: string; readonly param: string | null; readonly code?: string | null }
+) => {
+  assert.strictEqual(response.status, status, JSON.stringify(response.json))
+  const error = response.json?.error
+  assert.deepStrictEqual(Object.keys(error ?? {}).sort(), ["code", "message", "param", "type"])
+  assert.isAbove(String(error.message).length, 10)
+  assert.strictEqual(error.type, expected.type ?? "invalid_request_error")
+  assert.strictEqual(error.param, expected.param)
+  if (expected.code !== undefined) assert.strictEqual(error.code, expected.code)
+}
+
+const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+describe("OpenAI-compatible API: what is refused", () => {
+  it.live("404 and 405 under /v1/ carry OpenAI's four fields", () =>
+    Effect.gen(function*() {
+      const notFound = yield* request({ path: "/v1/engines" })
+      assertOpenAiError(notFound, 404, { param: null, code: "not_found" })
+      assert.include(notFound.json.error.message, "/v1/engines")
+      const wrongMethod = yield* request({ method: "POST", path: "/v1/models", body: "{}" })
+      assertOpenAiError(wrongMethod, 405, { param: null, code: "method_not_allowed" })
+      assert.strictEqual(wrongMethod.headers["allow"], "GET, HEAD")
+      const getChat = yield* request({ path: "/v1/chat/completions" })
+      assertOpenAiError(getChat, 405, { param: null, code: "method_not_allowed" })
+      // Outside /v1/ the router's own envelope stays.
+      const other = yield* request({ path: "/nope" })
+      assert.deepStrictEqual(Object.keys(other.json.error).sort(), ["code", "message"])
+    }).pipe(withRouter))
+
+  it.live("a role that does not exist", () =>
+    Effect.gen(function*() {
+      const response = yield* chat({ messages: [{ role: "bogus", content: "hi" }] })
+      assertOpenAiError(response, 400, { param: "messages" })
+      assert.include(response.json.error.message, "role")
+    }).pipe(withRouter))
+
+  it.live("a user or system message without content; an assistant's may have none", () =>
+    Effect.gen(function*() {
+      assertOpenAiError(yield* chat({ messages: [{ role: "user" }] }), 400, { param: "messages" })
+      assertOpenAiError(yield* chat({ messages: [{ role: "system", content: null }, { role: "user", content: "x" }] }), 400, {
+        param: "messages"
+      })
+      const fine = yield* chat({ messages: [{ role: "user", content: "x" }, { role: "assistant" }, { role: "user", content: "y" }] })
+      assert.strictEqual(fine.status, 200)
+    }).pipe(withRouter))
+
+  it.live("temperature 1e400 (Infinity once parsed), or below 0", () =>
+    Effect.gen(function*() {
+      const infinite = yield* post("/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}],"temperature":1e400}`)
+      assertOpenAiError(infinite, 400, { param: "temperature" })
+      assertOpenAiError(yield* post("/v1/completions", `{"prompt":"x","temperature":-0.5}`), 400, { param: "temperature" })
+      assert.strictEqual((yield* post("/v1/completions", `{"prompt":"x","temperature":0.7,"max_tokens":1}`)).status, 200)
+    }).pipe(withRouter))
+
+  it.live(`at most ${maxStopSequences} stop sequences`, () =>
+    Effect.gen(function*() {
+      const stop = (n: number) => Array.from({ length: n }, (_, i) => `stop${i}`)
+      const ok = yield* chat({ messages: [{ role: "user", content: "x" }], stop: stop(maxStopSequences), max_tokens: 1 })
+      assert.strictEqual(ok.status, 200)
+      assertOpenAiError(yield* chat({ messages: [{ role: "user", content: "x" }], stop: stop(maxStopSequences + 1) }), 400, {
+        param: "stop"
+      })
+      assertOpenAiError(yield* post("/v1/completions", JSON.stringify({ prompt: "x", stop: stop(60_000) })), 400, { param: "stop" })
+    }).pipe(withRouter))
+})
+
+describe("x-request-id: the rule docs/api.md states", () => {
+  it.live("kept when 1-128 visible ASCII characters; otherwise (a space, a control character, too long) a new UUID", () =>
+    Effect.gen(function*() {
+      const echoed = (id: string) => Effect.map(request({ path: "/healthz", headers: { "x-request-id": id } }), (r) => String(r.headers["x-request-id"]))
+      assert.strictEqual(yield* echoed("trace-42"), "trace-42")
+      assert.strictEqual(yield* echoed("~!#$%&'*+.^_`|:;<=>?@[]{}()/\\\""), "~!#$%&'*+.^_`|:;<=>?@[]{}()/\\\"")
+      assert.strictEqual(yield* echoed("a".repeat(128)), "a".repeat(128))
+      assert.match(yield* echoed("a".repeat(129)), uuid)
+      assert.match(yield* echoed("has space"), uuid)
+      assert.match(yield* echoed("tab\there"), uuid)
+    }).pipe(withRouter))
+})
