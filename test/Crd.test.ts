@@ -7,7 +7,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { readFileSync } from "node:fs"
 import { parse } from "yaml"
 import { InferenceServiceSpec, kvEndpointPattern } from "../src/api/InferenceService.ts"
-import { defaults } from "../src/controller/Desired.ts"
+import { Schema } from "effect"
+import { defaults, deniedEnvNames } from "../src/controller/Desired.ts"
+import { checkSpec } from "../src/controller/SpecCheck.ts"
 import { admit, crd, openApiSchema } from "./support/CrdValidator.ts"
 
 const example = parse(readFileSync(new URL("../deploy/controller/example.yaml", import.meta.url), "utf8"))
@@ -114,6 +116,24 @@ describe("the InferenceService CRD", () => {
       rejected({}, "at most 56", "x".repeat(57))
       assert.isTrue(admit(isvc({}, "x".repeat(56))).ok)
     })
+    it("names are DNS-1035 labels: a Service named llama.v3-router or 3b-model-router is refused by the API server", () => {
+      for (const name of ["llama.v3", "3b-model", "Llama"]) rejected({}, "DNS-1035", name)
+      assert.isTrue(admit(isvc({}, "llama-v3")).ok)
+    })
+    it("env may set none of the settings the controller sets: the rule lists exactly the decision table's deny list", () => {
+      const rule: string = openApiSchema.properties.spec.properties.env["x-kubernetes-validations"][0].rule
+      const listed = [...rule.matchAll(/'([A-Z_0-9]+)'/g)].map((m) => m[1])
+      assert.deepStrictEqual(listed, [...deniedEnvNames()])
+      for (const name of ["MODEL_BACKEND", "UPSTREAMS", "UPSTREAM_RETRIES"]) rejected({ env: [{ name, value: "x" }] }, "env may not set")
+    })
+    it("env names are unique (a list-map by name, as server-side apply needs)", () => {
+      rejected({ env: [{ name: "TZ", value: "UTC" }, { name: "TZ", value: "CET" }] }, "Duplicate value")
+    })
+    it("resources: any one quantity may be set alone; unknown resource names are not in the schema", () => {
+      assert.isTrue(admit(isvc({ resources: { requests: { cpu: "500m", memory: "256Mi" } } })).ok)
+      assert.isTrue(admit(isvc({ resources: { limits: { memory: "1Gi" } } })).ok)
+      rejected({ resources: { requests: { "nvidia.com/gpu": 1 } } }, "additional properties")
+    })
   })
 
   it.prop(
@@ -125,5 +145,41 @@ describe("the InferenceService CRD", () => {
       assert.deepStrictEqual(structural, [], JSON.stringify(spec))
     },
     { arbitrary: { runs: 200 } }
+  )
+
+  /** Specs mixing valid values with each way a spec can break the CRD's cross-field rules. */
+  const Tricky = Schema.Struct({
+    name: Schema.Literals(["m", "llama-v3", "llama.v3", "3b-model", "x".repeat(56), "x".repeat(57)]),
+    spec: InferenceServiceSpec,
+    replicas: Schema.optionalKey(Schema.Literals([0, 3])),
+    minReplicas: Schema.optionalKey(Schema.Literals([1, 5])),
+    maxReplicas: Schema.optionalKey(Schema.Literals([2, 10])),
+    scaleMetric: Schema.optionalKey(Schema.Literals(["cpu", "queue"])),
+    scaleTarget: Schema.optionalKey(Schema.Literals([50, 150])),
+    env: Schema.optionalKey(Schema.Literals(["TZ", "UPSTREAMS", "SIM_SEED", "MAX_CONCURRENCY", "HOST"])),
+    twice: Schema.Boolean
+  })
+
+  it.prop(
+    "reverse: what the CRD refuses the controller refuses; what it accepts the controller renders, or refuses naming the field",
+    [Tricky],
+    ([plan]) => {
+      const spec: Record<string, any> = { ...plan.spec }
+      for (const key of ["replicas", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"] as const) {
+        if (plan[key] !== undefined) spec[key] = plan[key]
+      }
+      if (plan.env !== undefined) spec.env = [{ name: plan.env, value: "x" }, ...(plan.twice ? [{ name: plan.env, value: "y" }] : [])]
+      const result = admit(isvc(spec, plan.name))
+      const check = checkSpec(result.ok ? result.object.spec : spec, plan.name)
+      if (!result.ok) {
+        assert.strictEqual(check._tag, "Invalid", `the CRD refuses (${result.errors.join("; ")}) but the controller accepts ${JSON.stringify(spec)}`)
+        return
+      }
+      if (check._tag === "Invalid") {
+        // Only what no schema can check, each naming the field or the setting.
+        assert.match(check.message, /^(the router would reject this spec: spec\.[a-zA-Z.]+: invalid configuration: [A-Z_]+|invalid spec: spec\.resources\.)/, JSON.stringify(spec))
+      }
+    },
+    { arbitrary: { runs: 300 } }
   )
 })

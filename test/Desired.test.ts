@@ -14,7 +14,10 @@ import { readFileSync } from "node:fs"
 import { RouterSpec, UpstreamPolicySpec } from "../src/api/InferenceService.ts"
 import {
   defaults,
+  deniedEnvNames,
   desiredObjects,
+  quantityValue,
+  routerMemoryMi,
   envDecisions,
   envTableMarkdown,
   ownerLabel,
@@ -86,16 +89,23 @@ describe("desired objects", () => {
   })
 
   it.prop("for any valid InferenceService: schemas, env, parser, determinism, selectors, owners", [SpecPlan], ([plan]) => {
-    const stored = admitted(toSpec(plan))
-    // Cross-field rules the API server enforces (e.g. shutdown delay < timeout) rule some plans out.
-    if (stored === undefined) return
-    const check = checkSpec(stored)
-    // Some plans pass the CRD yet not the router (a port the pattern allows, a headers timeout over
-    // the router's request default): the controller reports those instead of applying them.
-    if (check._tag === "Invalid") {
-      assert.include(check.message, "the router would reject this spec")
+    const spec = toSpec(plan)
+    // The only rules a plan can break are the CRD's cross-field ones; a plan that breaks one must be
+    // refused by the CRD and by the controller alike (asserted, never skipped).
+    const router = plan.router
+    const breaks = (router.shutdownDelayMs ?? 5_000) >= (router.shutdownTimeoutMs ?? 25_000) ||
+      (router.headersTimeoutMs !== undefined && router.headersTimeoutMs > (router.requestTimeoutMs ?? 30_000))
+    const stored = admitted(spec)
+    assert.strictEqual(stored === undefined, breaks, `the CRD on ${JSON.stringify(spec)}`)
+    if (stored === undefined) {
+      const refused = checkSpec(spec, owner.name)
+      assert.strictEqual(refused._tag, "Invalid")
+      if (refused._tag === "Invalid") assert.match(refused.message, /spec\.router\.(shutdownDelayMs|headersTimeoutMs)/)
       return
     }
+    const check = checkSpec(stored, owner.name)
+    assert.strictEqual(check._tag, "Valid", check._tag === "Invalid" ? check.message : "")
+    if (check._tag !== "Valid") return
     const objects = desiredObjects(owner, check.spec, settings)
     const recheck = checkSpec(structuredClone(stored))
     assert.strictEqual(recheck._tag, "Valid")
@@ -212,5 +222,83 @@ describe("desired objects", () => {
     const check = checkSpec({ modelRef: 7 })
     assert.strictEqual(check._tag, "Invalid")
     if (check._tag === "Invalid") assert.include(check.message, "modelRef")
+  })
+
+  describe("resources", () => {
+    const resourcesOf = (spec: Record<string, unknown>) => {
+      const check = checkSpec({ modelRef: "m", ...spec }, owner.name)
+      assert.strictEqual(check._tag, "Valid", check._tag === "Invalid" ? check.message : "")
+      return (desiredObjects(owner, (check as any).spec, settings).deployment.spec as any).template.spec.containers[0].resources
+    }
+    const fits = (resources: any) => {
+      for (const [name, request] of Object.entries(resources.requests)) {
+        const limit = resources.limits[name]
+        if (limit !== undefined) assert.isAtMost(quantityValue(request as string), quantityValue(limit), `${name}: ${request} <= ${limit}`)
+      }
+    }
+
+    it("any of cpu, memory may be set alone, the others keep the defaults", () => {
+      const resources = resourcesOf({ resources: { requests: { cpu: "500m", memory: "256Mi" } } })
+      assert.deepStrictEqual(resources.requests, { cpu: "500m", memory: "256Mi" })
+      assert.deepStrictEqual(resources.limits, { cpu: "1", memory: "256Mi" })
+      assert.deepStrictEqual(resourcesOf({ resources: { limits: { memory: "1Gi" } } }).limits, { cpu: "1", memory: "1Gi" })
+    })
+
+    it("a request over a default limit raises the limit; a limit under a default request lowers the request: never requests > limits", () => {
+      const raised = resourcesOf({ resources: { requests: { cpu: "2" } } })
+      assert.strictEqual(raised.limits.cpu, "2")
+      fits(raised)
+      const lowered = resourcesOf({ resources: { limits: { cpu: "100m", memory: "128Mi" } } })
+      assert.deepStrictEqual(lowered.requests, { cpu: "100m", memory: "128Mi" })
+      fits(lowered)
+    })
+
+    it("requests over limits, both set in the spec: refused, naming the field", () => {
+      const check = checkSpec({ modelRef: "m", resources: { requests: { cpu: "2" }, limits: { cpu: "1" } } })
+      assert.strictEqual(check._tag, "Invalid")
+      if (check._tag === "Invalid") assert.include(check.message, "spec.resources.requests.cpu")
+    })
+
+    it("the default memory follows maxConcurrency: the fixed defaults up to the router's default, then 256 KiB a slot", () => {
+      assert.deepStrictEqual(resourcesOf({}).requests, defaults.resources.requests)
+      assert.deepStrictEqual(resourcesOf({}).limits, defaults.resources.limits)
+      assert.deepStrictEqual(routerMemoryMi(10), { request: 160, limit: 256 })
+      assert.deepStrictEqual(routerMemoryMi(2_000), { request: 64 + 500, limit: 96 + 500 })
+      const big = resourcesOf({ router: { maxConcurrency: 2_000 } })
+      assert.deepStrictEqual(big.limits, { cpu: "1", memory: "596Mi" })
+      assert.deepStrictEqual(big.requests, { cpu: "250m", memory: "564Mi" })
+      // A limit the spec sets is kept as it is (the docs say what it should be).
+      assert.strictEqual(resourcesOf({ router: { maxConcurrency: 2_000 }, resources: { limits: { memory: "2Gi" } } }).limits.memory, "2Gi")
+    })
+  })
+
+  describe("spec.env", () => {
+    it("may set none of the settings the controller sets or decides: the deny list is the decision table's", () => {
+      for (const name of ["MODEL_BACKEND", "UPSTREAMS", "UPSTREAM_RETRIES", "UPSTREAM_MAX_CONCURRENCY", "MAX_CONCURRENCY", "PORT", "HOST", "API_KEYS_FILE"]) {
+        assert.include(deniedEnvNames(), name)
+        const check = checkSpec({ modelRef: "m", env: [{ name, value: "x" }] })
+        assert.strictEqual(check._tag, "Invalid", name)
+        if (check._tag === "Invalid") assert.include(check.message, "spec.env[0].name")
+      }
+      for (const decision of envDecisions) {
+        if (decision.from !== "router" || !decision.viaEnv) assert.include(deniedEnvNames(), decision.variable)
+      }
+      assert.strictEqual(checkSpec({ modelRef: "m", env: [{ name: "SIM_SEED", value: "7" }, { name: "NODE_OPTIONS", value: "" }] })._tag, "Valid")
+    })
+
+    it("a name listed twice is refused (server-side apply refuses duplicate list-map keys)", () => {
+      const check = checkSpec({ modelRef: "m", env: [{ name: "TZ", value: "UTC" }, { name: "TZ", value: "CET" }] })
+      assert.strictEqual(check._tag, "Invalid")
+      if (check._tag === "Invalid") assert.include(check.message, "spec.env[1].name: TZ is listed twice")
+    })
+  })
+
+  it("names: a DNS-1035 label of at most 56 characters (its Service is <name>-router)", () => {
+    for (const name of ["llama.v3", "3b-model", "Llama", "x".repeat(57)]) {
+      const check = checkSpec({ modelRef: "m" }, name)
+      assert.strictEqual(check._tag, "Invalid", name)
+      if (check._tag === "Invalid") assert.include(check.message, "metadata.name")
+    }
+    assert.strictEqual(checkSpec({ modelRef: "m" }, "llama-v3")._tag, "Valid")
   })
 })

@@ -30,4 +30,43 @@ describe("render", () => {
     assert.match(lines[0], /^inference-router-controller: -: InferenceService bad: the router would reject this spec: .*KV_ENDPOINTS/)
     assert.strictEqual(result.stdout, "")
   })
+
+  const renderStdin = (input: string) =>
+    spawnSync(process.execPath, ["src/controller/main.ts", "render", "-"], { cwd: root, input, encoding: "utf8" })
+  const manifest = (name: string, spec: string) => `apiVersion: inference-router.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: ${JSON.stringify(name)}}\nspec: ${spec}\n`
+
+  it("refuses what the CRD refuses, exit 1 with one line naming the field", () => {
+    for (const [name, spec, field] of [
+      ["both", "{modelRef: m, replicas: 2, maxReplicas: 4}", "spec.replicas"],
+      ["x".repeat(57), "{modelRef: m}", "metadata.name"],
+      ["llama.v3", "{modelRef: m}", "metadata.name"],
+      ["3b-model", "{modelRef: m}", "metadata.name"],
+      ["env", "{modelRef: m, env: [{name: MAX_CONCURRENCY, value: '1'}]}", "spec.env[0].name"],
+      ["env2", "{modelRef: m, env: [{name: UPSTREAMS, value: 'http://elsewhere:1'}]}", "spec.env[0].name"],
+      ["res", "{modelRef: m, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}", "spec.resources.requests.cpu"]
+    ] as const) {
+      const result = renderStdin(manifest(name, spec))
+      assert.strictEqual(result.status, 1, `${name}: ${result.stdout}`)
+      const lines = result.stderr.trim().split("\n")
+      assert.lengthOf(lines, 1, result.stderr)
+      assert.include(lines[0], field)
+      assert.strictEqual(result.stdout, "")
+    }
+  })
+
+  it("a request over the default limit renders a limit that fits it (a real API server refuses requests > limits)", () => {
+    const result = renderStdin(manifest("cpu", "{modelRef: m, resources: {requests: {cpu: '2'}}}"))
+    assert.strictEqual(result.status, 0, result.stderr)
+    const deployment = parseAllDocuments(result.stdout)[0].toJS()
+    assert.deepStrictEqual(deployment.spec.template.spec.containers[0].resources, {
+      requests: { cpu: "2", memory: "160Mi" },
+      limits: { cpu: "2", memory: "256Mi" }
+    })
+  })
+
+  it("a file with no InferenceService in it: exit 1, saying so", () => {
+    const result = renderStdin("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert.strictEqual(result.status, 1)
+    assert.match(result.stderr.trim(), /^inference-router-controller: -: no InferenceService in it \(only ConfigMap\)/)
+  })
 })

@@ -21,7 +21,12 @@ const int = (minimum: number, maximum = 2_147_483_647) => Schema.Int.check(Schem
 /** Kubernetes resource quantities, as strings or numbers ("500m", "1Gi", 2). */
 const Quantity = Schema.Union([Schema.String.check(Schema.isPattern(/^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/)), Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))])
 
-const ResourceList = Schema.Record(Schema.Literals(["cpu", "memory", "ephemeral-storage"]), Quantity)
+/** Any of the three may be set alone (the others keep the controller's defaults), as the CRD allows. */
+const ResourceList = Schema.Struct({
+  cpu: Schema.optionalKey(Quantity),
+  memory: Schema.optionalKey(Quantity),
+  "ephemeral-storage": Schema.optionalKey(Quantity)
+})
 
 /** The router's settings that can differ per InferenceService; unset ones are the router's defaults. */
 export const RouterSpec = Schema.Struct({

@@ -4,7 +4,7 @@
  * output, byte for byte; no clock, no randomness, no API calls. `render` prints
  * it, the reconciler applies it, `deploy/base` is its output for the example.
  */
-import { settingNames } from "../router/core/Settings.ts"
+import { defaults as routerDefaults, settingNames } from "../router/core/Settings.ts"
 import { apiVersion, type InferenceServiceSpec, kind } from "../api/InferenceService.ts"
 
 /** The controller's own defaults; the CRD's `default:` values are the same (a test checks). */
@@ -17,11 +17,85 @@ export const defaults = {
   scaleTarget: { cpu: 70, queue: 2 },
   apiKeysSecretKey: "keys",
   resources: { requests: { cpu: "250m", memory: "160Mi" }, limits: { cpu: "1", memory: "256Mi" } },
+  /**
+   * Memory the router is allowed per request slot (MAX_CONCURRENCY) on top of
+   * a base, for the default memory request and limit. Conservative: 2,000
+   * open streams were measured at 301-445 MB RSS (about 0.2 MiB a stream
+   * over an idle router's ~60 MB); 256 KiB a slot leaves room for the bodies
+   * and buffers a busy stream holds.
+   */
+  memoryPerSlotKi: 256,
+  memoryBaseMi: { request: 64, limit: 96 },
   /** The kubelet's SIGKILL comes this long after SHUTDOWN_TIMEOUT_MS, so the drain always ends first. */
   graceMarginSeconds: 5
 }
 
 export const routerPort = 8080
+
+const quantitySuffixes: Record<string, number> = {
+  "": 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15, E: 1e18,
+  Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, Ei: 2 ** 60
+}
+
+/** A Kubernetes quantity's value ("500m" is 0.5, "1Gi" is 2^30), for comparing requests with limits. */
+export const quantityValue = (quantity: string | number): number => {
+  if (typeof quantity === "number") return quantity
+  const match = /^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$/.exec(quantity)
+  return match === null ? Number.NaN : Number(match[1]) * (quantitySuffixes[match[2]] ?? Number.NaN)
+}
+
+/**
+ * The default memory request and limit for `maxConcurrency` request slots, in
+ * MiB: the base plus `memoryPerSlotKi` a slot, never below the fixed defaults
+ * (160Mi / 256Mi, which fit the router's default of 10 slots).
+ */
+export const routerMemoryMi = (maxConcurrency: number) => {
+  const slots = Math.ceil(maxConcurrency * defaults.memoryPerSlotKi / 1024)
+  return {
+    request: Math.max(quantityValue(defaults.resources.requests.memory) / 2 ** 20, defaults.memoryBaseMi.request + slots),
+    limit: Math.max(quantityValue(defaults.resources.limits.memory) / 2 ** 20, defaults.memoryBaseMi.limit + slots)
+  }
+}
+
+type ResourceName = "cpu" | "memory" | "ephemeral-storage"
+type Resources = { requests: Partial<Record<ResourceName, string | number>>; limits: Partial<Record<ResourceName, string | number>> }
+
+/**
+ * The router container's resources: the spec's, each filled in from the
+ * defaults (memory following maxConcurrency). A default never contradicts
+ * what the spec sets: a default limit below a request the spec sets is raised
+ * to it, a default request above a limit the spec sets is lowered to it (the
+ * API server refuses requests > limits). Both set by the spec and
+ * contradictory: the spec check refuses it (`resourceProblems`).
+ */
+export const routerResources = (spec: InferenceServiceSpec): Resources => {
+  const memory = routerMemoryMi(spec.router?.maxConcurrency ?? routerDefaults.maxConcurrency)
+  const given = { requests: spec.resources?.requests ?? {}, limits: spec.resources?.limits ?? {} }
+  const requests: Resources["requests"] = { cpu: defaults.resources.requests.cpu, memory: `${memory.request}Mi`, ...given.requests }
+  const limits: Resources["limits"] = { cpu: defaults.resources.limits.cpu, memory: `${memory.limit}Mi`, ...given.limits }
+  for (const name of ["cpu", "memory", "ephemeral-storage"] as const) {
+    const request = requests[name]
+    const limit = limits[name]
+    if (request === undefined || limit === undefined || quantityValue(request) <= quantityValue(limit)) continue
+    if (given.limits[name] === undefined) limits[name] = request
+    else if (given.requests[name] === undefined) requests[name] = limit
+  }
+  return { requests, limits }
+}
+
+/** Requests over limits that the spec sets both of, with the field's path. */
+export const resourceProblems = (spec: InferenceServiceSpec): ReadonlyArray<string> => {
+  const { limits, requests } = spec.resources ?? {}
+  const problems: Array<string> = []
+  for (const name of ["cpu", "memory", "ephemeral-storage"] as const) {
+    const request = requests?.[name]
+    const limit = limits?.[name]
+    if (request !== undefined && limit !== undefined && quantityValue(request) > quantityValue(limit)) {
+      problems.push(`spec.resources.requests.${name}: ${request} is more than spec.resources.limits.${name} (${limit}); the API server refuses requests over limits`)
+    }
+  }
+  return problems
+}
 
 /** Where each router setting comes from: the one table the code and deploy/README.md share. */
 export type EnvDecision =
@@ -36,11 +110,17 @@ export type EnvDecision =
   | { readonly variable: string; readonly from: "fixed"; readonly value: string; readonly why: string }
   | { readonly variable: string; readonly from: "downward"; readonly fieldPath: string; readonly why: string }
   | { readonly variable: string; readonly from: "secret"; readonly field: string; readonly why: string }
-  | { readonly variable: string; readonly from: "router"; readonly why: string }
+  | {
+    readonly variable: string
+    readonly from: "router"
+    readonly why: string
+    /** Whether `spec.env` may set it (the CRD and the spec check refuse the others). */
+    readonly viaEnv: boolean
+  }
 
 /** Settings the Deployment leaves unset (the router's default), each named: a new one gets a decision only when someone makes one. */
-const leftToRouter = (why: string, ...variables: ReadonlyArray<string>): Array<EnvDecision> =>
-  variables.map((variable) => ({ variable, from: "router", why }))
+const leftToRouter = (why: string, viaEnv: boolean, ...variables: ReadonlyArray<string>): Array<EnvDecision> =>
+  variables.map((variable) => ({ variable, from: "router", why, viaEnv }))
 
 const rarelyPerService = "rarely differs per service; set it through `spec.env`"
 
@@ -100,15 +180,16 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   upstreamField("UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "firstByteTimeoutMs"),
   upstreamField("UPSTREAM_IDLE_TIMEOUT_MS", "idleTimeoutMs"),
   upstreamField("UPSTREAM_HEALTH_INTERVAL_MS", "healthIntervalMs"),
-  ...leftToRouter(rarelyPerService, "UPSTREAM_HEALTH_TIMEOUT_MS"),
+  ...leftToRouter(rarelyPerService, true, "UPSTREAM_HEALTH_TIMEOUT_MS"),
   upstreamField("UPSTREAM_EJECT_AFTER", "ejectAfter"),
   upstreamField("UPSTREAM_EJECT_BASE_MS", "ejectBaseMs"),
   upstreamField("UPSTREAM_MAX_EJECTED_PERCENT", "maxEjectedPercent"),
   upstreamField("UPSTREAM_RETRIES", "retries"),
-  ...leftToRouter(rarelyPerService, "UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS"),
+  ...leftToRouter(rarelyPerService, true, "UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS", "UPSTREAM_PANIC_THRESHOLD_PERCENT", "UPSTREAM_MAX_BODY_BYTES", "UPSTREAM_MAX_EVENT_BYTES", "UPSTREAM_REQUEST_TIMEOUT_MS"),
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
   ...leftToRouter(
     "tuning of the simulated model, not a property of the service; set it through `spec.env`",
+    true,
     "SIM_MODE",
     "SIM_SEED",
     "SIM_TTFT_MS",
@@ -133,18 +214,27 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   routerField("HEADERS_TIMEOUT_MS", "headersTimeoutMs"),
   routerField("REQUEST_TIMEOUT_MS", "requestTimeoutMs"),
   { variable: "PORT", from: "fixed", value: String(routerPort), why: "the container port the Service and probes use" },
-  { variable: "HOST", from: "router", why: "all interfaces, IPv4 and IPv6: what a pod needs" },
+  { variable: "HOST", from: "router", why: "all interfaces, IPv4 and IPv6: what a pod needs", viaEnv: false },
   { variable: "POD_NAME", from: "downward", fieldPath: "metadata.name", why: "returned as routerPod" },
-  { variable: "HOSTNAME", from: "router", why: "set by Kubernetes to the pod name; POD_NAME's fallback" },
+  { variable: "HOSTNAME", from: "router", why: "set by Kubernetes to the pod name; POD_NAME's fallback", viaEnv: false },
   routerField("LOG_LEVEL", "logLevel"),
   { variable: "LOG_FORMAT", from: "fixed", value: "json", why: "one JSON object per line, for log collectors" },
   { variable: "API_KEYS", from: "secret", field: "apiKeysSecretRef", why: "set only when the spec names a Secret (key default `keys`); no Secret: no authentication" },
-  { variable: "API_KEYS_FILE", from: "router", why: "keys come from the Secret through API_KEYS" }
+  { variable: "API_KEYS_FILE", from: "router", why: "keys come from the Secret through API_KEYS", viaEnv: false }
 ]
 
 /** The decision for every setting the router reads, in the router's order; a test fails when one is missing. */
 export const undecidedSettings = (): ReadonlyArray<string> =>
   settingNames.filter((name) => !envDecisions.some((decision) => decision.variable === name))
+
+/**
+ * The settings `spec.env` may not set: every one the controller sets or
+ * decides, so a setting added to the router is refused until someone decides
+ * it may come from `spec.env`. The CRD's CEL rule lists exactly these (a test
+ * checks), and the spec check refuses them for objects stored before it.
+ */
+export const deniedEnvNames = (): ReadonlyArray<string> =>
+  envDecisions.filter((decision) => decision.from !== "router" || !decision.viaEnv).map((decision) => decision.variable)
 
 /** The table as deploy/README.md shows it. */
 export const envTableMarkdown = (): string => {
@@ -159,7 +249,7 @@ export const envTableMarkdown = (): string => {
       case "secret":
         return `| \`${decision.variable}\` | Secret | \`spec.${decision.field}\`: ${decision.why} |`
       case "router":
-        return `| \`${decision.variable}\` | router default | not set: ${decision.why} |`
+        return `| \`${decision.variable}\` | router default | not set: ${decision.why}${decision.viaEnv ? "" : " (not settable through `spec.env`)"} |`
     }
   })
   return ["| variable | from | value |", "|---|---|---|", ...rows].join("\n")
@@ -267,10 +357,7 @@ export const desiredObjects = (owner: Owner, spec: InferenceServiceSpec, setting
   const image = spec.image ?? settings.routerImage
   const env = routerEnv(spec)
   const shutdownTimeoutMs = spec.router?.shutdownTimeoutMs ?? defaults.shutdownTimeoutMs
-  const resources = {
-    requests: spec.resources?.requests ?? defaults.resources.requests,
-    limits: spec.resources?.limits ?? defaults.resources.limits
-  }
+  const resources = routerResources(spec)
   const deployment: KubeObject = {
     apiVersion: "apps/v1",
     kind: "Deployment",

@@ -1,14 +1,20 @@
 /**
- * What the CRD's schema cannot check: the spec decoded with the contract's
- * schema (a manifest applied before the CRD was updated, say), then the env
- * the router would get, run through the router's own settings parser. A
- * spec that fails either is reported (`Ready=False`, reason `InvalidSpec`,
- * the router's own one-line message) and its children are left as they are.
+ * Whether the controller applies a spec, checked in three steps, each
+ * failure one line naming the field:
+ * 1. the contract's schema (a manifest stored before the CRD was updated);
+ * 2. the CRD's own rules that span fields (its CEL rules, the name, the env
+ *    deny list, duplicate env names), so `render` in CI refuses what
+ *    `kubectl apply` would, and an object stored under an older CRD is
+ *    refused rather than rendered into children a real API server refuses;
+ * 3. what no schema can check: requests over limits, and the env the router
+ *    would get, run through the router's own settings parser.
+ * A spec that fails is reported (`Ready=False`, reason `InvalidSpec`) and
+ * its children are left as they are.
  */
 import { ConfigProvider, Effect, Exit, Schema } from "effect"
 import { InferenceServiceSpec } from "../api/InferenceService.ts"
 import { loadSettings } from "../router/core/Settings.ts"
-import { routerEnv } from "./Desired.ts"
+import { defaults, deniedEnvNames, envDecisions, resourceProblems, routerEnv } from "./Desired.ts"
 
 export type SpecCheck =
   | { readonly _tag: "Valid"; readonly spec: InferenceServiceSpec }
@@ -23,21 +29,86 @@ const plainEnv = (spec: InferenceServiceSpec): Record<string, string> => {
   return env
 }
 
-export const checkSpec = (raw: unknown): SpecCheck => {
+const dns1035Label = /^[a-z]([-a-z0-9]*[a-z0-9])?$/
+/** The longest name whose children's names (`<name>-router`) are still DNS labels (63). */
+export const maxNameLength = 56
+
+/** The metadata.name rules of the CRD (a Service named `<name>-router` must be a DNS-1035 label). */
+export const nameProblem = (name: string): string | undefined => {
+  if (name.length > maxNameLength) {
+    return `metadata.name: ${JSON.stringify(name)} is longer than ${maxNameLength} characters: its Service is <name>-router, a DNS label of at most 63`
+  }
+  if (!dns1035Label.test(name)) {
+    return `metadata.name: ${JSON.stringify(name)} is not a DNS-1035 label (lower case letters, digits and '-', starting with a letter): its Service is <name>-router`
+  }
+  return undefined
+}
+
+/** The CRD's rules that span fields, with the path of the field each names (the CRD's CEL rules say the same). */
+export const crossFieldProblems = (spec: InferenceServiceSpec): ReadonlyArray<string> => {
+  const problems: Array<string> = []
+  if (spec.replicas !== undefined && spec.maxReplicas !== undefined) {
+    problems.push("spec.replicas: set replicas for a fixed count, or minReplicas/maxReplicas to autoscale, not both")
+  }
+  if (spec.minReplicas !== undefined && spec.maxReplicas === undefined) problems.push("spec.minReplicas: minReplicas needs maxReplicas (autoscaling)")
+  if (spec.minReplicas !== undefined && spec.maxReplicas !== undefined && spec.minReplicas > spec.maxReplicas) {
+    problems.push("spec.minReplicas: minReplicas must be <= maxReplicas")
+  }
+  if ((spec.scaleMetric !== undefined || spec.scaleTarget !== undefined) && spec.maxReplicas === undefined) {
+    problems.push(`spec.${spec.scaleMetric !== undefined ? "scaleMetric" : "scaleTarget"}: scaleMetric and scaleTarget need maxReplicas (autoscaling)`)
+  }
+  if (spec.scaleTarget !== undefined && (spec.scaleMetric ?? defaults.scaleMetric) === "cpu" && spec.scaleMetric !== undefined && spec.scaleTarget > 100) {
+    problems.push("spec.scaleTarget: scaleTarget for scaleMetric cpu is a utilization percentage, 1-100")
+  }
+  const delay = spec.router?.shutdownDelayMs ?? defaults.shutdownDelayMs
+  const timeout = spec.router?.shutdownTimeoutMs ?? defaults.shutdownTimeoutMs
+  if (delay >= timeout) {
+    problems.push(`spec.router.shutdownDelayMs: ${delay} must be less than shutdownTimeoutMs (${timeout}), which bounds the whole drain`)
+  }
+  const headers = spec.router?.headersTimeoutMs
+  const request = spec.router?.requestTimeoutMs ?? 30_000
+  if (headers !== undefined && headers > request) {
+    problems.push(`spec.router.headersTimeoutMs: ${headers} must be <= requestTimeoutMs (${request})`)
+  }
+  const denied = new Set(deniedEnvNames())
+  const seen = new Set<string>()
+  for (const [index, item] of (spec.env ?? []).entries()) {
+    if (denied.has(item.name)) {
+      problems.push(`spec.env[${index}].name: ${item.name} is the router's own setting, set by the controller; use the spec's fields`)
+    }
+    if (seen.has(item.name)) problems.push(`spec.env[${index}].name: ${item.name} is listed twice`)
+    seen.add(item.name)
+  }
+  return problems
+}
+
+const firstFailure = (cause: { readonly reasons: ReadonlyArray<{ readonly _tag: string }> }): unknown => {
+  const reason = cause.reasons.find((r) => r._tag === "Fail") as { readonly error: unknown } | undefined
+  return reason?.error
+}
+
+/** Checks an InferenceService's spec (and its name, when given) as the API server and the router would. */
+export const checkSpec = (raw: unknown, name?: string): SpecCheck => {
+  const problem = name === undefined ? undefined : nameProblem(name)
+  if (problem !== undefined) return { _tag: "Invalid", message: `invalid spec: ${problem}` }
   const decoded = decodeSpec(raw)
   if (Exit.isFailure(decoded)) {
-    const error = decoded.cause.reasons.find((reason) => reason._tag === "Fail")
-    const message = error?._tag === "Fail" ? String((error.error as Error).message) : "the spec could not be read"
+    const error = firstFailure(decoded.cause) as Error | undefined
+    const message = error === undefined ? "the spec could not be read" : String(error.message)
     return { _tag: "Invalid", message: `invalid spec: ${message.replace(/\s*\n\s*/g, " ")}` }
   }
   const spec = decoded.value
+  const problems = [...crossFieldProblems(spec), ...resourceProblems(spec)]
+  if (problems.length > 0) return { _tag: "Invalid", message: `invalid spec: ${problems.join("; ")}` }
   const settings = Effect.runSyncExit(
     Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: plainEnv(spec) })))
   )
   if (Exit.isFailure(settings)) {
-    const error = settings.cause.reasons.find((reason) => reason._tag === "Fail")
-    const message = error?._tag === "Fail" ? error.error.message : "the router would reject its settings"
-    return { _tag: "Invalid", message: `the router would reject this spec: ${message}` }
+    const error = firstFailure(settings.cause) as { readonly message: string; readonly variable?: string } | undefined
+    // The field the setting comes from, so the status names what to edit.
+    const decision = envDecisions.find((d) => d.variable === error?.variable)
+    const field = decision === undefined ? "" : decision.from === "spec" || decision.from === "secret" ? `spec.${decision.field}: ` : "spec.env: "
+    return { _tag: "Invalid", message: `the router would reject this spec: ${field}${error?.message ?? "its settings"}` }
   }
   return { _tag: "Valid", spec }
 }
