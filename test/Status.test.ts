@@ -32,7 +32,22 @@ describe("status", () => {
     }))
     assert.deepInclude(ready(status), { status: "True", reason: "Ready", observedGeneration: 7 })
     assert.deepInclude(status, { observedGeneration: 7, replicas: 2, readyReplicas: 2, url: "http://m-router.ns.svc.cluster.local", routerImage: "router:1" })
-    assert.sameMembers(status.conditions!.map((c) => c.type), ["Ready", "Reconciled", "RouterAvailable"])
+    assert.sameMembers(status.conditions!.map((c) => c.type), ["Ready", "Reconciled", "RouterAvailable", "Progressing"])
+    assert.deepInclude(status.conditions!.find((c) => c.type === "Progressing"), { status: "False", reason: "RolledOut" })
+  })
+
+  it("a rollout while the old pods serve (Available): Ready stays True, the rollout is Progressing, not a failure", () => {
+    const status = computeStatus(observe({
+      deployment: { ...deployment({ readyReplicas: 2, updatedReplicas: 1, conditions: [{ type: "Available", status: "True" }] }), metadata: { generation: 4 } }
+    }))
+    assert.deepInclude(ready(status), { status: "True", reason: "Ready" })
+    assert.deepInclude(status.conditions!.find((c) => c.type === "Progressing"), { status: "True", reason: "RollingOut" })
+    assert.include(status.conditions!.find((c) => c.type === "RouterAvailable")!.message, "rolling out: 1/2")
+  })
+
+  it("a child's name taken by an object the InferenceService does not control: Ready False, reason NotOwned", () => {
+    const status = computeStatus(observe({ specProblem: { reason: "NotOwned", message: "Service ns/m-router exists and is not controlled by this InferenceService" } }))
+    assert.deepInclude(ready(status), { status: "False", reason: "NotOwned" })
   })
 
   for (const [what, observed, reason] of [

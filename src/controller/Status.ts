@@ -3,13 +3,19 @@
  * conditions say what is wrong in words a person can act on.
  *
  * - `Reconciled`: the children match the spec (False: `InvalidSpec` with the
- *   router's own message, or `ApplyFailed`).
+ *   router's own message, `ApplyFailed`, or `NotOwned`: a child's name is
+ *   taken by an object this InferenceService does not control).
  * - `RouterAvailable`: the router Deployment serves (False: `ImagePullFailed`,
  *   `RouterRejectedSettings` with the line the router printed,
  *   `ContainerConfigError` (a named API-keys Secret that does not exist),
  *   `CrashLoopBackOff`, `ProgressDeadlineExceeded`, `ReplicaFailure`,
  *   `RolloutInProgress`, `Unavailable`; Unknown: `Pending`).
- * - `Ready`: both True; otherwise False with the first failing one's reason.
+ *   Readiness follows availability (the Deployment's `Available` condition):
+ *   a rollout while pods serve leaves it True.
+ * - `Progressing`: True (`RollingOut`) while a rollout is under way, False
+ *   (`RolledOut`) once every replica runs the current template.
+ * - `Ready`: Reconciled and RouterAvailable True; otherwise False with the
+ *   first failing one's reason.
  * `lastTransitionTime` moves only when a condition's status changes.
  */
 import type { Condition, InferenceServiceStatus } from "../api/InferenceService.ts"
@@ -17,7 +23,7 @@ import type { Condition, InferenceServiceStatus } from "../api/InferenceService.
 export interface Observed {
   readonly generation: number
   /** Why the spec was not applied, when it was not. */
-  readonly specProblem?: { readonly reason: "InvalidSpec" | "ApplyFailed"; readonly message: string } | undefined
+  readonly specProblem?: { readonly reason: "InvalidSpec" | "ApplyFailed" | "NotOwned"; readonly message: string } | undefined
   readonly deployment: any | undefined
   /** The router pods (read only while the Deployment is not available). */
   readonly pods: ReadonlyArray<any>
@@ -89,8 +95,9 @@ const routerAvailable = (observed: Observed): Verdict => {
   if (progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded") {
     return condition("RouterAvailable", "False", "ProgressDeadlineExceeded", progressing.message ?? "the rollout did not progress in time")
   }
-  if (available?.status === "True" && ready >= 1 && rolledOut && updated >= desired) {
-    return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready`)
+  if (available?.status === "True" && ready >= 1) {
+    const rolling = !rolledOut || updated < desired ? `; rolling out: ${updated}/${desired} replicas updated` : ""
+    return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready${rolling}`)
   }
   if (!rolledOut || updated < desired) {
     return condition("RouterAvailable", "False", "RolloutInProgress", `rolling out: ${updated}/${desired} replicas updated, ${ready} ready`)
@@ -98,11 +105,23 @@ const routerAvailable = (observed: Observed): Verdict => {
   return condition("RouterAvailable", "False", "Unavailable", `${ready}/${desired} router replicas ready`)
 }
 
+/** Whether a rollout is under way: the Deployment's current template not yet on every replica. */
+const rollout = (deployment: any): Verdict => {
+  if (deployment === undefined) return condition("Progressing", "Unknown", "Pending", "the router Deployment does not exist yet")
+  const desired: number = deployment.spec?.replicas ?? 1
+  const updated: number = deployment.status?.updatedReplicas ?? 0
+  const rolledOut = (deployment.status?.observedGeneration ?? 0) >= (deployment.metadata?.generation ?? 0)
+  return rolledOut && updated >= desired
+    ? condition("Progressing", "False", "RolledOut", `every replica runs generation ${deployment.metadata?.generation ?? 0} of the Deployment`)
+    : condition("Progressing", "True", "RollingOut", `rolling out: ${updated}/${desired} replicas updated`)
+}
+
 export const computeStatus = (observed: Observed): InferenceServiceStatus => {
   const reconciled = observed.specProblem === undefined
     ? condition("Reconciled", "True", "Applied", `the router's objects match generation ${observed.generation}`)
     : condition("Reconciled", "False", observed.specProblem.reason, observed.specProblem.message)
   const available = routerAvailable(observed)
+  const progressing = rollout(observed.deployment)
   const failing = [reconciled, available].find((c) => c.status !== "True")
   const ready = failing === undefined
     ? condition("Ready", "True", "Ready", `serving ${observed.url}`)
@@ -119,7 +138,7 @@ export const computeStatus = (observed: Observed): InferenceServiceStatus => {
   return {
     // The InferenceService generation reconciled (not the Deployment's, as KServe once did).
     observedGeneration: observed.generation,
-    conditions: [stamp(ready), stamp(reconciled), stamp(available)],
+    conditions: [stamp(ready), stamp(reconciled), stamp(available), stamp(progressing)],
     url: observed.url,
     replicas: deployment?.spec?.replicas ?? deployment?.status?.replicas ?? 0,
     readyReplicas: deployment?.status?.readyReplicas ?? 0,
