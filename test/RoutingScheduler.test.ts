@@ -17,7 +17,7 @@ const upstreams = (...inFlight: Array<number>): Array<{ id: string; inFlight: nu
 
 describe("predicted time to first token", () => {
   it("is overhead + prefill cost × (uncached + queued prefill) + load cost × in flight", () => {
-    const predictor = new TtftPredictor({ overheadMs: 20, prefillMsPerToken: 0.5, loadMsPerRequest: 2, forgetting: 0.98 })
+    const predictor = new TtftPredictor({ overheadMs: 20, prefillMsPerToken: 0.5, loadMsPerRequest: 2, forgetting: 0.98, minSamples: 10 })
     assert.strictEqual(predictor.predict("u", { uncachedTokens: 100, queuedPrefillTokens: 40, inFlight: 3 }), 20 + 0.5 * 140 + 2 * 3)
   })
 
@@ -34,8 +34,17 @@ describe("predicted time to first token", () => {
     assert.approximately(learned.prefillMsPerToken, 0.8, 0.8 * 0.05)
     assert.approximately(learned.loadMsPerRequest, 4, 4 * 0.05)
     assert.strictEqual(learned.samples, 200)
-    // The other upstream keeps the prior.
-    assert.strictEqual(predictor.coefficients("v").samples, 0)
+  })
+
+  it("judges an upstream without answers of its own by the pool's fit, then by its own", () => {
+    const predictor = new TtftPredictor()
+    const input = (tokens: number) => ({ uncachedTokens: tokens, queuedPrefillTokens: 0, inFlight: 0 })
+    for (let i = 0; i < 100; i++) predictor.observe("slow", input(i * 30), 50 + 2 * i * 30)
+    // "new" has no answers: predicted like the pool (here: like "slow").
+    assert.approximately(predictor.predict("new", input(1000)), predictor.predict("slow", input(1000)), 1)
+    for (let i = 0; i < 100; i++) predictor.observe("new", input(i * 30), 10 + 0.5 * i * 30)
+    assert.approximately(predictor.predict("new", input(1000)), 10 + 500, 10)
+    assert.approximately(predictor.predict("slow", input(1000)), 50 + 2000, 20)
   })
 
   it("follows an upstream that slows down (forgetting)", () => {

@@ -16,8 +16,11 @@
  * with forgetting (recent answers count most, so a server that slows down is
  * noticed within tens of requests), from each answer's observed time to first
  * token and the `cached_tokens` it reports (so the fit uses the truth, not the
- * index's guess). Until an upstream has answered, the prior below holds; the
- * fit never lets a coefficient go negative.
+ * index's guess). One more fit over every upstream's answers stands in for an
+ * upstream's own until it has `minSamples` answers: a new upstream is then
+ * judged like the others, not by a prior that makes it look faster (or
+ * slower) than the ones that have answered. Before any answer the prior below
+ * holds; the fit never lets a coefficient go negative.
  */
 
 export interface PredictorSettings {
@@ -29,13 +32,16 @@ export interface PredictorSettings {
   readonly loadMsPerRequest: number
   /** Forgetting factor of the fit, in (0, 1]: 0.98 weighs the last ~50 answers. */
   readonly forgetting: number
+  /** Answers an upstream needs before its own fit is used (the pool's until then). */
+  readonly minSamples: number
 }
 
 export const defaultPredictorSettings: PredictorSettings = {
   overheadMs: 20,
   prefillMsPerToken: 0.1,
   loadMsPerRequest: 1,
-  forgetting: 0.98
+  forgetting: 0.98,
+  minSamples: 10
 }
 
 /** What the prediction is made from. */
@@ -81,38 +87,49 @@ class Fit {
 export class TtftPredictor {
   readonly settings: PredictorSettings
   private readonly fits = new Map<string, Fit>()
+  private readonly pool: Fit
 
   constructor(settings: PredictorSettings = defaultPredictorSettings) {
     this.settings = settings
+    this.pool = this.newFit()
+  }
+
+  private newFit(): Fit {
+    const { loadMsPerRequest, overheadMs, prefillMsPerToken } = this.settings
+    // Variances sized to each feature's scale: a few answers move the prior.
+    return new Fit([overheadMs, prefillMsPerToken, loadMsPerRequest], [1e4, 1, 1e2])
   }
 
   private fit(upstream: string): Fit {
     let fit = this.fits.get(upstream)
-    if (fit === undefined) {
-      const { loadMsPerRequest, overheadMs, prefillMsPerToken } = this.settings
-      // Variances sized to each feature's scale: a few answers move the prior.
-      fit = new Fit([overheadMs, prefillMsPerToken, loadMsPerRequest], [1e4, 1, 1e2])
-      this.fits.set(upstream, fit)
-    }
+    if (fit === undefined) this.fits.set(upstream, fit = this.newFit())
     return fit
+  }
+
+  /** The fit a prediction for `upstream` uses: its own once it has enough answers, else the pool's. */
+  private used(upstream: string): Fit {
+    const own = this.fits.get(upstream)
+    return own !== undefined && own.samples >= this.settings.minSamples ? own : this.pool
   }
 
   /** Predicted milliseconds to first token. */
   predict(upstream: string, input: PredictionInput): number {
-    const [overhead, perToken, perRequest] = this.fit(upstream).theta
+    const [overhead, perToken, perRequest] = this.used(upstream).theta
     return overhead + perToken * (input.uncachedTokens + input.queuedPrefillTokens) + perRequest * input.inFlight
   }
 
   /** Learns from one answer: its time to first token and the uncached tokens it actually prefilled. */
   observe(upstream: string, input: PredictionInput, ttftMs: number): void {
     if (!Number.isFinite(ttftMs) || ttftMs < 0) return
-    this.fit(upstream).update([1, input.uncachedTokens + input.queuedPrefillTokens, input.inFlight], ttftMs, this.settings.forgetting)
+    const x = [1, input.uncachedTokens + input.queuedPrefillTokens, input.inFlight] as const
+    this.fit(upstream).update(x, ttftMs, this.settings.forgetting)
+    this.pool.update(x, ttftMs, this.settings.forgetting)
   }
 
-  /** The upstream's current coefficients (for the docs' "why" and tests). */
+  /** The coefficients predictions for the upstream use now, and how many of its own answers it has. */
   coefficients(upstream: string): { readonly overheadMs: number; readonly prefillMsPerToken: number; readonly loadMsPerRequest: number; readonly samples: number } {
-    const fit = this.fit(upstream)
-    return { overheadMs: fit.theta[0], prefillMsPerToken: fit.theta[1], loadMsPerRequest: fit.theta[2], samples: fit.samples }
+    const fit = this.used(upstream)
+    return { overheadMs: fit.theta[0], prefillMsPerToken: fit.theta[1], loadMsPerRequest: fit.theta[2], samples: this.fits.get(upstream)?.samples ?? 0 }
   }
 
   drop(upstream: string): void {

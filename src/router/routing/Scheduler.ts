@@ -219,15 +219,17 @@ export class CacheAwareScheduler {
     state.meanPrompt = state.meanPrompt === 0 ? decision.promptTokens : state.meanPrompt * 0.9 + decision.promptTokens * 0.1
   }
 
-  /**
-   * Its first token came (or it ended without one): no longer queued for
-   * prefill. With a time to first token and the cached tokens the answer
-   * reported, the predictor learns.
-   */
-  firstToken(upstream: string, decision: Decision<Candidate>, ttftMs: number | undefined, reportedCachedTokens: number | undefined): void {
+  /** Its first token came, or it ended without one: its prompt is no longer queued for prefill there. */
+  firstToken(upstream: string, decision: Decision<Candidate>): void {
     const state = this.states.get(upstream)
     if (state !== undefined) state.queuedPrefillTokens = Math.max(0, state.queuedPrefillTokens - decision.input.uncachedTokens)
-    if (ttftMs === undefined) return
+  }
+
+  /**
+   * Learns from an answer: its time to first token, and the cached tokens it
+   * reported (the truth; else the index's guess stands in).
+   */
+  learn(upstream: string, decision: Decision<Candidate>, ttftMs: number, reportedCachedTokens: number | undefined): void {
     const uncached = reportedCachedTokens === undefined ? decision.input.uncachedTokens : Math.max(0, decision.promptTokens - reportedCachedTokens)
     this.predictor.observe(upstream, { ...decision.input, uncachedTokens: uncached }, ttftMs)
   }

@@ -7,6 +7,9 @@
  *   http://vllm-a:8000/v1;weight=90;version=v1   a weighted, labelled one (a canary is two)
  *   dns+http://model-pods.ns.svc:8000            every address the name resolves to,
  *                                                re-resolved periodically (a headless Service)
+ *   http://vllm-a:8000;kv-events=5557            publishes KV events (ZeroMQ) on port 5557 of the
+ *                                                same address (or kv-events=tcp://host:port), for
+ *                                                UPSTREAM_SCHEDULER=cache-aware (docs/routing.md)
  *
  * A base URL's path is a prefix for every request (`/v1/...`, `/health`); a
  * trailing `/v1` is the OpenAI-style base URL clients are given and means the
@@ -30,10 +33,12 @@ export interface UpstreamTarget {
   readonly version: string | undefined
   /** True for `dns+` items: the name is re-resolved and each address is an upstream. */
   readonly resolve: boolean
+  /** `kv-events=`: a port on each address, or a `tcp://host:port` endpoint, publishing vLLM's KV events. */
+  readonly kvEvents: number | string | undefined
 }
 
 export const upstreamsExpected =
-  "comma-separated base URLs (http:// or https://, or dns+http:// to use every address of a name), each optionally followed by ;weight=1-1000 and ;version=<label>"
+  "comma-separated base URLs (http:// or https://, or dns+http:// to use every address of a name), each optionally followed by ;weight=1-1000, ;version=<label> and ;kv-events=<port or tcp://host:port>"
 
 /** One item, or the reason it is not one. */
 export const parseTarget = (item: string): UpstreamTarget | string => {
@@ -52,8 +57,9 @@ export const parseTarget = (item: string): UpstreamTarget | string => {
   if (url.search !== "" || url.hash !== "") return "the URL must not have a query or fragment"
   let weight = 1
   let version: string | undefined
+  let kvEvents: number | string | undefined
   for (const param of params) {
-    const match = /^([a-z]+)=(.*)$/.exec(param)
+    const match = /^([a-z-]+)=(.*)$/.exec(param)
     if (match === null) return `"${param}" is not key=value`
     const [, key, value] = match
     if (key === "weight") {
@@ -62,8 +68,13 @@ export const parseTarget = (item: string): UpstreamTarget | string => {
     } else if (key === "version") {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) return "version must be 1-63 letters, digits, '.', '_' or '-'"
       version = value
+    } else if (key === "kv-events") {
+      if (/^[0-9]{1,5}$/.test(value) && Number(value) >= 1 && Number(value) <= 65535) kvEvents = Number(value)
+      else if (/^tcp:\/\/[^\s/:]+:[0-9]{1,5}$/.test(value) || /^tcp:\/\/\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}$/.test(value)) kvEvents = value
+      else return "kv-events must be a port (1-65535) or tcp://host:port"
+      if (resolve && typeof kvEvents === "string") return "a dns+ item's kv-events is a port (each address publishes its own)"
     } else {
-      return `unknown parameter "${key}" (expected weight or version)`
+      return `unknown parameter "${key}" (expected weight, version or kv-events)`
     }
   }
   const hostname = url.hostname.replace(/^\[(.*)\]$/, "$1")
@@ -77,7 +88,8 @@ export const parseTarget = (item: string): UpstreamTarget | string => {
     prefix,
     weight,
     version,
-    resolve
+    resolve,
+    kvEvents
   }
 }
 

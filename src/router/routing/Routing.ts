@@ -1,0 +1,282 @@
+/**
+ * UPSTREAM_SCHEDULER=cache-aware, put together: the scheduler
+ * (Scheduler.ts) fed by
+ * - each request's prompt (its block keys, the simulator's tokenization),
+ * - the upstreams' `/metrics`, read every UPSTREAM_METRICS_INTERVAL_MS and
+ *   not trusted once older than three intervals,
+ * - their KV events (UPSTREAMS items with `;kv-events=`),
+ * - the answers (time to first token of streams, reported `cached_tokens`),
+ * - and, with `redis://` items in KV_ENDPOINTS, the other replicas' decisions
+ *   and loads (SharedState.ts).
+ * Decisions read memory only. An upstream that fails its health checks (or
+ * leaves the pool) is forgotten: its index entries, in Redis too.
+ */
+import { Clock, Duration, Effect, Schedule } from "effect"
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import { request as httpRequest } from "undici"
+import { metricContext } from "../../shared/Metrics.ts"
+import type { Endpoint } from "../upstream/Balancer.ts"
+import { hostPort } from "../upstream/Targets.ts"
+import { blockKeysOf, tokenIdsOf } from "./BlockKeys.ts"
+import { subscribeKvEvents } from "./KvEvents.ts"
+import { PrefixIndex } from "./PrefixIndex.ts"
+import type { Route, RouteScheduler } from "./Route.ts"
+import { routingMetrics } from "./RoutingMetrics.ts"
+import type { RoutingSettings } from "./RoutingSettings.ts"
+import { CacheAwareScheduler, type Candidate, type Decision, defaultSchedulerSettings, type RoutingRequest } from "./Scheduler.ts"
+import { SharedState } from "./SharedState.ts"
+import { parseVllmMetrics } from "./VllmMetrics.ts"
+
+export interface RoutingOptions {
+  readonly settings: RoutingSettings
+  /** KV_ENDPOINTS items: the `redis://` ones are shared state (value: with credentials; shown: masked). */
+  readonly kvEndpoints: ReadonlyArray<{ readonly shown: string; readonly url: string }>
+  /** Names the pool in Redis keys, so that routers of different models can share one Redis. */
+  readonly pool: string
+  /** Reads an upstream's /metrics text (tests pass their own). */
+  readonly fetchMetrics?: (url: string, timeoutMs: number) => Promise<string>
+  readonly random?: () => number
+}
+
+/** The prompt a completion request carries, as the simulator reads it; undefined when there is none to route on. */
+export const promptOf = (body: string | undefined): { readonly model: string; readonly text: string; readonly stream: boolean } | undefined => {
+  if (body === undefined) return undefined
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(body)
+  } catch {
+    return undefined
+  }
+  if (typeof parsed !== "object" || parsed === null) return undefined
+  const { messages, model, prompt, stream } = parsed as Record<string, unknown>
+  const modelName = typeof model === "string" ? model : ""
+  const contentText = (content: unknown): string =>
+    typeof content === "string"
+      ? content
+      : Array.isArray(content)
+      ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
+      : ""
+  let text: string | undefined
+  if (Array.isArray(messages)) text = messages.map((message) => contentText(message?.content)).join("\n")
+  else if (typeof prompt === "string") text = prompt
+  else if (Array.isArray(prompt) && typeof prompt[0] === "string") text = prompt[0]
+  return text === undefined || text === "" ? undefined : { model: modelName, text, stream: stream === true }
+}
+
+const cachedTokensField = Buffer.from("\"cached_tokens\"")
+const cachedTokensValue = /"cached_tokens"\s*:\s*([0-9]+)/
+
+const defaultFetchMetrics = async (url: string, timeoutMs: number): Promise<string> => {
+  const answer = await httpRequest(url, { headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+  if (answer.statusCode !== 200) {
+    await answer.body.dump()
+    throw new Error(`status ${answer.statusCode}`)
+  }
+  return answer.body.text()
+}
+
+const baseUrl = (endpoint: Endpoint) => `${endpoint.target.protocol}//${hostPort(endpoint.address, endpoint.target.port)}${endpoint.target.prefix}`
+
+const kvEventsEndpoint = (endpoint: Endpoint): string | undefined => {
+  const option = endpoint.target.kvEvents
+  return option === undefined ? undefined : typeof option === "number" ? `tcp://${hostPort(endpoint.address, option)}` : option
+}
+
+/** The cache-aware RouteScheduler, its background work scoped. */
+export const makeCacheAwareRouting = (options: RoutingOptions) =>
+  Effect.gen(function*() {
+    const { settings } = options
+    const clock = yield* Clock.Clock
+    const now = () => clock.currentTimeMillisUnsafe()
+    const fullContext = yield* Effect.context<never>()
+    const context = metricContext(fullContext)
+    const runFork = Effect.runForkWith(fullContext)
+    const log = (effect: Effect.Effect<void>) => void runFork(effect)
+    const scheduler = new CacheAwareScheduler(
+      { ...defaultSchedulerSettings, loadBound: settings.loadBound },
+      new PrefixIndex(),
+      undefined,
+      options.random
+    )
+    const fetchMetrics = options.fetchMetrics ?? defaultFetchMetrics
+    let endpoints: () => ReadonlyArray<Endpoint> = () => []
+
+    // Shared state: only redis:// items; others are ignored with one line (docs/routing.md).
+    const redisItems = options.kvEndpoints.filter((item) => item.url.startsWith("redis://"))
+    for (const item of options.kvEndpoints) {
+      if (!item.url.startsWith("redis://")) yield* Effect.logInfo(`KV_ENDPOINTS item ${item.shown} is not a redis:// URL: not used for shared routing state`)
+    }
+    const loadIntervalMs = 100
+    const shared = redisItems.length === 0 ? undefined : new SharedState(
+      {
+        endpoints: redisItems,
+        replicaId: `${hostname()}-${randomUUID().slice(0, 8)}`,
+        prefix: `inference-router:${options.pool}:`,
+        ttlMs: scheduler.index.settings.ttlMs,
+        loadIntervalMs,
+        maxPendingWrites: 10_000
+      },
+      {
+        blocks: (upstream, keys) => scheduler.index.recordDecision(upstream, keys, now()),
+        status: (shown, up, reason) => {
+          routingMetrics.sharedUp(shown).updateUnsafe(up ? 1 : 0, context)
+          log(
+            up
+              ? Effect.logInfo(`shared routing state at ${shown} connected`)
+              : Effect.logWarning(`shared routing state at ${shown} unavailable (${reason}); deciding on this replica's own state until it returns`)
+          )
+        }
+      }
+    )
+    if (shared !== undefined) {
+      for (const item of redisItems) routingMetrics.sharedUp(item.shown).updateUnsafe(0, context)
+      yield* Effect.addFinalizer(() => Effect.promise(() => shared.close()))
+    }
+
+    // Per upstream: the last good scrape, the KV events subscription, whether it was healthy.
+    const lastScrape = new Map<string, number>()
+    const subscriptions = new Map<string, () => void>()
+    const known = new Set<string>()
+    yield* Effect.addFinalizer(() => Effect.sync(() => subscriptions.forEach((close) => close())))
+
+    const forget = (id: string) => {
+      known.delete(id)
+      lastScrape.delete(id)
+      subscriptions.get(id)?.()
+      subscriptions.delete(id)
+      scheduler.drop(id)
+      shared?.forget(id)
+    }
+
+    /** Follows the pool: subscribes to new upstreams' KV events, forgets removed and unhealthy ones. */
+    const followPool = Effect.sync(() => {
+      const current = new Map(endpoints().map((endpoint) => [endpoint.id, endpoint]))
+      for (const id of known) {
+        const endpoint = current.get(id)
+        if (endpoint === undefined || !endpoint.healthy) forget(id)
+      }
+      for (const [id, endpoint] of current) {
+        if (!endpoint.healthy || known.has(id)) continue
+        known.add(id)
+        const kv = kvEventsEndpoint(endpoint)
+        if (kv === undefined) continue
+        let gapsLogged = 0
+        subscriptions.set(id, subscribeKvEvents(kv, {
+          batch: (batch) => {
+            if (scheduler.index.applyBatch(id, batch, now()) !== "gap") return
+            routingMetrics.kvEventGaps(id).updateUnsafe(1, context)
+            if (gapsLogged++ < 3) log(Effect.logWarning(`upstream ${id}: KV events from ${kv} skipped to ${batch.seq}; what was cached before ages out (docs/routing.md)`))
+          },
+          malformed: () => routingMetrics.kvEventsMalformed(id).updateUnsafe(1, context)
+        }))
+      }
+      if (shared !== undefined) {
+        const loads: Record<string, number> = {}
+        for (const [id, endpoint] of current) {
+          loads[id] = endpoint.inFlight
+          scheduler.setRemoteInFlight(id, shared.remoteInFlight(id))
+        }
+        shared.publishLoad(loads)
+        routingMetrics.sharedWritesDropped.updateUnsafe(shared.droppedWrites, context)
+      }
+    })
+
+    const staleAfterMs = 3 * settings.metricsIntervalMs
+    const scrapeOne = (endpoint: Endpoint) =>
+      Effect.tryPromise(() => fetchMetrics(`${baseUrl(endpoint)}/metrics`, Math.max(50, settings.metricsIntervalMs))).pipe(
+        Effect.map((text) => {
+          const signals = parseVllmMetrics(text)
+          if (signals === undefined) return
+          lastScrape.set(endpoint.id, now())
+          scheduler.setSignals(endpoint.id, signals)
+          if (signals.numGpuBlocks !== undefined) scheduler.index.setCapacity(endpoint.id, signals.numGpuBlocks)
+          routingMetrics.signalsFresh(endpoint.id).updateUnsafe(1, context)
+        }),
+        Effect.ignore
+      )
+    const scrapeAll = Effect.suspend(() => Effect.forEach(endpoints().filter((endpoint) => known.has(endpoint.id)), scrapeOne, { concurrency: "unbounded", discard: true })).pipe(
+      Effect.andThen(Effect.sync(() => {
+        const oldest = now() - staleAfterMs
+        for (const [id, at] of lastScrape) {
+          if (at >= oldest) continue
+          lastScrape.delete(id)
+          scheduler.setSignals(id, undefined)
+          routingMetrics.signalsFresh(id).updateUnsafe(0, context)
+        }
+      }))
+    )
+
+    const tick = Math.min(loadIntervalMs, settings.metricsIntervalMs > 0 ? settings.metricsIntervalMs : loadIntervalMs)
+    yield* Effect.forkScoped(Effect.repeat(followPool, Schedule.spaced(Duration.millis(tick))))
+    if (settings.metricsIntervalMs > 0) {
+      yield* Effect.forkScoped(Effect.repeat(scrapeAll, Schedule.spaced(Duration.millis(settings.metricsIntervalMs))))
+    }
+    if (shared !== undefined) {
+      // A replica that (re)joined reads back what the others recorded.
+      const catchUp = Effect.promise(() => shared.catchUp([...known], Date.now()))
+      yield* Effect.forkScoped(Effect.repeat(catchUp, Schedule.spaced(Duration.millis(loadIntervalMs))))
+    }
+
+    const route = (request: { readonly path: string; readonly body: string | undefined }): Route | undefined => {
+      const prompt = promptOf(request.body)
+      if (prompt === undefined) return undefined
+      const ids = tokenIdsOf(prompt.text)
+      const routing: RoutingRequest = { promptTokens: ids.length, keys: (blockSize) => blockKeysOf(prompt.model, ids, blockSize) }
+      let decision: Decision<Candidate> | undefined
+      let sentAt = 0
+      let firstAt: number | undefined
+      let reported: number | undefined
+      return {
+        choose: (pool, at) => {
+          decision = scheduler.choose(pool, routing, at)
+          return decision.candidate as Endpoint
+        },
+        sent: (endpoint, at) => {
+          if (decision === undefined || decision.candidate !== endpoint) return
+          sentAt = at
+          firstAt = undefined
+          reported = undefined
+          scheduler.sent(endpoint.id, decision, at)
+          shared?.decided(endpoint.id, decision.keys, Date.now())
+          routingMetrics.decisions(decision.reason).updateUnsafe(1, context)
+        },
+        header: () =>
+          decision === undefined
+            ? "cache-aware; reason=only-healthy; cached-tokens=0"
+            : `cache-aware; reason=${decision.reason}; cached-tokens=${decision.cachedTokens}; predicted-ttft-ms=${Math.round(decision.predictedMs)}`,
+        data: (chunk, at) => {
+          if (decision === undefined) return
+          if (firstAt === undefined) {
+            firstAt = at
+            scheduler.firstToken(decision.candidate.id, decision)
+          }
+          if (chunk.indexOf(cachedTokensField) >= 0) {
+            const match = cachedTokensValue.exec(chunk.toString("utf8"))
+            if (match !== null) reported = Number(match[1])
+          }
+        },
+        ended: (endpoint) => {
+          if (decision === undefined || decision.candidate !== endpoint) return
+          if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision)
+          if (reported !== undefined) {
+            routingMetrics.predictedCachedTokens.updateUnsafe(decision.cachedTokens, context)
+            routingMetrics.reportedCachedTokens.updateUnsafe(reported, context)
+            routingMetrics.cachedTokensError.updateUnsafe(Math.abs(decision.cachedTokens - reported), context)
+          }
+          // Only a stream's first chunk is its first token; a whole answer's first byte is its end.
+          if (prompt.stream && firstAt !== undefined) scheduler.learn(endpoint.id, decision, firstAt - sentAt, reported)
+          decision = undefined
+        }
+      }
+    }
+
+    return {
+      route,
+      attach: (pool) => {
+        endpoints = pool
+      },
+      scheduler,
+      shared
+    } satisfies RouteScheduler & { readonly scheduler: CacheAwareScheduler; readonly shared: SharedState | undefined }
+  })

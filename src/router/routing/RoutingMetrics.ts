@@ -1,0 +1,49 @@
+/**
+ * The cache-aware scheduler's metrics (on the router's /metrics with the
+ * rest): why it decided as it did, how right its cache predictions were, and
+ * whether its signals and shared state are live.
+ */
+import { Metric } from "effect"
+import { labelled } from "../../shared/Metrics.ts"
+
+export const routingMetrics = {
+  decisions: labelled(
+    Metric.counter("router_routing_decisions_total", {
+      description: "Cache-aware decisions by reason: cache (sent where its prefix is cached), load (nothing cached made the difference), spill (its prefix's upstream was over UPSTREAM_LOAD_BOUND), only-healthy",
+      incremental: true
+    }),
+    "reason"
+  ),
+  predictedCachedTokens: Metric.counter("router_routing_predicted_cached_tokens_total", {
+    description: "Prompt tokens the scheduler predicted cached, over answers that reported cached_tokens",
+    incremental: true
+  }),
+  reportedCachedTokens: Metric.counter("router_routing_reported_cached_tokens_total", {
+    description: "Prompt tokens the upstreams reported cached (usage.prompt_tokens_details.cached_tokens)",
+    incremental: true
+  }),
+  cachedTokensError: Metric.counter("router_routing_cached_tokens_error_total", {
+    description: "Sum of |predicted - reported| cached tokens: divided by the reported total, the index's error rate",
+    incremental: true
+  }),
+  signalsFresh: labelled(
+    Metric.gauge("router_routing_upstream_signals_fresh", { description: "1 while the upstream's scraped /metrics are fresh (within three UPSTREAM_METRICS_INTERVAL_MS), else 0" }),
+    "upstream"
+  ),
+  kvEventGaps: labelled(
+    Metric.counter("router_routing_kv_event_gaps_total", { description: "Gaps in an upstream's KV event sequence (batches lost, or the publisher restarted)", incremental: true }),
+    "upstream"
+  ),
+  kvEventsMalformed: labelled(
+    Metric.counter("router_routing_kv_events_malformed_total", { description: "KV event messages from an upstream that could not be read", incremental: true }),
+    "upstream"
+  ),
+  sharedUp: labelled(
+    Metric.gauge("router_routing_shared_state_up", { description: "1 while the KV_ENDPOINTS Redis endpoint is connected, else 0 (the replica goes on with its local state)" }),
+    "endpoint"
+  ),
+  sharedWritesDropped: Metric.counter("router_routing_shared_writes_dropped_total", {
+    description: "Writes to the shared state not sent because Redis was down or slow",
+    incremental: true
+  })
+}

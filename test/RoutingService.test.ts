@@ -1,0 +1,133 @@
+/**
+ * The cache-aware routing service under TestClock: scraped signals and their
+ * staleness, a request's route (header, in flight from the pick, learning from
+ * a stream's first token and reported cached tokens), and forgetting an
+ * upstream that fails its checks.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { TestClock } from "effect/testing"
+import { makeCacheAwareRouting, promptOf } from "../src/router/routing/Routing.ts"
+import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
+import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
+import { parseTarget, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
+
+const target = parseTarget("http://127.0.0.1:9") as UpstreamTarget
+const endpointsOf = (n: number) => Array.from({ length: n }, (_, i) => makeEndpoint(target, `10.0.0.${i}`, `10.0.0.${i}:9`, 1, true))
+
+const metricsText = (waiting: number) =>
+  [
+    `vllm:num_requests_running{model_name="m"} 2`,
+    `vllm:num_requests_waiting{model_name="m"} ${waiting}`,
+    `vllm:cache_config_info{block_size="4",num_gpu_blocks="50",model_name="m"} 1`
+  ].join("\n")
+
+/** Lets the promises the background fibers wait on settle. */
+const settle = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+
+const body = (text: string, stream = true) => JSON.stringify({ model: "m", stream, messages: [{ role: "user", content: text }] })
+const words = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `w${from + i}`).join(" ")
+
+describe("the prompt a request carries", () => {
+  it("is the chat messages joined by newlines, or the completion prompt", () => {
+    assert.deepStrictEqual(promptOf(JSON.stringify({ model: "m", messages: [{ role: "system", content: "a b" }, { role: "user", content: [{ type: "text", text: "c" }] }] })), { model: "m", text: "a b\nc", stream: false })
+    assert.deepStrictEqual(promptOf(JSON.stringify({ model: "m", prompt: ["x y"], stream: true })), { model: "m", text: "x y", stream: true })
+    assert.isUndefined(promptOf("{not json"))
+    assert.isUndefined(promptOf(JSON.stringify({ model: "m" })))
+    assert.isUndefined(promptOf(undefined))
+  })
+})
+
+describe("UPSTREAMS items with kv-events", () => {
+  it("take a port (on each address) or tcp://host:port, and refuse anything else", () => {
+    assert.strictEqual((parseTarget("http://a:8000;kv-events=5557") as UpstreamTarget).kvEvents, 5557)
+    assert.strictEqual((parseTarget("http://a:8000;kv-events=tcp://b:5557;weight=2") as UpstreamTarget).kvEvents, "tcp://b:5557")
+    assert.strictEqual((parseTarget("dns+http://pods:8000;kv-events=5557") as UpstreamTarget).kvEvents, 5557)
+    assert.isUndefined((parseTarget("http://a:8000") as UpstreamTarget).kvEvents)
+    assert.strictEqual(parseTarget("http://a:8000;kv-events=0"), "kv-events must be a port (1-65535) or tcp://host:port")
+    assert.strictEqual(parseTarget("http://a:8000;kv-events=http://b:1"), "kv-events must be a port (1-65535) or tcp://host:port")
+    assert.strictEqual(parseTarget("dns+http://pods:8000;kv-events=tcp://b:1"), "a dns+ item's kv-events is a port (each address publishes its own)")
+    assert.strictEqual(parseTarget("http://a:8000;kv_events=1"), `"kv_events=1" is not key=value`)
+  })
+})
+
+describe("the cache-aware routing service", () => {
+  it.effect("reads upstream metrics every interval and stops trusting them after three intervals", () =>
+    Effect.gen(function*() {
+      let failing = false
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 100 },
+        kvEndpoints: [],
+        pool: "t",
+        fetchMetrics: async () => {
+          if (failing) throw new Error("down")
+          return metricsText(7)
+        }
+      })
+      const pool = endpointsOf(2)
+      routing.attach(() => pool)
+      yield* TestClock.adjust(100)
+      yield* settle
+      yield* TestClock.adjust(100)
+      yield* settle
+      const state = routing.scheduler.state(pool[0].id)
+      assert.deepInclude(state.signals, { running: 2, waiting: 7, blockSize: 4 })
+      assert.strictEqual(state.blockSize, 4)
+      failing = true
+      yield* TestClock.adjust(300)
+      yield* settle
+      assert.isDefined(routing.scheduler.state(pool[0].id).signals, "still within three intervals")
+      yield* TestClock.adjust(200)
+      yield* settle
+      assert.isUndefined(routing.scheduler.state(pool[0].id).signals)
+    }))
+
+  it.effect("a route: picks, counts from the pick, explains itself, learns from the stream's first token", () =>
+    Effect.gen(function*() {
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
+        kvEndpoints: [],
+        pool: "t",
+        random: () => 0.5
+      })
+      const pool = endpointsOf(3)
+      routing.attach(() => pool)
+      const prompt = words(64)
+      const first = routing.route({ path: "/v1/chat/completions", body: body(prompt) })!
+      const chosen = first.choose(pool, 0)
+      chosen.inFlight++
+      first.sent(chosen, 0)
+      assert.match(first.header(), /^cache-aware; reason=load; cached-tokens=0; predicted-ttft-ms=\d+$/)
+      assert.isAbove(routing.scheduler.state(chosen.id).queuedPrefillTokens, 0)
+      first.data(Buffer.from("data: {\"choices\":[]}\n\n"), 40)
+      assert.strictEqual(routing.scheduler.state(chosen.id).queuedPrefillTokens, 0)
+      first.data(Buffer.from("data: {\"usage\":{\"prompt_tokens\":64,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n"), 90)
+      chosen.inFlight--
+      first.ended(chosen, 100)
+      assert.strictEqual(routing.scheduler.predictor.coefficients(chosen.id).samples, 1)
+
+      // The same conversation's next turn: its prefix is cached there.
+      const second = routing.route({ path: "/v1/chat/completions", body: body(`${prompt} ${words(8, 100)}`) })!
+      assert.strictEqual(second.choose(pool, 200), chosen)
+      assert.match(second.header(), /reason=cache; cached-tokens=64;/)
+    }))
+
+  it.effect("forgets an upstream that fails its checks: its index entries go", () =>
+    Effect.gen(function*() {
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
+        kvEndpoints: [],
+        pool: "t"
+      })
+      const pool = endpointsOf(2)
+      routing.attach(() => pool)
+      yield* TestClock.adjust(100)
+      const route = routing.route({ path: "/v1/chat/completions", body: body(words(40)) })!
+      const chosen = route.choose(pool, 0)
+      route.sent(chosen, 0)
+      assert.isAbove(routing.scheduler.index.size(chosen.id), 0)
+      chosen.healthy = false
+      yield* TestClock.adjust(100)
+      assert.strictEqual(routing.scheduler.index.size(chosen.id), 0)
+    }))
+})
