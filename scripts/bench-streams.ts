@@ -31,12 +31,15 @@
  * are then a millisecond or two each instead of up to 20 ms and more, which
  * landed in both servers' tails.
  *   npm run bench:streams     # BENCH_STREAMS=50,100,250,500,1000@50 (the default), ~10 minutes
+ * The table goes to stdout, its charts to bench-results/<time>-streams-*.svg (scripts/charts.ts).
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { Agent, request } from "node:http"
 import { monitorEventLoopDelay } from "node:perf_hooks"
+import { fileURLToPath } from "node:url"
 import { cpuSeconds, percentile, routerArgs, timedStream } from "./BenchSupport.ts"
+import { type StreamLevel, streamCharts } from "./charts.ts"
 import { freePort, sleep, until } from "../test/support/Processes.ts"
 import { onCore, pinned, pinSelf } from "./pinning.ts"
 
@@ -195,7 +198,10 @@ const server = async (target: Target, itlMs: number) => {
 }
 
 const fmt = (n: number) => n.toFixed(2)
-console.log(`# Streaming benchmark ${new Date().toISOString()}`)
+const stamp = new Date().toISOString()
+/** Each level's figures, for the charts written to bench-results/ beside the table. */
+const charted: Array<StreamLevel> = []
+console.log(`# Streaming benchmark ${stamp}`)
 console.log()
 console.log(`Node ${process.version}; TTFT ${ttftMs} ms, ${tokens} tokens per stream; ${pinned ? "servers on core 0, load generator on core 1" : "not pinned"}; ${cold ? "cold: a fresh process per level, 50 warm-up streams" : "warm: one process each per gap, 2,000 short streams and a round of 250 first"}; ${arrivals === "burst" ? "burst: the streams started within 250 ms" : "steady: N streams open at every moment, at least 1,000 measured after the first two lifetimes"}.`)
 console.log()
@@ -223,10 +229,20 @@ for (const [index, level] of levels.entries()) {
   const b = results.baseline!
   console.log(row("baseline", b))
   console.log(row("router", r))
+  charted.push({
+    streams: level.streams,
+    gapMs: level.itlMs,
+    ttftAdded: { p50: percentile(r.ttft, 50) - percentile(b.ttft, 50), p99: percentile(r.ttft, 99) - percentile(b.ttft, 99) },
+    itlAdded: { p50: percentile(r.gaps, 50) - percentile(b.gaps, 50), p99: percentile(r.gaps, 99) - percentile(b.gaps, 99) },
+    rssRatio: r.rss / b.rss,
+    cpuRatio: r.cpuUsPerToken / b.cpuUsPerToken
+  })
   console.log(`| ${level.streams} | ${level.itlMs} | **added by the router** | | ${fmt(percentile(r.ttft, 50) - percentile(b.ttft, 50))} | ${fmt(percentile(r.ttft, 99) - percentile(b.ttft, 99))} | ${fmt(percentile(r.gaps, 50) - percentile(b.gaps, 50))} | ${fmt(percentile(r.gaps, 99) - percentile(b.gaps, 99))} | ${(r.rss / b.rss).toFixed(2)}× | ${(r.cpuUsPerToken / b.cpuUsPerToken).toFixed(2)}× | |`)
 }
 console.log()
 console.log("Most streams (of the levels run) with the inter-token p99 within 1 ms / 2 ms of the gap:")
 for (const [key, { within1, within2 }] of held) console.log(`- ${key}: ${within1 || "none"} / ${within2 || "none"}`)
 for (const target of ["baseline", "router"] as const) await stop(target)
+const chartDir = fileURLToPath(new URL("../bench-results", import.meta.url))
+for (const svg of await streamCharts(charted, chartDir, `${stamp.replace(/[:.]/g, "-")}-`)) console.log(`chart ${svg}`)
 process.exit(0)

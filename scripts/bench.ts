@@ -6,17 +6,19 @@
  *   npm run bench                      # all scenarios
  *   BENCH_SECONDS=5 BENCH_ROUNDS=2 npm run bench
  *
- * Needs wrk (Debian: apt-get install wrk; Nix: nix develop). Every run is
+ * Writes bench-results/<time>.md and, beside it, its charts (<time>-infer-*.svg,
+ * scripts/charts.ts). Needs wrk (Debian: apt-get install wrk; Nix: nix develop). Every run is
  * bounded in time and stops by itself; traffic stays on 127.0.0.1.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { basename, dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { freePort, sleep } from "../test/support/Processes.ts"
 import { cpuSeconds, get, median, routerArgs } from "./BenchSupport.ts"
+import { inferCharts, type InferScenario } from "./charts.ts"
 import { onCore, pinned } from "./pinning.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -154,6 +156,8 @@ const runWrk = (server: Server, connections: number): LoadResult => {
 const fmt = (n: number, digits = 1) => Number.isFinite(n) ? n.toFixed(digits) : "n/a"
 
 const lines: Array<string> = []
+/** The scenarios measured, for the charts written beside the table. */
+const charted: Array<InferScenario> = []
 const print = (line = "") => {
   lines.push(line)
   console.log(line)
@@ -255,6 +259,7 @@ const main = async () => {
     print()
     const { results, rss } = await alternate({ SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", ...env }, connections)
     const { baseline, router, throughput } = summarize(results, rss)
+    charted.push({ name: `${name}, ${connections} conn.`, router, baseline })
     print()
     print(`Goals: throughput ≥ 0.85× (${fmt(throughput, 2)}×), p99 ≤ 2× baseline + 1 ms (${fmt(router.p99, 2)} ≤ ${fmt(2 * baseline.p99 + 1, 2)}), peak RSS ≤ 1.5× (${fmt(router.rss / baseline.rss, 2)}×).`)
     const errors = [...results.router, ...results.baseline].reduce((sum, r) => sum + r.errors + r.non2xx, 0)
@@ -270,7 +275,8 @@ const main = async () => {
     print(`## 2. Admission under pressure: MAX_CONCURRENCY=${slots}, SIM_LATENCY_MS=${latencyMs}, ${connections} connections`)
     print()
     const { metrics, results, rss } = await alternate({ SIM_LATENCY_MS: String(latencyMs), MAX_CONCURRENCY: String(slots) }, connections)
-    const { router } = summarize(results, rss)
+    const { router, baseline } = summarize(results, rss)
+    charted.push({ name: `admission, ${slots} slots × ${latencyMs} ms`, router, baseline })
     print()
     const served = sampleValue(metrics, `router_requests_total{endpoint="/infer",status="200"}`)
     const cancelled = sampleValue(metrics, `router_requests_total{endpoint="/infer",status="499"}`)
@@ -348,6 +354,7 @@ const main = async () => {
   const file = join(root, "bench-results", `${stamp.replace(/[:.]/g, "-")}.md`)
   writeFileSync(file, lines.join("\n") + "\n")
   console.error(`\nwritten to ${file}`)
+  if (charted.length > 0) for (const svg of await inferCharts(charted, dirname(file), `${basename(file, ".md")}-`)) console.error(`chart ${svg}`)
 }
 
 await main()
