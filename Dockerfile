@@ -21,6 +21,13 @@ ENV NODE_ENV=production \
     PORT=8080
 WORKDIR /app
 COPY --from=build /src/dist ./dist
+# zeromq (a native addon, outside the bundle) for SIM_KV_EVENTS_ENDPOINT and
+# upstreams' KV events: its JavaScript, its Linux prebuilt binaries and its loader.
+COPY --from=build /src/node_modules/zeromq/package.json ./node_modules/zeromq/package.json
+COPY --from=build /src/node_modules/zeromq/lib ./node_modules/zeromq/lib
+COPY --from=build /src/node_modules/zeromq/build/linux ./node_modules/zeromq/build/linux
+COPY --from=build /src/node_modules/zeromq/build/manifest.json ./node_modules/zeromq/build/manifest.json
+COPY --from=build /src/node_modules/cmake-ts ./node_modules/cmake-ts
 # The `node` user (uid/gid 1000) of the base image; the router writes nothing
 # to disk, so the root filesystem can be mounted read-only.
 USER 1000:1000
