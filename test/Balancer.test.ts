@@ -5,7 +5,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
-import { Balancer, type BalancerSettings, type Endpoint, makeEndpoint } from "../src/router/upstream/Balancer.ts"
+import { Balancer, type BalancerSettings, type Endpoint, isEjected, makeEndpoint } from "../src/router/upstream/Balancer.ts"
 import { parseTarget, parseTargets, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
 
 /** mulberry32: a seeded source, so the statistical tests are the same every run. */
@@ -16,7 +16,7 @@ const seeded = (seed: number) => () => {
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
 }
 
-const settings: BalancerSettings = { maxConcurrency: 0, ejectAfter: 3, ejectBaseMs: 1000, maxEjectedPercent: 50 }
+const settings: BalancerSettings = { maxConcurrency: 0, ejectAfter: 3, ejectBaseMs: 1000, maxEjectedPercent: 50, panicThresholdPercent: 50 }
 
 const target = (weight = 1): UpstreamTarget => parseTarget(`http://10.0.0.1:8000;weight=${weight}`) as UpstreamTarget
 
@@ -158,5 +158,86 @@ describe("passive ejection", () => {
     }), [true, false])
     const alone = pool([1])
     for (let i = 0; i < 10; i++) assert.isFalse(alone.failed(alone.endpoints[0], 0))
+  })
+
+  /** Fails `endpoint` until it is ejected (at most ejectAfter times); true when it was. */
+  const ejectAt = (balancer: Balancer, endpoint: Endpoint, now: number) => {
+    for (let i = 0; i < balancer.settings.ejectAfter; i++) if (balancer.failed(endpoint, now)) return true
+    return false
+  }
+
+  it("remembers an ejection until the upstream has stayed back a quiet period: the next one is longer", () => {
+    const balancer = pool([1, 1, 1, 1])
+    const [bad] = balancer.endpoints
+    assert.isTrue(ejectAt(balancer, bad, 0))
+    assert.strictEqual(bad.ejectedUntil, 1000)
+    // Back, and one request succeeds at once: not yet a quiet period.
+    balancer.succeeded(bad, 1000)
+    balancer.succeeded(bad, 1500)
+    assert.isTrue(ejectAt(balancer, bad, 1600))
+    assert.strictEqual(bad.ejectedUntil, 1600 + 2000)
+    // A quiet period (ejectBaseMs) after it came back: forgotten, the next ejection is the first again.
+    balancer.succeeded(bad, 3600 + 1000)
+    assert.isTrue(ejectAt(balancer, bad, 5000))
+    assert.strictEqual(bad.ejectedUntil, 5000 + 1000)
+  })
+
+  it("stops growing the ejection time at ten times the base", () => {
+    const balancer = pool([1, 1, 1, 1])
+    const [bad] = balancer.endpoints
+    let now = 0
+    const lengths: Array<number> = []
+    for (let i = 0; i < 14; i++) {
+      assert.isTrue(ejectAt(balancer, bad, now))
+      lengths.push(bad.ejectedUntil - now)
+      now = bad.ejectedUntil
+      balancer.succeeded(bad, now)
+    }
+    assert.deepStrictEqual(lengths, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10, 10].map((n) => n * 1000))
+  })
+
+  it("ends an ejection when an active check passes after a failed one, not on a check that never failed", () => {
+    const balancer = pool([1, 1, 1, 1])
+    const [down, flaky] = balancer.endpoints
+    assert.isTrue(ejectAt(balancer, down, 0))
+    // Seen down by the checker, then back: in rotation at once (Envoy's successful_active_health_check_uneject_host).
+    balancer.checked(down, false, 100)
+    balancer.checked(down, true, 200)
+    assert.isFalse(isEjected(down, 200))
+    assert.strictEqual(balancer.availableCount(200), 4)
+    // Failing its answers while /health passes: the ejection runs its time.
+    assert.isTrue(ejectAt(balancer, flaky, 300))
+    balancer.checked(flaky, true, 400)
+    assert.isTrue(isEjected(flaky, 400))
+  })
+
+  it("takes an upstream that refused a connection out at once, until a check passes or its backoff ends", () => {
+    const balancer = pool([1, 1])
+    const [gone, other] = balancer.endpoints
+    balancer.unreachable(gone, 0)
+    for (let i = 0; i < 20; i++) assert.strictEqual(pickEndpoint(balancer, 10), other)
+    assert.strictEqual(balancer.pick(10, new Set([other])), "no_healthy_upstream")
+    balancer.checked(gone, true, 50)
+    assert.strictEqual(pickEndpoint(balancer, 50, new Set([other])), gone)
+    // Without active checks: back after a backoff that doubles while it keeps refusing.
+    balancer.unreachable(gone, 100)
+    assert.strictEqual(gone.unreachableUntil, 1100)
+    balancer.unreachable(gone, 1100)
+    assert.strictEqual(gone.unreachableUntil, 3100)
+  })
+
+  it("panics below the threshold: ejected upstreams are candidates again, unreachable ones are not", () => {
+    const balancer = pool([1, 1, 1], { maxEjectedPercent: 100 })
+    const [a, b, c] = balancer.endpoints
+    for (const endpoint of [a, b, c]) assert.isTrue(ejectAt(balancer, endpoint, 0))
+    assert.isTrue(balancer.inPanic(10))
+    const chosen = new Set<string>()
+    for (let i = 0; i < 50; i++) chosen.add(pickEndpoint(balancer, 10).id)
+    assert.deepStrictEqual([...chosen].sort(), ["u0", "u1", "u2"])
+    balancer.unreachable(c, 10)
+    for (let i = 0; i < 50; i++) assert.notStrictEqual(pickEndpoint(balancer, 20).id, "u2")
+    const never = pool([1, 1, 1], { maxEjectedPercent: 100, panicThresholdPercent: 0 })
+    for (const endpoint of never.endpoints) ejectAt(never, endpoint, 0)
+    assert.strictEqual(never.pick(10), "no_healthy_upstream")
   })
 })

@@ -94,6 +94,14 @@ export interface UpstreamSettings {
   readonly retryBudgetMin: number
   /** How often `dns+` names are resolved again. */
   readonly dnsRefreshMs: number
+  /** Below this share of upstreams in rotation, ejections are ignored (Envoy's panic threshold; 0: never). */
+  readonly panicThresholdPercent: number
+  /** Most bytes of a non-streamed upstream answer the router buffers. */
+  readonly maxBodyBytes: number
+  /** Most bytes of one SSE event of an upstream's stream. */
+  readonly maxEventBytes: number
+  /** From forwarding a request to the end of the upstream's answer, retries included. */
+  readonly requestTimeoutMs: number
 }
 
 export type ModelBackend = "simulated" | "upstream"
@@ -319,7 +327,11 @@ export const defaultUpstream: Omit<UpstreamSettings, "targets"> = {
   retries: 2,
   retryBudgetPercent: 20,
   retryBudgetMin: 3,
-  dnsRefreshMs: 5_000
+  dnsRefreshMs: 5_000,
+  panicThresholdPercent: 50,
+  maxBodyBytes: 16 * 1024 * 1024,
+  maxEventBytes: 1024 * 1024,
+  requestTimeoutMs: 600_000
 }
 
 /** The router's defaults: the one place each is written (the parser and docs/settings.md read them here). */
@@ -381,6 +393,10 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "UPSTREAM_RETRY_BUDGET_PERCENT", meaning: "retries in flight may be this share of the requests in flight, or `UPSTREAM_RETRY_BUDGET_MIN`, whichever is more (Envoy's retry budget)", default: code(defaultUpstream.retryBudgetPercent), valid: "0–100" },
   { variable: "UPSTREAM_RETRY_BUDGET_MIN", meaning: "retries in flight always allowed, whatever the share", default: code(defaultUpstream.retryBudgetMin), valid: "integer ≥ 0" },
   { variable: "UPSTREAM_DNS_REFRESH_MS", meaning: "how often `dns+` names are resolved again (a failed lookup keeps the addresses it had)", default: code(defaultUpstream.dnsRefreshMs), valid: "integer ≥ 1" },
+  { variable: "UPSTREAM_PANIC_THRESHOLD_PERCENT", meaning: "when fewer than this share of the upstreams are in rotation, ejections are ignored and every healthy upstream is a candidate (Envoy's panic threshold); `0` = never", default: code(defaultUpstream.panicThresholdPercent), valid: "0–100" },
+  { variable: "UPSTREAM_MAX_BODY_BYTES", meaning: "most bytes of a non-streamed upstream answer the router buffers; a longer one is answered 502 `upstream_body_too_large` and logged", default: code(defaultUpstream.maxBodyBytes), valid: "integer ≥ 1024" },
+  { variable: "UPSTREAM_MAX_EVENT_BYTES", meaning: "most bytes of one SSE event of an upstream's stream; a longer one ends the stream with an error frame (`upstream_event_too_large`) and `[DONE]`", default: code(defaultUpstream.maxEventBytes), valid: "integer ≥ 1024" },
+  { variable: "UPSTREAM_REQUEST_TIMEOUT_MS", meaning: "a forwarded request's whole time, from forwarding to the end of the answer, retries included; past it: 504 `upstream_timeout` (or an error frame and `[DONE]` on a started stream)", default: code(defaultUpstream.requestTimeoutMs), valid: "integer ≥ 1" },
   { variable: "SIM_LATENCY_MS", meaning: "simulated model time per `/infer` request (and the time to first token on `/v1/*` when `SIM_TTFT_MS` is unset)", default: code(defaults.simLatencyMs), valid: "integer ≥ 0" },
   { variable: "SIM_MODE", meaning: "the simulated model's text: `random` (seeded words) or `echo` (the prompt / last user message)", default: code(defaultSimulation.mode), valid: "`random`, `echo`" },
   { variable: "SIM_SEED", meaning: "mixed into every request's seed (a request's `seed`, else a hash of its prompt): the same request gives the same text", default: code(defaultSimulation.seed), valid: "0 – 4294967295" },
@@ -456,6 +472,10 @@ const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSett
   const retryBudgetPercent = yield* setting("UPSTREAM_RETRY_BUDGET_PERCENT", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => d.retryBudgetPercent)
   const retryBudgetMin = yield* setting("UPSTREAM_RETRY_BUDGET_MIN", decimalAtLeast(0), "an integer >= 0 (retries in flight)", () => d.retryBudgetMin)
   const dnsRefreshMs = yield* positiveMs("UPSTREAM_DNS_REFRESH_MS", d.dnsRefreshMs)
+  const panicThresholdPercent = yield* setting("UPSTREAM_PANIC_THRESHOLD_PERCENT", decimalBetween(0, 100), "an integer from 0 to 100 (percent)", () => d.panicThresholdPercent)
+  const maxBodyBytes = yield* setting("UPSTREAM_MAX_BODY_BYTES", decimalAtLeast(1024), "an integer >= 1024 (bytes)", () => d.maxBodyBytes)
+  const maxEventBytes = yield* setting("UPSTREAM_MAX_EVENT_BYTES", decimalAtLeast(1024), "an integer >= 1024 (bytes)", () => d.maxEventBytes)
+  const requestTimeoutMs = yield* positiveMs("UPSTREAM_REQUEST_TIMEOUT_MS", d.requestTimeoutMs)
   return {
     backend,
     upstream: {
@@ -472,7 +492,11 @@ const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSett
       retries,
       retryBudgetPercent,
       retryBudgetMin,
-      dnsRefreshMs
+      dnsRefreshMs,
+      panicThresholdPercent,
+      maxBodyBytes,
+      maxEventBytes,
+      requestTimeoutMs
     }
   }
 })

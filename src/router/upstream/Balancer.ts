@@ -9,14 +9,24 @@
  *   draw). Idle, the draw alone decides, so weights hold exactly; under load,
  *   in-flight counts stay proportional to weights and a slow upstream gets
  *   fewer requests.
- * - Candidates: healthy (active checks), not ejected, under the per-upstream
- *   cap. One that asked to be left alone (429/503 with Retry-After) is chosen
- *   only when no other can be.
+ * - Candidates: healthy (active checks, and reachable: a connection refused
+ *   takes an upstream out at once until a check passes, as gRPC's
+ *   TRANSIENT_FAILURE), not ejected, under the per-upstream cap. One that
+ *   asked to be left alone (429/503 with Retry-After) is chosen only when no
+ *   other can be. A failed attempt counts as in flight for as long as a
+ *   success typically takes (Retry.ts), so failing fast never makes an
+ *   upstream look idle.
+ * - Panic (Envoy's panic threshold): when fewer than `panicThresholdPercent`
+ *   of the upstreams are in rotation, ejections are ignored: every reachable,
+ *   healthy upstream is a candidate (better a chance than a certain 503). An
+ *   upstream failing its checks or refusing connections never is.
  * - Passive ejection: `ejectAfter` consecutive failures eject an upstream for
  *   `ejectBaseMs` times its ejection count (at most 10 times), never more
  *   than `maxEjectedPercent` of the pool at once (at least one of two or
  *   more). It returns by itself when the time is up; the count is forgotten
- *   once it has stayed back for `ejectBaseMs`.
+ *   once it has stayed back for `ejectBaseMs`. A passing active check after a
+ *   failed one (the upstream was seen down and is back) ends an ejection
+ *   (Envoy's `successful_active_health_check_uneject_host`).
  */
 import type { UpstreamTarget } from "./Targets.ts"
 
@@ -35,6 +45,10 @@ export interface Endpoint {
   ejectedUntil: number
   /** Retry-After from a 429/503: chosen last until then. */
   backoffUntil: number
+  /** A connection failed: out of rotation until then, or until an active check passes. */
+  unreachableUntil: number
+  /** Connection failures since it was last reached: each doubles the time out (1 s to 30 s). */
+  unreachableCount: number
 }
 
 export interface BalancerSettings {
@@ -42,6 +56,8 @@ export interface BalancerSettings {
   readonly ejectAfter: number
   readonly ejectBaseMs: number
   readonly maxEjectedPercent: number
+  /** Below this share of upstreams in rotation, every upstream is a candidate (0: never). */
+  readonly panicThresholdPercent: number
 }
 
 export type NoUpstream = "no_healthy_upstream" | "upstreams_saturated"
@@ -56,13 +72,18 @@ export const makeEndpoint = (target: UpstreamTarget, address: string, id: string
   consecutiveFailures: 0,
   ejections: 0,
   ejectedUntil: 0,
-  backoffUntil: 0
+  backoffUntil: 0,
+  unreachableUntil: 0,
+  unreachableCount: 0
 })
 
 export const isEjected = (endpoint: Endpoint, now: number) => endpoint.ejectedUntil > now
 
-/** In rotation: healthy and not ejected. */
-export const isAvailable = (endpoint: Endpoint, now: number) => endpoint.healthy && !isEjected(endpoint, now)
+/** Healthy by the active checks and not known to refuse connections. */
+export const isReachable = (endpoint: Endpoint, now: number) => endpoint.healthy && endpoint.unreachableUntil <= now
+
+/** In rotation: reachable and not ejected. */
+export const isAvailable = (endpoint: Endpoint, now: number) => isReachable(endpoint, now) && !isEjected(endpoint, now)
 
 export class Balancer {
   endpoints: ReadonlyArray<Endpoint> = []
@@ -84,11 +105,12 @@ export class Balancer {
   /** The endpoint for the next attempt, none of `exclude` (those already tried). */
   pick(now: number, exclude?: ReadonlySet<Endpoint>): Endpoint | NoUpstream {
     const cap = this.settings.maxConcurrency
+    const panic = this.inPanic(now)
     let anyAvailable = false
     const ready: Array<Endpoint> = []
     const backingOff: Array<Endpoint> = []
     for (const endpoint of this.endpoints) {
-      if (!isAvailable(endpoint, now) || exclude?.has(endpoint)) continue
+      if (!isReachable(endpoint, now) || (!panic && isEjected(endpoint, now)) || exclude?.has(endpoint)) continue
       anyAvailable = true
       if (cap > 0 && endpoint.inFlight >= cap) continue
       ;(endpoint.backoffUntil > now ? backingOff : ready).push(endpoint)
@@ -99,6 +121,13 @@ export class Balancer {
     const first = this.draw(pool, undefined)
     const second = this.draw(pool, first)
     return second.inFlight * first.weight < first.inFlight * second.weight ? second : first
+  }
+
+  /** True when too few upstreams are in rotation: then every one is a candidate. */
+  inPanic(now: number): boolean {
+    const threshold = this.settings.panicThresholdPercent
+    if (threshold <= 0 || this.endpoints.length === 0) return false
+    return this.availableCount(now) * 100 < threshold * this.endpoints.length
   }
 
   /** One endpoint of `pool` other than `skip`, drawn in proportion to weight. */
@@ -118,7 +147,27 @@ export class Balancer {
 
   succeeded(endpoint: Endpoint, now: number): void {
     endpoint.consecutiveFailures = 0
+    endpoint.unreachableCount = 0
     if (endpoint.ejections > 0 && now >= endpoint.ejectedUntil + this.settings.ejectBaseMs) endpoint.ejections = 0
+  }
+
+  /** A connection to it failed: out of rotation at once, for a doubling time or until an active check passes. */
+  unreachable(endpoint: Endpoint, now: number): void {
+    endpoint.unreachableCount++
+    endpoint.unreachableUntil = now + Math.min(30_000, 1_000 * 2 ** Math.min(endpoint.unreachableCount - 1, 5))
+  }
+
+  /** An active check's result; a pass after a failure (or a failed connection) ends an ejection. True when the health changed. */
+  checked(endpoint: Endpoint, healthy: boolean, now: number): boolean {
+    const wasDown = !isReachable(endpoint, now)
+    if (healthy) {
+      endpoint.unreachableUntil = 0
+      endpoint.unreachableCount = 0
+      if (wasDown && isEjected(endpoint, now)) endpoint.ejectedUntil = now
+    }
+    if (endpoint.healthy === healthy) return false
+    endpoint.healthy = healthy
+    return true
   }
 
   /** Records a failure; true when it ejected the endpoint. */

@@ -1,17 +1,26 @@
 /**
- * Relays one forwarded completion's answer to the client: JSON as one whole
- * response, SSE as it arrives (only whole events, so an error frame after a
- * broken upstream stands alone), pausing the upstream while the client's
- * socket is full. The edge hands in the client's response (any object with
+ * Relays one forwarded completion's answer to the client:
+ * - JSON as one whole response, at most UPSTREAM_MAX_BODY_BYTES buffered; a
+ *   2xx whose body is not JSON is the upstream's fault (502
+ *   `upstream_bad_answer`), not an answer;
+ * - SSE as it arrives, whole events only (EventFramer.ts: any of the three
+ *   line endings, linear time, one event at most UPSTREAM_MAX_EVENT_BYTES),
+ *   so a stream cut anywhere ends with one error frame and `[DONE]` after
+ *   the last whole event, never a fragment;
+ * - pausing the upstream while the client's socket is full, so nothing piles
+ *   up in the router. The edge hands in the client's response (any object with
  * ServerResponse's few methods used here) and formats errors; this module owns
  * what crosses from the upstream to the client.
  *
  * Plain callbacks for the same reason as Upstreams.forwardUnsafe: it runs
  * once per request.
  */
-import type { IncomingHttpHeaders } from "node:http"
-import type { UpstreamFailure, UpstreamResponse, Upstreams } from "./Upstreams.ts"
-import { upstreamHeader, upstreamVersionHeader } from "./Upstreams.ts"
+import type { AnswerHeaders } from "./Attempt.ts"
+import { EventFramer } from "./EventFramer.ts"
+import { defaultUpstream } from "../core/Config.ts"
+import { UpstreamFailure } from "./Failure.ts"
+import type { UpstreamResponse, Upstreams } from "./Upstreams.ts"
+import { bodyTooLarge, unusableAnswer, upstreamHeader, upstreamVersionHeader } from "./Upstreams.ts"
 
 /** What the relay writes to: the subset of Node's ServerResponse it uses. */
 export interface ClientResponse {
@@ -48,7 +57,7 @@ export interface RelayCallbacks {
 /** Headers of the upstream's answer the client sees, beside the router's own. */
 const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
 
-const isEventStream = (headers: IncomingHttpHeaders) => String(headers["content-type"]).startsWith("text/event-stream")
+const isEventStream = (headers: AnswerHeaders) => String(headers["content-type"]).startsWith("text/event-stream")
 
 /** Forwards `request` and relays the answer to `response`; returns the function that aborts the upstream request. */
 export const relayUnsafe = (
@@ -57,9 +66,11 @@ export const relayUnsafe = (
   response: ClientResponse,
   callbacks: RelayCallbacks
 ): () => void => {
+  const limits = upstreams.settings ?? defaultUpstream
   let streaming = false
-  let pending: Buffer | undefined
+  let framer: EventFramer | undefined
   let chunks: Array<Buffer> | undefined
+  let length = 0
   let answer: UpstreamResponse | undefined
   let headers: Record<string, string | number> | undefined
   let firstChunk = true
@@ -78,33 +89,56 @@ export const relayUnsafe = (
         chunks = []
         return
       }
+      framer = new EventFramer(limits.maxEventBytes)
       response.writeHead(200, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" })
       response.flushHeaders()
     },
     onData: (chunk) => {
-      if (!streaming) return void chunks!.push(chunk)
+      if (!streaming) {
+        length += chunk.length
+        if (length > limits.maxBodyBytes) {
+          const { code, message } = bodyTooLarge(answer!.upstream, limits.maxBodyBytes)
+          return answer!.reject(code, message)
+        }
+        return void chunks!.push(chunk)
+      }
       if (firstChunk) {
         firstChunk = false
         callbacks.onFirstByte()
       }
-      const data = pending === undefined ? chunk : Buffer.concat([pending, chunk])
-      const end = data.lastIndexOf("\n\n")
-      if (end === -1) {
-        pending = data
-        return
+      const framed = framer!.push(chunk)
+      if (framed._tag === "TooLarge") {
+        return answer!.reject(
+          "upstream_event_too_large",
+          `the model server ${answer!.upstream} sent an event over ${limits.maxEventBytes} bytes (UPSTREAM_MAX_EVENT_BYTES)`
+        )
       }
-      const whole = end + 2 === data.length
-      pending = whole ? undefined : data.subarray(end + 2)
-      if (!response.write(whole ? data : data.subarray(0, end + 2))) {
+      if (framed.bytes !== undefined && !response.write(framed.bytes)) {
         answer!.pause()
         response.once("drain", onDrain)
       }
     },
     onEnd: () => {
       if (streaming) {
-        response.end(pending)
+        if (framer!.cutMidEvent) {
+          const failure = new UpstreamFailure({
+            status: 502,
+            code: "upstream_broken",
+            message: `the model server ${answer!.upstream} ended its stream inside an event`,
+            retryAfterSeconds: undefined
+          })
+          callbacks.endWithErrorFrame(failure)
+          return callbacks.done(failure)
+        }
+        response.end()
       } else if (!response.headersSent) {
-        const text = Buffer.concat(chunks!)
+        const text = Buffer.concat(chunks!, length)
+        const unusable = unusableAnswer(answer!.status, text, answer!.upstream)
+        if (unusable !== undefined) {
+          const failure = new UpstreamFailure({ status: 502, ...unusable, retryAfterSeconds: undefined })
+          callbacks.failBeforeHeaders(failure)
+          return callbacks.done(failure)
+        }
         headers!["content-length"] = text.length
         response.writeHead(answer!.status, headers!)
         response.end(text)

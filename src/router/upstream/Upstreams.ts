@@ -19,61 +19,27 @@
  *
  * With MODEL_BACKEND=simulated the service is present and empty.
  */
-import { Clock, Context, Data, Duration, Effect, Layer, Schedule } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
 import { lookup } from "node:dns/promises"
-import type { IncomingHttpHeaders } from "node:http"
-import { type Dispatcher, Pool } from "undici"
+import { buildConnector, Pool } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
 import { RouterConfig, type UpstreamSettings } from "../core/Config.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
-import { Balancer, type Endpoint, isAvailable, makeEndpoint, type NoUpstream } from "./Balancer.ts"
+import { type AnswerHeaders, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
+import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
+import { UpstreamFailure } from "./Failure.ts"
+import { type ForwardHandler, type ForwardRequest, type UpstreamResponse, withRetries } from "./Retry.ts"
 import { hostPort, type UpstreamTarget } from "./Targets.ts"
 
-/** No usable answer from an upstream: the status says what the client should do (400: fix the request, 429/503: later). */
-export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
-  readonly status: 400 | 429 | 502 | 503 | 504
-  readonly code: string
-  readonly message: string
-  readonly retryAfterSeconds: number | undefined
-}> {}
-
-/** A POST to an upstream (completions: the only requests the router forwards). */
-export interface ForwardRequest {
-  /** The path after the upstream's prefix, e.g. `/v1/chat/completions`. */
-  readonly path: string
-  readonly body: string | undefined
-  /** Headers sent as they are (content type, request id, the simulator's failure header). */
-  readonly headers: Record<string, string>
-}
-
-/** An upstream's answer as its headers arrive; the body follows through the handler. */
-export interface UpstreamResponse {
-  readonly status: number
-  readonly headers: IncomingHttpHeaders
-  /** `host:port` of the upstream that answered. */
-  readonly upstream: string
-  readonly version: string | undefined
-  /** Backpressure: stop and restart the upstream's body (its socket). */
-  pause(): void
-  resume(): void
-}
-
-/**
- * Receives one forwarded request's outcome: either `onError` alone (no
- * usable answer), or `onResponse`, then `onData` for each body chunk, then
- * `onEnd` or `onError` (the body broke off or went silent).
- */
-export interface ForwardHandler {
-  onResponse(response: UpstreamResponse): void
-  onData(chunk: Buffer): void
-  onEnd(): void
-  onError(failure: UpstreamFailure): void
-}
+import { retryAfterSeconds } from "./Attempt.ts"
+export { retryAfterSeconds }
+export { UpstreamFailure } from "./Failure.ts"
+export type { ForwardHandler, ForwardRequest, UpstreamResponse } from "./Retry.ts"
 
 /** A whole answer, body read (for `/infer`). */
 export interface UpstreamAnswer {
   readonly status: number
-  readonly headers: IncomingHttpHeaders
+  readonly headers: AnswerHeaders
   readonly body: string
   readonly upstream: string
 }
@@ -90,23 +56,6 @@ export interface UpstreamView {
 /** Header naming the upstream that served, as llm-d-inference-sim's `x-inference-pod` names its pod. */
 export const upstreamHeader = "x-inference-upstream"
 export const upstreamVersionHeader = "x-inference-upstream-version"
-
-/** Error codes of a failed connection attempt: nothing reached the upstream, so a retry is safe. */
-const connectFailures = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT"])
-
-const errorCode = (error: unknown): string | undefined => {
-  const e = error as { code?: unknown; cause?: { code?: unknown } }
-  return typeof e?.code === "string" ? e.code : typeof e?.cause?.code === "string" ? e.cause.code : undefined
-}
-
-/** Retry-After in seconds (a number of seconds or an HTTP date); undefined when absent or unreadable. */
-export const retryAfterSeconds = (value: string | Array<string> | undefined, nowMs: number): number | undefined => {
-  const text = Array.isArray(value) ? value[0] : value
-  if (text === undefined) return undefined
-  if (/^\s*[0-9]+\s*$/.test(text)) return Number(text)
-  const date = Date.parse(text)
-  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - nowMs) / 1000))
-}
 
 /** An upstream's non-2xx answer to an `/infer` completion, as the failure the router answers. */
 export const upstreamRefusal = (status: number, upstream: string, body: string, retryAfter: string | Array<string> | undefined): UpstreamFailure => {
@@ -126,8 +75,25 @@ export const upstreamRefusal = (status: number, upstream: string, body: string, 
   })
 }
 
-/** One error for every abort: building an Error (its stack) per request measured as a tenth of the forwarding CPU. */
-const abortError = new Error("aborted by the router")
+/**
+ * Why a whole non-streamed answer cannot be passed on, or undefined: a 2xx
+ * completion must be JSON (a client would fail to parse anything else).
+ */
+export const unusableAnswer = (status: number, body: Buffer, upstream: string): { readonly code: string; readonly message: string } | undefined => {
+  if (status < 200 || status >= 300) return undefined
+  try {
+    JSON.parse(body.toString("utf8"))
+    return undefined
+  } catch {
+    return { code: "upstream_bad_answer", message: `the model server ${upstream} answered ${status} with a body that is not JSON` }
+  }
+}
+
+/** The rejection of a non-streamed answer longer than UPSTREAM_MAX_BODY_BYTES. */
+export const bodyTooLarge = (upstream: string, limit: number) => ({
+  code: "upstream_body_too_large",
+  message: `the model server ${upstream} answered with a body over ${limit} bytes (UPSTREAM_MAX_BODY_BYTES)`
+})
 
 export type Resolve = (hostname: string) => Promise<ReadonlyArray<string>>
 
@@ -137,6 +103,32 @@ const resolveAll: Resolve = async (hostname) => (await lookup(hostname, { all: t
 interface Member {
   readonly endpoint: Endpoint
   readonly pool: Pool
+  /** Active checks: when the next is due, how many failed in a row, whether one is running. */
+  nextCheckAt: number
+  checkFailures: number
+  checking: boolean
+}
+
+/** Active checks of a failing upstream start this soon after its failure, doubling up to the interval. */
+const firstRecheckMs = 100
+
+/**
+ * undici's connector, with the bytes a socket had read added to its errors:
+ * a reused connection (bytes read) that breaks before any answer byte met a
+ * keep-alive close, a fresh one may have delivered the request (Attempt.ts).
+ */
+const makeConnector = (timeoutMs: number): buildConnector.connector => {
+  const connect = buildConnector({ timeout: timeoutMs })
+  return (options, callback) =>
+    connect(options, (error, socket) => {
+      if (error === null && socket != null) {
+        socket.prependListener("error", (cause: Error & { socket?: unknown }) => {
+          if (cause !== null && typeof cause === "object" && cause.socket === undefined) cause.socket = { bytesRead: socket.bytesRead }
+        })
+      }
+      // undici's callback types its two forms separately.
+      ;(callback as (error: Error | null, socket: unknown) => void)(error, socket)
+    })
 }
 
 export class Upstreams extends Context.Service<Upstreams, {
@@ -150,9 +142,11 @@ export class Upstreams extends Context.Service<Upstreams, {
    * (see the comment on `forwardUnsafe` below).
    */
   forwardUnsafe(request: ForwardRequest, handler: ForwardHandler): () => void
-  /** The whole answer, body read; interrupting it aborts the upstream request. */
+  /** The whole answer, body read (at most UPSTREAM_MAX_BODY_BYTES); interrupting it aborts the upstream request. */
   fetch(request: ForwardRequest): Effect.Effect<UpstreamAnswer, UpstreamFailure>
   view(): ReadonlyArray<UpstreamView>
+  /** The settings it runs with (the relay reads its bounds here). */
+  readonly settings: UpstreamSettings | undefined
 }>()("inference-router/Upstreams") {
   static readonly disabled: Upstreams["Service"] = Upstreams.of({
     enabled: false,
@@ -161,7 +155,8 @@ export class Upstreams extends Context.Service<Upstreams, {
       throw new Error("MODEL_BACKEND is not upstream")
     },
     fetch: () => Effect.die(new Error("MODEL_BACKEND is not upstream")),
-    view: () => []
+    view: () => [],
+    settings: undefined
   })
 
   /** `resolve` finds a `dns+` name's addresses (Node's resolver; tests pass their own). */
@@ -176,19 +171,21 @@ export class Upstreams extends Context.Service<Upstreams, {
       const balancer = new Balancer(settings)
       const members = new Map<string, Member>()
       const cap = settings.maxConcurrency > 0 ? Math.min(settings.maxConcurrency, slots) : slots
-      let requestsInFlight = 0
-      let retriesInFlight = 0
+      const connector = makeConnector(settings.connectTimeoutMs)
 
       const connect = (endpoint: Endpoint, target: UpstreamTarget): Member => ({
         endpoint,
         pool: new Pool(`${target.protocol}//${hostPort(endpoint.address, target.port)}`, {
           connections: cap + 1,
           pipelining: 1,
-          connect: { timeout: settings.connectTimeoutMs },
+          connect: connector,
           headersTimeout: settings.firstByteTimeoutMs,
           bodyTimeout: settings.idleTimeoutMs,
           keepAliveTimeout: 30_000
-        })
+        }),
+        nextCheckAt: 0,
+        checkFailures: 0,
+        checking: false
       })
 
       /** Replaces the members of `target` with one per address; in-flight requests on removed ones finish. */
@@ -235,22 +232,33 @@ export class Upstreams extends Context.Service<Upstreams, {
           Effect.orElseSucceed(() => false),
           Effect.flatMap((healthy) => {
             const endpoint = member.endpoint
-            if (endpoint.healthy === healthy) return Effect.void
-            endpoint.healthy = healthy
+            const at = now()
+            member.checking = false
+            // A failing upstream is checked again soon, then less often: it is back within about a second of recovering.
+            member.checkFailures = healthy ? 0 : member.checkFailures + 1
+            member.nextCheckAt = at + (healthy ? settings.healthIntervalMs : Math.min(settings.healthIntervalMs, firstRecheckMs * 2 ** Math.min(member.checkFailures - 1, 10)))
+            if (!balancer.checked(endpoint, healthy, at)) return Effect.void
             return healthy
               ? Effect.logInfo(`upstream ${endpoint.id} is healthy`)
               : Effect.logWarning(`upstream ${endpoint.id} failed its health check (GET ${endpoint.target.prefix}/health)`)
           })
         )
 
-      const checkAll = Effect.suspend(() => Effect.forEach([...members.values()], checkOne, { concurrency: "unbounded", discard: true }))
+      /** Starts the checks that are due; each member is checked on its own schedule. */
+      const checkDue = Effect.suspend(() => {
+        const at = now()
+        const due = [...members.values()].filter((member) => !member.checking && member.nextCheckAt <= at)
+        for (const member of due) member.checking = true
+        return Effect.forEach(due, (member) => Effect.forkScoped(checkOne(member)), { discard: true })
+      })
 
       if (settings.targets.some((target) => target.resolve)) {
         yield* resolveNames
         yield* Effect.forkScoped(Effect.repeat(Effect.delay(resolveNames, Duration.millis(settings.dnsRefreshMs)), Schedule.forever))
       }
       if (settings.healthIntervalMs > 0) {
-        yield* Effect.forkScoped(Effect.repeat(checkAll, Schedule.spaced(Duration.millis(settings.healthIntervalMs))))
+        const tick = Math.min(settings.healthIntervalMs, firstRecheckMs)
+        yield* Effect.forkScoped(Effect.repeat(checkDue, Schedule.spaced(Duration.millis(tick))))
       }
       yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all([...members.values()].map((member) => member.pool.destroy()))))
 
@@ -271,19 +279,29 @@ export class Upstreams extends Context.Service<Upstreams, {
           return Effect.logWarning(`upstream ${endpoint.id} ejected for ${endpoint.ejectedUntil - now()} ms after ${settings.ejectAfter} consecutive failures`)
         })
 
-      const unavailable = (reason: NoUpstream) =>
-        new UpstreamFailure({
-          status: 503,
-          code: reason,
-          message: reason === "no_healthy_upstream"
-            ? "no model server is healthy now"
-            : "every healthy model server is at UPSTREAM_MAX_CONCURRENCY",
-          retryAfterSeconds: 1
-        })
-
-      const canRetry = (attempt: number, deadline: number) =>
-        attempt < settings.retries && now() < deadline &&
-        retriesInFlight < Math.max(settings.retryBudgetMin, requestsInFlight * settings.retryBudgetPercent / 100)
+      /** Every attempt's classified outcome: the metrics, the balancer's health, and a log line for what an operator must see. */
+      const observe = (endpoint: Endpoint, outcome: Outcome, startedAt: number) => {
+        record(endpoint, metricStatus(outcome))
+        if (outcome._tag === "Completed") metrics.duration(endpoint.id).updateUnsafe((now() - startedAt) / 1000, context)
+        if (outcome._tag === "Refused" && outcome.retryAfterSeconds !== undefined) balancer.backOff(endpoint, now(), outcome.retryAfterSeconds)
+        switch (healthOf(outcome)) {
+          case "success":
+            return balancer.succeeded(endpoint, now())
+          case "failure":
+            runFork(noteFailure(endpoint))
+            break
+          case "unreachable": {
+            balancer.unreachable(endpoint, now())
+            // Checked again at once: back in rotation as soon as it answers.
+            const member = members.get(endpoint.id)
+            if (member !== undefined) member.nextCheckAt = 0
+            break
+          }
+        }
+        if (outcome._tag === "Rejected" || outcome._tag === "Malformed") {
+          runFork(Effect.logWarning(`upstream ${endpoint.id}: ${outcome._tag === "Rejected" ? outcome.message : outcome.detail}`))
+        }
+      }
 
       /**
        * Hand-written on undici's dispatch handler API rather than an Effect per
@@ -291,192 +309,46 @@ export class Upstreams extends Context.Service<Upstreams, {
        * BENCHMARKS.md section 7), the Effect version with undici's stream-based
        * `request` reached 0.44x a bare node:http proxy's throughput; a client
        * alone costs about 62 us per request with `request` or node:http and
-       * 35-45 us with `dispatch`. Admission stays Effect's (see OpenAiHandler).
+       * 35-45 us with `dispatch`. Admission stays Effect's (see the edge).
        */
-      const forwardUnsafe = (request: ForwardRequest, handler: ForwardHandler): () => void => {
-        const deadline = now() + settings.firstByteTimeoutMs
-        const startedAt = now()
-        let tried: Set<Endpoint> | undefined
-        let refused: UpstreamFailure | undefined
-        let attempt = 0
-        let finished = false
-        /** Aborts the attempt in flight (set while one is). */
-        let abortCurrent: (() => void) | undefined
-        requestsInFlight++
-        const finish = () => {
-          if (finished) return false
-          finished = true
-          requestsInFlight--
-          return true
+      const forwarder = withRetries({
+        pick: (tried) => balancer.pick(now(), tried),
+        start: (endpoint, request, handler) =>
+          sendAttempt((target, options, dispatchHandler) => members.get(target.id)!.pool.dispatch(options, dispatchHandler), endpoint, request, settings, now, handler),
+        observe,
+        retrying: (endpoint) => metrics.retries(endpoint.id).updateUnsafe(1, context),
+        now,
+        setTimer: (ms, fire) => {
+          const timer = setTimeout(fire, ms)
+          timer.unref()
+          return () => clearTimeout(timer)
         }
-        const fail = (failure: UpstreamFailure) => {
-          if (finish()) handler.onError(failure)
-        }
-
-        const start = (): void => {
-          const picked = balancer.pick(now(), tried)
-          if (typeof picked === "string") return fail(refused ?? unavailable(picked))
-          const endpoint = picked
-          const member = members.get(endpoint.id)!
-          const retry = attempt > 0
-          if (retry) {
-            metrics.retries(endpoint.id).updateUnsafe(1, context)
-            retriesInFlight++
-          }
-          endpoint.inFlight++
-          let held = true
-          const release = () => {
-            if (!held) return
-            held = false
-            endpoint.inFlight--
-          }
-          let retrying = retry
-          const retryDone = () => {
-            if (!retrying) return
-            retrying = false
-            retriesInFlight--
-          }
-          /** Set once this attempt no longer speaks for the request (retried, or aborted by the caller). */
-          let detached = false
-          let answered = false
-          let controller: Dispatcher.DispatchController | undefined
-          abortCurrent = () => {
-            detached = true
-            release()
-            retryDone()
-            if (controller !== undefined) controller.abort(abortError)
-          }
-          const retryElsewhere = () => {
-            detached = true
-            release()
-            ;(tried ??= new Set()).add(endpoint)
-            attempt++
-            start()
-          }
-          member.pool.dispatch({
-            method: "POST",
-            path: `${endpoint.target.prefix}${request.path}`,
-            headers: request.headers,
-            body: request.body,
-            headersTimeout: Math.max(1, deadline - now()),
-            bodyTimeout: settings.idleTimeoutMs
-          }, {
-            onRequestStart: (dispatchController) => {
-              controller = dispatchController
-              if (detached) dispatchController.abort(abortError)
-            },
-            onResponseStart: (dispatchController, status, headers) => {
-              controller = dispatchController
-              retryDone()
-              if (detached) return
-              record(endpoint, String(status))
-              if (status >= 500) runFork(noteFailure(endpoint))
-              else balancer.succeeded(endpoint, now())
-              if (status === 429 || status === 503) {
-                const after = retryAfterSeconds(headers["retry-after"], Date.now())
-                if (after !== undefined) balancer.backOff(endpoint, now(), after)
-                if (canRetry(attempt, deadline)) {
-                  refused = new UpstreamFailure({
-                    status: status === 429 ? 429 : 503,
-                    code: status === 429 ? "upstream_rate_limited" : "upstream_unavailable",
-                    message: `the model servers refused the request (${endpoint.id} answered ${status})`,
-                    retryAfterSeconds: after ?? 1
-                  })
-                  // The refusal's body is read and dropped, keeping the connection; the next attempt starts now.
-                  return retryElsewhere()
-                }
-              }
-              answered = true
-              handler.onResponse({
-                status,
-                headers,
-                upstream: endpoint.id,
-                version: endpoint.target.version,
-                pause: () => dispatchController.pause(),
-                resume: () => dispatchController.resume()
-              })
-            },
-            onResponseData: (_, chunk) => {
-              if (!detached) handler.onData(chunk)
-            },
-            onResponseEnd: () => {
-              release()
-              if (detached) return
-              metrics.duration(endpoint.id).updateUnsafe((now() - startedAt) / 1000, context)
-              if (finish()) handler.onEnd()
-            },
-            onResponseError: (_, error) => {
-              release()
-              retryDone()
-              if (detached) return
-              const code = errorCode(error)
-              if (answered) {
-                // The body broke off or went silent: never retried, a byte may have reached the client.
-                const timedOut = code === "UND_ERR_BODY_TIMEOUT"
-                record(endpoint, timedOut ? "idle_timeout" : "broken")
-                runFork(noteFailure(endpoint))
-                return fail(
-                  new UpstreamFailure({
-                    status: timedOut ? 504 : 502,
-                    code: timedOut ? "upstream_timeout" : "upstream_broken",
-                    message: timedOut
-                      ? `the model server ${endpoint.id} sent nothing for ${settings.idleTimeoutMs} ms (UPSTREAM_IDLE_TIMEOUT_MS)`
-                      : `the model server ${endpoint.id} broke off its answer (${code ?? error.message})`,
-                    retryAfterSeconds: undefined
-                  })
-                )
-              }
-              runFork(noteFailure(endpoint))
-              if (code === "UND_ERR_HEADERS_TIMEOUT") {
-                record(endpoint, "timeout")
-                return fail(
-                  new UpstreamFailure({
-                    status: 504,
-                    code: "upstream_timeout",
-                    message: `the model server ${endpoint.id} sent no response within ${settings.firstByteTimeoutMs} ms (UPSTREAM_FIRST_BYTE_TIMEOUT_MS)`,
-                    retryAfterSeconds: undefined
-                  })
-                )
-              }
-              const connectFailed = code !== undefined && connectFailures.has(code)
-              record(endpoint, connectFailed ? "connect_error" : "error")
-              // Nothing reached the model: safe to try another upstream.
-              if (connectFailed && canRetry(attempt, deadline)) return retryElsewhere()
-              // Out of attempts after others refused with Retry-After: that is the answer a client can act on.
-              if (connectFailed && refused !== undefined) return fail(refused)
-              fail(
-                new UpstreamFailure({
-                  status: 502,
-                  code: connectFailed ? "upstream_connect_failed" : "upstream_failed",
-                  message: `the model server ${endpoint.id} ${connectFailed ? "could not be reached" : "failed before answering"} (${code ?? error.message})`,
-                  retryAfterSeconds: undefined
-                })
-              )
-            }
-          })
-        }
-
-        start()
-        return () => {
-          if (!finish()) return
-          abortCurrent?.()
-        }
-      }
+      }, settings)
+      const forwardUnsafe = forwarder.forwardUnsafe
 
       const fetch = (request: ForwardRequest): Effect.Effect<UpstreamAnswer, UpstreamFailure> =>
         Effect.callback<UpstreamAnswer, UpstreamFailure>((resume) => {
           let answer: UpstreamResponse | undefined
           const chunks: Array<Buffer> = []
+          let length = 0
           const abort = forwardUnsafe(request, {
             onResponse: (response) => (answer = response),
-            onData: (chunk) => chunks.push(chunk),
-            onEnd: () =>
-              resume(Effect.succeed({
-                status: answer!.status,
-                headers: answer!.headers,
-                body: Buffer.concat(chunks).toString("utf8"),
-                upstream: answer!.upstream
-              })),
+            onData: (chunk) => {
+              length += chunk.length
+              if (length > settings.maxBodyBytes) {
+                const { code, message } = bodyTooLarge(answer!.upstream, settings.maxBodyBytes)
+                return answer!.reject(code, message)
+              }
+              chunks.push(chunk)
+            },
+            onEnd: () => {
+              const body = Buffer.concat(chunks, length)
+              const unusable = unusableAnswer(answer!.status, body, answer!.upstream)
+              if (unusable !== undefined) {
+                return resume(Effect.fail(new UpstreamFailure({ status: 502, ...unusable, retryAfterSeconds: undefined })))
+              }
+              resume(Effect.succeed({ status: answer!.status, headers: answer!.headers, body: body.toString("utf8"), upstream: answer!.upstream }))
+            },
             onError: (failure) => resume(Effect.fail(failure))
           })
           return Effect.sync(abort)
@@ -495,7 +367,8 @@ export class Upstreams extends Context.Service<Upstreams, {
             inFlight: endpoint.inFlight,
             available: isAvailable(endpoint, now()),
             connections: pool.stats.connected
-          }))
+          })),
+        settings
       })
     })
 
