@@ -1,23 +1,29 @@
 /**
- * The model behind the router. Today a simulation on Effect's Clock (so
- * TestClock drives it in tests):
- * - `infer` (for `/infer`): waits SIM_LATENCY_MS and reports how long it took;
- *   when SIM_TTFT_MS or SIM_ITL_MS is set, it is a whole generation instead
- *   (`processingMs` = the model's whole time).
+ * The model behind the router. Simulated, it is a vLLM-like engine (Engine.ts:
+ * continuous batching in steps over a prefix cache of blocks) on a timer
+ * clock, the system's or one on Effect's Clock (so TestClock drives it in
+ * tests):
+ * - `infer` (for `/infer`): the prompt through the engine for one token, so
+ *   about SIM_LATENCY_MS; when SIM_TTFT_MS or SIM_ITL_MS is set, a whole
+ *   generation instead (`processingMs` = the model's whole time).
  * - `generate` (for the OpenAI-compatible API): a stream of tokens (see
- *   Simulation.ts for the text), the first after the time to first token, the
- *   rest each after the inter-token latency, each with its standard deviation
- *   and scaled by load (SIM_LOAD_FACTOR is reached when every slot is busy).
- *   Each token is handed to `onToken`, whose effect must complete before the
- *   next token is produced: a client that reads slowly slows the generation
- *   instead of making the router buffer.
+ *   Simulation.ts for the text) at the engine's steps. Each token is handed
+ *   to `onToken`, whose effect must complete before the sequence takes part in
+ *   another step: a client that reads slowly slows its own generation instead
+ *   of making the router buffer.
  * It knows nothing of HTTP; of admission only how busy the slots are.
  */
-import { Clock, Context, Effect, Layer, Random } from "effect"
+import { Clock, Context, Effect, Exit, Fiber, Layer } from "effect"
 import { Admission } from "../core/Admission.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "../core/Config.ts"
-import { type FinishReason, hash32, planOutput, planText, tokenReader } from "./Simulation.ts"
+import { type Engine, type EngineStats, makeEngine, type SequenceSink, systemTimerClock, type TimerClock } from "./Engine.ts"
+import { KvEventPublisher } from "./KvEventPublisher.ts"
+import type { KvEvent } from "./BlockCache.ts"
+import { type FinishReason, hash32, planText } from "./Simulation.ts"
+import { tokenIds } from "./Tokens.ts"
 import { UpstreamFailure, upstreamRefusal, Upstreams } from "../upstream/Upstreams.ts"
+
+export { makeTokenTimer, type TimerClock } from "./Engine.ts"
 
 export interface Inference {
   /** Whole milliseconds the model spent on this prompt. */
@@ -34,12 +40,16 @@ export interface GenerationRequest {
   readonly maxTokens: number | undefined
   readonly stop: ReadonlyArray<string>
   readonly seed: number | undefined
+  /** The whole prompt as the model reads it (chat messages joined by newlines), for the prefix cache; unset: `echoText`. */
+  readonly promptText?: string | undefined
 }
 
 export interface Generated {
   readonly text: string
   readonly completionTokens: number
   readonly finishReason: FinishReason
+  /** Prompt tokens found in the prefix cache (usage.prompt_tokens_details.cached_tokens). */
+  readonly cachedTokens: number
   /** Milliseconds from the start of generation to the first token (0 when none). */
   readonly firstTokenMs: number
   /** Whole milliseconds the model took. */
@@ -55,77 +65,30 @@ export interface TokenSink {
   end(generated: Generated): void
 }
 
-/** What the token timer reads and arms: the system's by default, a hand-driven one in tests. */
-export interface TimerClock {
-  now(): number
-  setTimeout(callback: () => void, ms: number): unknown
-  clearTimeout(handle: unknown): void
+/** The simulated server's own controls and state (vLLM's /reset_prefix_cache, its metrics). */
+export interface SimulationControl {
+  stats(): EngineStats
+  /** Forgets every cached block (AllBlocksCleared). */
+  resetPrefixCache(): void
 }
 
-const systemTimerClock: TimerClock = {
-  now: () => performance.now(),
-  setTimeout: (callback, ms) => setTimeout(callback, ms),
-  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>)
-}
-
-/**
- * Timers for token delays, shared by every stream: callbacks due in the same
- * millisecond run from one `setTimeout`, as an engine emits the tokens of all
- * its running sequences per step. Streams at 100 tokens a second each meet in
- * the same millisecond by the dozen, so this replaces most timers with an
- * array push.
- */
-export const makeTokenTimer = (clock: TimerClock = systemTimerClock) => {
-  const due = new Map<number, Array<() => void>>()
-  let armedFor = Infinity
-  let timer: unknown
-  /** The millisecond whose callbacks are running, if any. */
-  let firing: number | undefined
-  const fire = () => {
-    timer = undefined
-    armedFor = Infinity
-    const now = clock.now()
-    let next = Infinity
-    for (const [at, callbacks] of due) {
-      if (at > now) {
-        if (at < next) next = at
-        continue
-      }
-      due.delete(at)
-      firing = at
-      for (const callback of callbacks) callback()
-      firing = undefined
-    }
-    // Callbacks may have added earlier-due entries (a zero delay): look again.
-    for (const at of due.keys()) if (at < next) next = at
-    if (next !== Infinity) arm(next)
-  }
-  const arm = (at: number) => {
-    if (at >= armedFor) return
-    if (timer !== undefined) clock.clearTimeout(timer)
-    armedFor = at
-    timer = clock.setTimeout(fire, Math.max(0, at - clock.now()))
-  }
+/** A TimerClock on Effect's Clock: what `context`'s Clock says (a TestClock in tests), timers as sleeping fibers. */
+export const effectTimerClock = (clock: Clock.Clock, context: Context.Context<never>): TimerClock => {
+  const runFork = Effect.runForkWith(context)
   return {
-    /**
-     * Runs `callback` about `ms` from now, in the nearest whole millisecond
-     * (Node's own timers fire up to a millisecond late; rounding up here too
-     * measured about a millisecond more than a bare setTimeout). Called from
-     * a callback, "now" is when that callback was due, not when its timer ran
-     * (up to a millisecond later; a longer stall is not made up for), as Node
-     * counts a setTimeout from the loop's time: a stream's gaps then average
-     * the configured gap, not that plus the timer's lateness (BENCHMARKS.md 6c).
-     */
-    after(ms: number, callback: () => void): void {
-      const now = clock.now()
-      const from = firing === undefined ? now : Math.max(firing, now - 1)
-      const at = Math.round(from + ms)
-      const list = due.get(at)
-      if (list === undefined) due.set(at, [callback])
-      else list.push(callback)
-      arm(at)
-    }
+    now: () => Number(clock.currentTimeNanosUnsafe()) / 1_000_000,
+    setTimeout: (callback, ms) => runFork(Effect.andThen(Effect.sleep(ms), Effect.sync(callback))),
+    clearTimeout: (handle) => (handle as Fiber.Fiber<void>).interruptUnsafe()
   }
+}
+
+export interface SimulatedOptions {
+  /** Seeds the block hashes (MODEL_REF). */
+  readonly modelName?: string | undefined
+  /** Most sequences running at once (MAX_CONCURRENCY). */
+  readonly maxRunning?: number | undefined
+  /** Receives each engine step's KV events. */
+  readonly publish?: ((events: ReadonlyArray<KvEvent>) => void) | undefined
 }
 
 export class Model extends Context.Service<Model, {
@@ -133,13 +96,13 @@ export class Model extends Context.Service<Model, {
   infer(prompt: string, requestId?: string): Effect.Effect<Inference, UpstreamFailure>
   generate(request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated>
   /**
-   * The same generation as `generate`, with plain callbacks and shared timers;
-   * returns the function that stops it. Present only where it gives the same
-   * tokens at the same times: fixed delays (no standard deviation, no load
-   * factor) on the system clock. Under TestClock, or with varying delays,
+   * The same generation as `generate`, with plain callbacks; returns the
+   * function that stops it. Present on the system clock; under TestClock
    * `generate` runs instead. Why by hand: see BENCHMARKS.md, section 6.
    */
   readonly generateUnsafe?: ((request: GenerationRequest, sink: TokenSink) => () => void) | undefined
+  /** Present when simulated. */
+  readonly simulation?: SimulationControl | undefined
 }>()("inference-router/Model") {
   /** How far a delay stretches at the share of slots busy (1 = none busy). */
   static readonly loadScale = (loadFactor: number, busyShare: number) => 1 + (loadFactor - 1) * Math.max(0, Math.min(1, busyShare))
@@ -147,64 +110,39 @@ export class Model extends Context.Service<Model, {
   static readonly simulated = (
     latencyMs: number,
     settings: RouterSettings["simulation"] = defaultSimulation,
-    /** Share of slots busy besides this request, 0..1. */
-    busyShare: () => number = () => 0,
-    /** True when time is the system's (not a TestClock): `generateUnsafe` may use Node's timers. */
-    systemTime = false
+    /** Share of slots busy besides this request, 0..1 (SIM_LOAD_FACTOR); unset: the engine's own running share. */
+    busyShare?: (() => number) | undefined,
+    /** True when time is the system's (not a TestClock): the engine runs on Node's timers, `generateUnsafe` is offered. */
+    systemTime = false,
+    options: SimulatedOptions = {}
   ): Model["Service"] => {
-    const instant = Effect.succeed<Inference>({ processingMs: 0 })
-    const ttftMs = settings.ttftMs ?? latencyMs
-    const itlMs = settings.itlMs ?? 0
-
-    /** A delay with its standard deviation (normal, by Box-Muller on Effect's Random), scaled by load, never negative. */
-    const delay = (meanMs: number, stdDevMs: number): Effect.Effect<number> =>
-      // The common case, computed without a generator: it runs once per token.
-      stdDevMs === 0
-        ? Effect.sync(() => settings.loadFactor === 1 ? meanMs : meanMs * Model.loadScale(settings.loadFactor, busyShare()))
-        : Effect.gen(function*() {
-        let value = meanMs
-        if (stdDevMs > 0) {
-          const u = 1 - (yield* Random.next)
-          const v = yield* Random.next
-          value += stdDevMs * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v)
-        }
-        return Math.max(0, value * Model.loadScale(settings.loadFactor, busyShare()))
-      })
-
-    const generate = (request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated> =>
-      Effect.clockWith((clock) =>
-        Effect.gen(function*() {
-          const startedAt = clock.currentTimeNanosUnsafe()
-          const elapsedMs = () => Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000
-          const plan = planFor(request)
-          const nextToken = tokenReader(plan)
-          let firstTokenMs = 0
-          for (let i = 0; i < plan.tokens; i++) {
-            if (i > 0 && fixedItl !== undefined) {
-              // The common case, one prebuilt sleep: this runs once per token of every stream.
-              if (fixedItl !== null) yield* fixedItl
-            } else {
-              const wait = i === 0 ? yield* delay(ttftMs, settings.ttftStdDevMs) : yield* delay(itlMs, settings.itlStdDevMs)
-              if (wait > 0) yield* Effect.sleep(wait)
-            }
-            if (i === 0) firstTokenMs = elapsedMs()
-            yield* onToken(nextToken(), i)
-          }
-          if (plan.tokens === 0 && ttftMs > 0) yield* Effect.sleep(yield* delay(ttftMs, settings.ttftStdDevMs))
-          return {
-            text: planOutput(plan),
-            completionTokens: plan.tokens,
-            finishReason: plan.finishReason,
-            firstTokenMs: Math.round(firstTokenMs),
-            processingMs: Math.round(elapsedMs())
-          }
-        })
+    const engineOn = (clock: TimerClock): Engine =>
+      makeEngine(
+        {
+          blockSize: settings.blockSize,
+          kvBlocks: settings.kvBlocks,
+          maxRunning: options.maxRunning ?? Number.MAX_SAFE_INTEGER,
+          maxBatchedTokens: settings.maxBatchedTokens,
+          ttftMs: settings.ttftMs ?? latencyMs,
+          ttftStdDevMs: settings.ttftStdDevMs,
+          itlMs: settings.itlMs ?? 0,
+          itlStdDevMs: settings.itlStdDevMs,
+          prefillUsPerToken: settings.prefillUsPerToken,
+          loadFactor: settings.loadFactor,
+          modelName: options.modelName ?? "",
+          seed: settings.seed
+        },
+        clock,
+        options.publish,
+        busyShare
       )
-
-    /** The inter-token sleep when it neither varies nor scales with load (null: no wait at all). */
-    const fixedItl = settings.itlStdDevMs === 0 && settings.loadFactor === 1
-      ? (itlMs > 0 ? Effect.sleep(itlMs) : null)
-      : undefined
+    // One engine (one cache) per model: on Node's timers, or on the Clock of the first Effect that needs it.
+    let engine: Engine | undefined = systemTime ? engineOn(systemTimerClock) : undefined
+    const engineEffect: Effect.Effect<Engine> = Effect.suspend(() =>
+      engine !== undefined
+        ? Effect.succeed(engine)
+        : Effect.clockWith((clock) => Effect.map(Effect.context<never>(), (context) => (engine ??= engineOn(effectTimerClock(clock, context)))))
+    )
 
     const planFor = (request: GenerationRequest) =>
       planText({
@@ -215,75 +153,61 @@ export class Model extends Context.Service<Model, {
         seed: (request.seed ?? hash32(request.echoText)) ^ settings.seed
       })
 
-    const timer = makeTokenTimer()
-    const generateUnsafe = (request: GenerationRequest, sink: TokenSink): () => void => {
-      const startedAt = performance.now()
-      const plan = planFor(request)
-      const tokens = plan.tokens
-      const nextToken = tokenReader(plan)
-      let i = 0
-      let firstTokenMs = 0
-      let stopped = false
-      const finish = () =>
-        sink.end({
-          text: planOutput(plan),
-          completionTokens: tokens,
-          finishReason: plan.finishReason,
-          firstTokenMs: Math.round(firstTokenMs),
-          processingMs: Math.round(performance.now() - startedAt)
-        })
-      // With no inter-token delay, tokens a sink takes at once are emitted in a loop, not by recursion.
-      let emitting = false
-      let again = false
-      const next = () => {
-        if (stopped) return
-        if (i === tokens) return finish()
-        if (itlMs > 0) timer.after(itlMs, emit)
-        else if (emitting) again = true
-        else emit()
-      }
-      const emit = () => {
-        emitting = true
-        do {
-          again = false
-          if (stopped) break
-          if (i === 0) firstTokenMs = performance.now() - startedAt
-          sink.token(nextToken(), i++, next)
-        } while (again)
-        emitting = false
-      }
-      const first = tokens === 0 ? finish : emit
-      if (ttftMs > 0) timer.after(ttftMs, first)
-      else first()
-      return () => {
-        stopped = true
-      }
-    }
-    const fixedTimes = settings.ttftStdDevMs === 0 && settings.itlStdDevMs === 0 && settings.loadFactor === 1
+    const submit = (on: Engine, request: GenerationRequest, sink: SequenceSink) =>
+      on.submit(tokenIds(request.promptText ?? request.echoText), planFor(request), sink)
 
-    const noTokens: OnToken = () => Effect.void
+    const generate = (request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated> =>
+      Effect.flatMap(engineEffect, (on) =>
+        Effect.context<never>().pipe(Effect.flatMap((context) => {
+          const runFork = Effect.runForkWith(context)
+          return Effect.callback<Generated>((resume) => {
+            let stop = () => {}
+            stop = submit(on, request, {
+              token: (text, index, next) => {
+                const effect = onToken(text, index)
+                if (effect === Effect.void) return next()
+                runFork(effect).addObserver((exit) => {
+                  if (Exit.isSuccess(exit)) return next()
+                  // The token's consumer failed: the generation stops and fails with it.
+                  stop()
+                  resume(Effect.failCause(exit.cause))
+                })
+              },
+              end: (generated) => resume(Effect.succeed(generated))
+            })
+            return Effect.sync(() => stop())
+          })
+        })))
+
+    const generateUnsafe = (request: GenerationRequest, sink: TokenSink): () => void => submit(engine!, request, sink)
+
     const tokenLevel = settings.ttftMs !== undefined || settings.itlMs !== undefined
+    const takeAll: SequenceSink["token"] = (_text, _index, next) => next()
 
     return Model.of({
-      infer: (prompt) => {
-        if (tokenLevel) {
-          return Effect.map(
-            generate({ echoText: prompt, promptTokens: 0, maxTokens: undefined, stop: [], seed: undefined }, noTokens),
-            ({ processingMs }) => ({ processingMs })
-          )
-        }
-        return latencyMs === 0 ? instant : Effect.clockWith((clock) => {
-          // Nanoseconds, rounded to the nearest millisecond: Node's timers run on
-          // the event loop's cached clock, so a 100 ms sleep measures 99.6 ms as
-          // often as 100.4 ms, and the millisecond clock can even read 99.
-          const startedAt = clock.currentTimeNanosUnsafe()
-          return Effect.map(Effect.sleep(latencyMs), () => ({
-            processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000)
-          }))
-        })
-      },
+      infer: (prompt) =>
+        Effect.flatMap(engineEffect, (on) =>
+          Effect.callback<Inference>((resume) => {
+            // Without token-level timing, /infer is one token: about SIM_LATENCY_MS.
+            const request = { echoText: prompt, promptTokens: 0, maxTokens: tokenLevel ? undefined : 1, stop: [], seed: undefined }
+            const stop = submit(on, request, { token: takeAll, end: ({ processingMs }) => resume(Effect.succeed({ processingMs })) })
+            return Effect.sync(stop)
+          })),
       generate,
-      generateUnsafe: systemTime && fixedTimes ? generateUnsafe : undefined
+      generateUnsafe: systemTime ? generateUnsafe : undefined,
+      simulation: {
+        stats: () =>
+          engine?.stats() ?? {
+            running: 0,
+            waiting: 0,
+            usedBlocks: 0,
+            kvBlocks: settings.kvBlocks,
+            blockSize: settings.blockSize,
+            prefixQueries: 0,
+            prefixHits: 0
+          },
+        resetPrefixCache: () => engine?.resetPrefixCache()
+      }
     })
   }
 
@@ -328,12 +252,20 @@ export class Model extends Context.Service<Model, {
       const slots = admission.limits.slots
       // The system's clock is the default one; tests put a TestClock in its place.
       const systemTime = (yield* Clock.Clock) === Context.get(Context.empty(), Clock.Clock)
+      const simulation = config.simulation
+      const publisher = simulation.kvEventsEndpoint === undefined
+        ? undefined
+        : yield* KvEventPublisher.make(
+          simulation.kvEventsEndpoint,
+          simulation.kvEventsTopic ?? `kv@${config.podName ?? "router"}@${config.modelRef}`
+        )
       return Model.simulated(
         config.simLatencyMs,
-        config.simulation,
+        simulation,
         // The share of the other slots busy: one request alone runs at the base latency.
         () => slots <= 1 ? 0 : Math.max(0, admission.statsUnsafe().running - 1) / (slots - 1),
-        systemTime
+        systemTime,
+        { modelName: config.modelRef, maxRunning: slots, publish: publisher?.publish }
       )
     })
   )

@@ -1,0 +1,485 @@
+/**
+ * The simulated server's engine: continuous batching in steps over a prefix
+ * cache of blocks, as vLLM's scheduler runs (docs/simulator.md has the model
+ * and its formulas).
+ *
+ * - A request is first delayed by the part of its time to first token that is
+ *   not a step (SIM_TTFT_MS - SIM_ITL_MS, at least 0), then waits (FIFO) for a
+ *   running slot (SIM's MAX_CONCURRENCY, vLLM's max_num_seqs) and for its
+ *   blocks: the cached blocks its prompt begins with, plus fresh ones for the
+ *   rest of the prompt and every token it will generate.
+ * - The running sequences advance together, one step at a time, from one
+ *   timer per step: a step decodes one token for every sequence past its
+ *   prefill (whose client took its last token) and prefills prompt tokens
+ *   with what is left of SIM_MAX_BATCHED_TOKENS (chunked prefill). It lasts
+ *   SIM_ITL_MS (with its jitter, scaled by SIM_LOAD_FACTOR) plus
+ *   SIM_PREFILL_US_PER_TOKEN for each prompt token prefilled in it. A
+ *   sequence's first token ends the step that completes its prefill.
+ * - Steps of no length (SIM_ITL_MS=0 and nothing to prefill at a cost) run in
+ *   a loop, not by timers.
+ *
+ * Plain callbacks on a TimerClock, not fibers: it runs once per step for every
+ * stream (BENCHMARKS.md section 6); tests drive it with TestClock through
+ * `effectTimerClock`.
+ */
+import { type Block, BlockCache, type KvEvent } from "./BlockCache.ts"
+import { type FinishReason, planOutput, prng, type TextPlan, tokenReader } from "./Simulation.ts"
+import { blockHash, blockHashes, blockSeed, tokenId } from "./Tokens.ts"
+
+/** What the engine's timers read and arm: the system's, or one on Effect's Clock in tests. */
+export interface TimerClock {
+  now(): number
+  setTimeout(callback: () => void, ms: number): unknown
+  clearTimeout(handle: unknown): void
+}
+
+export const systemTimerClock: TimerClock = {
+  now: () => performance.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>)
+}
+
+/**
+ * Timers shared by every sequence: callbacks due in the same millisecond run
+ * from one `setTimeout`. Called from a callback, "now" is when that callback
+ * was due, not when its timer ran (up to a millisecond later; a longer stall
+ * is not made up for), so steps average their configured length rather than
+ * that plus the timer's lateness (BENCHMARKS.md 6c).
+ */
+export const makeTokenTimer = (clock: TimerClock = systemTimerClock) => {
+  const due = new Map<number, Array<() => void>>()
+  let armedFor = Infinity
+  let timer: unknown
+  /** The millisecond whose callbacks are running, if any. */
+  let firing: number | undefined
+  const fire = () => {
+    timer = undefined
+    armedFor = Infinity
+    const now = clock.now()
+    let next = Infinity
+    for (const [at, callbacks] of due) {
+      if (at > now) {
+        if (at < next) next = at
+        continue
+      }
+      due.delete(at)
+      firing = at
+      for (const callback of callbacks) callback()
+      firing = undefined
+    }
+    // Callbacks may have added earlier-due entries (a zero delay): look again.
+    for (const at of due.keys()) if (at < next) next = at
+    if (next !== Infinity) arm(next)
+  }
+  const arm = (at: number) => {
+    if (at >= armedFor) return
+    if (timer !== undefined) clock.clearTimeout(timer)
+    armedFor = at
+    timer = clock.setTimeout(fire, Math.max(0, at - clock.now()))
+  }
+  return {
+    /** Runs `callback` about `ms` from now, in the nearest whole millisecond. */
+    after(ms: number, callback: () => void): void {
+      const now = clock.now()
+      const from = firing === undefined ? now : Math.max(firing, now - 1)
+      const at = Math.round(from + ms)
+      const list = due.get(at)
+      if (list === undefined) due.set(at, [callback])
+      else list.push(callback)
+      arm(at)
+    },
+    /** The time the running callbacks were due (else now): what a step's end counts from. */
+    now(): number {
+      return firing ?? clock.now()
+    }
+  }
+}
+
+export interface EngineSettings {
+  /** Tokens per KV block (SIM_BLOCK_SIZE). */
+  readonly blockSize: number
+  /** Blocks in the KV cache (SIM_KV_BLOCKS). */
+  readonly kvBlocks: number
+  /** Most sequences running at once (MAX_CONCURRENCY, vLLM's max_num_seqs). */
+  readonly maxRunning: number
+  /** Most tokens one step computes (SIM_MAX_BATCHED_TOKENS, vLLM's max_num_batched_tokens). */
+  readonly maxBatchedTokens: number
+  readonly ttftMs: number
+  readonly ttftStdDevMs: number
+  readonly itlMs: number
+  readonly itlStdDevMs: number
+  /** Microseconds a step lasts longer per prompt token it prefills (SIM_PREFILL_US_PER_TOKEN). */
+  readonly prefillUsPerToken: number
+  /** Step length multiplier reached when every running slot is busy (1: none). */
+  readonly loadFactor: number
+  /** Seeds the block hashes (the model's name, as vLLM seeds them). */
+  readonly modelName: string
+  /** Seeds the jitter. */
+  readonly seed: number
+}
+
+/** How one sequence ended. */
+export interface SequenceResult {
+  readonly text: string
+  readonly completionTokens: number
+  readonly finishReason: FinishReason
+  /** Prompt tokens found in the prefix cache (OpenAI's usage.prompt_tokens_details.cached_tokens). */
+  readonly cachedTokens: number
+  /** Milliseconds from submission to the first token (0 when none). */
+  readonly firstTokenMs: number
+  /** Whole milliseconds from submission to the end. */
+  readonly processingMs: number
+}
+
+/** Receives a sequence's tokens. */
+export interface SequenceSink {
+  /** One token; call `next` when ready for the next (at once, or once the client's socket drained). */
+  token(text: string, index: number, next: () => void): void
+  end(result: SequenceResult): void
+}
+
+export interface EngineStats {
+  /** Sequences admitted to the batch and not finished. */
+  readonly running: number
+  /** Sequences waiting for a running slot or for blocks. */
+  readonly waiting: number
+  /** Blocks referenced by running sequences. */
+  readonly usedBlocks: number
+  readonly kvBlocks: number
+  readonly blockSize: number
+  /** Prompt tokens looked up in the prefix cache, since start. */
+  readonly prefixQueries: number
+  /** Of those, tokens found cached. */
+  readonly prefixHits: number
+}
+
+interface Sequence {
+  readonly sink: SequenceSink
+  readonly promptIds: ReadonlyArray<number>
+  readonly promptTokens: number
+  readonly hashes: ReadonlyArray<number>
+  readonly plan: TextPlan
+  readonly nextToken: () => string
+  readonly submittedAt: number
+  blocks: ReadonlyArray<Block>
+  cachedTokens: number
+  /** Prompt tokens computed or found cached. */
+  prefilled: number
+  /** Leading blocks of `blocks` that are full and hashed. */
+  stored: number
+  /** The key of the last full block (the seed before the first). */
+  lastHash: number
+  /** Token ids after the last full block (decode fills blocks too). */
+  tailIds: Array<number>
+  /** The whole prompt is computed (its first token is due, or it has been emitted). */
+  prefillDone: boolean
+  generated: number
+  firstTokenAt: number
+  /** The client took the last token: it may have the next. */
+  ready: boolean
+  stopped: boolean
+  finished: boolean
+}
+
+export const makeEngine = (
+  settings: EngineSettings,
+  clock: TimerClock = systemTimerClock,
+  /** Receives each step's KV events, in order. */
+  publish: (events: ReadonlyArray<KvEvent>) => void = () => {},
+  /** Share of the other slots busy, 0..1, for SIM_LOAD_FACTOR (by default the engine's own running share). */
+  busyShare?: () => number
+) => {
+  const blockSize = settings.blockSize
+  const seedHash = blockSeed(settings.modelName)
+  const pending: Array<KvEvent> = []
+  const cache = new BlockCache(settings.kvBlocks, blockSize, (event) => pending.push(event))
+  const timer = makeTokenTimer(clock)
+  const random = prng(settings.seed)
+  const waiting: Array<Sequence> = []
+  let running: Array<Sequence> = []
+  let prefixQueries = 0
+  let prefixHits = 0
+  /** A step is in flight (its timer armed) or the loop is running steps now. */
+  let stepping = false
+  // The current step, reused from step to step.
+  const prefillSeqs: Array<Sequence> = []
+  const prefillChunks: Array<number> = []
+  const decodeSeqs: Array<Sequence> = []
+
+  const flush = () => {
+    if (pending.length > 0) publish(pending.splice(0))
+  }
+
+  /** A normal draw (Box-Muller) with this standard deviation. */
+  const jitter = (stdDevMs: number) =>
+    stdDevMs === 0 ? 0 : stdDevMs * Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random())
+
+  const loadScale = () => {
+    if (settings.loadFactor === 1) return 1
+    const share = busyShare !== undefined
+      ? busyShare()
+      : settings.maxRunning <= 1
+      ? 0
+      : Math.max(0, running.length - 1) / (settings.maxRunning - 1)
+    return 1 + (settings.loadFactor - 1) * Math.max(0, Math.min(1, share))
+  }
+
+  /** References the sequence's blocks; false when they don't fit yet. */
+  const reserve = (sequence: Sequence): boolean => {
+    const promptTokens = sequence.promptTokens
+    const promptBlocks = Math.ceil(promptTokens / blockSize)
+    if (promptBlocks > settings.kvBlocks) {
+      // Refused before admission (400); should one come here anyway, it runs uncached rather than waiting forever.
+      sequence.blocks = []
+      return true
+    }
+    const total = Math.min(Math.ceil((promptTokens + sequence.plan.tokens) / blockSize), settings.kvBlocks)
+    // A fully cached prompt still computes its last token, as vLLM does.
+    const hits = cache.hits(sequence.hashes, promptTokens === 0 ? 0 : Math.floor((promptTokens - 1) / blockSize))
+    const blocks = cache.reserve(sequence.hashes, hits, total - hits)
+    if (blocks === undefined) return false
+    sequence.blocks = blocks
+    sequence.cachedTokens = sequence.prefilled = hits * blockSize
+    sequence.stored = hits
+    prefixQueries += promptTokens
+    prefixHits += hits * blockSize
+    return true
+  }
+
+  const admitWaiting = () => {
+    let admitted = 0
+    while (admitted < waiting.length && running.length < settings.maxRunning) {
+      const sequence = waiting[admitted]
+      if (!sequence.stopped && !reserve(sequence)) break
+      admitted++
+      if (!sequence.stopped) running.push(sequence)
+    }
+    if (admitted > 0) waiting.splice(0, admitted)
+  }
+
+  /** Plans the next step; its length in milliseconds, or -1 when there is nothing to do. */
+  const planStep = (): number => {
+    prefillSeqs.length = 0
+    prefillChunks.length = 0
+    decodeSeqs.length = 0
+    let kept = 0
+    for (const sequence of running) {
+      if (sequence.stopped) cache.release(sequence.blocks)
+      else if (!sequence.finished) running[kept++] = sequence
+    }
+    running.length = kept
+    let budget = settings.maxBatchedTokens
+    let prefilled = 0
+    for (const sequence of running) {
+      if (budget === 0) break
+      if (!sequence.prefillDone) {
+        // An empty prompt still takes a step (a chunk of nothing) before its first token.
+        const chunk = Math.min(sequence.promptTokens - sequence.prefilled, budget)
+        prefillSeqs.push(sequence)
+        prefillChunks.push(chunk)
+        budget -= chunk
+        prefilled += chunk
+      } else if (sequence.ready) {
+        decodeSeqs.push(sequence)
+        budget--
+      }
+    }
+    if (prefillSeqs.length === 0 && decodeSeqs.length === 0) return -1
+    const base = settings.itlMs === 0 && settings.itlStdDevMs === 0 ? 0 : Math.max(0, settings.itlMs * loadScale() + jitter(settings.itlStdDevMs))
+    return base + prefilled * settings.prefillUsPerToken / 1000
+  }
+
+  const finish = (sequence: Sequence) => {
+    sequence.finished = true
+    cache.release(sequence.blocks)
+    sequence.blocks = []
+  }
+
+  const resultOf = (sequence: Sequence): SequenceResult => ({
+    text: planOutput(sequence.plan),
+    completionTokens: sequence.plan.tokens,
+    finishReason: sequence.plan.finishReason,
+    cachedTokens: sequence.cachedTokens,
+    firstTokenMs: sequence.generated === 0 ? 0 : Math.round(sequence.firstTokenAt - sequence.submittedAt),
+    processingMs: Math.round(timer.now() - sequence.submittedAt)
+  })
+
+  /** The prompt's newly full blocks are cached (BlockStored). */
+  const storePrompt = (sequence: Sequence) => {
+    const full = Math.min(Math.floor(sequence.prefilled / blockSize), sequence.blocks.length)
+    const from = sequence.stored
+    if (full <= from) return
+    cache.store(
+      sequence.blocks.slice(from, full),
+      sequence.hashes.slice(from, full),
+      from === 0 ? undefined : sequence.hashes[from - 1],
+      sequence.promptIds,
+      from * blockSize
+    )
+    sequence.stored = full
+  }
+
+  /** The prompt is computed: what follows its last full block starts the next block. */
+  const promptDone = (sequence: Sequence) => {
+    const full = Math.floor(sequence.promptTokens / blockSize)
+    sequence.lastHash = full === 0 ? seedHash : sequence.hashes[full - 1]
+    sequence.tailIds = sequence.promptIds.slice(full * blockSize)
+  }
+
+  const emit = (sequence: Sequence) => {
+    const index = sequence.generated++
+    const text = sequence.nextToken()
+    if (index === 0) sequence.firstTokenAt = timer.now()
+    // Generated tokens fill blocks too.
+    const tail = sequence.tailIds
+    tail.push(tokenId(text))
+    if (tail.length === blockSize) {
+      const hash = blockHash(sequence.lastHash, tail, 0, blockSize)
+      if (sequence.stored < sequence.blocks.length) {
+        cache.store([sequence.blocks[sequence.stored]], [hash], sequence.stored === 0 ? undefined : sequence.lastHash, tail, 0)
+        sequence.stored++
+      }
+      sequence.lastHash = hash
+      sequence.tailIds = []
+    }
+    sequence.ready = false
+    if (sequence.generated === sequence.plan.tokens) {
+      finish(sequence)
+      sequence.sink.token(text, index, () => {
+        if (!sequence.stopped) sequence.sink.end(resultOf(sequence))
+      })
+    } else {
+      sequence.sink.token(text, index, () => {
+        if (sequence.stopped) return
+        sequence.ready = true
+        kick()
+      })
+    }
+  }
+
+  const applyStep = () => {
+    for (let i = 0; i < prefillSeqs.length; i++) {
+      const sequence = prefillSeqs[i]
+      if (sequence.stopped) continue
+      sequence.prefilled += prefillChunks[i]
+      storePrompt(sequence)
+      if (sequence.prefilled < sequence.promptTokens) continue
+      sequence.prefillDone = true
+      promptDone(sequence)
+      if (sequence.plan.tokens > 0) {
+        emit(sequence)
+      } else {
+        finish(sequence)
+        sequence.sink.end(resultOf(sequence))
+      }
+    }
+    for (const sequence of decodeSeqs) if (!sequence.stopped) emit(sequence)
+    prefillSeqs.length = 0
+    decodeSeqs.length = 0
+  }
+
+  const loop = () => {
+    for (;;) {
+      admitWaiting()
+      const length = planStep()
+      flush()
+      if (length < 0) {
+        stepping = false
+        return
+      }
+      if (length > 0) return timer.after(length, endStep)
+      applyStep()
+      flush()
+    }
+  }
+
+  const endStep = () => {
+    applyStep()
+    flush()
+    loop()
+  }
+
+  const kick = () => {
+    if (stepping) return
+    stepping = true
+    loop()
+  }
+
+  const enqueue = (sequence: Sequence) => {
+    if (sequence.stopped) return
+    waiting.push(sequence)
+    kick()
+  }
+
+  return {
+    /** Runs a sequence; returns the function that stops it (it then emits nothing more and never ends). */
+    submit(promptIds: ReadonlyArray<number>, plan: TextPlan, sink: SequenceSink): () => void {
+      const sequence: Sequence = {
+        sink,
+        promptIds,
+        promptTokens: promptIds.length,
+        hashes: blockHashes(seedHash, promptIds, blockSize),
+        plan,
+        nextToken: tokenReader(plan),
+        submittedAt: timer.now(),
+        blocks: [],
+        cachedTokens: 0,
+        prefilled: 0,
+        stored: 0,
+        lastHash: seedHash,
+        tailIds: [],
+        prefillDone: false,
+        generated: 0,
+        firstTokenAt: 0,
+        ready: true,
+        stopped: false,
+        finished: false
+      }
+      // The part of the time to first token that is not a step.
+      const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
+      if (delay > 0) timer.after(delay, () => enqueue(sequence))
+      else enqueue(sequence)
+      return () => {
+        if (sequence.stopped) return
+        sequence.stopped = true
+        // Not in a step's batch: its blocks go now; else at the next step's planning.
+        if (!running.includes(sequence)) return
+        if (!stepping) {
+          planStepRelease()
+        }
+      }
+    },
+    /** vLLM's reset_prefix_cache: every cached block forgotten (AllBlocksCleared). */
+    resetPrefixCache(): void {
+      cache.reset()
+      flush()
+    },
+    stats(): EngineStats {
+      return {
+        running: running.reduce((count, sequence) => count + (sequence.finished || sequence.stopped ? 0 : 1), 0),
+        waiting: waiting.length,
+        usedBlocks: cache.usedBlocks,
+        kvBlocks: settings.kvBlocks,
+        blockSize,
+        prefixQueries,
+        prefixHits
+      }
+    },
+    /** The cached blocks' keys (tests compare them with a subscriber's index). */
+    cachedHashes: (): Set<number> => cache.cachedHashes()
+  }
+
+  /** Releases stopped sequences' blocks while no step runs. */
+  function planStepRelease() {
+    let kept = 0
+    for (const sequence of running) {
+      if (sequence.stopped) cache.release(sequence.blocks)
+      else running[kept++] = sequence
+    }
+    running.length = kept
+    flush()
+    kick()
+  }
+}
+
+export type Engine = ReturnType<typeof makeEngine>

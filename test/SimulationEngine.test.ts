@@ -1,0 +1,192 @@
+/**
+ * The simulated engine on TestClock: time to first token by what the prefix
+ * cache holds, a long prefill stretching another sequence's gaps by the
+ * formula, eviction order, a request waiting for blocks and then running,
+ * cached tokens reported, the prefix cache reset.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import { defaultSimulation } from "../src/router/core/Config.ts"
+import type { KvEvent } from "../src/router/simulated/BlockCache.ts"
+import { type EngineSettings, makeEngine, type SequenceResult } from "../src/router/simulated/Engine.ts"
+import { effectTimerClock, Model } from "../src/router/simulated/Model.ts"
+import { planText } from "../src/router/simulated/Simulation.ts"
+import { blockHashes, blockSeed, tokenIds } from "../src/router/simulated/Tokens.ts"
+
+const base: EngineSettings = {
+  blockSize: 4,
+  kvBlocks: 1000,
+  maxRunning: 10,
+  maxBatchedTokens: 1000,
+  ttftMs: 20,
+  ttftStdDevMs: 0,
+  itlMs: 10,
+  itlStdDevMs: 0,
+  prefillUsPerToken: 1000,
+  loadFactor: 1,
+  modelName: "m",
+  seed: 0
+}
+
+/** `n` distinct words: `n` tokens. */
+const words = (n: number, prefix = "w") => Array.from({ length: n }, (_, i) => `${prefix}${i}`).join(" ")
+
+interface Run {
+  readonly times: Array<number>
+  result?: SequenceResult
+  stop: () => void
+}
+
+/** An engine on TestClock, and a way to submit a prompt for `outputTokens` tokens, recording when each came. */
+const engineOn = (settings: Partial<EngineSettings> = {}) =>
+  Effect.gen(function*() {
+    const clock = effectTimerClock(yield* Clock.Clock, yield* Effect.context<never>())
+    const events: Array<KvEvent> = []
+    const engine = makeEngine({ ...base, ...settings }, clock, (batch) => events.push(...batch))
+    const submit = (prompt: string, outputTokens: number): Run => {
+      const run: Run = { times: [], stop: () => {} }
+      const plan = planText({ mode: "echo", echoText: words(outputTokens, "o"), maxTokens: outputTokens, stop: [], seed: 0 })
+      run.stop = engine.submit(tokenIds(prompt), plan, {
+        token: (_text, _index, next) => {
+          run.times.push(clock.now())
+          next()
+        },
+        end: (result) => (run.result = result)
+      })
+      return run
+    }
+    return { engine, events, submit, now: () => clock.now() }
+  })
+
+describe("time to first token by the prefix cache (TestClock)", () => {
+  it.effect("cold, fully cached, half cached: (TTFT - ITL) + one step of ITL + SIM_PREFILL_US_PER_TOKEN per uncached token", () =>
+    Effect.gen(function*() {
+      const { submit } = yield* engineOn()
+      const prompt = words(40)
+      const cold = submit(prompt, 1)
+      yield* TestClock.adjust(1_000)
+      // 20 - 10 before the step, then a step of 10 + 40 x 1 ms.
+      assert.deepStrictEqual(cold.result?.firstTokenMs, 60)
+      assert.strictEqual(cold.result?.cachedTokens, 0)
+
+      const cached = submit(prompt, 1)
+      yield* TestClock.adjust(1_000)
+      // 9 of 10 blocks cached: the last block is computed again, as vLLM recomputes a fully cached prompt's last token.
+      assert.strictEqual(cached.result?.cachedTokens, 36)
+      assert.strictEqual(cached.result?.firstTokenMs, 10 + 10 + 4)
+
+      const half = submit(`${words(20)} ${words(20, "x")}`, 1)
+      yield* TestClock.adjust(1_000)
+      assert.strictEqual(half.result?.cachedTokens, 20)
+      assert.strictEqual(half.result?.firstTokenMs, 10 + 10 + 20)
+    }))
+
+  it.effect("chunked prefill: a prompt longer than SIM_MAX_BATCHED_TOKENS takes several steps, each with its ITL", () =>
+    Effect.gen(function*() {
+      const { submit } = yield* engineOn({ maxBatchedTokens: 16 })
+      const run = submit(words(40), 1)
+      yield* TestClock.adjust(1_000)
+      // Chunks of 16, 16, 8: three steps of 10 ms, plus 40 ms of prefill, after 10 ms.
+      assert.strictEqual(run.result?.firstTokenMs, 10 + 3 * 10 + 40)
+    }))
+})
+
+describe("a long prefill slows the batch (TestClock)", () => {
+  it.effect("another sequence's gaps stretch by SIM_PREFILL_US_PER_TOKEN per token prefilled in each step", () =>
+    Effect.gen(function*() {
+      const { submit } = yield* engineOn({ ttftMs: 10, maxBatchedTokens: 100 })
+      const decoding = submit("a", 12)
+      yield* TestClock.adjust(31) // its first token at 11 (1 token prefilled), then every 10 ms: 21, 31
+      assert.deepStrictEqual(decoding.times, [11, 21, 31])
+      const long = submit(words(300), 1)
+      yield* TestClock.adjust(1_000)
+      // The step 31-41 was under way: the long prompt joins the one after it. From then each step decodes
+      // 1 token and prefills 99 (the rest of the budget), three times, then the last 3.
+      const gaps = decoding.times.slice(1).map((t, i) => t - decoding.times[i])
+      assert.deepStrictEqual(gaps, [10, 10, 10, 10 + 99, 10 + 99, 10 + 99, 10 + 3, 10, 10, 10, 10])
+      assert.strictEqual(long.result?.firstTokenMs, 10 + 4 * 10 + 300)
+    }))
+})
+
+describe("blocks (TestClock)", () => {
+  it.effect("eviction: least recently used first, a finished sequence's tail before its prefix", () =>
+    Effect.gen(function*() {
+      const { engine, events, submit } = yield* engineOn({ kvBlocks: 6, prefillUsPerToken: 0 })
+      const x = words(8, "x")
+      const xHashes = blockHashes(blockSeed("m"), tokenIds(x), 4)
+      submit(x, 1)
+      yield* TestClock.adjust(100)
+      submit(words(8, "y"), 1)
+      yield* TestClock.adjust(100)
+      // x's 2 blocks and y's 2 are cached and free; a 12-token prompt needs 4 blocks (3 + 1 for its output): 2 empty, then x's tail.
+      assert.strictEqual(engine.stats().usedBlocks, 0)
+      submit(words(12, "z"), 1)
+      yield* TestClock.adjust(100)
+      const removed = events.filter((event) => event._tag === "BlockRemoved").flatMap((event) => event.blockHashes)
+      assert.deepStrictEqual(removed, [xHashes[1], xHashes[0]])
+      const again = submit(x, 1)
+      yield* TestClock.adjust(100)
+      assert.strictEqual(again.result?.cachedTokens, 0, "x's blocks were evicted")
+    }))
+
+  it.effect("a request whose blocks don't fit waits (num_requests_waiting) until a sequence ends, then runs", () =>
+    Effect.gen(function*() {
+      const { engine, submit } = yield* engineOn({ kvBlocks: 4, prefillUsPerToken: 0, ttftMs: 10 })
+      const first = submit(words(8), 8) // 16 tokens: all 4 blocks
+      yield* TestClock.adjust(5)
+      const second = submit(words(4, "b"), 4) // 2 blocks
+      yield* TestClock.adjust(5)
+      assert.deepStrictEqual(engine.stats(), {
+        running: 1,
+        waiting: 1,
+        usedBlocks: 4,
+        kvBlocks: 4,
+        blockSize: 4,
+        prefixQueries: 8,
+        prefixHits: 0
+      })
+      yield* TestClock.adjust(1_000)
+      // The first's 8 tokens at 10, 20, ..., 80; the second joins when they end, its own steps after.
+      assert.deepStrictEqual(first.times, [10, 20, 30, 40, 50, 60, 70, 80])
+      assert.deepStrictEqual(second.times, [90, 100, 110, 120])
+      assert.strictEqual(engine.stats().waiting, 0)
+    }))
+
+  it.effect("a stopped sequence gives its blocks back at once; the cache reset forgets every block (AllBlocksCleared)", () =>
+    Effect.gen(function*() {
+      const { engine, events, submit } = yield* engineOn({ kvBlocks: 4, prefillUsPerToken: 0 })
+      const prompt = words(8)
+      const run = submit(prompt, 8)
+      yield* TestClock.adjust(25)
+      assert.strictEqual(engine.stats().usedBlocks, 4)
+      run.stop()
+      yield* TestClock.adjust(100)
+      assert.strictEqual(engine.stats().usedBlocks, 0)
+      assert.isUndefined(run.result, "stopped: it never ends")
+      assert.strictEqual(engine.cachedHashes().size, 2, "its prompt's blocks stay cached")
+      engine.resetPrefixCache()
+      assert.deepStrictEqual(events.at(-1), { _tag: "AllBlocksCleared" })
+      assert.strictEqual(engine.cachedHashes().size, 0)
+      const again = submit(prompt, 1)
+      yield* TestClock.adjust(100)
+      assert.strictEqual(again.result?.cachedTokens, 0)
+    }))
+})
+
+describe("the model's generation reports cached tokens (TestClock)", () => {
+  it.effect("the same chat prompt again: cachedTokens counts its cached blocks' tokens", () =>
+    Effect.gen(function*() {
+      const model = Model.simulated(0, { ...defaultSimulation, mode: "echo", ttftMs: 5, itlMs: 1, blockSize: 4 })
+      const promptText = words(10)
+      const request = { echoText: "hi there", promptText, promptTokens: 10, maxTokens: 2, stop: [], seed: undefined }
+      const first = yield* Effect.forkChild(model.generate(request, () => Effect.void), { startImmediately: true })
+      yield* TestClock.adjust(100)
+      assert.strictEqual((yield* Fiber.join(first)).cachedTokens, 0)
+      const second = yield* Effect.forkChild(model.generate(request, () => Effect.void), { startImmediately: true })
+      yield* TestClock.adjust(100)
+      assert.strictEqual((yield* Fiber.join(second)).cachedTokens, 8)
+      assert.deepStrictEqual(model.simulation?.stats().prefixQueries, 20)
+      assert.deepStrictEqual(model.simulation?.stats().prefixHits, 8)
+    }))
+})
