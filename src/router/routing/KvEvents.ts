@@ -17,7 +17,6 @@
  */
 import { Decoder } from "@msgpack/msgpack"
 import { Predicate } from "effect"
-import { Subscriber } from "zeromq"
 import { eventKey } from "./BlockKeys.ts"
 import type { KvEvent, KvEventBatch } from "./PrefixIndex.ts"
 
@@ -71,14 +70,23 @@ export interface KvEventsHandler {
 /**
  * Subscribes to `endpoint` (every topic) until the returned function is
  * called. ZeroMQ reconnects by itself when the publisher goes and comes back
- * (its sequence then starts again: the index sees a gap).
+ * (its sequence then starts again: the index sees a gap). `zeromq`, a native
+ * addon, is loaded only here: a router without KV events never loads it
+ * (the production bundle keeps it outside).
  */
-export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler): () => void => {
-  const socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 10_000 })
-  socket.connect(endpoint)
-  socket.subscribe()
+export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler, failed: (error: unknown) => void = () => {}): () => void => {
   let closed = false
+  let socket: import("zeromq").Subscriber | undefined
   void (async () => {
+    try {
+      const { Subscriber } = await import("zeromq")
+      if (closed) return
+      socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 10_000 })
+      socket.connect(endpoint)
+      socket.subscribe()
+    } catch (error) {
+      return failed(error)
+    }
     try {
       for await (const frames of socket) {
         const batch = decodeKvMessage(frames)
@@ -92,6 +100,6 @@ export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler): (
   return () => {
     if (closed) return
     closed = true
-    socket.close()
+    socket?.close()
   }
 }

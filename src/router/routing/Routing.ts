@@ -169,7 +169,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
             if (gapsLogged++ < 3) log(Effect.logWarning(`upstream ${id}: KV events from ${kv} skipped to ${batch.seq}; what was cached before ages out (docs/routing.md)`))
           },
           malformed: () => routingMetrics.kvEventsMalformed(id).updateUnsafe(1, context)
-        }))
+        }, (error) => log(Effect.logError(`upstream ${id}: cannot subscribe to KV events at ${kv} (${error}); its index stays approximate`))))
       }
       if (shared !== undefined) {
         const loads: Record<string, number> = {}
