@@ -102,8 +102,11 @@ export class Balancer {
     return count
   }
 
-  /** The endpoint for the next attempt, none of `exclude` (those already tried). */
-  pick(now: number, exclude?: ReadonlySet<Endpoint>): Endpoint | NoUpstream {
+  /**
+   * The endpoint for the next attempt, none of `exclude` (those already tried);
+   * `choose` (a request's route, routing/Route.ts) replaces least request's draw among the candidates.
+   */
+  pick(now: number, exclude?: ReadonlySet<Endpoint>, choose?: (pool: ReadonlyArray<Endpoint>, now: number) => Endpoint): Endpoint | NoUpstream {
     const cap = this.settings.maxConcurrency
     const panic = this.inPanic(now)
     let anyAvailable = false
@@ -117,6 +120,7 @@ export class Balancer {
     }
     const pool = ready.length > 0 ? ready : backingOff
     if (pool.length === 0) return anyAvailable ? "upstreams_saturated" : "no_healthy_upstream"
+    if (choose !== undefined) return choose(pool, now)
     if (pool.length === 1) return pool[0]
     const first = this.draw(pool, undefined)
     const second = this.draw(pool, first)

@@ -16,6 +16,7 @@
  * once per request.
  */
 import type { AnswerHeaders } from "./Attempt.ts"
+import { routeHeader } from "../routing/Route.ts"
 import { EventFramer } from "./EventFramer.ts"
 import { defaultUpstream } from "../core/Config.ts"
 import { UpstreamFailure } from "./Failure.ts"
@@ -80,6 +81,7 @@ export const relayUnsafe = (
       answer = upstream
       headers = { ...request.answerHeaders(), [upstreamHeader]: upstream.upstream }
       if (upstream.version !== undefined) headers[upstreamVersionHeader] = upstream.version
+      if (upstream.route !== undefined) headers[routeHeader] = upstream.route
       for (const name of passedOn) {
         const value = upstream.headers[name]
         if (typeof value === "string") headers[name] = value

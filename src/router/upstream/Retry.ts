@@ -23,6 +23,7 @@
  * request's first-byte deadline (a retry gets what is left of it, not a fresh
  * timeout), and the whole request its total deadline.
  */
+import type { Route } from "../routing/Route.ts"
 import type { Endpoint, NoUpstream } from "./Balancer.ts"
 import { type AnswerHeaders, type AttemptControl, type AttemptHandler, type AttemptRequest, healthOf, type Outcome, retryOf } from "./Attempt.ts"
 import { failureOf, UpstreamFailure } from "./Failure.ts"
@@ -43,6 +44,8 @@ export interface UpstreamResponse {
   /** `host:port` of the upstream that answered. */
   readonly upstream: string
   readonly version: string | undefined
+  /** The `x-inference-route` header of a request a scheduler routed (routing/). */
+  readonly route?: string | undefined
   /** Backpressure: stop and restart the upstream's body (its socket). */
   pause(): void
   resume(): void
@@ -80,8 +83,10 @@ export type AttemptKind = "first" | "transparent" | "budgeted"
 
 /** What the loop works with: the balancer, single attempts, the clock, and where results go. */
 export interface RetryDeps {
-  /** The endpoint for the next attempt, none of `tried`. */
-  pick(tried: ReadonlySet<Endpoint> | undefined): Endpoint | NoUpstream
+  /** The endpoint for the next attempt, none of `tried`; `route` chooses among the candidates when given. */
+  pick(tried: ReadonlySet<Endpoint> | undefined, route: Route | undefined): Endpoint | NoUpstream
+  /** A request's route (a scheduler other than least request), asked once per request. */
+  route?(request: ForwardRequest): Route | undefined
   /** Starts one attempt (Attempt.sendAttempt with the pool's dispatch). */
   start(endpoint: Endpoint, request: AttemptRequest, handler: AttemptHandler): AttemptControl
   /** Each attempt's outcome but `Aborted`, once, with when it started: metrics and the balancer's health. */
@@ -134,6 +139,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
     let refused: UpstreamFailure | undefined
     let finished = false
     let current: AttemptControl | undefined
+    const route = deps.route?.(request)
     requestsInFlight++
 
     const cancelTimer = deps.setTimer(settings.requestTimeoutMs, () => {
@@ -154,7 +160,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
       retriesInFlight < Math.max(settings.retryBudgetMin, requestsInFlight * settings.retryBudgetPercent / 100)
 
     const start = (kind: AttemptKind): void => {
-      const picked = deps.pick(tried)
+      const picked = deps.pick(tried, route)
       if (typeof picked === "string") return fail(refused ?? unavailable(picked))
       const endpoint = picked
       if (kind !== "first") deps.retrying(endpoint, kind)
@@ -171,6 +177,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
       }
       endpoint.inFlight++
       const attemptStartedAt = deps.now()
+      route?.sent(endpoint, attemptStartedAt)
       let answered = false
       let retryRefusal = false
       let ended = false
@@ -193,17 +200,20 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
             headers,
             upstream: endpoint.id,
             version: endpoint.target.version,
+            route: route?.header(),
             pause: control.pause,
             resume: control.resume,
             reject: (code, message) => control.stop({ _tag: "Rejected", code, message })
           })
         },
         onData: (chunk) => {
+          route?.data(chunk, deps.now())
           if (!finished) handler.onData(chunk)
         },
         onEnd: (outcome) => {
           ended = true
           release(endpoint, outcome, attemptStartedAt)
+          route?.ended(endpoint, deps.now())
           releaseBudget()
           current = undefined
           if (outcome._tag !== "Aborted") deps.observe(endpoint, outcome, attemptStartedAt)

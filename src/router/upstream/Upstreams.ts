@@ -24,6 +24,7 @@ import { lookup } from "node:dns/promises"
 import { buildConnector, Pool } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
 import { RouterConfig, type UpstreamSettings } from "../core/Config.ts"
+import type { RouteScheduler } from "../routing/Route.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
 import { type AnswerHeaders, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
 import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
@@ -160,7 +161,8 @@ export class Upstreams extends Context.Service<Upstreams, {
   })
 
   /** `resolve` finds a `dns+` name's addresses (Node's resolver; tests pass their own). */
-  static readonly make = (settings: UpstreamSettings, slots: number, resolve: Resolve = resolveAll) =>
+  /** `scheduler`: a router other than least request (routing/), asked for each request's route. */
+  static readonly make = (settings: UpstreamSettings, slots: number, resolve: Resolve = resolveAll, scheduler?: RouteScheduler) =>
     Effect.gen(function*() {
       const clock = yield* Clock.Clock
       const now = () => clock.currentTimeMillisUnsafe()
@@ -312,7 +314,8 @@ export class Upstreams extends Context.Service<Upstreams, {
        * 35-45 us with `dispatch`. Admission stays Effect's (see the edge).
        */
       const forwarder = withRetries({
-        pick: (tried) => balancer.pick(now(), tried),
+        pick: (tried, route) => balancer.pick(now(), tried, route === undefined ? undefined : (pool, at) => route.choose(pool, at)),
+        ...(scheduler === undefined ? {} : { route: (request: ForwardRequest) => scheduler.route(request) }),
         start: (endpoint, request, handler) =>
           sendAttempt((target, options, dispatchHandler) => members.get(target.id)!.pool.dispatch(options, dispatchHandler), endpoint, request, settings, now, handler),
         observe,
@@ -325,6 +328,7 @@ export class Upstreams extends Context.Service<Upstreams, {
         }
       }, settings)
       const forwardUnsafe = forwarder.forwardUnsafe
+      scheduler?.attach(() => balancer.endpoints)
 
       const fetch = (request: ForwardRequest): Effect.Effect<UpstreamAnswer, UpstreamFailure> =>
         Effect.callback<UpstreamAnswer, UpstreamFailure>((resume) => {
