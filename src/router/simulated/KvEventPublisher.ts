@@ -169,6 +169,10 @@ export const bindsEndpoint = (endpoint: string) =>
 export interface KvEventPublisher {
   /** Queues one batch (one engine step's events); never blocks, never throws. */
   readonly publish: (events: ReadonlyArray<KvEvent>) => void
+  /** The endpoint as bound (a `*` port resolved) or connected. */
+  readonly endpoint: string
+  /** Batches published so far: the next batch's sequence number. */
+  readonly published: () => number
 }
 
 export const KvEventPublisher = {
@@ -206,6 +210,8 @@ export const KvEventPublisher = {
         sending = false
       }
       return {
+        endpoint: socket.lastEndpoint ?? endpoint,
+        published: () => sequence,
         publish: (events) => {
           if (events.length === 0 || socket.closed) return
           queue.push([topicFrame, sequenceFrame(sequence++), encodeKvEventBatch(Date.now() / 1000, events)])

@@ -1,0 +1,117 @@
+/**
+ * The KV events on the wire: a ZeroMQ SUB socket reads what the simulated
+ * engine publishes, decodes it with an independent msgpack library as vLLM's
+ * types (KVEventBatch = [ts, [event...]], tagged arrays), and rebuilds the
+ * cache's block set from it. Nothing of the publisher's code is used to
+ * decode.
+ */
+import { decode } from "@msgpack/msgpack"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { Subscriber } from "zeromq"
+import { makeEngine, systemTimerClock } from "../src/router/simulated/Engine.ts"
+import { KvEventPublisher } from "../src/router/simulated/KvEventPublisher.ts"
+import { planText } from "../src/router/simulated/Simulation.ts"
+import { tokenIds } from "../src/router/simulated/Tokens.ts"
+
+/** vLLM's event types, as a subscriber written for vLLM declares them (kv_events_subscriber.py). */
+type WireEvent =
+  | readonly ["BlockStored", ReadonlyArray<number | bigint>, number | bigint | null, ReadonlyArray<number>, number, number | null, string | null]
+  | readonly ["BlockRemoved", ReadonlyArray<number | bigint>, string | null]
+  | readonly ["AllBlocksCleared"]
+
+const words = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}${i}`).join(" ")
+
+describe("KV events over ZeroMQ (vLLM's wire format)", () => {
+  it.live("a SUB socket decodes the batches as vLLM's types and rebuilds the engine's block set", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const topic = "kv@pod-a@model-x"
+      const publisher = yield* KvEventPublisher.make("tcp://127.0.0.1:*", topic)
+      const engine = makeEngine(
+        {
+          blockSize: 4,
+          kvBlocks: 12,
+          maxRunning: 4,
+          maxBatchedTokens: 64,
+          ttftMs: 0,
+          ttftStdDevMs: 0,
+          itlMs: 0,
+          itlStdDevMs: 0,
+          prefillUsPerToken: 0,
+          loadFactor: 1,
+          modelName: "model-x",
+          seed: 0
+        },
+        systemTimerClock,
+        publisher.publish
+      )
+      const subscriber = new Subscriber()
+      yield* Effect.addFinalizer(() => Effect.sync(() => subscriber.close()))
+      subscriber.connect(publisher.endpoint)
+      subscriber.subscribe("kv@")
+
+      const index = new Set<string>()
+      let lastSequence = -1
+      let batches = 0
+      const receive = Effect.promise(() => subscriber.receive()).pipe(Effect.map(([topicFrame, sequenceFrame, payload]) => {
+        assert.strictEqual(topicFrame.toString(), topic)
+        assert.strictEqual(sequenceFrame.length, 8)
+        const sequence = Number(sequenceFrame.readBigUInt64BE())
+        if (lastSequence >= 0) assert.strictEqual(sequence, lastSequence + 1, "consecutive sequence numbers")
+        lastSequence = sequence
+        const batch = decode(payload, { useBigInt64: true }) as [number, Array<WireEvent>]
+        assert.lengthOf(batch, 2, "[ts, events]: data_parallel_rank omitted")
+        assert.isTrue(typeof batch[0] === "number" && Math.abs(batch[0] - Date.now() / 1000) < 60, "ts in seconds")
+        batches++
+        for (const event of batch[1]) {
+          if (event[0] === "BlockStored") {
+            const [, hashes, parent, tokens, blockSize, loraId, medium] = event
+            assert.strictEqual(blockSize, 4)
+            assert.strictEqual(tokens.length, hashes.length * blockSize)
+            assert.isNull(loraId)
+            assert.strictEqual(medium, "GPU")
+            if (parent !== null) assert.isTrue(index.has(String(parent)), "a stored chain's parent is cached")
+            for (const hash of hashes) index.add(String(hash))
+          } else if (event[0] === "BlockRemoved") {
+            for (const hash of event[1]) assert.isTrue(index.delete(String(hash)), "only a stored block is removed")
+          } else {
+            assert.deepStrictEqual(event, ["AllBlocksCleared"])
+            index.clear()
+          }
+        }
+        return sequence
+      }))
+
+      // PUB drops what it sends before the subscription arrives: clear the cache until a batch gets through.
+      let seen = false
+      const firstBatch = yield* Effect.forkChild(Effect.tap(receive, () => Effect.sync(() => (seen = true))))
+      while (!seen) {
+        engine.resetPrefixCache()
+        yield* Effect.sleep(10)
+      }
+      yield* Fiber.join(firstBatch)
+
+      // A workload that stores, shares and evicts: 12 blocks of 4 tokens, prompts of 8-20 tokens, some repeated.
+      const prompts = [words(20, "a"), words(8, "b"), words(20, "a"), words(16, "c"), words(12, "d"), words(8, "b"), words(20, "e")]
+      for (const prompt of prompts) {
+        yield* Effect.callback<void>((resume) => {
+          engine.submit(tokenIds(prompt), planText({ mode: "echo", echoText: words(5, "o"), maxTokens: 5, stop: [], seed: 0 }), {
+            token: (_text, _index, next) => next(),
+            end: () => resume(Effect.void)
+          })
+        })
+      }
+      engine.resetPrefixCache()
+      yield* Effect.callback<void>((resume) => {
+        engine.submit(tokenIds(words(9, "f")), planText({ mode: "echo", echoText: "x", maxTokens: 1, stop: [], seed: 0 }), {
+          token: (_text, _index, next) => next(),
+          end: () => resume(Effect.void)
+        })
+      })
+      const last = publisher.published() - 1
+      while (lastSequence < last) yield* receive
+      assert.isAbove(batches, 5)
+      assert.deepStrictEqual(index, new Set([...engine.cachedHashes()].map(String)), "the events rebuild the cache's blocks")
+      assert.strictEqual(index.size, 2, "after the reset: the 9-token prompt's two full blocks")
+    })), { timeout: 20_000 })
+})
