@@ -170,9 +170,19 @@ export const workQueueMetrics = (parallelism: number) =>
     }
   })
 
-/** `leader_election_master_status{name=<lease>}`: 1 while leading, else 0. */
-export const setLeaderStatus = (lease: string, leading: boolean, context: Context.Context<never>) =>
+/**
+ * `leader_election_master_status{name=<lease>}`: 1 while leading, else 0. A
+ * replica that stops leading drops its InferenceService readiness series
+ * (below) and zeroes its queue gauges: the new leader's are the ones to read.
+ */
+export const setLeaderStatus = (lease: string, leading: boolean, context: Context.Context<never>) => {
   controllerRuntime.leaderStatus(lease).updateUnsafe(leading ? 1 : 0, context)
+  if (leading) return
+  forgetInferenceServiceReady(context)
+  // Its queue stopped with its work: nothing waits or runs here any more.
+  controllerRuntime.queueDepth.updateUnsafe(0, context)
+  controllerRuntime.activeWorkers.updateUnsafe(0, context)
+}
 
 /**
  * `inference_router_inferenceservice_ready`: 1 while an InferenceService's
