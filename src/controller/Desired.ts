@@ -186,6 +186,8 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   upstreamField("UPSTREAM_MAX_EJECTED_PERCENT", "maxEjectedPercent"),
   upstreamField("UPSTREAM_RETRIES", "retries"),
   ...leftToRouter(rarelyPerService, true, "UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS", "UPSTREAM_PANIC_THRESHOLD_PERCENT", "UPSTREAM_MAX_BODY_BYTES", "UPSTREAM_MAX_EVENT_BYTES", "UPSTREAM_REQUEST_TIMEOUT_MS"),
+  // Issue 23's scheduler: through spec.env until H-controller gives them spec fields (docs/routing.md).
+  ...leftToRouter("set it through `spec.env` (docs/routing.md)", true, "UPSTREAM_SCHEDULER", "UPSTREAM_LOAD_BOUND", "UPSTREAM_METRICS_INTERVAL_MS"),
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
   ...leftToRouter(
     "tuning of the simulated model, not a property of the service; set it through `spec.env`",

@@ -27,6 +27,7 @@ import {
 } from "../../shared/Settings.ts"
 import { maskCredentials } from "../../shared/Credentials.ts"
 import { parseTargets, type UpstreamTarget, upstreamsExpected } from "../upstream/Targets.ts"
+import { defaultRouting, LoadBound, type RoutingSettings, routingSettingDocs, schedulerNames } from "../routing/RoutingSettings.ts"
 
 export { InvalidSetting, maskCredentials }
 
@@ -102,6 +103,8 @@ export interface UpstreamSettings {
   readonly maxEventBytes: number
   /** From forwarding a request to the end of the upstream's answer, retries included. */
   readonly requestTimeoutMs: number
+  /** UPSTREAM_SCHEDULER and the cache-aware scheduler's settings (docs/routing.md). */
+  readonly routing: RoutingSettings
 }
 
 export type ModelBackend = "simulated" | "upstream"
@@ -331,7 +334,8 @@ export const defaultUpstream: Omit<UpstreamSettings, "targets"> = {
   panicThresholdPercent: 50,
   maxBodyBytes: 16 * 1024 * 1024,
   maxEventBytes: 1024 * 1024,
-  requestTimeoutMs: 600_000
+  requestTimeoutMs: 600_000,
+  routing: defaultRouting
 }
 
 /** The router's defaults: the one place each is written (the parser and docs/settings.md read them here). */
@@ -377,7 +381,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "MAX_QUEUE", meaning: "most requests waiting for a slot; `0` = answer at once when all slots are busy", default: `${code(`${defaults.queuePerSlot} × MAX_CONCURRENCY`)}`, valid: "integer ≥ 0" },
   { variable: "QUEUE_TIMEOUT_MS", meaning: "longest a request may wait for a slot (a client's `x-queue-timeout-ms` may lower it)", default: code(defaults.queueTimeoutMs), valid: "integer ≥ 1" },
   { variable: "OVERLOAD_STATUS", meaning: "status for shed requests: `503` suits meshes that retry on 5xx", default: code(defaults.overloadStatus), valid: "`429` or `503`" },
-  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`, query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines; the full value stays inside the process", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL" },
+  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`, query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines; the full value stays inside the process. `redis://` items hold the routing state router replicas share with `UPSTREAM_SCHEDULER=cache-aware` (docs/routing.md); other items are not used by it", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL" },
   { variable: "MODEL_BACKEND", meaning: "`simulated`: the built-in simulation; `upstream`: forward to the model servers in `UPSTREAMS`", default: code(defaults.backend), valid: "`simulated`, `upstream`" },
   { variable: "UPSTREAMS", meaning: "the model servers (only with `MODEL_BACKEND=upstream`, and required then): comma-separated base URLs, each optionally followed by `;weight=<1-1000>` and `;version=<label>`; `dns+http://name:port` uses every address the name resolves to (a headless Service), re-resolved every `UPSTREAM_DNS_REFRESH_MS`, the item's weight split among them. A base URL's path prefixes every request; a trailing `/v1` is the OpenAI-style base URL and means the root", default: "—", valid: "e.g. `http://vllm-a:8000;weight=90;version=v1,http://vllm-b:8000;weight=10;version=v2`" },
   { variable: "UPSTREAM_MAX_CONCURRENCY", meaning: "most requests in flight to one upstream (`MAX_CONCURRENCY` bounds the total first; keep it ≤ the sum of the caps, or the excess gets 503 `upstreams_saturated`)", default: `${code(defaultUpstream.maxConcurrency)} (no cap of its own)`, valid: "integer ≥ 0" },
@@ -397,6 +401,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "UPSTREAM_MAX_BODY_BYTES", meaning: "most bytes of a non-streamed upstream answer the router buffers; a longer one is answered 502 `upstream_body_too_large` and logged", default: code(defaultUpstream.maxBodyBytes), valid: "integer ≥ 1024" },
   { variable: "UPSTREAM_MAX_EVENT_BYTES", meaning: "most bytes of one SSE event of an upstream's stream; a longer one ends the stream with an error frame (`upstream_event_too_large`) and `[DONE]`", default: code(defaultUpstream.maxEventBytes), valid: "integer ≥ 1024" },
   { variable: "UPSTREAM_REQUEST_TIMEOUT_MS", meaning: "a forwarded request's whole time, from forwarding to the end of the answer, retries included; past it: 504 `upstream_timeout` (or an error frame and `[DONE]` on a started stream)", default: code(defaultUpstream.requestTimeoutMs), valid: "integer ≥ 1" },
+  ...routingSettingDocs,
   { variable: "SIM_LATENCY_MS", meaning: "simulated model time per `/infer` request (and the time to first token on `/v1/*` when `SIM_TTFT_MS` is unset)", default: code(defaults.simLatencyMs), valid: "integer ≥ 0" },
   { variable: "SIM_MODE", meaning: "the simulated model's text: `random` (seeded words) or `echo` (the prompt / last user message)", default: code(defaultSimulation.mode), valid: "`random`, `echo`" },
   { variable: "SIM_SEED", meaning: "mixed into every request's seed (a request's `seed`, else a hash of its prompt): the same request gives the same text", default: code(defaultSimulation.seed), valid: "0 – 4294967295" },
@@ -476,6 +481,11 @@ const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSett
   const maxBodyBytes = yield* setting("UPSTREAM_MAX_BODY_BYTES", decimalAtLeast(1024), "an integer >= 1024 (bytes)", () => d.maxBodyBytes)
   const maxEventBytes = yield* setting("UPSTREAM_MAX_EVENT_BYTES", decimalAtLeast(1024), "an integer >= 1024 (bytes)", () => d.maxEventBytes)
   const requestTimeoutMs = yield* positiveMs("UPSTREAM_REQUEST_TIMEOUT_MS", d.requestTimeoutMs)
+  const routing: RoutingSettings = {
+    scheduler: yield* setting("UPSTREAM_SCHEDULER", oneOf(schedulerNames), "least-request or cache-aware", () => defaultRouting.scheduler),
+    loadBound: yield* setting("UPSTREAM_LOAD_BOUND", LoadBound, "a number from 1 to 10 (times the pool's mean in flight), e.g. 1.25", () => defaultRouting.loadBound),
+    metricsIntervalMs: (yield* ms("UPSTREAM_METRICS_INTERVAL_MS", () => defaultRouting.metricsIntervalMs)) ?? defaultRouting.metricsIntervalMs
+  }
   return {
     backend,
     upstream: {
@@ -496,7 +506,8 @@ const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSett
       panicThresholdPercent,
       maxBodyBytes,
       maxEventBytes,
-      requestTimeoutMs
+      requestTimeoutMs,
+      routing
     }
   }
 })

@@ -19,12 +19,13 @@
  *
  * With MODEL_BACKEND=simulated the service is present and empty.
  */
-import { Clock, Context, Duration, Effect, Layer, Schedule } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import { lookup } from "node:dns/promises"
 import { buildConnector, Pool } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
 import { RouterConfig, type UpstreamSettings } from "../core/Config.ts"
 import type { RouteScheduler } from "../routing/Route.ts"
+import { makeCacheAwareRouting } from "../routing/Routing.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
 import { type AnswerHeaders, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
 import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
@@ -381,7 +382,14 @@ export class Upstreams extends Context.Service<Upstreams, {
     Effect.gen(function*() {
       const config = yield* RouterConfig
       if (config.upstream === undefined) return Upstreams.disabled
-      return yield* Upstreams.make(config.upstream, config.maxConcurrency)
+      const scheduler = config.upstream.routing.scheduler === "cache-aware"
+        ? yield* makeCacheAwareRouting({
+          settings: config.upstream.routing,
+          kvEndpoints: config.kvEndpoints.map((item) => ({ shown: item.shown, url: Redacted.value(item.value) })),
+          pool: config.modelRef
+        })
+        : undefined
+      return yield* Upstreams.make(config.upstream, config.maxConcurrency, undefined, scheduler)
     })
   )
 }

@@ -1,0 +1,102 @@
+/**
+ * Cache-aware routing end to end, real processes: simulated model servers
+ * with the KV cache on, publishing KV events over ZeroMQ; routers with
+ * UPSTREAM_SCHEDULER=cache-aware in front; three replicas sharing through a
+ * real Redis, stopped and restarted mid-run.
+ */
+import { afterEach, assert, describe, it } from "@effect/vitest"
+import { freePort, killAll, until } from "./support/Processes.ts"
+import { redisServerPath, startRedis } from "./support/RedisServer.ts"
+import { metricValue, openStream, type Running, startFront, startUpstream } from "./support/Routers.ts"
+
+afterEach(() => killAll())
+
+/** A simulated vLLM: 16-token blocks, a cache of 4,096 blocks, prefill costing time, KV events on a fixed port. */
+const startServer = async () => {
+  const eventsPort = await freePort()
+  const server = await startUpstream({
+    SIM_BLOCK_SIZE: "16",
+    SIM_KV_BLOCKS: "4096",
+    SIM_PREFILL_US_PER_TOKEN: "20",
+    SIM_KV_EVENTS_ENDPOINT: `tcp://*:${eventsPort}`,
+    MAX_CONCURRENCY: "64"
+  })
+  return { server, eventsPort }
+}
+
+const item = ({ eventsPort, server }: { server: Running; eventsPort: number }) => `http://127.0.0.1:${server.port};kv-events=${eventsPort}`
+
+const system = (group: number) => Array.from({ length: 400 }, (_, i) => `g${group}s${i}`).join(" ")
+
+/** One chat turn, streamed; what came back in the headers. */
+const turn = async (port: number, history: string, question: string) => {
+  const stream = await openStream(port, "/v1/chat/completions", {
+    model: "m",
+    stream: true,
+    stream_options: { include_usage: true },
+    max_tokens: 4,
+    messages: [{ role: "system", content: history }, { role: "user", content: question }]
+  })
+  await stream.ended
+  assert.strictEqual(stream.status, 200)
+  return { upstream: String(stream.headers["x-inference-upstream"]), route: String(stream.headers["x-inference-route"]) }
+}
+
+describe("cache-aware routing end to end", () => {
+  it("a shared prefix goes where it is cached; decisions are explained and counted", async () => {
+    const servers = await Promise.all([startServer(), startServer(), startServer()])
+    const front = await startFront(servers.map((s) => s.server), {
+      UPSTREAMS: servers.map(item).join(","),
+      UPSTREAM_SCHEDULER: "cache-aware",
+      UPSTREAM_METRICS_INTERVAL_MS: "50"
+    })
+    const first = await turn(front.port, system(1), "q0")
+    assert.match(first.route, /^cache-aware; reason=(load|only-healthy); cached-tokens=0;/)
+    for (let i = 1; i <= 4; i++) {
+      const next = await turn(front.port, system(1), `q${i}`)
+      assert.strictEqual(next.upstream, first.upstream, next.route)
+      assert.match(next.route, /reason=cache; cached-tokens=[1-9][0-9]*;/)
+    }
+    // Another group's prefix is not cached anywhere: load decides.
+    assert.match((await turn(front.port, system(2), "q0")).route, /reason=load;/)
+    assert.isAtLeast(await metricValue(front.port, `router_routing_decisions_total{reason="cache"}`) ?? 0, 4)
+  })
+
+  it.skipIf(redisServerPath() === undefined)("three replicas share through Redis; Redis stopped and restarted mid-run fails no request", async () => {
+    const redis = await startRedis()
+    const servers = await Promise.all([startServer(), startServer(), startServer()])
+    const env = {
+      UPSTREAMS: servers.map(item).join(","),
+      UPSTREAM_SCHEDULER: "cache-aware",
+      KV_ENDPOINTS: redis.url
+    }
+    const replicas = await Promise.all([startFront([], env), startFront([], env), startFront([], env)])
+    await until(async () => {
+      const up = await Promise.all(replicas.map((r) => metricValue(r.port, `router_routing_shared_state_up`)))
+      return up.every((value) => value === 1)
+    }, "replicas connected to Redis")
+
+    // Turn 1 through replica 0, the next turns through the others: the same server, from the shared index.
+    const first = await turn(replicas[0].port, system(3), "q0")
+    await until(async () => (await turn(replicas[1].port, system(3), "probe")).route.includes("reason=cache"), "replica 1 learned replica 0's decision")
+    const second = await turn(replicas[2].port, system(3), "q1")
+    assert.strictEqual(second.upstream, first.upstream)
+
+    await redis.stop()
+    await until(async () => (await metricValue(replicas[0].port, `router_routing_shared_state_up`)) === 0, "replica 0 sees Redis down")
+    // Every request still answers; each replica decides on its own copy.
+    for (let i = 0; i < 6; i++) await turn(replicas[i % 3].port, system(4 + i), "q")
+    const third = await turn(replicas[1].port, system(3), "q2")
+    assert.strictEqual(third.upstream, first.upstream, "the local copy still knows the prefix")
+
+    await redis.start()
+    await until(async () => {
+      const up = await Promise.all(replicas.map((r) => metricValue(r.port, `router_routing_shared_state_up`)))
+      return up.every((value) => value === 1)
+    }, "replicas rejoined", 20_000)
+    const fresh = await turn(replicas[0].port, system(20), "q0")
+    await until(async () => (await turn(replicas[2].port, system(20), "probe")).upstream === fresh.upstream, "sharing again after the restart")
+    const lines = replicas[0].output().stdout + replicas[0].output().stderr
+    assert.strictEqual(lines.split("\n").filter((line) => line.includes("unavailable")).length, 1, lines)
+  })
+})
