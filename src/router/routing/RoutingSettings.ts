@@ -1,10 +1,9 @@
 /**
- * The scheduler's settings (read with MODEL_BACKEND=upstream), their
- * documentation rows for docs/settings.md, and the parser: kept here, next to
- * what they control, and spliced into core/Settings.ts's table and parser.
+ * The scheduler's settings (read with MODEL_BACKEND=upstream by
+ * core/Settings.ts's parser), their defaults and their documentation rows for
+ * docs/settings.md: kept next to what they control.
  */
-import { Effect, Schema } from "effect"
-import { decimalAtLeast, oneOf, setting, type SettingError } from "../../shared/Settings.ts"
+import { Schema } from "effect"
 
 export type SchedulerName = "least-request" | "cache-aware"
 
@@ -18,19 +17,13 @@ export interface RoutingSettings {
 
 export const defaultRouting: RoutingSettings = { scheduler: "least-request", loadBound: 1.25, metricsIntervalMs: 100 }
 
-/** A decimal number from 1 to 10 with at most three decimals. */
-const LoadBound = Schema.Trim.pipe(
+/** UPSTREAM_LOAD_BOUND: a decimal number from 1 to 10 with at most three decimals. */
+export const LoadBound = Schema.Trim.pipe(
   Schema.check(Schema.isPattern(/^(10(\.0{1,3})?|[1-9](\.[0-9]{1,3})?)$/, { expected: "a number from 1 to 10" })),
   Schema.decodeTo(Schema.NumberFromString)
 )
 
-export const loadRoutingSettings: Effect.Effect<RoutingSettings, SettingError> = Effect.gen(function*() {
-  const d = defaultRouting
-  const scheduler = yield* setting("UPSTREAM_SCHEDULER", oneOf(["least-request", "cache-aware"]), "least-request or cache-aware", () => d.scheduler)
-  const loadBound = yield* setting("UPSTREAM_LOAD_BOUND", LoadBound, "a number from 1 to 10 (times the pool's mean in flight), e.g. 1.25", () => d.loadBound)
-  const metricsIntervalMs = yield* setting("UPSTREAM_METRICS_INTERVAL_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds; 0: not scraped)", () => d.metricsIntervalMs)
-  return { scheduler, loadBound, metricsIntervalMs }
-})
+export const schedulerNames = ["least-request", "cache-aware"] as const
 
 const code = (value: unknown) => `\`${value}\``
 
