@@ -85,6 +85,9 @@ export const openStream = (port: number, path: string, body: unknown, headers: R
       response.setEncoding("utf8")
       response.on("data", (chunk: string) => {
         buffer += chunk
+        // Any of SSE's line endings (CRLF, CR, LF) read as LF; a CR at the end may be half a CRLF.
+        const last = buffer.endsWith("\r") ? "\r" : ""
+        buffer = buffer.slice(0, buffer.length - last.length).replace(/\r\n?/g, "\n") + last
         let end: number
         while ((end = buffer.indexOf("\n\n")) !== -1) {
           const event = buffer.slice(0, end)

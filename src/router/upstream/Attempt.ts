@@ -270,8 +270,9 @@ export const sendAttempt = (
             return end(classified)
           }
         } else {
-          dispatchController.abort(stopError)
-          return end(classified)
+          // Ended first: undici may report the abort at once, and it must not read as a broken connection.
+          end(classified)
+          return dispatchController.abort(stopError)
         }
       }
       answerStatus = status

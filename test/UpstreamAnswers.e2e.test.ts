@@ -1,0 +1,227 @@
+/**
+ * What a client gets when a model server answers badly, end to end: small
+ * `node:http` stubs in this process play the misbehaving upstreams, a real
+ * router process in upstream mode is in front. Each case is one the router
+ * once passed through, buffered without bound or hung on.
+ */
+import * as Http from "node:http"
+import type { AddressInfo, Socket } from "node:net"
+import { afterEach, assert, describe, it } from "vitest"
+import { killAll, until } from "./support/Processes.ts"
+import { openStream, post, startFront } from "./support/Routers.ts"
+
+const stubs: Array<Http.Server> = []
+
+afterEach(async () => {
+  killAll()
+  for (const stub of stubs.splice(0)) {
+    stub.closeAllConnections()
+    await new Promise((resolve) => stub.close(resolve))
+  }
+})
+
+interface Stub {
+  readonly url: string
+  /** Requests that arrived whole (their body read), by path. */
+  readonly received: Array<string>
+}
+
+/** An upstream stub: `/health` answers 200; every other request goes to `answer` once its body is read. */
+const stub = async (answer: (request: Http.IncomingMessage, response: Http.ServerResponse, socket: Socket) => void): Promise<Stub> => {
+  const received: Array<string> = []
+  const server = Http.createServer((request, response) => {
+    if (request.url === "/health") return void response.end("ok")
+    request.resume()
+    request.on("end", () => {
+      received.push(request.url ?? "")
+      answer(request, response, request.socket)
+    })
+  })
+  stubs.push(server)
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, received }
+}
+
+const json = (response: Http.ServerResponse, status: number, body: unknown) => {
+  const text = JSON.stringify(body)
+  response.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
+  response.end(text)
+}
+
+const completion = { id: "c", object: "text_completion", choices: [{ index: 0, text: "ok", finish_reason: "stop" }] }
+const body = { model: "m", prompt: "x" }
+const stream = { ...body, stream: true }
+const codeOf = (response: { json: unknown }) => (response.json as { error: { code: string } }).error.code
+const messageOf = (response: { json: unknown }) => (response.json as { error: { message: string } }).error.message
+
+describe("bad upstream answers", () => {
+  it("answers 502 naming the fault for a redirect without Location, a status that is not HTTP's, and a 2xx completion that is not JSON", async () => {
+    const redirect = await stub((_, response) => {
+      response.writeHead(301)
+      response.end()
+    })
+    const strange = await stub((_, response, socket) => {
+      // Node refuses to write 999 itself: written raw.
+      socket.end("HTTP/1.1 999 Whatever\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+      response.destroy()
+    })
+    const html = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "text/html" })
+      response.end("<html>oops</html>")
+    })
+    for (const [upstream, detail] of [[redirect, "without a Location"], [strange, "status 999"], [html, "not JSON"]] as const) {
+      const front = await startFront([upstream.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+      for (const path of ["/v1/completions", "/infer"]) {
+        const response = await post(front.port, path, path === "/infer" ? { prompt: "x" } : body)
+        assert.strictEqual(response.status, 502, `${path} ${detail}`)
+        assert.strictEqual(codeOf(response), "upstream_bad_answer", `${path} ${detail}: ${messageOf(response)}`)
+        assert.include(messageOf(response), detail)
+      }
+    }
+  })
+
+  it("bounds a buffered answer (UPSTREAM_MAX_BODY_BYTES): 502 naming the setting, logged", async () => {
+    const huge = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "application/json" })
+      // Never ends by itself: the router must stop reading, not hold it all.
+      const more = () => {
+        while (response.write(`{"pad":"${"x".repeat(8192)}"},`)) {}
+        response.once("drain", more)
+      }
+      response.write("[")
+      more()
+    })
+    const front = await startFront([huge.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_MAX_BODY_BYTES: "65536", LOG_LEVEL: "info" })
+    for (const path of ["/v1/completions", "/infer"]) {
+      const response = await post(front.port, path, path === "/infer" ? { prompt: "x" } : body)
+      assert.strictEqual(response.status, 502)
+      assert.strictEqual(codeOf(response), "upstream_body_too_large")
+      assert.include(messageOf(response), "UPSTREAM_MAX_BODY_BYTES")
+    }
+    await until(() => front.output().stdout.includes("UPSTREAM_MAX_BODY_BYTES"), "the log line naming the setting")
+  })
+
+  it("relays CRLF-framed events as they come, and ends a stream cut inside an event with one error frame and [DONE]", async () => {
+    let next: (() => void) | undefined
+    const sse = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" })
+      response.write(`data: {"n":1}\r\n\r\n`)
+      // The second event only once the client has the first: nothing may wait for the stream's end.
+      next = () => {
+        response.write(`data: {"n":2}\r\n\r\ndata: {"n":`)
+        setTimeout(() => response.end(), 50)
+      }
+    })
+    const front = await startFront([sse.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    const client = await openStream(front.port, "/v1/completions", stream)
+    assert.strictEqual(client.status, 200)
+    await client.received(1)
+    assert.deepStrictEqual(JSON.parse(client.events[0]), { n: 1 })
+    next!()
+    await client.ended
+    assert.deepStrictEqual(client.events.slice(0, 2).map((e) => JSON.parse(e)), [{ n: 1 }, { n: 2 }])
+    assert.strictEqual(client.events.length, 4)
+    assert.strictEqual(JSON.parse(client.events[2]).error.code, "upstream_broken")
+    assert.strictEqual(client.events[3], "[DONE]")
+  })
+
+  it("ends a stream whose event outgrows UPSTREAM_MAX_EVENT_BYTES with an error frame and [DONE]", async () => {
+    const endless = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" })
+      response.write("data: {\"n\":1}\n\n")
+      response.write("data: " + "x".repeat(4096))
+    })
+    const front = await startFront([endless.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_MAX_EVENT_BYTES: "2048" })
+    const client = await openStream(front.port, "/v1/completions", stream)
+    await client.ended
+    assert.strictEqual(client.events.length, 3)
+    assert.strictEqual(JSON.parse(client.events[1]).error.code, "upstream_event_too_large")
+    assert.include(JSON.parse(client.events[1]).error.message, "UPSTREAM_MAX_EVENT_BYTES")
+    assert.strictEqual(client.events[2], "[DONE]")
+  })
+
+  it("ends a request that drips bytes forever at UPSTREAM_REQUEST_TIMEOUT_MS", async () => {
+    const drip = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" })
+      const timer = setInterval(() => response.write(": still here\n"), 50)
+      response.on("close", () => clearInterval(timer))
+    })
+    const front = await startFront([drip.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_IDLE_TIMEOUT_MS: "300", UPSTREAM_REQUEST_TIMEOUT_MS: "800" })
+    const startedAt = Date.now()
+    const client = await openStream(front.port, "/v1/completions", stream)
+    await client.ended
+    const error = JSON.parse(client.events.at(-2)!).error
+    assert.strictEqual(error.code, "upstream_timeout")
+    assert.include(error.message, "UPSTREAM_REQUEST_TIMEOUT_MS")
+    assert.strictEqual(client.events.at(-1), "[DONE]")
+    assert.isBelow(Date.now() - startedAt, 5000)
+  })
+})
+
+describe("what is sent again, counted at the upstream", () => {
+  it("never resends a request an upstream may have processed; retries one that met a keep-alive close elsewhere", async () => {
+    const other = await stub((_, response) => json(response, 200, completion))
+    // Reads the whole request, then drops the connection without a byte of answer: on a fresh connection.
+    const dropper = await stub((_, __, socket) => socket.destroy())
+    const front = await startFront([`${dropper.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    let tries = 0
+    while (dropper.received.length === 0 && tries++ < 20) {
+      const response = await post(front.port, "/v1/completions", body)
+      if ((dropper.received.length as number) === 1) {
+        assert.strictEqual(response.status, 502)
+        assert.strictEqual(codeOf(response), "upstream_failed")
+      }
+    }
+    assert.strictEqual(dropper.received.length, 1)
+    // The model may have it: nobody else was asked.
+    assert.strictEqual(other.received.length, tries - 1)
+
+    // Answers the first request on a connection, and closes it when a second comes: a keep-alive close.
+    const served = new WeakSet<Socket>()
+    const closer = await stub((_, response, socket) => {
+      if (served.has(socket)) return void socket.destroy()
+      served.add(socket)
+      json(response, 200, completion)
+    })
+    const second = await startFront([`${closer.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    const before = other.received.length
+    for (let i = 0; i < 20 && closer.received.length < 2; i++) {
+      const response = await post(second.port, "/v1/completions", body)
+      // Every request is answered: the one that met the closing connection went to the other upstream.
+      assert.strictEqual(response.status, 200)
+    }
+    assert.strictEqual(closer.received.length, 2)
+    assert.isAbove(other.received.length, before)
+  })
+})
+
+describe("backpressure through an upstream", () => {
+  it("stalls the upstream's stream while the client does not read, instead of buffering it", async () => {
+    let written = 0
+    const firehose = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" })
+      const event = `data: ${JSON.stringify({ pad: "x".repeat(1000) })}\n\n`
+      const more = () => {
+        while (written < 256 * 1024 * 1024) {
+          written += event.length
+          if (!response.write(event)) return void response.once("drain", more)
+        }
+        response.end()
+      }
+      more()
+    })
+    const front = await startFront([firehose.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    // A client that reads the headers, then nothing.
+    const stalled = await new Promise<Http.IncomingMessage>((resolve, reject) => {
+      const text = JSON.stringify(stream)
+      const request = Http.request({ host: "127.0.0.1", port: front.port, method: "POST", path: "/v1/completions", agent: false, headers: { "content-type": "application/json", "content-length": text.length } }, resolve)
+      request.on("error", reject)
+      request.end(text)
+    })
+    stalled.pause()
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    // Socket buffers on the way hold a few MB at most; without backpressure the router reads it all.
+    assert.isBelow(written, 32 * 1024 * 1024, `the upstream wrote ${written} bytes to a client that read none`)
+    stalled.destroy()
+  })
+})
