@@ -35,7 +35,7 @@ describe("OpenAI-compatible API with the official openai SDK", () => {
       assert.strictEqual(completion.model, "test-model")
       assert.strictEqual(completion.choices[0].text, "one two three four")
       assert.strictEqual(completion.choices[0].finish_reason, "length")
-      assert.deepStrictEqual(completion.usage, { prompt_tokens: 6, completion_tokens: 4, total_tokens: 10 })
+      assert.deepStrictEqual(completion.usage, { prompt_tokens: 6, completion_tokens: 4, total_tokens: 10, prompt_tokens_details: { cached_tokens: 0 } })
     }).pipe(withRouter(sim({ mode: "echo" }))))
 
   it.live("chat: echo of the last user message; a stop sequence ends it with finish_reason stop", () =>
@@ -219,7 +219,7 @@ describe("server-sent events, byte for byte", () => {
       assert.deepStrictEqual(chunks.slice(0, 2).map((c) => c.choices[0].text), ["a", " b"])
       assert.deepStrictEqual(chunks[2].choices[0], { index: 0, text: "", logprobs: null, finish_reason: "stop" })
       assert.deepStrictEqual(chunks[3].choices, [])
-      assert.deepStrictEqual(chunks[3].usage, { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4 })
+      assert.deepStrictEqual(chunks[3].usage, { prompt_tokens: 2, completion_tokens: 2, total_tokens: 4, prompt_tokens_details: { cached_tokens: 0 } })
       assert.isTrue(chunks.every((c) => c.object === "text_completion" && c.id === chunks[0].id && c.model === "test-model"))
     }).pipe(withRouter(sim({ mode: "echo" }))))
 })

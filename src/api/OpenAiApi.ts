@@ -77,7 +77,9 @@ export type ChatCompletionRequest = typeof ChatCompletionRequest.Type
 export const Usage = Schema.Struct({
   prompt_tokens: Int,
   completion_tokens: Int,
-  total_tokens: Int
+  total_tokens: Int,
+  /** Prompt tokens the model server found in its prefix cache (as vLLM fills it). */
+  prompt_tokens_details: Schema.optionalKey(Schema.NullOr(Schema.Struct({ cached_tokens: Int })))
 })
 export type Usage = typeof Usage.Type
 

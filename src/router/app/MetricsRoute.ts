@@ -11,6 +11,7 @@ import { Admission } from "../core/Admission.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { gauges, shedBy, shedReasons, upstreamMetrics, vllmMetrics } from "../core/Metrics.ts"
 import { Upstreams } from "../upstream/Upstreams.ts"
+import { Backend } from "../core/Backend.ts"
 
 /** `GET /metrics` in the Prometheus text format. */
 export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
@@ -18,16 +19,39 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const upstreams = yield* Upstreams
   const config = yield* RouterConfig
   const labelledVllm = vllmMetrics(config.modelRef)
+  const simulation = (yield* Backend).simulation
+  // The prefix-cache counters follow the engine's totals: each scrape adds what grew since the last.
+  let countedQueries = 0
+  let countedHits = 0
   const context = yield* Effect.context<never>()
+  if (simulation !== undefined) {
+    const { blockSize, kvBlocks } = simulation.stats()
+    labelledVllm.cacheConfig(blockSize, kvBlocks).updateUnsafe(1, context)
+    labelledVllm.prefixQueries.updateUnsafe(0, context)
+    labelledVllm.prefixHits.updateUnsafe(0, context)
+  }
   for (const reason of shedReasons) shedBy(reason).updateUnsafe(0, context)
   const handler = Effect.gen(function*() {
     const context = yield* Effect.context<never>()
     const stats = admission.statsUnsafe()
     gauges.running.updateUnsafe(stats.running, context)
     gauges.waiting.updateUnsafe(stats.waiting, context)
-    labelledVllm.running.updateUnsafe(stats.running, context)
-    labelledVllm.waiting.updateUnsafe(stats.waiting, context)
-    labelledVllm.kvCache.updateUnsafe(stats.running / stats.slots, context)
+    if (simulation === undefined) {
+      labelledVllm.running.updateUnsafe(stats.running, context)
+      labelledVllm.waiting.updateUnsafe(stats.waiting, context)
+      labelledVllm.kvCache.updateUnsafe(stats.running / stats.slots, context)
+    } else {
+      // As vLLM counts: running = in the engine's batch; waiting = for a slot, or admitted and waiting for KV blocks.
+      const engine = simulation.stats()
+      labelledVllm.running.updateUnsafe(Math.max(0, stats.running - engine.waiting), context)
+      labelledVllm.waiting.updateUnsafe(stats.waiting + engine.waiting, context)
+      labelledVllm.kvCache.updateUnsafe(engine.usedBlocks / engine.kvBlocks, context)
+      labelledVllm.prefixQueries.updateUnsafe(engine.prefixQueries - countedQueries, context)
+      labelledVllm.prefixHits.updateUnsafe(engine.prefixHits - countedHits, context)
+      countedQueries = engine.prefixQueries
+      countedHits = engine.prefixHits
+      labelledVllm.loraRequests.updateUnsafe(Date.now() / 1000, context)
+    }
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)
     gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
     gauges.queueTimeout.updateUnsafe(stats.queueTimeoutMs / 1000, context)

@@ -15,6 +15,7 @@ import { ProbeHandlers, ProbesApi } from "./ProbeHandlers.ts"
 import { routeTable } from "./Routes.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
 import { MetricsRoute } from "./MetricsRoute.ts"
+import { simulationRouteSpecs, SimulationRoutes } from "../simulated/SimulationRoutes.ts"
 
 /** Every route the router serves: what it matches, answers 405 for, and labels metrics with. */
 export const routes = routeTable([
@@ -23,7 +24,8 @@ export const routes = routeTable([
   ),
   { method: "GET", path: openapiPath },
   ...docsRoutes,
-  { method: "GET", path: metricsPath }
+  { method: "GET", path: metricsPath },
+  ...simulationRouteSpecs
 ])
 
 const ErrorEnvelopeMiddleware = HttpRouter.middleware(
@@ -70,5 +72,6 @@ export const RouterApp = Layer.mergeAll(
   OpenApiRoute,
   DocsRoute,
   MetricsRoute,
+  SimulationRoutes,
   ErrorEnvelopeMiddleware
 )

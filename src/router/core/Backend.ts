@@ -69,6 +69,8 @@ export interface Generated {
   readonly finishReason: "stop" | "length"
   /** Whole milliseconds the model took. */
   readonly processingMs: number
+  /** Prompt tokens found in the model's prefix cache (usage.prompt_tokens_details.cached_tokens); unset: not known. */
+  readonly cachedTokens?: number | undefined
 }
 
 /**
@@ -128,4 +130,24 @@ export class Backend extends Context.Service<Backend, {
   complete(call: CompletionCall, reply: CompletionReply, waitedMs: number): Work<Completed>
   /** `/v1/models`: the models served, as the model servers report them. */
   readonly models: Effect.Effect<ReadonlyArray<ModelCard>, BackendFailure>
+  /** The simulated server's engine and prefix cache (its /metrics, /tokenize, /reset_prefix_cache); absent upstream. */
+  readonly simulation?: SimulationView | undefined
 }>()("inference-router/Backend") {}
+
+/** What a simulated model server shows of its engine (simulated/Engine.ts). */
+export interface SimulationView {
+  stats(): {
+    /** Sequences in the engine's batch. */
+    readonly running: number
+    /** Admitted requests waiting for blocks (or for the engine's first step). */
+    readonly waiting: number
+    readonly usedBlocks: number
+    readonly kvBlocks: number
+    readonly blockSize: number
+    /** Prompt tokens looked up in the prefix cache since start, and of those found cached. */
+    readonly prefixQueries: number
+    readonly prefixHits: number
+  }
+  /** vLLM's reset_prefix_cache. */
+  resetPrefixCache(): void
+}

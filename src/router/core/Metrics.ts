@@ -36,7 +36,7 @@ export const gauges = {
   vllmRunning: Metric.gauge("vllm:num_requests_running", { description: "Requests in the model now (vLLM's name)" }),
   vllmWaiting: Metric.gauge("vllm:num_requests_waiting", { description: "Requests waiting for a slot now (vLLM's name)" }),
   vllmKvCache: Metric.gauge("vllm:kv_cache_usage_perc", {
-    description: "Simulated KV-cache use: the share of slots in use (running / MAX_CONCURRENCY), 0..1 (vLLM's name)"
+    description: "KV-cache use, 0..1 (vLLM's name): simulated, the blocks running requests hold / SIM_KV_BLOCKS; upstream, the share of slots in use"
   })
 }
 
@@ -57,6 +57,17 @@ export const vllm = {
   })
 }
 
+/** The simulated server's prefix cache and KV-cache configuration, as vLLM names them (Gateway API Inference Extension's model-server protocol). */
+export const vllmCache = {
+  prefixQueries: Metric.counter("vllm:prefix_cache_queries_total", { description: "Prompt tokens looked up in the prefix cache", incremental: true }),
+  prefixHits: Metric.counter("vllm:prefix_cache_hits_total", { description: "Prompt tokens found in the prefix cache", incremental: true }),
+  cacheConfig: Metric.gauge("vllm:cache_config_info", { description: "The KV cache's configuration, in its labels (block_size, num_gpu_blocks); the value is 1" }),
+  loraRequests: Metric.gauge("vllm:lora_requests_info", {
+    description: "LoRA adapters running and waiting, in its labels (none: this server serves no adapters); the value is the scrape time"
+  }),
+  timePerOutputToken: secondsHistogram("vllm:request_time_per_output_token_seconds", "A request's mean time per output token after the first, in seconds")
+}
+
 /** vLLM's metrics with their `model_name` label (and `finished_reason` for successes). */
 export const vllmMetrics = (modelName: string) => {
   const label = <M extends Metric.Metric<any, any>>(metric: M) => Metric.withAttributes(metric, { model_name: modelName }) as M
@@ -70,7 +81,18 @@ export const vllmMetrics = (modelName: string) => {
     queueTime: label(vllm.queueTime),
     promptTokens: label(vllm.promptTokens),
     generationTokens: label(vllm.generationTokens),
-    requestSuccess: labelled(Metric.withAttributes(vllm.requestSuccess, { model_name: modelName }), "finished_reason")
+    requestSuccess: labelled(Metric.withAttributes(vllm.requestSuccess, { model_name: modelName }), "finished_reason"),
+    prefixQueries: label(vllmCache.prefixQueries),
+    prefixHits: label(vllmCache.prefixHits),
+    timePerOutputToken: label(vllmCache.timePerOutputToken),
+    cacheConfig: (blockSize: number, blocks: number) =>
+      Metric.withAttributes(vllmCache.cacheConfig, {
+        model_name: modelName,
+        block_size: String(blockSize),
+        num_gpu_blocks: String(blocks),
+        enable_prefix_caching: "True"
+      }),
+    loraRequests: Metric.withAttributes(vllmCache.loraRequests, { max_lora: "0", running_lora_adapters: "", waiting_lora_adapters: "" })
   }
 }
 

@@ -154,7 +154,8 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
   const usageOf = (generated: Generated): Usage => ({
     prompt_tokens: generated.promptTokens,
     completion_tokens: generated.completionTokens,
-    total_tokens: generated.promptTokens + generated.completionTokens
+    total_tokens: generated.promptTokens + generated.completionTokens,
+    ...(generated.cachedTokens === undefined ? {} : { prompt_tokens_details: { cached_tokens: generated.cachedTokens } })
   })
 
   /** Waits until the client's socket drained (or closed). */
@@ -181,6 +182,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         ? { index: 0, delta: first ? { role: "assistant", content: text ?? "" } : text === undefined ? {} : { content: text }, logprobs: null, finish_reason: finish }
         : { index: 0, text: text ?? "", logprobs: null, finish_reason: finish }
     let lastTokenAt = 0
+    let firstTokenAt = 0
     let queueMs = 0
 
     // A token's frame is fixed but for the token: its two ends are serialized once per stream.
@@ -208,8 +210,10 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       },
       token: (token, index) => {
         const now = performance.now()
-        if (index === 0) vllm.timeToFirstToken.updateUnsafe((now - arrivedAt) / 1000, metrics)
-        else vllm.interTokenLatency.updateUnsafe((now - lastTokenAt) / 1000, metrics)
+        if (index === 0) {
+          vllm.timeToFirstToken.updateUnsafe((now - arrivedAt) / 1000, metrics)
+          firstTokenAt = now
+        } else vllm.interTokenLatency.updateUnsafe((now - lastTokenAt) / 1000, metrics)
         lastTokenAt = now
         if (!stream || response.destroyed) return true
         // The chat role travels on the first chunk, as vLLM sends it.
@@ -265,6 +269,9 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       if (generated === undefined) return noteOutcome(request, { queueMs })
       vllm.promptTokens.updateUnsafe(generated.promptTokens, metrics)
       vllm.generationTokens.updateUnsafe(generated.completionTokens, metrics)
+      if (generated.completionTokens > 1 && firstTokenAt > 0) {
+        vllm.timePerOutputToken.updateUnsafe((lastTokenAt - firstTokenAt) / 1000 / (generated.completionTokens - 1), metrics)
+      }
       vllm.requestSuccess(generated.finishReason).updateUnsafe(1, metrics)
       noteOutcome(request, { queueMs, modelMs: generated.processingMs })
     }

@@ -23,12 +23,12 @@ import type { KvEvent } from "./BlockCache.ts"
 
 /** Grows as it is written; `bytes()` is what was written. */
 class Writer {
-  private buffer = Buffer.allocUnsafe(256)
+  private buffer = Buffer.alloc(256)
   private length = 0
 
   private room(bytes: number) {
     if (this.length + bytes <= this.buffer.length) return
-    const bigger = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.length + bytes))
+    const bigger = Buffer.alloc(Math.max(this.buffer.length * 2, this.length + bytes))
     this.buffer.copy(bigger, 0, 0, this.length)
     this.buffer = bigger
   }

@@ -13,7 +13,7 @@
  *   of making the router buffer.
  * It knows nothing of HTTP; of admission only how busy the slots are.
  */
-import { Clock, Context, Effect, Exit, Fiber, Layer } from "effect"
+import { Clock, Context, Effect, Exit, Layer } from "effect"
 import { Admission } from "../core/Admission.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "../core/Config.ts"
 import { type Engine, type EngineStats, makeEngine, type SequenceSink, systemTimerClock, type TimerClock } from "./Engine.ts"
@@ -77,8 +77,15 @@ export const effectTimerClock = (clock: Clock.Clock, context: Context.Context<ne
   const runFork = Effect.runForkWith(context)
   return {
     now: () => Number(clock.currentTimeNanosUnsafe()) / 1_000_000,
-    setTimeout: (callback, ms) => runFork(Effect.andThen(Effect.sleep(ms), Effect.sync(callback))),
-    clearTimeout: (handle) => (handle as Fiber.Fiber<void>).interruptUnsafe()
+    setTimeout: (callback, ms) => {
+      // Cleared: the fiber still wakes, and does nothing.
+      const handle = { cleared: false }
+      runFork(Effect.andThen(Effect.sleep(ms), Effect.sync(() => handle.cleared || callback())))
+      return handle
+    },
+    clearTimeout: (handle) => {
+      ;(handle as { cleared: boolean }).cleared = true
+    }
   }
 }
 

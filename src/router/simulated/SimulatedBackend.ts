@@ -48,7 +48,7 @@ const generationOf = (call: CompletionCall): GenerationRequest => {
     maxTokens = body.max_tokens
   }
   const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
-  return { echoText, promptTokens: countTokens(promptText), maxTokens: maxTokens ?? undefined, stop, seed: body.seed ?? undefined }
+  return { echoText, promptText, promptTokens: countTokens(promptText), maxTokens: maxTokens ?? undefined, stop, seed: body.seed ?? undefined }
 }
 
 export const makeSimulatedBackend = (model: Model["Service"], simulation: SimulationSettings, card: ModelCard): Backend["Service"] => {
@@ -87,6 +87,15 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
         "context_length_exceeded"
       )
     }
+    // vLLM refuses a prompt that could never fit its KV cache; a shorter one waits for blocks.
+    const blocks = Math.ceil(promptTokens / simulation.blockSize)
+    if (blocks > simulation.kvBlocks) {
+      return invalidRequestError(
+        `The prompt's ${promptTokens} tokens need ${blocks} KV-cache blocks of ${simulation.blockSize} tokens; this server has ${simulation.kvBlocks} (SIM_KV_BLOCKS).`,
+        call.kind === "chat" ? "messages" : "prompt",
+        "context_length_exceeded"
+      )
+    }
     return failureFor(call)
   }
 
@@ -97,7 +106,8 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
       promptTokens: request.promptTokens,
       completionTokens: done.completionTokens,
       finishReason: done.finishReason,
-      processingMs: done.processingMs
+      processingMs: done.processingMs,
+      cachedTokens: done.cachedTokens
     })
     const generateUnsafe = model.generateUnsafe
     if (generateUnsafe !== undefined) {
@@ -132,7 +142,8 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
     infer: (prompt) => model.infer(prompt),
     check,
     complete,
-    models: Effect.succeed([card])
+    models: Effect.succeed([card]),
+    simulation: model.simulation
   })
 }
 

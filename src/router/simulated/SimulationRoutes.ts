@@ -1,0 +1,154 @@
+/**
+ * vLLM's own endpoints beside the OpenAI API, as the simulated server serves
+ * them: `POST /tokenize` and `POST /detokenize` (the tokenization rule of
+ * Simulation.ts, ids of Tokens.ts) and `POST /reset_prefix_cache`. With
+ * MODEL_BACKEND=upstream there is no simulated server: they answer 404.
+ *
+ * Ids are hashes of token text, so /detokenize knows only the ids this
+ * server has handed out from /tokenize (the last million); any other is a 400
+ * naming it.
+ */
+import { Effect, Schema } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { RouterConfig } from "../core/Config.ts"
+import { Backend } from "../core/Backend.ts"
+import { makeBearerCheck } from "../edge/Authorization.ts"
+import { tokensWithIds } from "./Tokens.ts"
+
+export const tokenizePath = "/tokenize"
+export const detokenizePath = "/detokenize"
+export const resetPrefixCachePath = "/reset_prefix_cache"
+
+/** The routes this module serves (for the router's route table: 405s and metric labels). */
+export const simulationRouteSpecs = [
+  { method: "POST", path: tokenizePath },
+  { method: "POST", path: detokenizePath },
+  { method: "POST", path: resetPrefixCachePath }
+] as const
+
+const Int = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+const Message = Schema.Struct({ role: Schema.String, content: Schema.Unknown })
+const TokenizeRequest = Schema.Union([
+  Schema.Struct({
+    model: Schema.optionalKey(Schema.NullOr(Schema.String)),
+    prompt: Schema.String,
+    return_token_strs: Schema.optionalKey(Schema.NullOr(Schema.Boolean))
+  }),
+  Schema.Struct({
+    model: Schema.optionalKey(Schema.NullOr(Schema.String)),
+    messages: Schema.Array(Message),
+    return_token_strs: Schema.optionalKey(Schema.NullOr(Schema.Boolean))
+  })
+])
+const DetokenizeRequest = Schema.Struct({
+  model: Schema.optionalKey(Schema.NullOr(Schema.String)),
+  tokens: Schema.Array(Int)
+})
+const decodeTokenize = Schema.decodeUnknownResult(TokenizeRequest)
+const decodeDetokenize = Schema.decodeUnknownResult(DetokenizeRequest)
+
+/** The text of a message's content: a string, or the text parts of an array (as the generation reads it). */
+const contentText = (content: unknown): string =>
+  typeof content === "string"
+    ? content
+    : Array.isArray(content)
+    ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
+    : ""
+
+const errorResponse = (status: number, type: string, code: string, message: string, param: string | null = null) =>
+  HttpServerResponse.jsonUnsafe({ error: { message, type, param, code } }, { status })
+
+const badRequest = (message: string, param: string | null = null) => errorResponse(400, "invalid_request_error", "invalid_request", message, param)
+
+/** Most ids /detokenize remembers; past it, it starts again (a simulation needs no more). */
+const vocabularyLimit = 1_000_000
+
+export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(router) {
+  const config = yield* RouterConfig
+  const backend = yield* Backend
+  const simulation = backend.simulation
+  const checkBearer = makeBearerCheck(config.apiKeys)
+  const vocabulary = new Map<number, string>()
+
+  /** Authorization, the simulated backend, a JSON body: the body, or the response that refuses the request. */
+  const jsonBody = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const denied = checkBearer(request.headers.authorization)
+    if (denied !== undefined) return errorResponse(401, "authentication_error", "invalid_api_key", denied.message)
+    if (simulation === undefined) {
+      return errorResponse(404, "invalid_request_error", "not_found", "served by the simulated model only (MODEL_BACKEND=simulated)")
+    }
+    const text = yield* Effect.orElseSucceed(request.text, () => undefined)
+    if (text === undefined) return badRequest("the request body could not be read")
+    if (text.trim() === "") return { body: {} as unknown }
+    try {
+      return { body: JSON.parse(text) as unknown }
+    } catch {
+      return badRequest("request body is not valid JSON")
+    }
+  })
+
+  const schemaMessage = (error: Schema.SchemaError) => `invalid request body: ${error.message.replace(/\s*\n\s*/g, " ")}`
+
+  const wrongModel = (model: string | null | undefined) =>
+    model !== undefined && model !== null && model !== config.modelRef
+      ? errorResponse(404, "invalid_request_error", "model_not_found", `the model "${model}" does not exist; this router serves "${config.modelRef}"`, "model")
+      : undefined
+
+  yield* router.add(
+    "POST",
+    tokenizePath,
+    Effect.gen(function*() {
+      const read = yield* jsonBody
+      if (!("body" in read)) return read
+      const decoded = decodeTokenize(read.body)
+      if (decoded._tag === "Failure") return badRequest(schemaMessage(decoded.failure))
+      const body = decoded.success
+      const refused = wrongModel(body.model)
+      if (refused !== undefined) return refused
+      const text = "prompt" in body ? body.prompt : body.messages.map((message) => contentText(message.content)).join("\n")
+      const tokens = tokensWithIds(text)
+      if (vocabulary.size + tokens.length > vocabularyLimit) vocabulary.clear()
+      for (const token of tokens) vocabulary.set(token.id, token.text)
+      return HttpServerResponse.jsonUnsafe({
+        count: tokens.length,
+        max_model_len: config.simulation.maxModelLen,
+        tokens: tokens.map((token) => token.id),
+        token_strs: body.return_token_strs === true ? tokens.map((token) => token.text) : null
+      })
+    })
+  )
+
+  yield* router.add(
+    "POST",
+    detokenizePath,
+    Effect.gen(function*() {
+      const read = yield* jsonBody
+      if (!("body" in read)) return read
+      const decoded = decodeDetokenize(read.body)
+      if (decoded._tag === "Failure") return badRequest(schemaMessage(decoded.failure), "tokens")
+      const refused = wrongModel(decoded.success.model)
+      if (refused !== undefined) return refused
+      let prompt = ""
+      for (const id of decoded.success.tokens) {
+        const text = vocabulary.get(id)
+        if (text === undefined) {
+          return badRequest(`token id ${id} is unknown: this simulated server detokenizes only ids it returned from ${tokenizePath}`, "tokens")
+        }
+        prompt += text
+      }
+      return HttpServerResponse.jsonUnsafe({ prompt })
+    })
+  )
+
+  yield* router.add(
+    "POST",
+    resetPrefixCachePath,
+    Effect.gen(function*() {
+      const read = yield* jsonBody
+      if (!("body" in read)) return read
+      simulation!.resetPrefixCache()
+      return HttpServerResponse.empty({ status: 200 })
+    })
+  )
+}))

@@ -1,0 +1,80 @@
+/**
+ * The simulated server over HTTP, as vLLM serves it: cached tokens in usage
+ * (streamed usage too), /tokenize and /detokenize, /reset_prefix_cache, the
+ * prefix-cache and KV-cache metrics, and a prompt the whole cache can't hold.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { defaultSimulation, type RouterSettings } from "../src/router/core/Config.ts"
+import { request, TestRouter } from "./support/TestRouter.ts"
+
+const withRouter = (simulation: Partial<RouterSettings["simulation"]>, settings: Partial<RouterSettings> = {}) =>
+  Effect.provide(TestRouter({ modelRef: "test-model", ...settings, simulation: { ...defaultSimulation, mode: "echo", ...simulation } }))
+
+const post = (path: string, body: unknown) =>
+  request({ method: "POST", path, headers: { "content-type": "application/json" }, body: JSON.stringify(body) })
+
+const words = (n: number) => Array.from({ length: n }, (_, i) => `w${i}`).join(" ")
+
+describe("the simulated server over HTTP", () => {
+  it.live("usage.prompt_tokens_details.cached_tokens: 0 cold, the cached blocks' tokens again, streamed too; 0 after /reset_prefix_cache", () =>
+    Effect.gen(function*() {
+      const body = { model: "test-model", prompt: words(10), max_tokens: 2 }
+      const cold = yield* post("/v1/completions", body)
+      assert.deepStrictEqual(cold.json.usage, { prompt_tokens: 10, completion_tokens: 2, total_tokens: 12, prompt_tokens_details: { cached_tokens: 0 } })
+      const warm = yield* post("/v1/completions", body)
+      // Blocks of 4: two full blocks of the 10-token prompt are cached.
+      assert.deepStrictEqual(warm.json.usage.prompt_tokens_details, { cached_tokens: 8 })
+      const streamed = yield* post("/v1/completions", { ...body, stream: true, stream_options: { include_usage: true } })
+      const usage = streamed.text.split("\n\n").filter((line) => line.startsWith("data: {")).map((line) => JSON.parse(line.slice(6))).find((chunk) => chunk.usage)
+      assert.deepStrictEqual(usage.usage.prompt_tokens_details, { cached_tokens: 8 })
+      const reset = yield* post("/reset_prefix_cache", {})
+      assert.strictEqual(reset.status, 200)
+      const after = yield* post("/v1/completions", body)
+      assert.deepStrictEqual(after.json.usage.prompt_tokens_details, { cached_tokens: 0 })
+
+      const metrics = (yield* request({ path: "/metrics" })).text
+      assert.match(metrics, /vllm:prefix_cache_queries_total\{model_name="test-model"\} 40/)
+      assert.match(metrics, /vllm:prefix_cache_hits_total\{model_name="test-model"\} 16/)
+      assert.match(metrics, /vllm:cache_config_info\{[^}]*block_size="4"[^}]*\} 1/)
+      assert.match(metrics, /vllm:cache_config_info\{[^}]*num_gpu_blocks="64"[^}]*\} 1/)
+      assert.match(metrics, /vllm:kv_cache_usage_perc\{model_name="test-model"\} 0\b/)
+      assert.match(metrics, /vllm:num_requests_waiting\{model_name="test-model"\} 0\b/)
+      assert.match(metrics, /vllm:lora_requests_info\{/)
+      assert.match(metrics, /vllm:request_time_per_output_token_seconds_count\{model_name="test-model"\} 4/)
+    }).pipe(withRouter({ blockSize: 4, kvBlocks: 64 })))
+
+  it.live("/tokenize gives vLLM's answer (ids, count, max_model_len); /detokenize turns its ids back into the text", () =>
+    Effect.gen(function*() {
+      const tokenized = yield* post("/tokenize", { model: "test-model", prompt: "Hello, big  world", return_token_strs: true })
+      assert.strictEqual(tokenized.status, 200)
+      assert.strictEqual(tokenized.json.count, 3)
+      assert.strictEqual(tokenized.json.max_model_len, 4096)
+      assert.deepStrictEqual(tokenized.json.token_strs, ["Hello,", " big", "  world"])
+      const chat = yield* post("/tokenize", { messages: [{ role: "system", content: "be brief" }, { role: "user", content: "Hello, big  world" }] })
+      assert.strictEqual(chat.json.count, 5)
+      // "\nHello," (the newline joining messages is part of the token), then the same ids.
+      assert.deepStrictEqual(chat.json.tokens.slice(3), tokenized.json.tokens.slice(1))
+      assert.isNull(chat.json.token_strs)
+      const detokenized = yield* post("/detokenize", { tokens: tokenized.json.tokens })
+      assert.deepStrictEqual(detokenized.json, { prompt: "Hello, big  world" })
+      const unknown = yield* post("/detokenize", { tokens: [tokenized.json.tokens[0], 12345] })
+      assert.strictEqual(unknown.status, 400)
+      assert.match(unknown.json.error.message, /token id 12345 is unknown/)
+      const bad = yield* post("/tokenize", { prompt: 7 })
+      assert.strictEqual(bad.status, 400)
+      assert.match(bad.json.error.message, /invalid request body/)
+      const wrongModel = yield* post("/tokenize", { model: "other", prompt: "x" })
+      assert.strictEqual(wrongModel.status, 404)
+    }).pipe(withRouter({})))
+
+  it.live("a prompt longer than the whole KV cache is a 400; one that fits is served", () =>
+    Effect.gen(function*() {
+      const tooLong = yield* post("/v1/completions", { model: "test-model", prompt: words(17), max_tokens: 1 })
+      assert.strictEqual(tooLong.status, 400)
+      assert.strictEqual(tooLong.json.error.code, "context_length_exceeded")
+      assert.match(tooLong.json.error.message, /SIM_KV_BLOCKS/)
+      const fits = yield* post("/v1/completions", { model: "test-model", prompt: words(16), max_tokens: 1 })
+      assert.strictEqual(fits.status, 200)
+    }).pipe(withRouter({ blockSize: 4, kvBlocks: 4 })))
+})
