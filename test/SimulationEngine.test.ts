@@ -5,7 +5,7 @@
  * cached tokens reported, the prefix cache reset.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Effect, Fiber } from "effect"
+import { Clock, Effect, Fiber, Schema } from "effect"
 import { TestClock } from "effect/testing"
 import { defaultSimulation } from "../src/router/core/Config.ts"
 import type { KvEvent } from "../src/router/simulated/BlockCache.ts"
@@ -189,4 +189,95 @@ describe("the model's generation reports cached tokens (TestClock)", () => {
       assert.deepStrictEqual(model.simulation?.stats().prefixQueries, 20)
       assert.deepStrictEqual(model.simulation?.stats().prefixHits, 8)
     }))
+})
+
+const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
+
+const Arrival = Schema.Struct({
+  gapMs: int(0, 12),
+  /** Words from a three-word vocabulary: prompts share prefixes often. */
+  prompt: Schema.Array(int(0, 2)).check(Schema.isMaxLength(14)),
+  output: int(0, 6),
+  /** The client hangs up this long after arriving. */
+  hangUpAfterMs: Schema.optional(int(0, 40))
+})
+const Workload = Schema.Struct({
+  blockSize: int(1, 4),
+  kvBlocks: int(4, 24),
+  maxRunning: int(1, 4),
+  maxBatchedTokens: int(1, 16),
+  ttftMs: int(0, 5),
+  itlMs: int(0, 3),
+  prefillUsPerToken: Schema.Literals([0, 500, 1000]),
+  arrivals: Schema.Array(Arrival).check(Schema.isMinLength(1), Schema.isMaxLength(25))
+})
+
+describe("the engine (properties, TestClock)", () => {
+  it.effect.prop(
+    "blocks in use never exceed SIM_KV_BLOCKS; hits <= queries; the KV events replayed give the cache's blocks; every request not hung up ends with all its tokens",
+    [Workload],
+    ([workload]) =>
+      Effect.gen(function*() {
+        const clock = effectTimerClock(yield* Clock.Clock, yield* Effect.context<never>())
+        const index = new Set<number>()
+        let engine: ReturnType<typeof makeEngine> | undefined
+        const check = () => {
+          const stats = engine!.stats()
+          assert.isAtMost(stats.usedBlocks, workload.kvBlocks)
+          assert.isAtMost(stats.prefixHits, stats.prefixQueries)
+          assert.deepStrictEqual(index, engine!.cachedHashes())
+        }
+        engine = makeEngine(
+          { ...base, ...workload, ttftStdDevMs: 0, itlStdDevMs: 0 },
+          clock,
+          (batch) => {
+            for (const event of batch) {
+              if (event._tag === "BlockStored") {
+                for (const hash of event.blockHashes) {
+                  assert.isFalse(index.has(hash), "stored once while cached")
+                  index.add(hash)
+                }
+              } else if (event._tag === "BlockRemoved") {
+                for (const hash of event.blockHashes) assert.isTrue(index.delete(hash), "removed only after stored, once")
+              } else index.clear()
+            }
+            check()
+          }
+        )
+        const runs: Array<{ tokens: number; expected: number; ended: boolean; hungUp: boolean }> = []
+        for (const arrival of workload.arrivals) {
+          yield* TestClock.adjust(arrival.gapMs)
+          check()
+          const run = { tokens: 0, expected: arrival.output, ended: false, hungUp: false }
+          runs.push(run)
+          const plan = planText({ mode: "echo", echoText: words(arrival.output, "o"), maxTokens: arrival.output, stop: [], seed: 0 })
+          const stop = engine.submit(tokenIds(arrival.prompt.map((word) => `v${word}`).join(" ")), plan, {
+            token: (_text, index, next) => {
+              assert.strictEqual(index, run.tokens++)
+              next()
+            },
+            end: () => {
+              assert.isFalse(run.ended, "ends once")
+              run.ended = true
+            }
+          })
+          if (arrival.hangUpAfterMs !== undefined) {
+            yield* Effect.forkChild(Effect.andThen(Effect.sleep(arrival.hangUpAfterMs), Effect.sync(() => {
+              if (!run.ended) run.hungUp = true
+              stop()
+            })))
+          }
+        }
+        yield* TestClock.adjust(100_000)
+        check()
+        for (const run of runs) {
+          if (run.hungUp) continue
+          assert.isTrue(run.ended, "every request not hung up ends")
+          assert.strictEqual(run.tokens, run.expected)
+        }
+        assert.strictEqual(engine.stats().usedBlocks, 0, "every block released")
+        assert.strictEqual(engine.stats().running + engine.stats().waiting, 0)
+      }).pipe(Effect.tapDefect(() => Effect.sync(() => console.log(JSON.stringify(workload))))),
+    { arbitrary: { runs: Number(process.env.PROPERTY_RUNS ?? 100) } }
+  )
 })

@@ -257,17 +257,21 @@ export const makeEngine = (
     if (admitted > 0) waiting.splice(0, admitted)
   }
 
-  /** Plans the next step; its length in milliseconds, or -1 when there is nothing to do. */
-  const planStep = (): number => {
-    prefillSeqs.length = 0
-    prefillChunks.length = 0
-    decodeSeqs.length = 0
+  /** Finished and stopped sequences leave the batch (a stopped one's blocks go back): their slots are free. */
+  const dropDone = () => {
     let kept = 0
     for (const sequence of running) {
       if (sequence.stopped) cache.release(sequence.blocks)
       else if (!sequence.finished) running[kept++] = sequence
     }
     running.length = kept
+  }
+
+  /** Plans the next step; its length in milliseconds, or -1 when there is nothing to do. */
+  const planStep = (): number => {
+    prefillSeqs.length = 0
+    prefillChunks.length = 0
+    decodeSeqs.length = 0
     let budget = settings.maxBatchedTokens
     let prefilled = 0
     for (const sequence of running) {
@@ -380,6 +384,7 @@ export const makeEngine = (
 
   const loop = () => {
     for (;;) {
+      dropDone()
       admitWaiting()
       const length = planStep()
       flush()
@@ -442,10 +447,13 @@ export const makeEngine = (
       return () => {
         if (sequence.stopped) return
         sequence.stopped = true
-        // Not in a step's batch: its blocks go now; else at the next step's planning.
-        if (!running.includes(sequence)) return
-        if (!stepping) {
-          planStepRelease()
+        const queued = waiting.indexOf(sequence)
+        if (queued !== -1) waiting.splice(queued, 1)
+        // In the batch while no step runs: its blocks go now (else when the next step is planned).
+        else if (!stepping && running.includes(sequence)) {
+          dropDone()
+          flush()
+          kick()
         }
       }
     },
@@ -467,18 +475,6 @@ export const makeEngine = (
     },
     /** The cached blocks' keys (tests compare them with a subscriber's index). */
     cachedHashes: (): Set<number> => cache.cachedHashes()
-  }
-
-  /** Releases stopped sequences' blocks while no step runs. */
-  function planStepRelease() {
-    let kept = 0
-    for (const sequence of running) {
-      if (sequence.stopped) cache.release(sequence.blocks)
-      else running[kept++] = sequence
-    }
-    running.length = kept
-    flush()
-    kick()
   }
 }
 
