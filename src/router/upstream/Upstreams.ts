@@ -111,8 +111,9 @@ interface Member {
   checking: boolean
 }
 
-/** Active checks of a failing upstream start this soon after its failure, doubling up to the interval. */
+/** Active checks of a failing upstream start this soon after its failure, doubling up to `maxRecheckMs` (or the interval). */
 const firstRecheckMs = 100
+const maxRecheckMs = 1000
 
 /**
  * undici's connector, with the bytes a socket had read added to its errors:
@@ -239,7 +240,7 @@ export class Upstreams extends Context.Service<Upstreams, {
             member.checking = false
             // A failing upstream is checked again soon, then less often: it is back within about a second of recovering.
             member.checkFailures = healthy ? 0 : member.checkFailures + 1
-            member.nextCheckAt = at + (healthy ? settings.healthIntervalMs : Math.min(settings.healthIntervalMs, firstRecheckMs * 2 ** Math.min(member.checkFailures - 1, 10)))
+            member.nextCheckAt = at + (healthy ? settings.healthIntervalMs : Math.min(settings.healthIntervalMs, maxRecheckMs, firstRecheckMs * 2 ** Math.min(member.checkFailures - 1, 10)))
             if (!balancer.checked(endpoint, healthy, at)) return Effect.void
             return healthy
               ? Effect.logInfo(`upstream ${endpoint.id} is healthy`)
