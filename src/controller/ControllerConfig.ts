@@ -34,6 +34,8 @@ export interface ControllerSettings {
   readonly renewDeadlineMs: number
   readonly leaderRetryMs: number
   readonly maxParallelReconciles: number
+  /** Every API call but a watch is abandoned (its request aborted) after this long. */
+  readonly apiTimeoutMs: number
   readonly resyncSeconds: number
   /** A watch with no event (bookmarks included) for this long is restarted. */
   readonly watchIdleTimeoutMs: number
@@ -56,6 +58,7 @@ export const controllerSettingNames = [
   "RENEW_DEADLINE_MS",
   "LEADER_RETRY_MS",
   "MAX_PARALLEL_RECONCILES",
+  "API_TIMEOUT_MS",
   "RESYNC_SECONDS",
   "WATCH_IDLE_TIMEOUT_MS",
   "PORT",
@@ -94,6 +97,7 @@ export const loadControllerSettings: Effect.Effect<ControllerSettings, SettingEr
     () => Math.max(1, Math.round(renewDeadlineMs / 5))
   )
   const maxParallelReconciles = yield* setting("MAX_PARALLEL_RECONCILES", decimalBetween(1, 256), "an integer from 1 to 256", () => 4)
+  const apiTimeoutMs = yield* setting("API_TIMEOUT_MS", decimalBetween(100, 600_000), "an integer from 100 to 600000 (milliseconds)", () => 30_000)
   const resyncSeconds = yield* setting("RESYNC_SECONDS", decimalAtLeast(1), "an integer >= 1 (seconds)", () => 300)
   const watchIdleTimeoutMs = yield* setting("WATCH_IDLE_TIMEOUT_MS", decimalAtLeast(100), "an integer >= 100 (milliseconds)", () => 180_000)
   const port = yield* setting("PORT", decimalBetween(1, 65535), "a port number 1-65535", () => 8081)
@@ -109,6 +113,7 @@ export const loadControllerSettings: Effect.Effect<ControllerSettings, SettingEr
     renewDeadlineMs,
     leaderRetryMs,
     maxParallelReconciles,
+    apiTimeoutMs,
     resyncSeconds,
     watchIdleTimeoutMs,
     port,

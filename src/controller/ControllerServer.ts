@@ -11,7 +11,7 @@ import { KubeApi } from "./KubeApi.ts"
 
 export const ControllerServer = HealthServer.pipe(
   Layer.provideMerge(Controller),
-  Layer.provide(KubeApi.layer),
+  Layer.provide(Layer.unwrap(ControllerConfig.useSync((settings) => KubeApi.layer(settings.apiTimeoutMs)))),
   Layer.provideMerge(Layer.unwrap(ControllerConfig.useSync(loggingLayer))),
   Layer.provideMerge(ControllerConfig.layer)
 )

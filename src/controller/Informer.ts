@@ -5,7 +5,8 @@
  * repeating state and without a storm:
  * - the server ends the stream (its timeout): watch again from the last
  *   resourceVersion seen;
- * - 410 Gone (the resourceVersion is too old): list again;
+ * - 410 Gone (the resourceVersion is too old), as an ERROR event or as the
+ *   watch request's HTTP status: list again;
  * - the connection fails, or the API is down: back off exponentially (with
  *   jitter, capped) and retry, from the last resourceVersion;
  * - no event, not even a bookmark, for `idleTimeoutMs`: the watch is presumed
@@ -129,7 +130,8 @@ export const makeInformer = (options: InformerOptions): Effect.Effect<Informer, 
           } else if (ended._tag === "Silent") {
             yield* Effect.logWarning(`watch ${options.resource.kind} silent for ${options.idleTimeoutMs} ms; restarting it`)
             yield* restarted("silent")
-          } else if (ended._tag === "WatchExpired") {
+          } else if (ended._tag === "WatchExpired" || ended.status === 410) {
+            // 410 Gone as an ERROR event in the stream, or as the HTTP status of the watch request.
             yield* Effect.logInfo(`watch ${options.resource.kind}: resourceVersion expired (410); listing again`)
             yield* restarted("expired")
             resourceVersion = undefined

@@ -8,15 +8,21 @@ import {
   ApiException,
   CoordinationV1Api,
   CoreV1Api,
+  createConfiguration,
   CustomObjectsApi,
   KubeConfig,
   type KubernetesObject,
   KubernetesObjectApi,
   PatchStrategy,
+  ServerConfiguration,
   setHeaderOptions,
   Watch
 } from "@kubernetes/client-node"
 import { Context, Data, Effect, Layer } from "effect"
+import { AsyncLocalStorage } from "node:async_hooks"
+import { existsSync } from "node:fs"
+import { homedir } from "node:os"
+import { join } from "node:path"
 import { group, plural, version } from "../api/InferenceService.ts"
 
 /** A failed API call: the HTTP status when there was one, and what the server said. */
@@ -95,7 +101,27 @@ const collectionPath = (resource: ResourceRef, namespace: string | undefined) =>
   return `/${parts.join("/")}/namespaces/${namespace}/${last}`
 }
 
-const call = <A>(operation: string, run: () => Promise<A>) => Effect.tryPromise({ try: run, catch: toKubeError(operation) })
+class ObjectApi extends KubernetesObjectApi {
+  static of(configuration: ConstructorParameters<typeof KubernetesObjectApi>[0], kc: KubeConfig) {
+    const api = new ObjectApi(configuration)
+    api.setDefaultNamespace(kc)
+    return api
+  }
+}
+
+/** The abort signal of the call in progress, read by the clients' middleware (client-node takes no per-call signal). */
+const callSignal = new AsyncLocalStorage<AbortSignal>()
+
+/** No kubeconfig anywhere client-node would look, and not in a pod: there is no cluster to talk to. */
+export class NoCluster extends Data.TaggedError("NoCluster")<{}> {
+  override get message() {
+    return "no cluster found: set KUBECONFIG, create ~/.kube/config, or run in a pod (KUBERNETES_SERVICE_HOST)"
+  }
+}
+
+/** The API's answer to a call that took longer than the timeout. */
+const timedOut = (operation: string, timeoutMs: number) =>
+  new KubeError({ operation, status: undefined, detail: `no answer within ${timeoutMs} ms` })
 
 export class KubeApi extends Context.Service<KubeApi, {
   /** The server the kubeconfig points at, for logs. */
@@ -117,6 +143,8 @@ export class KubeApi extends Context.Service<KubeApi, {
   apply(object: KubernetesObject): Effect.Effect<any, KubeError>
   /** Server-side apply of an InferenceService's status (the status subresource). */
   applyStatus(namespace: string, name: string, status: unknown): Effect.Effect<any, KubeError>
+  /** Reads one object; undefined when there is none. */
+  read(resource: ResourceRef, namespace: string, name: string): Effect.Effect<any | undefined, KubeError>
   /** Deletes an object; one already gone is not an error. */
   remove(object: { apiVersion: string; kind: string; metadata: { name: string; namespace: string } }): Effect.Effect<void, KubeError>
   listPods(namespace: string, labelSelector: string): Effect.Effect<ReadonlyArray<any>, KubeError>
@@ -125,17 +153,40 @@ export class KubeApi extends Context.Service<KubeApi, {
   createLease(namespace: string, lease: any): Effect.Effect<any, KubeError>
   replaceLease(namespace: string, name: string, lease: any): Effect.Effect<any, KubeError>
 }>()("inference-router/KubeApi") {
-  static readonly make = (kc: KubeConfig): KubeApi["Service"] => {
-    const objects = KubernetesObjectApi.makeApiClient(kc)
-    const core = kc.makeApiClient(CoreV1Api)
-    const custom = kc.makeApiClient(CustomObjectsApi)
-    const coordination = kc.makeApiClient(CoordinationV1Api)
+  /**
+   * Every call but a watch is bounded by `timeoutMs` (and by any shorter
+   * deadline of its caller, which interrupts it): an interrupted call aborts
+   * its HTTP request, so a call that hangs neither holds a worker nor writes
+   * after its caller gave up (a leader that lost its lease).
+   */
+  static readonly make = (kc: KubeConfig, timeoutMs = 30_000): KubeApi["Service"] => {
+    const cluster = kc.getCurrentCluster()
+    const configuration = createConfiguration({
+      baseServer: new ServerConfiguration(cluster?.server ?? "http://localhost", {}),
+      authMethods: { default: kc },
+      promiseMiddleware: [{
+        pre: async (context) => {
+          const signal = callSignal.getStore()
+          if (signal !== undefined) context.setSignal(signal)
+          return context
+        },
+        post: async (response) => response
+      }]
+    })
+    const objects = ObjectApi.of(configuration, kc)
+    const core = new CoreV1Api(configuration)
+    const custom = new CustomObjectsApi(configuration)
+    const coordination = new CoordinationV1Api(configuration)
+    const call = <A>(operation: string, run: () => Promise<A>) =>
+      Effect.tryPromise({ try: (signal) => callSignal.run(signal, run), catch: toKubeError(operation) }).pipe(
+        Effect.timeoutOrElse({ duration: timeoutMs, orElse: () => Effect.fail(timedOut(operation, timeoutMs)) })
+      )
     const watcher = new Watch(kc)
     const applyContentType = setHeaderOptions("Content-Type", PatchStrategy.ServerSideApply)
     const [resourceGroup, resourceVersion] = [group, version]
 
     return KubeApi.of({
-      server: kc.getCurrentCluster()?.server ?? "(none)",
+      server: cluster?.server ?? "(none)",
       list: (resource, namespace, labelSelector) =>
         call(
           `list ${resource.kind}`,
@@ -196,6 +247,11 @@ export class KubeApi extends Context.Service<KubeApi, {
             fieldManager,
             force: true
           }, applyContentType)),
+      read: (resource, namespace, name) =>
+        call(`read ${resource.kind} ${namespace}/${name}`, () =>
+          objects.read({ apiVersion: resource.apiVersion, kind: resource.kind, metadata: { name, namespace } })).pipe(
+            Effect.catchIf((error) => error.status === 404, () => Effect.succeed(undefined))
+          ),
       remove: (object) =>
         call(`delete ${object.kind} ${object.metadata.namespace}/${object.metadata.name}`, () => objects.delete(object)).pipe(
           Effect.asVoid,
@@ -218,10 +274,23 @@ export class KubeApi extends Context.Service<KubeApi, {
     })
   }
 
-  /** From the kubeconfig kubectl would use (KUBECONFIG, ~/.kube/config, or the pod's service account). */
-  static readonly layer: Layer.Layer<KubeApi> = Layer.sync(KubeApi, () => {
-    const kc = new KubeConfig()
-    kc.loadFromDefault()
-    return KubeApi.make(kc)
-  })
+  /**
+   * From the kubeconfig kubectl would use (KUBECONFIG, ~/.kube/config, or the
+   * pod's service account); none of them: fails with one line (client-node
+   * would otherwise try http://localhost:8080 and warn on every call).
+   */
+  static readonly layer = (timeoutMs?: number): Layer.Layer<KubeApi, NoCluster> =>
+    Layer.effect(
+      KubeApi,
+      Effect.suspend(() => {
+        const kubeconfig = process.env.KUBECONFIG
+        const found = (kubeconfig !== undefined && kubeconfig !== "") ||
+          existsSync(join(homedir(), ".kube", "config")) ||
+          process.env.KUBERNETES_SERVICE_HOST !== undefined
+        if (!found) return Effect.fail(new NoCluster())
+        const kc = new KubeConfig()
+        kc.loadFromDefault()
+        return Effect.succeed(KubeApi.make(kc, timeoutMs))
+      })
+    )
 }

@@ -1,18 +1,25 @@
 /**
  * One reconcile of one InferenceService, level-based and idempotent: read the
  * InferenceService and its Deployment from the informers' caches, compute the
- * desired children (a pure function), apply what differs (server-side apply,
+ * desired children (a pure function), apply what changed (server-side apply,
  * forcing the fields the controller owns), and write the status only when it
  * changed. The same state gives the same writes, and none when nothing
  * changed. Children are deleted by the garbage collector through their
  * owner references: no finalizer, nothing outside the cluster to clean.
+ *
+ * "What changed" is decided by what was last applied, not by a superset test
+ * on the live object: each child carries the hash of the configuration
+ * applied to it (`appliedHashAnnotation`), so a key removed from the spec is
+ * applied (and server-side apply removes it); a live object that lost a field
+ * the controller sets (an edit) is applied again too.
  */
-import { Clock, Effect } from "effect"
-import { apiVersion as isvcApiVersion, kind as isvcKind } from "../api/InferenceService.ts"
+import { Clock, Data, Effect } from "effect"
+import { createHash } from "node:crypto"
+import { apiVersion as isvcApiVersion, type InferenceServiceSpec, kind as isvcKind } from "../api/InferenceService.ts"
 import { metricContext } from "../shared/Metrics.ts"
-import { childName, desiredObjects, type KubeObject, selectorLabels } from "./Desired.ts"
+import { autoscales, childName, desiredObjects, type KubeObject, selectorLabels } from "./Desired.ts"
 import type { Informer } from "./Informer.ts"
-import { KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
+import { fieldManager, KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
 import { apiWritesBy, reconcileDuration, reconcilesBy } from "./Metrics.ts"
 import { checkSpec, type SpecCheck } from "./SpecCheck.ts"
 import { computeStatus, sameStatus } from "./Status.ts"
@@ -29,12 +36,72 @@ export const contains = (live: unknown, desired: unknown): boolean => {
   return live === desired
 }
 
+/** The annotation holding the hash of the configuration the controller last applied to a child. */
+export const appliedHashAnnotation = "inference-router.dev/applied-hash"
+
+/** The object with the hash of its configuration in `appliedHashAnnotation`. */
+export const withAppliedHash = (object: KubeObject): KubeObject => {
+  const hash = createHash("sha256").update(JSON.stringify(object)).digest("hex").slice(0, 16)
+  return { ...object, metadata: { ...object.metadata, annotations: { ...object.metadata.annotations, [appliedHashAnnotation]: hash } } }
+}
+
+const fieldIn = (entry: any, path: ReadonlyArray<string>) => {
+  let node = entry.fieldsV1
+  for (const segment of path) node = node?.[segment]
+  return node !== undefined
+}
+
+/** Whether `manager` set this field by server-side apply, by the managed fields (`path`: `f:spec`, `f:replicas`). */
+export const appliedBy = (object: any, manager: string, ...path: ReadonlyArray<string>): boolean =>
+  (object?.metadata?.managedFields ?? []).some((entry: any) =>
+    entry.manager === manager && entry.operation === "Apply" && (entry.subresource ?? "") === "" && fieldIn(entry, path)
+  )
+
+/** Whether a manager other than `manager` owns the field. */
+export const ownedByOthers = (object: any, manager: string, ...path: ReadonlyArray<string>): boolean =>
+  (object?.metadata?.managedFields ?? []).some((entry: any) => entry.manager !== manager && fieldIn(entry, path))
+
+/** A child of that name exists and this InferenceService does not control it. */
+export class NotOwned extends Data.TaggedError("NotOwned")<{ readonly detail: string }> {
+  override get message() {
+    return this.detail
+  }
+}
+
+/** Why the controller will not write a child it does not control, or undefined when it does (or there is none). */
+export const foreignChild = (live: any, ownerUid: string): string | undefined => {
+  if (live === undefined) return undefined
+  const controller = (live.metadata?.ownerReferences ?? []).find((ref: any) => ref.controller === true)
+  if (controller?.uid === ownerUid) return undefined
+  const name = `${live.kind ?? "object"} ${live.metadata?.namespace}/${live.metadata?.name}`
+  return controller === undefined
+    ? `${name} exists and is not controlled by this InferenceService: the controller leaves it alone (delete or rename it, and the controller creates its own)`
+    : `${name} is controlled by ${controller.kind} ${controller.name} (uid ${controller.uid}), not by this InferenceService`
+}
+
+/**
+ * The Deployment to apply. When the spec switches from a fixed count to
+ * autoscaling, the controller keeps applying the live replica count (never
+ * below minReplicas) while it is the count's only manager: dropping the field
+ * at once would let the API server default it to 1 before the HPA writes its
+ * own. Once the HPA has written the count (it then owns it), the field is left
+ * out: the server-side apply docs' "transferring ownership".
+ */
+export const deploymentToApply = (desired: KubeObject, spec: InferenceServiceSpec, live: any): KubeObject => {
+  if (!autoscales(spec) || live === undefined) return desired
+  if (!appliedBy(live, fieldManager, "f:spec", "f:replicas") || ownedByOthers(live, fieldManager, "f:spec", "f:replicas")) return desired
+  const replicas = Math.max(live.spec?.replicas ?? 1, spec.minReplicas ?? 1)
+  return { ...desired, spec: { replicas, ...desired.spec } }
+}
+
 export interface ReconcilerDeps {
   readonly routerImage: string
   readonly inferenceServices: Informer
   /** The watched children, by kind. */
   readonly children: Readonly<Record<string, Informer>>
 }
+
+type Problem = { reason: "InvalidSpec" | "ApplyFailed" | "NotOwned"; message: string }
 
 export const makeReconciler = (deps: ReconcilerDeps) =>
   Effect.gen(function*() {
@@ -43,20 +110,40 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
     const clock = yield* Clock.Clock
     const wrote = (kind: string) => Effect.sync(() => apiWritesBy(kind).updateUnsafe(1, metrics))
 
-    /** Applies `object` unless the live one already has every field it sets; deletes an unwanted live one. */
-    const applyIfChanged = (object: KubeObject | undefined, ref: ResourceRef, namespace: string, name: string) => {
-      const live = deps.children[ref.kind]?.store.get(`${namespace}/${name}`)
-      if (object === undefined) {
-        // Not wanted (an HPA after autoscaling was turned off).
-        if (live === undefined) return Effect.succeed(undefined)
-        return kube.remove({ apiVersion: ref.apiVersion, kind: ref.kind, metadata: { name, namespace } }).pipe(
-          Effect.tap(() => wrote(ref.kind)),
-          Effect.as(undefined)
-        )
-      }
-      if (live !== undefined && contains(live, object)) return Effect.succeed(live)
-      return kube.apply(object as any).pipe(Effect.tap(() => wrote(ref.kind)))
+    /**
+     * The live child: from the cache (children the controller labelled) or,
+     * when the cache has none, from the API, where an object of that name the
+     * controller did not create may be (a forced apply would take it over).
+     */
+    const liveChild = (ref: ResourceRef, namespace: string, name: string): Effect.Effect<any, KubeError> => {
+      const cached = deps.children[ref.kind]?.store.get(`${namespace}/${name}`)
+      return cached !== undefined ? Effect.succeed(cached) : kube.read(ref, namespace, name)
     }
+
+    /**
+     * Applies `object` unless it was applied as it is and the live one still
+     * has every field it sets; deletes an unwanted live one; fails with
+     * NotOwned for a child this InferenceService does not control.
+     */
+    const applyIfChanged = (object: KubeObject | undefined, ref: ResourceRef, namespace: string, name: string, ownerUid: string) =>
+      Effect.gen(function*() {
+        const live = object === undefined ? deps.children[ref.kind]?.store.get(`${namespace}/${name}`) : yield* liveChild(ref, namespace, name)
+        const foreign = foreignChild(live, ownerUid)
+        if (foreign !== undefined) return yield* new NotOwned({ detail: foreign })
+        if (object === undefined) {
+          // Not wanted (an HPA after autoscaling was turned off).
+          if (live === undefined) return undefined
+          yield* kube.remove({ apiVersion: ref.apiVersion, kind: ref.kind, metadata: { name, namespace } })
+          yield* wrote(ref.kind)
+          return undefined
+        }
+        const hashed = withAppliedHash(object)
+        const hash = hashed.metadata.annotations![appliedHashAnnotation]
+        if (live !== undefined && live.metadata?.annotations?.[appliedHashAnnotation] === hash && contains(live, hashed)) return live
+        const applied = yield* kube.apply(hashed as any)
+        yield* wrote(ref.kind)
+        return applied
+      })
 
     const event = (isvc: any, type: "Normal" | "Warning", reason: string, message: string) => {
       const now = new Date(clock.currentTimeMillisUnsafe()).toISOString()
@@ -85,7 +172,7 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
       )
     }
 
-    const writeStatus = (isvc: any, problem: { reason: "InvalidSpec" | "ApplyFailed"; message: string } | undefined, deployment: any, url: string, image: string) =>
+    const writeStatus = (isvc: any, problem: Problem | undefined, deployment: any, url: string, image: string) =>
       Effect.gen(function*() {
         const ready = deployment?.status?.readyReplicas ?? 0
         const wanted = deployment?.spec?.replicas ?? 1
@@ -108,7 +195,9 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         const before = isvc.status?.conditions?.find((c: any) => c.type === "Ready")
         const after = status.conditions!.find((c) => c.type === "Ready")!
         if (before?.status !== after.status || before?.reason !== after.reason) {
-          yield* event(isvc, after.status === "True" ? "Normal" : "Warning", after.reason, after.message)
+          // Progress (a first rollout, pods starting) is news, not a warning.
+          const progress = after.status === "True" || after.reason === "RolloutInProgress" || after.reason === "Pending"
+          yield* event(isvc, progress ? "Normal" : "Warning", after.reason, after.message)
         }
       })
 
@@ -121,7 +210,7 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
     const checkedSpec = (isvc: any): SpecCheck => {
       const known = checks.get(isvc.metadata.uid)
       if (known !== undefined && known.generation === isvc.metadata.generation) return known.check
-      const check = checkSpec(isvc.spec)
+      const check = checkSpec(isvc.spec, isvc.metadata.name)
       checks.set(isvc.metadata.uid, { key: `${isvc.metadata.namespace}/${isvc.metadata.name}`, generation: isvc.metadata.generation, check })
       return check
     }
@@ -155,19 +244,30 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         }
         const desired = desiredObjects({ name, namespace, uid }, check.spec, { routerImage: deps.routerImage })
         const applied = yield* Effect.gen(function*() {
-          const deployment = yield* applyIfChanged(desired.deployment, resources.deployments, namespace, routerName)
-          yield* applyIfChanged(desired.service, resources.services, namespace, routerName)
-          yield* applyIfChanged(desired.podDisruptionBudget, resources.podDisruptionBudgets, namespace, routerName)
-          yield* applyIfChanged(desired.horizontalPodAutoscaler, resources.horizontalPodAutoscalers, namespace, routerName)
-          return deployment
+          const deployment = yield* applyIfChanged(
+            deploymentToApply(desired.deployment, check.spec, liveDeployment),
+            resources.deployments,
+            namespace,
+            routerName,
+            uid
+          )
+          yield* applyIfChanged(desired.service, resources.services, namespace, routerName, uid)
+          yield* applyIfChanged(desired.podDisruptionBudget, resources.podDisruptionBudgets, namespace, routerName, uid)
+          yield* applyIfChanged(desired.horizontalPodAutoscaler, resources.horizontalPodAutoscalers, namespace, routerName, uid)
+          return { deployment }
         }).pipe(
+          // A child this InferenceService does not control stays so until a person acts: reported, not retried.
+          Effect.catchTag("NotOwned", (error) => Effect.succeed({ notOwned: error.message })),
           Effect.tapError((error) =>
-            writeStatus(isvc, { reason: "ApplyFailed", message: error.message }, liveDeployment, desired.url, desired.image).pipe(
-              Effect.ignore
-            )
+            writeStatus(isvc, { reason: "ApplyFailed", message: error.message }, liveDeployment, desired.url, desired.image).pipe(Effect.ignore)
           )
         )
-        yield* writeStatus(isvc, undefined, applied ?? liveDeployment, desired.url, desired.image)
+        if ("notOwned" in applied) {
+          yield* writeStatus(isvc, { reason: "NotOwned", message: applied.notOwned }, liveDeployment, desired.url, desired.image)
+          reconcilesBy("invalid").updateUnsafe(1, metrics)
+          return
+        }
+        yield* writeStatus(isvc, undefined, applied.deployment ?? liveDeployment, desired.url, desired.image)
         reconcilesBy("success").updateUnsafe(1, metrics)
       }).pipe(
         Effect.tapError(() => Effect.sync(() => reconcilesBy("error").updateUnsafe(1, metrics))),

@@ -1,0 +1,197 @@
+/**
+ * The controller process against the strict stand-in API server (managed
+ * fields, defaulting, validation, faults): what a real cluster shows on day
+ * one and a kinder stand-in did not (issue 19's findings, one test each).
+ */
+import { spawnSync } from "node:child_process"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterEach, assert, describe, it } from "vitest"
+import { FakeKubeApi } from "./support/FakeKubeApi.ts"
+import { freePort, killAll, root, sleep, startProcess, until } from "./support/Processes.ts"
+import { requestAt } from "./support/TestRouter.ts"
+
+const apis: Array<FakeKubeApi> = []
+afterEach(async () => {
+  killAll()
+  for (const api of apis.splice(0)) await api.stop()
+})
+
+const fakeApi = async () => {
+  const api = new FakeKubeApi({ bookmarkMs: 200 })
+  apis.push(api)
+  await api.start()
+  return api
+}
+
+const startController = async (api: FakeKubeApi, env: Record<string, string> = {}, token = "controller") => {
+  const port = await freePort()
+  const controller = startProcess(["src/controller/main.ts"], {
+    KUBECONFIG: api.kubeconfig(token),
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    POD_NAME: `controller-${token}`,
+    LEADER_ELECTION: "false",
+    RESYNC_SECONDS: "1",
+    ...env
+  })
+  return { ...controller, port }
+}
+
+const isvc = (name: string, spec: Record<string, unknown>, namespace = "default") => ({
+  apiVersion: "inference-router.dev/v1alpha1",
+  kind: "InferenceService",
+  metadata: { name, namespace },
+  spec
+})
+
+/** An edit of the spec, as `kubectl apply` by a user would make it. */
+const edit = (api: FakeKubeApi, name: string, spec: Record<string, unknown>) => {
+  const live = api.get("inferenceservices", "default", name)
+  return api.put("inferenceservices", { ...live, spec }, "kubectl")
+}
+
+const condition = (object: any, type: string) => object?.status?.conditions?.find((c: any) => c.type === type)
+const reconciled = (api: FakeKubeApi, name: string) => {
+  const object = api.get("inferenceservices", "default", name)
+  const c = condition(object, "Reconciled")
+  return c?.status === "True" && c.observedGeneration === object.metadata.generation
+}
+
+describe("the controller against a stand-in as strict as kube-apiserver", () => {
+  it("a CPU request over the default limit is applied (the limit follows it), not refused by the API server", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    api.put("inferenceservices", isvc("cpu", { modelRef: "m", resources: { requests: { cpu: "2" } } }))
+    await until(() => reconciled(api, "cpu"), "reconciled")
+    const resources = api.get("deployments", "default", "cpu-router").spec.template.spec.containers[0].resources
+    assert.deepStrictEqual(resources.limits.cpu, "2")
+  })
+
+  it("a pod label, an annotation and an env entry removed from the spec leave the Deployment", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    api.put("inferenceservices", isvc("keys", {
+      modelRef: "m",
+      podLabels: { team: "a", tier: "gold" },
+      podAnnotations: { note: "x" },
+      env: [{ name: "TZ", value: "UTC" }]
+    }))
+    await until(() => reconciled(api, "keys"), "reconciled")
+    // Only keys of maps removed: the live object is still a superset of what is wanted.
+    edit(api, "keys", { modelRef: "m", podLabels: { team: "a" }, env: [{ name: "TZ", value: "UTC" }] })
+    await until(() => reconciled(api, "keys"), "the edit reconciled")
+    await until(() => api.get("deployments", "default", "keys-router").spec.template.metadata.labels.tier === undefined, "the label gone")
+    const live = api.get("deployments", "default", "keys-router").spec.template
+    assert.strictEqual(live.metadata.labels.team, "a")
+    assert.isUndefined(live.metadata.annotations.note)
+    edit(api, "keys", { modelRef: "m", podLabels: { team: "a" } })
+    await until(() => reconciled(api, "keys"), "the second edit reconciled")
+    await until(() => api.get("deployments", "default", "keys-router").spec.template.spec.containers[0].env.every((e: any) => e.name !== "TZ"), "the env entry gone")
+  })
+
+  it("switching from replicas: 3 to autoscaling keeps 3 replicas until the HPA writes its own count, then leaves it to the HPA", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    api.put("inferenceservices", isvc("scale", { modelRef: "m", replicas: 3 }))
+    await until(() => reconciled(api, "scale"), "reconciled")
+    edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6 })
+    await until(() => api.get("horizontalpodautoscalers", "default", "scale-router") !== undefined && reconciled(api, "scale"), "the HPA")
+    await sleep(1_500) // a resync or two
+    assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 3, "never dropped towards 1")
+    // The HPA scales: the count is its own; the controller no longer applies it, nor fights it.
+    api.scale("default", "scale-router", 5)
+    edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6, podLabels: { v: "2" } })
+    await until(() => api.get("deployments", "default", "scale-router").spec.template.metadata.labels.v === "2", "a later edit applied")
+    await sleep(1_500)
+    assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 5)
+    const owners = api.managedFields("deployments", "default", "scale-router")
+      .filter((m: any) => m.fieldsV1?.["f:spec"]?.["f:replicas"] !== undefined)
+      .map((m: any) => m.manager)
+    assert.deepStrictEqual(owners, ["kube-controller-manager"])
+  })
+
+  it("an object it did not create, named <name>-router, is not taken over: Ready=False NotOwned, the object unchanged", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    const foreign = api.put("services", {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "taken-router", namespace: "default" },
+      spec: { selector: { app: "someone-else" }, ports: [{ port: 9000 }] }
+    }, "kubectl-create")
+    api.put("inferenceservices", isvc("taken", { modelRef: "m" }))
+    await until(() => condition(api.get("inferenceservices", "default", "taken"), "Ready")?.reason === "NotOwned", "NotOwned")
+    assert.include(condition(api.get("inferenceservices", "default", "taken"), "Ready").message, "Service default/taken-router")
+    await sleep(1_500)
+    const live = api.get("services", "default", "taken-router")
+    assert.strictEqual(live.metadata.resourceVersion, foreign.metadata.resourceVersion, "never written")
+    assert.deepStrictEqual(live.spec.selector, { app: "someone-else" })
+  })
+
+  it("a watch answered with HTTP 410 lists again instead of retrying the same resourceVersion", async () => {
+    const api = await fakeApi()
+    await startController(api, { WATCH_IDLE_TIMEOUT_MS: "60000" })
+    api.put("inferenceservices", isvc("w", { modelRef: "m" }))
+    await until(() => reconciled(api, "w"), "reconciled")
+    const before = api.requests.length
+    api.fault({ watch: true, path: "/inferenceservices", status: 410, times: 1 })
+    api.dropWatches()
+    await until(() => api.requests.slice(before).some((r) => r.path.endsWith("/inferenceservices") && !r.watch && r.method === "GET"), "listed again")
+    await sleep(500)
+    const watches410 = api.requests.slice(before).filter((r) => r.watch && r.status === 410).length
+    assert.strictEqual(watches410, 1, "one 410, then a list and a new watch")
+  })
+
+  it("lease errors (403) are logged as warnings, not at debug", async () => {
+    const api = await fakeApi()
+    api.fault({ path: "/leases", status: 403 })
+    const controller = await startController(api, { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "2", RENEW_DEADLINE_MS: "1500", LEADER_RETRY_MS: "200" })
+    await until(() => controller.output().stdout.includes("403"), "a logged 403")
+    const line = controller.output().stdout.split("\n").find((l) => l.includes("403"))!
+    assert.match(line, /"level":"WARN"|level=WARN|WARN/i)
+  })
+
+  it("SIGTERM while every lease request hangs: the process exits within the grace period", async () => {
+    const api = await fakeApi()
+    const controller = await startController(api, { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "3", RENEW_DEADLINE_MS: "2000", LEADER_RETRY_MS: "200" })
+    await until(() => api.get("leases", "default", "inference-router-controller")?.spec?.holderIdentity === "controller-controller", "leading")
+    api.fault({ path: "/leases", hang: true })
+    await sleep(300)
+    const started = Date.now()
+    controller.child.kill("SIGTERM")
+    const code = await controller.exited
+    // The controller Deployment's grace period is 30 s; the release is bounded by the renew deadline (2 s here).
+    assert.isBelow(Date.now() - started, 8_000)
+    assert.strictEqual(code, 0)
+  })
+
+  it("npm run controller without any kubeconfig: one line saying no cluster was found, exit 1", async () => {
+    const port = await freePort()
+    const home = mkdtempSync(join(tmpdir(), "no-kube-"))
+    const result = spawnSync(process.execPath, ["src/controller/main.ts"], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? "", HOME: home, PORT: String(port), HOST: "127.0.0.1" },
+      encoding: "utf8",
+      timeout: 10_000
+    })
+    assert.strictEqual(result.status, 1, result.stdout + result.stderr)
+    const lines = result.stderr.trim().split("\n")
+    assert.lengthOf(lines, 1, result.stderr)
+    assert.include(lines[0], "no cluster found")
+  })
+
+  it("hanging applies do not hold the workers: other InferenceServices are reconciled, and the stuck one when the API answers again", async () => {
+    const api = await fakeApi()
+    const controller = await startController(api, { API_TIMEOUT_MS: "500", MAX_PARALLEL_RECONCILES: "2" })
+    const remove = api.fault({ method: "PATCH", path: /\/(stuck-\d)-router$/, hang: true })
+    for (let i = 0; i < 4; i++) api.put("inferenceservices", isvc(`stuck-${i}`, { modelRef: "m" }))
+    await sleep(300)
+    api.put("inferenceservices", isvc("free", { modelRef: "m" }))
+    await until(() => reconciled(api, "free"), "another InferenceService reconciled")
+    assert.strictEqual((await requestAt(controller.port, { path: "/healthz" })).status, 200)
+    remove()
+    await until(() => [0, 1, 2, 3].every((i) => reconciled(api, `stuck-${i}`)), "the stuck ones once the API answers", 20_000)
+  })
+})
