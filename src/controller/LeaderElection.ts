@@ -1,15 +1,26 @@
 /**
  * Leader election on a `coordination.k8s.io/v1` Lease, as client-go's
- * leaderelection: a candidate takes the Lease when it is free or its holder
- * has not renewed it for `leaseDurationSeconds`, and renews it every
- * `retryMs`. Writes carry the Lease's resourceVersion, so of two replicas
- * racing, one gets 409 Conflict and stays a candidate: two never lead at once.
- * A leader that cannot renew within `renewDeadlineMs` stops leading (its work
- * is interrupted) before the Lease can expire for the others. On shutdown the
- * leader releases the Lease, so a successor takes over at once.
+ * leaderelection:
+ * - A candidate takes the Lease when it is free (released) or its record has
+ *   not changed for `leaseDurationSeconds`, timed by this replica's own clock
+ *   from when it saw the record change: never by comparing the holder's
+ *   `renewTime` with the local clock, so a holder whose clock is skewed is
+ *   not taken over while it renews.
+ * - Writes carry the Lease's resourceVersion, so of two replicas racing, one
+ *   gets 409 Conflict and stays a candidate.
+ * - The leader renews every `retryMs`; each attempt is bounded by what is
+ *   left of `renewDeadlineMs` since the last renewal, and when the deadline
+ *   passes (a failing or hanging API, a 403) it stops leading at once, even
+ *   mid-call: its work is interrupted and its requests aborted. The deadline
+ *   is shorter than the lease, so it has stopped before another replica can
+ *   see the lease expire.
+ * - On shutdown the leader releases the Lease (bounded in time, so a hanging
+ *   API cannot hold SIGTERM), and a successor takes over at once.
+ * Failed lease calls are logged as warnings (a 409 race, which is normal, at
+ * debug).
  */
-import { Clock, Effect, Exit, Fiber } from "effect"
-import { KubeApi } from "./KubeApi.ts"
+import { Clock, Effect, Exit, Fiber, Option } from "effect"
+import { KubeApi, type KubeError } from "./KubeApi.ts"
 
 export interface LeaderElectionOptions {
   readonly namespace: string
@@ -24,50 +35,78 @@ export interface LeaderElectionOptions {
 /** Kubernetes' MicroTime: RFC 3339 with microseconds. */
 const microTime = (millis: number) => new Date(millis).toISOString().replace(/\.(\d{3})Z$/, ".$1000Z")
 
+/** The part of a Lease whose change shows its holder is alive (client-go's LeaderElectionRecord). */
+const recordOf = (lease: any) =>
+  JSON.stringify([
+    lease?.spec?.holderIdentity ?? "",
+    lease?.spec?.renewTime ?? "",
+    lease?.spec?.acquireTime ?? "",
+    lease?.spec?.leaseDurationSeconds ?? 0,
+    lease?.spec?.leaseTransitions ?? 0
+  ])
+
 export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effect.Effect<void, E, R>) =>
   Effect.gen(function*() {
     const kube = yield* KubeApi
     const clock = yield* Clock.Clock
+    const now = () => clock.currentTimeMillisUnsafe()
+    /** The Lease's record as last seen, and when (local clock) it was seen to change. */
+    let observed: { readonly record: string; readonly at: number } | undefined
     let heldVersion: string | undefined
+    let lastError: string | undefined
+
+    const observe = (lease: any, at: number) => {
+      const record = recordOf(lease)
+      if (observed?.record !== record) observed = { record, at }
+    }
 
     /** One attempt to take or renew the Lease; true when we hold it afterwards. */
     const tryAcquireOrRenew = Effect.gen(function*() {
-      const now = clock.currentTimeMillisUnsafe()
       const lease = yield* kube.readLease(options.namespace, options.name)
+      const at = now()
       const spec = {
         holderIdentity: options.identity,
         leaseDurationSeconds: options.leaseDurationSeconds,
-        renewTime: microTime(now)
+        renewTime: microTime(at)
       }
       if (lease === undefined) {
         const created = yield* kube.createLease(options.namespace, {
           apiVersion: "coordination.k8s.io/v1",
           kind: "Lease",
           metadata: { name: options.name, namespace: options.namespace },
-          spec: { ...spec, acquireTime: microTime(now), leaseTransitions: 0 }
+          spec: { ...spec, acquireTime: microTime(at), leaseTransitions: 0 }
         })
         heldVersion = created.metadata?.resourceVersion
+        observe(created, at)
         return true
       }
+      observe(lease, at)
       const holder: string = lease.spec?.holderIdentity ?? ""
-      const renewedAt = lease.spec?.renewTime === undefined ? 0 : new Date(lease.spec.renewTime).getTime()
       const duration = (lease.spec?.leaseDurationSeconds ?? options.leaseDurationSeconds) * 1000
       const ours = holder === options.identity
-      if (!ours && holder !== "" && renewedAt + duration > now) return false
+      if (!ours && holder !== "" && observed!.at + duration > at) return false
       const replaced = yield* kube.replaceLease(options.namespace, options.name, {
         ...lease,
         spec: {
           ...lease.spec,
           ...spec,
-          acquireTime: ours ? lease.spec.acquireTime : microTime(now),
+          acquireTime: ours ? lease.spec.acquireTime : microTime(at),
           leaseTransitions: (lease.spec?.leaseTransitions ?? 0) + (ours ? 0 : 1)
         }
       })
       heldVersion = replaced.metadata?.resourceVersion
+      observe(replaced, at)
+      lastError = undefined
       return true
     }).pipe(
-      // 409 (another replica won the race), the API down: not leading, try again later.
-      Effect.catch((error) => Effect.logDebug("lease not taken").pipe(Effect.annotateLogs({ error: error.message }), Effect.as(false)))
+      // 409 (another replica won the race): normal. Anything else (403, the API down) is worth a warning,
+      // once per distinct error.
+      Effect.catch((error: KubeError) => {
+        const repeated = lastError === error.message
+        lastError = error.message
+        const log = error.status === 409 || repeated ? Effect.logDebug("lease not taken") : Effect.logWarning("lease request failed")
+        return log.pipe(Effect.annotateLogs({ error: error.message, lease: `${options.namespace}/${options.name}` }), Effect.as(false))
+      })
     )
 
     const release = Effect.gen(function*() {
@@ -76,27 +115,38 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
       yield* kube.replaceLease(options.namespace, options.name, {
         ...lease,
         // As client-go's ReleaseOnCancel: no holder, and a lease that expires at once.
-        spec: { ...lease.spec, holderIdentity: "", leaseDurationSeconds: 1, renewTime: microTime(clock.currentTimeMillisUnsafe()) }
+        spec: { ...lease.spec, holderIdentity: "", leaseDurationSeconds: 1, renewTime: microTime(now()) }
       })
       yield* Effect.logInfo("released the lease")
-    }).pipe(Effect.ignore)
+    }).pipe(
+      // Shutdown must not wait on a hanging API: the lease then expires on its own.
+      Effect.timeoutOption(Math.min(options.renewDeadlineMs, 5_000)),
+      Effect.ignore
+    )
 
     while (true) {
       // Candidate: wait for the Lease.
-      while (!(yield* tryAcquireOrRenew)) yield* Effect.sleep(options.retryMs)
+      let renewedAt = now()
+      while (!(yield* tryAcquireOrRenew)) {
+        yield* Effect.sleep(options.retryMs)
+        renewedAt = now()
+      }
       yield* Effect.logInfo(`leading (lease ${options.namespace}/${options.name})`).pipe(
         Effect.annotateLogs({ identity: options.identity, leaseVersion: heldVersion })
       )
       options.onLeading?.(true)
       const working = yield* Effect.forkChild(work)
-      // Renew until a renewal fails for longer than the deadline.
-      let renewedAt = clock.currentTimeMillisUnsafe()
+      // Renew until the renew deadline passes without a renewal.
       const lost = yield* Effect.gen(function*() {
         while (true) {
           yield* Effect.sleep(options.retryMs)
           if (working.pollUnsafe() !== undefined) return false
-          if (yield* tryAcquireOrRenew) renewedAt = clock.currentTimeMillisUnsafe()
-          else if (clock.currentTimeMillisUnsafe() - renewedAt >= options.renewDeadlineMs) return true
+          const startedAt = now()
+          const left = options.renewDeadlineMs - (startedAt - renewedAt)
+          if (left <= 0) return true
+          const renewed = yield* Effect.timeoutOption(tryAcquireOrRenew, left)
+          if (Option.isSome(renewed) && renewed.value) renewedAt = startedAt
+          else if (now() - renewedAt >= options.renewDeadlineMs) return true
         }
       }).pipe(Effect.onInterrupt(() => Fiber.interrupt(working).pipe(Effect.andThen(release))))
       yield* Fiber.interrupt(working)
@@ -105,6 +155,6 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
       if (!lost && exit !== undefined && Exit.isFailure(exit) && !Exit.hasInterrupts(exit)) {
         return yield* Effect.failCause(exit.cause)
       }
-      yield* Effect.logWarning("lost the lease: stopped reconciling; standing as a candidate again")
+      yield* Effect.logWarning(`lost the lease: no renewal within ${options.renewDeadlineMs} ms; stopped reconciling; standing as a candidate again`)
     }
   })
