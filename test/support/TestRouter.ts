@@ -47,7 +47,8 @@ export const TestRouter = (
   }).pipe(
     Layer.provideMerge(Layer.sync(Metric.MetricRegistry, () => new Map())),
     // Access-log lines (written by the request observer, not the logger) join the captured ones.
-    Layer.provide(Layer.succeed(AccessLogOutput, (text: string) => {
+    Layer.provide(Layer.succeed(AccessLogOutput, (chunk: Uint8Array) => {
+      const text = Buffer.from(chunk).toString("latin1")
       options.accessLogWrites?.push(text)
       if (options.logs === undefined) return
       for (const line of text.split("\n")) if (line !== "") options.logs.push(JSON.parse(line))
