@@ -90,4 +90,56 @@ describe("work queue", () => {
       yield* settle
       assert.deepStrictEqual(attempts.slice(4), [1000, 1100], "backoff starts from the base again")
     }))
+
+  it.effect("many failing keys: retries together stay within the overall rate (10/s, burst 100)", () =>
+    Effect.gen(function*() {
+      const attempts: Array<number> = []
+      const queue = yield* makeWorkQueue(
+        { parallelism: 50, backoffBase: "10 millis", backoffMax: "10 millis", retryRate: { perSecond: 10, burst: 100 } },
+        () => Effect.gen(function*() {
+          attempts.push(Number(yield* Clock.currentTimeMillis))
+          return yield* Effect.fail("boom")
+        })
+      )
+      for (let i = 0; i < 200; i++) queue.add(`k${i}`)
+      yield* settle
+      for (let t = 0; t < 100; t++) {
+        yield* TestClock.adjust(100)
+        yield* settle
+      }
+      // 200 first attempts at 0; then the burst of 100 retries; then 10 a second.
+      const retries = attempts.length - 200
+      assert.isAtMost(retries, 100 + 10 * 10 + 1)
+      assert.isAtLeast(retries, 100 + 10 * 10 - 10)
+    }))
+
+  it.effect("a retry's delay is stretched by at most the jitter, and delays differ", () =>
+    Effect.gen(function*() {
+      const attempts = new Map<string, Array<number>>()
+      const queue = yield* makeWorkQueue({ parallelism: 10, backoffBase: "1 second", backoffMax: "1 second", jitter: 0.5 }, (key) =>
+        Effect.gen(function*() {
+          attempts.set(key, [...(attempts.get(key) ?? []), Number(yield* Clock.currentTimeMillis)])
+          return yield* Effect.fail("boom")
+        }))
+      for (let i = 0; i < 10; i++) queue.add(`k${i}`)
+      yield* settle
+      for (let t = 0; t < 16; t++) {
+        yield* TestClock.adjust(100)
+        yield* settle
+      }
+      const seconds = [...attempts.values()].map((times) => times[1])
+      for (const at of seconds) assert.isTrue(at >= 1_000 && at <= 1_500, String(at))
+      assert.isAbove(new Set(seconds).size, 1, "not all at once")
+    }))
+
+  it.effect("longestRunningMs: how long the oldest reconcile in progress has run (liveness)", () =>
+    Effect.gen(function*() {
+      const queue = yield* makeWorkQueue(options, (key) => key === "stuck" ? Effect.never : Effect.void)
+      assert.strictEqual(queue.longestRunningMs(), 0)
+      queue.add("stuck")
+      yield* settle
+      yield* TestClock.adjust(60_000)
+      yield* settle
+      assert.strictEqual(queue.longestRunningMs(), 60_000)
+    }))
 })

@@ -27,6 +27,12 @@ export class ControllerState extends Context.Service<ControllerState, {
   readonly isReady: () => boolean
   readonly queueDepth: () => number
   readonly isLeading: () => boolean
+  /**
+   * Whether the workers have stopped making progress: a reconcile has run for
+   * longer than ten API timeouts (every call is bounded, so only a defect can
+   * hold one that long). Liveness fails, and the kubelet restarts the process.
+   */
+  readonly isStalled: () => boolean
 }>()("inference-router/ControllerState") {}
 
 export const Controller = Layer.effect(
@@ -66,7 +72,13 @@ export const Controller = Layer.effect(
     const lead = Effect.scoped(Effect.gen(function*() {
       while (!isReady()) yield* Effect.sleep(50)
       const work = yield* makeWorkQueue(
-        { parallelism: settings.maxParallelReconciles, backoffBase: "500 millis", backoffMax: "5 minutes" },
+        {
+          parallelism: settings.maxParallelReconciles,
+          backoffBase: "500 millis",
+          backoffMax: "5 minutes",
+          jitter: 0.2,
+          retryRate: { perSecond: 10, burst: 100 }
+        },
         reconcile,
         (key, result, error) =>
           result === "error"
@@ -110,6 +122,11 @@ export const Controller = Layer.effect(
       leaderElection: settings.leaderElection,
       identity: settings.identity
     }))
-    return ControllerState.of({ isReady, queueDepth: () => queue?.depth() ?? 0, isLeading: () => leading })
+    return ControllerState.of({
+      isReady,
+      queueDepth: () => queue?.depth() ?? 0,
+      isLeading: () => leading,
+      isStalled: () => (queue?.longestRunningMs() ?? 0) > 10 * settings.apiTimeoutMs
+    })
   })
 )

@@ -1,6 +1,6 @@
 /**
  * The controller's own HTTP endpoints, on Effect's HTTP server (not a hot
- * path): `/healthz` (the process runs), `/readyz` (the informers have listed
+ * path): `/healthz` (the process runs and its workers make progress), `/readyz` (the informers have listed
  * once), `/metrics` (Prometheus).
  */
 import { NodeHttpServer } from "@effect/platform-node"
@@ -14,7 +14,15 @@ import { queueDepth } from "./Metrics.ts"
 
 const Routes = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const state = yield* ControllerState
-  yield* router.add("GET", "/healthz", Effect.succeed(HttpServerResponse.jsonUnsafe({ status: "ok" })))
+  yield* router.add(
+    "GET",
+    "/healthz",
+    Effect.sync(() =>
+      state.isStalled()
+        ? HttpServerResponse.jsonUnsafe({ status: "stalled", reason: "a reconcile has made no progress for ten API timeouts" }, { status: 503 })
+        : HttpServerResponse.jsonUnsafe({ status: "ok" })
+    )
+  )
   yield* router.add(
     "GET",
     "/readyz",

@@ -8,14 +8,23 @@
  * - `add` of a key already waiting does nothing; of a key being reconciled
  *   marks it dirty, and it runs once more after the current run.
  * - A failed key waits `base * 2^(failures-1)`, at most `max`, before its
- *   next run, unless something else adds it sooner (an event means new state).
+ *   next run, unless something else adds it sooner (an event means new state),
+ *   stretched by up to `jitter` of itself (keys that failed together, say on
+ *   an API outage, do not return together), and never sooner than an overall
+ *   token bucket allows (client-go's default controller rate limiter: the
+ *   slower of per-key backoff and 10 retries/s with a burst of 100), so many
+ *   failing keys cannot storm the API.
  */
-import { Duration, Effect, Queue, type Scope } from "effect"
+import { Clock, Duration, Effect, Queue, Random, type Scope } from "effect"
 
 export interface WorkQueueOptions {
   readonly parallelism: number
   readonly backoffBase: Duration.Input
   readonly backoffMax: Duration.Input
+  /** A retry's delay is stretched by a random fraction up to this (0.2: up to 20 % longer). Default 0. */
+  readonly jitter?: number
+  /** Retries of all keys together: at most `perSecond` on average, `burst` at once. Default: unlimited. */
+  readonly retryRate?: { readonly perSecond: number; readonly burst: number }
 }
 
 export interface WorkQueue {
@@ -25,6 +34,8 @@ export interface WorkQueue {
   readonly depth: () => number
   /** Failures in a row per key, for tests and logs. */
   readonly failures: (key: string) => number
+  /** How long the longest reconcile in progress has run, in ms (0: none runs): liveness. */
+  readonly longestRunningMs: () => number
 }
 
 /** The delay before the `failures`-th retry. */
@@ -46,8 +57,21 @@ export const makeWorkQueue = <E, R>(
   Effect.gen(function*() {
     const scope = yield* Effect.scope
     const queue = yield* Queue.unbounded<string>()
+    const clock = yield* Clock.Clock
     const waiting = new Set<string>()
-    const running = new Set<string>()
+    /** Keys being reconciled, and since when. */
+    const running = new Map<string, number>()
+    const bucket = { tokens: options.retryRate?.burst ?? 0, at: clock.currentTimeMillisUnsafe() }
+    /** The wait the overall bucket imposes on one more retry (its token reserved, as client-go's rate.Limiter). */
+    const bucketDelay = (): number => {
+      const rate = options.retryRate
+      if (rate === undefined) return 0
+      const now = clock.currentTimeMillisUnsafe()
+      bucket.tokens = Math.min(rate.burst, bucket.tokens + (now - bucket.at) * rate.perSecond / 1000)
+      bucket.at = now
+      bucket.tokens -= 1
+      return bucket.tokens >= 0 ? 0 : Math.ceil(-bucket.tokens * 1000 / rate.perSecond)
+    }
     const dirty = new Set<string>()
     const failureCounts = new Map<string, number>()
 
@@ -64,7 +88,7 @@ export const makeWorkQueue = <E, R>(
     const runOne = (key: string) =>
       Effect.gen(function*() {
         waiting.delete(key)
-        running.add(key)
+        running.set(key, clock.currentTimeMillisUnsafe())
         const exit = yield* Effect.exit(reconcile(key))
         running.delete(key)
         if (exit._tag === "Success") {
@@ -76,7 +100,8 @@ export const makeWorkQueue = <E, R>(
           const error = exit.cause.reasons.find((reason) => reason._tag === "Fail")
           if (onResult) yield* onResult(key, "error", error?._tag === "Fail" ? error.error : undefined)
           // Retried after the backoff unless an event adds it first.
-          yield* Effect.sleep(backoffDelay(options, failures)).pipe(
+          const backoff = Duration.toMillis(backoffDelay(options, failures)) * (1 + (options.jitter ?? 0) * (yield* Random.next))
+          yield* Effect.sleep(Math.max(Math.round(backoff), bucketDelay())).pipe(
             Effect.andThen(Effect.sync(() => add(key))),
             Effect.forkIn(scope)
           )
@@ -91,6 +116,12 @@ export const makeWorkQueue = <E, R>(
     return {
       add,
       depth: () => waiting.size,
-      failures: (key) => failureCounts.get(key) ?? 0
+      failures: (key) => failureCounts.get(key) ?? 0,
+      longestRunningMs: () => {
+        const now = clock.currentTimeMillisUnsafe()
+        let longest = 0
+        for (const since of running.values()) longest = Math.max(longest, now - since)
+        return longest
+      }
     }
   })
