@@ -220,6 +220,26 @@ export const dashboard = (): Dashboard => {
     [`sum by (upstream) (router_upstream_connections{${routers}})`, "connections {{upstream}}"]
   ])
 
+  row("Cache-aware routing (UPSTREAM_SCHEDULER=cache-aware)")
+  timeseries("Routing decisions by reason", "router_routing_decisions_total: cache (sent where its prefix is cached), load, spill (over UPSTREAM_LOAD_BOUND), only-healthy", "reqps", [
+    [`sum by (reason) (rate(router_routing_decisions_total{${routers}}${window}))`, "{{reason}}"]
+  ], { stack: true })
+  // The model servers' own counters (vLLM's names): any pod in the namespaces, routers in simulated mode or vLLM.
+  timeseries("Prefix cache hit rate (model servers)", "vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total: the share of prompt tokens found cached, per model server", "percentunit", [
+    [
+      `sum by (namespace, pod) (rate(vllm:prefix_cache_hits_total{namespace=~"$namespace"}${window})) / sum by (namespace, pod) (rate(vllm:prefix_cache_queries_total{namespace=~"$namespace"}${window}))`,
+      "{{namespace}}/{{pod}}"
+    ]
+  ])
+  timeseries("Cached tokens: predicted and reported", "Prompt tokens the scheduler predicted cached and the upstreams reported cached, per second; the error is |predicted - reported| over reported", "short", [
+    [`sum(rate(router_routing_reported_cached_tokens_total{${routers}}${window}))`, "reported"],
+    [`sum(rate(router_routing_predicted_cached_tokens_total{${routers}}${window}))`, "predicted"],
+    [`sum(rate(router_routing_cached_tokens_error_total{${routers}}${window})) / sum(rate(router_routing_reported_cached_tokens_total{${routers}}${window}))`, "error ratio"]
+  ])
+  timeseries("Upstream signals fresh", "router_routing_upstream_signals_fresh: routers whose scrape of the upstream's /metrics is fresh", "short", [
+    [`sum by (upstream) (router_routing_upstream_signals_fresh{${routers}})`, "{{upstream}}"]
+  ])
+
   row("Controller")
   timeseries("Reconciles by result", "controller_runtime_reconcile_total", "ops", [
     [`sum by (result) (rate(controller_runtime_reconcile_total{${controllerPods}, ${controller}}${window}))`, "{{result}}"]
