@@ -11,6 +11,7 @@ import { DocsRoute, docsRoutes } from "./DocsRoute.ts"
 import { withErrorEnvelope } from "../edge/ErrorEnvelope.ts"
 import { InferHandler } from "../edge/InferHandler.ts"
 import { OpenAiHandler } from "../edge/OpenAiHandler.ts"
+import { Pipeline } from "../edge/Pipeline.ts"
 import { ProbeHandlers, ProbesApi } from "./ProbeHandlers.ts"
 import { routeTable } from "./Routes.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
@@ -67,8 +68,10 @@ export const RequestScheduler = Layer.succeed(Scheduler.Scheduler, new Scheduler
  */
 export const RouterApp = Layer.mergeAll(
   HttpApiBuilder.layer(ProbesApi).pipe(Layer.provide(ProbeHandlers)),
-  InferHandler.pipe(Layer.provide(RequestScheduler)),
-  OpenAiHandler.pipe(Layer.provide(RequestScheduler)),
+  // One pipeline for both, built with them: released before the server and the
+  // request observer, so the requests it stops at the end of a drain are answered
+  // and logged while those still listen.
+  Layer.mergeAll(InferHandler, OpenAiHandler).pipe(Layer.provide(Pipeline.layer), Layer.provide(RequestScheduler)),
   OpenApiRoute,
   DocsRoute,
   MetricsRoute,

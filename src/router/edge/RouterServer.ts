@@ -18,7 +18,6 @@ import { Upstreams } from "../upstream/Upstreams.ts"
 import { Backend } from "../core/Backend.ts"
 import { SimulatedBackend } from "../simulated/SimulatedBackend.ts"
 import { UpstreamBackend } from "../upstream/UpstreamBackend.ts"
-import { Pipeline } from "./Pipeline.ts"
 
 /** JSON lines on stdout (LOG_FORMAT=pretty for humans), filtered at LOG_LEVEL. */
 export const LoggingLayer = Layer.unwrap(RouterConfig.useSync(loggingLayer))
@@ -69,7 +68,6 @@ export const makeRouterServer = <E>(options: {
     Layer.provide(NodeHttpServer.layerHttpServices),
     Layer.provideMerge(NodeRoutes.layer),
     Layer.provide(RequestObserver.layer(routes)),
-    Layer.provideMerge(Pipeline.layer),
     Layer.provideMerge(BackendLayer(options.model ?? Model.layer)),
     Layer.provideMerge(Layer.mergeAll(
       Admission.layer.pipe(Layer.provide(RequestScheduler)),
