@@ -135,4 +135,16 @@ describe("churn: model servers restarting under load", () => {
       await Effect.runPromise(Scope.close(scope, Exit.void))
     }
   })
+
+  it("is ready within about a second of its first upstream when started together with it (default health interval)", async () => {
+    const port = await freePort()
+    const front = await startFront([`http://127.0.0.1:${port}`], { UPSTREAM_HEALTH_INTERVAL_MS: String(defaultUpstream.healthIntervalMs) }, false)
+    // Up and not ready: its first check has failed.
+    await waitFor(front.port, 503)
+    await startUpstream({}, port)
+    const upstreamReadyAt = Date.now()
+    await waitFor(front.port, 200)
+    // A failed check is repeated within 100 ms, doubling to 1 s; not after the 5 s interval.
+    assert.isBelow(Date.now() - upstreamReadyAt, 2000)
+  })
 })
