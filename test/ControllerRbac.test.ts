@@ -87,6 +87,7 @@ describe("deploy/controller", () => {
       PORT: String(port),
       HOST: "127.0.0.1",
       POD_NAME: "controller-0",
+      POD_NAMESPACE: "default",
       LEASE_DURATION_SECONDS: "2",
       LEADER_RETRY_MS: "100"
     })

@@ -194,4 +194,16 @@ describe("the controller against a stand-in as strict as kube-apiserver", () => 
     remove()
     await until(() => [0, 1, 2, 3].every((i) => reconciled(api, `stuck-${i}`)), "the stuck ones once the API answers", 20_000)
   })
+
+  it("the routers run the controller's own image (read from its Pod) unless ROUTER_IMAGE says otherwise", async () => {
+    const api = await fakeApi()
+    api.put("pods", {
+      metadata: { name: "controller-0", namespace: "ops" },
+      spec: { containers: [{ name: "controller", image: "reg.example/inference-router:7" }] }
+    })
+    await startController(api, { POD_NAME: "controller-0", POD_NAMESPACE: "ops" })
+    api.put("inferenceservices", isvc("img", { modelRef: "m" }))
+    await until(() => reconciled(api, "img"), "reconciled")
+    assert.strictEqual(api.get("deployments", "default", "img-router").spec.template.spec.containers[0].image, "reg.example/inference-router:7")
+  })
 })

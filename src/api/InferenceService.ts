@@ -114,7 +114,7 @@ export const InferenceServiceSpec = Schema.Struct({
     name: DnsName,
     key: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[-._a-zA-Z0-9]+$/)))
   })),
-  /** The router image; default: the controller's ROUTER_IMAGE. */
+  /** The router image; default: the controller's own image (or its ROUTER_IMAGE). */
   image: Schema.optionalKey(Schema.String.check(Schema.isMinLength(1))),
   podLabels: Schema.optionalKey(Schema.Record(LabelKey, LabelValue)),
   podAnnotations: Schema.optionalKey(Schema.Record(Schema.String, Schema.String)),

@@ -8,7 +8,7 @@ import { Context, Effect, Layer } from "effect"
 import { metricContext } from "../shared/Metrics.ts"
 import { ControllerConfig } from "./ControllerConfig.ts"
 import { type Informer, makeInformer } from "./Informer.ts"
-import { childResources, resources } from "./KubeApi.ts"
+import { childResources, KubeApi, resources } from "./KubeApi.ts"
 import { runWhileLeader } from "./LeaderElection.ts"
 import { isLeader, watchRestartsBy } from "./Metrics.ts"
 import { makeReconciler } from "./Reconciler.ts"
@@ -21,6 +21,29 @@ export const ownerKey = (object: any): string | undefined => {
   )
   return owner === undefined ? undefined : `${object.metadata.namespace}/${owner.name}`
 }
+
+/**
+ * The controller's own image, from its Pod: the routers run the same image
+ * (`dist/router.js` beside `dist/controller.js`), so one image setting serves
+ * both. When the Pod cannot be read, the fallback, with a warning.
+ */
+const ownImage = (pod: { readonly name: string; readonly namespace: string }, fallback: string) =>
+  Effect.gen(function*() {
+    const kube = yield* KubeApi
+    const found = yield* kube.read(resources.pods, pod.namespace, pod.name)
+    const containers: ReadonlyArray<any> = found?.spec?.containers ?? []
+    const image: unknown = (containers.find((c) => c.name === "controller") ?? containers[0])?.image
+    if (typeof image !== "string" || image === "") return yield* Effect.fail(`pod ${pod.namespace}/${pod.name} not found or without an image`)
+    yield* Effect.logInfo(`router image: ${image} (the controller's own; set ROUTER_IMAGE to choose another)`)
+    return image
+  }).pipe(
+    Effect.catch((error) =>
+      Effect.logWarning(`could not read the controller's own image; routers get ${fallback} (set ROUTER_IMAGE)`).pipe(
+        Effect.annotateLogs({ error: typeof error === "string" ? error : error.message }),
+        Effect.as(fallback)
+      )
+    )
+  )
 
 export class ControllerState extends Context.Service<ControllerState, {
   /** Ready once every informer has listed once. */
@@ -67,7 +90,10 @@ export const Controller = Layer.effect(
       })
     }
     const isReady = () => inferenceServices.isSynced() && Object.values(children).every((informer) => informer.isSynced())
-    const reconcile = yield* makeReconciler({ routerImage: settings.routerImage, inferenceServices, children })
+    const routerImage = settings.routerImageExplicit || settings.pod === undefined
+      ? settings.routerImage
+      : yield* ownImage(settings.pod, settings.routerImage)
+    const reconcile = yield* makeReconciler({ routerImage, inferenceServices, children })
 
     const lead = Effect.scoped(Effect.gen(function*() {
       while (!isReady()) yield* Effect.sleep(50)

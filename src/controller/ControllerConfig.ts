@@ -21,8 +21,17 @@ import {
 } from "../shared/Settings.ts"
 
 export interface ControllerSettings {
-  /** The router image for InferenceServices that name none. */
+  /**
+   * The router image for InferenceServices that name none: ROUTER_IMAGE, or,
+   * unset, the controller's own image (read from its Pod at start, so setting
+   * the controller's image, by a kustomize `images:` entry or otherwise, sets
+   * the routers' too); `inference-router:0.1.0` outside a pod.
+   */
   readonly routerImage: string
+  /** Whether ROUTER_IMAGE set it (else the controller's own image is looked up). */
+  readonly routerImageExplicit: boolean
+  /** This pod, from the downward API (POD_NAME, POD_NAMESPACE), when the controller runs in one. */
+  readonly pod: { readonly name: string; readonly namespace: string } | undefined
   /** Namespaces to watch; empty = all. */
   readonly watchNamespaces: ReadonlyArray<string>
   readonly leaderElection: boolean
@@ -70,7 +79,8 @@ export const controllerSettingNames = [
 const dnsLabel = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/
 
 export const loadControllerSettings: Effect.Effect<ControllerSettings, SettingError> = Effect.gen(function*() {
-  const routerImage = (yield* optionalString("ROUTER_IMAGE")) ?? "inference-router:0.1.0"
+  const explicitImage = yield* optionalString("ROUTER_IMAGE")
+  const routerImage = explicitImage ?? "inference-router:0.1.0"
   const namespaces = ((yield* optionalString("WATCH_NAMESPACES")) ?? "").split(",").map((n) => n.trim()).filter((n) => n !== "")
   const badNamespace = namespaces.find((n) => !dnsLabel.test(n))
   if (badNamespace !== undefined) {
@@ -102,8 +112,12 @@ export const loadControllerSettings: Effect.Effect<ControllerSettings, SettingEr
   const watchIdleTimeoutMs = yield* setting("WATCH_IDLE_TIMEOUT_MS", decimalAtLeast(100), "an integer >= 100 (milliseconds)", () => 180_000)
   const port = yield* setting("PORT", decimalBetween(1, 65535), "a port number 1-65535", () => 8081)
   const host = yield* optionalString("HOST")
+  const podName = yield* optionalString("POD_NAME")
+  const podNamespace = yield* optionalString("POD_NAMESPACE")
   return {
     routerImage,
+    routerImageExplicit: explicitImage !== undefined,
+    pod: podName !== undefined && podNamespace !== undefined ? { name: podName, namespace: podNamespace } : undefined,
     watchNamespaces: namespaces,
     leaderElection: leaderElection === "true",
     leaseName,

@@ -52,6 +52,7 @@ export interface ResourceRef {
 export const resources = {
   inferenceServices: { apiVersion: `${group}/${version}`, kind: "InferenceService", path: `apis/${group}/${version}/${plural}` },
   deployments: { apiVersion: "apps/v1", kind: "Deployment", path: "apis/apps/v1/deployments" },
+  pods: { apiVersion: "v1", kind: "Pod", path: "api/v1/pods" },
   services: { apiVersion: "v1", kind: "Service", path: "api/v1/services" },
   podDisruptionBudgets: { apiVersion: "policy/v1", kind: "PodDisruptionBudget", path: "apis/policy/v1/poddisruptionbudgets" },
   horizontalPodAutoscalers: {
