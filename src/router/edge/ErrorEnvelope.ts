@@ -13,6 +13,7 @@ import type { ErrorBody } from "../../api/Errors.ts"
 import { requestIdHeader } from "../../api/RouterApi.ts"
 import { contractErrorResponse, shuttingDown } from "./ContractErrors.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
+import { answerHeaders } from "./ResponseHeaders.ts"
 
 /** The body of a 5xx: what went wrong is logged, not sent. */
 export const internalErrorBody: ErrorBody = {
@@ -65,7 +66,7 @@ export const withErrorEnvelope = (options: {
   httpEffect: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R> => {
   // Set by the RequestObserver on every request the Node server receives.
-  const idHeader = { [requestIdHeader]: request.headers[requestIdHeader] ?? "" }
+  const requestId = request.headers[requestIdHeader] ?? ""
   return Effect.catchCause(httpEffect, (cause) => {
     if (!Cause.hasInterruptsOnly(cause)) return render(request, cause)
     // A client that hung up gets no answer: let the interruption through.
@@ -75,7 +76,7 @@ export const withErrorEnvelope = (options: {
     return Effect.succeed(shuttingDownResponse)
   }).pipe(
     Effect.map((response) =>
-      HttpServerResponse.setHeaders(response, options.isDraining() ? { ...idHeader, connection: "close" } : idHeader)
+      HttpServerResponse.setHeaders(response, answerHeaders(requestId, options.isDraining()))
     )
   )
 }

@@ -29,6 +29,7 @@ import { writeJson } from "./ContractErrors.ts"
 import { rawErrorResponse } from "./ErrorEnvelope.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { RequestObserver } from "./RequestObserver.ts"
+import { answerHeaders } from "./ResponseHeaders.ts"
 import { addOutcome } from "./RequestOutcome.ts"
 import { routePath, type RouteTable } from "../app/Routes.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
@@ -99,7 +100,7 @@ const makeNodeServer = (options: ServeOptions) => {
     const body = isOpenAiPath(routePath(request.url ?? "/"))
       ? openAiErrorBody(openAiError(status, errorTypeOf(status), code, message))
       : { error: { code, message } }
-    writeJson(response, status, body, isDraining() ? { ...headers, [requestIdHeader]: requestId, connection: "close" } : { ...headers, [requestIdHeader]: requestId })
+    writeJson(response, status, body, { ...headers, ...answerHeaders(requestId, isDraining()) })
   }
 
   let effectApp: (request: IncomingMessage, response: ServerResponse) => void = (_request, response) => {

@@ -35,7 +35,7 @@ import { type ContractError, shuttingDown } from "./ContractErrors.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import type { NodeHandler } from "./NodeRoutes.ts"
 import { noteOutcome } from "./RequestOutcome.ts"
-import { closesEarly } from "./ResponseHeaders.ts"
+import { answerHeaders, closesEarly } from "./ResponseHeaders.ts"
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 
@@ -121,12 +121,8 @@ export class Pipeline extends Context.Service<Pipeline, {
         })
       )
 
-      const headers = (request: IncomingMessage): Record<string, string> => {
-        const requestId = request.headers[requestIdHeader] as string
-        return lifecycle.isDraining() || closesEarly(request)
-          ? { [requestIdHeader]: requestId, connection: "close" }
-          : { [requestIdHeader]: requestId }
-      }
+      const headers = (request: IncomingMessage): Record<string, string> =>
+        answerHeaders(request.headers[requestIdHeader] as string, lifecycle.isDraining() || closesEarly(request))
 
       const sendJson = (
         request: IncomingMessage,

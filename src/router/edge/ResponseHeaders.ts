@@ -1,8 +1,16 @@
 /**
- * When an early answer closes the connection (the pipeline's answer headers
- * add the rest: the request id, `Connection: close` while draining).
+ * The headers every answer of the router carries, built here for every path
+ * (the pipeline's routes, the Node server's own 4xx, Effect's routes): the
+ * request id (set by the RequestObserver), and `Connection: close` while
+ * draining (keep-alive clients move on to another router) or when an early
+ * answer leaves a large body unread.
  */
 import type { IncomingMessage } from "node:http"
+import { requestIdHeader } from "../../api/Headers.ts"
+
+/** The request id, and `Connection: close` when `close`. */
+export const answerHeaders = (requestId: string, close: boolean): Record<string, string> =>
+  close ? { [requestIdHeader]: requestId, connection: "close" } : { [requestIdHeader]: requestId }
 
 /** Most unread body bytes Node may drain to keep a connection open after an early answer. */
 const maxDrainBytes = 64 * 1024
