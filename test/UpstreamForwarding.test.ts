@@ -28,15 +28,18 @@ interface FakeController extends Dispatcher.DispatchController {
   abortedWith: Error | undefined
 }
 
-const fakeController = (): FakeController => {
+/** As undici's: aborting reports the error to the handler at once, unless the request already ended. */
+const fakeController = (handler?: Dispatcher.DispatchHandler): FakeController => {
   const c = {
     aborted: false,
     paused: false,
     reason: null as Error | null,
     abortedWith: undefined as Error | undefined,
     abort(reason: Error) {
+      if (c.aborted) return
       c.aborted = true
       c.abortedWith = reason
+      handler?.onResponseError?.(c as unknown as FakeController, reason)
     },
     pause() {
       c.paused = true
@@ -99,7 +102,7 @@ const harness = (
     dispatched.push({ upstream: endpoint.id, headersTimeout: options.headersTimeout, at: time })
     const queue = pending.get(endpoint.id)!
     const behaviour = queue.length > 1 ? queue.shift()! : queue[0]
-    const controller = fakeController()
+    const controller = fakeController(handler)
     controllers.push(controller)
     behaviour({
       options,
@@ -196,7 +199,7 @@ describe("classifying how an attempt ended", () => {
   it("answers a status no client can act on as the upstream's fault, and aborts it", () => {
     for (const [status, headers] of [[999, {}], [301, {}], [302, { location: "http://10.0.0.9/x" }]] as const) {
       const ended: Array<Outcome> = []
-      const controller = fakeController()
+      let controller = fakeController()
       const handler: AttemptHandler = {
         onRefusal: () => false,
         onResponse: () => assert.fail("relayed a malformed answer"),
@@ -204,6 +207,7 @@ describe("classifying how an attempt ended", () => {
         onEnd: (outcome) => ended.push(outcome)
       }
       sendAttempt((_, __, h) => {
+        controller = fakeController(h)
         h.onRequestStart!(controller, {})
         h.onResponseStart!(controller, status, headers, "")
       }, makeEndpoint(target("a"), "a", "a", 1, true), { path: "/", body: "", headers: {}, headersTimeoutMs: 1 }, { firstByteTimeoutMs: 1, idleTimeoutMs: 1 }, () => 0, handler)
