@@ -16,8 +16,13 @@ import { afterEach, assert, describe, it } from "vitest"
 import { parseAllDocuments } from "yaml"
 import { controllerSettingNames, loadControllerSettings } from "../src/controller/ControllerConfig.ts"
 import { FakeKubeApi, type RecordedRequest } from "./support/FakeKubeApi.ts"
-import { kustomize } from "./support/Kubectl.ts"
-import { freePort, killAll, startProcess, until } from "./support/Processes.ts"
+import { hasKubectl, kustomize } from "./support/Kubectl.ts"
+import { withImage } from "../deploy/controller/release.ts"
+import { execFileSync } from "node:child_process"
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { freePort, killAll, root, startProcess, until } from "./support/Processes.ts"
 import { ConfigProvider, Effect, Exit } from "effect"
 
 /** Rendered as `kubectl apply -k deploy/controller` would apply it. */
@@ -63,6 +68,17 @@ describe("deploy/controller", () => {
     const deployment = rendered.find((o) => o.kind === "Deployment")
     assert.strictEqual(deployment.spec.replicas, 2)
     assert.strictEqual(deployment.spec.template.spec.serviceAccountName, rendered.find((o) => o.kind === "ServiceAccount").metadata.name)
+  })
+
+  it("one place for the image: release.ts points images: at it, the controller runs it, and no ROUTER_IMAGE pins the routers elsewhere", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kustomize-"))
+    cpSync(`${root}/deploy/controller`, dir, { recursive: true })
+    writeFileSync(`${dir}/kustomization.yaml`, withImage(readFileSync(`${dir}/kustomization.yaml`, "utf8"), "reg.example/inference-router:1.2.0"))
+    const objects = parseAllDocuments(hasKubectl ? execFileSync("kubectl", ["kustomize", dir], { encoding: "utf8" }) : "").map((d) => d.toJS())
+    if (!hasKubectl) return
+    const container = objects.find((o) => o?.kind === "Deployment").spec.template.spec.containers[0]
+    assert.strictEqual(container.image, "reg.example/inference-router:1.2.0")
+    assert.isUndefined(container.env.find((e: any) => e.name === "ROUTER_IMAGE"), "the routers follow the controller's own image")
   })
 
   it("the controller Deployment's env is what the controller reads, with values it accepts", () => {
