@@ -7,7 +7,7 @@ import { NotReady, ProbesGroup } from "../../api/RouterApi.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
 import { Upstreams } from "../upstream/Upstreams.ts"
 
-/** The part of `RouterApi` HttpApiBuilder serves; `/infer` has a handler of its own (see InferHandler). */
+/** The part of `RouterApi` HttpApiBuilder serves; `/infer` and `/v1/*` are served by the request pipeline (edge/Pipeline.ts). */
 export const ProbesApi = HttpApi.make("inference-router").add(ProbesGroup)
 
 export const ProbeHandlers = HttpApiBuilder.group(

@@ -1,7 +1,7 @@
 /**
  * The router's HTTP application: every route it serves, and the error
  * envelope around the ones on Effect's router. `/infer` is registered with
- * NodeRoutes (see InferHandler); the rest are Effect routes.
+ * NodeRoutes with the request pipeline (edge/Pipeline.ts); the rest are Effect routes.
  */
 import { Context, Effect, Layer, Scheduler } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"

@@ -4,7 +4,7 @@
  * Draining flips `/readyz` to 503 at once, so Kubernetes stops routing new
  * traffic here, and keeps serving `/infer` for SHUTDOWN_DELAY_MS while the
  * endpoint removal propagates. After that the server layer closes the listener
- * and waits for in-flight requests (see `Server.ts`).
+ * and waits for in-flight requests (see `edge/NodeServer.ts`).
  */
 import { Context, Effect, Layer } from "effect"
 import { RouterConfig } from "./Config.ts"

@@ -2,7 +2,7 @@
  * The router's own error responses, encoded with the contract's codecs
  * (`api/Errors.ts`): status, JSON body and headers come from one definition,
  * the one typed clients decode. Written either as an Effect response (routes on
- * Effect's router) or straight to Node's response (`/infer`, see InferHandler).
+ * Effect's router) or straight to Node's response (the pipeline's routes, see Pipeline.ts).
  */
 import { Schema } from "effect"
 import { HttpServerResponse } from "effect/http"

@@ -1,7 +1,7 @@
 /**
  * Routes served from Node's request event, ahead of Effect's router: a request
  * whose method and path match one goes to its handler and never reaches the
- * router. Only `POST /infer` is one (see InferHandler for why).
+ * router: `/infer` and `/v1/*` (see Pipeline.ts and docs/architecture.md for why).
  */
 import { Context, Layer } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
