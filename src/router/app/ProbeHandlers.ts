@@ -5,7 +5,7 @@ import { Effect } from "effect"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { NotReady, ProbesGroup } from "../../api/RouterApi.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
-import { Upstreams } from "../upstream/Upstreams.ts"
+import { Backend } from "../core/Backend.ts"
 
 /** The part of `RouterApi` HttpApiBuilder serves; `/infer` and `/v1/*` are served by the request pipeline (edge/Pipeline.ts). */
 export const ProbesApi = HttpApi.make("inference-router").add(ProbesGroup)
@@ -15,11 +15,11 @@ export const ProbeHandlers = HttpApiBuilder.group(
   "probes",
   Effect.fn(function*(handlers) {
     const lifecycle = yield* Lifecycle
-    const upstreams = yield* Upstreams
+    const backend = yield* Backend
     const readiness = Effect.suspend(() =>
       lifecycle.isDraining()
         ? Effect.fail(new NotReady({ status: "draining" }))
-        : upstreams.ready()
+        : backend.ready()
         ? Effect.succeed({ status: "ready" as const })
         : Effect.fail(new NotReady({ status: "no_healthy_upstream" }))
     )
