@@ -8,7 +8,8 @@ import * as Http from "node:http"
 import type { AddressInfo, Socket } from "node:net"
 import { afterEach, assert, describe, it } from "vitest"
 import { killAll, until } from "./support/Processes.ts"
-import { openStream, post, startFront } from "./support/Routers.ts"
+import { requestAt } from "./support/TestRouter.ts"
+import { openStream, post, startFront, startUpstream } from "./support/Routers.ts"
 
 const stubs: Array<Http.Server> = []
 
@@ -223,5 +224,19 @@ describe("backpressure through an upstream", () => {
     // Socket buffers on the way hold a few MB at most; without backpressure the router reads it all.
     assert.isBelow(written, 32 * 1024 * 1024, `the upstream wrote ${written} bytes to a client that read none`)
     stalled.destroy()
+  })
+})
+
+describe("/v1/models through upstreams", () => {
+  it("reports the model servers' max_model_len, or the router's own when they do not say", async () => {
+    const upstream = await startUpstream({ SIM_MAX_MODEL_LEN: "1234" })
+    const front = await startFront([upstream])
+    const models = await requestAt(front.port, { path: "/v1/models" })
+    assert.strictEqual(models.status, 200)
+    assert.deepInclude((models.json as { data: Array<unknown> }).data[0], { id: "m", max_model_len: 1234 })
+    const silent = await stub((_, response) => json(response, 404, { error: { message: "no such route" } }))
+    const fallback = await startFront([silent.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0", SIM_MAX_MODEL_LEN: "777" })
+    const own = await requestAt(fallback.port, { path: "/v1/models" })
+    assert.deepInclude((own.json as { data: Array<unknown> }).data[0], { id: "m", max_model_len: 777 })
   })
 })

@@ -210,7 +210,7 @@ describe("classifying how an attempt ended", () => {
         controller = fakeController(h)
         h.onRequestStart!(controller, {})
         h.onResponseStart!(controller, status, headers, "")
-      }, makeEndpoint(target("a"), "a", "a", 1, true), { path: "/", body: "", headers: {}, headersTimeoutMs: 1 }, { firstByteTimeoutMs: 1, idleTimeoutMs: 1 }, () => 0, handler)
+      }, makeEndpoint(target("a"), "a", "a", 1, true), { method: "POST", path: "/", body: "", headers: {}, headersTimeoutMs: 1 }, { firstByteTimeoutMs: 1, idleTimeoutMs: 1 }, () => 0, handler)
       assert.strictEqual(ended.length, 1)
       assert.strictEqual(ended[0]._tag, "Malformed")
       assert.isTrue(controller.aborted)

@@ -163,6 +163,7 @@ export const classifyHeaders = (status: number, headers: AnswerHeaders, nowMs: n
 
 /** The request one attempt sends. */
 export interface AttemptRequest {
+  readonly method: "GET" | "POST"
   /** The full path on the upstream (its prefix included). */
   readonly path: string
   readonly body: string | undefined
@@ -240,7 +241,7 @@ export const sendAttempt = (
   }
 
   dispatch(endpoint, {
-    method: "POST",
+    method: request.method,
     path: request.path,
     headers: request.headers,
     body: request.body,

@@ -28,8 +28,10 @@ import type { Endpoint, NoUpstream } from "./Balancer.ts"
 import { type AnswerHeaders, type AttemptControl, type AttemptHandler, type AttemptRequest, healthOf, type Outcome, retryOf } from "./Attempt.ts"
 import { failureOf, UpstreamFailure } from "./Failure.ts"
 
-/** A POST to an upstream (completions: the only requests the router forwards). */
+/** A request to an upstream: a completion (POST), or `GET /v1/models`. */
 export interface ForwardRequest {
+  /** POST unless said. */
+  readonly method?: "GET" | "POST"
   /** The path after the upstream's prefix, e.g. `/v1/chat/completions`. */
   readonly path: string
   readonly body: string | undefined
@@ -182,6 +184,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
       let retryRefusal = false
       let ended = false
       const control = deps.start(endpoint, {
+        method: request.method ?? "POST",
         path: `${endpoint.target.prefix}${request.path}`,
         body: request.body,
         headers: request.headers,

@@ -10,11 +10,25 @@
  */
 import { Clock, Effect, Exit, Layer } from "effect"
 import { requestIdHeader, simFailureHeader } from "../../api/Headers.ts"
-import { chatCompletionsPath, completionsPath, type ModelCard } from "../../api/OpenAiApi.ts"
+import { chatCompletionsPath, completionsPath, type ModelCard, modelsPath } from "../../api/OpenAiApi.ts"
 import { Backend, callbacks, type Completed, type Inference } from "../core/Backend.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { relayUnsafe } from "./Relay.ts"
 import { type UpstreamFailure, upstreamRefusal, Upstreams } from "./Upstreams.ts"
+
+/** The `max_model_len` an upstream's `/v1/models` answer gives for `modelRef` (or its first model), if any. */
+export const reportedMaxModelLen = (status: number, body: string, modelRef: string): number | undefined => {
+  if (status < 200 || status >= 300) return undefined
+  try {
+    const data: unknown = JSON.parse(body)?.data
+    if (!Array.isArray(data) || data.length === 0) return undefined
+    const card = data.find((entry) => entry?.id === modelRef) ?? data[0]
+    const length = card?.max_model_len
+    return Number.isSafeInteger(length) && length > 0 ? length : undefined
+  } catch {
+    return undefined
+  }
+}
 
 export const makeUpstreamBackend = (upstreams: Upstreams["Service"], modelRef: string, card: ModelCard): Backend["Service"] =>
   Backend.of({
@@ -55,8 +69,11 @@ export const makeUpstreamBackend = (upstreams: Upstreams["Service"], modelRef: s
           done: (failure) => done(Exit.succeed({ failure }))
         })
       }),
-    // TODO(H-upstream): what the upstreams report (GET /v1/models, their max_model_len).
-    models: Effect.succeed([card])
+    // What the model servers report: one is asked (GET /v1/models); its card for this model (or its
+    // first) gives max_model_len. One that does not answer the list leaves the router's own card.
+    models: upstreams.fetch({ method: "GET", path: modelsPath, body: undefined, headers: {} }).pipe(
+      Effect.map((answer) => [{ ...card, max_model_len: reportedMaxModelLen(answer.status, answer.body, modelRef) ?? card.max_model_len }])
+    )
   })
 
 export const UpstreamBackend: Layer.Layer<Backend, never, Upstreams | RouterConfig> = Layer.effect(
