@@ -44,9 +44,10 @@ export class BlockCache {
 
   readonly capacity: number
   readonly blockSize: number
-  private readonly publish: (event: KvEvent) => void
+  /** Undefined: nobody listens, no event is built. */
+  private readonly publish: ((event: KvEvent) => void) | undefined
 
-  constructor(capacity: number, blockSize: number, publish: (event: KvEvent) => void = () => {}) {
+  constructor(capacity: number, blockSize: number, publish?: (event: KvEvent) => void) {
     this.capacity = capacity
     this.blockSize = blockSize
     this.publish = publish
@@ -94,7 +95,7 @@ export class BlockCache {
       }
       blocks.push({ hash: undefined, refs: 1 })
     }
-    if (removed !== undefined) this.publish({ _tag: "BlockRemoved", blockHashes: removed })
+    if (removed !== undefined) this.publish?.({ _tag: "BlockRemoved", blockHashes: removed })
     return blocks
   }
 
@@ -115,7 +116,7 @@ export class BlockCache {
     let runParent = parent
     let runFrom = idsFrom
     const flush = (next: number) => {
-      if (run.length > 0) {
+      if (run.length > 0 && this.publish !== undefined) {
         this.publish({
           _tag: "BlockStored",
           blockHashes: run,
@@ -163,7 +164,7 @@ export class BlockCache {
     }
     this.cached.clear()
     this.evictable.clear()
-    this.publish({ _tag: "AllBlocksCleared" })
+    this.publish?.({ _tag: "AllBlocksCleared" })
   }
 
   /** Blocks referenced by running sequences. */

@@ -88,6 +88,14 @@ export const makeTokenTimer = (clock: TimerClock = systemTimerClock) => {
       else list.push(callback)
       arm(at)
     },
+    /** Runs `callback` at `time` (the nearest whole millisecond), or as soon as possible when that has passed. */
+    at(time: number, callback: () => void): void {
+      const at = Math.max(Math.round(time), Math.ceil(clock.now()))
+      const list = due.get(at)
+      if (list === undefined) due.set(at, [callback])
+      else list.push(callback)
+      arm(at)
+    },
     /** The time the running callbacks were due (else now): what a step's end counts from. */
     now(): number {
       return firing ?? clock.now()
@@ -177,6 +185,10 @@ interface Sequence {
   firstTokenAt: number
   /** The client took the last token: it may have the next. */
   ready: boolean
+  /** What the sink calls when it took a token (one function per sequence, not one per token). */
+  next: () => void
+  /** The same, after the last token: the sequence ends. */
+  end: () => void
   stopped: boolean
   finished: boolean
 }
@@ -184,15 +196,15 @@ interface Sequence {
 export const makeEngine = (
   settings: EngineSettings,
   clock: TimerClock = systemTimerClock,
-  /** Receives each step's KV events, in order. */
-  publish: (events: ReadonlyArray<KvEvent>) => void = () => {},
+  /** Receives each step's KV events, in order (none are built without it). */
+  publish?: (events: ReadonlyArray<KvEvent>) => void,
   /** Share of the other slots busy, 0..1, for SIM_LOAD_FACTOR (by default the engine's own running share). */
   busyShare?: () => number
 ) => {
   const blockSize = settings.blockSize
   const seedHash = blockSeed(settings.modelName)
   const pending: Array<KvEvent> = []
-  const cache = new BlockCache(settings.kvBlocks, blockSize, (event) => pending.push(event))
+  const cache = new BlockCache(settings.kvBlocks, blockSize, publish === undefined ? undefined : (event) => pending.push(event))
   const timer = makeTokenTimer(clock)
   const random = prng(settings.seed)
   const waiting: Array<Sequence> = []
@@ -201,13 +213,20 @@ export const makeEngine = (
   let prefixHits = 0
   /** A step is in flight (its timer armed) or the loop is running steps now. */
   let stepping = false
+  /**
+   * When the step that just ended was due: the next one, back to back, ends its
+   * length after that, however long handing out this one's tokens took (an
+   * engine processes outputs beside the GPU's next step), so gaps average the
+   * step's length. Undefined while the engine is idle.
+   */
+  let stepDueAt: number | undefined
   // The current step, reused from step to step.
   const prefillSeqs: Array<Sequence> = []
   const prefillChunks: Array<number> = []
   const decodeSeqs: Array<Sequence> = []
 
   const flush = () => {
-    if (pending.length > 0) publish(pending.splice(0))
+    if (pending.length > 0) publish!(pending.splice(0))
   }
 
   /** A normal draw (Box-Muller) with this standard deviation. */
@@ -349,15 +368,9 @@ export const makeEngine = (
     sequence.ready = false
     if (sequence.generated === sequence.plan.tokens) {
       finish(sequence)
-      sequence.sink.token(text, index, () => {
-        if (!sequence.stopped) sequence.sink.end(resultOf(sequence))
-      })
+      sequence.sink.token(text, index, sequence.end)
     } else {
-      sequence.sink.token(text, index, () => {
-        if (sequence.stopped) return
-        sequence.ready = true
-        kick()
-      })
+      sequence.sink.token(text, index, sequence.next)
     }
   }
 
@@ -390,15 +403,17 @@ export const makeEngine = (
       flush()
       if (length < 0) {
         stepping = false
+        stepDueAt = undefined
         return
       }
-      if (length > 0) return timer.after(length, endStep)
+      if (length > 0) return stepDueAt === undefined ? timer.after(length, endStep) : timer.at(stepDueAt + length, endStep)
       applyStep()
       flush()
     }
   }
 
   const endStep = () => {
+    stepDueAt = timer.now()
     applyStep()
     flush()
     loop()
@@ -437,8 +452,18 @@ export const makeEngine = (
         generated: 0,
         firstTokenAt: 0,
         ready: true,
+        next: () => {},
+        end: () => {},
         stopped: false,
         finished: false
+      }
+      sequence.next = () => {
+        if (sequence.stopped) return
+        sequence.ready = true
+        kick()
+      }
+      sequence.end = () => {
+        if (!sequence.stopped) sink.end(resultOf(sequence))
       }
       // The part of the time to first token that is not a step.
       const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
