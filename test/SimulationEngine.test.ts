@@ -281,3 +281,32 @@ describe("the engine (properties, TestClock)", () => {
     { arbitrary: { runs: Number(process.env.PROPERTY_RUNS ?? 100) } }
   )
 })
+
+describe("step timing on a slow event loop", () => {
+  it("the next step is due a step after the last was due, however long handing out its tokens took", () => {
+    let now = 0
+    let armed: { readonly callback: () => void; readonly at: number } | undefined
+    const clock = {
+      now: () => now,
+      setTimeout: (callback: () => void, ms: number) => (armed = { callback, at: now + ms }),
+      clearTimeout: () => (armed = undefined)
+    }
+    const engine = makeEngine({ ...base, ttftMs: 10, prefillUsPerToken: 0 }, clock)
+    const times: Array<number> = []
+    engine.submit(tokenIds("a"), planText({ mode: "echo", echoText: words(4, "o"), maxTokens: 4, stop: [], seed: 0 }), {
+      token: (_text, _index, next) => {
+        times.push(now)
+        now += 3 // the client's write takes 3 ms of the event loop
+        next()
+      },
+      end: () => {}
+    })
+    while (armed !== undefined) {
+      const due = armed
+      armed = undefined
+      now = Math.max(now, due.at)
+      due.callback()
+    }
+    assert.deepStrictEqual(times, [10, 20, 30, 40])
+  })
+})
