@@ -131,13 +131,14 @@ const harness = (
   }, full)
 
   /** Forwards one request and collects what the caller hears. */
-  const forward = () => {
+  const forward = (verify?: ForwardHandler["verify"]) => {
     const heard: { response?: UpstreamResponse; body: string; ended: boolean; failure?: UpstreamFailure } = { body: "", ended: false }
     const handler: ForwardHandler = {
       onResponse: (response) => (heard.response = response),
       onData: (chunk) => (heard.body += chunk.toString()),
       onEnd: () => (heard.ended = true),
-      onError: (failure) => (heard.failure = failure)
+      onError: (failure) => (heard.failure = failure),
+      ...(verify === undefined ? {} : { verify })
     }
     const abort = forwarder.forwardUnsafe({ path: "/v1/completions", body: "{}", headers: {} }, handler)
     return { heard, abort }
@@ -349,5 +350,13 @@ describe("the retry loop", () => {
     assert.strictEqual(h.endpoints[1].inFlight, before + 1, "held after a 500 in no time")
     h.advance(200)
     assert.strictEqual(h.endpoints[1].inFlight, before, "released after about a success's time")
+  })
+
+  it("an answer the caller finds unusable once whole (not JSON, cut mid-event) fails as the upstream's fault", () => {
+    const h = harness({ a: [behaviours.answer(200, "<html>")] })
+    const { heard } = h.forward(() => ({ code: "upstream_bad_answer", message: "not JSON" }))
+    assert.isFalse(heard.ended)
+    assert.deepStrictEqual([heard.failure?.status, heard.failure?.code], [502, "upstream_bad_answer"])
+    assert.deepStrictEqual(h.outcomes.map(([, outcome]) => [outcome._tag, healthOf(outcome)]), [["Rejected", "failure"]])
   })
 })

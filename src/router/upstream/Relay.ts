@@ -18,8 +18,8 @@
 import type { AnswerHeaders } from "./Attempt.ts"
 import { routeHeader } from "../routing/Route.ts"
 import { EventFramer } from "./EventFramer.ts"
+import type { UpstreamFailure } from "./Failure.ts"
 import { defaultUpstream } from "../core/Config.ts"
-import { UpstreamFailure } from "./Failure.ts"
 import type { UpstreamResponse, Upstreams } from "./Upstreams.ts"
 import { bodyTooLarge, unusableAnswer, upstreamHeader, upstreamVersionHeader } from "./Upstreams.ts"
 
@@ -72,6 +72,8 @@ export const relayUnsafe = (
   let framer: EventFramer | undefined
   let chunks: Array<Buffer> | undefined
   let length = 0
+  /** The whole non-streamed body, joined once it came. */
+  let body: Buffer | undefined
   let answer: UpstreamResponse | undefined
   let headers: Record<string, string | number> | undefined
   let firstChunk = true
@@ -120,27 +122,20 @@ export const relayUnsafe = (
         response.once("drain", onDrain)
       }
     },
+    verify: () => {
+      if (streaming) {
+        return framer!.cutMidEvent
+          ? { code: "upstream_broken", message: `the model server ${answer!.upstream} ended its stream inside an event` }
+          : undefined
+      }
+      body = Buffer.concat(chunks!, length)
+      return unusableAnswer(answer!.status, body, answer!.upstream)
+    },
     onEnd: () => {
       if (streaming) {
-        if (framer!.cutMidEvent) {
-          const failure = new UpstreamFailure({
-            status: 502,
-            code: "upstream_broken",
-            message: `the model server ${answer!.upstream} ended its stream inside an event`,
-            retryAfterSeconds: undefined
-          })
-          callbacks.endWithErrorFrame(failure)
-          return callbacks.done(failure)
-        }
         response.end()
       } else if (!response.headersSent) {
-        const text = Buffer.concat(chunks!, length)
-        const unusable = unusableAnswer(answer!.status, text, answer!.upstream)
-        if (unusable !== undefined) {
-          const failure = new UpstreamFailure({ status: 502, ...unusable, retryAfterSeconds: undefined })
-          callbacks.failBeforeHeaders(failure)
-          return callbacks.done(failure)
-        }
+        const text = body!
         headers!["content-length"] = text.length
         response.writeHead(answer!.status, headers!)
         response.end(text)

@@ -68,6 +68,12 @@ export interface UpstreamResponse {
 export interface ForwardHandler {
   onResponse(response: UpstreamResponse): void
   onData(chunk: Buffer): void
+  /**
+   * The answer came whole: a rejection (a 2xx body that is not JSON, a stream
+   * ended inside an event) turns it into the upstream's failure, heard as
+   * `onError` with a 502 of that code, instead of `onEnd`.
+   */
+  verify?(): { readonly code: string; readonly message: string } | undefined
   onEnd(): void
   onError(failure: UpstreamFailure): void
 }
@@ -213,8 +219,10 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
           route?.data(chunk, deps.now())
           if (!finished) handler.onData(chunk)
         },
-        onEnd: (outcome) => {
+        onEnd: (ending) => {
           ended = true
+          const rejected = answered && ending._tag === "Completed" && !finished ? handler.verify?.() : undefined
+          const outcome: Outcome = rejected === undefined ? ending : { _tag: "Rejected", ...rejected }
           release(endpoint, outcome, attemptStartedAt)
           route?.ended(endpoint, deps.now())
           releaseBudget()

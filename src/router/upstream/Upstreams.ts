@@ -337,6 +337,7 @@ export class Upstreams extends Context.Service<Upstreams, {
           let answer: UpstreamResponse | undefined
           const chunks: Array<Buffer> = []
           let length = 0
+          let body: Buffer | undefined
           const abort = forwardUnsafe(request, {
             onResponse: (response) => (answer = response),
             onData: (chunk) => {
@@ -347,14 +348,12 @@ export class Upstreams extends Context.Service<Upstreams, {
               }
               chunks.push(chunk)
             },
-            onEnd: () => {
-              const body = Buffer.concat(chunks, length)
-              const unusable = unusableAnswer(answer!.status, body, answer!.upstream)
-              if (unusable !== undefined) {
-                return resume(Effect.fail(new UpstreamFailure({ status: 502, ...unusable, retryAfterSeconds: undefined })))
-              }
-              resume(Effect.succeed({ status: answer!.status, headers: answer!.headers, body: body.toString("utf8"), upstream: answer!.upstream }))
+            verify: () => {
+              body = Buffer.concat(chunks, length)
+              return unusableAnswer(answer!.status, body, answer!.upstream)
             },
+            onEnd: () =>
+              resume(Effect.succeed({ status: answer!.status, headers: answer!.headers, body: body!.toString("utf8"), upstream: answer!.upstream })),
             onError: (failure) => resume(Effect.fail(failure))
           })
           return Effect.sync(abort)
