@@ -9,13 +9,14 @@
  *   to it, plus one so a health check never waits behind streams. Admission
  *   bounds the total first, so waiting happens in the router's queue, not on
  *   an upstream's socket;
- * - an attempt is retried on another upstream only when nothing can have
- *   reached the model (a connect failure) or the upstream refused at once
- *   (429/503 before any body byte), within UPSTREAM_RETRIES, the retry budget
- *   and the first-byte deadline; the caller has written nothing by then;
- * - an attempt holds its upstream's in-flight count until its scope closes;
- *   closing it before the body ended (a client hang-up, a drain) aborts the
- *   upstream request, so the model stops generating.
+ * - forwarding is in two parts: Attempt.ts sends one attempt and classifies
+ *   how it ended (the one result that drives the metrics, the balancer's
+ *   health and the client's error, `observe` below), Retry.ts is the retry
+ *   loop around attempts (what is retried, with or without the budget);
+ * - a failing upstream is checked again soon (100 ms, doubling to 1 s), so a
+ *   restarted one is back within about a second;
+ * - closing a request before its answer ended (a client hang-up, a drain)
+ *   aborts the upstream request, so the model stops generating.
  *
  * With MODEL_BACKEND=simulated the service is present and empty.
  */
