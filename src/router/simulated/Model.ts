@@ -11,7 +11,8 @@
  *   to `onToken`, whose effect must complete before the sequence takes part in
  *   another step: a client that reads slowly slows its own generation instead
  *   of making the router buffer.
- * It knows nothing of HTTP; of admission only how busy the slots are.
+ * It knows nothing of HTTP; of admission only how busy the slots are. The
+ * routes reach it through SimulatedBackend.ts.
  */
 import { Clock, Context, Effect, Exit, Layer } from "effect"
 import { Admission } from "../core/Admission.ts"
@@ -21,15 +22,12 @@ import { KvEventPublisher } from "./KvEventPublisher.ts"
 import type { KvEvent } from "./BlockCache.ts"
 import { type FinishReason, hash32, planText } from "./Simulation.ts"
 import { tokenIds } from "./Tokens.ts"
-import { UpstreamFailure, upstreamRefusal, Upstreams } from "../upstream/Upstreams.ts"
 
 export { makeTokenTimer, type TimerClock } from "./Engine.ts"
 
 export interface Inference {
   /** Whole milliseconds the model spent on this prompt. */
   readonly processingMs: number
-  /** `host:port` of the model server that answered (MODEL_BACKEND=upstream). */
-  readonly upstream?: string | undefined
 }
 
 export interface GenerationRequest {
@@ -99,8 +97,7 @@ export interface SimulatedOptions {
 }
 
 export class Model extends Context.Service<Model, {
-  /** `requestId` travels to an upstream model server (MODEL_BACKEND=upstream). */
-  infer(prompt: string, requestId?: string): Effect.Effect<Inference, UpstreamFailure>
+  infer(prompt: string): Effect.Effect<Inference>
   generate(request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated>
   /**
    * The same generation as `generate`, with plain callbacks; returns the
@@ -218,43 +215,15 @@ export class Model extends Context.Service<Model, {
     })
   }
 
-  /**
-   * MODEL_BACKEND=upstream: `/infer` is a completion of the prompt on an
-   * upstream model server (its defaults decide the length); `processingMs` is
-   * the upstream's whole time. An upstream's refusal or failure is an
-   * `UpstreamFailure` the handler answers in `/infer`'s envelope. `generate`
-   * is not used: the OpenAI API is forwarded as it is (see OpenAiHandler).
-   */
-  static readonly upstream = (upstreams: Upstreams["Service"], modelRef: string): Model["Service"] =>
-    Model.of({
-      infer: (prompt, requestId) =>
-        Effect.clockWith((clock) =>
-          Effect.gen(function*() {
-            const startedAt = clock.currentTimeNanosUnsafe()
-            const answer = yield* upstreams.fetch({
-              path: "/v1/completions",
-              body: JSON.stringify({ model: modelRef, prompt }),
-              headers: requestId === undefined ? { "content-type": "application/json" } : { "content-type": "application/json", "x-request-id": requestId }
-            })
-            if (answer.status >= 200 && answer.status < 300) {
-              return { processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000), upstream: answer.upstream }
-            }
-            return yield* upstreamRefusal(answer.status, answer.upstream, answer.body, answer.headers["retry-after"])
-          })
-        ),
-      generate: () => Effect.die(new Error("generate is not used with MODEL_BACKEND=upstream"))
-    })
-
   /** A stand-in model for tests: `infer` as given, `generate` the default simulation's with no delays. */
   static readonly withInfer = (infer: Model["Service"]["infer"]): Model["Service"] =>
     Model.of({ ...Model.simulated(0), infer })
 
-  static readonly layer: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams> = Layer.effect(
+  /** The simulated model (MODEL_BACKEND=simulated; the upstream backend has its own, upstream/UpstreamBackend.ts). */
+  static readonly layer: Layer.Layer<Model, never, RouterConfig | Admission> = Layer.effect(
     Model,
     Effect.gen(function*() {
       const config = yield* RouterConfig
-      const upstreams = yield* Upstreams
-      if (upstreams.enabled) return Model.upstream(upstreams, config.modelRef)
       const admission = yield* Admission
       const slots = admission.limits.slots
       // The system's clock is the default one; tests put a TestClock in its place.
