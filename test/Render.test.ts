@@ -4,6 +4,7 @@
 import { spawnSync } from "node:child_process"
 import { afterEach, assert, describe, it } from "vitest"
 import { parseAllDocuments } from "yaml"
+import { renderText } from "../src/controller/Render.ts"
 import { killAll, root, startProcess } from "./support/Processes.ts"
 
 afterEach(killAll)
@@ -35,7 +36,12 @@ describe("render", () => {
     spawnSync(process.execPath, ["src/controller/main.ts", "render", "-"], { cwd: root, input, encoding: "utf8" })
   const manifest = (name: string, spec: string) => `apiVersion: inference-router.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: ${JSON.stringify(name)}}\nspec: ${spec}\n`
 
-  it("refuses what the CRD refuses, exit 1 with one line naming the field", () => {
+  it("refuses what the CRD refuses, naming the field (exit 1 with that one line from the command)", () => {
+    const cli = renderStdin(manifest("both", "{modelRef: m, replicas: 2, maxReplicas: 4}"))
+    assert.strictEqual(cli.status, 1)
+    assert.lengthOf(cli.stderr.trim().split("\n"), 1, cli.stderr)
+    assert.match(cli.stderr.trim(), /^inference-router-controller: -: InferenceService both: invalid spec: spec\.replicas: /)
+    assert.strictEqual(cli.stdout, "")
     for (const [name, spec, field] of [
       ["both", "{modelRef: m, replicas: 2, maxReplicas: 4}", "spec.replicas"],
       ["x".repeat(57), "{modelRef: m}", "metadata.name"],
@@ -45,28 +51,28 @@ describe("render", () => {
       ["env2", "{modelRef: m, env: [{name: UPSTREAMS, value: 'http://elsewhere:1'}]}", "spec.env[0].name"],
       ["res", "{modelRef: m, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}", "spec.resources.requests.cpu"]
     ] as const) {
-      const result = renderStdin(manifest(name, spec))
-      assert.strictEqual(result.status, 1, `${name}: ${result.stdout}`)
-      const lines = result.stderr.trim().split("\n")
-      assert.lengthOf(lines, 1, result.stderr)
-      assert.include(lines[0], field)
-      assert.strictEqual(result.stdout, "")
+      const error = (() => {
+        try {
+          renderText(manifest(name, spec), "-", "router:1")
+        } catch (error) {
+          return error as Error
+        }
+      })()
+      assert.isDefined(error, name)
+      assert.include(error!.message, field)
+      assert.notInclude(error!.message, "\n")
     }
   })
 
   it("a request over the default limit renders a limit that fits it (a real API server refuses requests > limits)", () => {
-    const result = renderStdin(manifest("cpu", "{modelRef: m, resources: {requests: {cpu: '2'}}}"))
-    assert.strictEqual(result.status, 0, result.stderr)
-    const deployment = parseAllDocuments(result.stdout)[0].toJS()
+    const deployment = parseAllDocuments(renderText(manifest("cpu", "{modelRef: m, resources: {requests: {cpu: '2'}}}"), "-", "router:1"))[0].toJS()
     assert.deepStrictEqual(deployment.spec.template.spec.containers[0].resources, {
       requests: { cpu: "2", memory: "160Mi" },
       limits: { cpu: "2", memory: "256Mi" }
     })
   })
 
-  it("a file with no InferenceService in it: exit 1, saying so", () => {
-    const result = renderStdin("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
-    assert.strictEqual(result.status, 1)
-    assert.match(result.stderr.trim(), /^inference-router-controller: -: no InferenceService in it \(only ConfigMap\)/)
+  it("a file with no InferenceService in it: an error saying so", () => {
+    assert.throws(() => renderText("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "-", "router:1"), /^-: no InferenceService in it \(only ConfigMap\)/)
   })
 })
