@@ -90,6 +90,22 @@ describe("precise entries (KV events)", () => {
     assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 10_000), 1)
   })
 
+  it("keep the lifetime of entries made before the upstream's events were followed", () => {
+    const index = new PrefixIndex(settings)
+    index.recordDecision("u", keys("a"), 0)
+    index.applyBatch("u", { seq: 0, events: [] }, 10)
+    assert.strictEqual(index.cachedPrefix("u", keys("a"), 900), 1)
+  })
+
+  it("take an answered prompt's blocks as stored, even when their events were missed", () => {
+    const index = new PrefixIndex(settings)
+    index.applyBatch("u", { seq: 3, events: [] }, 0)
+    index.confirm("u", keys("a", "b"), 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1e9), 2)
+    index.applyBatch("u", { seq: 4, events: [{ type: "BlockRemoved", blockHashes: ["b"] }] }, 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1e9), 1)
+  })
+
   it("detect a sequence gap: what was believed ages out, later events are exact again", () => {
     const index = new PrefixIndex(settings)
     assert.strictEqual(index.applyBatch("u", { seq: 5, events: [{ type: "BlockStored", blockHashes: ["a", "b"] }] }, 0), "applied")

@@ -13,6 +13,7 @@ interface Replica {
   readonly state: SharedState
   readonly blocks: Map<string, Set<string>>
   readonly events: Array<string>
+  readonly hows: Array<string>
 }
 
 const replicas: Array<SharedState> = []
@@ -24,8 +25,10 @@ afterEach(async () => {
 const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:"): Replica => {
   const blocks = new Map<string, Set<string>>()
   const events: Array<string> = []
+  const hows: Array<string> = []
   const sink: SharedStateSink = {
-    blocks: (upstream, keys) => {
+    blocks: (upstream, keys, how) => {
+      hows.push(how)
       let set = blocks.get(upstream)
       if (set === undefined) blocks.set(upstream, set = new Set())
       for (const key of keys) set.add(key)
@@ -37,7 +40,7 @@ const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:"): Replic
     sink
   )
   replicas.push(state)
-  return { state, blocks, events }
+  return { state, blocks, events, hows }
 }
 
 const allUp = (r: Replica) => r.state.status().every((s) => s.up)
@@ -55,6 +58,11 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
       return has(b, "u1", keys("k", 4)) && has(c, "u1", keys("k", 4))
     }, "b and c learn a's decision")
     assert.isFalse(a.blocks.has("u1"), "a replica ignores its own messages")
+    assert.deepStrictEqual([...new Set(b.hows)], ["decided"])
+    await until(() => {
+      a.state.decided("u1", ["answered"], Date.now(), true)
+      return b.hows.includes("confirmed")
+    }, "b hears a confirmation")
     await until(() => {
       b.state.publishLoad({ u1: 3, u2: 1 })
       c.state.publishLoad({ u1: 2 })
@@ -65,6 +73,7 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
     await until(() => allUp(late), "d connected")
     await late.state.catchUp(["u1"], Date.now())
     assert.isTrue(has(late, "u1", keys("k", 4)), "d read what a recorded")
+    assert.deepStrictEqual([...new Set(late.hows)], ["recovered"])
   })
 
   it("Redis stopped mid-run: writes are dropped without waiting, one status line; restarted: rejoins and shares again", async () => {

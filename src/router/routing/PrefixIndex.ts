@@ -46,7 +46,11 @@ export interface PrefixIndexSettings {
 export const defaultPrefixIndexSettings: PrefixIndexSettings = { defaultCapacity: 8192, ttlMs: 10 * 60_000, pendingTtlMs: 2_000 }
 
 interface UpstreamCache {
-  /** key -> when last touched; Map order is least recently touched first. */
+  /**
+   * key -> when it is forgotten, fixed when it was last touched (so an entry
+   * made before KV events were followed keeps its lifetime when they start);
+   * Map order is least recently touched first.
+   */
   readonly approximate: Map<BlockKey, number>
   capacity: number
   /** Present once the upstream publishes KV events. */
@@ -100,15 +104,35 @@ export class PrefixIndex {
     return this.upstreams.get(upstream)?.gaps ?? 0
   }
 
-  /** Records that `keys` (a prompt's blocks, in order) were sent to `upstream` at `now`. */
-  recordDecision(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): void {
+  /**
+   * Records that `keys` (a prompt's blocks, in order) were sent to `upstream`
+   * at `now`. `longLived`: kept `ttlMs` even with KV events (entries read back
+   * from the shared state, whose events this replica never saw).
+   */
+  recordDecision(upstream: string, keys: ReadonlyArray<BlockKey>, now: number, longLived = false): void {
     const cache = this.cache(upstream)
+    const expires = now + (cache.precise === undefined || longLived ? this.settings.ttlMs : this.settings.pendingTtlMs)
     for (const key of keys) {
       if (cache.precise?.has(key)) continue
       cache.approximate.delete(key)
-      cache.approximate.set(key, now)
+      cache.approximate.set(key, expires)
     }
     this.trim(cache)
+  }
+
+  /**
+   * The upstream answered a prompt with these blocks (its first token came):
+   * they are cached there now, whatever events were missed (a subscription
+   * that started late, a batch lost). With KV events they join the precise
+   * set, and the `BlockRemoved` that evicts them will remove them.
+   */
+  confirm(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): void {
+    const cache = this.cache(upstream)
+    if (cache.precise === undefined) return this.recordDecision(upstream, keys, now)
+    for (const key of keys) {
+      cache.precise.add(key)
+      cache.approximate.delete(key)
+    }
   }
 
   /**
@@ -131,7 +155,7 @@ export class PrefixIndex {
       // Demote what we believed to approximate entries, oldest-first order kept.
       for (const key of cache.precise) {
         cache.approximate.delete(key)
-        cache.approximate.set(key, now)
+        cache.approximate.set(key, now + this.settings.pendingTtlMs)
       }
       cache.precise = new Set()
     }
@@ -167,15 +191,14 @@ export class PrefixIndex {
   cachedPrefix(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): number {
     const cache = this.upstreams.get(upstream)
     if (cache === undefined) return 0
-    const ttl = cache.precise === undefined ? this.settings.ttlMs : this.settings.pendingTtlMs
     let count = 0
     for (const key of keys) {
       if (cache.precise?.has(key)) {
         count++
         continue
       }
-      const touched = cache.approximate.get(key)
-      if (touched === undefined || now - touched > ttl) break
+      const expires = cache.approximate.get(key)
+      if (expires === undefined || now > expires) break
       count++
     }
     return count
@@ -186,8 +209,7 @@ export class PrefixIndex {
     const cache = this.upstreams.get(upstream)
     const found = new Set<BlockKey>(cache?.precise ?? [])
     if (cache === undefined) return found
-    const ttl = cache.precise === undefined ? this.settings.ttlMs : this.settings.pendingTtlMs
-    for (const [key, touched] of cache.approximate) if (now - touched <= ttl) found.add(key)
+    for (const [key, expires] of cache.approximate) if (now <= expires) found.add(key)
     return found
   }
 

@@ -118,7 +118,10 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         maxPendingWrites: 10_000
       },
       {
-        blocks: (upstream, keys) => scheduler.index.recordDecision(upstream, keys, now()),
+        blocks: (upstream, keys, how) =>
+          how === "confirmed"
+            ? scheduler.index.confirm(upstream, keys, now())
+            : scheduler.index.recordDecision(upstream, keys, now(), how === "recovered"),
         status: (shown, up, reason) => {
           routingMetrics.sharedUp(shown).updateUnsafe(up ? 1 : 0, context)
           log(
@@ -142,6 +145,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
 
     const forget = (id: string) => {
       known.delete(id)
+      routingMetrics.indexBlocks(id).updateUnsafe(0, context)
       lastScrape.delete(id)
       subscriptions.get(id)?.()
       subscriptions.delete(id)
@@ -156,6 +160,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         const endpoint = current.get(id)
         if (endpoint === undefined || !endpoint.healthy) forget(id)
       }
+      for (const id of known) routingMetrics.indexBlocks(id).updateUnsafe(scheduler.index.size(id), context)
       for (const [id, endpoint] of current) {
         if (!endpoint.healthy || known.has(id)) continue
         known.add(id)
@@ -259,6 +264,11 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         ended: (endpoint) => {
           if (decision === undefined || decision.candidate !== endpoint) return
           if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision)
+          // An answer started: its prompt was prefilled there, so its blocks are cached there.
+          else {
+            scheduler.index.confirm(endpoint.id, decision.keys, now())
+            shared?.decided(endpoint.id, decision.keys, Date.now(), true)
+          }
           if (reported !== undefined) {
             routingMetrics.predictedCachedTokens.updateUnsafe(decision.cachedTokens, context)
             routingMetrics.reportedCachedTokens.updateUnsafe(reported, context)

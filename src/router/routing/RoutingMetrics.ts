@@ -26,6 +26,10 @@ export const routingMetrics = {
     description: "Sum of |predicted - reported| cached tokens: divided by the reported total, the index's error rate",
     incremental: true
   }),
+  indexBlocks: labelled(
+    Metric.gauge("router_routing_index_blocks", { description: "Blocks the prefix index holds for the upstream (KV events and decisions, this replica's and, with Redis, the others')" }),
+    "upstream"
+  ),
   signalsFresh: labelled(
     Metric.gauge("router_routing_upstream_signals_fresh", { description: "1 while the upstream's scraped /metrics are fresh (within three UPSTREAM_METRICS_INTERVAL_MS), else 0" }),
     "upstream"

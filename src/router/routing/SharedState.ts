@@ -45,8 +45,12 @@ export interface SharedStateSettings {
 }
 
 export interface SharedStateSink {
-  /** Another replica sent `keys` to `upstream` at `at` (wall-clock ms). */
-  blocks(upstream: string, keys: ReadonlyArray<string>, at: number): void
+  /**
+   * Another replica sent `keys` to `upstream` (`confirmed`: and the answer
+   * started, so they are cached there), or a replica that (re)joined read them
+   * back (`recovered`).
+   */
+  blocks(upstream: string, keys: ReadonlyArray<string>, how: "decided" | "confirmed" | "recovered"): void
   /** An endpoint went down (false) or came back (true); `shown` has no credentials. */
   status(shown: string, up: boolean, reason: string): void
 }
@@ -65,6 +69,8 @@ interface BlocksMessage {
   readonly u: string
   readonly k: ReadonlyArray<string>
   readonly t: number
+  /** 1: confirmed by the answer. */
+  readonly c?: 1
 }
 interface LoadMessage {
   readonly r: string
@@ -141,7 +147,7 @@ export class SharedState {
       return
     }
     if (message.r === this.settings.replicaId || typeof message.u !== "string" || !Array.isArray(message.k)) return
-    this.sink.blocks(message.u, message.k, Number(message.t) || this.now())
+    this.sink.blocks(message.u, message.k, message.c === 1 ? "confirmed" : "decided")
   }
 
   private receiveLoad(text: string): void {
@@ -183,8 +189,11 @@ export class SharedState {
     )
   }
 
-  /** This replica sent `keys` to `upstream` (at wall-clock `at`): tell the others, and remember it in Redis. */
-  decided(upstream: string, keys: ReadonlyArray<string>, at: number): void {
+  /**
+   * This replica sent `keys` to `upstream` (at wall-clock `at`; `confirmed`:
+   * and the answer started): tell the others, and remember it in Redis.
+   */
+  decided(upstream: string, keys: ReadonlyArray<string>, at: number, confirmed = false): void {
     if (keys.length === 0) return
     const byShard = new Map<Shard, Array<string>>()
     for (const key of keys) {
@@ -195,7 +204,7 @@ export class SharedState {
     }
     const setKey = `${this.settings.prefix}blocks:${upstream}`
     for (const [shard, list] of byShard) {
-      const message = JSON.stringify({ r: this.settings.replicaId, u: upstream, k: list, t: at } satisfies BlocksMessage)
+      const message = JSON.stringify({ r: this.settings.replicaId, u: upstream, k: list, t: at, ...(confirmed ? { c: 1 as const } : {}) } satisfies BlocksMessage)
       this.write(shard, (client) =>
         client.multi()
           .zAdd(setKey, list.map((value) => ({ score: at, value })))
@@ -238,7 +247,7 @@ export class SharedState {
         shard.loaded.add(upstream)
         try {
           const keys = await shard.client.zRangeByScore(`${this.settings.prefix}blocks:${upstream}`, wallNow - this.settings.ttlMs, "+inf")
-          if (keys.length > 0) this.sink.blocks(upstream, keys, wallNow)
+          if (keys.length > 0) this.sink.blocks(upstream, keys, "recovered")
         } catch {
           shard.loaded.delete(upstream)
         }
