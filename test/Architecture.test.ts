@@ -92,8 +92,8 @@ const allowedOutsideEdge: ReadonlyArray<{ readonly folder: string; readonly name
   },
   {
     folder: "src/router/simulated/",
-    names: ["generateUnsafe"],
-    why: "the simulated backend's own fiber-free generation (shared timers)"
+    names: ["generateUnsafe", "inferUnsafe"],
+    why: "the simulated backend's own fiber-free generation and /infer (the engine's step timers)"
   },
   {
     folder: "src/router/upstream/",
@@ -147,6 +147,24 @@ describe("Architecture", () => {
       .filter((file) => /\.enterUnsafe\(/.test(code(text.get(file)!)))
       .map(rel)
     assert.deepStrictEqual(callers, ["src/router/edge/Pipeline.ts"])
+  })
+
+  it("the controller reaches into the router only for the settings parser (and the pure parsers it uses)", () => {
+    const graph = new Map(files.map((file) => [file, importsOf(file)]))
+    const reached = new Set<string>()
+    const stack = files.filter((file) => rel(file).startsWith("src/controller/"))
+    while (stack.length > 0) {
+      for (const next of graph.get(stack.pop()!) ?? []) {
+        if (reached.has(next)) continue
+        reached.add(next)
+        stack.push(next)
+      }
+    }
+    assert.deepStrictEqual([...reached].map(rel).filter((path) => path.startsWith("src/router/")).sort(), [
+      "src/router/core/Settings.ts",
+      "src/router/routing/RoutingSettings.ts",
+      "src/router/upstream/Targets.ts"
+    ])
   })
 
   it("docs/architecture.md's bypass table names every place the rules above allow", () => {
