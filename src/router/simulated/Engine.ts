@@ -220,6 +220,13 @@ export const makeEngine = (
    * step's length. Undefined while the engine is idle.
    */
   let stepDueAt: number | undefined
+  /**
+   * While a submission is handled synchronously (steps of no length run at
+   * once), its time: what it does takes no simulated time, whatever the CPU
+   * took (a request answered at once reports 0 ms, as before the engine).
+   */
+  let instant: number | undefined
+  const now = () => instant ?? timer.now()
   // The current step, reused from step to step.
   const prefillSeqs: Array<Sequence> = []
   const prefillChunks: Array<number> = []
@@ -324,7 +331,7 @@ export const makeEngine = (
     finishReason: sequence.plan.finishReason,
     cachedTokens: sequence.cachedTokens,
     firstTokenMs: sequence.generated === 0 ? 0 : Math.round(sequence.firstTokenAt - sequence.submittedAt),
-    processingMs: Math.round(timer.now() - sequence.submittedAt)
+    processingMs: Math.round(now() - sequence.submittedAt)
   })
 
   /** The prompt's newly full blocks are cached (BlockStored). */
@@ -352,7 +359,7 @@ export const makeEngine = (
   const emit = (sequence: Sequence) => {
     const index = sequence.generated++
     const text = sequence.nextToken()
-    if (index === 0) sequence.firstTokenAt = timer.now()
+    if (index === 0) sequence.firstTokenAt = now()
     // Generated tokens fill blocks too.
     const tail = sequence.tailIds
     tail.push(tokenId(text))
@@ -468,7 +475,15 @@ export const makeEngine = (
       // The part of the time to first token that is not a step.
       const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
       if (delay > 0) timer.after(delay, () => enqueue(sequence))
-      else enqueue(sequence)
+      else if (instant !== undefined) enqueue(sequence)
+      else {
+        instant = sequence.submittedAt
+        try {
+          enqueue(sequence)
+        } finally {
+          instant = undefined
+        }
+      }
       return () => {
         if (sequence.stopped) return
         sequence.stopped = true

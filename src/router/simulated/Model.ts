@@ -105,6 +105,12 @@ export class Model extends Context.Service<Model, {
    * `generate` runs instead. Why by hand: see BENCHMARKS.md, section 6.
    */
   readonly generateUnsafe?: ((request: GenerationRequest, sink: TokenSink) => () => void) | undefined
+  /**
+   * `infer` with a plain callback, started at once: returns the inference
+   * when it completed at once (no time to wait: SIM_LATENCY_MS=0), else the
+   * function that stops it. Present on the system clock.
+   */
+  readonly inferUnsafe?: ((prompt: string, done: (inference: Inference) => void) => Inference | (() => void)) | undefined
   /** Present when simulated. */
   readonly simulation?: SimulationControl | undefined
 }>()("inference-router/Model") {
@@ -187,18 +193,30 @@ export class Model extends Context.Service<Model, {
 
     const tokenLevel = settings.ttftMs !== undefined || settings.itlMs !== undefined
     const takeAll: SequenceSink["token"] = (_text, _index, next) => next()
+    // Without token-level timing, /infer is one token: about SIM_LATENCY_MS.
+    const inferRequest = (prompt: string): GenerationRequest => ({ echoText: prompt, promptTokens: 0, maxTokens: tokenLevel ? undefined : 1, stop: [], seed: undefined })
+
+    const inferUnsafe = (prompt: string, done: (inference: Inference) => void): Inference | (() => void) => {
+      let sync: Inference | undefined
+      let started = false
+      const stop = submit(engine!, inferRequest(prompt), {
+        token: takeAll,
+        end: ({ processingMs }) => started ? done({ processingMs }) : (sync = { processingMs })
+      })
+      started = true
+      return sync ?? stop
+    }
 
     return Model.of({
       infer: (prompt) =>
         Effect.flatMap(engineEffect, (on) =>
           Effect.callback<Inference>((resume) => {
-            // Without token-level timing, /infer is one token: about SIM_LATENCY_MS.
-            const request = { echoText: prompt, promptTokens: 0, maxTokens: tokenLevel ? undefined : 1, stop: [], seed: undefined }
-            const stop = submit(on, request, { token: takeAll, end: ({ processingMs }) => resume(Effect.succeed({ processingMs })) })
+            const stop = submit(on, inferRequest(prompt), { token: takeAll, end: ({ processingMs }) => resume(Effect.succeed({ processingMs })) })
             return Effect.sync(stop)
           })),
       generate,
       generateUnsafe: systemTime ? generateUnsafe : undefined,
+      inferUnsafe: systemTime ? inferUnsafe : undefined,
       simulation: {
         stats: () =>
           engine?.stats() ?? {

@@ -11,7 +11,7 @@ import { simFailureHeader } from "../../api/Headers.ts"
 import { invalidRequestError, type ModelCard, type OpenAiError, openAiError } from "../../api/OpenAiApi.ts"
 import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
 import { type FailureType, RouterConfig, type SimulationSettings } from "../core/Config.ts"
-import { type GenerationRequest, Model, type Generated as ModelGenerated } from "./Model.ts"
+import { type GenerationRequest, type Inference, Model, type Generated as ModelGenerated } from "./Model.ts"
 import { countTokens } from "./Simulation.ts"
 
 /** What each injected failure answers, as llm-d-inference-sim's do. */
@@ -139,7 +139,20 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
 
   return Backend.of({
     ready: () => true,
-    infer: (prompt) => model.infer(prompt),
+    infer: (prompt) => {
+      const inferUnsafe = model.inferUnsafe
+      if (inferUnsafe === undefined) return model.infer(prompt)
+      // Called once admitted: the engine takes the prompt now. Answered at once (SIM_LATENCY_MS=0): an Exit, no fiber.
+      let finished: Inference | undefined
+      let deliver: ((exit: Exit.Exit<Inference>) => void) | undefined
+      const started = inferUnsafe(prompt, (inference) => deliver === undefined ? (finished = inference) : deliver(Exit.succeed(inference)))
+      if (typeof started !== "function") return Exit.succeed(started)
+      return callbacks<Inference>((done) => {
+        if (finished !== undefined) done(Exit.succeed(finished))
+        else deliver = done
+        return started
+      })
+    },
     check,
     complete,
     models: Effect.succeed([card]),
