@@ -254,6 +254,17 @@ describe("the hand-written generation (generateUnsafe)", () => {
       assert.strictEqual(generated.completionTokens, 100_000)
     }))
 
+  it.live("inferUnsafe: at SIM_LATENCY_MS=0 the inference itself, at once (0 ms); with a latency, through its callback", () =>
+    Effect.gen(function*() {
+      const instant = Model.simulated(0, defaultSimulation, () => 0, true).inferUnsafe!("a b c", () => assert.fail("answered at once, not later"))
+      assert.deepStrictEqual(instant, { processingMs: 0 })
+      const later = yield* Effect.callback<{ processingMs: number }>((resume) => {
+        const started = Model.simulated(5, defaultSimulation, () => 0, true).inferUnsafe!("a b c", (inference) => resume(Effect.succeed(inference)))
+        assert.isFunction(started)
+      })
+      assert.isAtLeast(later.processingMs, 4)
+    }))
+
   it.live("stopped, it emits nothing more and never ends", () =>
     Effect.gen(function*() {
       const model = Model.simulated(0, fixed, () => 0, true)
