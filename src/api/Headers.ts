@@ -24,3 +24,6 @@ export const upstreamHeader = "x-inference-upstream"
 
 /** The `version` label of the upstream that served. */
 export const upstreamVersionHeader = "x-inference-upstream-version"
+
+/** Why the cache-aware scheduler picked the upstream it did (UPSTREAM_SCHEDULER=cache-aware). */
+export const routeHeader = "x-inference-route"

@@ -26,5 +26,5 @@ export interface RouteScheduler {
   attach(endpoints: () => ReadonlyArray<Endpoint>): void
 }
 
-/** The answer header explaining a decision. */
-export const routeHeader = "x-inference-route"
+/** The answer header explaining a decision (its name lives with the contract's others). */
+export { routeHeader } from "../../api/Headers.ts"

@@ -56,9 +56,8 @@ export interface UpstreamView {
   readonly connections: number
 }
 
-/** Header naming the upstream that served, as llm-d-inference-sim's `x-inference-pod` names its pod. */
-export const upstreamHeader = "x-inference-upstream"
-export const upstreamVersionHeader = "x-inference-upstream-version"
+/** Header names live with the contract's others. */
+export { upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
 
 /** An upstream's non-2xx answer to an `/infer` completion, as the failure the router answers. */
 export const upstreamRefusal = (status: number, upstream: string, body: string, retryAfter: string | Array<string> | undefined): UpstreamFailure => {
