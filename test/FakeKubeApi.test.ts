@@ -6,6 +6,9 @@
  * transferring ownership, merge strategy).
  */
 import { afterEach, assert, describe, it } from "vitest"
+import { KubeConfig } from "@kubernetes/client-node"
+import { Effect, Exit } from "effect"
+import { KubeApi, resources } from "../src/controller/KubeApi.ts"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
 
 const apis: Array<FakeKubeApi> = []
@@ -247,5 +250,35 @@ describe("the stand-in API server: faults on demand", () => {
     const aborted = await call("GET", "/api/v1/namespaces/default/pods", undefined, { signal: AbortSignal.timeout(200) }).then(() => "answered", (error) => error.name)
     assert.strictEqual(aborted, "TimeoutError")
     assert.isUndefined(api.requests.at(-1)!.status, "never answered")
+  })
+})
+
+describe("the controller's API client against the stand-in's faults", () => {
+  const client = (api: FakeKubeApi, timeoutMs = 30_000) => {
+    const kc = new KubeConfig()
+    kc.loadFromFile(api.kubeconfig())
+    return KubeApi.make(kc, timeoutMs)
+  }
+
+  it("a 429 carries the server's Retry-After to the work queue", async () => {
+    const { api } = await start()
+    api.fault({ path: "/deployments/web", status: 429, retryAfterSeconds: 7, times: 1 })
+    const exit = await Effect.runPromiseExit(client(api).read(resources.deployments, "default", "web"))
+    assert.isTrue(Exit.isFailure(exit))
+    const error = Exit.isFailure(exit) ? (exit.cause.reasons[0] as any).error : undefined
+    assert.strictEqual(error.status, 429)
+    assert.strictEqual(error.retryAfterSeconds, 7)
+  })
+
+  it("a hanging request is abandoned after the timeout and its connection aborted", async () => {
+    const { api } = await start()
+    api.fault({ path: "/deployments/web", hang: true })
+    const started = Date.now()
+    const exit = await Effect.runPromiseExit(client(api, 300).read(resources.deployments, "default", "web"))
+    assert.isTrue(Exit.isFailure(exit))
+    assert.include(String((exit as any).cause.reasons[0].error.message), "no answer within 300 ms")
+    assert.isBelow(Date.now() - started, 5_000)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    assert.strictEqual((api as any).hanging.size, 0, "the request was aborted, not left open")
   })
 })

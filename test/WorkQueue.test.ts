@@ -142,4 +142,21 @@ describe("work queue", () => {
       yield* settle
       assert.strictEqual(queue.longestRunningMs(), 60_000)
     }))
+
+  it.effect("a failure carrying the server's Retry-After is retried no sooner than it says (a 429)", () =>
+    Effect.gen(function*() {
+      const attempts: Array<number> = []
+      const queue = yield* makeWorkQueue(options, () =>
+        Effect.gen(function*() {
+          attempts.push(Number(yield* Clock.currentTimeMillis))
+          if (attempts.length === 1) return yield* Effect.fail({ retryAfterSeconds: 3 })
+        }))
+      queue.add("k")
+      yield* settle
+      for (let t = 0; t < 40; t++) {
+        yield* TestClock.adjust(100)
+        yield* settle
+      }
+      assert.deepStrictEqual(attempts, [0, 3_000])
+    }))
 })

@@ -30,6 +30,8 @@ export class KubeError extends Data.TaggedError("KubeError")<{
   readonly operation: string
   readonly status: number | undefined
   readonly detail: string
+  /** The server's Retry-After (429, 503), in seconds. */
+  readonly retryAfterSeconds?: number | undefined
 }> {
   override get message() {
     return `${this.operation}: ${this.status === undefined ? "" : `${this.status} `}${this.detail}`
@@ -80,7 +82,13 @@ export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK"
 const toKubeError = (operation: string) => (error: unknown): KubeError => {
   if (error instanceof ApiException) {
     const body = typeof error.body === "string" ? safeJson(error.body) : error.body
-    return new KubeError({ operation, status: error.code, detail: String((body as any)?.message ?? error.message).slice(0, 500) })
+    const retryAfter = Number(error.headers?.["retry-after"] ?? Number.NaN)
+    return new KubeError({
+      operation,
+      status: error.code,
+      detail: String((body as any)?.message ?? error.message).slice(0, 500),
+      ...(Number.isFinite(retryAfter) && retryAfter >= 0 ? { retryAfterSeconds: retryAfter } : {})
+    })
   }
   const status = (error as { statusCode?: number }).statusCode
   return new KubeError({ operation, status, detail: error instanceof Error ? error.message : String(error) })

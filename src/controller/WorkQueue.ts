@@ -27,6 +27,11 @@ export interface WorkQueueOptions {
   readonly retryRate?: { readonly perSecond: number; readonly burst: number }
 }
 
+/** A failure that says when to try again (the API server's Retry-After): the retry waits at least that. */
+export interface RetryAfter {
+  readonly retryAfterSeconds?: number | undefined
+}
+
 export interface WorkQueue {
   /** Enqueues a key; synchronous, so watch callbacks can call it. */
   readonly add: (key: string) => void
@@ -101,7 +106,9 @@ export const makeWorkQueue = <E, R>(
           if (onResult) yield* onResult(key, "error", error?._tag === "Fail" ? error.error : undefined)
           // Retried after the backoff unless an event adds it first.
           const backoff = Duration.toMillis(backoffDelay(options, failures)) * (1 + (options.jitter ?? 0) * (yield* Random.next))
-          yield* Effect.sleep(Math.max(Math.round(backoff), bucketDelay())).pipe(
+          const told = error?._tag === "Fail" ? (error.error as RetryAfter | undefined)?.retryAfterSeconds : undefined
+          const asked = typeof told === "number" ? told * 1000 : 0
+          yield* Effect.sleep(Math.max(Math.round(backoff), bucketDelay(), asked)).pipe(
             Effect.andThen(Effect.sync(() => add(key))),
             Effect.forkIn(scope)
           )
