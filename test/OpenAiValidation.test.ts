@@ -4,7 +4,7 @@
  * 405 under /v1/ included. And the request-id rule docs/api.md states.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Redacted } from "effect"
 import { maxStopSequences } from "../src/api/OpenAiApi.ts"
 import { request, TestRouter } from "./support/TestRouter.ts"
 
@@ -83,6 +83,28 @@ describe("OpenAI-compatible API: what is refused", () => {
       })
       assertOpenAiError(yield* post("/v1/completions", JSON.stringify({ prompt: "x", stop: stop(60_000) })), 400, { param: "stop" })
     }).pipe(withRouter))
+})
+
+describe("OpenAI-compatible API: the pipeline's own refusals in OpenAI's shape", () => {
+  it.live("a bad queue budget names the header; a body too large or not JSON; a missing token", () =>
+    Effect.gen(function*() {
+      const budget = yield* post("/v1/completions", `{"prompt":"x"}`, { "x-queue-timeout-ms": "soon" })
+      assertOpenAiError(budget, 400, { param: "x-queue-timeout-ms", code: "invalid_header" })
+      const notJson = yield* request({ method: "POST", path: "/v1/completions", headers: { "content-type": "text/plain" }, body: "x" })
+      assertOpenAiError(notJson, 415, { param: null, code: "unsupported_media_type" })
+      const large = yield* post("/v1/completions", JSON.stringify({ prompt: "x".repeat(2_000) }))
+      assertOpenAiError(large, 413, { param: null, code: "payload_too_large" })
+      const broken = yield* post("/v1/chat/completions", "{")
+      assertOpenAiError(broken, 400, { param: null, code: "invalid_json" })
+    }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", maxBodyBytes: 1_000 }))))
+
+  it.live("a missing bearer token: 401 authentication_error with WWW-Authenticate, on every /v1 route", () =>
+    Effect.gen(function*() {
+      for (const response of [yield* post("/v1/completions", `{"prompt":"x"}`), yield* request({ path: "/v1/models" })]) {
+        assertOpenAiError(response, 401, { type: "authentication_error", param: null, code: "invalid_api_key" })
+        assert.strictEqual(response.headers["www-authenticate"], `Bearer realm="inference-router"`)
+      }
+    }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", apiKeys: [Redacted.make("key")] }))))
 })
 
 describe("x-request-id: the rule docs/api.md states", () => {
