@@ -153,6 +153,33 @@ describe("the controller against a stand-in as strict as kube-apiserver", () => 
     assert.match(line, /"level":"WARN"|level=WARN|WARN/i)
   })
 
+  it("two replicas, the leader's lease requests hang: it stops writing before the other starts (never two acting)", async () => {
+    const api = await fakeApi()
+    const env = { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "3", RENEW_DEADLINE_MS: "2000", LEADER_RETRY_MS: "200" }
+    const holder = () => api.get("leases", "default", "inference-router-controller")?.spec?.holderIdentity
+    await startController(api, env, "a")
+    await until(() => holder() === "controller-a", "a leads")
+    const b = await startController(api, env, "b")
+    await until(async () => (await requestAt(b.port, { path: "/readyz" }).catch(() => ({ status: 0 }))).status === 200, "b ready (standby)")
+    api.put("inferenceservices", isvc("busy", { modelRef: "m" }))
+    // The spec keeps changing, so whoever leads keeps writing.
+    let n = 0
+    const editing = setInterval(() => edit(api, "busy", { modelRef: "m", podLabels: { n: String(n++) } }), 150)
+    try {
+      const writes = (token: string) => api.writes(token).filter((r) => !r.path.includes("/leases") && !r.path.includes("/events"))
+      await until(() => writes("a").length > 0, "a writes")
+      api.fault({ token: "a", path: "/leases", hang: true })
+      await until(() => holder() === "controller-b", "b leads", 15_000)
+      await until(() => writes("b").length > 0, "b writes")
+      await sleep(500)
+      const lastA = Math.max(...writes("a").map((r) => r.at))
+      const firstB = Math.min(...writes("b").map((r) => r.at))
+      assert.isBelow(lastA, firstB, "a's last write came before b's first")
+    } finally {
+      clearInterval(editing)
+    }
+  })
+
   it("SIGTERM while every lease request hangs: the process exits within the grace period", async () => {
     const api = await fakeApi()
     const controller = await startController(api, { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "3", RENEW_DEADLINE_MS: "2000", LEADER_RETRY_MS: "200" })
