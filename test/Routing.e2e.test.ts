@@ -77,8 +77,10 @@ describe("cache-aware routing end to end", () => {
   it.skipIf(redisServerPath() === undefined)("three replicas share through Redis; Redis stopped and restarted mid-run fails no request", { timeout: 60_000 }, async () => {
     const redis = await startRedis()
     const servers = await Promise.all([startServer(), startServer()])
+    // No KV events here: with them every replica follows the servers' own events and agrees without
+    // Redis; without them, what one replica sent where reaches the others through Redis alone.
     const env = {
-      UPSTREAMS: servers.map(item).join(","),
+      UPSTREAMS: servers.map(({ server }) => `http://127.0.0.1:${server.port}`).join(","),
       UPSTREAM_SCHEDULER: "cache-aware",
       // Sharing under test, not the bound: the others' in-flight counts linger up to 300 ms after a
       // request ends, and at one request in flight over three servers the bound would spill.
