@@ -6,13 +6,15 @@
  * decode.
  */
 import { decode } from "@msgpack/msgpack"
-import { assert, describe, it } from "@effect/vitest"
+import { afterEach, assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { Subscriber } from "zeromq"
 import { makeEngine, systemTimerClock } from "../src/router/simulated/Engine.ts"
 import { KvEventPublisher } from "../src/router/simulated/KvEventPublisher.ts"
 import { planText } from "../src/router/simulated/Simulation.ts"
-import { tokenIds } from "../src/router/simulated/Tokens.ts"
+import { promptBlockHashes, tokenIds } from "../src/router/simulated/Tokens.ts"
+import { killAll } from "./support/Processes.ts"
+import { post, startRouter } from "./support/Routers.ts"
 
 /** vLLM's event types, as a subscriber written for vLLM declares them (kv_events_subscriber.py). */
 type WireEvent =
@@ -114,4 +116,45 @@ describe("KV events over ZeroMQ (vLLM's wire format)", () => {
       assert.deepStrictEqual(index, new Set([...engine.cachedHashes()].map(String)), "the events rebuild the cache's blocks")
       assert.strictEqual(index.size, 2, "after the reset: the 9-token prompt's two full blocks")
     })), { timeout: 20_000 })
+})
+
+describe("KV events from a router process (SIM_KV_EVENTS_ENDPOINT)", () => {
+  afterEach(killAll)
+
+  it("a router connecting to a subscriber's bound socket (llm-d's way) publishes its prompt's blocks under kv@<pod>@<model>", async () => {
+    const subscriber = new Subscriber({ receiveTimeout: 100 })
+    try {
+      await subscriber.bind("tcp://127.0.0.1:*")
+      subscriber.subscribe("kv@")
+      const router = await startRouter({ SIM_LATENCY_MS: "0", SIM_BLOCK_SIZE: "4", POD_NAME: "sim-0", SIM_KV_EVENTS_ENDPOINT: subscriber.lastEndpoint! })
+      /** The next message, or undefined after 100 ms. */
+      const next = () => subscriber.receive().then((frames) => frames, () => undefined)
+      // The subscription reaches the publisher some time after it connects: reset the cache until a batch gets through.
+      const deadline = Date.now() + 15_000
+      let first: Array<Buffer> | undefined
+      while (first === undefined && Date.now() < deadline) {
+        await post(router.port, "/reset_prefix_cache", {})
+        first = await next()
+      }
+      assert.isDefined(first, "a batch arrived")
+      assert.strictEqual(first![0].toString(), "kv@sim-0@m")
+      while ((await next()) !== undefined) {
+        // drain the other resets' batches
+      }
+      const prompt = words(10, "p")
+      const answer = await post(router.port, "/v1/completions", { prompt, max_tokens: 1 })
+      assert.strictEqual(answer.status, 200)
+      const stored: Array<string> = []
+      const until = Date.now() + 10_000
+      while (stored.length < 2 && Date.now() < until) {
+        const frames = await next()
+        if (frames === undefined) continue
+        const [, events] = decode(frames[2], { useBigInt64: true }) as [number, Array<WireEvent>]
+        for (const event of events) if (event[0] === "BlockStored") stored.push(...event[1].map(String))
+      }
+      assert.deepStrictEqual(stored, promptBlockHashes("m", prompt, 4).map(String), "the prompt's two full blocks, keyed as Tokens.promptBlockHashes says")
+    } finally {
+      subscriber.close()
+    }
+  }, 30_000)
 })
