@@ -36,7 +36,7 @@ const runPod = async (api: FakeKubeApi, deployment: any, podName: string) => {
   const env = resolveEnv(api, deployment, podName)
   const port = await freePort()
   const router = startProcess(["src/router/main.ts"], { ...env, PORT: String(port), HOST: "127.0.0.1" })
-  await until(async () => (await requestAt(port, { path: "/readyz" }).catch(() => ({ status: 0 }))).status === 200, "the router pod ready")
+  await until(async () => (await requestAt(port, { path: "/readyz" }).catch(() => ({ status: 0 }))).status === 200, "the router pod ready", 30_000)
   return { router, port, env }
 }
 
@@ -68,7 +68,7 @@ describe("an InferenceService deployed and called", () => {
         apiKeysSecretRef: { name: "llama-keys" }
       }
     })
-    await until(() => api.get("deployments", "models", "llama-router") !== undefined, "the Deployment")
+    await until(() => api.get("deployments", "models", "llama-router") !== undefined, "the Deployment", 30_000)
     const first = api.get("deployments", "models", "llama-router")
     assert.strictEqual(first.spec.template.spec.containers[0].image, "registry.local/inference-router:test")
 
@@ -105,5 +105,5 @@ describe("an InferenceService deployed and called", () => {
     const next = await runPod(api, second, "llama-router-8e0a-fghij")
     assert.strictEqual(metricValue((await requestAt(next.port, { path: "/metrics" })).text, "router_max_concurrency"), 16)
     assert.strictEqual(api.get("inferenceservices", "models", "llama").status.observedGeneration, 2)
-  })
+  }, 60_000)
 })

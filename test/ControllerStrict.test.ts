@@ -59,7 +59,8 @@ const reconciled = (api: FakeKubeApi, name: string) => {
   return c?.status === "True" && c.observedGeneration === object.metadata.generation
 }
 
-describe("the controller against a stand-in as strict as kube-apiserver", () => {
+// Real processes on a shared machine: generous limits; each test takes a few seconds when the machine is idle.
+describe("the controller against a stand-in as strict as kube-apiserver", { timeout: 60_000 }, () => {
   it("a CPU request over the default limit is applied (the limit follows it), not refused by the API server", async () => {
     const api = await fakeApi()
     await startController(api)
