@@ -224,6 +224,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
     }
 
     const route = (request: { readonly path: string; readonly body: string | undefined }): Route | undefined => {
+      const startedAt = performance.now()
       const prompt = promptOf(request.body)
       if (prompt === undefined) return undefined
       const ids = tokenIdsOf(prompt.text)
@@ -232,9 +233,13 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       let sentAt = 0
       let firstAt: number | undefined
       let reported: number | undefined
+      let retried = false
       return {
         choose: (pool, at) => {
+          const first = decision === undefined && !retried
           decision = scheduler.choose(pool, routing, at)
+          // The first attempt's decision, from the request's arrival here (parse and keys included).
+          if (first) routingMetrics.decisionSeconds.updateUnsafe((performance.now() - startedAt) / 1000, context)
           return decision.candidate as Endpoint
         },
         sent: (endpoint, at) => {
@@ -277,6 +282,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           // Only a stream's first chunk is its first token; a whole answer's first byte is its end.
           if (prompt.stream && firstAt !== undefined) scheduler.learn(endpoint.id, decision, firstAt - sentAt, reported)
           decision = undefined
+          retried = true
         }
       }
     }

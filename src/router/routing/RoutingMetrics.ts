@@ -14,6 +14,10 @@ export const routingMetrics = {
     }),
     "reason"
   ),
+  decisionSeconds: Metric.histogram("router_routing_decision_seconds", {
+    description: "Time to decide one request (prompt parse, tokens, block keys, the choice), in seconds",
+    boundaries: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025]
+  }),
   predictedCachedTokens: Metric.counter("router_routing_predicted_cached_tokens_total", {
     description: "Prompt tokens the scheduler predicted cached, over answers that reported cached_tokens",
     incremental: true
