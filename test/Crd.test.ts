@@ -9,7 +9,9 @@ import { parse } from "yaml"
 import { InferenceServiceSpec, kvEndpointPattern } from "../src/api/InferenceService.ts"
 import { Schema } from "effect"
 import { defaults, deniedEnvNames } from "../src/controller/Desired.ts"
+import { desiredObjects } from "../src/controller/Desired.ts"
 import { checkSpec } from "../src/controller/SpecCheck.ts"
+import { writeErrors } from "./support/FakeKubeApi.ts"
 import { admit, crd, openApiSchema } from "./support/CrdValidator.ts"
 
 const example = parse(readFileSync(new URL("../deploy/controller/example.yaml", import.meta.url), "utf8"))
@@ -176,7 +178,13 @@ describe("the InferenceService CRD", () => {
         assert.strictEqual(check._tag, "Invalid", `the CRD refuses (${result.errors.join("; ")}) but the controller accepts ${JSON.stringify(spec)}`)
         return
       }
-      if (check._tag === "Invalid") {
+      if (check._tag === "Valid") {
+        // Rendered into objects the API server stores.
+        const objects = desiredObjects({ name: plan.name, namespace: "default", uid: "u-1" }, check.spec, { routerImage: "router:1" })
+        for (const object of [objects.deployment, objects.service, objects.podDisruptionBudget, objects.horizontalPodAutoscaler]) {
+          if (object !== undefined) assert.deepStrictEqual(writeErrors(object), [], `${object.kind} of ${JSON.stringify(spec)}`)
+        }
+      } else {
         // Only what no schema can check, each naming the field or the setting.
         assert.match(check.message, /^(the router would reject this spec: spec\.[a-zA-Z.]+: invalid configuration: [A-Z_]+|invalid spec: spec\.resources\.)/, JSON.stringify(spec))
       }

@@ -424,6 +424,13 @@ const validationErrors = (kind: string, object: any): Array<string> => {
   return errors
 }
 
+/** What the stand-in refuses of an object at write time, after defaulting (empty: it would store it). */
+export const writeErrors = (object: any): Array<string> => {
+  const copy = structuredClone(object)
+  applyDefaults(copy.kind, copy)
+  return validationErrors(copy.kind, copy)
+}
+
 const specOf = (object: any) => JSON.stringify({ ...object, metadata: undefined, status: undefined })
 
 // ---------------------------------------------------------------- the server
