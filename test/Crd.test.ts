@@ -153,7 +153,17 @@ describe("the InferenceService CRD", () => {
   /** Specs mixing valid values with each way a spec can break the CRD's cross-field rules. */
   const Tricky = Schema.Struct({
     name: Schema.Literals(["m", "llama-v3", "llama.v3", "3b-model", "x".repeat(56), "x".repeat(57)]),
-    spec: InferenceServiceSpec,
+    // Any spec the contract allows, or a plain one the rest of the plan varies.
+    spec: Schema.Union([InferenceServiceSpec, Schema.Struct({ modelRef: Schema.Literal("m") })]),
+    requests: Schema.optionalKey(Schema.Struct({
+      cpu: Schema.optionalKey(Schema.Literals(["100m", "2", 3])),
+      memory: Schema.optionalKey(Schema.Literals(["64Mi", "1Gi"]))
+    })),
+    limits: Schema.optionalKey(Schema.Struct({
+      cpu: Schema.optionalKey(Schema.Literals(["200m", "4"])),
+      memory: Schema.optionalKey(Schema.Literals(["100Mi", "2Gi"]))
+    })),
+    maxConcurrency: Schema.optionalKey(Schema.Literals([1, 2_000])),
     replicas: Schema.optionalKey(Schema.Literals([0, 3])),
     minReplicas: Schema.optionalKey(Schema.Literals([1, 5])),
     maxReplicas: Schema.optionalKey(Schema.Literals([2, 10])),
@@ -171,6 +181,10 @@ describe("the InferenceService CRD", () => {
       for (const key of ["replicas", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"] as const) {
         if (plan[key] !== undefined) spec[key] = plan[key]
       }
+      if (plan.requests !== undefined || plan.limits !== undefined) {
+        spec.resources = { ...(plan.requests === undefined ? {} : { requests: plan.requests }), ...(plan.limits === undefined ? {} : { limits: plan.limits }) }
+      }
+      if (plan.maxConcurrency !== undefined) spec.router = { ...spec.router, maxConcurrency: plan.maxConcurrency }
       if (plan.env !== undefined) spec.env = [{ name: plan.env, value: "x" }, ...(plan.twice ? [{ name: plan.env, value: "y" }] : [])]
       const result = admit(isvc(spec, plan.name))
       const check = checkSpec(result.ok ? result.object.spec : spec, plan.name)
