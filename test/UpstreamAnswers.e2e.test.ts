@@ -160,11 +160,12 @@ describe("bad upstream answers", () => {
 })
 
 describe("what is sent again, counted at the upstream", () => {
-  it("never resends a request an upstream may have processed; retries one that met a keep-alive close elsewhere", async () => {
+  it("resends a request an upstream may have processed only within the retry budget; retries one that met a keep-alive close without it", async () => {
     const other = await stub((_, response) => json(response, 200, completion))
     // Reads the whole request, then drops the connection without a byte of answer: on a fresh connection.
     const dropper = await stub((_, __, socket) => socket.destroy())
-    const front = await startFront([`${dropper.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    const noBudget = { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_RETRY_BUDGET_MIN: "0", UPSTREAM_RETRY_BUDGET_PERCENT: "0" }
+    const front = await startFront([`${dropper.url};weight=1000`, `${other.url};weight=1`], noBudget)
     let tries = 0
     while (dropper.received.length === 0 && tries++ < 20) {
       const response = await post(front.port, "/v1/completions", body)
@@ -176,6 +177,12 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(dropper.received.length, 1)
     // The model may have it: nobody else was asked.
     assert.strictEqual(other.received.length, tries - 1)
+    // With the default budget: sent once more, elsewhere.
+    const budgeted = await startFront([`${dropper.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    const otherBefore = other.received.length
+    for (let i = 0; i < 20 && dropper.received.length < 2; i++) assert.strictEqual((await post(budgeted.port, "/v1/completions", body)).status, 200)
+    assert.strictEqual(dropper.received.length, 2)
+    assert.isAbove(other.received.length, otherBefore)
 
     // Answers the first request on a connection, and closes it when a second comes: a keep-alive close.
     const served = new WeakSet<Socket>()
@@ -184,7 +191,8 @@ describe("what is sent again, counted at the upstream", () => {
       served.add(socket)
       json(response, 200, completion)
     })
-    const second = await startFront([`${closer.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    // No retry budget here either: a keep-alive close never reached the model, so it needs none.
+    const second = await startFront([`${closer.url};weight=1000`, `${other.url};weight=1`], noBudget)
     const before = other.received.length
     for (let i = 0; i < 20 && closer.received.length < 2; i++) {
       const response = await post(second.port, "/v1/completions", body)

@@ -180,7 +180,7 @@ describe("classifying how an attempt ended", () => {
   it("derives metrics, health and retry from the one result", () => {
     const cases: Array<[Outcome, string, string, string]> = [
       [{ _tag: "Unreached", code: "ECONNREFUSED" }, "connect_error", "unreachable", "transparent"],
-      [{ _tag: "Unanswered", code: "ECONNRESET" }, "error", "failure", "never"],
+      [{ _tag: "Unanswered", code: "ECONNRESET" }, "error", "failure", "budgeted"],
       [{ _tag: "FirstByteTimeout", timeoutMs: 1 }, "timeout", "failure", "never"],
       [{ _tag: "Refused", status: 429, retryAfterSeconds: 1 }, "429", "success", "budgeted"],
       [{ _tag: "Refused", status: 503, retryAfterSeconds: undefined }, "503", "failure", "budgeted"],
@@ -237,15 +237,21 @@ describe("the retry loop", () => {
     }
   })
 
-  it("never sends again a request the upstream may have processed (a fresh connection reset after the whole request)", () => {
-    for (const budget of [noBudget, {}]) {
-      const h = harness({ a: [behaviours.resetAfterWrite(0)], b: [behaviours.answer(200)] }, budget)
-      const { heard } = h.forward()
-      assert.strictEqual(heard.failure?.status, 502)
-      assert.strictEqual(heard.failure?.code, "upstream_failed")
-      assert.deepStrictEqual([h.received.get("a"), h.received.get("b")], [1, undefined])
-      assert.deepStrictEqual(h.dispatched.map((d) => d.upstream), ["a"])
-    }
+  it("sends a request the upstream may have processed (a fresh connection reset after the whole request) again only within the budget", () => {
+    const strict = harness({ a: [behaviours.resetAfterWrite(0)], b: [behaviours.answer(200)] }, noBudget)
+    const refused = strict.forward().heard
+    assert.strictEqual(refused.failure?.status, 502)
+    assert.strictEqual(refused.failure?.code, "upstream_failed")
+    assert.deepStrictEqual([strict.received.get("a"), strict.received.get("b")], [1, undefined])
+    assert.deepStrictEqual(strict.dispatched.map((d) => d.upstream), ["a"])
+    // With the default budget: once more, elsewhere, and counted as a retry that adds load.
+    const budgeted = harness({ a: [behaviours.resetAfterWrite(0)], b: [(call) => {
+      assert.strictEqual(budgeted.forwarder.inFlight().retries, 1)
+      behaviours.answer(200)(call)
+    }] })
+    const answered = budgeted.forward().heard
+    assert.strictEqual(answered.response?.upstream, "b")
+    assert.deepStrictEqual([budgeted.received.get("a"), budgeted.received.get("b")], [1, 1])
   })
 
   it("retries a refusal only within the budget, and never on an upstream it tried", () => {

@@ -13,8 +13,10 @@
  *   request met a closing socket). Retried elsewhere without spending the
  *   retry budget; the upstream leaves rotation at once (unreachable).
  * - `Unanswered`: a fresh connection broke after the whole request was
- *   written and before any answer byte: the model may have it. Never
- *   retried (the model would generate the same completion twice): 502.
+ *   written and before any answer byte: the model may have it (or the
+ *   server died, or closed a connection it had not read yet). Never retried
+ *   transparently: only within the retry budget, like a refusal, since a
+ *   resend may make the model generate the same completion twice.
  *
  * Plain callbacks on undici's dispatch handler API, no Effect per attempt:
  * see Upstreams.ts for the measurement.
@@ -99,7 +101,7 @@ export const healthOf = (outcome: Outcome): Health => {
 }
 
 export const retryOf = (outcome: Outcome): Retry =>
-  outcome._tag === "Unreached" ? "transparent" : outcome._tag === "Refused" ? "budgeted" : "never"
+  outcome._tag === "Unreached" ? "transparent" : outcome._tag === "Refused" || outcome._tag === "Unanswered" ? "budgeted" : "never"
 
 /** Error codes of a connection that was never made. */
 const connectFailures = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT"])

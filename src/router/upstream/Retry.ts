@@ -8,12 +8,12 @@
  * - `Unreached` (nothing reached a model server): retried on another
  *   upstream without spending the retry budget (gRPC's transparent retry),
  *   until every upstream was tried or the first-byte deadline passed;
- * - `Refused` (429/503 before any body byte): retried within
- *   UPSTREAM_RETRIES and the retry budget (retries in flight at most
- *   UPSTREAM_RETRY_BUDGET_PERCENT of the requests in flight, or
- *   UPSTREAM_RETRY_BUDGET_MIN), which is for retries that add load;
- * - anything else, `Unanswered` included (the model may have the request):
- *   the client gets it.
+ * - `Refused` (429/503 before any body byte) and `Unanswered` (the model
+ *   may have the request): retried within UPSTREAM_RETRIES and the retry
+ *   budget (retries in flight at most UPSTREAM_RETRY_BUDGET_PERCENT of the
+ *   requests in flight, or UPSTREAM_RETRY_BUDGET_MIN), which is for retries
+ *   that may add load;
+ * - anything else: the client gets it.
  *
  * A failed attempt holds its upstream's in-flight count for as long as a
  * success typically takes (an average of recent successes), so an upstream
@@ -244,6 +244,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
           }
           const retry = retryOf(outcome)
           if (retry === "transparent" && deps.now() < firstByteDeadline) return start("transparent")
+          if (retry === "budgeted" && outcome._tag !== "Refused" && budgetAllows()) return start("budgeted")
           // Out of attempts after others refused with Retry-After: that is the answer a client can act on.
           if (refused !== undefined && outcome._tag === "Unreached") return fail(refused)
           fail(failureOf(endpoint.id, outcome, settings))
