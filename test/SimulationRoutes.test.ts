@@ -4,7 +4,7 @@
  * prefix-cache and KV-cache metrics, and a prompt the whole cache can't hold.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Redacted } from "effect"
 import { defaultSimulation, type RouterSettings } from "../src/router/core/Config.ts"
 import { request, TestRouter } from "./support/TestRouter.ts"
 
@@ -67,6 +67,30 @@ describe("the simulated server over HTTP", () => {
       const wrongModel = yield* post("/tokenize", { model: "other", prompt: "x" })
       assert.strictEqual(wrongModel.status, 404)
     }).pipe(withRouter({})))
+
+  it.live("bad input to vLLM's routes is a 4xx naming what is wrong, never a 5xx", () =>
+    Effect.gen(function*() {
+      const tooBig = yield* post("/tokenize", { prompt: "x ".repeat(2_000) })
+      assert.strictEqual(tooBig.status, 413)
+      assert.match(tooBig.json.error.message, /MAX_BODY_BYTES \(1024\)/)
+      const notJson = yield* request({ method: "POST", path: "/detokenize", headers: { "content-type": "application/json" }, body: "{" })
+      assert.strictEqual(notJson.status, 400)
+      assert.match(notJson.json.error.message, /not valid JSON/)
+      const negative = yield* post("/detokenize", { tokens: [-1] })
+      assert.strictEqual(negative.status, 400)
+      const wrongMethod = yield* request({ path: "/reset_prefix_cache" })
+      assert.strictEqual(wrongMethod.status, 405)
+    }).pipe(withRouter({}, { maxBodyBytes: 1024 })))
+
+  it.live("with API_KEYS, vLLM's routes want the bearer token too", () =>
+    Effect.gen(function*() {
+      const denied = yield* post("/reset_prefix_cache", {})
+      assert.strictEqual(denied.status, 401)
+      assert.strictEqual(denied.json.error.code, "invalid_api_key")
+      const allowed = yield* request({ method: "POST", path: "/tokenize", headers: { authorization: "Bearer k1" }, body: JSON.stringify({ prompt: "a b" }) })
+      assert.strictEqual(allowed.status, 200)
+      assert.strictEqual(allowed.json.count, 2)
+    }).pipe(withRouter({}, { apiKeys: [Redacted.make("k1")] })))
 
   it.live("a prompt longer than the whole KV cache is a 400; one that fits is served", () =>
     Effect.gen(function*() {

@@ -8,8 +8,8 @@
  * server has handed out from /tokenize (the last million); any other is a 400
  * naming it.
  */
-import { Effect, Schema } from "effect"
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { ByteSize, Effect, Schema } from "effect"
+import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { RouterConfig } from "../core/Config.ts"
 import { Backend } from "../core/Backend.ts"
 import { makeBearerCheck } from "../edge/Authorization.ts"
@@ -68,23 +68,33 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
   const backend = yield* Backend
   const simulation = backend.simulation
   const checkBearer = makeBearerCheck(config.apiKeys)
+  const maxBodySize = ByteSize.bytes(config.maxBodyBytes)
   const vocabulary = new Map<number, string>()
+
+  const refuse = (response: HttpServerResponse.HttpServerResponse) => ({ refused: response, body: undefined })
 
   /** Authorization, the simulated backend, a JSON body: the body, or the response that refuses the request. */
   const jsonBody = Effect.gen(function*() {
     const request = yield* HttpServerRequest.HttpServerRequest
     const denied = checkBearer(request.headers.authorization)
-    if (denied !== undefined) return errorResponse(401, "authentication_error", "invalid_api_key", denied.message)
+    if (denied !== undefined) return refuse(errorResponse(401, "authentication_error", "invalid_api_key", denied.message))
     if (simulation === undefined) {
-      return errorResponse(404, "invalid_request_error", "not_found", "served by the simulated model only (MODEL_BACKEND=simulated)")
+      return refuse(errorResponse(404, "invalid_request_error", "not_found", "served by the simulated model only (MODEL_BACKEND=simulated)"))
     }
-    const text = yield* Effect.orElseSucceed(request.text, () => undefined)
-    if (text === undefined) return badRequest("the request body could not be read")
-    if (text.trim() === "") return { body: {} as unknown }
+    // MAX_BODY_BYTES, as the other routes read bodies: by the declared length first, then as read.
+    const tooLarge = errorResponse(413, "invalid_request_error", "payload_too_large", `the request body is longer than MAX_BODY_BYTES (${config.maxBodyBytes})`)
+    const declared = Number(request.headers["content-length"] ?? 0)
+    if (declared > config.maxBodyBytes) return refuse(tooLarge)
+    const text = yield* request.text.pipe(
+      Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
+      Effect.orElseSucceed(() => undefined)
+    )
+    if (text === undefined) return refuse(tooLarge)
+    if (text.trim() === "") return { refused: undefined, body: {} as unknown }
     try {
-      return { body: JSON.parse(text) as unknown }
+      return { refused: undefined, body: JSON.parse(text) as unknown }
     } catch {
-      return badRequest("request body is not valid JSON")
+      return refuse(badRequest("request body is not valid JSON"))
     }
   })
 
@@ -100,7 +110,7 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
     tokenizePath,
     Effect.gen(function*() {
       const read = yield* jsonBody
-      if (!("body" in read)) return read
+      if (read.refused !== undefined) return read.refused
       const decoded = decodeTokenize(read.body)
       if (decoded._tag === "Failure") return badRequest(schemaMessage(decoded.failure))
       const body = decoded.success
@@ -124,7 +134,7 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
     detokenizePath,
     Effect.gen(function*() {
       const read = yield* jsonBody
-      if (!("body" in read)) return read
+      if (read.refused !== undefined) return read.refused
       const decoded = decodeDetokenize(read.body)
       if (decoded._tag === "Failure") return badRequest(schemaMessage(decoded.failure), "tokens")
       const refused = wrongModel(decoded.success.model)
@@ -146,7 +156,7 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
     resetPrefixCachePath,
     Effect.gen(function*() {
       const read = yield* jsonBody
-      if (!("body" in read)) return read
+      if (read.refused !== undefined) return read.refused
       simulation!.resetPrefixCache()
       return HttpServerResponse.empty({ status: 200 })
     })
