@@ -120,6 +120,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
   }
 
   const served = (waitedMs: number) => ({ processingMs, upstream }: Inference): Served => ({ waitedMs, processingMs, upstream })
+  const servedAtOnce = served(0)
 
   routes.add(
     "POST",
@@ -132,7 +133,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
         request,
         response,
         maxWaitMs,
-        ({ waitedMs }) => mapWork(backend.infer(parsed.prompt, requestId), served(waitedMs)),
+        ({ waitedMs }) => mapWork(backend.infer(parsed.prompt, requestId), waitedMs === 0 ? servedAtOnce : served(waitedMs)),
         (exit) => answer(request, response, parsed.prompt, exit)
       )
     })

@@ -39,6 +39,9 @@ import { answerHeaders, closesEarly } from "./ResponseHeaders.ts"
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 
+/** The grant of a slot taken at once (one object for every such request). */
+const grantedAtOnce: Grant = { waitedMs: 0 }
+
 /** An error as written: status, the dialect's own headers, the JSON body's text. */
 export interface EncodedError {
   readonly status: number
@@ -193,7 +196,7 @@ export class Pipeline extends Context.Service<Pipeline, {
           return answerWhenDone(response, runFork(admission.admit((grant) => workEffect(work(grant)), { maxWaitMs })), answer)
         }
         // A slot was free: the common case while the router is not saturated.
-        const started = work({ waitedMs: 0 })
+        const started = work(grantedAtOnce)
         if (isCallbacks(started)) {
           return runCallbacks<A, X>(response, (done) => started.start(done), (exit) => {
             leave(exit)
