@@ -163,9 +163,10 @@ export interface EngineStats {
 
 interface Sequence {
   readonly sink: SequenceSink
-  readonly promptIds: ReadonlyArray<number>
+  /** The prompt's ids and full blocks' keys, dropped once it is prefilled (a stream may live for minutes). */
+  promptIds: ReadonlyArray<number>
   readonly promptTokens: number
-  readonly hashes: ReadonlyArray<number>
+  hashes: ReadonlyArray<number>
   readonly plan: TextPlan
   readonly nextToken: () => string
   readonly submittedAt: number
@@ -354,6 +355,8 @@ export const makeEngine = (
     const full = Math.floor(sequence.promptTokens / blockSize)
     sequence.lastHash = full === 0 ? seedHash : sequence.hashes[full - 1]
     sequence.tailIds = sequence.promptIds.slice(full * blockSize)
+    sequence.promptIds = []
+    sequence.hashes = []
   }
 
   const emit = (sequence: Sequence) => {
