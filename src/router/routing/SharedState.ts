@@ -123,10 +123,13 @@ export class SharedState {
       shard.up = true
       this.sink.status(shown, true, "connected")
     })
+    // The first connection is retried here (node-redis's strategy covers reconnections); a
+    // subscription that failed after connecting is retried without connecting again.
     const startClient = (which: Client, then?: () => Promise<unknown>) => {
       const attempt = () => {
         if (this.closed) return
-        which.connect().then(then).catch(() => setTimeout(attempt, reconnectDelay(3)).unref())
+        const connected = which.isOpen ? Promise.resolve() : which.connect()
+        connected.then(then).catch(() => setTimeout(attempt, reconnectDelay(3)).unref())
       }
       attempt()
     }
@@ -265,8 +268,12 @@ export class SharedState {
     return this.shards.map((shard) => ({ shown: shard.shown, up: shard.up }))
   }
 
-  async close(): Promise<void> {
+  /** Drops the connections at once: writes still outstanding are lost (a paused Redis must not hold up a shutdown). */
+  close(): Promise<void> {
     this.closed = true
-    await Promise.all(this.shards.flatMap((shard) => [shard.client, shard.subscriber]).map((client) => client.isOpen ? client.close().catch(() => client.destroy()) : Promise.resolve()))
+    for (const client of this.shards.flatMap((shard) => [shard.client, shard.subscriber])) {
+      if (client.isOpen) client.destroy()
+    }
+    return Promise.resolve()
   }
 }
