@@ -70,6 +70,19 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.deepStrictEqual(resources.limits.cpu, "2")
   })
 
+  it("quantities the API server stores in canonical form (0.5 CPU as 500m) are not applied again on every resync", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    api.put("inferenceservices", isvc("q", { modelRef: "m", resources: { requests: { cpu: "0.5", memory: "1024Mi" } } }))
+    await until(() => reconciled(api, "q"), "reconciled")
+    assert.deepStrictEqual(api.get("deployments", "default", "q-router").spec.template.spec.containers[0].resources.requests, { cpu: "500m", memory: "1Gi" })
+    await sleep(300)
+    const applies = () => api.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/deployments/q-router")).length
+    const before = applies()
+    await sleep(2_200) // two resyncs
+    assert.strictEqual(applies(), before, "no apply when nothing changed")
+  })
+
   it("a pod label, an annotation and an env entry removed from the spec leave the Deployment", async () => {
     const api = await fakeApi()
     await startController(api)

@@ -191,6 +191,16 @@ describe("the stand-in API server: validation and defaulting at write time", () 
     assert.strictEqual(bad.status, 422)
   })
 
+  it("stores resource quantities in canonical form, and an apply of the same values in another form is a no-op", async () => {
+    const { api, apply } = await start()
+    const body = deployment({}, [], { resources: { requests: { cpu: "0.5", memory: "1024Mi" }, limits: { cpu: "1000m", memory: "2048Mi" } } })
+    const created = await apply(deploymentPath, body, "ctl")
+    assert.deepStrictEqual(created.body.spec.template.spec.containers[0].resources, { requests: { cpu: "500m", memory: "1Gi" }, limits: { cpu: "1", memory: "2Gi" } })
+    const revision = api.resourceVersion
+    assert.strictEqual((await apply(deploymentPath, body, "ctl")).status, 200)
+    assert.strictEqual(api.resourceVersion, revision)
+  })
+
   it("a container's requests must not exceed its limits", async () => {
     const { apply } = await start()
     const refused = await apply(deploymentPath, deployment({}, [], { resources: { requests: { cpu: "2" }, limits: { cpu: "1" } } }), "ctl")

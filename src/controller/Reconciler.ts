@@ -17,21 +17,40 @@ import { Clock, Data, Effect } from "effect"
 import { createHash } from "node:crypto"
 import { apiVersion as isvcApiVersion, type InferenceServiceSpec, kind as isvcKind } from "../api/InferenceService.ts"
 import { metricContext } from "../shared/Metrics.ts"
-import { autoscales, childName, desiredObjects, type KubeObject, selectorLabels } from "./Desired.ts"
+import { autoscales, childName, desiredObjects, type KubeObject, quantityValue, selectorLabels } from "./Desired.ts"
 import type { Informer } from "./Informer.ts"
 import { fieldManager, KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
 import { apiWritesBy, reconcileDuration, reconcilesBy } from "./Metrics.ts"
 import { checkSpec, type SpecCheck } from "./SpecCheck.ts"
 import { computeStatus, sameStatus } from "./Status.ts"
 
-/** Whether `live` has every field `desired` sets, with the same value (what the API added is ignored). */
-export const contains = (live: unknown, desired: unknown): boolean => {
+type Within = "object" | "resources" | "quantities"
+
+/**
+ * Whether `live` has every field `desired` sets, with the same value (what the
+ * API added is ignored). Resource quantities compare by value: the API server
+ * stores them in canonical form ("0.5" CPU as "500m").
+ */
+export const contains = (live: unknown, desired: unknown, within: Within = "object"): boolean => {
   if (Array.isArray(desired)) {
     return Array.isArray(live) && live.length === desired.length && desired.every((item, i) => contains(live[i], item))
   }
   if (desired !== null && typeof desired === "object") {
     if (live === null || typeof live !== "object") return false
-    return Object.entries(desired).every(([key, value]) => contains((live as any)[key], value))
+    return Object.entries(desired).every(([key, value]) =>
+      contains(
+        (live as any)[key],
+        value,
+        within === "quantities" || (within === "resources" && (key === "requests" || key === "limits"))
+          ? "quantities"
+          : key === "resources"
+          ? "resources"
+          : "object"
+      )
+    )
+  }
+  if (within === "quantities" && (typeof live === "string" || typeof live === "number") && (typeof desired === "string" || typeof desired === "number")) {
+    return quantityValue(live) === quantityValue(desired)
   }
   return live === desired
 }

@@ -26,7 +26,9 @@
  * - Defaulting of the built-in fields the controller depends on (Deployment
  *   `spec.replicas` = 1 when no manager sets it, strategy, protocols, a
  *   Service's clusterIP and targetPort, ...) and the CRD's `default:`s;
- *   structural pruning of unknown fields in InferenceServices.
+ *   containers' resource quantities stored in canonical form ("0.5" as
+ *   "500m", "1024Mi" as "1Gi"); structural pruning of unknown fields in
+ *   InferenceServices.
  * - Write-time validation: DNS-1035 Service names, DNS-1123 names, label
  *   keys and values, a container's requests <= limits, a Deployment's selector
  *   matching its template, the CRD's schema and CEL rules (CrdValidator).
@@ -38,9 +40,9 @@
  * Not modelled: the garbage collector (owner references do not cascade), the
  * deployment controller (tests write a Deployment's status themselves),
  * admission webhooks, RBAC (ControllerRbac.test.ts compares what was used
- * with what is granted), pagination, quantity canonicalisation ("0.5" stays
- * "0.5"; a real server stores "500m"), `oldSelf` rules, the exact wording of
- * the server's messages.
+ * with what is granted), pagination, quantity canonicalisation outside
+ * containers' resources (and its rarer forms: exponents, nano units),
+ * `oldSelf` rules, the exact wording of the server's messages.
  */
 import { randomUUID } from "node:crypto"
 import { once } from "node:events"
@@ -327,6 +329,40 @@ export const quantityValue = (quantity: unknown): number | undefined => {
   return factor === undefined ? undefined : number * factor
 }
 
+const decimalSuffixes = ["", "k", "M", "G", "T", "P", "E"]
+const binarySuffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+
+/**
+ * A quantity as the API server stores it (its canonical form, roughly as
+ * resource.Quantity's): binary suffixes stay binary, the largest that keeps the
+ * number whole ("1024Mi" is "1Gi"); decimals likewise ("1000" is "1k"), and a
+ * fraction in milli-units ("0.5" is "500m").
+ */
+export const canonicalQuantity = (quantity: unknown): unknown => {
+  const value = quantityValue(quantity)
+  if (value === undefined || value < 0) return quantity
+  const binary = typeof quantity === "string" && /[KMGTPE]i$/.test(quantity)
+  if (binary && Number.isInteger(value)) {
+    let index = 0
+    while (index < binarySuffixes.length - 1 && value % 2 ** (10 * (index + 1)) === 0 && value !== 0) index++
+    return `${value / 2 ** (10 * index)}${binarySuffixes[index]}`
+  }
+  if (Number.isInteger(value)) {
+    let index = 0
+    while (index < decimalSuffixes.length - 1 && value % 10 ** (3 * (index + 1)) === 0 && value !== 0) index++
+    return `${value / 10 ** (3 * index)}${decimalSuffixes[index]}`
+  }
+  const milli = Math.round(value * 1000)
+  return `${milli}m`
+}
+
+const canonicalResources = (container: any) => {
+  for (const list of ["requests", "limits"]) {
+    const quantities = container.resources?.[list]
+    if (isObject(quantities)) for (const [name, quantity] of Object.entries(quantities)) quantities[name] = canonicalQuantity(quantity)
+  }
+}
+
 const defaultPodTemplate = (template: any) => {
   const spec = template?.spec
   if (!isObject(spec)) return
@@ -340,6 +376,7 @@ const defaultPodTemplate = (template: any) => {
     container.terminationMessagePolicy ??= "File"
     container.imagePullPolicy ??= String(container.image ?? "").endsWith(":latest") || !String(container.image ?? "").includes(":") ? "Always" : "IfNotPresent"
     container.resources ??= {}
+    canonicalResources(container)
     for (const port of container.ports ?? []) port.protocol ??= "TCP"
   }
 }
