@@ -100,7 +100,7 @@ export const vllmMetrics = (modelName: string) => {
 export const upstreamMetrics = {
   requests: labelled(
     Metric.counter("router_upstream_requests_total", {
-      description: "Attempts sent to each upstream, by its status code (or connect_error, timeout, error; broken: the body failed mid-way)",
+      description: "Attempts sent to each upstream, by its status code, or how it ended without one (connect_error: never reached it; error: reset before an answer; timeout: no first byte; broken, idle_timeout: the body failed mid-way; rejected: too large or unusable; deadline: UPSTREAM_REQUEST_TIMEOUT_MS)",
       incremental: true
     }),
     "upstream",
