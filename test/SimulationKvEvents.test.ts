@@ -7,10 +7,10 @@
  */
 import { decode } from "@msgpack/msgpack"
 import { afterEach, assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Effect, Fiber, Schema } from "effect"
 import { Subscriber } from "zeromq"
 import { makeEngine, systemTimerClock } from "../src/router/simulated/Engine.ts"
-import { KvEventPublisher } from "../src/router/simulated/KvEventPublisher.ts"
+import { encodeKvEventBatch, KvEventPublisher, sequenceFrame } from "../src/router/simulated/KvEventPublisher.ts"
 import { planText } from "../src/router/simulated/Simulation.ts"
 import { promptBlockHashes, tokenIds } from "../src/router/simulated/Tokens.ts"
 import { killAll } from "./support/Processes.ts"
@@ -157,4 +157,53 @@ describe("KV events from a router process (SIM_KV_EVENTS_ENDPOINT)", () => {
       subscriber.close()
     }
   }, 30_000)
+})
+
+const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
+/** Up to 2^53 - 1: every msgpack integer width the encoder picks from. */
+const Hash = Schema.Union([int(0, 127), int(128, 65_535), int(65_536, 4_294_967_295), int(4_294_967_296, Number.MAX_SAFE_INTEGER)])
+const Event = Schema.Union([
+  Schema.Struct({
+    _tag: Schema.Literal("BlockStored"),
+    blockHashes: Schema.Array(Hash).check(Schema.isMaxLength(40)),
+    parentBlockHash: Schema.UndefinedOr(Hash),
+    tokenIds: Schema.Array(int(0, 2_147_483_647)).check(Schema.isMaxLength(300)),
+    blockSize: int(1, 1024)
+  }),
+  Schema.Struct({ _tag: Schema.Literal("BlockRemoved"), blockHashes: Schema.Array(Hash).check(Schema.isMaxLength(40)) }),
+  Schema.Struct({ _tag: Schema.Literal("AllBlocksCleared") })
+])
+
+describe("the KV event batch encoder", () => {
+  it.prop(
+    "any batch decodes (by an independent msgpack library) to vLLM's arrays, every integer exact",
+    [Schema.Array(Event).check(Schema.isMaxLength(20)), Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 4e9 }))],
+    ([events, ts]) => {
+      const decoded = decode(encodeKvEventBatch(ts, events), { useBigInt64: true }) as [number, Array<Array<unknown>>]
+      const exact = (value: unknown) => typeof value === "bigint" ? Number(value) : value
+      assert.strictEqual(decoded[0], ts)
+      assert.deepStrictEqual(
+        decoded[1].map((event) => event.map((field) => Array.isArray(field) ? field.map(exact) : exact(field))),
+        events.map((event) =>
+          event._tag === "BlockStored"
+            ? ["BlockStored", [...event.blockHashes], event.parentBlockHash ?? null, [...event.tokenIds], event.blockSize, null, "GPU"]
+            : event._tag === "BlockRemoved"
+            ? ["BlockRemoved", [...event.blockHashes], "GPU"]
+            : ["AllBlocksCleared"]
+        )
+      )
+    }
+  )
+
+  it("long arrays (past 16 and 65,535 items) and long strings use msgpack's wider forms", () => {
+    const tokenIds = Array.from({ length: 70_000 }, (_, i) => i)
+    const batch = encodeKvEventBatch(1, [{ _tag: "BlockStored", blockHashes: [2 ** 40], parentBlockHash: undefined, tokenIds, blockSize: 70_000 }])
+    const [, [event]] = decode(batch) as [number, Array<Array<unknown>>]
+    assert.deepStrictEqual(event[3], tokenIds)
+    assert.strictEqual(event[1] instanceof Array && event[1][0], 2 ** 40)
+    assert.strictEqual(sequenceFrame(2 ** 40 + 5).readBigUInt64BE(), BigInt(2 ** 40 + 5))
+    const hundred = Array.from({ length: 100 }, (_, i) => 2 ** 33 + i)
+    const [, [removed]] = decode(encodeKvEventBatch(1, [{ _tag: "BlockRemoved", blockHashes: hundred }])) as [number, Array<Array<unknown>>]
+    assert.deepStrictEqual(removed, ["BlockRemoved", hundred, "GPU"])
+  })
 })
