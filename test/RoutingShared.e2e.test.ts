@@ -101,7 +101,7 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
     assert.strictEqual(a.events.filter((line) => line.endsWith(" up")).length, 2, a.events.join("\n"))
   })
 
-  it("a paused (slow) Redis: writes stop at maxPendingWrites, nothing waits", async () => {
+  it("a paused (slow) Redis: writes stop at maxPendingWrites, said once, nothing waits; resumed: answering again", async () => {
     const redis = await startRedis()
     const a = replica("a", [redis.url])
     await until(() => allUp(a), "connected")
@@ -110,6 +110,12 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
     for (let i = 0; i < 5_000; i++) a.state.decided("u1", [`s${i}`], Date.now())
     assert.isBelow(performance.now() - started, 1_000)
     assert.isAtLeast(a.state.droppedWrites, 4_000)
+    assert.isFalse(allUp(a))
+    assert.deepStrictEqual(a.events.filter((line) => line.includes("slow")).length, 1, a.events.join("\n"))
+    redis.resume()
+    await until(() => allUp(a), "answering again")
+    redis.pause()
+    for (let i = 0; i < 10; i++) a.state.decided("u1", [`t${i}`], Date.now())
     // Closing does not wait for the writes a paused Redis holds.
     const closing = performance.now()
     await a.state.close()

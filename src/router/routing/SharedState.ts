@@ -60,6 +60,10 @@ interface Shard {
   readonly client: Client
   readonly subscriber: Client
   up: boolean
+  /** Writes sent and not yet answered. */
+  pending: number
+  /** At maxPendingWrites: not answering in time, written to no more until it catches up. */
+  slow: boolean
   /** Upstreams whose sorted set this replica has read since it last (re)connected. */
   readonly loaded: Set<string>
 }
@@ -86,7 +90,6 @@ export class SharedState {
   private readonly sink: SharedStateSink
   private readonly now: () => number
   private readonly remote = new Map<string, { at: number; loads: Record<string, number> }>()
-  private pendingWrites = 0
   private closed = false
   droppedWrites = 0
 
@@ -107,7 +110,7 @@ export class SharedState {
   private connect(url: string, shown: string): Shard {
     const client = makeClient(url)
     const subscriber = makeClient(url)
-    const shard: Shard = { shown, client, subscriber, up: false, loaded: new Set() }
+    const shard: Shard = { shown, client, subscriber, up: false, pending: 0, slow: false, loaded: new Set() }
     const down = (reason: string) => {
       if (!shard.up || this.closed) return
       shard.up = false
@@ -168,28 +171,43 @@ export class SharedState {
     return this.shards[this.shards.length === 1 ? 0 : hash32(key) % this.shards.length]
   }
 
-  /** Sends one write unless Redis is down or too many are outstanding; never waits, never throws. */
+  /**
+   * Sends one write unless Redis is down or slow; never waits, never throws.
+   * Slow: `maxPendingWrites` unanswered (a Redis that accepts connections but
+   * does not answer). Then nothing more is written to it, once said, until
+   * its backlog is answered.
+   */
   private write(shard: Shard, command: (client: Client) => Promise<unknown>): void {
-    if (!shard.up || this.closed || this.pendingWrites >= this.settings.maxPendingWrites) {
+    if (!shard.up || shard.slow || this.closed) {
       this.droppedWrites++
       return
     }
-    this.pendingWrites++
+    if (shard.pending >= this.settings.maxPendingWrites) {
+      shard.slow = true
+      this.sink.status(shard.shown, false, `slow: ${shard.pending} writes unanswered`)
+      this.droppedWrites++
+      return
+    }
+    shard.pending++
     let promise: Promise<unknown>
     try {
       promise = command(shard.client)
     } catch {
-      this.pendingWrites--
+      shard.pending--
       this.droppedWrites++
       return
     }
-    promise.then(
-      () => this.pendingWrites--,
-      () => {
-        this.pendingWrites--
-        this.droppedWrites++
+    const answered = () => {
+      shard.pending--
+      if (shard.slow && shard.pending === 0) {
+        shard.slow = false
+        if (shard.up && !this.closed) this.sink.status(shard.shown, true, "answering again")
       }
-    )
+    }
+    promise.then(answered, () => {
+      this.droppedWrites++
+      answered()
+    })
   }
 
   /**
@@ -263,9 +281,9 @@ export class SharedState {
     for (const shard of this.shards) this.write(shard, (client) => client.del(`${this.settings.prefix}blocks:${upstream}`))
   }
 
-  /** Per endpoint (credentials masked): connected or not. */
+  /** Per endpoint (credentials masked): connected and answering, or not. */
   status(): ReadonlyArray<{ readonly shown: string; readonly up: boolean }> {
-    return this.shards.map((shard) => ({ shown: shard.shown, up: shard.up }))
+    return this.shards.map((shard) => ({ shown: shard.shown, up: shard.up && !shard.slow }))
   }
 
   /** Drops the connections at once: writes still outstanding are lost (a paused Redis must not hold up a shutdown). */
