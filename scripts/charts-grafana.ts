@@ -202,7 +202,7 @@ export const dashboard = (): Dashboard => {
   ])
 
   row("Upstreams (MODEL_BACKEND=upstream)")
-  timeseries("Attempts by upstream and status", "router_upstream_requests_total: attempts sent to each upstream, by status (or connect_error, timeout, error, broken)", "reqps", [
+  timeseries("Attempts by upstream and status", "router_upstream_requests_total: attempts sent to each upstream, by status code or how it ended without one (connect_error, error, timeout, broken, idle_timeout, rejected, deadline)", "reqps", [
     [`sum by (upstream, status) (rate(router_upstream_requests_total{${routers}}${window}))`, "{{upstream}} {{status}}"]
   ])
   timeseries("Upstream health", "router_upstream_available: routers that see the upstream healthy and not ejected", "short", [
