@@ -204,6 +204,24 @@ describe("what is sent again, counted at the upstream", () => {
   })
 })
 
+describe("deadlines across retries", () => {
+  it("ends a slow refusal followed by a silent upstream in a 504 within about one first-byte timeout, not two", async () => {
+    const slowRefusal = await stub((_, response) => {
+      setTimeout(() => json(response, 503, { error: { message: "busy" } }), 600)
+    })
+    const silent = await stub(() => {})
+    const front = await startFront([`${slowRefusal.url};weight=1000`, `${silent.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_FIRST_BYTE_TIMEOUT_MS: "1000" })
+    const startedAt = Date.now()
+    const response = await post(front.port, "/v1/completions", body)
+    const tookMs = Date.now() - startedAt
+    assert.strictEqual(response.status, 504)
+    assert.strictEqual(codeOf(response), "upstream_timeout")
+    // One timeout (1 s) and some slack; a fresh timeout for the retry would take 1.6 s.
+    assert.isBelow(tookMs, 1450)
+    assert.isAtLeast(tookMs, 950)
+  })
+})
+
 describe("backpressure through an upstream", () => {
   it("stalls the upstream's stream while the client does not read, instead of buffering it", async () => {
     let written = 0

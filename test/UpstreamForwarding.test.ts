@@ -291,6 +291,26 @@ describe("the retry loop", () => {
     assert.strictEqual(h.now(), timeout)
   })
 
+  it("ends a silent attempt at the request's first-byte deadline itself (undici's headers timeout ticks every half second)", () => {
+    const h = harness({
+      a: [(call) => {
+        h.advance(700)
+        behaviours.answer(503)(call)
+      }],
+      b: [(call) => {
+        call.handler.onRequestStart!(call.controller, {})
+        call.sent()
+      }]
+    }, { firstByteTimeoutMs: 1000 })
+    const { heard } = h.forward()
+    const failure = () => heard.failure
+    h.advance(299)
+    assert.isUndefined(failure())
+    h.advance(1)
+    assert.deepStrictEqual([failure()?.status, failure()?.code], [504, "upstream_timeout"])
+    assert.isTrue(h.controllers[1].aborted)
+  })
+
   it("ends a request that outlives its total deadline, and aborts the upstream", () => {
     const h = harness({
       a: [(call) => {

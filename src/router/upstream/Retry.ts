@@ -150,9 +150,19 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
     const route = deps.route?.(request)
     requestsInFlight++
 
-    const cancelTimer = deps.setTimer(settings.requestTimeoutMs, () => {
-      if (current !== undefined) current.stop({ _tag: "Deadline", timeoutMs: settings.requestTimeoutMs })
-    })
+    // One timer at a time: at the first-byte deadline (undici's own headers timeout ticks every
+    // half second, too coarse to share a deadline between attempts), then at the total one.
+    const totalDeadline = startedAt + settings.requestTimeoutMs
+    let answeredAny = false
+    const onTimer = () => {
+      if (finished) return
+      if (!answeredAny && deps.now() >= firstByteDeadline && firstByteDeadline < totalDeadline) {
+        return current?.stop({ _tag: "FirstByteTimeout", timeoutMs: settings.firstByteTimeoutMs })
+      }
+      if (deps.now() >= totalDeadline) return current?.stop({ _tag: "Deadline", timeoutMs: settings.requestTimeoutMs })
+      cancelTimer = deps.setTimer(totalDeadline - deps.now(), onTimer)
+    }
+    let cancelTimer = deps.setTimer(Math.min(settings.firstByteTimeoutMs, settings.requestTimeoutMs), onTimer)
     const finish = () => {
       if (finished) return false
       finished = true
@@ -204,6 +214,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
         onResponse: (status, headers, control) => {
           releaseBudget()
           answered = true
+          answeredAny = true
           handler.onResponse({
             status,
             headers,
