@@ -72,6 +72,14 @@ describe("cache-aware routing end to end", () => {
     // Another group's prefix is not cached anywhere: load decides.
     assert.match((await turn(front.port, system(2), "q0")).route, /reason=load;/)
     assert.isAtLeast(await metricValue(front.port, `router_routing_decisions_total{reason="cache"}`) ?? 0, 4)
+
+    // The server holding the prefix dies: its index entries go within a health interval (100 ms
+    // here), and the prefix's next request is answered elsewhere.
+    const holder = servers.find(({ server }) => first.upstream === `127.0.0.1:${server.port}`)!
+    holder.server.child.kill("SIGKILL")
+    await until(async () => (await metricValue(front.port, `router_routing_index_blocks{upstream="${first.upstream}"}`)) === 0, "the dead server's entries dropped")
+    const after = await turn(front.port, system(1), "q9")
+    assert.notStrictEqual(after.upstream, first.upstream)
   })
 
   it.skipIf(redisServerPath() === undefined)("three replicas share through Redis; Redis stopped and restarted mid-run fails no request", { timeout: 60_000 }, async () => {
