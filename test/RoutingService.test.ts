@@ -112,7 +112,7 @@ describe("the cache-aware routing service", () => {
       assert.match(second.header(), /reason=cache; cached-tokens=64;/)
     }))
 
-  it.effect("forgets an upstream that fails its checks: its index entries go", () =>
+  it.effect("forgets an upstream that fails its checks or refuses connections: its index entries go", () =>
     Effect.gen(function*() {
       const routing = yield* makeCacheAwareRouting({
         settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
@@ -129,5 +129,14 @@ describe("the cache-aware routing service", () => {
       chosen.healthy = false
       yield* TestClock.adjust(100)
       assert.strictEqual(routing.scheduler.index.size(chosen.id), 0)
+      // A refused connection (the pool marks it unreachable for a while) too.
+      const other = pool.find((endpoint) => endpoint !== chosen)!
+      const again = routing.route({ path: "/v1/chat/completions", body: body(words(40, 500)) })!
+      assert.strictEqual(again.choose([other], 200), other)
+      again.sent(other, 200)
+      assert.isAbove(routing.scheduler.index.size(other.id), 0)
+      other.unreachableUntil = 10_000
+      yield* TestClock.adjust(100)
+      assert.strictEqual(routing.scheduler.index.size(other.id), 0)
     }))
 })

@@ -16,7 +16,7 @@ import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { request as httpRequest } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
-import type { Endpoint } from "../upstream/Balancer.ts"
+import { type Endpoint, isReachable } from "../upstream/Balancer.ts"
 import { hostPort } from "../upstream/Targets.ts"
 import { blockKeysOf, tokenIdsOf } from "./BlockKeys.ts"
 import { subscribeKvEvents } from "./KvEvents.ts"
@@ -153,16 +153,21 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       shared?.forget(id)
     }
 
-    /** Follows the pool: subscribes to new upstreams' KV events, forgets removed and unhealthy ones. */
+    /**
+     * Follows the pool: subscribes to new upstreams' KV events, forgets removed
+     * ones and unreachable ones (a failed health check, a refused connection:
+     * likely restarted, with a cold cache).
+     */
     const followPool = Effect.sync(() => {
+      const at = now()
       const current = new Map(endpoints().map((endpoint) => [endpoint.id, endpoint]))
       for (const id of known) {
         const endpoint = current.get(id)
-        if (endpoint === undefined || !endpoint.healthy) forget(id)
+        if (endpoint === undefined || !isReachable(endpoint, at)) forget(id)
       }
       for (const id of known) routingMetrics.indexBlocks(id).updateUnsafe(scheduler.index.size(id), context)
       for (const [id, endpoint] of current) {
-        if (!endpoint.healthy || known.has(id)) continue
+        if (!isReachable(endpoint, at) || known.has(id)) continue
         known.add(id)
         const kv = kvEventsEndpoint(endpoint)
         if (kv === undefined) continue
