@@ -70,8 +70,10 @@ describe("bad upstream answers", () => {
       response.writeHead(200, { "content-type": "text/html" })
       response.end("<html>oops</html>")
     })
-    for (const [upstream, detail] of [[redirect, "without a Location"], [strange, "status 999"], [html, "not JSON"]] as const) {
-      const front = await startFront([upstream.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    const cases = [[redirect, "without a Location"], [strange, "status 999"], [html, "not JSON"]] as const
+    const fronts = await Promise.all(cases.map(([upstream]) => startFront([upstream.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })))
+    for (const [i, [, detail]] of cases.entries()) {
+      const front = fronts[i]
       for (const path of ["/v1/completions", "/infer"]) {
         const response = await post(front.port, path, path === "/infer" ? { prompt: "x" } : body)
         assert.strictEqual(response.status, 502, `${path} ${detail}`)
