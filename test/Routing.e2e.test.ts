@@ -116,6 +116,9 @@ describe("cache-aware routing end to end", () => {
     await until(async () => (await metricValue(replicas[0].port, `router_routing_shared_state_up`)) === 0, "replica 0 sees Redis down")
     // Every request still answers; each replica decides on its own copy.
     for (let i = 0; i < 6; i++) await turn(replicas[i % 3].port, system(4 + i), "q")
+    // Replica 0 sent two of them: each a decision and a confirmation not written (loads are not counted).
+    const dropped = await metricValue(replicas[0].port, "router_routing_shared_writes_dropped_total")
+    assert.isTrue(dropped !== undefined && dropped >= 2 && dropped <= 10, `dropped ${dropped}`)
     const third = await turn(replicas[1].port, system(3), "q2")
     assert.strictEqual(third.upstream, first.upstream, `the local copy still knows the prefix: ${third.route}\n${await routingLines(replicas[1].port)}\n${replicas[1].output().stdout.slice(-3000)}${replicas[1].output().stderr.slice(-3000)}`)
 

@@ -141,6 +141,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
     const lastScrape = new Map<string, number>()
     const subscriptions = new Map<string, () => void>()
     const known = new Set<string>()
+    let droppedReported = 0
     yield* Effect.addFinalizer(() => Effect.sync(() => subscriptions.forEach((close) => close())))
 
     const forget = (id: string) => {
@@ -188,7 +189,9 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           scheduler.setRemoteInFlight(id, shared.remoteInFlight(id))
         }
         shared.publishLoad(loads)
-        routingMetrics.sharedWritesDropped.updateUnsafe(shared.droppedWrites, context)
+        // The counter adds what it is given: the drops since the last tick.
+        routingMetrics.sharedWritesDropped.updateUnsafe(shared.droppedWrites - droppedReported, context)
+        droppedReported = shared.droppedWrites
       }
     })
 

@@ -91,6 +91,7 @@ export class SharedState {
   private readonly now: () => number
   private readonly remote = new Map<string, { at: number; loads: Record<string, number> }>()
   private closed = false
+  /** Decisions and removals not written because Redis was down or slow (loads, refreshed every interval, not counted). */
   droppedWrites = 0
 
   constructor(settings: SharedStateSettings, sink: SharedStateSink, now: () => number = Date.now) {
@@ -177,9 +178,10 @@ export class SharedState {
    * does not answer). Then nothing more is written to it, once said, until
    * its backlog is answered.
    */
-  private write(shard: Shard, command: (client: Client) => Promise<unknown>): void {
+  private write(shard: Shard, command: (client: Client) => Promise<unknown>, refresh = false): void {
     if (!shard.up || shard.slow || this.closed) {
-      this.droppedWrites++
+      // A periodic refresh (the loads) is not lost data: the next one replaces it.
+      if (!refresh) this.droppedWrites++
       return
     }
     if (shard.pending >= this.settings.maxPendingWrites) {
@@ -239,7 +241,7 @@ export class SharedState {
   /** This replica's requests in flight per upstream (called every loadIntervalMs). */
   publishLoad(loads: Record<string, number>): void {
     const message = JSON.stringify({ r: this.settings.replicaId, l: loads } satisfies LoadMessage)
-    for (const shard of this.shards) this.write(shard, (client) => client.publish(this.loadChannel, message))
+    for (const shard of this.shards) this.write(shard, (client) => client.publish(this.loadChannel, message), true)
   }
 
   /** Requests in flight on `upstream` from the other replicas, as they last said (within three intervals). */
