@@ -119,6 +119,33 @@ describe("Architecture", () => {
     assert.deepStrictEqual(cycles(new Map([[a, [b]], [b, [a]]])), [["src/a.ts", "src/b.ts"]])
   })
 
+  it("imports follow the layers: nothing imports the edge but the edge; core imports no backend (but the pure settings parsers), no app; the contract and shared/ import neither program", () => {
+    /** Folders (or files) a module under `from` may not import, with the exceptions allowed. */
+    const rules: ReadonlyArray<{ readonly from: string; readonly not: ReadonlyArray<string>; readonly except?: ReadonlyArray<string> }> = [
+      { from: "src/router/app/", not: ["src/router/edge/"] },
+      { from: "src/router/simulated/", not: ["src/router/edge/", "src/router/app/"] },
+      { from: "src/router/upstream/", not: ["src/router/edge/", "src/router/app/"] },
+      { from: "src/router/routing/", not: ["src/router/edge/", "src/router/app/"] },
+      {
+        from: "src/router/core/",
+        not: ["src/router/edge/", "src/router/app/", "src/router/simulated/", "src/router/upstream/", "src/router/routing/"],
+        except: ["src/router/upstream/Targets.ts", "src/router/routing/RoutingSettings.ts"]
+      },
+      { from: "src/api/", not: ["src/router/", "src/controller/"] },
+      { from: "src/shared/", not: ["src/router/", "src/controller/", "src/api/"] }
+    ]
+    const broken: Array<string> = []
+    for (const file of files) {
+      const path = rel(file)
+      for (const rule of rules.filter((rule) => path.startsWith(rule.from))) {
+        for (const target of importsOf(file).map(rel)) {
+          if (rule.not.some((folder) => target.startsWith(folder)) && !(rule.except ?? []).includes(target)) broken.push(`${path} -> ${target}`)
+        }
+      }
+    }
+    assert.deepStrictEqual(broken, [])
+  })
+
   it("imports Node's HTTP module (as a value) only in src/router/edge/", () => {
     const outside = files
       .filter((file) => !rel(file).startsWith("src/router/edge/") && !rel(file).startsWith("src/controller/"))

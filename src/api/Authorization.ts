@@ -1,6 +1,6 @@
 /**
  * Bearer-token authentication for `/infer`. Declared here so OpenAPI documents
- * it and typed clients can attach a token; implemented in `router/edge/Authorization.ts`.
+ * it and typed clients can attach a token; implemented in `router/core/Authorization.ts`.
  */
 import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
 import { UnauthorizedResponse } from "./Errors.ts"

@@ -1,17 +1,15 @@
 /**
- * The router's HTTP application: every route it serves, and the error
- * envelope around the ones on Effect's router. `/infer` is registered with
- * NodeRoutes with the request pipeline (edge/Pipeline.ts); the rest are Effect routes.
+ * The router's Effect HTTP application (probes, `/metrics`, `/openapi.json`,
+ * `/docs`, the simulated server's routes) with the error envelope around it,
+ * and the table of every route the router serves. `/infer` and `/v1/*` are
+ * served by the request pipeline at the edge (edge/Pipeline.ts), not here.
  */
-import { Context, Effect, Layer, Scheduler } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpApiBuilder, OpenApi } from "effect/http-api"
 import { metricsPath, openapiPath, RouterApi } from "../../api/RouterApi.ts"
 import { DocsRoute, docsRoutes } from "./DocsRoute.ts"
-import { withErrorEnvelope } from "../edge/ErrorEnvelope.ts"
-import { InferHandler } from "../edge/InferHandler.ts"
-import { OpenAiHandler } from "../edge/OpenAiHandler.ts"
-import { Pipeline } from "../edge/Pipeline.ts"
+import { withErrorEnvelope } from "./ErrorEnvelope.ts"
 import { ProbeHandlers, ProbesApi } from "./ProbeHandlers.ts"
 import { routeTable } from "./Routes.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
@@ -49,29 +47,14 @@ const OpenApiRoute = HttpRouter.use((router) =>
   })
 )
 
-/**
- * Where `/infer`'s fibers (admission, the model) continue after a timer or a
- * freed slot: on a microtask, not Effect's default `setImmediate`. The default
- * waits for a whole poll phase of the event loop at each such step, which
- * under load measured 0.6–0.9 ms between one request freeing a slot and the
- * next starting (0.14 ms with microtasks), and 0.3 ms more after each model
- * timer: 92–93 % of the theoretical throughput with slots always busy
- * (benchmark scenario 2), 97 % with microtasks. The catch, that such fibers
- * never yield to I/O, does not apply: none of them does CPU-heavy work.
- */
-export const RequestScheduler = Layer.succeed(Scheduler.Scheduler, new Scheduler.MixedScheduler("sync"))
 
 /**
- * The HTTP application: routes and middleware, and `/infer` on NodeRoutes.
- * Built after the Node server and released before it, so requests still
- * running when the server stops are interrupted only after its grace period.
+ * The HTTP application: routes and middleware. Built after the Node server and
+ * released before it, so requests still running when the server stops are
+ * interrupted only after its grace period.
  */
 export const RouterApp = Layer.mergeAll(
   HttpApiBuilder.layer(ProbesApi).pipe(Layer.provide(ProbeHandlers)),
-  // One pipeline for both, built with them: released before the server and the
-  // request observer, so the requests it stops at the end of a drain are answered
-  // and logged while those still listen.
-  Layer.mergeAll(InferHandler, OpenAiHandler).pipe(Layer.provide(Pipeline.layer), Layer.provide(RequestScheduler)),
   OpenApiRoute,
   DocsRoute,
   MetricsRoute,

@@ -22,12 +22,11 @@ import { InferenceGroup } from "../../api/RouterApi.ts"
 import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, callbacks, type Inference, isCallbacks, type Work } from "../core/Backend.ts"
 import { RouterConfig, type RouterSettings } from "../core/Config.ts"
-import { type ContractError, encodeContractError } from "./ContractErrors.ts"
-import { internalErrorBody } from "./ErrorEnvelope.ts"
+import { type ContractError, encodeContractError, internalErrorBody } from "../core/ContractErrors.ts"
 import { parseInferRequest } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { type Dialect, Pipeline } from "./Pipeline.ts"
-import { noteOutcome } from "./RequestOutcome.ts"
+import { noteOutcome } from "../core/RequestOutcome.ts"
 
 export const inferPath = InferenceGroup.endpoints.infer.path
 

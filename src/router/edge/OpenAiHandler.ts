@@ -36,10 +36,10 @@ import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { vllmMetrics } from "../core/Metrics.ts"
-import type { ContractError } from "./ContractErrors.ts"
+import type { ContractError } from "../core/ContractErrors.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { type Dialect, Pipeline } from "./Pipeline.ts"
-import { noteOutcome } from "./RequestOutcome.ts"
+import { noteOutcome } from "../core/RequestOutcome.ts"
 
 /** An error of the pipeline's (the token, a header, the body, admission, the drain) in OpenAI's form. */
 const fromContract = (error: ContractError): OpenAiError => {

@@ -30,12 +30,12 @@ import { Admission, type Grant, type Rejected } from "../core/Admission.ts"
 import { isCallbacks, type Work, workEffect } from "../core/Backend.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
-import { makeBearerCheck } from "./Authorization.ts"
-import { type ContractError, shuttingDown } from "./ContractErrors.ts"
+import { makeBearerCheck } from "../core/Authorization.ts"
+import { type ContractError, shuttingDown } from "../core/ContractErrors.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import type { NodeHandler } from "./NodeRoutes.ts"
-import { noteOutcome } from "./RequestOutcome.ts"
-import { answerHeaders, closesEarly } from "./ResponseHeaders.ts"
+import { noteOutcome } from "../core/RequestOutcome.ts"
+import { answerHeaders, closesEarly } from "../core/ResponseHeaders.ts"
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
 

@@ -17,7 +17,7 @@ import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../..
 import { RouterConfig } from "../core/Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
 import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../core/Metrics.ts"
-import { outcomeOf, type RequestOutcome } from "./RequestOutcome.ts"
+import { outcomeOf, type RequestOutcome } from "../core/RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
 
 /** Inference requests: each gets one access-log line, whatever ends it. */

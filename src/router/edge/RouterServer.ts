@@ -13,7 +13,11 @@ import { RequestObserver } from "./RequestObserver.ts"
 import { Lifecycle } from "../core/Lifecycle.ts"
 import { Model } from "../simulated/Model.ts"
 import { NodeServerLayer } from "./NodeServer.ts"
-import { RequestScheduler, RouterApp, routes } from "../app/RouterApp.ts"
+import { RouterApp, routes } from "../app/RouterApp.ts"
+import { RequestScheduler } from "../core/RequestScheduler.ts"
+import { InferHandler } from "./InferHandler.ts"
+import { OpenAiHandler } from "./OpenAiHandler.ts"
+import { Pipeline } from "./Pipeline.ts"
 import { Upstreams } from "../upstream/Upstreams.ts"
 import { Backend } from "../core/Backend.ts"
 import { SimulatedBackend } from "../simulated/SimulatedBackend.ts"
@@ -52,6 +56,18 @@ const BackendLayer = (model: Layer.Layer<Model, never, RouterConfig | Admission 
   ))
 
 /**
+ * `/infer` and `/v1/*` on NodeRoutes, over one request pipeline. Served with
+ * the HTTP app: in-flight requests get the server's grace period, and the
+ * pipeline is released before the server and the request observer, so the
+ * requests it stops at the end of a drain are answered and logged while those
+ * still listen.
+ */
+const NodeHandlers = Layer.mergeAll(InferHandler, OpenAiHandler).pipe(
+  Layer.provide(Pipeline.layer),
+  Layer.provide(RequestScheduler)
+)
+
+/**
  * The whole router as one layer: building it listens; releasing it closes the
  * listener and waits for in-flight requests. Run `Lifecycle.drain` before
  * releasing it (see main.ts). Tests swap the configuration, the model and the
@@ -62,7 +78,9 @@ export const makeRouterServer = <E>(options: {
   readonly model?: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams> | undefined
   readonly logging?: Layer.Layer<never, never, RouterConfig> | undefined
 }) =>
-  HttpRouter.serve(RouterApp, { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
+  // The Node handlers are served with the app: built after the Node server, and
+  // released after its grace period and before it (see NodeServer's `serve`).
+  HttpRouter.serve(Layer.mergeAll(RouterApp, NodeHandlers), { disableLogger: true, disableListenLog: options.logging !== undefined }).pipe(
     Layer.provideMerge(NodeServerLayer(routes)),
     // File and ETag services Effect's HTTP app expects of a Node server.
     Layer.provide(NodeHttpServer.layerHttpServices),

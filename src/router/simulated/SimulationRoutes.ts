@@ -12,7 +12,7 @@ import { ByteSize, Effect, Schema } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { RouterConfig } from "../core/Config.ts"
 import { Backend } from "../core/Backend.ts"
-import { makeBearerCheck } from "../edge/Authorization.ts"
+import { makeBearerCheck } from "../core/Authorization.ts"
 import { tokensWithIds } from "./Tokens.ts"
 
 export const tokenizePath = "/tokenize"

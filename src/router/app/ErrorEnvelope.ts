@@ -1,5 +1,5 @@
 /**
- * Global middleware for the routes on Effect's router: gives every error the
+ * Global middleware for the routes on Effect's router (the HttpApp): gives every error the
  * HTTP framework produces itself (a defect, a failed body read) the router's JSON body
  * `{"error":{"code","message"}}`, answers 503 `shutting_down` for a request the
  * server stops at the end of a drain instead of dropping it, and echoes the
@@ -8,17 +8,12 @@
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Cause, Effect } from "effect"
 import { HttpServerError, type HttpServerRequest, HttpServerResponse } from "effect/http"
-import { type IncomingMessage, STATUS_CODES } from "node:http"
+import type { IncomingMessage } from "node:http"
 import type { ErrorBody } from "../../api/Errors.ts"
 import { requestIdHeader } from "../../api/RouterApi.ts"
-import { contractErrorResponse, shuttingDown } from "./ContractErrors.ts"
-import { noteOutcome } from "./RequestOutcome.ts"
-import { answerHeaders } from "./ResponseHeaders.ts"
-
-/** The body of a 5xx: what went wrong is logged, not sent. */
-export const internalErrorBody: ErrorBody = {
-  error: { code: "internal_error", message: "the router failed to handle this request" }
-}
+import { type ContractError, encodeContractError, internalErrorBody, shuttingDown } from "../core/ContractErrors.ts"
+import { noteOutcome } from "../core/RequestOutcome.ts"
+import { answerHeaders } from "../core/ResponseHeaders.ts"
 
 /** For the errors the contract does not declare (404, 405, 5xx, and those the Node server detects). */
 const errorResponse = (
@@ -28,20 +23,14 @@ const errorResponse = (
 ): HttpServerResponse.HttpServerResponse =>
   HttpServerResponse.jsonUnsafe({ error: { code, message } } satisfies ErrorBody, { status })
 
-/**
- * The envelope written straight to a socket, for errors Node reports before
- * there is a request to answer (its `clientError` event): the connection
- * closes after it, as Node's own answer would.
- */
-export const rawErrorResponse = (status: number, code: string, message: string, requestId: string): string => {
-  const body = JSON.stringify({ error: { code, message } } satisfies ErrorBody)
-  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${
-    Buffer.byteLength(body)
-  }\r\n${requestIdHeader}: ${requestId}\r\nconnection: close\r\n\r\n${body}`
-}
-
 const isClientAbort = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((reason) => Cause.isInterruptReason(reason) && reason.annotations.has(HttpServerError.ClientAbort.key))
+
+/** An error of the contract's as an Effect response. */
+export const contractErrorResponse = (error: ContractError): HttpServerResponse.HttpServerResponse => {
+  const { body, headers, status } = encodeContractError(error)
+  return HttpServerResponse.jsonUnsafe(body, { status, headers })
+}
 
 const shuttingDownResponse = contractErrorResponse(shuttingDown)
 
