@@ -127,7 +127,7 @@ export class Backend extends Context.Service<Backend, {
    */
   check(call: CompletionCall): OpenAiError | undefined
   /** A completion, once admitted: written to `reply`. */
-  complete(call: CompletionCall, reply: CompletionReply, waitedMs: number): Work<Completed>
+  complete(call: CompletionCall, reply: CompletionReply): Work<Completed>
   /** `/v1/models`: the models served, as the model servers report them. */
   readonly models: Effect.Effect<ReadonlyArray<ModelCard>, BackendFailure>
   /** The simulated server's engine and prefix cache (its /metrics, /tokenize, /reset_prefix_cache); absent upstream. */

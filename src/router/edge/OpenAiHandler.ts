@@ -279,7 +279,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     route.run(request, response, maxWaitMs, ({ waitedMs }) => {
       queueMs = waitedMs
       vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
-      return backend.complete(call, reply, waitedMs)
+      return backend.complete(call, reply)
     }, answer)
   }
 
