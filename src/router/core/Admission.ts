@@ -7,7 +7,7 @@
  * leave the queue when interrupted). This service adds what the semaphore does
  * not know: the queue bound, the wait deadline, the counts that probes and
  * metrics read, and the Retry-After estimate. `enterUnsafe` takes a free slot
- * without a fiber, for the `/infer` handler's common case.
+ * without a fiber, for the request pipeline's common case (edge/Pipeline.ts).
  */
 import { Cause, Clock, Context, Data, Effect, Exit, Layer, Semaphore } from "effect"
 import { RouterConfig } from "./Config.ts"

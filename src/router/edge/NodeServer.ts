@@ -4,13 +4,16 @@
  * gracefully.
  *
  * Why not `NodeHttpServer.layer`: that server adds its own `request` listener,
- * and `/infer` must be served ahead of Effect's router (see InferHandler for
- * the measurement). Node has one listener per event here, the dispatcher:
- * - `POST /infer` goes to its Node handler (NodeRoutes);
+ * and `/infer` and `/v1/*` must be served ahead of Effect's router (see
+ * docs/architecture.md for the measurements). Node has one listener per event
+ * here, the dispatcher:
+ * - `/infer` and `/v1/*` go to their Node handlers (NodeRoutes, on the request
+ *   pipeline);
  * - other known routes to Effect's HTTP app, through the public
  *   `NodeHttpServer.makeHandler`;
- * - unknown paths and wrong methods are answered 404/405 here, so the route
- *   rule, the metric label and the log line agree.
+ * - unknown paths and wrong methods are answered 404/405 here (OpenAI's error
+ *   shape under `/v1/`), so the route rule, the metric label and the log line
+ *   agree.
  * It also answers in the contract's envelope what Node would otherwise answer
  * bare: parse errors, request timeouts and oversized headers (`clientError`),
  * an unknown `Expect` (`checkExpectation`), and a missing Host (checked here,

@@ -86,7 +86,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         return RequestObserver.of({
           observe: (request, response, path) => {
             const given = request.headers[requestIdHeader]
-            // Responses get it from the /infer handler or the error envelope: a
+            // Responses get it from the pipeline's answer headers or the error envelope: a
             // \`setHeader\` here would push Node's writeHead off its fast path
             // (measured: about 2.5 µs per request).
             if (typeof given !== "string" || !validRequestId.test(given)) {
