@@ -56,7 +56,7 @@ const codeOf = (response: { json: unknown }) => (response.json as { error: { cod
 const messageOf = (response: { json: unknown }) => (response.json as { error: { message: string } }).error.message
 
 describe("bad upstream answers", () => {
-  it("answers 502 naming the fault for a redirect without Location, a status that is not HTTP's, and a 2xx completion that is not JSON", async () => {
+  it("answers 502 naming the fault for a redirect without Location, a status that is not HTTP's, and a 2xx completion that is not JSON", { timeout: 60_000 }, async () => {
     const redirect = await stub((_, response) => {
       response.writeHead(301)
       response.end()
@@ -83,7 +83,7 @@ describe("bad upstream answers", () => {
     }
   })
 
-  it("bounds a buffered answer (UPSTREAM_MAX_BODY_BYTES): 502 naming the setting, logged", async () => {
+  it("bounds a buffered answer (UPSTREAM_MAX_BODY_BYTES): 502 naming the setting, logged", { timeout: 60_000 }, async () => {
     const huge = await stub((_, response) => {
       response.writeHead(200, { "content-type": "application/json" })
       // Never ends by itself: the router must stop reading, not hold it all.
@@ -104,7 +104,7 @@ describe("bad upstream answers", () => {
     await until(() => front.output().stdout.includes("UPSTREAM_MAX_BODY_BYTES"), "the log line naming the setting")
   })
 
-  it("relays CRLF-framed events as they come, and ends a stream cut inside an event with one error frame and [DONE]", async () => {
+  it("relays CRLF-framed events as they come, and ends a stream cut inside an event with one error frame and [DONE]", { timeout: 60_000 }, async () => {
     let next: (() => void) | undefined
     const sse = await stub((_, response) => {
       response.writeHead(200, { "content-type": "text/event-stream" })
@@ -128,7 +128,7 @@ describe("bad upstream answers", () => {
     assert.strictEqual(client.events[3], "[DONE]")
   })
 
-  it("ends a stream whose event outgrows UPSTREAM_MAX_EVENT_BYTES with an error frame and [DONE]", async () => {
+  it("ends a stream whose event outgrows UPSTREAM_MAX_EVENT_BYTES with an error frame and [DONE]", { timeout: 60_000 }, async () => {
     const endless = await stub((_, response) => {
       response.writeHead(200, { "content-type": "text/event-stream" })
       response.write("data: {\"n\":1}\n\n")
@@ -143,7 +143,7 @@ describe("bad upstream answers", () => {
     assert.strictEqual(client.events[2], "[DONE]")
   })
 
-  it("ends a request that drips bytes forever at UPSTREAM_REQUEST_TIMEOUT_MS", async () => {
+  it("ends a request that drips bytes forever at UPSTREAM_REQUEST_TIMEOUT_MS", { timeout: 60_000 }, async () => {
     const drip = await stub((_, response) => {
       response.writeHead(200, { "content-type": "text/event-stream" })
       const timer = setInterval(() => response.write(": still here\n"), 50)
@@ -162,7 +162,7 @@ describe("bad upstream answers", () => {
 })
 
 describe("what is sent again, counted at the upstream", () => {
-  it("resends a request an upstream may have processed only within the retry budget; retries one that met a keep-alive close without it", async () => {
+  it("resends a request an upstream may have processed only within the retry budget; retries one that met a keep-alive close without it", { timeout: 60_000 }, async () => {
     const other = await stub((_, response) => json(response, 200, completion))
     // Reads the whole request, then drops the connection without a byte of answer: on a fresh connection.
     const dropper = await stub((_, __, socket) => socket.destroy())
@@ -207,7 +207,7 @@ describe("what is sent again, counted at the upstream", () => {
 })
 
 describe("deadlines across retries", () => {
-  it("ends a slow refusal followed by a silent upstream in a 504 within about one first-byte timeout, not two", async () => {
+  it("ends a slow refusal followed by a silent upstream in a 504 within about one first-byte timeout, not two", { timeout: 60_000 }, async () => {
     const slowRefusal = await stub((_, response) => {
       setTimeout(() => json(response, 503, { error: { message: "busy" } }), 600)
     })
@@ -225,7 +225,7 @@ describe("deadlines across retries", () => {
 })
 
 describe("backpressure through an upstream", () => {
-  it("stalls the upstream's stream while the client does not read, instead of buffering it", async () => {
+  it("stalls the upstream's stream while the client does not read, instead of buffering it", { timeout: 60_000 }, async () => {
     let written = 0
     const firehose = await stub((_, response) => {
       response.writeHead(200, { "content-type": "text/event-stream" })
@@ -256,7 +256,7 @@ describe("backpressure through an upstream", () => {
 })
 
 describe("/v1/models through upstreams", () => {
-  it("reports the model servers' max_model_len, or the router's own when they do not say", async () => {
+  it("reports the model servers' max_model_len, or the router's own when they do not say", { timeout: 60_000 }, async () => {
     const upstream = await startUpstream({ SIM_MAX_MODEL_LEN: "1234" })
     const front = await startFront([upstream])
     const models = await requestAt(front.port, { path: "/v1/models" })
