@@ -262,9 +262,13 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
           return
         }
         const desired = desiredObjects({ name, namespace, uid }, check.spec, { routerImage: deps.routerImage })
+        // While switching to autoscaling, the live count comes from the API, not the cache: an HPA that
+        // scaled a moment ago must not have its count reset by a forced apply of a stale one.
+        const switching = deploymentToApply(desired.deployment, check.spec, liveDeployment) !== desired.deployment
+        const current = switching ? (yield* kube.read(resources.deployments, namespace, routerName)) ?? liveDeployment : liveDeployment
         const applied = yield* Effect.gen(function*() {
           const deployment = yield* applyIfChanged(
-            deploymentToApply(desired.deployment, check.spec, liveDeployment),
+            deploymentToApply(desired.deployment, check.spec, current),
             resources.deployments,
             namespace,
             routerName,
