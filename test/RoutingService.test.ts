@@ -112,6 +112,37 @@ describe("the cache-aware routing service", () => {
       assert.match(second.header(), /reason=cache; cached-tokens=64;/)
     }))
 
+  it.effect("an answer confirms its prompt's blocks, an error does not; failures count as load", () =>
+    Effect.gen(function*() {
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
+        kvEndpoints: [],
+        pool: "t",
+        random: () => 0
+      })
+      const [a, b] = endpointsOf(2)
+      routing.attach(() => [a, b])
+      // Both follow KV events (the pending entries of a decision then live 2 s unless confirmed).
+      for (const endpoint of [a, b]) routing.scheduler.index.applyBatch(endpoint.id, { seq: 0, events: [] }, 0)
+      const attempt = (text: string, answer: string) => {
+        const route = routing.route({ path: "/v1/chat/completions", body: body(text) })!
+        const chosen = route.choose([a], 0)
+        route.sent(chosen, 0)
+        route.data(Buffer.from(answer), 10)
+        route.ended(chosen, 20)
+        return route
+      }
+      attempt(words(32, 0), "{\"error\":{\"message\":\"refused\"}}")
+      attempt(words(32, 1000), "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n")
+      const refusedKeys = routing.scheduler.index.keys(a.id, 5_000)
+      assert.strictEqual(refusedKeys.size, 2, "only the answered prompt's two blocks remain after the pending time")
+
+      // a failing fast (three consecutive failures) looks loaded, not idle.
+      a.consecutiveFailures = 3
+      const route = routing.route({ path: "/v1/chat/completions", body: body(words(8, 2000)) })!
+      assert.strictEqual(route.choose([a, b], 0), b)
+    }))
+
   it.effect("forgets an upstream that fails its checks or refuses connections: its index entries go", () =>
     Effect.gen(function*() {
       const routing = yield* makeCacheAwareRouting({

@@ -65,6 +65,8 @@ export const promptOf = (body: string | undefined): { readonly model: string; re
 }
 
 const cachedTokensField = Buffer.from("\"cached_tokens\"")
+/** In every completion chunk and answer, in no error body: a chunk without it is not a first token. */
+const choicesField = Buffer.from("\"choices\"")
 const cachedTokensValue = /"cached_tokens"\s*:\s*([0-9]+)/
 
 const defaultFetchMetrics = async (url: string, timeoutMs: number): Promise<string> => {
@@ -237,7 +239,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       if (prompt === undefined) return undefined
       const ids = tokenIdsOf(prompt.text)
       const routing: RoutingRequest = { promptTokens: ids.length, keys: (blockSize) => blockKeysOf(prompt.model, ids, blockSize) }
-      let decision: Decision<Candidate> | undefined
+      let decision: Decision<Candidate & { readonly endpoint: Endpoint }> | undefined
       let sentAt = 0
       let firstAt: number | undefined
       let reported: number | undefined
@@ -245,13 +247,15 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       return {
         choose: (pool, at) => {
           const first = decision === undefined && !retried
-          decision = scheduler.choose(pool, routing, at)
+          // Consecutive failures count as load, as least request counts them: failing fast never looks idle.
+          const candidates = pool.map((endpoint) => ({ id: endpoint.id, inFlight: endpoint.inFlight + endpoint.consecutiveFailures, endpoint }))
+          decision = scheduler.choose(candidates, routing, at)
           // The first attempt's decision, from the request's arrival here (parse and keys included).
           if (first) routingMetrics.decisionSeconds.updateUnsafe((performance.now() - startedAt) / 1000, context)
-          return decision.candidate as Endpoint
+          return decision.candidate.endpoint
         },
         sent: (endpoint, at) => {
-          if (decision === undefined || decision.candidate !== endpoint) return
+          if (decision === undefined || decision.candidate.endpoint !== endpoint) return
           sentAt = at
           firstAt = undefined
           reported = undefined
@@ -265,7 +269,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
             : `cache-aware; reason=${decision.reason}; cached-tokens=${decision.cachedTokens}; predicted-ttft-ms=${Math.round(decision.predictedMs)}`,
         data: (chunk, at) => {
           if (decision === undefined) return
-          if (firstAt === undefined) {
+          if (firstAt === undefined && chunk.indexOf(choicesField) >= 0) {
             firstAt = at
             scheduler.firstToken(decision.candidate.id, decision)
           }
@@ -275,7 +279,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           }
         },
         ended: (endpoint) => {
-          if (decision === undefined || decision.candidate !== endpoint) return
+          if (decision === undefined || decision.candidate.endpoint !== endpoint) return
           if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision)
           // An answer started: its prompt was prefilled there, so its blocks are cached there.
           else {
