@@ -6,7 +6,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted } from "effect"
 import { maxStopSequences } from "../src/api/OpenAiApi.ts"
-import { request, TestRouter } from "./support/TestRouter.ts"
+import { exchange, parseRaw, request, TestRouter } from "./support/TestRouter.ts"
 
 const withRouter = Effect.provide(TestRouter({ modelRef: "test-model" }))
 
@@ -97,6 +97,15 @@ describe("OpenAI-compatible API: the pipeline's own refusals in OpenAI's shape",
       const broken = yield* post("/v1/chat/completions", "{")
       assertOpenAiError(broken, 400, { param: null, code: "invalid_json" })
     }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", maxBodyBytes: 1_000 }))))
+
+  it.live("a body cut by REQUEST_TIMEOUT_MS: 408 in OpenAI's shape (written to the socket by the server)", () =>
+    Effect.gen(function*() {
+      const raw = yield* exchange(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\":",
+        5_000
+      )
+      assertOpenAiError(parseRaw(raw), 408, { param: null, code: "request_timeout" })
+    }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", headersTimeoutMs: 200, requestTimeoutMs: 300 }))))
 
   it.live("a missing bearer token: 401 authentication_error with WWW-Authenticate, on every /v1 route", () =>
     Effect.gen(function*() {

@@ -3,7 +3,6 @@
  * response, or the envelope on a socket before there is a request to answer.
  */
 import { type ServerResponse, STATUS_CODES } from "node:http"
-import type { ErrorBody } from "../../api/Errors.ts"
 import { requestIdHeader } from "../../api/Headers.ts"
 import { type ContractError, encodeContractError } from "../core/ContractErrors.ts"
 
@@ -34,8 +33,8 @@ export const writeContractError = (
  * there is a request to answer (its `clientError` event): the connection
  * closes after it, as Node's own answer would.
  */
-export const rawErrorResponse = (status: number, code: string, message: string, requestId: string): string => {
-  const body = JSON.stringify({ error: { code, message } } satisfies ErrorBody)
+export const rawErrorResponse = (status: number, errorBody: unknown, requestId: string): string => {
+  const body = JSON.stringify(errorBody)
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${
     Buffer.byteLength(body)
   }\r\n${requestIdHeader}: ${requestId}\r\nconnection: close\r\n\r\n${body}`

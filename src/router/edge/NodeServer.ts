@@ -73,6 +73,12 @@ const badRequest = [400, "bad_request", "the request is not valid HTTP/1.1"] as 
 /** The OpenAI-compatible API's paths: their errors are OpenAI's. */
 const isOpenAiPath = (path: string) => path === "/v1" || path.startsWith("/v1/")
 
+/** An error the server answers itself, in the request's dialect: under /v1/ OpenAI clients parse OpenAI's shape (all four fields). */
+const errorBody = (request: IncomingMessage | undefined, status: number, code: string, message: string): unknown =>
+  request !== undefined && isOpenAiPath(routePath(request.url ?? "/"))
+    ? openAiErrorBody(openAiError(status, errorTypeOf(status), code, message))
+    : { error: { code, message } }
+
 interface ServeOptions {
   readonly config: RouterSettings
   readonly routes: RouteTable
@@ -98,11 +104,7 @@ const makeNodeServer = (options: ServeOptions) => {
 
   const answer = (request: IncomingMessage, response: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
     const requestId = request.headers[requestIdHeader] as string
-    // Under /v1/, OpenAI clients parse OpenAI's error shape (all four fields).
-    const body = isOpenAiPath(routePath(request.url ?? "/"))
-      ? openAiErrorBody(openAiError(status, errorTypeOf(status), code, message))
-      : { error: { code, message } }
-    writeJson(response, status, body, { ...headers, ...answerHeaders(requestId, isDraining()) })
+    writeJson(response, status, errorBody(request, status, code, message), { ...headers, ...answerHeaders(requestId, isDraining()) })
   }
 
   let effectApp: (request: IncomingMessage, response: ServerResponse) => void = (_request, response) => {
@@ -145,7 +147,7 @@ const makeNodeServer = (options: ServeOptions) => {
       if (serving === undefined) observer.unparsed(status)
       else addOutcome(serving.request, { status })
       const requestId = (serving?.request.headers[requestIdHeader] as string | undefined) ?? crypto.randomUUID()
-      socket.write(rawErrorResponse(status, code, message, requestId))
+      socket.write(rawErrorResponse(status, errorBody(serving?.request, status, code, message), requestId))
     }
     socket.destroy(error)
   })
