@@ -118,7 +118,8 @@ describe("the cache-aware routing service", () => {
         settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
         kvEndpoints: [],
         pool: "t",
-        random: () => 0
+        // Near-ties keep the first candidate: only load can move the choice to b.
+        random: () => 0.99
       })
       const [a, b] = endpointsOf(2)
       routing.attach(() => [a, b])
