@@ -209,7 +209,7 @@ export const makeEngine = (
   const timer = makeTokenTimer(clock)
   const random = prng(settings.seed)
   const waiting: Array<Sequence> = []
-  let running: Array<Sequence> = []
+  const running: Array<Sequence> = []
   let prefixQueries = 0
   let prefixHits = 0
   /** A step is in flight (its timer armed) or the loop is running steps now. */
