@@ -77,7 +77,10 @@ const synchronousApis = new Set([
   "inetAddressFromIpStringUnsafe",
   "fromInputUnsafe",
   "offerUnsafe", // the controller's work queue (a bounded queue's synchronous offer)
-  "statsUnsafe" // Admission's counts, read synchronously by probes and metrics
+  "statsUnsafe", // Admission's counts, read synchronously by probes and metrics
+  // Node's, not Effect's: uninitialized buffers.
+  "allocUnsafe",
+  "allocUnsafeSlow"
 ])
 
 /**
