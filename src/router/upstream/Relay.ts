@@ -77,7 +77,12 @@ export const relayUnsafe = (
   let answer: UpstreamResponse | undefined
   let headers: Record<string, string | number> | undefined
   let firstChunk = true
-  const onDrain = () => answer?.resume()
+  /** Paused until the client's socket drains (undici may still hand over a chunk or two meanwhile). */
+  let paused = false
+  const onDrain = () => {
+    paused = false
+    answer?.resume()
+  }
   return upstreams.forwardUnsafe({ path: request.path, body: request.body, headers: request.headers }, {
     onResponse: (upstream) => {
       answer = upstream
@@ -118,6 +123,8 @@ export const relayUnsafe = (
         )
       }
       if (framed.bytes !== undefined && !response.write(framed.bytes)) {
+        if (paused) return
+        paused = true
         answer!.pause()
         response.once("drain", onDrain)
       }
