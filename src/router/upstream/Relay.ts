@@ -19,20 +19,10 @@ import type { AnswerHeaders } from "./Attempt.ts"
 import { routeHeader } from "../routing/Route.ts"
 import { EventFramer } from "./EventFramer.ts"
 import type { UpstreamFailure } from "./Failure.ts"
+import type { ClientResponse } from "../core/Backend.ts"
 import { defaultUpstream } from "../core/Config.ts"
 import type { UpstreamResponse, Upstreams } from "./Upstreams.ts"
 import { bodyTooLarge, unusableAnswer, upstreamHeader, upstreamVersionHeader } from "./Upstreams.ts"
-
-/** What the relay writes to: the subset of Node's ServerResponse it uses. */
-export interface ClientResponse {
-  readonly headersSent: boolean
-  readonly destroyed: boolean
-  writeHead(status: number, headers: Record<string, string | number>): unknown
-  flushHeaders(): void
-  write(chunk: Buffer | string): boolean
-  end(chunk?: Buffer | string): unknown
-  once(event: "drain", listener: () => void): unknown
-}
 
 export interface RelayRequest {
   /** The path after the upstream's prefix, e.g. `/v1/chat/completions`. */
