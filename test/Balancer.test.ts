@@ -231,6 +231,8 @@ describe("passive ejection", () => {
     const [a, b, c] = balancer.endpoints
     for (const endpoint of [a, b, c]) assert.isTrue(ejectAt(balancer, endpoint, 0))
     assert.isTrue(balancer.inPanic(10))
+    // Ready: the ejected upstreams still take requests in panic.
+    assert.isTrue(balancer.canServe(10))
     const chosen = new Set<string>()
     for (let i = 0; i < 50; i++) chosen.add(pickEndpoint(balancer, 10).id)
     assert.deepStrictEqual([...chosen].sort(), ["u0", "u1", "u2"])
@@ -239,5 +241,8 @@ describe("passive ejection", () => {
     const never = pool([1, 1, 1], { maxEjectedPercent: 100, panicThresholdPercent: 0 })
     for (const endpoint of never.endpoints) ejectAt(never, endpoint, 0)
     assert.strictEqual(never.pick(10), "no_healthy_upstream")
+    assert.isFalse(never.canServe(10))
+    for (const endpoint of balancer.endpoints) balancer.unreachable(endpoint, 20)
+    assert.isFalse(balancer.canServe(20))
   })
 })

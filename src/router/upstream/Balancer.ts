@@ -127,6 +127,14 @@ export class Balancer {
     return second.inFlight * first.weight < first.inFlight * second.weight ? second : first
   }
 
+  /** True when some upstream can be chosen now (in rotation, or ejected but chosen in panic): readiness. */
+  canServe(now: number): boolean {
+    if (this.availableCount(now) > 0) return true
+    if (!this.inPanic(now)) return false
+    for (const endpoint of this.endpoints) if (isReachable(endpoint, now)) return true
+    return false
+  }
+
   /** True when too few upstreams are in rotation: then every one is a candidate. */
   inPanic(now: number): boolean {
     const threshold = this.settings.panicThresholdPercent

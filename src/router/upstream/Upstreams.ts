@@ -361,7 +361,7 @@ export class Upstreams extends Context.Service<Upstreams, {
 
       return Upstreams.of({
         enabled: true,
-        ready: () => balancer.availableCount(now()) > 0,
+        ready: () => balancer.canServe(now()),
         forwardUnsafe,
         fetch,
         view: () =>
