@@ -27,6 +27,7 @@
  *   npm run bench:routing                               the full run (about 25 minutes)
  *   BENCH_QUICK=1 npm run bench:routing                 one rate, two schedulers, shared prefix (under a minute)
  *   BENCH_WORKLOADS=shared-prefix,hot-prefix BENCH_RATES=4,8,16 BENCH_SCHEDULERS=least-request,cache-aware-events npm run bench:routing
+ *   BENCH_LOAD_BOUND=2 ...                              UPSTREAM_LOAD_BOUND for the cache-aware fronts (default 1.25)
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
@@ -269,6 +270,7 @@ const startFronts = async (scheduler: string, servers: Servers, redisUrl: string
     MAX_QUEUE: "10000",
     QUEUE_TIMEOUT_MS: "600000"
   }
+  if (process.env.BENCH_LOAD_BOUND !== undefined) env.UPSTREAM_LOAD_BOUND = process.env.BENCH_LOAD_BOUND
   if (scheduler === "replicas-redis") env.KV_ENDPOINTS = redisUrl!
   const count = scheduler.startsWith("replicas") ? 3 : 1
   return Promise.all(Array.from({ length: count }, () => startRouter(env)))
