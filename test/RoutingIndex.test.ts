@@ -54,6 +54,16 @@ describe("approximate entries", () => {
     assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1_601), 0)
   })
 
+  it("say which keys are news (worth sharing): unknown ones, or known for more than a quarter of their life", () => {
+    const index = new PrefixIndex(settings)
+    assert.deepStrictEqual(index.recordDecision("u", keys("a", "b"), 0), ["a", "b"])
+    assert.deepStrictEqual(index.recordDecision("u", keys("a", "b", "c"), 100), ["c"])
+    assert.deepStrictEqual(index.recordDecision("u", keys("a"), 351), ["a"])
+    index.applyBatch("v", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["x"] }] }, 0)
+    assert.deepStrictEqual(index.confirm("v", keys("x", "y"), 0), ["y"])
+    assert.deepStrictEqual(index.confirm("v", keys("x", "y"), 0), [])
+  })
+
   it("hold at most the upstream's capacity, least recently touched out first", () => {
     const index = new PrefixIndex(settings)
     index.setCapacity("u", 3)

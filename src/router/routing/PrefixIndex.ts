@@ -108,16 +108,26 @@ export class PrefixIndex {
    * Records that `keys` (a prompt's blocks, in order) were sent to `upstream`
    * at `now`. `longLived`: kept `ttlMs` even with KV events (entries read back
    * from the shared state, whose events this replica never saw).
+   *
+   * Returns the keys worth telling other replicas: those this index did not
+   * hold, or held only since more than a quarter of their lifetime ago (a
+   * shared prefix's keys then go out a few times per lifetime, not with
+   * every request).
    */
-  recordDecision(upstream: string, keys: ReadonlyArray<BlockKey>, now: number, longLived = false): void {
+  recordDecision(upstream: string, keys: ReadonlyArray<BlockKey>, now: number, longLived = false): Array<BlockKey> {
     const cache = this.cache(upstream)
-    const expires = now + (cache.precise === undefined || longLived ? this.settings.ttlMs : this.settings.pendingTtlMs)
+    const ttl = cache.precise === undefined || longLived ? this.settings.ttlMs : this.settings.pendingTtlMs
+    const expires = now + ttl
+    const news: Array<BlockKey> = []
     for (const key of keys) {
       if (cache.precise?.has(key)) continue
+      const before = cache.approximate.get(key)
+      if (before === undefined || before - now < ttl * 0.75) news.push(key)
       cache.approximate.delete(key)
       cache.approximate.set(key, expires)
     }
     this.trim(cache)
+    return news
   }
 
   /**
@@ -126,13 +136,18 @@ export class PrefixIndex {
    * that started late, a batch lost). With KV events they join the precise
    * set, and the `BlockRemoved` that evicts them will remove them.
    */
-  confirm(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): void {
+  confirm(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): Array<BlockKey> {
     const cache = this.cache(upstream)
     if (cache.precise === undefined) return this.recordDecision(upstream, keys, now)
+    // Returns the keys it learned (as recordDecision does): those not in the precise set before.
+    const news: Array<BlockKey> = []
     for (const key of keys) {
+      if (cache.precise.has(key)) continue
+      news.push(key)
       cache.precise.add(key)
       cache.approximate.delete(key)
     }
+    return news
   }
 
   /**

@@ -259,8 +259,9 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           sentAt = at
           firstAt = undefined
           reported = undefined
-          scheduler.sent(endpoint.id, decision, at)
-          shared?.decided(endpoint.id, decision.keys, Date.now())
+          // Only what this replica did not know goes out: a shared prefix's keys not with every request.
+          const news = scheduler.sent(endpoint.id, decision, at)
+          if (news.length > 0) shared?.decided(endpoint.id, news, Date.now())
           routingMetrics.decisions(decision.reason).updateUnsafe(1, context)
         },
         header: () =>
@@ -283,8 +284,8 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision)
           // An answer started: its prompt was prefilled there, so its blocks are cached there.
           else {
-            scheduler.index.confirm(endpoint.id, decision.keys, now())
-            shared?.decided(endpoint.id, decision.keys, Date.now(), true)
+            const news = scheduler.index.confirm(endpoint.id, decision.keys, now())
+            if (news.length > 0) shared?.decided(endpoint.id, news, Date.now(), true)
           }
           if (reported !== undefined) {
             routingMetrics.predictedCachedTokens.updateUnsafe(decision.cachedTokens, context)

@@ -210,13 +210,14 @@ export class CacheAwareScheduler {
   /**
    * The request was sent: its blocks are cached there from now on (the
    * approximate index), and its uncached tokens queue for prefill until its
-   * first token.
+   * first token. Returns the keys the index learned (worth sharing).
    */
-  sent(upstream: string, decision: Decision<Candidate>, now: number): void {
+  sent(upstream: string, decision: Decision<Candidate>, now: number): Array<BlockKey> {
     const state = this.state(upstream)
-    this.index.recordDecision(upstream, decision.keys, now)
+    const news = this.index.recordDecision(upstream, decision.keys, now)
     state.queuedPrefillTokens += decision.input.uncachedTokens
     state.meanPrompt = state.meanPrompt === 0 ? decision.promptTokens : state.meanPrompt * 0.9 + decision.promptTokens * 0.1
+    return news
   }
 
   /** Its first token came, or it ended without one: its prompt is no longer queued for prefill there. */
