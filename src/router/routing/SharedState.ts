@@ -154,7 +154,9 @@ export class SharedState {
       return
     }
     if (message.r === this.settings.replicaId || typeof message.u !== "string" || !Array.isArray(message.k)) return
-    this.sink.blocks(message.u, message.k, message.c === 1 ? "confirmed" : "decided")
+    // Another router's message: only string keys are keys.
+    const keys = message.k.every((key) => typeof key === "string") ? message.k : message.k.filter((key) => typeof key === "string")
+    this.sink.blocks(message.u, keys, message.c === 1 ? "confirmed" : "decided")
   }
 
   private receiveLoad(text: string): void {
@@ -253,7 +255,8 @@ export class SharedState {
         this.remote.delete(replica)
         continue
       }
-      total += entry.loads[upstream] ?? 0
+      const count = entry.loads[upstream]
+      if (typeof count === "number" && count > 0 && count < 1e6) total += count
     }
     return total
   }
