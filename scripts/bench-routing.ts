@@ -14,6 +14,7 @@
  *   zero-reuse     every prompt new (the control: routing can't help, must not harm)
  *   hot-prefix     half the traffic one group's prompt, the rest 32 others
  * - schedulers (fronts started fresh for each cell, servers' caches reset):
+ *   random (no router: the client sends each request to a server at random);
  *   least-request; cache-aware (approximate); cache-aware with KV events;
  *   three cache-aware replicas sharing through Redis, and three that don't
  *   (the client spreads requests over the replicas round robin).
@@ -48,7 +49,7 @@ const rates = list("BENCH_RATES", quick ? "8" : "2,4,8,16,32").map(Number)
 const workloadNames = list("BENCH_WORKLOADS", quick ? "shared-prefix" : "shared-prefix,multi-turn,zero-reuse,hot-prefix")
 const schedulerNames = list(
   "BENCH_SCHEDULERS",
-  quick ? "least-request,cache-aware-events" : "least-request,cache-aware,cache-aware-events,replicas-redis,replicas-unshared"
+  quick ? "least-request,cache-aware-events" : "random,least-request,cache-aware,cache-aware-events,replicas-redis,replicas-unshared"
 )
 const answerTokens = 32
 
@@ -294,9 +295,12 @@ interface Cell {
 const runCell = async (scheduler: string, workloadName: string, rate: number, servers: Servers, redisUrl: string | undefined): Promise<Cell> => {
   // Every cell starts from cold caches.
   await Promise.all(servers.procs.map((proc) => post(proc.port, "/reset_prefix_cache")))
-  const fronts = await startFronts(scheduler, servers, redisUrl)
+  // random: the servers themselves, one picked per request below.
+  const fronts = scheduler === "random" ? [] : await startFronts(scheduler, servers, redisUrl)
   const agent = new Agent({ keepAlive: true, maxSockets: 2_000 })
   const random = seeded(rate * 1000 + workloadName.length)
+  // Its own sequence, so that arrivals and prompts are the same for every scheduler.
+  const pick = seeded(7)
   const workload = workloads[workloadName]()
   const outcomes: Array<Promise<Outcome>> = []
   const inFlightRatios: Array<number> = []
@@ -320,8 +324,8 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
     const wait = startedAt + at - performance.now()
     if (wait > 0) await sleep(wait)
     const { answered, messages } = workload.next(random)
-    const front = fronts[index++ % fronts.length]
-    outcomes.push(stream(front.port, agent, messages).then((outcome) => {
+    const port = fronts.length === 0 ? servers.procs[Math.floor(pick() * servers.procs.length)].port : fronts[index++ % fronts.length].port
+    outcomes.push(stream(port, agent, messages).then((outcome) => {
       if (outcome.ok) answered?.(outcome.text)
       return outcome
     }))
