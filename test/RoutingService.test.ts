@@ -9,6 +9,7 @@ import { Effect } from "effect"
 import { TestClock } from "effect/testing"
 import { makeCacheAwareRouting, promptOf } from "../src/router/routing/Routing.ts"
 import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
+import { parseVllmMetrics } from "../src/router/routing/VllmMetrics.ts"
 import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
 import { parseTarget, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
 
@@ -35,6 +36,28 @@ describe("the prompt a request carries", () => {
     assert.isUndefined(promptOf("{not json"))
     assert.isUndefined(promptOf(JSON.stringify({ model: "m" })))
     assert.isUndefined(promptOf(undefined))
+  })
+})
+
+describe("an upstream's vLLM metrics", () => {
+  it("are read in vLLM's names, summed over models, labels in any order", () => {
+    const text = [
+      "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+      "# TYPE vllm:num_requests_running gauge",
+      `vllm:num_requests_running{engine="0",model_name="a"} 3`,
+      `vllm:num_requests_running{engine="0",model_name="b"} 1`,
+      `vllm:num_requests_waiting{model_name="a"} 2.0`,
+      `vllm:kv_cache_usage_perc{model_name="a"} 0.25`,
+      `vllm:cache_config_info{num_gpu_blocks="9000",block_size="32",cache_dtype="auto"} 1.0`,
+      `vllm:num_requests_waiting{model_name="b"} NaN`,
+      `router_requests_total{endpoint="x"} 5`
+    ].join("\n")
+    assert.deepStrictEqual(parseVllmMetrics(text), { running: 4, waiting: 2, blockSize: 32, numGpuBlocks: 9000, kvCacheUsage: 0.25 })
+  })
+
+  it("are absent from a server that publishes none of them", () => {
+    assert.isUndefined(parseVllmMetrics("router_requests_total 1\n# vllm:num_requests_running 3"))
+    assert.isUndefined(parseVllmMetrics(""))
   })
 })
 
