@@ -239,6 +239,10 @@ export const dashboard = (): Dashboard => {
   timeseries("Upstream signals fresh", "router_routing_upstream_signals_fresh: routers whose scrape of the upstream's /metrics is fresh", "short", [
     [`sum by (upstream) (router_routing_upstream_signals_fresh{${routers}})`, "{{upstream}}"]
   ])
+  timeseries("Routing decision time", "router_routing_decision_seconds: parse, tokens, block keys and the choice; well under 1 ms expected, more: a CPU-starved router", "s", [
+    [quantile(0.5, "router_routing_decision_seconds_bucket"), "p50"],
+    [quantile(0.99, "router_routing_decision_seconds_bucket"), "p99"]
+  ])
 
   row("Controller")
   timeseries("Reconciles by result", "controller_runtime_reconcile_total", "ops", [
