@@ -5,7 +5,7 @@
  * upstream that fails its checks.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, References } from "effect"
 import { TestClock } from "effect/testing"
 import { makeCacheAwareRouting, promptOf } from "../src/router/routing/Routing.ts"
 import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
@@ -166,6 +166,29 @@ describe("the cache-aware routing service", () => {
       const route = routing.route({ path: "/v1/chat/completions", body: body(words(8, 2000)) })!
       assert.strictEqual(route.choose([a, b], 0), b)
     }))
+
+  it.effect("keeps following the pool after a tick that throws", () =>
+    Effect.gen(function*() {
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
+        kvEndpoints: [],
+        pool: "t"
+      })
+      const pool = endpointsOf(1)
+      let calls = 0
+      routing.attach(() => {
+        if (calls++ === 0) throw new Error("a bad tick")
+        return pool
+      })
+      const route = routing.route({ path: "/v1/chat/completions", body: body(words(40)) })!
+      route.sent(route.choose(pool, 0), 0)
+      yield* TestClock.adjust(100)
+      yield* TestClock.adjust(100)
+      assert.isAtLeast(calls, 2)
+      pool[0].healthy = false
+      yield* TestClock.adjust(100)
+      assert.strictEqual(routing.scheduler.index.size(pool[0].id), 0, "the later ticks still forget")
+    }).pipe(Effect.provideService(References.MinimumLogLevel, "None")))
 
   it.effect("forgets an upstream that fails its checks or refuses connections: its index entries go", () =>
     Effect.gen(function*() {

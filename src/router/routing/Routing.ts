@@ -223,14 +223,16 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
     )
 
     const tick = Math.min(loadIntervalMs, settings.metricsIntervalMs > 0 ? settings.metricsIntervalMs : loadIntervalMs)
-    yield* Effect.forkScoped(Effect.repeat(followPool, Schedule.spaced(Duration.millis(tick))))
+    // A tick that throws is logged and the next one runs: the loops must outlive a bad tick.
+    const guarded = <A, E>(effect: Effect.Effect<A, E>, what: string) => Effect.ignoreCause(effect, { log: "Error", message: `routing: ${what} failed` })
+    yield* Effect.forkScoped(Effect.repeat(guarded(followPool, "following the pool"), Schedule.spaced(Duration.millis(tick))))
     if (settings.metricsIntervalMs > 0) {
-      yield* Effect.forkScoped(Effect.repeat(scrapeAll, Schedule.spaced(Duration.millis(settings.metricsIntervalMs))))
+      yield* Effect.forkScoped(Effect.repeat(guarded(scrapeAll, "reading upstream metrics"), Schedule.spaced(Duration.millis(settings.metricsIntervalMs))))
     }
     if (shared !== undefined) {
       // A replica that (re)joined reads back what the others recorded.
       const catchUp = Effect.promise(() => shared.catchUp([...known], Date.now()))
-      yield* Effect.forkScoped(Effect.repeat(catchUp, Schedule.spaced(Duration.millis(loadIntervalMs))))
+      yield* Effect.forkScoped(Effect.repeat(guarded(catchUp, "reading back the shared state"), Schedule.spaced(Duration.millis(loadIntervalMs))))
     }
 
     const route = (request: { readonly path: string; readonly body: string | undefined }): Route | undefined => {
