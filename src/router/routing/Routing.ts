@@ -302,8 +302,17 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       }
     }
 
+    let routeFailures = 0
     return {
-      route,
+      // A request the scheduler cannot route (a bug, not bad input: bad input has no prompt) goes by least request.
+      route: (request) => {
+        try {
+          return route(request)
+        } catch (error) {
+          if (routeFailures++ < 3) log(Effect.logError("routing: a request fell back to least request", String(error)))
+          return undefined
+        }
+      },
       attach: (pool) => {
         endpoints = pool
       },
