@@ -39,6 +39,13 @@ const startController = async (api: FakeKubeApi, env: Record<string, string> = {
   return { ...controller, port }
 }
 
+/** The controller's own Pod as the kubelet reports it, its container's image pulled as `imageID`. */
+const controllerPod = (imageID: string) => ({
+  metadata: { name: "controller-0", namespace: "ops" },
+  spec: { containers: [{ name: "controller", image: "reg.example/inference-router:7" }] },
+  status: { containerStatuses: [{ name: "controller", image: "reg.example/inference-router:7", imageID, ready: true }] }
+})
+
 const isvc = (name: string, spec: Record<string, unknown>, namespace = "default") => ({
   apiVersion: "inference-router.dev/v1alpha1",
   kind: "InferenceService",
@@ -238,13 +245,31 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
 
   it("the routers run the controller's own image (read from its Pod) unless ROUTER_IMAGE says otherwise", async () => {
     const api = await fakeApi()
-    api.put("pods", {
-      metadata: { name: "controller-0", namespace: "ops" },
-      spec: { containers: [{ name: "controller", image: "reg.example/inference-router:7" }] }
-    })
+    api.put("pods", controllerPod("sha256:" + "1".repeat(64)))
     await startController(api, { POD_NAME: "controller-0", POD_NAMESPACE: "ops" })
     api.put("inferenceservices", isvc("img", { modelRef: "m" }))
     await until(() => reconciled(api, "img"), "reconciled")
+    // A local image ID (not a registry digest): the tag as it is.
     assert.strictEqual(api.get("deployments", "default", "img-router").spec.template.spec.containers[0].image, "reg.example/inference-router:7")
+  })
+
+  it("in a pod, the controller's own image is read until it can be (not ready, not leading meanwhile), never a built-in tag, and pinned to its digest", async () => {
+    const api = await fakeApi()
+    const digest = "sha256:" + "ab".repeat(32)
+    api.put("pods", controllerPod(`docker-pullable://reg.example/inference-router@${digest}`))
+    api.put("inferenceservices", isvc("img", { modelRef: "m" }))
+    const removeFault = api.fault({ method: "GET", path: "/pods/controller-0", status: 500 })
+    const controller = await startController(api, { POD_NAME: "controller-0", POD_NAMESPACE: "ops" })
+    await until(() => api.requests.filter((r) => r.path.endsWith("/pods/controller-0")).length >= 2, "the pod read retried")
+    await sleep(500)
+    assert.strictEqual((await requestAt(controller.port, { path: "/readyz" })).status, 503)
+    assert.isUndefined(api.get("deployments", "default", "img-router"), "nothing applied with a guessed image")
+    removeFault()
+    await until(() => reconciled(api, "img"), "reconciled once the pod was read", 10_000)
+    assert.strictEqual(
+      api.get("deployments", "default", "img-router").spec.template.spec.containers[0].image,
+      `reg.example/inference-router:7@${digest}`
+    )
+    await until(async () => (await requestAt(controller.port, { path: "/readyz" })).status === 200, "ready")
   })
 })

@@ -4,7 +4,7 @@
  * the work queue that reconciles them, fed by watch events, by the owned
  * Deployments' events, and by a periodic resync.
  */
-import { Context, Effect, Layer } from "effect"
+import { Context, Deferred, Effect, Layer, Schedule } from "effect"
 import { metricContext } from "../shared/Metrics.ts"
 import { ControllerConfig } from "./ControllerConfig.ts"
 import { type Informer, makeInformer } from "./Informer.ts"
@@ -25,24 +25,51 @@ export const ownerKey = (object: any): string | undefined => {
 /**
  * The controller's own image, from its Pod: the routers run the same image
  * (`dist/router.js` beside `dist/controller.js`), so one image setting serves
- * both. When the Pod cannot be read, the fallback, with a warning.
+ * both. Pinned to the digest the kubelet pulled (the container status's
+ * `imageID`), as `<image>@sha256:...`, when that is a registry digest: a
+ * mutable tag (`:latest`, a re-pushed `:1.2`) then cannot give routers a
+ * different build than the controller's. Fails while the Pod, or its
+ * container's status, cannot be read (the caller retries: there is no
+ * built-in fallback in a pod).
  */
-const ownImage = (pod: { readonly name: string; readonly namespace: string }, fallback: string) =>
+export const ownImage = (pod: { readonly name: string; readonly namespace: string }) =>
   Effect.gen(function*() {
     const kube = yield* KubeApi
     const found = yield* kube.read(resources.pods, pod.namespace, pod.name)
     const containers: ReadonlyArray<any> = found?.spec?.containers ?? []
-    const image: unknown = (containers.find((c) => c.name === "controller") ?? containers[0])?.image
+    const container = containers.find((c) => c.name === "controller") ?? containers[0]
+    const image: unknown = container?.image
     if (typeof image !== "string" || image === "") return yield* Effect.fail(`pod ${pod.namespace}/${pod.name} not found or without an image`)
-    yield* Effect.logInfo(`router image: ${image} (the controller's own; set ROUTER_IMAGE to choose another)`)
-    return image
-  }).pipe(
-    Effect.catch((error) =>
-      Effect.logWarning(`could not read the controller's own image; routers get ${fallback} (set ROUTER_IMAGE)`).pipe(
-        Effect.annotateLogs({ error: typeof error === "string" ? error : error.message }),
-        Effect.as(fallback)
+    const imageID: unknown = (found?.status?.containerStatuses ?? []).find((s: any) => s.name === container.name)?.imageID
+    if (typeof imageID !== "string" || imageID === "") {
+      return yield* Effect.fail(`pod ${pod.namespace}/${pod.name}: no imageID in the status of container ${container.name} yet`)
+    }
+    return pinnedImage(image, imageID)
+  })
+
+/**
+ * `image` pinned to the registry digest in `imageID` (`docker-pullable://reg/x@sha256:...` or
+ * `reg/x@sha256:...`); `image` itself when it names a digest already, or when `imageID` is a
+ * local image ID (`sha256:...`, an image loaded into the node, not pullable by digest).
+ */
+export const pinnedImage = (image: string, imageID: string): string => {
+  if (image.includes("@")) return image
+  const digest = /@(sha256:[0-9a-f]{64})$/.exec(imageID)?.[1]
+  return digest === undefined ? image : `${image}@${digest}`
+}
+
+/** `ownImage`, retried (backoff up to 30 s, each failure a warning) until it succeeds. */
+const ownImageRetried = (pod: { readonly name: string; readonly namespace: string }) =>
+  ownImage(pod).pipe(
+    Effect.tapError((error) =>
+      Effect.logWarning("cannot read the controller's own image yet (routers run it); not ready, not leading; retrying").pipe(
+        Effect.annotateLogs({ pod: `${pod.namespace}/${pod.name}`, error: typeof error === "string" ? error : error.message })
       )
-    )
+    ),
+    Effect.retry(Schedule.min([Schedule.exponential("200 millis"), Schedule.spaced("30 seconds")])),
+    // The schedule never ends: a failure cannot get here.
+    Effect.orDie,
+    Effect.tap((image) => Effect.logInfo(`router image: ${image} (the controller's own; set ROUTER_IMAGE to choose another)`))
   )
 
 export class ControllerState extends Context.Service<ControllerState, {
@@ -89,14 +116,21 @@ export const Controller = Layer.effect(
         onRestart: restarts(resource.kind)
       })
     }
-    const isReady = () => inferenceServices.isSynced() && Object.values(children).every((informer) => informer.isSynced())
-    const routerImage = settings.routerImageExplicit || settings.pod === undefined
-      ? settings.routerImage
-      : yield* ownImage(settings.pod, settings.routerImage)
-    const reconcile = yield* makeReconciler({ routerImage, inferenceServices, children })
+    // In a pod without ROUTER_IMAGE, the routers' image is the controller's own: until it is known,
+    // not ready and not a candidate for the lease (never a built-in tag, which would move every router).
+    const routerImage = yield* Deferred.make<string>()
+    yield* Effect.forkScoped(
+      Deferred.complete(
+        routerImage,
+        settings.routerImageExplicit || settings.pod === undefined ? Effect.succeed(settings.routerImage) : ownImageRetried(settings.pod)
+      )
+    )
+    const isReady = () =>
+      Deferred.isDoneUnsafe(routerImage) && inferenceServices.isSynced() && Object.values(children).every((informer) => informer.isSynced())
 
     const lead = Effect.scoped(Effect.gen(function*() {
       while (!isReady()) yield* Effect.sleep(50)
+      const reconcile = yield* makeReconciler({ routerImage: yield* Deferred.await(routerImage), inferenceServices, children })
       const work = yield* makeWorkQueue(
         {
           parallelism: settings.maxParallelReconciles,
@@ -130,7 +164,7 @@ export const Controller = Layer.effect(
       leading = value
       isLeader.updateUnsafe(value ? 1 : 0, metrics)
     }
-    yield* Effect.forkScoped(
+    yield* Effect.forkScoped(Deferred.await(routerImage).pipe(Effect.andThen(
       settings.leaderElection
         ? runWhileLeader({
           namespace: settings.leaseNamespace,
@@ -142,7 +176,7 @@ export const Controller = Layer.effect(
           onLeading: setLeading
         }, lead)
         : Effect.sync(() => setLeading(true)).pipe(Effect.andThen(lead))
-    )
+    )))
     yield* Effect.logInfo("controller started").pipe(Effect.annotateLogs({
       watchNamespaces: settings.watchNamespaces.length === 0 ? "(all)" : settings.watchNamespaces.join(","),
       leaderElection: settings.leaderElection,

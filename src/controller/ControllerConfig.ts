@@ -25,7 +25,8 @@ export interface ControllerSettings {
    * The router image for InferenceServices that name none: ROUTER_IMAGE, or,
    * unset, the controller's own image (read from its Pod at start, so setting
    * the controller's image, by a kustomize `images:` entry or otherwise, sets
-   * the routers' too); `inference-router:0.1.0` outside a pod.
+   * the routers' too; pinned to its digest; retried, never a fallback, in a
+   * pod); `inference-router:0.1.0` outside a pod.
    */
   readonly routerImage: string
   /** Whether ROUTER_IMAGE set it (else the controller's own image is looked up). */
