@@ -64,6 +64,17 @@ describe("approximate entries", () => {
     assert.deepStrictEqual(index.confirm("v", keys("x", "y"), 0), [])
   })
 
+  it("are freed by a sweep once their time is up", () => {
+    const index = new PrefixIndex(settings)
+    index.recordDecision("u", keys("a", "b"), 0)
+    index.recordDecision("u", keys("c"), 500)
+    index.sweep(1_000)
+    assert.strictEqual(index.size("u"), 3)
+    index.sweep(1_001)
+    assert.strictEqual(index.size("u"), 1)
+    assert.deepStrictEqual([...index.keys("u", 1_001)], ["c"])
+  })
+
   it("hold at most the upstream's capacity, least recently touched out first", () => {
     const index = new PrefixIndex(settings)
     index.setCapacity("u", 3)

@@ -228,7 +228,14 @@ export class PrefixIndex {
     return found
   }
 
-  /** Blocks held for the upstream (precise and approximate, aged ones included until evicted). */
+  /** Drops the approximate entries whose time is up (they count for nothing already; this frees them). */
+  sweep(now: number): void {
+    for (const cache of this.upstreams.values()) {
+      for (const [key, expires] of cache.approximate) if (now > expires) cache.approximate.delete(key)
+    }
+  }
+
+  /** Blocks held for the upstream (precise and approximate, expired ones included until swept or evicted). */
   size(upstream: string): number {
     const cache = this.upstreams.get(upstream)
     return cache === undefined ? 0 : (cache.precise?.size ?? 0) + cache.approximate.size

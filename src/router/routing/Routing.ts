@@ -161,8 +161,10 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
      * ones and unreachable ones (a failed health check, a refused connection:
      * likely restarted, with a cold cache).
      */
+    let ticks = 0
     const followPool = Effect.sync(() => {
       const at = now()
+      if (++ticks % 10 === 0) scheduler.index.sweep(at)
       const current = new Map(endpoints().map((endpoint) => [endpoint.id, endpoint]))
       for (const id of known) {
         const endpoint = current.get(id)
