@@ -107,15 +107,18 @@ describe("deploy/controller", () => {
       LEASE_DURATION_SECONDS: "2",
       LEADER_RETRY_MS: "100"
     })
+    api.put("pods", {
+      metadata: { name: "controller-0", namespace: "default" },
+      spec: { containers: [{ name: "controller", image: "inference-router:0.1.0" }] },
+      status: { containerStatuses: [{ name: "controller", image: "inference-router:0.1.0", imageID: "sha256:" + "0".repeat(64) }] }
+    })
     const isvc = { apiVersion: "inference-router.dev/v1alpha1", kind: "InferenceService", metadata: { name: "rbac", namespace: "default" } }
     api.put("inferenceservices", { ...isvc, spec: { modelRef: "m", maxReplicas: 3 } })
     await until(() => api.get("horizontalpodautoscalers", "default", "rbac-router") !== undefined, "an HPA")
     api.put("inferenceservices", { ...isvc, spec: { modelRef: "m", replicas: 2 } })
     await until(() => api.get("horizontalpodautoscalers", "default", "rbac-router") === undefined, "the HPA deleted")
     await until(() => api.list("events").length > 0, "an event")
-    // A Deployment that is not available makes the controller read the pods.
-    api.put("deployments", { ...api.get("deployments", "default", "rbac-router"), status: { replicas: 2, readyReplicas: 0 } })
-    await until(() => api.requests.some((r) => r.path.endsWith("/pods")), "pods listed")
+    await until(() => api.requests.some((r) => r.path.endsWith("/pods") && r.watch === true), "pods watched")
     await until(() => api.requests.filter((r) => r.path.includes("/leases") && r.method === "PUT").length > 0, "the lease renewed")
 
     const used = new Set(api.requests.flatMap(permissionsOf))

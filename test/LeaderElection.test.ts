@@ -37,7 +37,6 @@ const viewOf = (store: LeaseStore, fault: () => Fault) => {
     applyStatus: unused,
     read: unused,
     remove: unused,
-    listPods: unused,
     createEvent: unused,
     readLease: () => guard("read lease", () => structuredClone(store.lease)),
     createLease: (_namespace, lease) =>

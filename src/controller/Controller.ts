@@ -1,14 +1,15 @@
 /**
- * The controller: informers on InferenceServices and on the children it
- * creates (by their label; in every replica, so a standby is warm), and, while this replica leads,
+ * The controller: informers on InferenceServices, on the children it
+ * creates and on their pods (by their label; in every replica, so a standby is warm), and, while this replica leads,
  * the work queue that reconciles them, fed by watch events, by the owned
- * Deployments' events, and by a periodic resync.
+ * children's and the router pods' events, and by a periodic resync.
  */
 import { Context, Deferred, Effect, Layer, Schedule } from "effect"
 import { metricContext } from "../shared/Metrics.ts"
 import { ControllerConfig } from "./ControllerConfig.ts"
 import { type Informer, makeInformer } from "./Informer.ts"
 import { childResources, KubeApi, resources } from "./KubeApi.ts"
+import { ownerLabel } from "./Desired.ts"
 import { runWhileLeader } from "./LeaderElection.ts"
 import { isLeader, watchRestartsBy } from "./Metrics.ts"
 import { makeReconciler } from "./Reconciler.ts"
@@ -125,12 +126,26 @@ export const Controller = Layer.effect(
         settings.routerImageExplicit || settings.pod === undefined ? Effect.succeed(settings.routerImage) : ownImageRetried(settings.pod)
       )
     )
+    // The router pods (by the label every child carries): a pod that crash-loops or cannot pull its
+    // image changes nothing on its Deployment, so the status would otherwise learn of it only at a resync.
+    const pods: Informer = yield* makeInformer({
+      resource: resources.pods,
+      namespaces: settings.watchNamespaces,
+      labelSelector: "app.kubernetes.io/managed-by=inference-router-controller",
+      idleTimeoutMs: settings.watchIdleTimeoutMs,
+      onChange: (_key, pod) => {
+        const owner = pod.metadata?.labels?.[ownerLabel]
+        if (typeof owner === "string") queue?.add(`${pod.metadata.namespace}/${owner}`)
+      },
+      onRestart: restarts("Pod")
+    })
     const isReady = () =>
-      Deferred.isDoneUnsafe(routerImage) && inferenceServices.isSynced() && Object.values(children).every((informer) => informer.isSynced())
+      Deferred.isDoneUnsafe(routerImage) && inferenceServices.isSynced() && pods.isSynced() &&
+      Object.values(children).every((informer) => informer.isSynced())
 
     const lead = Effect.scoped(Effect.gen(function*() {
       while (!isReady()) yield* Effect.sleep(50)
-      const reconcile = yield* makeReconciler({ routerImage: yield* Deferred.await(routerImage), inferenceServices, children })
+      const reconcile = yield* makeReconciler({ routerImage: yield* Deferred.await(routerImage), inferenceServices, children, pods })
       const work = yield* makeWorkQueue(
         {
           parallelism: settings.maxParallelReconciles,

@@ -156,7 +156,6 @@ export class KubeApi extends Context.Service<KubeApi, {
   read(resource: ResourceRef, namespace: string, name: string): Effect.Effect<any | undefined, KubeError>
   /** Deletes an object; one already gone is not an error. */
   remove(object: { apiVersion: string; kind: string; metadata: { name: string; namespace: string } }): Effect.Effect<void, KubeError>
-  listPods(namespace: string, labelSelector: string): Effect.Effect<ReadonlyArray<any>, KubeError>
   createEvent(namespace: string, event: any): Effect.Effect<void, KubeError>
   readLease(namespace: string, name: string): Effect.Effect<any | undefined, KubeError>
   createLease(namespace: string, lease: any): Effect.Effect<any, KubeError>
@@ -265,10 +264,6 @@ export class KubeApi extends Context.Service<KubeApi, {
         call(`delete ${object.kind} ${object.metadata.namespace}/${object.metadata.name}`, () => objects.delete(object)).pipe(
           Effect.asVoid,
           Effect.catchIf((error) => error.status === 404, () => Effect.void)
-        ),
-      listPods: (namespace, labelSelector) =>
-        call(`list pods in ${namespace}`, () => core.listNamespacedPod({ namespace, labelSelector })).pipe(
-          Effect.map((list) => list.items)
         ),
       createEvent: (namespace, event) =>
         call(`create event in ${namespace}`, () => core.createNamespacedEvent({ namespace, body: event })).pipe(Effect.asVoid),

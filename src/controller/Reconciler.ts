@@ -118,6 +118,8 @@ export interface ReconcilerDeps {
   readonly inferenceServices: Informer
   /** The watched children, by kind. */
   readonly children: Readonly<Record<string, Informer>>
+  /** The router pods (watched by label). */
+  readonly pods: Informer
 }
 
 type Problem = { reason: "InvalidSpec" | "ApplyFailed" | "NotOwned"; message: string }
@@ -191,14 +193,20 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
       )
     }
 
+    /** The router pods of an InferenceService, from the cache. */
+    const podsOf = (namespace: string, name: string): Array<any> => {
+      const selector = Object.entries(selectorLabels(name))
+      return [...deps.pods.store.values()].filter((pod) =>
+        pod.metadata?.namespace === namespace && selector.every(([k, v]) => pod.metadata?.labels?.[k] === v)
+      )
+    }
+
     const writeStatus = (isvc: any, problem: Problem | undefined, deployment: any, url: string, image: string) =>
       Effect.gen(function*() {
         const ready = deployment?.status?.readyReplicas ?? 0
         const wanted = deployment?.spec?.replicas ?? 1
         // Pods say why a Deployment is not available (image pulls, a router that rejects its settings).
-        const pods = deployment !== undefined && ready < wanted
-          ? yield* kube.listPods(isvc.metadata.namespace, Object.entries(selectorLabels(isvc.metadata.name)).map(([k, v]) => `${k}=${v}`).join(","))
-          : []
+        const pods = deployment !== undefined && ready < wanted ? podsOf(isvc.metadata.namespace, isvc.metadata.name) : []
         const status = computeStatus({
           generation: isvc.metadata.generation ?? 0,
           specProblem: problem,
