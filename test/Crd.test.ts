@@ -132,6 +132,16 @@ describe("the InferenceService CRD", () => {
     it("env names are unique (a list-map by name, as server-side apply needs)", () => {
       rejected({ env: [{ name: "TZ", value: "UTC" }, { name: "TZ", value: "CET" }] }, "Duplicate value")
     })
+    it("pod label and annotation keys are qualified names; annotations at most 256 KiB; an image without whitespace", () => {
+      rejected({ podLabels: { "bad key": "x", team: "a" } }, "podLabels keys must be label keys")
+      rejected({ podLabels: { "x/y/z": "x" } }, "podLabels keys must be label keys")
+      rejected({ podLabels: { "Example.com/x": "x" } }, "podLabels keys must be label keys")
+      rejected({ podAnnotations: { "bad key": "v", "x/y/z": "w" } }, "podAnnotations keys must be annotation keys")
+      rejected({ podAnnotations: { big: "x".repeat(256 * 1024) } }, "at most 256 KiB")
+      rejected({ image: "reg.example/router:1 --privileged" }, "pattern")
+      assert.isTrue(admit(isvc({ podLabels: { team: "a", "example.com/tier": "gold" } })).ok)
+      assert.isTrue(admit(isvc({ podAnnotations: { "Example.COM/note": "x", "prometheus.io/scrape": "true", big: "x".repeat(200 * 1024) } })).ok)
+    })
     it("resources: any one quantity may be set alone; unknown resource names are not in the schema", () => {
       assert.isTrue(admit(isvc({ resources: { requests: { cpu: "500m", memory: "256Mi" } } })).ok)
       assert.isTrue(admit(isvc({ resources: { limits: { memory: "1Gi" } } })).ok)
@@ -170,7 +180,10 @@ describe("the InferenceService CRD", () => {
     scaleMetric: Schema.optionalKey(Schema.Literals(["cpu", "queue"])),
     scaleTarget: Schema.optionalKey(Schema.Literals([50, 150])),
     env: Schema.optionalKey(Schema.Literals(["TZ", "UPSTREAMS", "SIM_SEED", "MAX_CONCURRENCY", "HOST"])),
-    twice: Schema.Boolean
+    twice: Schema.Boolean,
+    labelKey: Schema.optionalKey(Schema.Literals(["team", "example.com/tier", "bad key", "x/y/z", "-x", "Example.com/x"])),
+    annotationKey: Schema.optionalKey(Schema.Literals(["note", "Example.COM/note", "bad key", "x/y/z", "a..b/c"])),
+    image: Schema.optionalKey(Schema.Literals(["router:2", "router:2 --x", " router:2"]))
   })
 
   it.prop(
@@ -186,6 +199,9 @@ describe("the InferenceService CRD", () => {
       }
       if (plan.maxConcurrency !== undefined) spec.router = { ...spec.router, maxConcurrency: plan.maxConcurrency }
       if (plan.env !== undefined) spec.env = [{ name: plan.env, value: "x" }, ...(plan.twice ? [{ name: plan.env, value: "y" }] : [])]
+      if (plan.labelKey !== undefined) spec.podLabels = { ...spec.podLabels, [plan.labelKey]: "a" }
+      if (plan.annotationKey !== undefined) spec.podAnnotations = { ...spec.podAnnotations, [plan.annotationKey]: "a" }
+      if (plan.image !== undefined) spec.image = plan.image
       const result = admit(isvc(spec, plan.name))
       const check = checkSpec(result.ok ? result.object.spec : spec, plan.name)
       if (!result.ok) {

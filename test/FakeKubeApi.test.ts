@@ -201,6 +201,22 @@ describe("the stand-in API server: validation and defaulting at write time", () 
     assert.strictEqual(api.resourceVersion, revision)
   })
 
+  it("annotations: keys are qualified names (checked lower-cased), all of them at most 256 KiB, as ValidateAnnotations", async () => {
+    const { apply } = await start()
+    const annotated = (annotations: Record<string, string>) => {
+      const body = deployment()
+      return { ...body, spec: { ...body.spec, template: { ...body.spec.template, metadata: { ...body.spec.template.metadata, annotations } } } }
+    }
+    for (const annotations of [{ "bad key": "v" }, { "x/y/z": "w" }, { big: "x".repeat(256 * 1024) }]) {
+      const refused = await apply(deploymentPath, annotated(annotations), "ctl")
+      assert.strictEqual(refused.status, 422, JSON.stringify(Object.keys(annotations)))
+      assert.include(refused.body.message, "spec.template.metadata.annotations")
+    }
+    const metadataRefused = await apply(deploymentPath, { ...deployment(), metadata: { ...deployment().metadata, annotations: { "a b": "c" } } }, "ctl")
+    assert.strictEqual(metadataRefused.status, 422)
+    assert.strictEqual((await apply(deploymentPath, annotated({ "Example.COM/note": "x", "prometheus.io/scrape": "true" }), "ctl")).status, 201)
+  })
+
   it("a container's requests must not exceed its limits", async () => {
     const { apply } = await start()
     const refused = await apply(deploymentPath, deployment({}, [], { resources: { requests: { cpu: "2" }, limits: { cpu: "1" } } }), "ctl")

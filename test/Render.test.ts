@@ -49,7 +49,12 @@ describe("render", () => {
       ["3b-model", "{modelRef: m}", "metadata.name"],
       ["env", "{modelRef: m, env: [{name: MAX_CONCURRENCY, value: '1'}]}", "spec.env[0].name"],
       ["env2", "{modelRef: m, env: [{name: UPSTREAMS, value: 'http://elsewhere:1'}]}", "spec.env[0].name"],
-      ["res", "{modelRef: m, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}", "spec.resources.requests.cpu"]
+      ["res", "{modelRef: m, resources: {requests: {cpu: '2'}, limits: {cpu: '1'}}}", "spec.resources.requests.cpu"],
+      // A bad key is refused naming it, not dropped (the other keys rendered without it).
+      ["labels", "{modelRef: m, podLabels: {'bad key': x, team: a}}", `["podLabels"]["bad key"]`],
+      ["annotations", "{modelRef: m, podAnnotations: {'bad key': v, 'x/y/z': w}}", `["podAnnotations"]["bad key"]`],
+      ["annotations2", "{modelRef: m, podAnnotations: {ok: v, 'x/y/z': w}}", `["podAnnotations"]["x/y/z"]`],
+      ["image", "{modelRef: m, image: 'router:1 --privileged'}", `["image"]`]
     ] as const) {
       const error = (() => {
         try {

@@ -44,9 +44,52 @@ export const RouterSpec = Schema.Struct({
 })
 export type RouterSpec = typeof RouterSpec.Type
 
-const LabelKey = Schema.String.check(
-  Schema.isPattern(/^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/)
-)
+/**
+ * Label and annotation keys are qualified names, as the API server checks
+ * them (apimachinery's IsQualifiedName): an optional DNS-subdomain prefix of
+ * at most 253 characters and `/`, then a name of 1-63 characters. Annotation
+ * keys are checked lower-cased (their prefix may have capitals). The CRD's
+ * CEL rules use these patterns (`[.]`, not an escaped dot, inside CEL strings).
+ */
+const subdomain = "[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+const qualifiedNameEnd = "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+export const labelKeyPattern = `^(${subdomain}/)?${qualifiedNameEnd}$`
+export const annotationKeyPattern = `^(${subdomain.replaceAll("a-z0-9", "A-Za-z0-9")}/)?${qualifiedNameEnd}$`
+/** The API server's limit on all of an object's annotations together (keys and values, in bytes). */
+export const annotationsMaxBytes = 256 * 1024
+
+/** Why `key` is not a qualified name (the API server's words), or undefined. */
+export const qualifiedNameProblem = (key: string, what: "label" | "annotation"): string | undefined => {
+  const slash = key.lastIndexOf("/")
+  if (slash > 253) return `${JSON.stringify(key)} is not a valid ${what} key: its prefix must be at most 253 characters`
+  const pattern = what === "label" ? labelKeyPattern : annotationKeyPattern
+  return new RegExp(pattern).test(key)
+    ? undefined
+    : `${JSON.stringify(key)} is not a valid ${what} key: an optional DNS-subdomain prefix and '/', then 1-63 characters: letters, digits, '-', '_' or '.', starting and ending with a letter or digit`
+}
+
+/**
+ * A map whose every key must be a qualified name, each bad key an issue at its
+ * own path: a key schema on `Schema.Record` would drop a bad key silently.
+ */
+const keyedByQualifiedNames = (what: "label" | "annotation") =>
+  Schema.makeFilter<Readonly<Record<string, string>>>((map) => {
+    const issues: Array<{ readonly path: ReadonlyArray<PropertyKey>; readonly issue: string }> = []
+    for (const key of Object.keys(map)) {
+      const problem = qualifiedNameProblem(key, what)
+      if (problem !== undefined) issues.push({ path: [key], issue: problem })
+    }
+    return issues.length === 0 ? undefined : issues
+  })
+
+/** The API server refuses an object whose annotations together exceed 256 KiB. */
+const annotationsWithinLimit = Schema.makeFilter<Readonly<Record<string, string>>>((map) => {
+  const encoder = new TextEncoder()
+  let bytes = 0
+  for (const [key, value] of Object.entries(map)) bytes += encoder.encode(key).length + encoder.encode(value).length
+  return bytes <= annotationsMaxBytes ? undefined : `annotations total ${bytes} bytes; the API server allows at most ${annotationsMaxBytes} (256 KiB)`
+})
+
 const LabelValue = Schema.String.check(Schema.isPattern(/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/))
 const EnvName = Schema.String.check(Schema.isPattern(/^[A-Za-z_][A-Za-z0-9_]*$/))
 const DnsName = Schema.String.check(Schema.isPattern(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/))
@@ -115,9 +158,11 @@ export const InferenceServiceSpec = Schema.Struct({
     key: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[-._a-zA-Z0-9]+$/)))
   })),
   /** The router image; default: the controller's own image (or its ROUTER_IMAGE). */
-  image: Schema.optionalKey(Schema.String.check(Schema.isMinLength(1))),
-  podLabels: Schema.optionalKey(Schema.Record(LabelKey, LabelValue)),
-  podAnnotations: Schema.optionalKey(Schema.Record(Schema.String, Schema.String)),
+  image: Schema.optionalKey(Schema.String.check(Schema.isMinLength(1), Schema.isPattern(/^\S+$/))),
+  podLabels: Schema.optionalKey(Schema.Record(Schema.String, LabelValue).check(keyedByQualifiedNames("label"), Schema.isMaxProperties(64))),
+  podAnnotations: Schema.optionalKey(
+    Schema.Record(Schema.String, Schema.String).check(keyedByQualifiedNames("annotation"), annotationsWithinLimit, Schema.isMaxProperties(64))
+  ),
   /** Extra environment for the router container; router settings are set through the fields above. */
   env: Schema.optionalKey(Schema.Array(Schema.Struct({ name: EnvName, value: Schema.String })).check(Schema.isMaxLength(64)))
 })

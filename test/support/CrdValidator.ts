@@ -14,7 +14,7 @@
  * Not modelled: CEL cost limits, `oldSelf` transition rules, the API server's
  * exact error wording.
  */
-import { evaluate } from "@marcbachmann/cel-js"
+import { Environment } from "@marcbachmann/cel-js"
 import { Ajv } from "ajv"
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
@@ -58,12 +58,17 @@ const celValue = (value: unknown): unknown => {
   return value
 }
 
+/** CEL with the `self` variable and the Kubernetes lists library's `sum()` (the one extension the CRD uses). */
+const cel = new Environment()
+  .registerVariable("self", "dyn")
+  .registerFunction("list.sum(): int", (list: ReadonlyArray<bigint>) => list.reduce((total, n) => total + n, 0n))
+
 const celErrors = (schema: any, value: unknown, path: string, errors: Array<string>) => {
   if (value === undefined || schema === undefined) return
   for (const rule of (schema["x-kubernetes-validations"] ?? []) as ReadonlyArray<Rule>) {
     let ok: unknown
     try {
-      ok = evaluate(rule.rule, { self: celValue(value) })
+      ok = cel.evaluate(rule.rule, { self: celValue(value) })
     } catch (error) {
       errors.push(`${path}: rule ${JSON.stringify(rule.rule)} failed to evaluate: ${(error as Error).message}`)
       continue

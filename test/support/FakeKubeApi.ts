@@ -300,6 +300,21 @@ const dns1123Subdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 const labelValue = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/
 const labelName = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/
 
+/** apimachinery's IsQualifiedName: the prefix (a DNS subdomain) at most 253 characters. */
+const qualifiedName = (key: string) => labelName.test(key) && (key.lastIndexOf("/") <= 253)
+
+/** apimachinery's ValidateAnnotations: keys are qualified names (checked lower-cased), all together at most 256 KiB. */
+const annotationErrors = (path: string, annotations: unknown): Array<string> => {
+  const errors: Array<string> = []
+  let bytes = 0
+  for (const [key, value] of Object.entries((annotations ?? {}) as Record<string, unknown>)) {
+    if (!qualifiedName(key.toLowerCase())) errors.push(`${path}: Invalid value: ${JSON.stringify(key)}: name part must consist of alphanumeric characters, '-', '_' or '.'`)
+    bytes += Buffer.byteLength(key) + Buffer.byteLength(String(value))
+  }
+  if (bytes > 256 * 1024) errors.push(`${path}: Too long: must have at most 262144 bytes`)
+  return errors
+}
+
 const suffixes: Record<string, number> = {
   "": 1,
   m: 1e-3,
@@ -423,9 +438,11 @@ const validationErrors = (kind: string, object: any): Array<string> => {
   }
   const labelMaps: Array<[string, unknown]> = [["metadata.labels", object.metadata?.labels]]
   if (kind === "Deployment") labelMaps.push(["spec.template.metadata.labels", object.spec?.template?.metadata?.labels])
+  errors.push(...annotationErrors("metadata.annotations", object.metadata?.annotations))
+  if (kind === "Deployment") errors.push(...annotationErrors("spec.template.metadata.annotations", object.spec?.template?.metadata?.annotations))
   for (const [path, labels] of labelMaps) {
     for (const [key, value] of Object.entries((labels ?? {}) as Record<string, unknown>)) {
-      if (!labelName.test(key)) errors.push(`${path}: Invalid value: ${JSON.stringify(key)}: not a label key`)
+      if (!qualifiedName(key)) errors.push(`${path}: Invalid value: ${JSON.stringify(key)}: not a label key`)
       if (typeof value !== "string" || value.length > 63 || !labelValue.test(value)) errors.push(`${path}: Invalid value: ${JSON.stringify(value)}: not a label value`)
     }
   }
