@@ -11,7 +11,7 @@ import { type Informer, makeInformer } from "./Informer.ts"
 import { childResources, KubeApi, resources } from "./KubeApi.ts"
 import { ownerLabel } from "./Desired.ts"
 import { runWhileLeader } from "./LeaderElection.ts"
-import { isLeader, watchRestartsBy } from "./Metrics.ts"
+import { isLeader, setLeaderStatus, watchRestartsBy } from "./Metrics.ts"
 import { makeReconciler } from "./Reconciler.ts"
 import { makeWorkQueue, type WorkQueue } from "./WorkQueue.ts"
 
@@ -178,6 +178,7 @@ export const Controller = Layer.effect(
     const setLeading = (value: boolean) => {
       leading = value
       isLeader.updateUnsafe(value ? 1 : 0, metrics)
+      setLeaderStatus(settings.leaseName, value, metrics)
     }
     yield* Effect.forkScoped(Deferred.await(routerImage).pipe(Effect.andThen(
       settings.leaderElection

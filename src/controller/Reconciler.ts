@@ -20,7 +20,7 @@ import { metricContext } from "../shared/Metrics.ts"
 import { autoscales, childName, desiredObjects, type KubeObject, quantityValue, selectorLabels } from "./Desired.ts"
 import type { Informer } from "./Informer.ts"
 import { fieldManager, KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
-import { apiWritesBy, reconcileDuration, reconcilesBy } from "./Metrics.ts"
+import { apiWritesBy, forgetInferenceServiceReady, reconcileDuration, reconcilesBy, setInferenceServiceReady } from "./Metrics.ts"
 import { checkSpec, type SpecCheck } from "./SpecCheck.ts"
 import { computeStatus, sameStatus } from "./Status.ts"
 
@@ -204,9 +204,11 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
     const writeStatus = (isvc: any, problem: Problem | undefined, deployment: any, url: string, image: string) =>
       Effect.gen(function*() {
         const ready = deployment?.status?.readyReplicas ?? 0
+        const updated = deployment?.status?.updatedReplicas ?? 0
         const wanted = deployment?.spec?.replicas ?? 1
-        // Pods say why a Deployment is not available (image pulls, a router that rejects its settings).
-        const pods = deployment !== undefined && ready < wanted ? podsOf(isvc.metadata.namespace, isvc.metadata.name) : []
+        // Pods say why a Deployment is not available, or why a rollout does not progress
+        // (image pulls, a router that rejects its settings).
+        const pods = deployment !== undefined && (ready < wanted || updated < wanted) ? podsOf(isvc.metadata.namespace, isvc.metadata.name) : []
         const status = computeStatus({
           generation: isvc.metadata.generation ?? 0,
           specProblem: problem,
@@ -217,14 +219,22 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
           previous: isvc.status,
           now: new Date(clock.currentTimeMillisUnsafe()).toISOString()
         })
+        setInferenceServiceReady(isvc.metadata.namespace, isvc.metadata.name, status.conditions?.find((c) => c.type === "Ready")?.status === "True", metrics)
         if (sameStatus(isvc.status, status)) return
         yield* kube.applyStatus(isvc.metadata.namespace, isvc.metadata.name, status).pipe(Effect.tap(() => wrote("InferenceServiceStatus")))
         const before = isvc.status?.conditions?.find((c: any) => c.type === "Ready")
         const after = status.conditions!.find((c) => c.type === "Ready")!
         if (before?.status !== after.status || before?.reason !== after.reason) {
-          // Progress (a first rollout, pods starting) is news, not a warning.
-          const progress = after.status === "True" || after.reason === "RolloutInProgress" || after.reason === "Pending"
+          // Progress (a first rollout, pods starting) and a scale to zero someone asked for are news, not warnings.
+          const progress = after.status === "True" || after.reason === "RolloutInProgress" || after.reason === "Pending" ||
+            after.reason === "ScaledToZero"
           yield* event(isvc, progress ? "Normal" : "Warning", after.reason, after.message)
+        }
+        // A rollout that gave up while the old pods serve leaves Ready True: its own warning.
+        const stalledBefore = isvc.status?.conditions?.find((c: any) => c.type === "Progressing")?.reason === "ProgressDeadlineExceeded"
+        const stalled = status.conditions!.find((c) => c.type === "Progressing")!
+        if (stalled.reason === "ProgressDeadlineExceeded" && !stalledBefore && after.reason !== "ProgressDeadlineExceeded") {
+          yield* event(isvc, "Warning", stalled.reason, stalled.message)
         }
       })
 
@@ -257,6 +267,7 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         // Gone, or going: the garbage collector removes the children.
         if (isvc === undefined || isvc.metadata.deletionTimestamp !== undefined) {
           if (isvc === undefined) for (const [uid, entry] of checks) if (entry.key === key) checks.delete(uid)
+          if (isvc === undefined) forgetInferenceServiceReady(metrics, key)
           return
         }
         const { name, namespace, uid } = isvc.metadata

@@ -16,6 +16,7 @@
  *   failing keys cannot storm the API.
  */
 import { Clock, Duration, Effect, Queue, Random, type Scope } from "effect"
+import { workQueueMetrics } from "./Metrics.ts"
 
 export interface WorkQueueOptions {
   readonly parallelism: number
@@ -79,6 +80,7 @@ export const makeWorkQueue = <E, R>(
     }
     const dirty = new Set<string>()
     const failureCounts = new Map<string, number>()
+    const metrics = yield* workQueueMetrics(options.parallelism)
 
     const add = (key: string) => {
       if (running.has(key)) {
@@ -87,6 +89,7 @@ export const makeWorkQueue = <E, R>(
       }
       if (waiting.has(key)) return
       waiting.add(key)
+      metrics.added(key, waiting.size)
       Queue.offerUnsafe(queue, key)
     }
 
@@ -94,8 +97,10 @@ export const makeWorkQueue = <E, R>(
       Effect.gen(function*() {
         waiting.delete(key)
         running.set(key, clock.currentTimeMillisUnsafe())
+        metrics.started(key, waiting.size)
         const exit = yield* Effect.exit(reconcile(key))
         running.delete(key)
+        metrics.finished(key, exit._tag === "Success" ? "success" : "error")
         if (exit._tag === "Success") {
           failureCounts.delete(key)
           if (onResult) yield* onResult(key, "success")
