@@ -93,7 +93,30 @@ describe("status", () => {
     assert.isFalse(sameStatus(later, available))
   })
 
-  it("scaled to zero is available", () => {
-    assert.strictEqual(ready(computeStatus(observe({ deployment: deployment({}, { replicas: 0 }) }))).status, "True")
+  it("scaled to zero: nothing serves (no endpoints), so not Ready, with its own reason", () => {
+    const status = computeStatus(observe({ deployment: deployment({}, { replicas: 0 }) }))
+    assert.deepInclude(ready(status), { status: "False", reason: "ScaledToZero" })
+    assert.deepInclude(status.conditions!.find((c) => c.type === "RouterAvailable"), { status: "False", reason: "ScaledToZero" })
+  })
+
+  it("a rollout stuck past its deadline while the old pods serve: Ready stays True; Progressing False ProgressDeadlineExceeded with the new pods' problem", () => {
+    const stuck = {
+      ...deployment({
+        readyReplicas: 2,
+        updatedReplicas: 1,
+        conditions: [
+          { type: "Available", status: "True", reason: "MinimumReplicasAvailable" },
+          { type: "Progressing", status: "False", reason: "ProgressDeadlineExceeded", message: "ReplicaSet \"m-router-2\" has timed out progressing." }
+        ]
+      })
+    }
+    const pods = [{ metadata: { name: "m-router-2-x" }, status: { containerStatuses: [{ state: { waiting: { reason: "ImagePullBackOff", message: "Back-off pulling image \"router:2\"" } } }] } }]
+    const status = computeStatus(observe({ deployment: stuck, pods }))
+    assert.deepInclude(ready(status), { status: "True", reason: "Ready" })
+    assert.deepInclude(status.conditions!.find((c) => c.type === "RouterAvailable"), { status: "True" })
+    const progressing = status.conditions!.find((c) => c.type === "Progressing")!
+    assert.deepInclude(progressing, { status: "False", reason: "ProgressDeadlineExceeded" })
+    assert.include(progressing.message, "timed out progressing")
+    assert.include(progressing.message, "ImagePullFailed: m-router-2-x: ImagePullBackOff")
   })
 })

@@ -9,11 +9,14 @@
  *   `RouterRejectedSettings` with the line the router printed,
  *   `ContainerConfigError` (a named API-keys Secret that does not exist),
  *   `CrashLoopBackOff`, `ProgressDeadlineExceeded`, `ReplicaFailure`,
- *   `RolloutInProgress`, `Unavailable`; Unknown: `Pending`).
+ *   `RolloutInProgress`, `Unavailable`, `ScaledToZero`; Unknown: `Pending`).
  *   Readiness follows availability (the Deployment's `Available` condition):
- *   a rollout while pods serve leaves it True.
+ *   a rollout while pods serve leaves it True, even one whose new pods fail
+ *   or that missed its progress deadline.
  * - `Progressing`: True (`RollingOut`) while a rollout is under way, False
- *   (`RolledOut`) once every replica runs the current template.
+ *   (`RolledOut`) once every replica runs the current template, False
+ *   (`ProgressDeadlineExceeded`, with the new pods' problem) when the
+ *   Deployment gave up waiting.
  * - `Ready`: Reconciled and RouterAvailable True; otherwise False with the
  *   first failing one's reason.
  * `lastTransitionTime` moves only when a condition's status changes.
@@ -25,7 +28,7 @@ export interface Observed {
   /** Why the spec was not applied, when it was not. */
   readonly specProblem?: { readonly reason: "InvalidSpec" | "ApplyFailed" | "NotOwned"; readonly message: string } | undefined
   readonly deployment: any | undefined
-  /** The router pods (read only while the Deployment is not available). */
+  /** The router pods (given while the Deployment is not available or not rolled out). */
   readonly pods: ReadonlyArray<any>
   readonly url: string
   readonly image: string
@@ -86,7 +89,15 @@ const routerAvailable = (observed: Observed): Verdict => {
   const progressing = deploymentCondition(deployment, "Progressing")
   const replicaFailure = deploymentCondition(deployment, "ReplicaFailure")
   const updated: number = deployment.status?.updatedReplicas ?? 0
-  if (desired === 0 && rolledOut) return condition("RouterAvailable", "True", "ScaledToZero", "the router is scaled to zero replicas")
+  // Zero replicas serve nothing: the Service has no endpoints. Not a failure (a person asked for it), not ready either.
+  if (desired === 0 && rolledOut) {
+    return condition("RouterAvailable", "False", "ScaledToZero", "the router is scaled to zero replicas: nothing serves (set replicas to serve)")
+  }
+  // Availability first: a rollout whose new pods fail (or that missed its deadline) leaves the old ones serving.
+  if (available?.status === "True" && ready >= 1) {
+    const rolling = !rolledOut || updated < desired ? `; rolling out: ${updated}/${desired} replicas updated` : ""
+    return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready${rolling}`)
+  }
   const pods = podProblem(observed.pods)
   if (pods !== undefined) return pods
   if (replicaFailure?.status === "True") {
@@ -95,22 +106,28 @@ const routerAvailable = (observed: Observed): Verdict => {
   if (progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded") {
     return condition("RouterAvailable", "False", "ProgressDeadlineExceeded", progressing.message ?? "the rollout did not progress in time")
   }
-  if (available?.status === "True" && ready >= 1) {
-    const rolling = !rolledOut || updated < desired ? `; rolling out: ${updated}/${desired} replicas updated` : ""
-    return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready${rolling}`)
-  }
   if (!rolledOut || updated < desired) {
     return condition("RouterAvailable", "False", "RolloutInProgress", `rolling out: ${updated}/${desired} replicas updated, ${ready} ready`)
   }
   return condition("RouterAvailable", "False", "Unavailable", `${ready}/${desired} router replicas ready`)
 }
 
-/** Whether a rollout is under way: the Deployment's current template not yet on every replica. */
-const rollout = (deployment: any): Verdict => {
+/**
+ * Whether a rollout is under way: the Deployment's current template not yet on every replica.
+ * A rollout past its progress deadline is no longer progressing: False, ProgressDeadlineExceeded,
+ * with why its new pods do not become ready when they say.
+ */
+const rollout = (deployment: any, pods: ReadonlyArray<any>): Verdict => {
   if (deployment === undefined) return condition("Progressing", "Unknown", "Pending", "the router Deployment does not exist yet")
   const desired: number = deployment.spec?.replicas ?? 1
   const updated: number = deployment.status?.updatedReplicas ?? 0
   const rolledOut = (deployment.status?.observedGeneration ?? 0) >= (deployment.metadata?.generation ?? 0)
+  const progressing = deploymentCondition(deployment, "Progressing")
+  if (progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded") {
+    const why = podProblem(pods)
+    const said: string = progressing.message ?? "the rollout did not progress in time"
+    return condition("Progressing", "False", "ProgressDeadlineExceeded", why === undefined ? said : `${said}; ${why.reason}: ${why.message}`)
+  }
   return rolledOut && updated >= desired
     ? condition("Progressing", "False", "RolledOut", `every replica runs generation ${deployment.metadata?.generation ?? 0} of the Deployment`)
     : condition("Progressing", "True", "RollingOut", `rolling out: ${updated}/${desired} replicas updated`)
@@ -121,7 +138,7 @@ export const computeStatus = (observed: Observed): InferenceServiceStatus => {
     ? condition("Reconciled", "True", "Applied", `the router's objects match generation ${observed.generation}`)
     : condition("Reconciled", "False", observed.specProblem.reason, observed.specProblem.message)
   const available = routerAvailable(observed)
-  const progressing = rollout(observed.deployment)
+  const progressing = rollout(observed.deployment, observed.pods)
   const failing = [reconciled, available].find((c) => c.status !== "True")
   const ready = failing === undefined
     ? condition("Ready", "True", "Ready", `serving ${observed.url}`)
