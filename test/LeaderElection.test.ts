@@ -67,6 +67,18 @@ const candidate = (store: LeaseStore, identity: string, acting: Set<string>, fau
   return runWhileLeader({ ...options, identity }, work).pipe(Effect.provideService(KubeApi, viewOf(store, fault)))
 }
 
+/** The test clock with a wall clock `offset()` ms away (stepped by NTP, say); monotonic time and sleeps unchanged. */
+const steppedWallClock = (base: Clock.Clock, offset: () => number): Clock.Clock => ({
+  ...base,
+  currentTimeMillisUnsafe: () => base.currentTimeMillisUnsafe() + offset(),
+  currentTimeMillis: Effect.sync(() => base.currentTimeMillisUnsafe() + offset()),
+  currentTimeNanosUnsafe: () => base.currentTimeNanosUnsafe() + BigInt(offset()) * 1_000_000n,
+  currentTimeNanos: Effect.sync(() => base.currentTimeNanosUnsafe() + BigInt(offset()) * 1_000_000n),
+  monotonicTimeNanosUnsafe: () => base.monotonicTimeNanosUnsafe(),
+  monotonicTimeNanos: Effect.sync(() => base.monotonicTimeNanosUnsafe()),
+  sleep: (duration) => base.sleep(duration)
+})
+
 const settle = Effect.gen(function*() {
   for (let i = 0; i < 30; i++) yield* Effect.yieldNow
 })
@@ -141,6 +153,53 @@ describe("leader election", () => {
       yield* run(5_000, acting, [])
       assert.isDefined(stopping.pollUnsafe(), "shutdown done within 5 s although the release hangs")
       assert.strictEqual(acting.size, 0)
+    }))
+
+  it.effect("the leader's wall clock stepped back an hour while its renewals fail: it still stops within the renew deadline; never two leaders", () =>
+    Effect.gen(function*() {
+      const store: LeaseStore = { lease: undefined, version: 0 }
+      const acting = new Set<string>()
+      const log: Array<string> = []
+      let aFault: Fault = "none"
+      let aOffset = 0
+      const base = yield* Clock.Clock
+      const a = yield* Effect.forkChild(
+        candidate(store, "a", acting, () => aFault).pipe(Effect.provideService(Clock.Clock, steppedWallClock(base, () => aOffset)))
+      )
+      yield* settle
+      const b = yield* Effect.forkChild(candidate(store, "b", acting, () => "none"))
+      yield* run(3_000, acting, log)
+      assert.deepStrictEqual([...acting], ["a"])
+      aOffset = -3_600_000
+      aFault = "fail"
+      yield* run(options.renewDeadlineMs + options.retryMs, acting, log)
+      assert.isFalse(acting.has("a"), "a stopped within its renew deadline, by elapsed time, not by its wall clock")
+      yield* run(30_000, acting, log)
+      assert.deepStrictEqual([...acting], ["b"], "b took over once the lease expired")
+      yield* Fiber.interrupt(a)
+      yield* Fiber.interrupt(b)
+    }))
+
+  it.effect("the leader's wall clock stepped forward an hour: it keeps leading, its work not restarted", () =>
+    Effect.gen(function*() {
+      const store: LeaseStore = { lease: undefined, version: 0 }
+      let starts = 0
+      let offset = 0
+      const base = yield* Clock.Clock
+      const work = Effect.sync(() => starts++).pipe(Effect.andThen(Effect.never))
+      const a = yield* Effect.forkChild(
+        runWhileLeader({ ...options, identity: "a" }, work).pipe(
+          Effect.provideService(KubeApi, viewOf(store, () => "none")),
+          Effect.provideService(Clock.Clock, steppedWallClock(base, () => offset))
+        )
+      )
+      yield* run(3_000, new Set(), [])
+      assert.strictEqual(starts, 1)
+      offset = 3_600_000
+      yield* run(20_000, new Set(), [])
+      assert.strictEqual(starts, 1, "leadership not lost and taken again")
+      assert.strictEqual(store.lease.spec.holderIdentity, "a")
+      yield* Fiber.interrupt(a)
     }))
 
   it.effect("a holder whose clock is an hour behind is not taken over while it renews; once it stops, it is", () =>

@@ -2,10 +2,12 @@
  * Leader election on a `coordination.k8s.io/v1` Lease, as client-go's
  * leaderelection:
  * - A candidate takes the Lease when it is free (released) or its record has
- *   not changed for `leaseDurationSeconds`, timed by this replica's own clock
- *   from when it saw the record change: never by comparing the holder's
- *   `renewTime` with the local clock, so a holder whose clock is skewed is
- *   not taken over while it renews.
+ *   not changed for `leaseDurationSeconds`, timed by this replica's own
+ *   monotonic clock from when it saw the record change: never by comparing
+ *   the holder's `renewTime` with the local clock, so a holder whose clock is
+ *   skewed is not taken over while it renews. Every duration here (the renew
+ *   deadline too) is monotonic time, so a wall clock stepped by NTP changes
+ *   nothing.
  * - Writes carry the Lease's resourceVersion, so of two replicas racing, one
  *   gets 409 Conflict and stays a candidate.
  * - The leader renews every `retryMs`; each attempt is bounded by what is
@@ -49,7 +51,11 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
   Effect.gen(function*() {
     const kube = yield* KubeApi
     const clock = yield* Clock.Clock
-    const now = () => clock.currentTimeMillisUnsafe()
+    // Elapsed time (renewals, deadlines, when a record changed) on the monotonic clock: a wall clock
+    // stepped by NTP must neither keep a leader past its deadline nor make a lease look expired.
+    // The wall clock only stamps the Lease's renewTime/acquireTime (read by people and other tools).
+    const now = () => Number(clock.monotonicTimeNanosUnsafe() / 1_000_000n)
+    const wallTime = () => microTime(clock.currentTimeMillisUnsafe())
     /** The Lease's record as last seen, and when (local clock) it was seen to change. */
     let observed: { readonly record: string; readonly at: number } | undefined
     let heldVersion: string | undefined
@@ -64,17 +70,18 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
     const tryAcquireOrRenew = Effect.gen(function*() {
       const lease = yield* kube.readLease(options.namespace, options.name)
       const at = now()
+      const stamp = wallTime()
       const spec = {
         holderIdentity: options.identity,
         leaseDurationSeconds: options.leaseDurationSeconds,
-        renewTime: microTime(at)
+        renewTime: stamp
       }
       if (lease === undefined) {
         const created = yield* kube.createLease(options.namespace, {
           apiVersion: "coordination.k8s.io/v1",
           kind: "Lease",
           metadata: { name: options.name, namespace: options.namespace },
-          spec: { ...spec, acquireTime: microTime(at), leaseTransitions: 0 }
+          spec: { ...spec, acquireTime: stamp, leaseTransitions: 0 }
         })
         heldVersion = created.metadata?.resourceVersion
         observe(created, at)
@@ -90,7 +97,7 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
         spec: {
           ...lease.spec,
           ...spec,
-          acquireTime: ours ? lease.spec.acquireTime : microTime(at),
+          acquireTime: ours ? lease.spec.acquireTime : stamp,
           leaseTransitions: (lease.spec?.leaseTransitions ?? 0) + (ours ? 0 : 1)
         }
       })
@@ -115,7 +122,7 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
       yield* kube.replaceLease(options.namespace, options.name, {
         ...lease,
         // As client-go's ReleaseOnCancel: no holder, and a lease that expires at once.
-        spec: { ...lease.spec, holderIdentity: "", leaseDurationSeconds: 1, renewTime: microTime(now()) }
+        spec: { ...lease.spec, holderIdentity: "", leaseDurationSeconds: 1, renewTime: wallTime() }
       })
       yield* Effect.logInfo("released the lease")
     }).pipe(
