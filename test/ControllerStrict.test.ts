@@ -8,6 +8,7 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, assert, describe, it } from "vitest"
+import { foreignChild } from "../src/controller/Reconciler.ts"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
 import { freePort, killAll, root, sleep, startProcess, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
@@ -149,6 +150,37 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     const live = api.get("services", "default", "taken-router")
     assert.strictEqual(live.metadata.resourceVersion, foreign.metadata.resourceVersion, "never written")
     assert.deepStrictEqual(live.spec.selector, { app: "someone-else" })
+  })
+
+  it("orphans (kubectl delete --cascade=orphan, then created again) are adopted; labelled objects controlled by another are not", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    const first = api.put("inferenceservices", isvc("orphan", { modelRef: "m" }))
+    await until(() => reconciled(api, "orphan"), "reconciled")
+    const plurals = ["deployments", "services", "poddisruptionbudgets"]
+    // The garbage collector's orphaning: the owner goes, its children lose their owner reference.
+    api.delete("inferenceservices", "default", "orphan")
+    for (const plural of plurals) {
+      const child = structuredClone(api.get(plural, "default", "orphan-router"))
+      assert.strictEqual(child.metadata.ownerReferences[0].uid, first.metadata.uid)
+      child.metadata.ownerReferences = []
+      api.put(plural, child, "kube-controller-manager")
+    }
+    const second = api.put("inferenceservices", isvc("orphan", { modelRef: "m" }))
+    await until(() => reconciled(api, "orphan") && api.get("inferenceservices", "default", "orphan").metadata.uid === second.metadata.uid, "reconciled again")
+    await until(() => plurals.every((p) => api.get(p, "default", "orphan-router").metadata.ownerReferences?.[0]?.uid === second.metadata.uid), "adopted")
+    assert.strictEqual(condition(api.get("inferenceservices", "default", "orphan"), "Reconciled").reason, "Applied")
+
+    const labels = { "app.kubernetes.io/managed-by": "inference-router-controller", "inference-router.dev/inferenceservice": "x" }
+    assert.isUndefined(foreignChild({ kind: "Service", metadata: { namespace: "d", name: "x-router", labels } }, "uid-x", "x"), "an orphan with our labels")
+    assert.include(foreignChild({ kind: "Service", metadata: { namespace: "d", name: "x-router", labels: {} } }, "uid-x", "x"), "not controlled")
+    assert.include(
+      foreignChild({ kind: "Service", metadata: { namespace: "d", name: "x-router", labels: { ...labels, "inference-router.dev/inferenceservice": "y" } } }, "uid-x", "x"),
+      "not controlled",
+      "labelled for another InferenceService"
+    )
+    const controlled = { kind: "Service", metadata: { namespace: "d", name: "x-router", labels, ownerReferences: [{ kind: "Gateway", name: "g", uid: "uid-g", controller: true }] } }
+    assert.include(foreignChild(controlled, "uid-x", "x"), "controlled by Gateway g")
   })
 
   it("a watch answered with HTTP 410 lists again instead of retrying the same resourceVersion", async () => {

@@ -111,7 +111,9 @@ export const Controller = Layer.effect(
         idleTimeoutMs: settings.watchIdleTimeoutMs,
         // A child changed (a rollout's progress, a manual edit): look at its InferenceService again.
         onChange: (_key, object) => {
-          const owner = ownerKey(object)
+          // An orphan (no owner reference) by its label: its InferenceService may adopt it.
+          const labelled = object.metadata?.labels?.[ownerLabel]
+          const owner = ownerKey(object) ?? (typeof labelled === "string" ? `${object.metadata.namespace}/${labelled}` : undefined)
           if (owner !== undefined) queue?.add(owner)
         },
         onRestart: restarts(resource.kind)

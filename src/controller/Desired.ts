@@ -296,6 +296,9 @@ export interface DesiredObjects {
 
 export const childName = (isvcName: string) => `${isvcName}-router`
 
+/** The label on every child (and router pod): what the controller's informers select by. */
+export const managedByLabel = "app.kubernetes.io/managed-by"
+
 /** The label every child carries and selects its pods by. */
 export const ownerLabel = "inference-router.dev/inferenceservice"
 
@@ -347,7 +350,7 @@ export const desiredObjects = (owner: Owner, spec: InferenceServiceSpec, setting
   const labels = {
     "app.kubernetes.io/name": "inference-router",
     "app.kubernetes.io/instance": owner.name,
-    "app.kubernetes.io/managed-by": "inference-router-controller",
+    [managedByLabel]: "inference-router-controller",
     ...selector
   }
   const metadata = {

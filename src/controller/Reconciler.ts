@@ -17,7 +17,7 @@ import { Clock, Data, Effect } from "effect"
 import { createHash } from "node:crypto"
 import { apiVersion as isvcApiVersion, type InferenceServiceSpec, kind as isvcKind } from "../api/InferenceService.ts"
 import { metricContext } from "../shared/Metrics.ts"
-import { autoscales, childName, desiredObjects, type KubeObject, quantityValue, selectorLabels } from "./Desired.ts"
+import { autoscales, childName, desiredObjects, type KubeObject, managedByLabel, ownerLabel, quantityValue, selectorLabels } from "./Desired.ts"
 import type { Informer } from "./Informer.ts"
 import { fieldManager, KubeApi, type KubeError, type ResourceRef, resources } from "./KubeApi.ts"
 import { apiWritesBy, forgetInferenceServiceReady, reconcileDuration, reconcilesBy, setInferenceServiceReady } from "./Metrics.ts"
@@ -87,11 +87,20 @@ export class NotOwned extends Data.TaggedError("NotOwned")<{ readonly detail: st
   }
 }
 
-/** Why the controller will not write a child it does not control, or undefined when it does (or there is none). */
-export const foreignChild = (live: any, ownerUid: string): string | undefined => {
+/**
+ * Why the controller will not write a child it does not control, or undefined when it does (or
+ * there is none, or it adopts it). As controller-runtime's adoption: an object with no controller
+ * reference that carries both the controller's labels for this InferenceService (`managed-by` and
+ * `inference-router.dev/inferenceservice`) is an orphan of an earlier InferenceService of that
+ * name (`kubectl delete --cascade=orphan`, then created again): adopted, its owner reference set by
+ * the apply. Refused: an unlabelled object, or one controlled by something else.
+ */
+export const foreignChild = (live: any, ownerUid: string, isvcName: string): string | undefined => {
   if (live === undefined) return undefined
   const controller = (live.metadata?.ownerReferences ?? []).find((ref: any) => ref.controller === true)
   if (controller?.uid === ownerUid) return undefined
+  const labels = live.metadata?.labels ?? {}
+  if (controller === undefined && labels[managedByLabel] === fieldManager && labels[ownerLabel] === isvcName) return undefined
   const name = `${live.kind ?? "object"} ${live.metadata?.namespace}/${live.metadata?.name}`
   return controller === undefined
     ? `${name} exists and is not controlled by this InferenceService: the controller leaves it alone (delete or rename it, and the controller creates its own)`
@@ -146,10 +155,17 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
      * has every field it sets; deletes an unwanted live one; fails with
      * NotOwned for a child this InferenceService does not control.
      */
-    const applyIfChanged = (object: KubeObject | undefined, ref: ResourceRef, namespace: string, name: string, ownerUid: string) =>
+    const applyIfChanged = (
+      object: KubeObject | undefined,
+      ref: ResourceRef,
+      namespace: string,
+      name: string,
+      ownerUid: string,
+      ownerName: string
+    ) =>
       Effect.gen(function*() {
         const live = object === undefined ? deps.children[ref.kind]?.store.get(`${namespace}/${name}`) : yield* liveChild(ref, namespace, name)
-        const foreign = foreignChild(live, ownerUid)
+        const foreign = foreignChild(live, ownerUid, ownerName)
         if (foreign !== undefined) return yield* new NotOwned({ detail: foreign })
         if (object === undefined) {
           // Not wanted (an HPA after autoscaling was turned off).
@@ -291,11 +307,12 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
             resources.deployments,
             namespace,
             routerName,
-            uid
+            uid,
+            name
           )
-          yield* applyIfChanged(desired.service, resources.services, namespace, routerName, uid)
-          yield* applyIfChanged(desired.podDisruptionBudget, resources.podDisruptionBudgets, namespace, routerName, uid)
-          yield* applyIfChanged(desired.horizontalPodAutoscaler, resources.horizontalPodAutoscalers, namespace, routerName, uid)
+          yield* applyIfChanged(desired.service, resources.services, namespace, routerName, uid, name)
+          yield* applyIfChanged(desired.podDisruptionBudget, resources.podDisruptionBudgets, namespace, routerName, uid, name)
+          yield* applyIfChanged(desired.horizontalPodAutoscaler, resources.horizontalPodAutoscalers, namespace, routerName, uid, name)
           return { deployment }
         }).pipe(
           // A child this InferenceService does not control stays so until a person acts: reported, not retried.
