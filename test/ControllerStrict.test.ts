@@ -78,14 +78,17 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.deepStrictEqual(resources.limits.cpu, "2")
   })
 
-  it("quantities the API server stores in canonical form (0.5 CPU as 500m) are not applied again on every resync", async () => {
+  it("quantities the API server stores in canonical form (0.5 CPU as 500m, an HPA target 1000 as 1k) are not applied again on every resync", async () => {
     const api = await fakeApi()
     await startController(api)
     api.put("inferenceservices", isvc("q", { modelRef: "m", resources: { requests: { cpu: "0.5", memory: "1024Mi" } } }))
-    await until(() => reconciled(api, "q"), "reconciled")
+    api.put("inferenceservices", isvc("hq", { modelRef: "m", maxReplicas: 3, scaleMetric: "queue", scaleTarget: 1000 }))
+    await until(() => reconciled(api, "q") && reconciled(api, "hq"), "reconciled")
     assert.deepStrictEqual(api.get("deployments", "default", "q-router").spec.template.spec.containers[0].resources.requests, { cpu: "500m", memory: "1Gi" })
+    assert.strictEqual(api.get("horizontalpodautoscalers", "default", "hq-router").spec.metrics[0].pods.target.averageValue, "1k")
     await sleep(300)
-    const applies = () => api.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/deployments/q-router")).length
+    const applies = () =>
+      api.requests.filter((r) => r.method === "PATCH" && (r.path.endsWith("/deployments/q-router") || r.path.endsWith("/horizontalpodautoscalers/hq-router"))).length
     const before = applies()
     await sleep(2_200) // two resyncs
     assert.strictEqual(applies(), before, "no apply when nothing changed")

@@ -207,7 +207,7 @@ describe("the stand-in API server: validation and defaulting at write time", () 
       const body = deployment()
       return { ...body, spec: { ...body.spec, template: { ...body.spec.template, metadata: { ...body.spec.template.metadata, annotations } } } }
     }
-    for (const annotations of [{ "bad key": "v" }, { "x/y/z": "w" }, { big: "x".repeat(256 * 1024) }]) {
+    for (const annotations of [{ "bad key": "v" }, { "x/y/z": "w" }, { big: "x".repeat(256 * 1024) }] as Array<Record<string, string>>) {
       const refused = await apply(deploymentPath, annotated(annotations), "ctl")
       assert.strictEqual(refused.status, 422, JSON.stringify(Object.keys(annotations)))
       assert.include(refused.body.message, "spec.template.metadata.annotations")
@@ -215,6 +215,35 @@ describe("the stand-in API server: validation and defaulting at write time", () 
     const metadataRefused = await apply(deploymentPath, { ...deployment(), metadata: { ...deployment().metadata, annotations: { "a b": "c" } } }, "ctl")
     assert.strictEqual(metadataRefused.status, 422)
     assert.strictEqual((await apply(deploymentPath, annotated({ "Example.COM/note": "x", "prometheus.io/scrape": "true" }), "ctl")).status, 201)
+  })
+
+  it("an HPA's metric targets are stored canonical (averageValue 1000 as 1k)", async () => {
+    const { apply } = await start()
+    const hpa = {
+      apiVersion: "autoscaling/v2",
+      kind: "HorizontalPodAutoscaler",
+      metadata: { name: "web", namespace: "default" },
+      spec: {
+        scaleTargetRef: { apiVersion: "apps/v1", kind: "Deployment", name: "web" },
+        minReplicas: 1,
+        maxReplicas: 3,
+        metrics: [{ type: "Pods", pods: { metric: { name: "q" }, target: { type: "AverageValue", averageValue: "1000" } } }]
+      }
+    }
+    const created = await apply("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web", hpa, "ctl")
+    assert.strictEqual(created.status, 201, JSON.stringify(created.body))
+    assert.deepStrictEqual(created.body.spec.metrics[0].pods.target, { type: "AverageValue", averageValue: "1k" })
+  })
+
+  it("a Deployment's selector is immutable (422 on change)", async () => {
+    const { apply } = await start()
+    assert.strictEqual((await apply(deploymentPath, deployment(), "ctl")).status, 201)
+    const changed = deployment()
+    changed.spec.selector = { matchLabels: { app: "web", tier: "x" } } as any
+    changed.spec.template.metadata.labels = { app: "web", tier: "x" } as any
+    const refused = await apply(deploymentPath, changed, "ctl")
+    assert.strictEqual(refused.status, 422)
+    assert.include(refused.body.message, "field is immutable")
   })
 
   it("a container's requests must not exceed its limits", async () => {
@@ -237,6 +266,62 @@ describe("the stand-in API server: validation and defaulting at write time", () 
     assert.strictEqual(created.status, 201, JSON.stringify(created.body))
     assert.deepStrictEqual(api.get("inferenceservices", "default", "m").spec, { modelRef: "m", router: { maxConcurrency: 4, shutdownDelayMs: 5000, shutdownTimeoutMs: 25000 } })
     assert.throws(() => api.put("inferenceservices", isvc({ modelRef: "" })), /modelRef/)
+  })
+})
+
+/** Opens a watch and collects its events (BOOKMARKs included) until `count` came or `ms` passed. */
+const watchEvents = (port: number, path: string, count: number, ms = 2_000) => {
+  const controller = new AbortController()
+  const events: Array<any> = []
+  const done = (async () => {
+    const timer = setTimeout(() => controller.abort(), ms)
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}${path}`, { signal: controller.signal })
+      const decoder = new TextDecoder()
+      let buffered = ""
+      for await (const chunk of response.body as any as AsyncIterable<Uint8Array>) {
+        buffered += decoder.decode(chunk, { stream: true })
+        const lines = buffered.split("\n")
+        buffered = lines.pop()!
+        for (const line of lines) if (line.trim() !== "") events.push(JSON.parse(line))
+        if (events.length >= count) break
+      }
+    } catch {
+      // aborted at the time limit
+    } finally {
+      clearTimeout(timer)
+      controller.abort()
+    }
+    return events
+  })()
+  return { events, done }
+}
+
+describe("the stand-in API server: watches", () => {
+  it("a filtered watch: ADDED when an object starts matching its selector, DELETED when it stops (as the watch cache)", async () => {
+    const { api } = await start()
+    const watch = watchEvents(api.port, "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb", 3)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    const pod = (labels: Record<string, string>) => ({ metadata: { name: "p", namespace: "default", labels }, spec: { containers: [{ name: "c", image: "i:1" }] } })
+    api.put("pods", pod({ app: "other" }))
+    api.put("pods", pod({ app: "web" }))
+    api.put("pods", pod({ app: "web", more: "x" }))
+    api.put("pods", pod({ app: "gone" }))
+    const events = await watch.done
+    assert.deepStrictEqual(events.map((e) => [e.type, e.object.metadata.labels.app]), [["ADDED", "web"], ["MODIFIED", "web"], ["DELETED", "web"]])
+  })
+
+  it("bookmarks only to watches that ask for them (allowWatchBookmarks), about once a minute unless told otherwise", async () => {
+    const api = new FakeKubeApi({ bookmarkMs: 100 })
+    apis.push(api)
+    await api.start()
+    const asked = watchEvents(api.port, "/api/v1/namespaces/default/pods?watch=true&allowWatchBookmarks=true", 1, 1_000)
+    const notAsked = watchEvents(api.port, "/api/v1/namespaces/default/pods?watch=true", 1, 400)
+    assert.deepStrictEqual((await asked.done).map((e) => e.type), ["BOOKMARK"])
+    assert.deepStrictEqual(await notAsked.done, [])
+    const quiet = (await start()).api
+    const defaulted = watchEvents(quiet.port, "/api/v1/namespaces/default/pods?watch=true&allowWatchBookmarks=true", 1, 1_300)
+    assert.deepStrictEqual(await defaulted.done, [], "no bookmark within a second by default")
   })
 })
 

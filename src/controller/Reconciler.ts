@@ -28,8 +28,9 @@ type Within = "object" | "resources" | "quantities"
 
 /**
  * Whether `live` has every field `desired` sets, with the same value (what the
- * API added is ignored). Resource quantities compare by value: the API server
- * stores them in canonical form ("0.5" CPU as "500m").
+ * API added is ignored). Quantities compare by value: the API server stores
+ * them in canonical form ("0.5" CPU as "500m", an HPA target's averageValue
+ * "1000" as "1k"): a container's `resources` and an HPA metric's `target`.
  */
 export const contains = (live: unknown, desired: unknown, within: Within = "object"): boolean => {
   if (Array.isArray(desired)) {
@@ -41,7 +42,7 @@ export const contains = (live: unknown, desired: unknown, within: Within = "obje
       contains(
         (live as any)[key],
         value,
-        within === "quantities" || (within === "resources" && (key === "requests" || key === "limits"))
+        within === "quantities" || (within === "resources" && (key === "requests" || key === "limits")) || key === "target"
           ? "quantities"
           : key === "resources"
           ? "resources"
@@ -50,7 +51,9 @@ export const contains = (live: unknown, desired: unknown, within: Within = "obje
     )
   }
   if (within === "quantities" && (typeof live === "string" || typeof live === "number") && (typeof desired === "string" || typeof desired === "number")) {
-    return quantityValue(live) === quantityValue(desired)
+    const [a, b] = [quantityValue(live), quantityValue(desired)]
+    // Not quantities (a target's type, "AverageValue"): compared as they are.
+    if (!Number.isNaN(a) && !Number.isNaN(b)) return a === b
   }
   return live === desired
 }

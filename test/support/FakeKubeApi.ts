@@ -8,7 +8,9 @@
  * Modelled:
  * - discovery; list with label selectors and a collection resourceVersion;
  *   watch streams (newline-delimited JSON, replay from a resourceVersion,
- *   bookmarks, `timeoutSeconds`, 410 `Expired` as an ERROR event for a
+ *   a filtered watch sent ADDED/DELETED when an object starts/stops matching
+ *   its selector, bookmarks only with `allowWatchBookmarks` and about once a
+ *   minute unless `bookmarkMs` says otherwise, `timeoutSeconds`, 410 `Expired` as an ERROR event for a
  *   resourceVersion older than the retained history); get, create (409
  *   AlreadyExists), replace (409 Conflict on a stale resourceVersion), JSON
  *   merge patch, the status subresource, `metadata.generation` bumped on spec
@@ -26,12 +28,14 @@
  * - Defaulting of the built-in fields the controller depends on (Deployment
  *   `spec.replicas` = 1 when no manager sets it, strategy, protocols, a
  *   Service's clusterIP and targetPort, ...) and the CRD's `default:`s;
- *   containers' resource quantities stored in canonical form ("0.5" as
- *   "500m", "1024Mi" as "1Gi"); structural pruning of unknown fields in
+ *   containers' resource quantities and HPA metric targets stored in
+ *   canonical form ("0.5" as "500m", "1024Mi" as "1Gi", "1000" as "1k");
+ *   structural pruning of unknown fields in
  *   InferenceServices.
  * - Write-time validation: DNS-1035 Service names, DNS-1123 names, label
- *   keys and values, a container's requests <= limits, a Deployment's selector
- *   matching its template, the CRD's schema and CEL rules (CrdValidator).
+ *   keys and values, annotations (qualified-name keys, 256 KiB in all), a
+ *   container's requests <= limits, a Deployment's selector matching its
+ *   template and immutable, the CRD's schema and CEL rules (CrdValidator).
  * - Faults on demand (`fault`): slow requests, hanging requests, any HTTP
  *   status (409, 410 on a watch, 429 with Retry-After, 403, 503), per method,
  *   path, token; plus down (503 to everything), dropped watches, silent
@@ -41,7 +45,7 @@
  * deployment controller (tests write a Deployment's status themselves),
  * admission webhooks, RBAC (ControllerRbac.test.ts compares what was used
  * with what is granted), pagination, quantity canonicalisation outside
- * containers' resources (and its rarer forms: exponents, nano units),
+ * containers' resources and HPA targets (and its rarer forms: exponents, nano units),
  * `oldSelf` rules, the exact wording of the server's messages.
  */
 import { randomUUID } from "node:crypto"
@@ -97,6 +101,8 @@ interface WatchEvent {
   readonly rv: number
   readonly type: "ADDED" | "MODIFIED" | "DELETED"
   readonly object: any
+  /** For MODIFIED: the object before, so a filtered watch sees it enter or leave its selector. */
+  readonly previous?: any
 }
 
 interface Watcher {
@@ -105,6 +111,8 @@ interface Watcher {
   readonly selector: Record<string, string>
   readonly response: ServerResponse
   readonly silent: boolean
+  /** The watch asked for bookmarks (`allowWatchBookmarks=true`). */
+  readonly bookmarks: boolean
 }
 
 export interface RecordedRequest {
@@ -378,6 +386,17 @@ const canonicalResources = (container: any) => {
   }
 }
 
+/** The quantities of an HPA's metric targets (`value`, `averageValue`), canonical as a container's resources. */
+const canonicalMetricTargets = (spec: any) => {
+  for (const metric of spec.metrics ?? []) {
+    for (const source of ["pods", "resource", "object", "external", "containerResource"]) {
+      const target = metric?.[source]?.target
+      if (!isObject(target)) continue
+      for (const field of ["value", "averageValue"]) if ((target as any)[field] !== undefined) (target as any)[field] = canonicalQuantity((target as any)[field])
+    }
+  }
+}
+
 const defaultPodTemplate = (template: any) => {
   const spec = template?.spec
   if (!isObject(spec)) return
@@ -408,6 +427,9 @@ const applyDefaults = (kind: string, object: any) => {
       spec.strategy ??= { type: "RollingUpdate" }
       if (spec.strategy.type === "RollingUpdate") spec.strategy.rollingUpdate ??= { maxUnavailable: "25%", maxSurge: "25%" }
       defaultPodTemplate(spec.template)
+      break
+    case "HorizontalPodAutoscaler":
+      canonicalMetricTargets(spec)
       break
     case "Service":
       spec.type ??= "ClusterIP"
@@ -522,7 +544,8 @@ export class FakeKubeApi {
   async start(): Promise<number> {
     this.server.listen(0, "127.0.0.1")
     await once(this.server, "listening")
-    this.bookmarkTimer = setInterval(() => this.bookmarks(), this.options.bookmarkMs ?? 1_000)
+    // A real server sends a bookmark about once a minute (to watches that ask for them); tests may ask for more.
+    this.bookmarkTimer = setInterval(() => this.bookmarks(), this.options.bookmarkMs ?? 60_000)
     return this.port
   }
 
@@ -651,7 +674,10 @@ export class FakeKubeApi {
   // ------------------------------------------------------------ writes
 
   /** Defaults, prunes and validates an object the way the API server does before it stores it. */
-  private admitObject(type: ResourceType, object: any): any {
+  private admitObject(type: ResourceType, object: any, existing?: any): any {
+    if (type.kind === "Deployment" && existing !== undefined && !isDeepStrictEqual(existing.spec?.selector, object.spec?.selector)) {
+      throw new ApiError(422, "Invalid", `Deployment.apps "${object.metadata.name}" is invalid: spec.selector: Invalid value: ${JSON.stringify(object.spec?.selector)}: field is immutable`)
+    }
     if (type.kind === "InferenceService") {
       const pruned: any = prune(object)
       const result = admit({ ...pruned, spec: pruned.spec ?? {}, metadata: object.metadata })
@@ -675,7 +701,7 @@ export class FakeKubeApi {
   /** An update's ownership: the fields whose value it changes (or adds) become its own and no one else's. */
   private update(type: ResourceType, key: string, next: any, existing: any, manager: string, subresource: string, admitIt: boolean): any {
     next.metadata = { ...(existing?.metadata ?? {}), ...next.metadata, managedFields: undefined }
-    if (admitIt) next = this.admitObject(type, next)
+    if (admitIt) next = this.admitObject(type, next, existing)
     const before = existing === undefined ? new Set<string>() : this.allFields(existing)
     const after = fieldSet({ metadata: next.metadata, spec: next.spec, status: next.status, data: next.data })
     const changed = [...after].filter((path) => !before.has(path) || !isDeepStrictEqual(valueAt(existing, pathOf(path)), valueAt(next, pathOf(path))))
@@ -736,7 +762,7 @@ export class FakeKubeApi {
     const others = managers.filter((m) => m !== mine)
     const now = new Date().toISOString()
     const updated = [...others, { manager, operation: "Apply" as const, subresource, fields: configFields, time: mine?.time ?? now }]
-    const admitted = subresource === "status" ? this.admitObject(type, next) : this.admitObject(type, { ...next, status: existing?.status })
+    const admitted = subresource === "status" ? this.admitObject(type, next, existing) : this.admitObject(type, { ...next, status: existing?.status }, existing)
     if (admitted.status === undefined) delete admitted.status
     return this.commit(type, key, admitted, existing, updated.filter((m) => m.fields.size > 0), subresource === "status")
   }
@@ -774,7 +800,7 @@ export class FakeKubeApi {
     const generation = existing?.metadata.generation ?? 0
     metadata.generation = existing === undefined ? 1 : !statusOnly && specOf(existing) !== specOf(object) ? generation + 1 : generation
     this.objects.set(key, object)
-    this.emit(type.plural, { rv: this.revision, type: existing === undefined ? "ADDED" : "MODIFIED", object })
+    this.emit(type.plural, existing === undefined ? { rv: this.revision, type: "ADDED", object } : { rv: this.revision, type: "MODIFIED", object, previous: existing })
     return object
   }
 
@@ -790,14 +816,27 @@ export class FakeKubeApi {
     return Object.entries(watcher.selector).every(([k, v]) => object.metadata.labels?.[k] === v)
   }
 
+  /**
+   * As the API server's watch cache: an object that starts matching a filtered watch
+   * (a label added) is ADDED to it, one that stops matching is DELETED from it (its last
+   * matching state, at the new resourceVersion).
+   */
   private send(watcher: Watcher, event: WatchEvent) {
-    if (watcher.silent || !this.matches(watcher, event.object)) return
-    watcher.response.write(JSON.stringify({ type: event.type, object: event.object }) + "\n")
+    if (watcher.silent) return
+    const now = this.matches(watcher, event.object)
+    const before = event.previous !== undefined && this.matches(watcher, event.previous)
+    let sent: { type: string; object: any } | undefined
+    if (event.type !== "MODIFIED" || event.previous === undefined) sent = now ? { type: event.type, object: event.object } : undefined
+    else if (now) sent = { type: before ? "MODIFIED" : "ADDED", object: event.object }
+    else if (before) {
+      sent = { type: "DELETED", object: { ...event.previous, metadata: { ...event.previous.metadata, resourceVersion: event.object.metadata.resourceVersion } } }
+    }
+    if (sent !== undefined) watcher.response.write(JSON.stringify(sent) + "\n")
   }
 
   private bookmarks() {
     for (const watcher of this.watchers) {
-      if (watcher.silent) continue
+      if (watcher.silent || !watcher.bookmarks) continue
       watcher.response.write(
         JSON.stringify({
           type: "BOOKMARK",
@@ -1015,7 +1054,7 @@ export class FakeKubeApi {
 
   private watch(type: ResourceType, namespace: string | undefined, selector: Record<string, string>, url: URL, response: ServerResponse) {
     response.writeHead(200, { "content-type": "application/json", "transfer-encoding": "chunked" })
-    const watcher: Watcher = { type, namespace, selector, response, silent: this.silentWatches }
+    const watcher: Watcher = { type, namespace, selector, response, silent: this.silentWatches, bookmarks: url.searchParams.get("allowWatchBookmarks") === "true" }
     const from = url.searchParams.get("resourceVersion")
     if (from !== null && from !== "" && from !== "0" && Number(from) < this.oldestRetained) {
       response.end(
