@@ -268,9 +268,9 @@ export const dashboard = (): Dashboard => {
   timeseries("Leader", "leader_election_master_status: 1 on the replica holding the Lease", "short", [
     [`max by (pod) (leader_election_master_status{${controllerPods}, name="inference-router-controller"})`, "{{pod}}"]
   ])
-  timeseries("InferenceServices not Ready", "inference_router_inferenceservice_ready == 0, from the leading replica", "short", [
-    [`count(max by (inferenceservice_namespace, inferenceservice) (inference_router_inferenceservice_ready{${controllerPods}}) == 0) or vector(0)`, "not Ready"]
-  ])
+  timeseries("InferenceServices not Ready", "inference_router_inferenceservice_ready == 0 by the Ready condition's reason, from the leading replica", "short", [
+    [`count by (reason) (max by (inferenceservice_namespace, inferenceservice, reason) (inference_router_inferenceservice_ready{${controllerPods}}) == 0)`, "{{reason}}"]
+  ], { stack: true })
   timeseries("Watch restarts", "Watches started again, by resource and reason", "short", [
     [`sum by (resource, reason) (increase(inference_router_controller_watch_restarts_total{${controllerPods}}${window}))`, "{{resource}} {{reason}}"]
   ])

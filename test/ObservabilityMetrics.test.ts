@@ -86,25 +86,31 @@ describe("controller-runtime metrics", () => {
   it.effect("the leader gauge follows the lease; a replica that stops leading drops its readiness series and zeroes its queue", () =>
     isolated(Effect.gen(function*() {
       const context = yield* Effect.context<never>()
-      const ready = (namespace: string, name: string) =>
-        `inference_router_inferenceservice_ready{inferenceservice_namespace="${namespace}",inferenceservice="${name}"}`
+      const ready = (namespace: string, name: string, reason: string) =>
+        `inference_router_inferenceservice_ready{inferenceservice_namespace="${namespace}",inferenceservice="${name}",reason="${reason}"}`
       setLeaderStatus("inference-router-controller", true, context)
-      setInferenceServiceReady("default", "llama", true, context)
-      setInferenceServiceReady("team-a", "mistral", false, context)
+      setInferenceServiceReady("default", "llama", { status: "True", reason: "Ready" }, context)
+      setInferenceServiceReady("team-a", "mistral", { status: "False", reason: "RolloutInProgress" }, context)
       let samples = yield* exposition
       assert.strictEqual(samples['leader_election_master_status{name="inference-router-controller"}'], 1)
-      assert.strictEqual(samples[ready("default", "llama")], 1)
-      assert.strictEqual(samples[ready("team-a", "mistral")], 0)
+      assert.strictEqual(samples[ready("default", "llama", "Ready")], 1)
+      assert.strictEqual(samples[ready("team-a", "mistral", "RolloutInProgress")], 0)
+
+      // A new reason replaces the series: one per InferenceService.
+      setInferenceServiceReady("team-a", "mistral", { status: "False", reason: "ImagePullFailed" }, context)
+      samples = yield* exposition
+      assert.notProperty(samples, ready("team-a", "mistral", "RolloutInProgress"))
+      assert.strictEqual(samples[ready("team-a", "mistral", "ImagePullFailed")], 0)
 
       forgetInferenceServiceReady(context, "team-a/mistral") // deleted
       samples = yield* exposition
-      assert.notProperty(samples, ready("team-a", "mistral"))
-      assert.strictEqual(samples[ready("default", "llama")], 1)
+      assert.notProperty(samples, ready("team-a", "mistral", "ImagePullFailed"))
+      assert.strictEqual(samples[ready("default", "llama", "Ready")], 1)
 
       setLeaderStatus("inference-router-controller", false, context)
       samples = yield* exposition
       assert.strictEqual(samples['leader_election_master_status{name="inference-router-controller"}'], 0)
-      assert.notProperty(samples, ready("default", "llama"))
+      assert.notProperty(samples, ready("default", "llama", "Ready"))
       assert.strictEqual(samples[`workqueue_depth{${queue}}`], 0)
       assert.strictEqual(samples[`controller_runtime_active_workers{${controller}}`], 0)
     })))

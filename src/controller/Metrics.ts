@@ -186,28 +186,39 @@ export const setLeaderStatus = (lease: string, leading: boolean, context: Contex
 
 /**
  * `inference_router_inferenceservice_ready`: 1 while an InferenceService's
- * Ready condition is True, 0 otherwise, labelled by its namespace and name;
- * the series goes when the InferenceService does, or when this replica stops
- * leading (the leader's figure is the one to read).
+ * Ready condition is True, 0 otherwise, labelled by its namespace, name and
+ * the condition's reason (why it is not Ready: `RolloutInProgress`,
+ * `ImagePullFailed`, ... or `ScaledToZero`, which is not a fault); the series
+ * goes when the InferenceService does, or when this replica stops leading
+ * (the leader's figure is the one to read).
  */
 const inferenceServiceReady = Metric.gauge("inference_router_inferenceservice_ready", {
-  description: "1 while the InferenceService's Ready condition is True, else 0 (exported by the leading replica)"
+  description: "1 while the InferenceService's Ready condition is True, else 0, with the condition's reason (exported by the leading replica)"
 })
-const readySeries = new Map<string, Metric.Metric<number, any>>()
-const readyOf = (namespace: string, name: string) => {
+const readySeries = new Map<string, { readonly reason: string; readonly metric: Metric.Metric<number, any> }>()
+export const setInferenceServiceReady = (
+  namespace: string,
+  name: string,
+  ready: { readonly status: string; readonly reason: string } | undefined,
+  context: Context.Context<never>
+) => {
   const key = `${namespace}/${name}`
-  let metric = readySeries.get(key)
-  if (metric === undefined) {
-    metric = Metric.withAttributes(inferenceServiceReady, { inferenceservice_namespace: namespace, inferenceservice: name })
-    readySeries.set(key, metric)
+  const reason = ready?.reason ?? "Unknown"
+  let series = readySeries.get(key)
+  if (series?.reason !== reason) {
+    // One series per InferenceService: the old reason's goes.
+    if (series !== undefined) Metric.removeUnsafe(series.metric, context)
+    series = {
+      reason,
+      metric: Metric.withAttributes(inferenceServiceReady, { inferenceservice_namespace: namespace, inferenceservice: name, reason })
+    }
+    readySeries.set(key, series)
   }
-  return metric
+  series.metric.updateUnsafe(ready?.status === "True" ? 1 : 0, context)
 }
-export const setInferenceServiceReady = (namespace: string, name: string, ready: boolean, context: Context.Context<never>) =>
-  readyOf(namespace, name).updateUnsafe(ready ? 1 : 0, context)
 /** Drops one InferenceService's series (`namespace/name`), or every one (no key). */
 export const forgetInferenceServiceReady = (context: Context.Context<never>, key?: string) => {
-  for (const [known, metric] of readySeries) {
+  for (const [known, { metric }] of readySeries) {
     if (key !== undefined && known !== key) continue
     Metric.removeUnsafe(metric, context)
     readySeries.delete(known)

@@ -238,7 +238,7 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
           previous: isvc.status,
           now: new Date(clock.currentTimeMillisUnsafe()).toISOString()
         })
-        setInferenceServiceReady(isvc.metadata.namespace, isvc.metadata.name, status.conditions?.find((c) => c.type === "Ready")?.status === "True", metrics)
+        setInferenceServiceReady(isvc.metadata.namespace, isvc.metadata.name, status.conditions?.find((c) => c.type === "Ready"), metrics)
         if (sameStatus(isvc.status, status)) return
         yield* kube.applyStatus(isvc.metadata.namespace, isvc.metadata.name, status).pipe(Effect.tap(() => wrote("InferenceServiceStatus")))
         const before = isvc.status?.conditions?.find((c: any) => c.type === "Ready")
