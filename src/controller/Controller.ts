@@ -4,7 +4,7 @@
  * the work queue that reconciles them, fed by watch events, by the owned
  * children's and the router pods' events, and by a periodic resync.
  */
-import { Context, Deferred, Effect, Layer, Schedule } from "effect"
+import { Cause, Context, Deferred, Effect, Exit, Layer, Schedule } from "effect"
 import { metricContext } from "../shared/Metrics.ts"
 import { ControllerConfig } from "./ControllerConfig.ts"
 import { type Informer, makeInformer } from "./Informer.ts"
@@ -73,6 +73,24 @@ const ownImageRetried = (pod: { readonly name: string; readonly namespace: strin
     Effect.tap((image) => Effect.logInfo(`router image: ${image} (the controller's own; set ROUTER_IMAGE to choose another)`))
   )
 
+/**
+ * Forks `effect`, meant to run until the scope closes, and reports its end unless it was
+ * interrupted (the scope closing): a fiber that dies on a defect or fails must not leave a process that looks alive and
+ * does nothing. `failed` gets one line; the caller fails liveness with it.
+ */
+export const forkSupervised = <E, R>(name: string, effect: Effect.Effect<unknown, E, R>, failed: (reason: string) => void) =>
+  Effect.forkScoped(effect.pipe(
+    Effect.onExit((exit) => {
+      if (Exit.isFailure(exit) && Exit.hasInterrupts(exit)) return Effect.void
+      // It never ends by itself: even a success means nothing runs any more.
+      const reason = Exit.isSuccess(exit) ? `${name} ended` : `${name} ended: ${Cause.pretty(exit.cause).split("\n")[0]}`
+      return Effect.sync(() => failed(reason)).pipe(
+        Effect.andThen(Effect.logError(`${reason}; /healthz now fails so the kubelet restarts the controller`)),
+        Effect.annotateLogs({ cause: Exit.isSuccess(exit) ? "" : Cause.pretty(exit.cause) })
+      )
+    })
+  ))
+
 export class ControllerState extends Context.Service<ControllerState, {
   /** Ready once every informer has listed once. */
   readonly isReady: () => boolean
@@ -84,6 +102,8 @@ export class ControllerState extends Context.Service<ControllerState, {
    * hold one that long). Liveness fails, and the kubelet restarts the process.
    */
   readonly isStalled: () => boolean
+  /** Why the controller can no longer work (its leader-election fiber ended on a defect), or undefined. */
+  readonly failure: () => string | undefined
 }>()("inference-router/ControllerState") {}
 
 export const Controller = Layer.effect(
@@ -182,7 +202,8 @@ export const Controller = Layer.effect(
       isLeader.updateUnsafe(value ? 1 : 0, metrics)
       setLeaderStatus(settings.leaseName, value, metrics)
     }
-    yield* Effect.forkScoped(Deferred.await(routerImage).pipe(Effect.andThen(
+    let failure: string | undefined
+    yield* forkSupervised("leader election and reconciling", Deferred.await(routerImage).pipe(Effect.andThen(
       settings.leaderElection
         ? runWhileLeader({
           namespace: settings.leaseNamespace,
@@ -194,7 +215,10 @@ export const Controller = Layer.effect(
           onLeading: setLeading
         }, lead)
         : Effect.sync(() => setLeading(true)).pipe(Effect.andThen(lead))
-    )))
+    )), (reason) => {
+      failure = reason
+      setLeading(false)
+    })
     yield* Effect.logInfo("controller started").pipe(Effect.annotateLogs({
       watchNamespaces: settings.watchNamespaces.length === 0 ? "(all)" : settings.watchNamespaces.join(","),
       leaderElection: settings.leaderElection,
@@ -204,7 +228,8 @@ export const Controller = Layer.effect(
       isReady,
       queueDepth: () => queue?.depth() ?? 0,
       isLeading: () => leading,
-      isStalled: () => (queue?.longestRunningMs() ?? 0) > 10 * settings.apiTimeoutMs
+      isStalled: () => (queue?.longestRunningMs() ?? 0) > 10 * settings.apiTimeoutMs,
+      failure: () => failure
     })
   })
 )

@@ -1,6 +1,6 @@
 /**
  * The controller's own HTTP endpoints, on Effect's HTTP server (not a hot
- * path): `/healthz` (the process runs and its workers make progress), `/readyz` (the informers have listed
+ * path): `/healthz` (the process runs, its leader-election fiber has not ended on a defect, and its workers make progress), `/readyz` (the informers have listed
  * once), `/metrics` (Prometheus).
  */
 import { NodeHttpServer } from "@effect/platform-node"
@@ -17,11 +17,13 @@ const Routes = HttpRouter.use(Effect.fnUntraced(function*(router) {
   yield* router.add(
     "GET",
     "/healthz",
-    Effect.sync(() =>
-      state.isStalled()
+    Effect.sync(() => {
+      const failure = state.failure()
+      if (failure !== undefined) return HttpServerResponse.jsonUnsafe({ status: "failed", reason: failure }, { status: 503 })
+      return state.isStalled()
         ? HttpServerResponse.jsonUnsafe({ status: "stalled", reason: "a reconcile has made no progress for ten API timeouts" }, { status: 503 })
         : HttpServerResponse.jsonUnsafe({ status: "ok" })
-    )
+    })
   )
   yield* router.add(
     "GET",
