@@ -63,7 +63,7 @@ afterEach(async () => {
 describe("deploy/controller", () => {
   it("renders, and every object validates against the Kubernetes schemas", () => {
     const kinds = rendered.map((o) => o.kind).sort()
-    assert.deepStrictEqual(kinds, ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Namespace", "Role", "RoleBinding", "ServiceAccount"])
+    assert.deepStrictEqual(kinds, ["ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Namespace", "Role", "RoleBinding", "ServiceAccount"])
     for (const object of rendered) validators[object.kind](object)
     const deployment = rendered.find((o) => o.kind === "Deployment")
     assert.strictEqual(deployment.spec.replicas, 2)
@@ -79,6 +79,22 @@ describe("deploy/controller", () => {
     const container = objects.find((o) => o?.kind === "Deployment").spec.template.spec.containers[0]
     assert.strictEqual(container.image, "reg.example/inference-router:1.2.0")
     assert.isUndefined(container.env.find((e: any) => e.name === "ROUTER_IMAGE"), "the routers follow the controller's own image")
+  })
+
+  it("people's built-in roles reach InferenceServices: edit/admin manage them, view reads them (aggregated ClusterRoles, bound to no one)", () => {
+    const aggregated = (label: string) =>
+      rendered.filter((o) => o.kind === "ClusterRole" && o.metadata.labels?.[`rbac.authorization.k8s.io/${label}`] === "true")
+    const rulesOf = (roles: Array<any>) =>
+      roles.flatMap((r) => r.rules.flatMap((rule: any) => rule.resources.flatMap((res: string) => rule.verbs.map((v: string) => `${rule.apiGroups[0]}|${res}|${v}`))))
+    for (const label of ["aggregate-to-edit", "aggregate-to-admin"]) {
+      const rules = rulesOf(aggregated(label))
+      for (const verb of ["create", "delete", "get", "list", "patch", "update", "watch"]) assert.include(rules, `inference-router.dev|inferenceservices|${verb}`, label)
+      assert.notInclude(rules, "inference-router.dev|inferenceservices/status|update", "status is the controller's")
+    }
+    const view = rulesOf(aggregated("aggregate-to-view"))
+    assert.sameMembers(view, ["get", "list", "watch"].flatMap((v) => [`inference-router.dev|inferenceservices|${v}`, `inference-router.dev|inferenceservices/status|${v}`]))
+    const boundRoles = rendered.filter((o) => o.kind === "ClusterRoleBinding").map((b) => b.roleRef.name)
+    for (const role of [...aggregated("aggregate-to-edit"), ...aggregated("aggregate-to-view")]) assert.notInclude(boundRoles, role.metadata.name)
   })
 
   it("the controller Deployment's env is what the controller reads, with values it accepts", () => {
@@ -123,7 +139,11 @@ describe("deploy/controller", () => {
 
     const used = new Set(api.requests.flatMap(permissionsOf))
     const granted = new Set<string>()
-    for (const object of rendered.filter((o) => o.kind === "ClusterRole" || o.kind === "Role")) {
+    // The roles bound to the controller's ServiceAccount (not the ones aggregated into people's roles).
+    const bound = new Set(rendered.filter((o) => o.kind === "ClusterRoleBinding" || o.kind === "RoleBinding")
+      .filter((b) => b.subjects.some((s: any) => s.kind === "ServiceAccount" && s.name === "inference-router-controller"))
+      .map((b) => `${b.roleRef.kind}/${b.roleRef.name}`))
+    for (const object of rendered.filter((o) => (o.kind === "ClusterRole" || o.kind === "Role") && bound.has(`${o.kind}/${o.metadata.name}`))) {
       for (const rule of object.rules) {
         for (const group of rule.apiGroups) for (const resource of rule.resources) for (const verb of rule.verbs) granted.add(`${group}|${resource}|${verb}`)
       }
