@@ -155,6 +155,19 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.deepStrictEqual(live.spec.selector, { app: "someone-else" })
   })
 
+  it("created with autoscaling: the Deployment starts at minReplicas (not the default 1), then the HPA owns the count", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    api.put("inferenceservices", isvc("auto", { modelRef: "m", minReplicas: 3, maxReplicas: 6 }))
+    await until(() => reconciled(api, "auto"), "reconciled")
+    assert.strictEqual(api.get("deployments", "default", "auto-router").spec.replicas, 3)
+    api.scale("default", "auto-router", 5)
+    await sleep(1_500) // a resync
+    assert.strictEqual(api.get("deployments", "default", "auto-router").spec.replicas, 5, "the HPA's count stays")
+    const owners = api.managedFields("deployments", "default", "auto-router").filter((m: any) => m.fieldsV1?.["f:spec"]?.["f:replicas"] !== undefined)
+    assert.deepStrictEqual(owners.map((m: any) => m.manager), ["kube-controller-manager"])
+  })
+
   it("orphans (kubectl delete --cascade=orphan, then created again) are adopted; labelled objects controlled by another are not", async () => {
     const api = await fakeApi()
     await startController(api)

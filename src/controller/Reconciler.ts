@@ -116,10 +116,14 @@ export const foreignChild = (live: any, ownerUid: string, isvcName: string): str
  * below minReplicas) while it is the count's only manager: dropping the field
  * at once would let the API server default it to 1 before the HPA writes its
  * own. Once the HPA has written the count (it then owns it), the field is left
- * out: the server-side apply docs' "transferring ownership".
+ * out: the server-side apply docs' "transferring ownership". A Deployment
+ * created with autoscaling starts at minReplicas the same way.
  */
 export const deploymentToApply = (desired: KubeObject, spec: InferenceServiceSpec, live: any): KubeObject => {
-  if (!autoscales(spec) || live === undefined) return desired
+  if (!autoscales(spec)) return desired
+  // Created with autoscaling: minReplicas from the start (not the API's default of 1 until the HPA's
+  // first sync), then handed over to the HPA as below.
+  if (live === undefined) return { ...desired, spec: { replicas: spec.minReplicas ?? 1, ...desired.spec } }
   if (!appliedBy(live, fieldManager, "f:spec", "f:replicas") || ownedByOthers(live, fieldManager, "f:spec", "f:replicas")) return desired
   const replicas = Math.max(live.spec?.replicas ?? 1, spec.minReplicas ?? 1)
   return { ...desired, spec: { replicas, ...desired.spec } }
