@@ -8,7 +8,7 @@ import { encode } from "@msgpack/msgpack"
 import { afterEach, assert, describe, it } from "@effect/vitest"
 import { Publisher } from "zeromq"
 import { decodeKvMessage, subscribeKvEvents } from "../src/router/routing/KvEvents.ts"
-import { PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
+import { type KvEventBatch, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { until } from "./support/Processes.ts"
 
 const seqFrame = (seq: number) => {
@@ -42,6 +42,22 @@ describe("decoding vLLM's KV event messages", () => {
         { type: "AllBlocksCleared" }
       ]
     })
+  })
+
+  it("reads vLLM 0.26's named-field events (maps tagged by type), in an array or a map batch", () => {
+    const events = [
+      { type: "BlockStored", block_hashes: [1, 2], parent_block_hash: null, token_ids: [10, 11, 12, 13], block_size: 2, lora_id: null, medium: "GPU", lora_name: null, group_idx: 0 },
+      { type: "BlockRemoved", block_hashes: [1], medium: "GPU" },
+      { type: "AllBlocksCleared" }
+    ]
+    const expected: KvEventBatch = {
+      seq: 3,
+      events: [{ type: "BlockStored", blockHashes: ["1", "2"] }, { type: "BlockRemoved", blockHashes: ["1"] }, { type: "AllBlocksCleared" }]
+    }
+    assert.deepStrictEqual(decodeKvMessage([Buffer.from("kv-events"), seqFrame(3), Buffer.from(encode([1.5, events, 0]))]), expected)
+    assert.deepStrictEqual(decodeKvMessage([Buffer.from("kv-events"), seqFrame(3), Buffer.from(encode({ ts: 1.5, events, data_parallel_rank: 0 }))]), expected)
+    assert.isUndefined(decodeKvMessage([Buffer.from("t"), seqFrame(0), Buffer.from(encode([1, [{ type: "BlockStored" }]]))]))
+    assert.isUndefined(decodeKvMessage([Buffer.from("t"), seqFrame(0), Buffer.from(encode([1, [{ kind: "AllBlocksCleared" }]]))]))
   })
 
   it("keys 64-bit and byte hashes as the index does", () => {

@@ -1,26 +1,38 @@
 /**
  * The KV events on the wire: a ZeroMQ SUB socket reads what the simulated
  * engine publishes, decodes it with an independent msgpack library as vLLM's
- * types (KVEventBatch = [ts, [event...]], tagged arrays), and rebuilds the
- * cache's block set from it. Nothing of the publisher's code is used to
- * decode.
+ * types (KVEventBatch = [ts, [event...], data_parallel_rank], events as vLLM
+ * 0.26's named-field maps), and rebuilds the cache's block set from it. Nothing
+ * of the publisher's code is used to decode. The older positional layouts are
+ * checked field by field against vLLM's declarations.
  */
 import { decode } from "@msgpack/msgpack"
 import { afterEach, assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Schema } from "effect"
 import { Subscriber } from "zeromq"
 import { makeEngine, systemTimerClock } from "../src/router/simulated/Engine.ts"
-import { encodeKvEventBatch, KvEventPublisher, sequenceFrame } from "../src/router/simulated/KvEventPublisher.ts"
+import { decodeKvMessage } from "../src/router/routing/KvEvents.ts"
+import type { KvEvent } from "../src/router/simulated/BlockCache.ts"
+import { encodeKvEventBatch, KvEventPublisher, kvEventsFormats, sequenceFrame } from "../src/router/simulated/KvEventPublisher.ts"
 import { planText } from "../src/router/simulated/Simulation.ts"
 import { promptBlockHashes, tokenIds } from "../src/router/simulated/Tokens.ts"
 import { killAll } from "./support/Processes.ts"
 import { post, startRouter } from "./support/Routers.ts"
 
-/** vLLM's event types, as a subscriber written for vLLM declares them (kv_events_subscriber.py). */
+/** vLLM 0.26's event types (vllm/distributed/kv_events.py: msgspec structs, tag "type", no array_like). */
 type WireEvent =
-  | readonly ["BlockStored", ReadonlyArray<number | bigint>, number | bigint | null, ReadonlyArray<number>, number, number | null, string | null]
-  | readonly ["BlockRemoved", ReadonlyArray<number | bigint>, string | null]
-  | readonly ["AllBlocksCleared"]
+  | {
+    readonly type: "BlockStored"
+    readonly block_hashes: ReadonlyArray<number | bigint>
+    readonly parent_block_hash: number | bigint | null
+    readonly token_ids: ReadonlyArray<number>
+    readonly block_size: number
+    readonly lora_id: number | null
+    readonly medium: string | null
+    readonly lora_name: string | null
+  }
+  | { readonly type: "BlockRemoved"; readonly block_hashes: ReadonlyArray<number | bigint>; readonly medium: string | null }
+  | { readonly type: "AllBlocksCleared" }
 
 const words = (n: number, prefix: string) => Array.from({ length: n }, (_, i) => `${prefix}${i}`).join(" ")
 
@@ -61,23 +73,27 @@ describe("KV events over ZeroMQ (vLLM's wire format)", () => {
         const sequence = Number(sequenceFrame.readBigUInt64BE())
         if (lastSequence >= 0) assert.strictEqual(sequence, lastSequence + 1, "consecutive sequence numbers")
         lastSequence = sequence
-        const batch = decode(payload, { useBigInt64: true }) as [number, Array<WireEvent>]
-        assert.lengthOf(batch, 2, "[ts, events]: data_parallel_rank omitted")
+        const batch = decode(payload, { useBigInt64: true }) as [number, Array<WireEvent>, number]
+        assert.lengthOf(batch, 3, "[ts, events, data_parallel_rank]")
+        assert.strictEqual(batch[2], 0, "data_parallel_rank 0, as vLLM's publisher sets it")
         assert.isTrue(typeof batch[0] === "number" && Math.abs(batch[0] - Date.now() / 1000) < 60, "ts in seconds")
         batches++
         for (const event of batch[1]) {
-          if (event[0] === "BlockStored") {
-            const [, hashes, parent, tokens, blockSize, loraId, medium] = event
+          assert.isFalse(Array.isArray(event), "named fields, not a positional array")
+          if (event.type === "BlockStored") {
+            const { block_hashes: hashes, block_size: blockSize, lora_id: loraId, lora_name: loraName, medium, parent_block_hash: parent, token_ids: tokens } = event
             assert.strictEqual(blockSize, 4)
             assert.strictEqual(tokens.length, hashes.length * blockSize)
             assert.isNull(loraId)
+            assert.isNull(loraName)
             assert.strictEqual(medium, "GPU")
             if (parent !== null) assert.isTrue(index.has(String(parent)), "a stored chain's parent is cached")
             for (const hash of hashes) index.add(String(hash))
-          } else if (event[0] === "BlockRemoved") {
-            for (const hash of event[1]) assert.isTrue(index.delete(String(hash)), "only a stored block is removed")
+          } else if (event.type === "BlockRemoved") {
+            assert.strictEqual(event.medium, "GPU")
+            for (const hash of event.block_hashes) assert.isTrue(index.delete(String(hash)), "only a stored block is removed")
           } else {
-            assert.deepStrictEqual(event, ["AllBlocksCleared"])
+            assert.deepStrictEqual(event, { type: "AllBlocksCleared" })
             index.clear()
           }
         }
@@ -150,7 +166,7 @@ describe("KV events from a router process (SIM_KV_EVENTS_ENDPOINT)", () => {
         const frames = await next()
         if (frames === undefined) continue
         const [, events] = decode(frames[2], { useBigInt64: true }) as [number, Array<WireEvent>]
-        for (const event of events) if (event[0] === "BlockStored") stored.push(...event[1].map(String))
+        for (const event of events) if (event.type === "BlockStored") stored.push(...event.block_hashes.map(String))
       }
       assert.deepStrictEqual(stored, promptBlockHashes("m", prompt, 4).map(String), "the prompt's two full blocks, keyed as Tokens.promptBlockHashes says")
     } finally {
@@ -174,36 +190,78 @@ const Event = Schema.Union([
   Schema.Struct({ _tag: Schema.Literal("AllBlocksCleared") })
 ])
 
+const exact = (value: unknown): unknown =>
+  typeof value === "bigint" ? Number(value) : Array.isArray(value) ? value.map(exact) : value
+
 describe("the KV event batch encoder", () => {
   it.prop(
-    "any batch decodes (by an independent msgpack library) to vLLM's arrays, every integer exact",
+    "any batch decodes (by an independent msgpack library) to vLLM's types in each layout, every integer exact",
     [Schema.Array(Event).check(Schema.isMaxLength(20)), Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 4e9 }))],
     ([events, ts]) => {
-      const decoded = decode(encodeKvEventBatch(ts, events), { useBigInt64: true }) as [number, Array<Array<unknown>>]
-      const exact = (value: unknown) => typeof value === "bigint" ? Number(value) : value
-      assert.strictEqual(decoded[0], ts)
+      // vLLM 0.26: named fields (msgspec's map with the tag "type" first), the batch [ts, events, rank].
+      const named = decode(encodeKvEventBatch(ts, events), { useBigInt64: true }) as [number, Array<Record<string, unknown>>, number]
+      assert.strictEqual(named[0], ts)
+      assert.strictEqual(named[2], 0)
       assert.deepStrictEqual(
-        decoded[1].map((event) => event.map((field) => Array.isArray(field) ? field.map(exact) : exact(field))),
+        named[1].map((event) => Object.entries(event).map(([key, value]) => [key, exact(value)])),
         events.map((event) =>
           event._tag === "BlockStored"
-            ? ["BlockStored", [...event.blockHashes], event.parentBlockHash ?? null, [...event.tokenIds], event.blockSize, null, "GPU"]
+            ? [
+              ["type", "BlockStored"],
+              ["block_hashes", [...event.blockHashes]],
+              ["parent_block_hash", event.parentBlockHash ?? null],
+              ["token_ids", [...event.tokenIds]],
+              ["block_size", event.blockSize],
+              ["lora_id", null],
+              ["medium", "GPU"],
+              ["lora_name", null],
+              ["extra_keys", event.blockHashes.map(() => null)],
+              ["group_idx", 0],
+              ["kv_cache_spec_kind", "full_attention"]
+            ]
+            : event._tag === "BlockRemoved"
+            ? [["type", "BlockRemoved"], ["block_hashes", [...event.blockHashes]], ["medium", "GPU"], ["group_idx", 0]]
+            : [["type", "AllBlocksCleared"]]
+        )
+      )
+      // vLLM 0.11.1 to 0.25: array_like, BlockStored's 8 fields end with lora_name.
+      const positional = (format: "array" | "array-legacy") =>
+        events.map((event) =>
+          event._tag === "BlockStored"
+            ? ["BlockStored", [...event.blockHashes], event.parentBlockHash ?? null, [...event.tokenIds], event.blockSize, null, "GPU", ...(format === "array" ? [null] : [])]
             : event._tag === "BlockRemoved"
             ? ["BlockRemoved", [...event.blockHashes], "GPU"]
             : ["AllBlocksCleared"]
         )
-      )
+      assert.deepStrictEqual(exact(decode(encodeKvEventBatch(ts, events, "array"), { useBigInt64: true })), [ts, positional("array"), 0])
+      // Up to vLLM 0.11.0: 7 fields, the batch [ts, events].
+      assert.deepStrictEqual(exact(decode(encodeKvEventBatch(ts, events, "array-legacy"), { useBigInt64: true })), [ts, positional("array-legacy")])
     }
   )
 
   it("long arrays (past 16 and 65,535 items) and long strings use msgpack's wider forms", () => {
     const tokenIds = Array.from({ length: 70_000 }, (_, i) => i)
-    const batch = encodeKvEventBatch(1, [{ _tag: "BlockStored", blockHashes: [2 ** 40], parentBlockHash: undefined, tokenIds, blockSize: 70_000 }])
+    const batch = encodeKvEventBatch(1, [{ _tag: "BlockStored", blockHashes: [2 ** 40], parentBlockHash: undefined, tokenIds, blockSize: 70_000 }], "array")
     const [, [event]] = decode(batch) as [number, Array<Array<unknown>>]
     assert.deepStrictEqual(event[3], tokenIds)
     assert.strictEqual(event[1] instanceof Array && event[1][0], 2 ** 40)
     assert.strictEqual(sequenceFrame(2 ** 40 + 5).readBigUInt64BE(), BigInt(2 ** 40 + 5))
     const hundred = Array.from({ length: 100 }, (_, i) => 2 ** 33 + i)
-    const [, [removed]] = decode(encodeKvEventBatch(1, [{ _tag: "BlockRemoved", blockHashes: hundred }])) as [number, Array<Array<unknown>>]
-    assert.deepStrictEqual(removed, ["BlockRemoved", hundred, "GPU"])
+    const [, [removed]] = decode(encodeKvEventBatch(1, [{ _tag: "BlockRemoved", blockHashes: hundred }])) as [number, Array<Record<string, unknown>>]
+    assert.deepStrictEqual(removed, { type: "BlockRemoved", block_hashes: hundred, medium: "GPU", group_idx: 0 })
+  })
+
+  it("the router's own decoder reads every layout the simulator writes", () => {
+    const events: Array<KvEvent> = [
+      { _tag: "BlockStored", blockHashes: [5, 2 ** 40], parentBlockHash: 3, tokenIds: [1, 2, 3, 4], blockSize: 2 },
+      { _tag: "BlockRemoved", blockHashes: [5] },
+      { _tag: "AllBlocksCleared" }
+    ]
+    for (const format of kvEventsFormats) {
+      assert.deepStrictEqual(decodeKvMessage([Buffer.from("t"), sequenceFrame(4), encodeKvEventBatch(1, events, format)]), {
+        seq: 4,
+        events: [{ type: "BlockStored", blockHashes: ["5", String(2 ** 40)] }, { type: "BlockRemoved", blockHashes: ["5"] }, { type: "AllBlocksCleared" }]
+      }, format)
+    }
   })
 })

@@ -205,6 +205,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     "SIM_PREFILL_US_PER_TOKEN",
     "SIM_KV_EVENTS_ENDPOINT",
     "SIM_KV_EVENTS_TOPIC",
+    "SIM_KV_EVENTS_FORMAT",
     "SIM_MAX_TOKENS",
     "SIM_MAX_MODEL_LEN",
     "SIM_FAILURE_RATE",

@@ -59,6 +59,8 @@ export interface SimulationSettings {
   readonly kvEventsEndpoint: string | undefined
   /** The events' ZeroMQ topic; unset: `kv@<pod>@<model>`, as llm-d's subscribers parse it. */
   readonly kvEventsTopic: string | undefined
+  /** The events' msgpack layout: vLLM 0.26's named fields (`map`), or the positional arrays of older versions. */
+  readonly kvEventsFormat: "map" | "array" | "array-legacy"
   /** Most tokens generated when the request sets no max_tokens. */
   readonly maxTokens: number
   /** Context length: prompt tokens plus max_tokens may not exceed it. */
@@ -236,6 +238,7 @@ export const defaultSimulation: SimulationSettings = {
   prefillUsPerToken: 0,
   kvEventsEndpoint: undefined,
   kvEventsTopic: undefined,
+  kvEventsFormat: "map",
   maxTokens: 64,
   maxModelLen: 4096,
   failureRate: 0,
@@ -277,7 +280,22 @@ const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.g
       expected: "a ZeroMQ endpoint: tcp://*:5557 (bind), tcp://host:port (connect), ipc://path"
     })
   }
+  // libzmq takes a port past 65535 modulo 65536 instead of refusing it.
+  const kvEventsPort = kvEventsEndpoint?.startsWith("tcp://") ? /:([^:\]]*)$/.exec(kvEventsEndpoint)?.[1] : undefined
+  if (kvEventsPort !== undefined && kvEventsPort !== "*" && !(/^[0-9]{1,5}$/.test(kvEventsPort) && Number(kvEventsPort) >= 1 && Number(kvEventsPort) <= 65535)) {
+    return yield* new InvalidSetting({
+      variable: "SIM_KV_EVENTS_ENDPOINT",
+      value: kvEventsEndpoint!,
+      expected: "a tcp:// endpoint whose port is * or 1 to 65535"
+    })
+  }
   const kvEventsTopic = yield* optionalString("SIM_KV_EVENTS_TOPIC")
+  const kvEventsFormat = yield* setting(
+    "SIM_KV_EVENTS_FORMAT",
+    oneOf(["map", "array", "array-legacy"]),
+    "map (vLLM 0.26 on), array (vLLM 0.11.1 to 0.25) or array-legacy (vLLM up to 0.11.0)",
+    () => defaultSimulation.kvEventsFormat
+  )
   const maxModelLen = yield* setting("SIM_MAX_MODEL_LEN", decimalBetween(1, 10_000_000), "an integer from 1 to 10000000 (tokens)", () => defaultSimulation.maxModelLen)
   const maxTokens = yield* setting(
     "SIM_MAX_TOKENS",
@@ -310,6 +328,7 @@ const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.g
     prefillUsPerToken,
     kvEventsEndpoint,
     kvEventsTopic,
+    kvEventsFormat,
     maxTokens,
     maxModelLen,
     failureRate,
@@ -416,6 +435,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "SIM_PREFILL_US_PER_TOKEN", meaning: "microseconds a step lasts longer per uncached prompt token it prefills (0: prefill is free, timings as before the prefix cache)", default: code(defaultSimulation.prefillUsPerToken), valid: "number 0 – 100000" },
   { variable: "SIM_KV_EVENTS_ENDPOINT", meaning: "publish vLLM's KV events (BlockStored, BlockRemoved, AllBlocksCleared) over ZeroMQ PUB here; `*` in the host binds, else connects", default: "— (none)", valid: "`tcp://…`, `ipc://…`" },
   { variable: "SIM_KV_EVENTS_TOPIC", meaning: "the KV events' ZeroMQ topic", default: "`kv@<POD_NAME>@<MODEL_REF>` (llm-d's format)", valid: "any" },
+  { variable: "SIM_KV_EVENTS_FORMAT", meaning: "the KV events' msgpack layout: vLLM 0.26's named fields, or the positional arrays of vLLM 0.11.1 to 0.25 (`array`) or before (`array-legacy`) (docs/simulator.md)", default: "`map`", valid: "`map`, `array`, `array-legacy`" },
   { variable: "SIM_MAX_TOKENS", meaning: "most tokens generated when the request sets no `max_tokens`", default: code(defaultSimulation.maxTokens), valid: "1 – `SIM_MAX_MODEL_LEN`" },
   { variable: "SIM_MAX_MODEL_LEN", meaning: "context length: prompt tokens + `max_tokens` above it is a 400 `context_length_exceeded`; `/v1/models` reports it as `max_model_len`", default: code(defaultSimulation.maxModelLen), valid: "1 – 10000000" },
   { variable: "SIM_FAILURE_RATE", meaning: "percent of `/v1/*` requests failed on purpose (for testing clients' retry paths)", default: code(defaultSimulation.failureRate), valid: "0 – 100" },

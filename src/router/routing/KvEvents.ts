@@ -3,11 +3,14 @@
  * with the zmq publisher; the simulator's SIM_KV_EVENTS_ENDPOINT): a ZeroMQ
  * PUB socket sending three-frame messages `[topic, seq, payload]`, `seq` an
  * 8-byte big-endian counter per publisher, `payload` a msgpack
- * `KVEventBatch`: `[ts, events, data_parallel_rank?]`, each event an array
- * whose first item is its tag (msgspec `array_like`, `tag=True`, trailing
- * defaults omitted):
+ * `KVEventBatch`: `[ts, events, data_parallel_rank?]` (or the same as a map
+ * with those keys), each event in either of vLLM's layouts:
  *
- *   ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id?, medium?]
+ * - named fields (vLLM 0.26 on): a map whose `type` is the tag,
+ *   `{type: "BlockStored", block_hashes, ...}`, `{type: "BlockRemoved", block_hashes, ...}`,
+ *   `{type: "AllBlocksCleared"}`;
+ * - positional (vLLM up to 0.25, msgspec `array_like`, trailing defaults omitted):
+ *   ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id?, medium?, lora_name?]
  *   ["BlockRemoved", block_hashes, medium?]
  *   ["AllBlocksCleared"]
  *
@@ -25,12 +28,16 @@ const decoder = new Decoder({ useBigInt64: true })
 const hashes = (value: unknown): ReadonlyArray<string> | undefined => Array.isArray(value) ? value.map(eventKey) : undefined
 
 const decodeEvent = (raw: unknown): KvEvent | undefined => {
-  if (!Array.isArray(raw) || !Predicate.isString(raw[0])) return undefined
-  switch (raw[0]) {
+  // Positional: [tag, block_hashes, ...]; named: {type, block_hashes, ...}.
+  const positional = Array.isArray(raw)
+  if (!positional && !Predicate.isObject(raw)) return undefined
+  const tag: unknown = positional ? raw[0] : (raw as Record<string, unknown>).type
+  if (!Predicate.isString(tag)) return undefined
+  switch (tag) {
     case "BlockStored":
     case "BlockRemoved": {
-      const blockHashes = hashes(raw[1])
-      return blockHashes === undefined ? undefined : { type: raw[0], blockHashes }
+      const blockHashes = hashes(positional ? raw[1] : (raw as Record<string, unknown>).block_hashes)
+      return blockHashes === undefined ? undefined : { type: tag, blockHashes }
     }
     case "AllBlocksCleared":
       return { type: "AllBlocksCleared" }
@@ -52,9 +59,10 @@ export const decodeKvMessage = (frames: ReadonlyArray<Uint8Array>): KvEventBatch
   } catch {
     return undefined
   }
-  if (!Array.isArray(decoded) || !Array.isArray(decoded[1])) return undefined
+  const rawEvents: unknown = Array.isArray(decoded) ? decoded[1] : Predicate.isObject(decoded) ? (decoded as Record<string, unknown>).events : undefined
+  if (!Array.isArray(rawEvents)) return undefined
   const events: Array<KvEvent> = []
-  for (const raw of decoded[1]) {
+  for (const raw of rawEvents) {
     const event = decodeEvent(raw)
     if (event === undefined) return undefined
     events.push(event)

@@ -1,19 +1,28 @@
 /**
  * The simulated server's KV events over ZeroMQ, in vLLM's wire format
  * (vllm/distributed/kv_events.py, ZmqEventPublisher), so that a subscriber
- * written for vLLM (its examples/online_serving/kv_events_subscriber.py,
- * llm-d-kv-cache-manager, Dynamo's KV router) reads ours unchanged:
+ * written for vLLM (llm-d-kv-cache, Dynamo's KV router, vLLM's own
+ * examples/online_serving/kv_events_subscriber.py of the same version) reads ours:
  *
  * - a PUB socket; an endpoint with `*` in it (or ipc/inproc) binds, any other connects, as vLLM decides;
  * - one message per engine step that changed the cache, three frames:
  *   topic (SIM_KV_EVENTS_TOPIC), sequence number (8 bytes, big-endian, from 0), payload;
- * - payload: msgspec's `array_like` msgpack of KVEventBatch, `[ts, [event, ...]]` (ts in
- *   seconds; data_parallel_rank omitted, as msgspec omits a None default), each event a
- *   tagged array: `["BlockStored", block_hashes, parent_block_hash | nil, token_ids,
- *   block_size, lora_id (nil), medium ("GPU")]`, `["BlockRemoved", block_hashes, medium]`,
- *   `["AllBlocksCleared"]`. Block hashes are unsigned integers below 2^53.
+ * - payload: msgpack of KVEventBatch `[ts, [event, ...], data_parallel_rank]` (ts in
+ *   seconds; the rank 0, as vLLM's publisher always sets it), each event in one of
+ *   vLLM's layouts (SIM_KV_EVENTS_FORMAT):
+ *   - `map` (vLLM 0.26 on, PR #42892: named fields, msgspec's tag first):
+ *     `{type: "BlockStored", block_hashes, parent_block_hash, token_ids, block_size,
+ *     lora_id: nil, medium: "GPU", lora_name: nil, extra_keys: [nil per block], group_idx: 0,
+ *     kv_cache_spec_kind: "full_attention"}`, `{type: "BlockRemoved", block_hashes,
+ *     medium: "GPU", group_idx: 0}`, `{type: "AllBlocksCleared"}`;
+ *   - `array` (vLLM 0.11.1 to 0.25, `array_like` with `lora_name`): `["BlockStored",
+ *     block_hashes, parent | nil, token_ids, block_size, nil, "GPU", nil]`,
+ *     `["BlockRemoved", block_hashes, "GPU"]`, `["AllBlocksCleared"]`;
+ *   - `array-legacy` (vLLM up to 0.11.0): the same without `lora_name` (7 fields), and
+ *     the batch `[ts, events]` without the rank.
+ *   Block hashes are unsigned integers below 2^53.
  *
- * The msgpack subset is written here by hand (arrays, strings, nil, unsigned
+ * The msgpack subset is written here by hand (maps, arrays, strings, nil, unsigned
  * integers, float64): a few dozen lines instead of a dependency, and the
  * subscriber test decodes with an independent msgpack library. vLLM's replay
  * socket (a ROUTER answering missed sequence numbers) is not served.
@@ -93,6 +102,14 @@ class Writer {
     this.length += this.buffer.write(value, this.length)
   }
 
+  map(size: number) {
+    if (size < 16) return this.byte(0x80 | size)
+    this.room(3)
+    this.buffer[this.length] = 0xde
+    this.buffer.writeUInt16BE(size, this.length + 1)
+    this.length += 3
+  }
+
   array(size: number) {
     if (size < 16) return this.byte(0x90 | size)
     if (size < 65536) {
@@ -121,37 +138,100 @@ class Writer {
 /** The storage tier vLLM names for blocks in GPU memory. */
 const medium = "GPU"
 
-/** One KVEventBatch, as vLLM's msgspec encoder writes it. */
-export const encodeKvEventBatch = (ts: number, events: ReadonlyArray<KvEvent>): Buffer => {
+/** vLLM's layouts of a KV event (SIM_KV_EVENTS_FORMAT): see the module's comment for the versions. */
+export type KvEventsFormat = "map" | "array" | "array-legacy"
+
+export const kvEventsFormats: ReadonlyArray<KvEventsFormat> = ["map", "array", "array-legacy"]
+
+const writeParent = (writer: Writer, parent: number | undefined) => parent === undefined ? writer.nil() : writer.uint(parent)
+
+const writeMapEvent = (writer: Writer, event: KvEvent) => {
+  switch (event._tag) {
+    case "BlockStored":
+      writer.map(11)
+      writer.str("type")
+      writer.str("BlockStored")
+      writer.str("block_hashes")
+      writer.uints(event.blockHashes)
+      writer.str("parent_block_hash")
+      writeParent(writer, event.parentBlockHash)
+      writer.str("token_ids")
+      writer.uints(event.tokenIds)
+      writer.str("block_size")
+      writer.uint(event.blockSize)
+      writer.str("lora_id")
+      writer.nil()
+      writer.str("medium")
+      writer.str(medium)
+      writer.str("lora_name")
+      writer.nil()
+      // One entry per block (no multimodal input, adapter or salt here), as vLLM 0.26 sends them.
+      writer.str("extra_keys")
+      writer.array(event.blockHashes.length)
+      for (let i = 0; i < event.blockHashes.length; i++) writer.nil()
+      writer.str("group_idx")
+      writer.uint(0)
+      writer.str("kv_cache_spec_kind")
+      writer.str("full_attention")
+      break
+    case "BlockRemoved":
+      writer.map(4)
+      writer.str("type")
+      writer.str("BlockRemoved")
+      writer.str("block_hashes")
+      writer.uints(event.blockHashes)
+      writer.str("medium")
+      writer.str(medium)
+      writer.str("group_idx")
+      writer.uint(0)
+      break
+    case "AllBlocksCleared":
+      writer.map(1)
+      writer.str("type")
+      writer.str("AllBlocksCleared")
+      break
+  }
+}
+
+const writeArrayEvent = (writer: Writer, event: KvEvent, withLoraName: boolean) => {
+  switch (event._tag) {
+    case "BlockStored":
+      writer.array(withLoraName ? 8 : 7)
+      writer.str("BlockStored")
+      writer.uints(event.blockHashes)
+      writeParent(writer, event.parentBlockHash)
+      writer.uints(event.tokenIds)
+      writer.uint(event.blockSize)
+      writer.nil()
+      writer.str(medium)
+      if (withLoraName) writer.nil()
+      break
+    case "BlockRemoved":
+      writer.array(3)
+      writer.str("BlockRemoved")
+      writer.uints(event.blockHashes)
+      writer.str(medium)
+      break
+    case "AllBlocksCleared":
+      writer.array(1)
+      writer.str("AllBlocksCleared")
+      break
+  }
+}
+
+/** One KVEventBatch, as vLLM's msgspec encoder writes it in `format`. */
+export const encodeKvEventBatch = (ts: number, events: ReadonlyArray<KvEvent>, format: KvEventsFormat = "map"): Buffer => {
   const writer = new Writer()
-  writer.array(2)
+  const legacy = format === "array-legacy"
+  writer.array(legacy ? 2 : 3)
   writer.float64(ts)
   writer.array(events.length)
   for (const event of events) {
-    switch (event._tag) {
-      case "BlockStored":
-        writer.array(7)
-        writer.str("BlockStored")
-        writer.uints(event.blockHashes)
-        if (event.parentBlockHash === undefined) writer.nil()
-        else writer.uint(event.parentBlockHash)
-        writer.uints(event.tokenIds)
-        writer.uint(event.blockSize)
-        writer.nil()
-        writer.str(medium)
-        break
-      case "BlockRemoved":
-        writer.array(3)
-        writer.str("BlockRemoved")
-        writer.uints(event.blockHashes)
-        writer.str(medium)
-        break
-      case "AllBlocksCleared":
-        writer.array(1)
-        writer.str("AllBlocksCleared")
-        break
-    }
+    if (format === "map") writeMapEvent(writer, event)
+    else writeArrayEvent(writer, event, !legacy)
   }
+  // data_parallel_rank: vLLM's publisher sets its rank (0 without data parallelism).
+  if (!legacy) writer.uint(0)
   return Buffer.from(writer.bytes())
 }
 
@@ -177,7 +257,7 @@ export interface KvEventPublisher {
 
 export const KvEventPublisher = {
   /** A PUB socket on `endpoint`, closed with the scope; a bind or connect that fails is a defect naming the setting. */
-  make: (endpoint: string, topic: string): Effect.Effect<KvEventPublisher, never, Scope.Scope> =>
+  make: (endpoint: string, topic: string, format: KvEventsFormat = "map"): Effect.Effect<KvEventPublisher, never, Scope.Scope> =>
     Effect.acquireRelease(
       Effect.tryPromise({
         try: async () => {
@@ -214,7 +294,7 @@ export const KvEventPublisher = {
         published: () => sequence,
         publish: (events) => {
           if (events.length === 0 || socket.closed) return
-          queue.push([topicFrame, sequenceFrame(sequence++), encodeKvEventBatch(Date.now() / 1000, events)])
+          queue.push([topicFrame, sequenceFrame(sequence++), encodeKvEventBatch(Date.now() / 1000, events, format)])
           if (!sending) void pump()
         }
       }

@@ -251,7 +251,8 @@ export class Model extends Context.Service<Model, {
         ? undefined
         : yield* KvEventPublisher.make(
           simulation.kvEventsEndpoint,
-          simulation.kvEventsTopic ?? `kv@${config.podName ?? "router"}@${config.modelRef}`
+          simulation.kvEventsTopic ?? `kv@${config.podName ?? "router"}@${config.modelRef}`,
+          simulation.kvEventsFormat
         )
       return Model.simulated(
         config.simLatencyMs,
