@@ -142,10 +142,13 @@ export const Controller = Layer.effect(
     // In a pod without ROUTER_IMAGE, the routers' image is the controller's own: until it is known,
     // not ready and not a candidate for the lease (never a built-in tag, which would move every router).
     const routerImage = yield* Deferred.make<string>()
+    let routerImageKnown = false
     yield* Effect.forkScoped(
       Deferred.complete(
         routerImage,
-        settings.routerImageExplicit || settings.pod === undefined ? Effect.succeed(settings.routerImage) : ownImageRetried(settings.pod)
+        (settings.routerImageExplicit || settings.pod === undefined ? Effect.succeed(settings.routerImage) : ownImageRetried(settings.pod)).pipe(
+          Effect.tap(() => Effect.sync(() => (routerImageKnown = true)))
+        )
       )
     )
     // The router pods (by the label every child carries): a pod that crash-loops or cannot pull its
@@ -162,7 +165,7 @@ export const Controller = Layer.effect(
       onRestart: restarts("Pod")
     })
     const isReady = () =>
-      Deferred.isDoneUnsafe(routerImage) && inferenceServices.isSynced() && pods.isSynced() &&
+      routerImageKnown && inferenceServices.isSynced() && pods.isSynced() &&
       Object.values(children).every((informer) => informer.isSynced())
 
     const lead = Effect.scoped(Effect.gen(function*() {

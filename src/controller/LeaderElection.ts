@@ -54,7 +54,7 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
     // Elapsed time (renewals, deadlines, when a record changed) on the monotonic clock: a wall clock
     // stepped by NTP must neither keep a leader past its deadline nor make a lease look expired.
     // The wall clock only stamps the Lease's renewTime/acquireTime (read by people and other tools).
-    const now = () => Number(clock.monotonicTimeNanosUnsafe() / 1_000_000n)
+    const now = clock.monotonicTimeNanos.pipe(Effect.map((nanos) => Number(nanos / 1_000_000n)))
     const wallTime = () => microTime(clock.currentTimeMillisUnsafe())
     /** The Lease's record as last seen, and when (local clock) it was seen to change. */
     let observed: { readonly record: string; readonly at: number } | undefined
@@ -69,7 +69,7 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
     /** One attempt to take or renew the Lease; true when we hold it afterwards. */
     const tryAcquireOrRenew = Effect.gen(function*() {
       const lease = yield* kube.readLease(options.namespace, options.name)
-      const at = now()
+      const at = yield* now
       const stamp = wallTime()
       const spec = {
         holderIdentity: options.identity,
@@ -133,10 +133,10 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
 
     while (true) {
       // Candidate: wait for the Lease.
-      let renewedAt = now()
+      let renewedAt = yield* now
       while (!(yield* tryAcquireOrRenew)) {
         yield* Effect.sleep(options.retryMs)
-        renewedAt = now()
+        renewedAt = yield* now
       }
       yield* Effect.logInfo(`leading (lease ${options.namespace}/${options.name})`).pipe(
         Effect.annotateLogs({ identity: options.identity, leaseVersion: heldVersion })
@@ -148,12 +148,12 @@ export const runWhileLeader = <E, R>(options: LeaderElectionOptions, work: Effec
         while (true) {
           yield* Effect.sleep(options.retryMs)
           if (working.pollUnsafe() !== undefined) return false
-          const startedAt = now()
+          const startedAt = yield* now
           const left = options.renewDeadlineMs - (startedAt - renewedAt)
           if (left <= 0) return true
           const renewed = yield* Effect.timeoutOption(tryAcquireOrRenew, left)
           if (Option.isSome(renewed) && renewed.value) renewedAt = startedAt
-          else if (now() - renewedAt >= options.renewDeadlineMs) return true
+          else if ((yield* now) - renewedAt >= options.renewDeadlineMs) return true
         }
       }).pipe(Effect.onInterrupt(() => Fiber.interrupt(working).pipe(Effect.andThen(release))))
       yield* Fiber.interrupt(working)
