@@ -44,6 +44,28 @@ describe("the simulated server over HTTP", () => {
       assert.match(metrics, /vllm:request_time_per_output_token_seconds_count\{model_name="test-model"\} 4/)
     }).pipe(withRouter({ blockSize: 4, kvBlocks: 64 })))
 
+  it.live("a reply sent back (a chat's next turn, a completion prompt + a blank + its output) is found cached through the reply's full blocks", () =>
+    Effect.gen(function*() {
+      const messages = [{ role: "system", content: words(6) }, { role: "user", content: words(6).replaceAll("w", "u") }]
+      // 12 prompt tokens and 6 echoed: blocks 0-2 of the prompt, block 3 = the reply's first 4 tokens.
+      const first = yield* post("/v1/chat/completions", { model: "test-model", messages, max_tokens: 6 })
+      const reply = first.json.choices[0].message.content
+      assert.strictEqual(reply, "u0 u1 u2 u3 u4 u5")
+      const next = yield* post("/v1/chat/completions", {
+        model: "test-model",
+        messages: [...messages, { role: "assistant", content: reply }, { role: "user", content: "and then what" }],
+        max_tokens: 1
+      })
+      assert.strictEqual(next.json.usage.prompt_tokens, 21)
+      assert.deepStrictEqual(next.json.usage.prompt_tokens_details, { cached_tokens: 16 }, "through the reply's first block")
+
+      const prompt = words(12).replaceAll("w", "c")
+      const completion = yield* post("/v1/completions", { model: "test-model", prompt, max_tokens: 6 })
+      const followUp = yield* post("/v1/completions", { model: "test-model", prompt: `${prompt} ${completion.json.choices[0].text} more`, max_tokens: 1 })
+      assert.strictEqual(followUp.json.usage.prompt_tokens, 19)
+      assert.deepStrictEqual(followUp.json.usage.prompt_tokens_details, { cached_tokens: 16 })
+    }).pipe(withRouter({ blockSize: 4, kvBlocks: 64 })))
+
   it.live("/tokenize gives vLLM's answer (ids, count, max_model_len); /detokenize turns its ids back into the text", () =>
     Effect.gen(function*() {
       const tokenized = yield* post("/tokenize", { model: "test-model", prompt: "Hello, big  world", return_token_strs: true })

@@ -168,6 +168,8 @@ interface Sequence {
   readonly promptTokens: number
   hashes: ReadonlyArray<number>
   readonly plan: TextPlan
+  /** What precedes the reply when a client sends it back (see `submit`): part of its first token's id. */
+  readonly replyPrefix: string
   readonly nextToken: () => string
   readonly submittedAt: number
   blocks: ReadonlyArray<Block>
@@ -363,9 +365,9 @@ export const makeEngine = (
     const index = sequence.generated++
     const text = sequence.nextToken()
     if (index === 0) sequence.firstTokenAt = now()
-    // Generated tokens fill blocks too.
+    // Generated tokens fill blocks too, keyed as the next prompt that quotes this reply will read them.
     const tail = sequence.tailIds
-    tail.push(tokenId(text))
+    tail.push(tokenId(index === 0 ? sequence.replyPrefix + text : text))
     if (tail.length === blockSize) {
       const hash = blockHash(sequence.lastHash, tail, 0, blockSize)
       if (sequence.stored < sequence.blocks.length) {
@@ -442,14 +444,20 @@ export const makeEngine = (
   }
 
   return {
-    /** Runs a sequence; returns the function that stops it (it then emits nothing more and never ends). */
-    submit(promptIds: ReadonlyArray<number>, plan: TextPlan, sink: SequenceSink): () => void {
+    /**
+     * Runs a sequence; returns the function that stops it (it then emits nothing more and never ends).
+     * `replyPrefix`: the blanks a client puts between the prompt and this reply when it sends both back
+     * (a chat's next turn joins messages with a newline): by the tokenization rule they belong to the
+     * reply's first token, so its cache key includes them and the next turn hits through the reply.
+     */
+    submit(promptIds: ReadonlyArray<number>, plan: TextPlan, sink: SequenceSink, replyPrefix = ""): () => void {
       const sequence: Sequence = {
         sink,
         promptIds,
         promptTokens: promptIds.length,
         hashes: blockHashes(seedHash, promptIds, blockSize),
         plan,
+        replyPrefix,
         nextToken: tokenReader(plan),
         submittedAt: timer.now(),
         blocks: [],

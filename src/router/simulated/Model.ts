@@ -40,6 +40,12 @@ export interface GenerationRequest {
   readonly seed: number | undefined
   /** The whole prompt as the model reads it (chat messages joined by newlines), for the prefix cache; unset: `echoText`. */
   readonly promptText?: string | undefined
+  /**
+   * What stands between the prompt and the reply when a client sends both back in its next request:
+   * "\n" in a chat (messages are joined by newlines), " " after a completion prompt; unset: nothing.
+   * The reply's first token is cached with it (Engine.submit).
+   */
+  readonly replyPrefix?: string | undefined
 }
 
 export interface Generated {
@@ -164,7 +170,7 @@ export class Model extends Context.Service<Model, {
       })
 
     const submit = (on: Engine, request: GenerationRequest, sink: SequenceSink) =>
-      on.submit(tokenIds(request.promptText ?? request.echoText), planFor(request), sink)
+      on.submit(tokenIds(request.promptText ?? request.echoText), planFor(request), sink, request.replyPrefix)
 
     const generate = (request: GenerationRequest, onToken: OnToken): Effect.Effect<Generated> =>
       Effect.flatMap(engineEffect, (on) =>

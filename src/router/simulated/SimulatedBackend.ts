@@ -38,6 +38,8 @@ const generationOf = (call: CompletionCall): GenerationRequest => {
   let echoText: string
   let promptText: string
   let maxTokens: number | null | undefined
+  // A chat's next turn has this reply as a message, after a newline; a completion's, after a blank.
+  const replyPrefix = "messages" in body ? "\n" : " "
   if ("messages" in body) {
     promptText = body.messages.map((message) => contentText(message.content)).join("\n")
     const lastUser = body.messages.findLast((message) => message.role === "user")
@@ -48,7 +50,7 @@ const generationOf = (call: CompletionCall): GenerationRequest => {
     maxTokens = body.max_tokens
   }
   const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
-  return { echoText, promptText, promptTokens: countTokens(promptText), maxTokens: maxTokens ?? undefined, stop, seed: body.seed ?? undefined }
+  return { echoText, promptText, replyPrefix, promptTokens: countTokens(promptText), maxTokens: maxTokens ?? undefined, stop, seed: body.seed ?? undefined }
 }
 
 export const makeSimulatedBackend = (model: Model["Service"], simulation: SimulationSettings, card: ModelCard): Backend["Service"] => {
