@@ -310,3 +310,41 @@ describe("step timing on a slow event loop", () => {
     assert.deepStrictEqual(times, [10, 20, 30, 40])
   })
 })
+
+describe("a client that stops reading (TestClock)", () => {
+  it.effect("does not hold the engine: its sequence generates on, frees its blocks and slot when done; the client gets every token in order when it reads again", () =>
+    Effect.gen(function*() {
+      const { engine, submit } = yield* engineOn({ maxRunning: 1, kvBlocks: 10, prefillUsPerToken: 0 })
+      const received: Array<string> = []
+      let resume: (() => void) | undefined
+      let result: SequenceResult | undefined
+      const plan = planText({ mode: "echo", echoText: words(20, "o"), maxTokens: 20, stop: [], seed: 0 })
+      // Takes the first two tokens, then stops reading.
+      engine.submit(tokenIds(words(8)), plan, {
+        token: (text, index, next) => {
+          received.push(text)
+          if (index < 1) next()
+          else resume = next
+        },
+        end: (done) => (result = done)
+      })
+      yield* TestClock.adjust(10 + 20 * 10)
+      assert.lengthOf(received, 2, "the client has what it read")
+      // 8 prompt + 20 generated tokens: 7 blocks, all released; no slot held.
+      assert.include(engine.stats(), { running: 0, usedBlocks: 0 })
+      // The only slot is free: another request runs meanwhile.
+      const other = submit(words(4, "z"), 2)
+      yield* TestClock.adjust(100)
+      assert.isDefined(other.result)
+      // Reading again: the rest at once, in order, then the end.
+      const reading = (): void => {
+        const next = resume!
+        resume = undefined
+        next()
+      }
+      while (resume !== undefined) reading()
+      assert.deepStrictEqual(received.join(""), words(20, "o"))
+      assert.isDefined(result)
+      assert.strictEqual(result!.completionTokens, 20)
+    }))
+})

@@ -10,7 +10,8 @@
  *   rest of the prompt and every token it will generate.
  * - The running sequences advance together, one step at a time, from one
  *   timer per step: a step decodes one token for every sequence past its
- *   prefill (whose client took its last token) and prefills prompt tokens
+ *   prefill (whether its client took the last one or not: a slow reader is
+ *   handed the generated tokens as it takes them) and prefills prompt tokens
  *   with what is left of SIM_MAX_BATCHED_TOKENS (chunked prefill). It lasts
  *   SIM_ITL_MS (with its jitter, scaled by SIM_LOAD_FACTOR) plus
  *   SIM_PREFILL_US_PER_TOKEN for each prompt token prefilled in it. A
@@ -141,7 +142,11 @@ export interface SequenceResult {
 
 /** Receives a sequence's tokens. */
 export interface SequenceSink {
-  /** One token; call `next` when ready for the next (at once, or once the client's socket drained). */
+  /**
+   * One token; call `next` when ready for the next (at once, or once the client's socket drained).
+   * The engine does not wait for it: tokens generated meanwhile are handed out, in order, as the
+   * client takes them (they are the plan's text: nothing is buffered).
+   */
   token(text: string, index: number, next: () => void): void
   end(result: SequenceResult): void
 }
@@ -170,7 +175,10 @@ interface Sequence {
   readonly plan: TextPlan
   /** What precedes the reply when a client sends it back (see `submit`): part of its first token's id. */
   readonly replyPrefix: string
+  /** The next generated token's text (the engine's reader of the plan). */
   readonly nextToken: () => string
+  /** The next token to hand to the client (a second reader: the client may lag behind the engine). */
+  readonly nextDelivery: () => string
   readonly submittedAt: number
   blocks: ReadonlyArray<Block>
   cachedTokens: number
@@ -184,7 +192,12 @@ interface Sequence {
   tailIds: Array<number>
   /** The whole prompt is computed (its first token is due, or it has been emitted). */
   prefillDone: boolean
+  /** Tokens the engine generated. */
   generated: number
+  /** Tokens handed to the client (at most `generated`). */
+  delivered: number
+  /** Handing tokens out now (a `next` called from within `token` only marks the client ready). */
+  delivering: boolean
   firstTokenAt: number
   /** The client took the last token: it may have the next. */
   ready: boolean
@@ -312,7 +325,7 @@ export const makeEngine = (
         prefillChunks.push(chunk)
         budget -= chunk
         prefilled += chunk
-      } else if (sequence.ready) {
+      } else if (!sequence.finished) {
         decodeSeqs.push(sequence)
         budget--
       }
@@ -333,7 +346,7 @@ export const makeEngine = (
     completionTokens: sequence.plan.tokens,
     finishReason: sequence.plan.finishReason,
     cachedTokens: sequence.cachedTokens,
-    firstTokenMs: sequence.generated === 0 ? 0 : Math.round(sequence.firstTokenAt - sequence.submittedAt),
+    firstTokenMs: sequence.delivered === 0 ? 0 : Math.round(sequence.firstTokenAt - sequence.submittedAt),
     processingMs: Math.round(now() - sequence.submittedAt)
   })
 
@@ -361,10 +374,27 @@ export const makeEngine = (
     sequence.hashes = []
   }
 
+  /**
+   * Hands the client the tokens generated and not yet taken, while it takes them at once; the
+   * last one's `next` ends the sequence. A client that stops reading only stops this: the engine
+   * generates on and frees the sequence's blocks and slot when done, as vLLM does.
+   */
+  const deliver = (sequence: Sequence) => {
+    if (sequence.delivering) return
+    sequence.delivering = true
+    while (sequence.ready && sequence.delivered < sequence.generated && !sequence.stopped) {
+      sequence.ready = false
+      const index = sequence.delivered++
+      const text = sequence.nextDelivery()
+      if (index === 0) sequence.firstTokenAt = now()
+      sequence.sink.token(text, index, sequence.delivered === sequence.plan.tokens ? sequence.end : sequence.next)
+    }
+    sequence.delivering = false
+  }
+
   const emit = (sequence: Sequence) => {
     const index = sequence.generated++
     const text = sequence.nextToken()
-    if (index === 0) sequence.firstTokenAt = now()
     // Generated tokens fill blocks too, keyed as the next prompt that quotes this reply will read them.
     const tail = sequence.tailIds
     tail.push(tokenId(index === 0 ? sequence.replyPrefix + text : text))
@@ -377,13 +407,8 @@ export const makeEngine = (
       sequence.lastHash = hash
       sequence.tailIds = []
     }
-    sequence.ready = false
-    if (sequence.generated === sequence.plan.tokens) {
-      finish(sequence)
-      sequence.sink.token(text, index, sequence.end)
-    } else {
-      sequence.sink.token(text, index, sequence.next)
-    }
+    if (sequence.generated === sequence.plan.tokens) finish(sequence)
+    deliver(sequence)
   }
 
   const applyStep = () => {
@@ -459,6 +484,7 @@ export const makeEngine = (
         plan,
         replyPrefix,
         nextToken: tokenReader(plan),
+        nextDelivery: tokenReader(plan),
         submittedAt: timer.now(),
         blocks: [],
         cachedTokens: 0,
@@ -468,6 +494,8 @@ export const makeEngine = (
         tailIds: [],
         prefillDone: false,
         generated: 0,
+        delivered: 0,
+        delivering: false,
         firstTokenAt: 0,
         ready: true,
         next: () => {},
@@ -478,7 +506,7 @@ export const makeEngine = (
       sequence.next = () => {
         if (sequence.stopped) return
         sequence.ready = true
-        kick()
+        deliver(sequence)
       }
       sequence.end = () => {
         if (!sequence.stopped) sink.end(resultOf(sequence))

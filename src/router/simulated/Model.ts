@@ -8,9 +8,10 @@
  *   generation instead (`processingMs` = the model's whole time).
  * - `generate` (for the OpenAI-compatible API): a stream of tokens (see
  *   Simulation.ts for the text) at the engine's steps. Each token is handed
- *   to `onToken`, whose effect must complete before the sequence takes part in
- *   another step: a client that reads slowly slows its own generation instead
- *   of making the router buffer.
+ *   to `onToken`, whose effect must complete before the next is handed out: a
+ *   client that reads slowly gets its tokens later, while the engine generates
+ *   on (its blocks freed when done, as vLLM does); the router buffers nothing
+ *   (the text not yet taken is an offset into the planned text).
  * It knows nothing of HTTP; of admission only how busy the slots are. The
  * routes reach it through SimulatedBackend.ts.
  */
