@@ -102,11 +102,13 @@ export const makeInformer = (options: InformerOptions): Effect.Effect<Informer, 
 
           let lastActivity = clock.currentTimeMillisUnsafe()
           let events = 0
+          let bookmarks = 0
           const startedAt = lastActivity
           const watch = kube.watch(options.resource, namespace, resourceVersion, (type, object) => {
             lastActivity = clock.currentTimeMillisUnsafe()
             const version = object?.metadata?.resourceVersion
-            if (type !== "BOOKMARK") events++
+            if (type === "BOOKMARK") bookmarks++
+            else events++
             if (type === "ADDED" || type === "MODIFIED") upsert(object)
             else if (type === "DELETED") remove(object)
             if (typeof version === "string" && version !== "") resourceVersion = version
@@ -122,11 +124,14 @@ export const makeInformer = (options: InformerOptions): Effect.Effect<Informer, 
             Effect.catch(watch, (error) => Effect.succeed(error)),
             watchdog
           )
+          // A watch that brought events or bookmarks, or lasted, shows the API healthy again: the
+          // backoff of an earlier outage is over (else every later watch restart would wait it out).
+          const healthy = events > 0 || bookmarks > 0 || clock.currentTimeMillisUnsafe() - startedAt >= 1_000
+          if (healthy) failures = 0
           if (ended === undefined) {
             // The server ended the stream. One that ends at once and empty, again and again, is backed off.
             yield* restarted("closed")
-            if (events === 0 && clock.currentTimeMillisUnsafe() - startedAt < 1_000) yield* pause
-            else failures = 0
+            if (!healthy) yield* pause
           } else if (ended._tag === "Silent") {
             yield* Effect.logWarning(`watch ${options.resource.kind} silent for ${options.idleTimeoutMs} ms; restarting it`)
             yield* restarted("silent")
@@ -136,7 +141,7 @@ export const makeInformer = (options: InformerOptions): Effect.Effect<Informer, 
             yield* restarted("expired")
             resourceVersion = undefined
             // A server that answers 410 to every fresh list's version would otherwise loop at full speed.
-            if (events === 0) yield* pause
+            if (!healthy) yield* pause
           } else {
             yield* Effect.logWarning(`watch ${options.resource.kind} failed; retrying`).pipe(
               Effect.annotateLogs({ error: ended.message, namespace: namespace ?? "(all)" })
@@ -144,7 +149,6 @@ export const makeInformer = (options: InformerOptions): Effect.Effect<Informer, 
             yield* restarted("error")
             yield* pause
           }
-          if (events > 0) failures = 0
         }
       })
 
