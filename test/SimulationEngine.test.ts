@@ -174,6 +174,30 @@ describe("blocks (TestClock)", () => {
     }))
 })
 
+describe("/reset_prefix_cache while requests run (TestClock)", () => {
+  it.effect("refuses as vLLM's BlockPool does (false, nothing forgotten, no event) unless told to reset running requests", () =>
+    Effect.gen(function*() {
+      const { engine, events, submit } = yield* engineOn({ prefillUsPerToken: 0 })
+      submit(words(8), 1)
+      yield* TestClock.adjust(100)
+      const running = submit(words(8), 20)
+      yield* TestClock.adjust(50)
+      assert.isAbove(engine.stats().usedBlocks, 0)
+      const before = events.length
+      const cached = engine.cachedHashes()
+      assert.isAtLeast(cached.size, 2)
+      assert.isFalse(engine.resetPrefixCache())
+      assert.strictEqual(events.length, before, "no AllBlocksCleared")
+      assert.deepStrictEqual(engine.cachedHashes(), cached, "nothing forgotten")
+      assert.isTrue(engine.resetPrefixCache(true))
+      assert.deepStrictEqual(events.at(-1), { _tag: "AllBlocksCleared" })
+      yield* TestClock.adjust(1_000)
+      assert.isDefined(running.result)
+      assert.strictEqual(engine.stats().usedBlocks, 0)
+      assert.isTrue(engine.resetPrefixCache(), "idle: it resets")
+    }))
+})
+
 describe("the model's generation reports cached tokens (TestClock)", () => {
   it.effect("the same chat prompt again: cachedTokens counts its cached blocks' tokens", () =>
     Effect.gen(function*() {

@@ -148,6 +148,6 @@ export interface SimulationView {
     readonly prefixQueries: number
     readonly prefixHits: number
   }
-  /** vLLM's reset_prefix_cache. */
-  resetPrefixCache(): void
+  /** vLLM's reset_prefix_cache: false (nothing done) while blocks are in use, unless `resetRunning`. */
+  resetPrefixCache(resetRunning?: boolean): boolean
 }

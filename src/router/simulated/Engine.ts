@@ -536,10 +536,16 @@ export const makeEngine = (
         }
       }
     },
-    /** vLLM's reset_prefix_cache: every cached block forgotten (AllBlocksCleared). */
-    resetPrefixCache(): void {
+    /**
+     * vLLM's reset_prefix_cache: every cached block forgotten (AllBlocksCleared). As vLLM's BlockPool,
+     * it refuses (false, nothing changed, no event) while blocks are in use, unless `resetRunning`
+     * (vLLM then preempts the running requests; here they keep their blocks, uncached, until they end).
+     */
+    resetPrefixCache(resetRunning = false): boolean {
+      if (cache.usedBlocks > 0 && !resetRunning) return false
       cache.reset()
       flush()
+      return true
     },
     stats(): EngineStats {
       return {

@@ -73,8 +73,8 @@ export interface TokenSink {
 /** The simulated server's own controls and state (vLLM's /reset_prefix_cache, its metrics). */
 export interface SimulationControl {
   stats(): EngineStats
-  /** Forgets every cached block (AllBlocksCleared). */
-  resetPrefixCache(): void
+  /** Forgets every cached block (AllBlocksCleared); false (nothing done) while blocks are in use, unless `resetRunning`. */
+  resetPrefixCache(resetRunning?: boolean): boolean
 }
 
 /** A TimerClock on Effect's Clock: what `context`'s Clock says (a TestClock in tests), timers as sleeping fibers. */
@@ -235,7 +235,7 @@ export class Model extends Context.Service<Model, {
             prefixQueries: 0,
             prefixHits: 0
           },
-        resetPrefixCache: () => engine?.resetPrefixCache()
+        resetPrefixCache: (resetRunning) => engine?.resetPrefixCache(resetRunning) ?? true
       }
     })
   }

@@ -151,13 +151,23 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
     })
   )
 
+  // As vLLM's: the body is not read, `?reset_running_requests=true` resets even while requests run, and the
+  // answer is 200 either way (vLLM's API server does not check the engine's result; it logs a refusal).
   yield* router.add(
     "POST",
     resetPrefixCachePath,
     Effect.gen(function*() {
-      const read = yield* jsonBody
-      if (read.refused !== undefined) return read.refused
-      simulation!.resetPrefixCache()
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const denied = checkBearer(request.headers.authorization)
+      if (denied !== undefined) return errorResponse(401, "authentication_error", "invalid_api_key", denied.message)
+      if (simulation === undefined) {
+        return errorResponse(404, "invalid_request_error", "not_found", "served by the simulated model only (MODEL_BACKEND=simulated)")
+      }
+      // FastAPI's reading of a bool query parameter.
+      const resetRunning = ["true", "1", "yes", "on"].includes(new URL(request.url, "http://x").searchParams.get("reset_running_requests")?.toLowerCase() ?? "")
+      if (!simulation.resetPrefixCache(resetRunning)) {
+        yield* Effect.logWarning(`Failed to reset prefix cache because some blocks (${simulation.stats().usedBlocks}) are not freed yet`)
+      }
       return HttpServerResponse.empty({ status: 200 })
     })
   )
