@@ -6,6 +6,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted } from "effect"
 import { defaultSimulation, type RouterSettings } from "../src/router/core/Config.ts"
+import { vocabularyLimits } from "../src/router/simulated/SimulationRoutes.ts"
+import { Vocabulary } from "../src/router/simulated/Tokens.ts"
 import { request, TestRouter } from "./support/TestRouter.ts"
 
 const withRouter = (simulation: Partial<RouterSettings["simulation"]>, settings: Partial<RouterSettings> = {}) =>
@@ -124,4 +126,36 @@ describe("the simulated server over HTTP", () => {
       const fits = yield* post("/v1/completions", { model: "test-model", prompt: words(16), max_tokens: 1 })
       assert.strictEqual(fits.status, 200)
     }).pipe(withRouter({ blockSize: 4, kvBlocks: 4 })))
+})
+
+describe("/detokenize's memory of /tokenize (bounded by bytes)", () => {
+  it.live("a token longer than the limit is not kept: /detokenize names what it cannot answer", () =>
+    Effect.gen(function*() {
+      const long = "x".repeat(vocabularyLimits.maxTokenChars + 1)
+      const tokenized = yield* post("/tokenize", { prompt: `short ${long}` })
+      assert.strictEqual(tokenized.json.count, 2)
+      const shortOne = yield* post("/detokenize", { tokens: [tokenized.json.tokens[0]] })
+      assert.deepStrictEqual(shortOne.json, { prompt: "short" })
+      const longOne = yield* post("/detokenize", { tokens: [tokenized.json.tokens[1]] })
+      assert.strictEqual(longOne.status, 400)
+      assert.include(longOne.json.error.message, `up to ${vocabularyLimits.maxTokenChars} characters`)
+    }).pipe(withRouter({})))
+
+  it("keeps at most maxChars characters and maxEntries tokens, forgetting the least recently used first", () => {
+    const vocabulary = new Vocabulary(100, 5, 30)
+    for (let i = 0; i < 50; i++) {
+      vocabulary.remember(i, "y".repeat(i % 31))
+      assert.isAtMost(vocabulary.size.chars, 100)
+      assert.isAtMost(vocabulary.size.entries, 5)
+    }
+    vocabulary.remember(100, "a")
+    vocabulary.remember(101, "b")
+    vocabulary.lookUp(100)
+    for (let i = 0; i < 3; i++) vocabulary.remember(200 + i, "c")
+    assert.strictEqual(vocabulary.lookUp(100), "a", "recently used: kept")
+    vocabulary.remember(300, "d")
+    assert.isUndefined(vocabulary.lookUp(101), "least recently used: forgotten")
+    vocabulary.remember(400, "z".repeat(31))
+    assert.isUndefined(vocabulary.lookUp(400), "longer than maxTokenChars: not kept")
+  })
 })

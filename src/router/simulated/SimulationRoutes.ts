@@ -5,15 +5,15 @@
  * MODEL_BACKEND=upstream there is no simulated server: they answer 404.
  *
  * Ids are hashes of token text, so /detokenize knows only the ids this
- * server has handed out from /tokenize (the last million); any other is a 400
- * naming it.
+ * server has handed out from /tokenize (a bounded vocabulary: Tokens.ts's
+ * Vocabulary); any other is a 400 naming it.
  */
 import { ByteSize, Effect, Schema } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { RouterConfig } from "../core/Config.ts"
 import { Backend } from "../core/Backend.ts"
 import { makeBearerCheck } from "../core/Authorization.ts"
-import { tokensWithIds } from "./Tokens.ts"
+import { tokensWithIds, Vocabulary } from "./Tokens.ts"
 
 export const tokenizePath = "/tokenize"
 export const detokenizePath = "/detokenize"
@@ -60,8 +60,12 @@ const errorResponse = (status: number, type: string, code: string, message: stri
 
 const badRequest = (message: string, param: string | null = null) => errorResponse(400, "invalid_request_error", "invalid_request", message, param)
 
-/** Most ids /detokenize remembers; past it, it starts again (a simulation needs no more). */
-const vocabularyLimit = 1_000_000
+/**
+ * What /detokenize remembers of /tokenize's tokens: at most 8 M characters (about 16 MB of strings)
+ * in at most 200,000 tokens, least recently used forgotten first; a token longer than 256
+ * characters is not kept.
+ */
+export const vocabularyLimits = { maxChars: 8_000_000, maxEntries: 200_000, maxTokenChars: 256 } as const
 
 export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(router) {
   const config = yield* RouterConfig
@@ -69,7 +73,7 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
   const simulation = backend.simulation
   const checkBearer = makeBearerCheck(config.apiKeys)
   const maxBodySize = ByteSize.bytes(config.maxBodyBytes)
-  const vocabulary = new Map<number, string>()
+  const vocabulary = new Vocabulary(vocabularyLimits.maxChars, vocabularyLimits.maxEntries, vocabularyLimits.maxTokenChars)
 
   const refuse = (response: HttpServerResponse.HttpServerResponse) => ({ refused: response, body: undefined })
 
@@ -118,8 +122,7 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
       if (refused !== undefined) return refused
       const text = "prompt" in body ? body.prompt : body.messages.map((message) => contentText(message.content)).join("\n")
       const tokens = tokensWithIds(text)
-      if (vocabulary.size + tokens.length > vocabularyLimit) vocabulary.clear()
-      for (const token of tokens) vocabulary.set(token.id, token.text)
+      for (const token of tokens) vocabulary.remember(token.id, token.text)
       return HttpServerResponse.jsonUnsafe({
         count: tokens.length,
         max_model_len: config.simulation.maxModelLen,
@@ -141,9 +144,12 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
       if (refused !== undefined) return refused
       let prompt = ""
       for (const id of decoded.success.tokens) {
-        const text = vocabulary.get(id)
+        const text = vocabulary.lookUp(id)
         if (text === undefined) {
-          return badRequest(`token id ${id} is unknown: this simulated server detokenizes only ids it returned from ${tokenizePath}`, "tokens")
+          return badRequest(
+            `token id ${id} is unknown: this simulated server detokenizes only ids it returned from ${tokenizePath} recently, of tokens up to ${vocabularyLimits.maxTokenChars} characters`,
+            "tokens"
+          )
         }
         prompt += text
       }

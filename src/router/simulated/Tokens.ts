@@ -102,3 +102,55 @@ export const blockHashes = (seed: number, ids: ArrayLike<number>, blockSize: num
 /** The keys of a prompt's full blocks, as this model's server computes them (for routers that score by prefix). */
 export const promptBlockHashes = (modelName: string, text: string, blockSize: number): Array<number> =>
   blockHashes(blockSeed(modelName), tokenIds(text), blockSize)
+
+/**
+ * What /detokenize can turn back into text: the token texts /tokenize handed out, the least
+ * recently used forgotten past `maxChars` characters in all or `maxEntries` tokens. A token
+ * longer than `maxTokenChars` is not kept (a real vocabulary has no such token; a client that
+ * sends one runs of thousands of characters must not make the server keep them).
+ */
+export class Vocabulary {
+  private readonly texts = new Map<number, string>()
+  private chars = 0
+
+  readonly maxChars: number
+  readonly maxEntries: number
+  readonly maxTokenChars: number
+
+  constructor(maxChars: number, maxEntries: number, maxTokenChars: number) {
+    this.maxChars = maxChars
+    this.maxEntries = maxEntries
+    this.maxTokenChars = maxTokenChars
+  }
+
+  remember(id: number, text: string): void {
+    if (text.length > this.maxTokenChars) return
+    const known = this.texts.get(id)
+    if (known !== undefined) {
+      this.texts.delete(id)
+      this.chars -= known.length
+    }
+    this.texts.set(id, text)
+    this.chars += text.length
+    while (this.chars > this.maxChars || this.texts.size > this.maxEntries) {
+      const [oldest, oldText] = this.texts.entries().next().value as [number, string]
+      this.texts.delete(oldest)
+      this.chars -= oldText.length
+    }
+  }
+
+  /** The token's text, if remembered (it becomes the most recently used). */
+  lookUp(id: number): string | undefined {
+    const text = this.texts.get(id)
+    if (text !== undefined) {
+      this.texts.delete(id)
+      this.texts.set(id, text)
+    }
+    return text
+  }
+
+  /** Tokens and characters kept. */
+  get size(): { readonly entries: number; readonly chars: number } {
+    return { entries: this.texts.size, chars: this.chars }
+  }
+}
