@@ -335,6 +335,26 @@ describe("step timing on a slow event loop", () => {
   })
 })
 
+describe("the wait before the first step (SIM_TTFT_MS well above SIM_ITL_MS, TestClock)", () => {
+  it.effect("the request holds its slot and blocks and its prefix is looked up at admission: the metrics count it while it waits; TTFT unchanged", () =>
+    Effect.gen(function*() {
+      const { engine, submit } = yield* engineOn({ ttftMs: 500, itlMs: 10, prefillUsPerToken: 0 })
+      const warm = submit(words(8), 1)
+      yield* TestClock.adjust(1_000)
+      assert.isDefined(warm.result)
+      const queriesBefore = engine.stats().prefixQueries
+      const run = submit(words(8), 4)
+      yield* TestClock.adjust(100)
+      // 8 prompt + 4 output tokens: 3 blocks, 1 of them found cached (the last prompt block is computed again).
+      assert.include(engine.stats(), { running: 1, waiting: 0, usedBlocks: 3, prefixQueries: queriesBefore + 8, prefixHits: 4 })
+      assert.lengthOf(run.times, 0, "no token before its time")
+      yield* TestClock.adjust(1_000)
+      assert.strictEqual(run.result?.firstTokenMs, 500 - 10 + 10)
+      assert.strictEqual(run.result?.cachedTokens, 4)
+      assert.include(engine.stats(), { running: 0, usedBlocks: 0 })
+    }))
+})
+
 describe("a client that stops reading (TestClock)", () => {
   it.effect("does not hold the engine: its sequence generates on, frees its blocks and slot when done; the client gets every token in order when it reads again", () =>
     Effect.gen(function*() {

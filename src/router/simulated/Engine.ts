@@ -3,11 +3,13 @@
  * cache of blocks, as vLLM's scheduler runs (docs/simulator.md has the model
  * and its formulas).
  *
- * - A request is first delayed by the part of its time to first token that is
- *   not a step (SIM_TTFT_MS - SIM_ITL_MS, at least 0), then waits (FIFO) for a
- *   running slot (SIM's MAX_CONCURRENCY, vLLM's max_num_seqs) and for its
- *   blocks: the cached blocks its prompt begins with, plus fresh ones for the
- *   rest of the prompt and every token it will generate.
+ * - A request waits (FIFO) for a running slot (SIM's MAX_CONCURRENCY, vLLM's
+ *   max_num_seqs) and for its blocks: the cached blocks its prompt begins
+ *   with (looked up then), plus fresh ones for the rest of the prompt and every
+ *   token it will generate. Its prefill starts no sooner than the part of its
+ *   time to first token that is not a step (SIM_TTFT_MS - SIM_ITL_MS, at
+ *   least 0) after it was submitted: it holds its slot and blocks meanwhile,
+ *   so the cache's metrics count it.
  * - The running sequences advance together, one step at a time, from one
  *   timer per step: a step decodes one token for every sequence past its
  *   prefill (whether its client took the last one or not: a slow reader is
@@ -207,6 +209,8 @@ interface Sequence {
   end: () => void
   stopped: boolean
   finished: boolean
+  /** Its prefill starts no sooner (the part of TTFT that is not a step); -Infinity: at once. */
+  readonly startAt: number
 }
 
 export const makeEngine = (
@@ -319,6 +323,7 @@ export const makeEngine = (
     for (const sequence of running) {
       if (budget === 0) break
       if (!sequence.prefillDone) {
+        if (sequence.startAt > now()) continue
         // An empty prompt still takes a step (a chunk of nothing) before its first token.
         const chunk = Math.min(sequence.promptTokens - sequence.prefilled, budget)
         prefillSeqs.push(sequence)
@@ -441,6 +446,7 @@ export const makeEngine = (
       if (length < 0) {
         stepping = false
         stepDueAt = undefined
+        wakeForStart()
         return
       }
       if (length > 0) return stepDueAt === undefined ? timer.after(length, endStep) : timer.at(stepDueAt + length, endStep)
@@ -454,6 +460,20 @@ export const makeEngine = (
     applyStep()
     flush()
     loop()
+  }
+
+  /** When the engine has nothing to step: a timer for the first admitted sequence still to start, if any. */
+  let wakeAt = Infinity
+  const wake = () => {
+    wakeAt = Infinity
+    kick()
+  }
+  const wakeForStart = () => {
+    let first = Infinity
+    for (const sequence of running) if (!sequence.prefillDone && !sequence.stopped && sequence.startAt < first) first = sequence.startAt
+    if (first === Infinity || first >= wakeAt) return
+    wakeAt = first
+    timer.at(first, wake)
   }
 
   const kick = () => {
@@ -476,6 +496,8 @@ export const makeEngine = (
      * reply's first token, so its cache key includes them and the next turn hits through the reply.
      */
     submit(promptIds: ReadonlyArray<number>, plan: TextPlan, sink: SequenceSink, replyPrefix = ""): () => void {
+      // The part of the time to first token that is not a step: the prefill starts no sooner.
+      const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
       const sequence: Sequence = {
         sink,
         promptIds,
@@ -501,7 +523,9 @@ export const makeEngine = (
         next: () => {},
         end: () => {},
         stopped: false,
-        finished: false
+        finished: false,
+        // A whole millisecond, as the engine's timers fire.
+        startAt: delay > 0 ? Math.round(timer.now() + delay) : -Infinity
       }
       sequence.next = () => {
         if (sequence.stopped) return
@@ -511,10 +535,7 @@ export const makeEngine = (
       sequence.end = () => {
         if (!sequence.stopped) sink.end(resultOf(sequence))
       }
-      // The part of the time to first token that is not a step.
-      const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
-      if (delay > 0) timer.after(delay, () => enqueue(sequence))
-      else if (instant !== undefined) enqueue(sequence)
+      if (sequence.startAt !== -Infinity || instant !== undefined) enqueue(sequence)
       else {
         instant = sequence.submittedAt
         try {
