@@ -7,16 +7,37 @@ import { spawnSync } from "node:child_process"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterEach, assert, describe, it } from "vitest"
+import { afterAll, afterEach, assert, describe, it } from "vitest"
 import { foreignChild } from "../src/controller/Reconciler.ts"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
-import { freePort, killAll, root, sleep, startProcess, until } from "./support/Processes.ts"
+import { freePort, root, sleep, type Started, startProcess, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
 
 const apis: Array<FakeKubeApi> = []
+const controllers: Array<Started> = []
 afterEach(async () => {
-  killAll()
+  for (const controller of controllers.splice(0)) controller.child.kill("SIGKILL")
   for (const api of apis.splice(0)) await api.stop()
+})
+
+/**
+ * One stand-in and one controller (default settings) shared by the tests that need nothing
+ * else: each uses InferenceServices of its own names, so they do not meet, and the process
+ * starts once instead of once a test.
+ */
+let shared: Promise<{ readonly api: FakeKubeApi; readonly controller: Started & { readonly port: number } }> | undefined
+const sharedController = () =>
+  shared ??= (async () => {
+    const api = new FakeKubeApi({ bookmarkMs: 200 })
+    await api.start()
+    const controller = await startController(api, {}, "controller", false)
+    return { api, controller }
+  })()
+afterAll(async () => {
+  if (shared === undefined) return
+  const { api, controller } = await shared
+  controller.child.kill("SIGKILL")
+  await api.stop()
 })
 
 const fakeApi = async () => {
@@ -26,7 +47,7 @@ const fakeApi = async () => {
   return api
 }
 
-const startController = async (api: FakeKubeApi, env: Record<string, string> = {}, token = "controller") => {
+const startController = async (api: FakeKubeApi, env: Record<string, string> = {}, token = "controller", ownedByTest = true) => {
   const port = await freePort()
   const controller = startProcess(["src/controller/main.ts"], {
     KUBECONFIG: api.kubeconfig(token),
@@ -37,6 +58,7 @@ const startController = async (api: FakeKubeApi, env: Record<string, string> = {
     RESYNC_SECONDS: "1",
     ...env
   })
+  if (ownedByTest) controllers.push(controller)
   return { ...controller, port }
 }
 
@@ -70,8 +92,7 @@ const reconciled = (api: FakeKubeApi, name: string) => {
 // Real processes on a shared machine: generous limits; each test takes a few seconds when the machine is idle.
 describe("the controller against a stand-in as strict as kube-apiserver", { timeout: 60_000 }, () => {
   it("a CPU request over the default limit is applied (the limit follows it), not refused by the API server", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     api.put("inferenceservices", isvc("cpu", { modelRef: "m", resources: { requests: { cpu: "2" } } }))
     await until(() => reconciled(api, "cpu"), "reconciled")
     const resources = api.get("deployments", "default", "cpu-router").spec.template.spec.containers[0].resources
@@ -79,8 +100,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("quantities the API server stores in canonical form (0.5 CPU as 500m, an HPA target 1000 as 1k) are not applied again on every resync", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     api.put("inferenceservices", isvc("q", { modelRef: "m", resources: { requests: { cpu: "0.5", memory: "1024Mi" } } }))
     api.put("inferenceservices", isvc("hq", { modelRef: "m", maxReplicas: 3, scaleMetric: "queue", scaleTarget: 1000 }))
     await until(() => reconciled(api, "q") && reconciled(api, "hq"), "reconciled")
@@ -95,8 +115,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("a pod label, an annotation and an env entry removed from the spec leave the Deployment", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     api.put("inferenceservices", isvc("keys", {
       modelRef: "m",
       podLabels: { team: "a", tier: "gold" },
@@ -117,8 +136,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("switching from replicas: 3 to autoscaling keeps 3 replicas until the HPA writes its own count, then leaves it to the HPA", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     api.put("inferenceservices", isvc("scale", { modelRef: "m", replicas: 3 }))
     await until(() => reconciled(api, "scale"), "reconciled")
     edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6 })
@@ -138,8 +156,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("an object it did not create, named <name>-router, is not taken over: Ready=False NotOwned, the object unchanged", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     const foreign = api.put("services", {
       apiVersion: "v1",
       kind: "Service",
@@ -156,8 +173,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("created with autoscaling: the Deployment starts at minReplicas (not the default 1), then the HPA owns the count", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     api.put("inferenceservices", isvc("auto", { modelRef: "m", minReplicas: 3, maxReplicas: 6 }))
     await until(() => reconciled(api, "auto"), "reconciled")
     assert.strictEqual(api.get("deployments", "default", "auto-router").spec.replicas, 3)
@@ -173,8 +189,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("orphans (kubectl delete --cascade=orphan, then created again) are adopted; labelled objects controlled by another are not", async () => {
-    const api = await fakeApi()
-    await startController(api)
+    const { api } = await sharedController()
     const first = api.put("inferenceservices", isvc("orphan", { modelRef: "m" }))
     await until(() => reconciled(api, "orphan"), "reconciled")
     const plurals = ["deployments", "services", "poddisruptionbudgets"]
