@@ -45,6 +45,16 @@ describe("the simulated server over HTTP", () => {
       assert.match(metrics, /vllm:num_requests_waiting\{model_name="test-model"\} 0\b/)
       assert.match(metrics, /vllm:lora_requests_info\{/)
       assert.match(metrics, /vllm:request_time_per_output_token_seconds_count\{model_name="test-model"\} 4/)
+      // vLLM's buckets (vllm/v1/metrics/loggers.py), each histogram its own.
+      const bounds = (name: string) => [...metrics.matchAll(new RegExp(`^${name}_bucket\\{[^}]*le="([^"]+)"`, "gm"))].map((match) => match[1])
+      const ttft = ["0.001", "0.005", "0.01", "0.02", "0.04", "0.06", "0.08", "0.1", "0.25", "0.5", "0.75", "1", "2.5", "5", "7.5", "10", "20", "40", "80", "160", "640", "2560", "+Inf"]
+      const perToken = ["0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.3", "0.4", "0.5", "0.75", "1", "2.5", "5", "7.5", "10", "20", "40", "80", "+Inf"]
+      const latency = ["0.3", "0.5", "0.8", "1", "1.5", "2", "2.5", "5", "10", "15", "20", "30", "40", "50", "60", "120", "240", "480", "960", "1920", "7680", "+Inf"]
+      assert.deepStrictEqual(bounds("vllm:time_to_first_token_seconds"), ttft)
+      assert.deepStrictEqual(bounds("vllm:inter_token_latency_seconds"), perToken)
+      assert.deepStrictEqual(bounds("vllm:request_time_per_output_token_seconds"), perToken)
+      assert.deepStrictEqual(bounds("vllm:e2e_request_latency_seconds"), latency)
+      assert.deepStrictEqual(bounds("vllm:request_queue_time_seconds"), latency)
     }).pipe(withRouter({ blockSize: 4, kvBlocks: 64 })))
 
   it.live("a reply sent back (a chat's next turn, a completion prompt + a blank + its output) is found cached through the reply's full blocks", () =>

@@ -42,13 +42,25 @@ export const gauges = {
 
 /**
  * vLLM's per-request metrics, for the OpenAI-compatible API, each labelled
- * `model_name` (the MODEL_REF). Seconds, from 1 ms to a minute.
+ * `model_name` (the MODEL_REF). Seconds, in vLLM's own buckets
+ * (vllm/v1/metrics/loggers.py), so that dashboards and quantiles read alike.
  */
+export const vllmBuckets = {
+  timeToFirstToken: [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560],
+  /** Inter-token latency and a request's time per output token. */
+  perToken: [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80],
+  /** End-to-end latency and queue time (vLLM's request_latency_buckets). */
+  requestLatency: [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680]
+} as const
+
+const vllmHistogram = (name: string, description: string, boundaries: ReadonlyArray<number>) =>
+  Metric.histogram(name, { description, boundaries })
+
 export const vllm = {
-  timeToFirstToken: secondsHistogram("vllm:time_to_first_token_seconds", "From the request's arrival to its first token, in seconds"),
-  interTokenLatency: secondsHistogram("vllm:inter_token_latency_seconds", "Between consecutive tokens of a request, in seconds"),
-  e2eLatency: secondsHistogram("vllm:e2e_request_latency_seconds", "From the request's arrival to its last token, in seconds"),
-  queueTime: secondsHistogram("vllm:request_queue_time_seconds", "Time a request waited for a slot, in seconds"),
+  timeToFirstToken: vllmHistogram("vllm:time_to_first_token_seconds", "From the request's arrival to its first token, in seconds", vllmBuckets.timeToFirstToken),
+  interTokenLatency: vllmHistogram("vllm:inter_token_latency_seconds", "Between consecutive tokens of a request, in seconds", vllmBuckets.perToken),
+  e2eLatency: vllmHistogram("vllm:e2e_request_latency_seconds", "From the request's arrival to its last token, in seconds", vllmBuckets.requestLatency),
+  queueTime: vllmHistogram("vllm:request_queue_time_seconds", "Time a request waited for a slot, in seconds", vllmBuckets.requestLatency),
   promptTokens: Metric.counter("vllm:prompt_tokens_total", { description: "Prompt tokens processed", incremental: true }),
   generationTokens: Metric.counter("vllm:generation_tokens_total", { description: "Tokens generated", incremental: true }),
   requestSuccess: Metric.counter("vllm:request_success_total", {
@@ -65,7 +77,11 @@ export const vllmCache = {
   loraRequests: Metric.gauge("vllm:lora_requests_info", {
     description: "LoRA adapters running and waiting, in its labels (none: this server serves no adapters); the value is the scrape time"
   }),
-  timePerOutputToken: secondsHistogram("vllm:request_time_per_output_token_seconds", "A request's mean time per output token after the first, in seconds")
+  timePerOutputToken: vllmHistogram(
+    "vllm:request_time_per_output_token_seconds",
+    "A request's mean time per output token after the first, in seconds",
+    vllmBuckets.perToken
+  )
 }
 
 /** vLLM's metrics with their `model_name` label (and `finished_reason` for successes). */
