@@ -72,7 +72,7 @@ describe("time to first token by the prefix cache (TestClock)", () => {
 
       const cached = submit(prompt, 1)
       yield* TestClock.adjust(1_000)
-      // 9 of 10 blocks cached: the last block is computed again, as vLLM recomputes a fully cached prompt's last token.
+      // 9 of 10 blocks cached: as vLLM, hits stop at the prompt's length - 1 tokens in whole blocks, so the last block is computed again.
       assert.strictEqual(cached.result?.cachedTokens, 36)
       assert.strictEqual(cached.result?.firstTokenMs, 10 + 10 + 4)
 

@@ -280,7 +280,7 @@ export const makeEngine = (
       return true
     }
     const total = Math.min(Math.ceil((promptTokens + sequence.plan.tokens) / blockSize), settings.kvBlocks)
-    // A fully cached prompt still computes its last token, as vLLM does.
+    // Hits stop at the prompt's length - 1 tokens, in whole blocks, as vLLM caps them: a fully cached prompt computes its last block again.
     const hits = cache.hits(sequence.hashes, promptTokens === 0 ? 0 : Math.floor((promptTokens - 1) / blockSize))
     const blocks = cache.reserve(sequence.hashes, hits, total - hits)
     if (blocks === undefined) return false
