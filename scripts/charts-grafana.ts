@@ -265,6 +265,10 @@ export const dashboard = (): Dashboard => {
   timeseries("Time in queue", "workqueue_queue_duration_seconds: from a key's add to a worker taking it", "s", [
     [`histogram_quantile(0.99, sum by (le) (rate(workqueue_queue_duration_seconds_bucket{${controllerPods}, ${queue}}${window})))`, "p99"]
   ])
+  timeseries("Reconciles in progress", "workqueue_longest_running_processor_seconds and workqueue_unfinished_work_seconds: a value that keeps growing is a stuck reconcile", "s", [
+    [`max(workqueue_longest_running_processor_seconds{${controllerPods}, ${queue}})`, "longest running"],
+    [`sum(workqueue_unfinished_work_seconds{${controllerPods}, ${queue}})`, "unfinished work"]
+  ])
   timeseries("Leader", "leader_election_master_status: 1 on the replica holding the Lease", "short", [
     [`max by (pod) (leader_election_master_status{${controllerPods}, name="inference-router-controller"})`, "{{pod}}"]
   ])

@@ -5,7 +5,7 @@
  * go with the InferenceService or the lease.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Metric } from "effect"
+import { Deferred, Effect, Metric } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import { TestClock } from "effect/testing"
 import {
@@ -81,6 +81,30 @@ describe("controller-runtime metrics", () => {
       assert.strictEqual(samples[`workqueue_work_duration_seconds_count{${queue}}`], 3)
       assert.strictEqual(samples[`workqueue_depth{${queue}}`], 0)
       assert.strictEqual(samples[`controller_runtime_active_workers{${controller}}`], 0)
+    })))
+
+  it.effect("reconciles in progress: unfinished work and the longest running, read at scrape; gone with the queue", () =>
+    isolated(Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      yield* Effect.scoped(Effect.gen(function*() {
+        const work = yield* makeWorkQueue({ parallelism: 2, backoffBase: "1 second", backoffMax: "1 second" }, () => Deferred.await(gate))
+        work.add("a")
+        yield* settle
+        yield* TestClock.adjust(3000)
+        work.add("b")
+        yield* settle
+        yield* TestClock.adjust(1000)
+        const samples = yield* exposition
+        assert.strictEqual(samples[`workqueue_longest_running_processor_seconds{${queue}}`], 4)
+        assert.strictEqual(samples[`workqueue_unfinished_work_seconds{${queue}}`], 4 + 1)
+        assert.strictEqual(samples[`controller_runtime_active_workers{${controller}}`], 2)
+      }))
+      // The queue's scope closed (as when the replica stops leading), its reconciles interrupted.
+      const samples = yield* exposition
+      assert.notProperty(samples, `workqueue_longest_running_processor_seconds{${queue}}`)
+      assert.notProperty(samples, `workqueue_unfinished_work_seconds{${queue}}`)
+      assert.strictEqual(samples[`controller_runtime_active_workers{${controller}}`], 0)
+      assert.strictEqual(samples[`workqueue_depth{${queue}}`], 0)
     })))
 
   it.effect("the leader gauge follows the lease; a replica that stops leading drops its readiness series and zeroes its queue", () =>

@@ -100,6 +100,14 @@ export const controllerRuntime = {
     boundaries: workqueueBuckets,
     attributes: forQueue
   }),
+  unfinishedWork: Metric.gauge("workqueue_unfinished_work_seconds", {
+    description: "How many seconds of work has been done that is in progress and hasn't been observed by work_duration. Large values indicate stuck threads. One can deduce the number of stuck threads by observing the rate at which this increases.",
+    attributes: forQueue
+  }),
+  longestRunning: Metric.gauge("workqueue_longest_running_processor_seconds", {
+    description: "How many seconds has the longest running processor for workqueue been running.",
+    attributes: forQueue
+  }),
   queueRetries: Metric.counter("workqueue_retries_total", {
     description: "Total number of retries handled by workqueue",
     incremental: true,
@@ -116,7 +124,9 @@ export const controllerRuntime = {
 /**
  * The work queue's hooks, for `makeWorkQueue`: each a synchronous call at the
  * point client-go's queue records the same thing. `depth` is the number of
- * keys waiting after the change.
+ * keys waiting after the change. The reconciles in progress (unfinished work,
+ * the longest running) are read when /metrics is; when the queue's scope
+ * closes (this replica stops leading) nothing waits or runs any more.
  */
 export const workQueueMetrics = (parallelism: number) =>
   Effect.gen(function*() {
@@ -134,6 +144,20 @@ export const workQueueMetrics = (parallelism: number) =>
     m.reconcileErrors.updateUnsafe(0, context)
     m.queueAdds.updateUnsafe(0, context)
     m.queueRetries.updateUnsafe(0, context)
+    const running = () => [...startedAt.values()].map((since) => (clock.currentTimeMillisUnsafe() - since) / 1000)
+    const registrations = [
+      Metric.registerUnsafe(m.unfinishedWork, context, { get: () => ({ value: running().reduce((a, b) => a + b, 0) }), update: () => {}, modify: () => {} }),
+      Metric.registerUnsafe(m.longestRunning, context, { get: () => ({ value: Math.max(0, ...running()) }), update: () => {}, modify: () => {} })
+    ]
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const registration of registrations) registration.remove()
+        addedAt.clear()
+        startedAt.clear()
+        m.queueDepth.updateUnsafe(0, context)
+        m.activeWorkers.updateUnsafe(0, context)
+      })
+    )
     return {
       /** A key entered the queue (not one already waiting). */
       added: (key: string, depth: number) => {
