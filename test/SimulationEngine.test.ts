@@ -133,9 +133,9 @@ describe("blocks (TestClock)", () => {
   it.effect("a request whose blocks don't fit waits (num_requests_waiting) until a sequence ends, then runs", () =>
     Effect.gen(function*() {
       const { engine, submit } = yield* engineOn({ kvBlocks: 4, prefillUsPerToken: 0, ttftMs: 10 })
-      const first = submit(words(8), 8) // 16 tokens: all 4 blocks
+      const first = submit(words(16), 4) // its prompt: all 4 blocks (its output past the cache stays uncached)
       yield* TestClock.adjust(5)
-      const second = submit(words(4, "b"), 4) // 2 blocks
+      const second = submit(words(4, "b"), 4) // 1 block
       yield* TestClock.adjust(5)
       assert.deepStrictEqual(engine.stats(), {
         running: 1,
@@ -143,14 +143,41 @@ describe("blocks (TestClock)", () => {
         usedBlocks: 4,
         kvBlocks: 4,
         blockSize: 4,
-        prefixQueries: 8,
+        prefixQueries: 16,
         prefixHits: 0
       })
       yield* TestClock.adjust(1_000)
-      // The first's 8 tokens at 10, 20, ..., 80; the second joins when they end, its own steps after.
-      assert.deepStrictEqual(first.times, [10, 20, 30, 40, 50, 60, 70, 80])
-      assert.deepStrictEqual(second.times, [90, 100, 110, 120])
+      // The first's 4 tokens at 10, 20, 30, 40; the second joins when they end, its own steps after.
+      assert.deepStrictEqual(first.times, [10, 20, 30, 40])
+      assert.deepStrictEqual(second.times, [50, 60, 70, 80])
       assert.strictEqual(engine.stats().waiting, 0)
+    }))
+
+  it.effect("blocks are taken as tokens are generated; when none is free the last sequence admitted is preempted, waits first in line, and computes its tokens again", () =>
+    Effect.gen(function*() {
+      const { engine, submit } = yield* engineOn({ kvBlocks: 4, prefillUsPerToken: 0, ttftMs: 10 })
+      const used: Array<number> = []
+      const waiting: Array<number> = []
+      const first = submit(words(4), 10)
+      yield* TestClock.adjust(5)
+      const second = submit(words(4, "b"), 6)
+      // Blocks in use and requests waiting after each step (every 10 ms).
+      for (let at = 10; at <= 120; at += 10) {
+        yield* TestClock.adjust(at === 10 ? 5 : 10)
+        used.push(engine.stats().usedBlocks)
+        waiting.push(engine.stats().waiting)
+      }
+      yield* TestClock.adjust(1_000)
+      // Each holds 1 prompt block and takes a block per 4 tokens (the first's token 0 already needs its second).
+      // At 40 the first needs a third block: none free, the second (admitted last) is preempted after 3
+      // tokens; it needs 2 blocks to compute its 4 + 3 tokens again, so it waits for the first to end (100).
+      assert.deepStrictEqual(used, [4, 4, 4, 3, 3, 3, 3, 4, 4, 2, 3, 3])
+      assert.deepStrictEqual(waiting, [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+      assert.deepStrictEqual(first.times, [10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
+      assert.deepStrictEqual(second.times, [20, 30, 40, 110, 120, 130], "its tokens once each, in order, resumed after the recompute")
+      assert.strictEqual(second.result?.completionTokens, 6)
+      // Prompt tokens looked up: 4 + 4, and the second's 7 again (its blocks were evicted meanwhile: no hit).
+      assert.include(engine.stats(), { usedBlocks: 0, prefixQueries: 15, prefixHits: 0 })
     }))
 
   it.effect("a stopped sequence gives its blocks back at once; the cache reset forgets every block (AllBlocksCleared)", () =>
@@ -159,7 +186,8 @@ describe("blocks (TestClock)", () => {
       const prompt = words(8)
       const run = submit(prompt, 8)
       yield* TestClock.adjust(25)
-      assert.strictEqual(engine.stats().usedBlocks, 4)
+      // Its 8 prompt tokens and the first generated one: 3 blocks.
+      assert.strictEqual(engine.stats().usedBlocks, 3)
       run.stop()
       yield* TestClock.adjust(100)
       assert.strictEqual(engine.stats().usedBlocks, 0)
@@ -345,8 +373,8 @@ describe("the wait before the first step (SIM_TTFT_MS well above SIM_ITL_MS, Tes
       const queriesBefore = engine.stats().prefixQueries
       const run = submit(words(8), 4)
       yield* TestClock.adjust(100)
-      // 8 prompt + 4 output tokens: 3 blocks, 1 of them found cached (the last prompt block is computed again).
-      assert.include(engine.stats(), { running: 1, waiting: 0, usedBlocks: 3, prefixQueries: queriesBefore + 8, prefixHits: 4 })
+      // Its 8 prompt tokens: 2 blocks, 1 of them found cached (the last prompt block is computed again).
+      assert.include(engine.stats(), { running: 1, waiting: 0, usedBlocks: 2, prefixQueries: queriesBefore + 8, prefixHits: 4 })
       assert.lengthOf(run.times, 0, "no token before its time")
       yield* TestClock.adjust(1_000)
       assert.strictEqual(run.result?.firstTokenMs, 500 - 10 + 10)

@@ -4,9 +4,12 @@
  * and its formulas).
  *
  * - A request waits (FIFO) for a running slot (SIM's MAX_CONCURRENCY, vLLM's
- *   max_num_seqs) and for its blocks: the cached blocks its prompt begins
- *   with (looked up then), plus fresh ones for the rest of the prompt and every
- *   token it will generate. Its prefill starts no sooner than the part of its
+ *   max_num_seqs) and for its prompt's blocks: the cached blocks its prompt
+ *   begins with (looked up then), plus fresh ones for the rest. Generated
+ *   tokens take a fresh block as they need one; when none is free the running
+ *   sequence admitted last is preempted (vLLM's recompute: its blocks released,
+ *   back to the head of the queue, its prompt and generated tokens computed
+ *   again when readmitted). Its prefill starts no sooner than the part of its
  *   time to first token that is not a step (SIM_TTFT_MS - SIM_ITL_MS, at
  *   least 0) after it was submitted: it holds its slot and blocks meanwhile,
  *   so the cache's metrics count it.
@@ -170,10 +173,17 @@ export interface EngineStats {
 
 interface Sequence {
   readonly sink: SequenceSink
-  /** The prompt's ids and full blocks' keys, dropped once it is prefilled (a stream may live for minutes). */
-  promptIds: ReadonlyArray<number>
+  /** The ids of the prompt and of the tokens generated so far (keyed as the cache keys them): what a preempted sequence computes again. */
+  readonly ids: Array<number>
   readonly promptTokens: number
-  hashes: ReadonlyArray<number>
+  /** The keys of `ids`' full blocks while it is prefilled (computed again after a preemption); undefined after. */
+  hashes: ReadonlyArray<number> | undefined
+  /** Tokens its (re)computation prefills: the prompt, or after a preemption the prompt and the tokens generated. */
+  target: number
+  /** Runs uncached: its prompt alone is longer than the cache (refused at the door; here should one come anyway). */
+  uncached: boolean
+  /** Times admitted to the batch (more than once: preempted). */
+  admissions: number
   readonly plan: TextPlan
   /** What precedes the reply when a client sends it back (see `submit`): part of its first token's id. */
   readonly replyPrefix: string
@@ -182,7 +192,7 @@ interface Sequence {
   /** The next token to hand to the client (a second reader: the client may lag behind the engine). */
   readonly nextDelivery: () => string
   readonly submittedAt: number
-  blocks: ReadonlyArray<Block>
+  blocks: Array<Block>
   cachedTokens: number
   /** Prompt tokens computed or found cached. */
   prefilled: number
@@ -231,6 +241,8 @@ export const makeEngine = (
   const running: Array<Sequence> = []
   let prefixQueries = 0
   let prefixHits = 0
+  let preemptions = 0
+  const noHashes: ReadonlyArray<number> = []
   /** A step is in flight (its timer armed) or the loop is running steps now. */
   let stepping = false
   /**
@@ -270,25 +282,68 @@ export const makeEngine = (
     return 1 + (settings.loadFactor - 1) * Math.max(0, Math.min(1, share))
   }
 
-  /** References the sequence's blocks; false when they don't fit yet. */
+  /**
+   * References the blocks of what the sequence computes when admitted (its prompt; after a
+   * preemption its prompt and the tokens it generated): the cached ones it begins with and fresh
+   * ones for the rest. Blocks for generated tokens are taken as they are generated (ensureBlocks),
+   * as vLLM allocates them. False when they don't fit yet.
+   */
   const reserve = (sequence: Sequence): boolean => {
-    const promptTokens = sequence.promptTokens
-    const promptBlocks = Math.ceil(promptTokens / blockSize)
-    if (promptBlocks > settings.kvBlocks) {
+    const target = sequence.ids.length
+    const blocks = Math.ceil(target / blockSize)
+    const hashes = sequence.hashes ??= blockHashes(seedHash, sequence.ids, blockSize)
+    if (sequence.uncached || Math.ceil(sequence.promptTokens / blockSize) > settings.kvBlocks) {
       // Refused before admission (400); should one come here anyway, it runs uncached rather than waiting forever.
+      sequence.uncached = true
       sequence.blocks = []
+      sequence.target = target
       return true
     }
-    const total = Math.min(Math.ceil((promptTokens + sequence.plan.tokens) / blockSize), settings.kvBlocks)
-    // Hits stop at the prompt's length - 1 tokens, in whole blocks, as vLLM caps them: a fully cached prompt computes its last block again.
-    const hits = cache.hits(sequence.hashes, promptTokens === 0 ? 0 : Math.floor((promptTokens - 1) / blockSize))
-    const blocks = cache.reserve(sequence.hashes, hits, total - hits)
-    if (blocks === undefined) return false
-    sequence.blocks = blocks
-    sequence.cachedTokens = sequence.prefilled = hits * blockSize
+    // Hits stop at the computed length - 1 tokens, in whole blocks, as vLLM caps them: a fully cached prompt computes its last block again.
+    const hits = cache.hits(hashes, target === 0 ? 0 : Math.floor((target - 1) / blockSize))
+    const reserved = cache.reserve(hashes, hits, Math.min(blocks, settings.kvBlocks) - hits)
+    if (reserved === undefined) return false
+    sequence.blocks = reserved
+    sequence.target = target
+    sequence.prefilled = hits * blockSize
     sequence.stored = hits
-    prefixQueries += promptTokens
+    // As vLLM's num_cached_tokens: found at the first admission.
+    if (sequence.admissions++ === 0) sequence.cachedTokens = hits * blockSize
+    prefixQueries += target
     prefixHits += hits * blockSize
+    return true
+  }
+
+  /** Preempted (vLLM's recompute): its blocks go back, it waits first in line, and computes its tokens again when admitted. */
+  const preempt = (victim: Sequence) => {
+    cache.release(victim.blocks)
+    victim.blocks = []
+    victim.prefillDone = false
+    victim.prefilled = 0
+    victim.stored = 0
+    running.splice(running.lastIndexOf(victim), 1)
+    waiting.unshift(victim)
+    preemptions++
+  }
+
+  /**
+   * The sequence has blocks for `tokens` tokens (at most the whole cache); a fresh block is taken
+   * when needed and, when none is free, the last running sequence is preempted, as vLLM's
+   * scheduler does. False when that was this sequence.
+   */
+  const ensureBlocks = (sequence: Sequence, tokens: number): boolean => {
+    if (sequence.uncached) return true
+    const need = Math.min(Math.ceil(tokens / blockSize), settings.kvBlocks)
+    while (sequence.blocks.length < need) {
+      const fresh = cache.reserve(noHashes, 0, 1)
+      if (fresh !== undefined) {
+        sequence.blocks.push(fresh[0])
+        continue
+      }
+      const victim = running[running.length - 1]
+      preempt(victim)
+      if (victim === sequence) return false
+    }
     return true
   }
 
@@ -320,17 +375,22 @@ export const makeEngine = (
     decodeSeqs.length = 0
     let budget = settings.maxBatchedTokens
     let prefilled = 0
-    for (const sequence of running) {
+    // By index: a preemption takes the last sequence away (this one, or one not planned yet).
+    for (let i = 0; i < running.length; i++) {
       if (budget === 0) break
+      const sequence = running[i]
       if (!sequence.prefillDone) {
         if (sequence.startAt > now()) continue
         // An empty prompt still takes a step (a chunk of nothing) before its first token.
-        const chunk = Math.min(sequence.promptTokens - sequence.prefilled, budget)
+        const chunk = Math.min(sequence.target - sequence.prefilled, budget)
+        // The step that completes the prefill generates a token: its block is needed.
+        if (sequence.prefilled + chunk === sequence.target && sequence.generated < sequence.plan.tokens && !ensureBlocks(sequence, sequence.target + 1)) break
         prefillSeqs.push(sequence)
         prefillChunks.push(chunk)
         budget -= chunk
         prefilled += chunk
       } else if (!sequence.finished) {
+        if (!ensureBlocks(sequence, sequence.ids.length + 1)) break
         decodeSeqs.push(sequence)
         budget--
       }
@@ -360,23 +420,23 @@ export const makeEngine = (
     const full = Math.min(Math.floor(sequence.prefilled / blockSize), sequence.blocks.length)
     const from = sequence.stored
     if (full <= from) return
+    const hashes = sequence.hashes!
     cache.store(
       sequence.blocks.slice(from, full),
-      sequence.hashes.slice(from, full),
-      from === 0 ? undefined : sequence.hashes[from - 1],
-      sequence.promptIds,
+      hashes.slice(from, full),
+      from === 0 ? undefined : hashes[from - 1],
+      sequence.ids,
       from * blockSize
     )
     sequence.stored = full
   }
 
-  /** The prompt is computed: what follows its last full block starts the next block. */
+  /** The prompt (or what a preempted sequence computes again) is computed: what follows its last full block starts the next block. */
   const promptDone = (sequence: Sequence) => {
-    const full = Math.floor(sequence.promptTokens / blockSize)
-    sequence.lastHash = full === 0 ? seedHash : sequence.hashes[full - 1]
-    sequence.tailIds = sequence.promptIds.slice(full * blockSize)
-    sequence.promptIds = []
-    sequence.hashes = []
+    const full = Math.floor(sequence.target / blockSize)
+    sequence.lastHash = full === 0 ? seedHash : sequence.hashes![full - 1]
+    sequence.tailIds = sequence.ids.slice(full * blockSize)
+    sequence.hashes = undefined
   }
 
   /**
@@ -402,7 +462,9 @@ export const makeEngine = (
     const text = sequence.nextToken()
     // Generated tokens fill blocks too, keyed as the next prompt that quotes this reply will read them.
     const tail = sequence.tailIds
-    tail.push(tokenId(index === 0 ? sequence.replyPrefix + text : text))
+    const id = tokenId(index === 0 ? sequence.replyPrefix + text : text)
+    tail.push(id)
+    sequence.ids.push(id)
     if (tail.length === blockSize) {
       const hash = blockHash(sequence.lastHash, tail, 0, blockSize)
       if (sequence.stored < sequence.blocks.length) {
@@ -422,7 +484,7 @@ export const makeEngine = (
       if (sequence.stopped) continue
       sequence.prefilled += prefillChunks[i]
       storePrompt(sequence)
-      if (sequence.prefilled < sequence.promptTokens) continue
+      if (sequence.prefilled < sequence.target) continue
       sequence.prefillDone = true
       promptDone(sequence)
       if (sequence.plan.tokens > 0) {
@@ -500,9 +562,12 @@ export const makeEngine = (
       const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
       const sequence: Sequence = {
         sink,
-        promptIds,
+        ids: Array.from(promptIds),
         promptTokens: promptIds.length,
-        hashes: blockHashes(seedHash, promptIds, blockSize),
+        hashes: undefined,
+        target: promptIds.length,
+        uncached: false,
+        admissions: 0,
         plan,
         replyPrefix,
         nextToken: tokenReader(plan),
