@@ -69,6 +69,7 @@ const cycles = (graph: Map<string, Array<string>>): Array<Array<string>> => {
 const synchronousApis = new Set([
   "updateUnsafe", // a metric update
   "removeUnsafe", // a metric's removal
+  "registerUnsafe", // a gauge read at scrape time from a callback (the controller's in-progress work)
   "currentTimeMillisUnsafe", // a clock read
   "currentTimeNanosUnsafe",
   "jsonUnsafe", // a response constructor (throws only on unserialisable input)
