@@ -224,7 +224,7 @@ describe("the KV event batch encoder", () => {
             : [["type", "AllBlocksCleared"]]
         )
       )
-      // vLLM 0.11.1 to 0.25: array_like, BlockStored's 8 fields end with lora_name.
+      // vLLM before 0.26 (since lora_name): array_like, BlockStored's 8 fields end with lora_name.
       const positional = (format: "array" | "array-legacy") =>
         events.map((event) =>
           event._tag === "BlockStored"
@@ -234,7 +234,7 @@ describe("the KV event batch encoder", () => {
             : ["AllBlocksCleared"]
         )
       assert.deepStrictEqual(exact(decode(encodeKvEventBatch(ts, events, "array"), { useBigInt64: true })), [ts, positional("array"), 0])
-      // Up to vLLM 0.11.0: 7 fields, the batch [ts, events].
+      // vLLM before lora_name: 7 fields, the batch [ts, events].
       assert.deepStrictEqual(exact(decode(encodeKvEventBatch(ts, events, "array-legacy"), { useBigInt64: true })), [ts, positional("array-legacy")])
     }
   )

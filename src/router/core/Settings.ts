@@ -293,7 +293,7 @@ const loadSimulation: Effect.Effect<SimulationSettings, SettingError> = Effect.g
   const kvEventsFormat = yield* setting(
     "SIM_KV_EVENTS_FORMAT",
     oneOf(["map", "array", "array-legacy"]),
-    "map (vLLM 0.26 on), array (vLLM 0.11.1 to 0.25) or array-legacy (vLLM up to 0.11.0)",
+    "map (vLLM 0.26 on), array (positional with lora_name, vLLM before 0.26) or array-legacy (positional, 7 fields, before lora_name)",
     () => defaultSimulation.kvEventsFormat
   )
   const maxModelLen = yield* setting("SIM_MAX_MODEL_LEN", decimalBetween(1, 10_000_000), "an integer from 1 to 10000000 (tokens)", () => defaultSimulation.maxModelLen)
@@ -435,7 +435,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "SIM_PREFILL_US_PER_TOKEN", meaning: "microseconds a step lasts longer per uncached prompt token it prefills (0: prefill is free, timings as before the prefix cache)", default: code(defaultSimulation.prefillUsPerToken), valid: "number 0 – 100000" },
   { variable: "SIM_KV_EVENTS_ENDPOINT", meaning: "publish vLLM's KV events (BlockStored, BlockRemoved, AllBlocksCleared) over ZeroMQ PUB here; `*` in the host binds, else connects", default: "— (none)", valid: "`tcp://…`, `ipc://…`" },
   { variable: "SIM_KV_EVENTS_TOPIC", meaning: "the KV events' ZeroMQ topic", default: "`kv@<POD_NAME>@<MODEL_REF>` (llm-d's format)", valid: "any" },
-  { variable: "SIM_KV_EVENTS_FORMAT", meaning: "the KV events' msgpack layout: vLLM 0.26's named fields, or the positional arrays of vLLM 0.11.1 to 0.25 (`array`) or before (`array-legacy`) (docs/simulator.md)", default: "`map`", valid: "`map`, `array`, `array-legacy`" },
+  { variable: "SIM_KV_EVENTS_FORMAT", meaning: "the KV events' msgpack layout: vLLM 0.26's named fields, or the positional arrays of earlier vLLM, with `lora_name` (`array`) or before it was added (`array-legacy`) (docs/simulator.md)", default: "`map`", valid: "`map`, `array`, `array-legacy`" },
   { variable: "SIM_MAX_TOKENS", meaning: "most tokens generated when the request sets no `max_tokens`", default: code(defaultSimulation.maxTokens), valid: "1 – `SIM_MAX_MODEL_LEN`" },
   { variable: "SIM_MAX_MODEL_LEN", meaning: "context length: prompt tokens + `max_tokens` above it is a 400 `context_length_exceeded`; `/v1/models` reports it as `max_model_len`", default: code(defaultSimulation.maxModelLen), valid: "1 – 10000000" },
   { variable: "SIM_FAILURE_RATE", meaning: "percent of `/v1/*` requests failed on purpose (for testing clients' retry paths)", default: code(defaultSimulation.failureRate), valid: "0 – 100" },

@@ -15,10 +15,10 @@
  *     lora_id: nil, medium: "GPU", lora_name: nil, extra_keys: [nil per block], group_idx: 0,
  *     kv_cache_spec_kind: "full_attention"}`, `{type: "BlockRemoved", block_hashes,
  *     medium: "GPU", group_idx: 0}`, `{type: "AllBlocksCleared"}`;
- *   - `array` (vLLM 0.11.1 to 0.25, `array_like` with `lora_name`): `["BlockStored",
+ *   - `array` (vLLM before 0.26, `array_like`, with `lora_name` from PR #27577): `["BlockStored",
  *     block_hashes, parent | nil, token_ids, block_size, nil, "GPU", nil]`,
  *     `["BlockRemoved", block_hashes, "GPU"]`, `["AllBlocksCleared"]`;
- *   - `array-legacy` (vLLM up to 0.11.0): the same without `lora_name` (7 fields), and
+ *   - `array-legacy` (vLLM before `lora_name`): the same without it (7 fields), and
  *     the batch `[ts, events]` without the rank.
  *   Block hashes are unsigned integers below 2^53.
  *
