@@ -18,17 +18,17 @@ export const requestDuration = secondsHistogram(
 )
 export const queueWait = secondsHistogram(
   "router_queue_wait_seconds",
-  "Time admitted /infer requests waited for a slot, in seconds"
+  "Time admitted requests (/infer and /v1/*) waited for a slot, in seconds"
 )
-export const modelTime = secondsHistogram("router_model_seconds", "Time the model took per /infer request, in seconds")
+export const modelTime = secondsHistogram("router_model_seconds", "Time the model took per request (/infer and /v1/*), in seconds")
 export const shedTotal = Metric.counter("router_shed_total", {
-  description: "/infer requests the router answered without running the model, by reason",
+  description: "Requests (/infer and /v1/*) the router answered without running the model, by reason",
   incremental: true
 })
 
 export const gauges = {
-  running: Metric.gauge("router_requests_running", { description: "/infer requests in the model now" }),
-  waiting: Metric.gauge("router_requests_waiting", { description: "/infer requests waiting for a slot now" }),
+  running: Metric.gauge("router_requests_running", { description: "Requests (/infer and /v1/*) in the model now" }),
+  waiting: Metric.gauge("router_requests_waiting", { description: "Requests (/infer and /v1/*) waiting for a slot now" }),
   maxConcurrency: Metric.gauge("router_max_concurrency", { description: "Configured MAX_CONCURRENCY" }),
   maxQueue: Metric.gauge("router_max_queue", { description: "Configured MAX_QUEUE" }),
   queueTimeout: Metric.gauge("router_queue_timeout_seconds", { description: "Configured QUEUE_TIMEOUT_MS, in seconds (alerts compare queue wait with it)" }),
