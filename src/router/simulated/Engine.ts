@@ -307,10 +307,13 @@ export const makeEngine = (
     sequence.target = target
     sequence.prefilled = hits * blockSize
     sequence.stored = hits
-    // As vLLM's num_cached_tokens: found at the first admission.
-    if (sequence.admissions++ === 0) sequence.cachedTokens = hits * blockSize
-    prefixQueries += target
-    prefixHits += hits * blockSize
+    // As vLLM's num_cached_tokens and prefix-cache counters (PrefixCacheStats.record counts a
+    // preempted request's lookups apart, not in queries/hits): the first admission only.
+    if (sequence.admissions++ === 0) {
+      sequence.cachedTokens = hits * blockSize
+      prefixQueries += target
+      prefixHits += hits * blockSize
+    }
     return true
   }
 
