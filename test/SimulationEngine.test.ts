@@ -144,7 +144,8 @@ describe("blocks (TestClock)", () => {
         kvBlocks: 4,
         blockSize: 4,
         prefixQueries: 16,
-        prefixHits: 0
+        prefixHits: 0,
+        preemptions: 0
       })
       yield* TestClock.adjust(1_000)
       // The first's 4 tokens at 10, 20, 30, 40; the second joins when they end, its own steps after.
@@ -177,7 +178,7 @@ describe("blocks (TestClock)", () => {
       assert.deepStrictEqual(second.times, [20, 30, 40, 110, 120, 130], "its tokens once each, in order, resumed after the recompute")
       assert.strictEqual(second.result?.completionTokens, 6)
       // Prompt tokens looked up: 4 + 4; a preempted request's lookup again is not counted, as in vLLM.
-      assert.include(engine.stats(), { usedBlocks: 0, prefixQueries: 8, prefixHits: 0 })
+      assert.include(engine.stats(), { usedBlocks: 0, prefixQueries: 8, prefixHits: 0, preemptions: 1 })
     }))
 
   it.effect("a stopped sequence gives its blocks back at once; the cache reset forgets every block (AllBlocksCleared)", () =>

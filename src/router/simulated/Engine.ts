@@ -169,6 +169,8 @@ export interface EngineStats {
   readonly prefixQueries: number
   /** Of those, tokens found cached. */
   readonly prefixHits: number
+  /** Sequences preempted since start (vLLM's vllm:num_preemptions). */
+  readonly preemptions: number
 }
 
 interface Sequence {
@@ -644,7 +646,8 @@ export const makeEngine = (
         kvBlocks: settings.kvBlocks,
         blockSize,
         prefixQueries,
-        prefixHits
+        prefixHits,
+        preemptions
       }
     },
     /** The cached blocks' keys (tests compare them with a subscriber's index). */

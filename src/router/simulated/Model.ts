@@ -233,7 +233,8 @@ export class Model extends Context.Service<Model, {
             kvBlocks: settings.kvBlocks,
             blockSize: settings.blockSize,
             prefixQueries: 0,
-            prefixHits: 0
+            prefixHits: 0,
+            preemptions: 0
           },
         resetPrefixCache: (resetRunning) => engine?.resetPrefixCache(resetRunning) ?? true
       }
