@@ -154,6 +154,22 @@ describe("blocks (TestClock)", () => {
       assert.strictEqual(engine.stats().waiting, 0)
     }))
 
+  it.effect("a chunked prefill takes its blocks chunk by chunk, as vLLM allocates them", () =>
+    Effect.gen(function*() {
+      const { engine, submit } = yield* engineOn({ maxBatchedTokens: 8, ttftMs: 10 })
+      const run = submit(words(24), 2)
+      const used: Array<number> = []
+      // Steps of 10 ms + 8 tokens x 1 ms end at 18, 36 and 54 (the first token).
+      for (const at of [1, 20, 40]) {
+        yield* TestClock.adjust(at - (used.length === 0 ? 0 : [1, 20, 40][used.length - 1]))
+        used.push(engine.stats().usedBlocks)
+      }
+      // 8 tokens: 2 blocks; 16: 4; all 24 and the first generated token: 7.
+      assert.deepStrictEqual(used, [2, 4, 7])
+      yield* TestClock.adjust(1_000)
+      assert.deepStrictEqual(run.times, [54, 64])
+    }))
+
   it.effect("blocks are taken as tokens are generated; when none is free the last sequence admitted is preempted, waits first in line, and computes its tokens again", () =>
     Effect.gen(function*() {
       const { engine, submit } = yield* engineOn({ kvBlocks: 4, prefillUsPerToken: 0, ttftMs: 10 })

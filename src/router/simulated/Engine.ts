@@ -287,8 +287,8 @@ export const makeEngine = (
   /**
    * References the blocks of what the sequence computes when admitted (its prompt; after a
    * preemption its prompt and the tokens it generated): the cached ones it begins with and fresh
-   * ones for the rest. Blocks for generated tokens are taken as they are generated (ensureBlocks),
-   * as vLLM allocates them. False when they don't fit yet.
+   * ones for its first chunk. The next chunks' blocks and generated tokens' are taken as they are
+   * computed (ensureBlocks), as vLLM allocates them. False when they don't fit yet.
    */
   const reserve = (sequence: Sequence): boolean => {
     const target = sequence.ids.length
@@ -303,7 +303,9 @@ export const makeEngine = (
     }
     // Hits stop at the computed length - 1 tokens, in whole blocks, as vLLM caps them: a fully cached prompt computes its last block again.
     const hits = cache.hits(hashes, target === 0 ? 0 : Math.floor((target - 1) / blockSize))
-    const reserved = cache.reserve(hashes, hits, Math.min(blocks, settings.kvBlocks) - hits)
+    // Blocks for its first chunk (at most SIM_MAX_BATCHED_TOKENS past the hits); the next chunks take theirs as they are prefilled.
+    const firstChunk = Math.min(blocks, Math.ceil((hits * blockSize + settings.maxBatchedTokens) / blockSize))
+    const reserved = cache.reserve(hashes, hits, Math.min(firstChunk, settings.kvBlocks) - hits)
     if (reserved === undefined) return false
     sequence.blocks = reserved
     sequence.target = target
@@ -388,8 +390,9 @@ export const makeEngine = (
         if (sequence.startAt > now()) continue
         // An empty prompt still takes a step (a chunk of nothing) before its first token.
         const chunk = Math.min(sequence.target - sequence.prefilled, budget)
-        // The step that completes the prefill generates a token: its block is needed.
-        if (sequence.prefilled + chunk === sequence.target && sequence.generated < sequence.plan.tokens && !ensureBlocks(sequence, sequence.target + 1)) break
+        // The chunk's blocks, and the step that completes the prefill generates a token: its block too.
+        const generates = sequence.prefilled + chunk === sequence.target && sequence.generated < sequence.plan.tokens
+        if (!ensureBlocks(sequence, sequence.prefilled + chunk + (generates ? 1 : 0))) break
         prefillSeqs.push(sequence)
         prefillChunks.push(chunk)
         budget -= chunk
