@@ -4,9 +4,10 @@
  * and its formulas).
  *
  * - A request waits (FIFO) for a running slot (SIM's MAX_CONCURRENCY, vLLM's
- *   max_num_seqs) and for its prompt's blocks: the cached blocks its prompt
- *   begins with (looked up then), plus fresh ones for the rest. Generated
- *   tokens take a fresh block as they need one; when none is free the running
+ *   max_num_seqs) and for its first chunk's blocks: the cached blocks its
+ *   prompt begins with (looked up then), plus fresh ones for up to
+ *   SIM_MAX_BATCHED_TOKENS more. The next chunks and the generated tokens
+ *   take fresh blocks as they need them; when none is free the running
  *   sequence admitted last is preempted (vLLM's recompute: its blocks released,
  *   back to the head of the queue, its prompt and generated tokens computed
  *   again when readmitted). Its prefill starts no sooner than the part of its
