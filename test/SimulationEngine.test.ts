@@ -154,6 +154,17 @@ describe("blocks (TestClock)", () => {
       assert.strictEqual(engine.stats().waiting, 0)
     }))
 
+  it.effect("the block a sequence's last token fills is not cached (vLLM never computes that token's KV); one filled before it is", () =>
+    Effect.gen(function*() {
+      const { engine, submit } = yield* engineOn({ prefillUsPerToken: 0 })
+      submit(words(3), 1) // 3 prompt tokens and its only token fill a block
+      yield* TestClock.adjust(1_000)
+      assert.strictEqual(engine.cachedHashes().size, 0)
+      submit(words(3, "x"), 2) // the first generated token fills the block, the second starts another
+      yield* TestClock.adjust(1_000)
+      assert.strictEqual(engine.cachedHashes().size, 1)
+    }))
+
   it.effect("a chunked prefill takes its blocks chunk by chunk, as vLLM allocates them", () =>
     Effect.gen(function*() {
       const { engine, submit } = yield* engineOn({ maxBatchedTokens: 8, ttftMs: 10 })

@@ -476,7 +476,8 @@ export const makeEngine = (
     sequence.ids.push(id)
     if (tail.length === blockSize) {
       const hash = blockHash(sequence.lastHash, tail, 0, blockSize)
-      if (sequence.stored < sequence.blocks.length) {
+      // The last token's KV is never computed (nothing follows it): the block it fills is not cached, as in vLLM.
+      if (sequence.stored < sequence.blocks.length && sequence.generated < sequence.plan.tokens) {
         cache.store([sequence.blocks[sequence.stored]], [hash], sequence.stored === 0 ? undefined : sequence.lastHash, tail, 0)
         sequence.stored++
       }
