@@ -36,6 +36,7 @@ import { mkdirSync, writeFileSync } from "node:fs"
 import { Agent, request } from "node:http"
 import { fileURLToPath } from "node:url"
 import { freePort, sleep } from "../test/support/Processes.ts"
+import { prng as seeded } from "../src/router/simulated/Simulation.ts"
 import { get, percentile } from "./BenchSupport.ts"
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -222,17 +223,6 @@ const stream = (port: number, agent: Agent, messages: ReadonlyArray<Message>) =>
     req.end(body)
   })
 
-/** mulberry32, so every scheduler sees the same arrivals and prompts. */
-const seeded = (seed: number) => {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 // ---- one cell: a scheduler, a workload, a rate ----
 
@@ -298,6 +288,7 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   // random: the servers themselves, one picked per request below.
   const fronts = scheduler === "random" ? [] : await startFronts(scheduler, servers, redisUrl)
   const agent = new Agent({ keepAlive: true, maxSockets: 2_000 })
+  // mulberry32 (the simulator's), so every scheduler sees the same arrivals and prompts.
   const random = seeded(rate * 1000 + workloadName.length)
   // Its own sequence, so that arrivals and prompts are the same for every scheduler.
   const pick = seeded(7)

@@ -17,9 +17,9 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import * as Http from "node:http"
-import { createServer } from "node:net"
 import { resolve } from "node:path"
 import { parseArgs } from "node:util"
+import { freePort, sleep } from "../test/support/Processes.ts"
 
 const { values } = parseArgs({
   options: {
@@ -39,16 +39,6 @@ const downMs = Number(values["down-ms"])
 const upMs = Number(values["up-ms"])
 const root = values.root
 
-const sleep = (ms: number) => new Promise((done) => setTimeout(done, ms))
-
-const freePort = async () => {
-  const server = createServer().listen(0, "127.0.0.1")
-  await once(server, "listening")
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, "close")
-  return port
-}
 
 interface Router {
   readonly child: ChildProcess
