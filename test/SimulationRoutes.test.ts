@@ -39,6 +39,7 @@ describe("the simulated server over HTTP", () => {
       const metrics = (yield* request({ path: "/metrics" })).text
       assert.match(metrics, /vllm:prefix_cache_queries_total\{model_name="test-model"\} 40/)
       assert.match(metrics, /vllm:prefix_cache_hits_total\{model_name="test-model"\} 16/)
+      assert.match(metrics, /vllm:num_preemptions_total\{model_name="test-model"\} 0\b/)
       assert.match(metrics, /vllm:cache_config_info\{[^}]*block_size="4"[^}]*\} 1/)
       assert.match(metrics, /vllm:cache_config_info\{[^}]*num_gpu_blocks="64"[^}]*\} 1/)
       assert.match(metrics, /vllm:kv_cache_usage_perc\{model_name="test-model"\} 0\b/)

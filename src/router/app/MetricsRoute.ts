@@ -23,12 +23,14 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
   // The prefix-cache counters follow the engine's totals: each scrape adds what grew since the last.
   let countedQueries = 0
   let countedHits = 0
+  let countedPreemptions = 0
   const context = yield* Effect.context<never>()
   if (simulation !== undefined) {
     const { blockSize, kvBlocks } = simulation.stats()
     labelledVllm.cacheConfig(blockSize, kvBlocks).updateUnsafe(1, context)
     labelledVllm.prefixQueries.updateUnsafe(0, context)
     labelledVllm.prefixHits.updateUnsafe(0, context)
+    labelledVllm.preemptions.updateUnsafe(0, context)
   }
   for (const reason of shedReasons) shedBy(reason).updateUnsafe(0, context)
   const handler = Effect.gen(function*() {
@@ -50,6 +52,8 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
       labelledVllm.prefixHits.updateUnsafe(engine.prefixHits - countedHits, context)
       countedQueries = engine.prefixQueries
       countedHits = engine.prefixHits
+      labelledVllm.preemptions.updateUnsafe(engine.preemptions - countedPreemptions, context)
+      countedPreemptions = engine.preemptions
       labelledVllm.loraRequests.updateUnsafe(Date.now() / 1000, context)
     }
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)

@@ -147,6 +147,8 @@ export interface SimulationView {
     /** Prompt tokens looked up in the prefix cache since start, and of those found cached. */
     readonly prefixQueries: number
     readonly prefixHits: number
+    /** Requests preempted since start (their blocks taken back). */
+    readonly preemptions: number
   }
   /** vLLM's reset_prefix_cache: false (nothing done) while blocks are in use, unless `resetRunning`. */
   resetPrefixCache(resetRunning?: boolean): boolean

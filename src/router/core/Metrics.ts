@@ -73,6 +73,10 @@ export const vllm = {
 export const vllmCache = {
   prefixQueries: Metric.counter("vllm:prefix_cache_queries_total", { description: "Prompt tokens looked up in the prefix cache", incremental: true }),
   prefixHits: Metric.counter("vllm:prefix_cache_hits_total", { description: "Prompt tokens found in the prefix cache", incremental: true }),
+  preemptions: Metric.counter("vllm:num_preemptions_total", {
+    description: "Requests preempted: their KV blocks taken back, they compute their tokens again when readmitted",
+    incremental: true
+  }),
   cacheConfig: Metric.gauge("vllm:cache_config_info", { description: "The KV cache's configuration, in its labels (block_size, num_gpu_blocks); the value is 1" }),
   loraRequests: Metric.gauge("vllm:lora_requests_info", {
     description: "LoRA adapters running and waiting, in its labels (none: this server serves no adapters); the value is the scrape time"
@@ -100,6 +104,7 @@ export const vllmMetrics = (modelName: string) => {
     requestSuccess: labelled(Metric.withAttributes(vllm.requestSuccess, { model_name: modelName }), "finished_reason"),
     prefixQueries: label(vllmCache.prefixQueries),
     prefixHits: label(vllmCache.prefixHits),
+    preemptions: label(vllmCache.preemptions),
     timePerOutputToken: label(vllmCache.timePerOutputToken),
     cacheConfig: (blockSize: number, blocks: number) =>
       Metric.withAttributes(vllmCache.cacheConfig, {
