@@ -18,6 +18,7 @@ import { request as httpRequest } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
 import { type Endpoint, isReachable } from "../upstream/Balancer.ts"
 import { hostPort } from "../upstream/Targets.ts"
+import { contentText } from "../simulated/Simulation.ts"
 import { blockKeysOf, tokenIdsOf } from "./BlockKeys.ts"
 import { subscribeKvEvents } from "./KvEvents.ts"
 import { PrefixIndex } from "./PrefixIndex.ts"
@@ -51,12 +52,6 @@ export const promptOf = (body: string | undefined): { readonly model: string; re
   if (typeof parsed !== "object" || parsed === null) return undefined
   const { messages, model, prompt, stream } = parsed as Record<string, unknown>
   const modelName = typeof model === "string" ? model : ""
-  const contentText = (content: unknown): string =>
-    typeof content === "string"
-      ? content
-      : Array.isArray(content)
-      ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
-      : ""
   let text: string | undefined
   if (Array.isArray(messages)) text = messages.map((message) => contentText(message?.content)).join("\n")
   else if (typeof prompt === "string") text = prompt

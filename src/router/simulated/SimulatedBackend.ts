@@ -12,7 +12,7 @@ import { invalidRequestError, type ModelCard, type OpenAiError, openAiError } fr
 import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
 import { type FailureType, RouterConfig, type SimulationSettings } from "../core/Config.ts"
 import { type GenerationRequest, type Inference, Model, type Generated as ModelGenerated } from "./Model.ts"
-import { countTokens } from "./Simulation.ts"
+import { contentText, countTokens } from "./Simulation.ts"
 
 /** What each injected failure answers, as llm-d-inference-sim's do. */
 const injected: Record<FailureType, OpenAiError> = {
@@ -23,14 +23,6 @@ const injected: Record<FailureType, OpenAiError> = {
   model_not_found: openAiError(404, "invalid_request_error", "model_not_found", "simulated failure: model not found", "model"),
   server_error: openAiError(500, "server_error", "server_error", "simulated failure: the model failed")
 }
-
-/** The text of a message's content: a string, or the text parts of an array. */
-const contentText = (content: unknown): string =>
-  typeof content === "string"
-    ? content
-    : Array.isArray(content)
-    ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
-    : ""
 
 /** The call as the model sees it. */
 const generationOf = (call: CompletionCall): GenerationRequest => {

@@ -39,6 +39,14 @@ const tokensBefore = (text: string, end: number): number => {
   return count
 }
 
+/** The text of a chat message's content, as the model reads it: a string, or the text parts of an array. */
+export const contentText = (content: unknown): string =>
+  typeof content === "string"
+    ? content
+    : Array.isArray(content)
+    ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
+    : ""
+
 export const countTokens = (text: string): number => tokensBefore(text, text.length)
 
 /** mulberry32: a small seeded PRNG, the same sequence for the same seed on every platform. */

@@ -13,6 +13,7 @@ import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse 
 import { RouterConfig } from "../core/Config.ts"
 import { Backend } from "../core/Backend.ts"
 import { makeBearerCheck } from "../core/Authorization.ts"
+import { contentText } from "./Simulation.ts"
 import { tokensWithIds, Vocabulary } from "./Tokens.ts"
 
 export const tokenizePath = "/tokenize"
@@ -46,14 +47,6 @@ const DetokenizeRequest = Schema.Struct({
 })
 const decodeTokenize = Schema.decodeUnknownResult(TokenizeRequest)
 const decodeDetokenize = Schema.decodeUnknownResult(DetokenizeRequest)
-
-/** The text of a message's content: a string, or the text parts of an array (as the generation reads it). */
-const contentText = (content: unknown): string =>
-  typeof content === "string"
-    ? content
-    : Array.isArray(content)
-    ? content.map((part) => typeof part?.text === "string" ? part.text : "").join("")
-    : ""
 
 const errorResponse = (status: number, type: string, code: string, message: string, param: string | null = null) =>
   HttpServerResponse.jsonUnsafe({ error: { message, type, param, code } }, { status })
