@@ -153,3 +153,18 @@ export interface SimulationView {
   /** vLLM's reset_prefix_cache: false (nothing done) while blocks are in use, unless `resetRunning`. */
   resetPrefixCache(resetRunning?: boolean): boolean
 }
+
+/**
+ * The router's own card for `/v1/models`: the served model and the simulator's
+ * context length (an upstream backend replaces `max_model_len` with what a
+ * model server reports).
+ */
+export const routerModelCard = (modelRef: string, maxModelLen: number): ModelCard => ({
+  id: modelRef,
+  object: "model",
+  created: Math.floor(Date.now() / 1000),
+  owned_by: "inference-router",
+  root: modelRef,
+  parent: null,
+  max_model_len: maxModelLen
+})

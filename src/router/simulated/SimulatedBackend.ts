@@ -9,7 +9,7 @@
 import { Effect, Exit, Layer } from "effect"
 import { simFailureHeader } from "../../api/Headers.ts"
 import { invalidRequestError, type ModelCard, type OpenAiError, openAiError } from "../../api/OpenAiApi.ts"
-import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
+import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated, routerModelCard } from "../core/Backend.ts"
 import { type FailureType, RouterConfig, type SimulationSettings } from "../core/Config.ts"
 import { type GenerationRequest, type Inference, Model, type Generated as ModelGenerated } from "./Model.ts"
 import { contentText, countTokens } from "./Simulation.ts"
@@ -159,15 +159,7 @@ export const SimulatedBackend: Layer.Layer<Backend, never, Model | RouterConfig>
   Effect.gen(function*() {
     const config = yield* RouterConfig
     const model = yield* Model
-    const card: ModelCard = {
-      id: config.modelRef,
-      object: "model",
-      created: Math.floor(Date.now() / 1000),
-      owned_by: "inference-router",
-      root: config.modelRef,
-      parent: null,
-      max_model_len: config.simulation.maxModelLen
-    }
+    const card = routerModelCard(config.modelRef, config.simulation.maxModelLen)
     return makeSimulatedBackend(model, config.simulation, card)
   })
 )

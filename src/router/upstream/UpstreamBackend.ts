@@ -11,7 +11,7 @@
 import { Clock, Effect, Exit, Layer } from "effect"
 import { requestIdHeader, simFailureHeader } from "../../api/Headers.ts"
 import { chatCompletionsPath, completionsPath, type ModelCard, modelsPath } from "../../api/OpenAiApi.ts"
-import { Backend, callbacks, type Completed, type Inference } from "../core/Backend.ts"
+import { Backend, callbacks, type Completed, type Inference, routerModelCard } from "../core/Backend.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { relayUnsafe } from "./Relay.ts"
 import { type UpstreamFailure, upstreamRefusal, Upstreams } from "./Upstreams.ts"
@@ -81,15 +81,7 @@ export const UpstreamBackend: Layer.Layer<Backend, never, Upstreams | RouterConf
   Effect.gen(function*() {
     const config = yield* RouterConfig
     const upstreams = yield* Upstreams
-    const card: ModelCard = {
-      id: config.modelRef,
-      object: "model",
-      created: Math.floor(Date.now() / 1000),
-      owned_by: "inference-router",
-      root: config.modelRef,
-      parent: null,
-      max_model_len: config.simulation.maxModelLen
-    }
+    const card = routerModelCard(config.modelRef, config.simulation.maxModelLen)
     return makeUpstreamBackend(upstreams, config.modelRef, card)
   })
 )
