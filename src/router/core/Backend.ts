@@ -135,21 +135,24 @@ export class Backend extends Context.Service<Backend, {
 }>()("inference-router/Backend") {}
 
 /** What a simulated model server shows of its engine (simulated/Engine.ts). */
+/** The simulated engine's counts, read by the metrics at scrape time. */
+export interface SimulationStats {
+  /** Sequences in the engine's batch. */
+  readonly running: number
+  /** Admitted requests waiting for blocks (or for the engine's first step). */
+  readonly waiting: number
+  readonly usedBlocks: number
+  readonly kvBlocks: number
+  readonly blockSize: number
+  /** Prompt tokens looked up in the prefix cache since start, and of those found cached. */
+  readonly prefixQueries: number
+  readonly prefixHits: number
+  /** Requests preempted since start (their blocks taken back). */
+  readonly preemptions: number
+}
+
 export interface SimulationView {
-  stats(): {
-    /** Sequences in the engine's batch. */
-    readonly running: number
-    /** Admitted requests waiting for blocks (or for the engine's first step). */
-    readonly waiting: number
-    readonly usedBlocks: number
-    readonly kvBlocks: number
-    readonly blockSize: number
-    /** Prompt tokens looked up in the prefix cache since start, and of those found cached. */
-    readonly prefixQueries: number
-    readonly prefixHits: number
-    /** Requests preempted since start (their blocks taken back). */
-    readonly preemptions: number
-  }
+  stats(): SimulationStats
   /** vLLM's reset_prefix_cache: false (nothing done) while blocks are in use, unless `resetRunning`. */
   resetPrefixCache(resetRunning?: boolean): boolean
 }

@@ -29,6 +29,7 @@
  * stream (BENCHMARKS.md section 6); tests drive it with TestClock through
  * `effectTimerClock`.
  */
+import type { SimulationStats } from "../core/Backend.ts"
 import { type Block, BlockCache, type KvEvent } from "./BlockCache.ts"
 import { type FinishReason, planOutput, prng, type TextPlan, tokenReader } from "./Simulation.ts"
 import { blockHash, blockHashes, blockSeed, tokenId } from "./Tokens.ts"
@@ -157,22 +158,8 @@ export interface SequenceSink {
   end(result: SequenceResult): void
 }
 
-export interface EngineStats {
-  /** Sequences admitted to the batch and not finished. */
-  readonly running: number
-  /** Sequences waiting for a running slot or for blocks. */
-  readonly waiting: number
-  /** Blocks referenced by running sequences. */
-  readonly usedBlocks: number
-  readonly kvBlocks: number
-  readonly blockSize: number
-  /** Prompt tokens looked up in the prefix cache, since start. */
-  readonly prefixQueries: number
-  /** Of those, tokens found cached. */
-  readonly prefixHits: number
-  /** Sequences preempted since start (vLLM's vllm:num_preemptions). */
-  readonly preemptions: number
-}
+/** The engine's counts (core's SimulationStats: what the metrics read). */
+export type EngineStats = SimulationStats
 
 interface Sequence {
   readonly sink: SequenceSink

@@ -18,10 +18,10 @@
 import { Clock, Context, Effect, Exit, Layer } from "effect"
 import { Admission } from "../core/Admission.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "../core/Config.ts"
-import { type Engine, type EngineStats, makeEngine, type SequenceSink, systemTimerClock, type TimerClock } from "./Engine.ts"
+import { type Engine, type EngineStats, makeEngine, type SequenceResult, type SequenceSink, systemTimerClock, type TimerClock } from "./Engine.ts"
 import { KvEventPublisher } from "./KvEventPublisher.ts"
 import type { KvEvent } from "./BlockCache.ts"
-import { type FinishReason, hash32, planText } from "./Simulation.ts"
+import { hash32, planText } from "./Simulation.ts"
 import { tokenIds } from "./Tokens.ts"
 
 export { makeTokenTimer, type TimerClock } from "./Engine.ts"
@@ -49,17 +49,8 @@ export interface GenerationRequest {
   readonly replyPrefix?: string | undefined
 }
 
-export interface Generated {
-  readonly text: string
-  readonly completionTokens: number
-  readonly finishReason: FinishReason
-  /** Prompt tokens found in the prefix cache (usage.prompt_tokens_details.cached_tokens). */
-  readonly cachedTokens: number
-  /** Milliseconds from the start of generation to the first token (0 when none). */
-  readonly firstTokenMs: number
-  /** Whole milliseconds the model took. */
-  readonly processingMs: number
-}
+/** A whole generation: what the engine reports for one sequence. */
+export type Generated = SequenceResult
 
 export type OnToken = (token: string, index: number) => Effect.Effect<void>
 
