@@ -12,6 +12,10 @@
  *     [--clients 20] [--down-ms 2000] [--up-ms 6000] [--latency-ms 50] [--root DIR]
  *
  * `--root` runs the router found in another checkout (a before/after figure).
+ * `UPSTREAM_*` variables in the environment are passed to the front router: a
+ * killed server's requests in flight may have been processed, so they are
+ * resent only within the retry budget; to lose none, give it a budget that
+ * covers one server's requests in flight (UPSTREAM_RETRY_BUDGET_MIN=20 for 20 clients).
  * The defaults take about 90 s (three modes of 30 s).
  */
 import { type ChildProcess, spawn } from "node:child_process"
@@ -102,7 +106,9 @@ const runMode = async (mode: string) => {
   const frontPort = await freePort()
   const front = await startRouter(frontPort, {
     MODEL_BACKEND: "upstream",
-    UPSTREAMS: ports.map((port) => `http://127.0.0.1:${port}`).join(",")
+    UPSTREAMS: ports.map((port) => `http://127.0.0.1:${port}`).join(","),
+    // The caller's UPSTREAM_* settings go to the front (e.g. UPSTREAM_RETRY_BUDGET_MIN=20).
+    ...Object.fromEntries(Object.entries(process.env).filter(([name, value]) => name.startsWith("UPSTREAM_") && value !== undefined)) as Record<string, string>
   })
   const outcomes = new Map<string, number>()
   let stopped = false

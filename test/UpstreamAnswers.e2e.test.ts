@@ -70,7 +70,11 @@ describe("bad upstream answers", () => {
       response.writeHead(200, { "content-type": "text/html" })
       response.end("<html>oops</html>")
     })
-    const cases = [[redirect, "without a Location"], [strange, "status 999"], [html, "not JSON"]] as const
+    const upgrade = await stub((_, response, socket) => {
+      socket.end("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nGARBAGE")
+      response.destroy()
+    })
+    const cases = [[redirect, "without a Location"], [strange, "status 999"], [html, "not JSON"], [upgrade, "protocol switch (101)"]] as const
     const fronts = await Promise.all(cases.map(([upstream]) => startFront([upstream.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })))
     for (const [i, [, detail]] of cases.entries()) {
       const front = fronts[i]
@@ -80,6 +84,8 @@ describe("bad upstream answers", () => {
         assert.strictEqual(codeOf(response), "upstream_bad_answer", `${path} ${detail}: ${messageOf(response)}`)
         assert.include(messageOf(response), detail)
       }
+      // An answer, however bad, is never sent again.
+      assert.strictEqual(cases[i][0].received.length, 2, detail)
     }
   })
 
@@ -186,23 +192,74 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(dropper.received.length, 2)
     assert.isAbove(other.received.length, otherBefore)
 
-    // Answers the first request on a connection, and closes it when a second comes: a keep-alive close.
+    // Answers the first request on a connection, and drops the connection when a second one has been read:
+    // a reused connection broken after the whole request was written is "may have been processed" too.
     const served = new WeakSet<Socket>()
     const closer = await stub((_, response, socket) => {
       if (served.has(socket)) return void socket.destroy()
       served.add(socket)
       json(response, 200, completion)
     })
-    // No retry budget here either: a keep-alive close never reached the model, so it needs none.
     const second = await startFront([`${closer.url};weight=1000`, `${other.url};weight=1`], noBudget)
     const before = other.received.length
+    let failed = 0
     for (let i = 0; i < 20 && closer.received.length < 2; i++) {
       const response = await post(second.port, "/v1/completions", body)
-      // Every request is answered: the one that met the closing connection went to the other upstream.
-      assert.strictEqual(response.status, 200)
+      if (response.status !== 200) {
+        failed++
+        assert.strictEqual(response.status, 502)
+        assert.strictEqual(codeOf(response), "upstream_failed")
+      }
     }
     assert.strictEqual(closer.received.length, 2)
-    assert.isAbove(other.received.length, before)
+    // The one that met the dropped connection was not sent again without a budget.
+    assert.strictEqual(failed, 1)
+    assert.strictEqual(other.received.length - before, 0)
+  })
+
+  it("sends a request that kills model servers mid-work to no other without a budget, to at most UPSTREAM_RETRIES more with one, over warm keep-alive connections", { timeout: 60_000 }, async () => {
+    /** Answers ordinary requests; reads a POISON one, then dies 300 ms later (its connections drop, its port closes). */
+    const poisoned = async () => {
+      const poison: Array<number> = []
+      const server = Http.createServer((request, response) => {
+        if (request.url === "/health") return void response.end("ok")
+        let text = ""
+        request.setEncoding("utf8")
+        request.on("data", (chunk) => (text += chunk))
+        request.on("end", () => {
+          if (!text.includes("POISON")) return json(response, 200, completion)
+          poison.push(Date.now())
+          setTimeout(() => {
+            server.close()
+            server.closeAllConnections()
+          }, 300)
+        })
+      })
+      stubs.push(server)
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+      return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, poison }
+    }
+    const run = async (env: Record<string, string>) => {
+      const servers = await Promise.all([poisoned(), poisoned(), poisoned()])
+      const front = await startFront(servers.map((s) => s.url), { UPSTREAM_HEALTH_INTERVAL_MS: "0", ...env })
+      // Keep-alive connections to every server, each having served answers.
+      for (let round = 0; round < 3; round++) {
+        const answers = await Promise.all(Array.from({ length: 6 }, () => post(front.port, "/v1/completions", body)))
+        assert.deepStrictEqual(answers.map((a) => a.status), Array(6).fill(200))
+      }
+      const response = await post(front.port, "/v1/completions", { model: "m", prompt: "POISON" })
+      return { response, received: servers.map((s) => s.poison.length).reduce((a, b) => a + b, 0) }
+    }
+    const strict = await run({ UPSTREAM_RETRY_BUDGET_MIN: "0", UPSTREAM_RETRY_BUDGET_PERCENT: "0" })
+    assert.strictEqual(strict.received, 1)
+    assert.strictEqual(strict.response.status, 502)
+    assert.strictEqual(codeOf(strict.response), "upstream_failed")
+    killAll()
+    // With the default budget and one retry: one more server, then the real failure (not "none is healthy").
+    const budgeted = await run({ UPSTREAM_RETRIES: "1" })
+    assert.strictEqual(budgeted.received, 2)
+    assert.strictEqual(budgeted.response.status, 502)
+    assert.strictEqual(codeOf(budgeted.response), "upstream_failed")
   })
 })
 

@@ -51,8 +51,9 @@ const fakeController = (handler?: Dispatcher.DispatchHandler): FakeController =>
   return c as unknown as FakeController
 }
 
-const socketError = (code: string, bytesRead: number | undefined) =>
-  Object.assign(new Error(code), { code, ...(bytesRead === undefined ? {} : { socket: { bytesRead } }) })
+/** A socket error as undici reports it; `unflushedBytes`: what of the request was still queued on the socket (the connector adds it). */
+const socketError = (code: string, bytesRead: number | undefined, unflushedBytes?: number) =>
+  Object.assign(new Error(code), { code, ...(bytesRead === undefined ? {} : { socket: { bytesRead } }), ...(unflushedBytes === undefined ? {} : { unflushedBytes }) })
 
 const behaviours = {
   /** Connection refused: the request never left. */
@@ -67,11 +68,14 @@ const behaviours = {
     call.handler.onResponseData!(call.controller, Buffer.from(body))
     call.handler.onResponseEnd!(call.controller, {})
   },
-  /** The request was written, then the socket broke before any answer byte; `bytesRead`: what the socket had read before (0: fresh). */
-  resetAfterWrite: (bytesRead: number, code = "UND_ERR_SOCKET"): Behaviour => (call) => {
+  /**
+   * undici wrote the request, then the socket broke before any answer byte; `bytesRead`: what the socket
+   * had read before (0: fresh); `unflushedBytes`: what of the request was still queued on the socket.
+   */
+  resetAfterWrite: (bytesRead: number, code = "UND_ERR_SOCKET", unflushedBytes = 0): Behaviour => (call) => {
     call.handler.onRequestStart!(call.controller, {})
     call.sent()
-    call.handler.onResponseError!(call.controller, socketError(code, bytesRead))
+    call.handler.onResponseError!(call.controller, socketError(code, bytesRead, unflushedBytes))
   },
   /** The socket broke while the request was being written. */
   resetBeforeWrite: (): Behaviour => (call) => {
@@ -164,9 +168,13 @@ describe("classifying how an attempt ended", () => {
     assert.strictEqual(classifyError(socketError("ENOTFOUND", undefined), { sent: false, answerStarted: false }, timeouts)._tag, "Unreached")
     // Broken while the request was being written: it never arrived whole.
     assert.strictEqual(classifyError(socketError("EPIPE", 0), { sent: false, answerStarted: false }, timeouts)._tag, "Unreached")
-    // Written on a reused keep-alive connection, broken before any answer byte: a keep-alive close.
-    assert.strictEqual(classifyError(socketError("UND_ERR_SOCKET", 4096), sentFresh, timeouts)._tag, "Unreached")
-    assert.strictEqual(classifyError(socketError("ECONNRESET", 4096), sentFresh, timeouts)._tag, "Unreached")
+    // Handed to the socket but not all of it flushed when it broke (a write that met a closed idle connection).
+    assert.strictEqual(classifyError(socketError("EPIPE", 4096, 300), sentFresh, timeouts)._tag, "Unreached")
+    assert.strictEqual(classifyError(socketError("ECONNRESET", 4096, 1), sentFresh, timeouts)._tag, "Unreached")
+    // Written whole on a reused keep-alive connection, broken before any answer byte: the bytes it read
+    // before prove only that it served earlier answers; the server may have read this one and died.
+    assert.strictEqual(classifyError(socketError("UND_ERR_SOCKET", 4096, 0), sentFresh, timeouts)._tag, "Unanswered")
+    assert.strictEqual(classifyError(socketError("ECONNRESET", 4096), sentFresh, timeouts)._tag, "Unanswered")
     // Written whole on a fresh connection: the model may have it.
     assert.strictEqual(classifyError(socketError("ECONNRESET", 0), sentFresh, timeouts)._tag, "Unanswered")
     assert.strictEqual(classifyError(socketError("UND_ERR_SOCKET", 0), sentFresh, timeouts)._tag, "Unanswered")
@@ -224,7 +232,7 @@ describe("the retry loop", () => {
   const noBudget = { retryBudgetMin: 0, retryBudgetPercent: 0 }
 
   it("retries what never reached an upstream elsewhere without spending the budget", () => {
-    for (const first of [behaviours.refused(), behaviours.resetBeforeWrite(), behaviours.resetAfterWrite(8192), behaviours.resetAfterWrite(8192, "ECONNRESET")]) {
+    for (const first of [behaviours.refused(), behaviours.resetBeforeWrite(), behaviours.resetAfterWrite(8192, "EPIPE", 100), behaviours.resetAfterWrite(8192, "ECONNRESET", 1)]) {
       const h = harness({ a: [first], b: [behaviours.answer(200, "{\"ok\":true}")] }, noBudget)
       const { heard } = h.forward()
       assert.strictEqual(heard.response?.status, 200)
@@ -237,13 +245,16 @@ describe("the retry loop", () => {
     }
   })
 
-  it("sends a request the upstream may have processed (a fresh connection reset after the whole request) again only within the budget", () => {
-    const strict = harness({ a: [behaviours.resetAfterWrite(0)], b: [behaviours.answer(200)] }, noBudget)
-    const refused = strict.forward().heard
-    assert.strictEqual(refused.failure?.status, 502)
-    assert.strictEqual(refused.failure?.code, "upstream_failed")
-    assert.deepStrictEqual([strict.received.get("a"), strict.received.get("b")], [1, undefined])
-    assert.deepStrictEqual(strict.dispatched.map((d) => d.upstream), ["a"])
+  it("sends a request the upstream may have processed (reset after the whole request, fresh or reused connection) again only within the budget", () => {
+    for (const bytesRead of [0, 8192]) {
+      const strict = harness({ a: [behaviours.resetAfterWrite(bytesRead)], b: [behaviours.answer(200)] }, noBudget)
+      const refused = strict.forward().heard
+      assert.strictEqual(refused.failure?.status, 502)
+      assert.strictEqual(refused.failure?.code, "upstream_failed")
+      assert.deepStrictEqual([strict.received.get("a"), strict.received.get("b")], [1, undefined])
+      assert.deepStrictEqual(strict.dispatched.map((d) => d.upstream), ["a"])
+      assert.strictEqual(strict.outcomes[0][1]._tag, "Unanswered")
+    }
     // With the default budget: once more, elsewhere, and counted as a retry that adds load.
     const budgeted = harness({ a: [behaviours.resetAfterWrite(0)], b: [(call) => {
       assert.strictEqual(budgeted.forwarder.inFlight().retries, 1)
@@ -252,6 +263,24 @@ describe("the retry loop", () => {
     const answered = budgeted.forward().heard
     assert.strictEqual(answered.response?.upstream, "b")
     assert.deepStrictEqual([budgeted.received.get("a"), budgeted.received.get("b")], [1, 1])
+  })
+
+  it("answers the real failure, not 503 no_healthy_upstream, when every candidate was tried", () => {
+    // One upstream that may have processed the request: the budget allows a retry, and none is left to pick.
+    const alone = harness({ a: [behaviours.resetAfterWrite(0)] })
+    const heard = alone.forward().heard
+    assert.strictEqual(heard.failure?.status, 502)
+    assert.strictEqual(heard.failure?.code, "upstream_failed")
+    assert.isUndefined(heard.failure?.retryAfterSeconds)
+    assert.strictEqual(alone.received.get("a"), 1)
+    // Both tried, each may have processed it: the last one's failure.
+    const both = harness({ a: [behaviours.resetAfterWrite(8192)], b: [behaviours.resetAfterWrite(0, "ECONNRESET")] })
+    const failure = both.forward().heard.failure
+    assert.strictEqual(failure?.code, "upstream_failed")
+    assert.match(failure?.message ?? "", /ECONNRESET/)
+    // Nothing reached any server: then "none is healthy" is what is true.
+    const down = harness({ a: [behaviours.refused()] })
+    assert.strictEqual(down.forward().heard.failure?.code, "no_healthy_upstream")
   })
 
   it("retries a refusal only within the budget, and never on an upstream it tried", () => {

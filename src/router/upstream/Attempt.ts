@@ -6,17 +6,22 @@
  * from the same result whether another attempt may follow.
  *
  * Which failures reached the model (gRPC's transparent retry, proposal A6):
- * - `Unreached`: nothing can have reached the model server: the connection
- *   was refused or timed out, the name did not resolve, the socket broke
- *   before the request was written, or a reused keep-alive connection broke
- *   before any byte of the answer (the server closed it while idle: the
- *   request met a closing socket). Retried elsewhere without spending the
- *   retry budget; the upstream leaves rotation at once (unreachable).
- * - `Unanswered`: a fresh connection broke after the whole request was
- *   written and before any answer byte: the model may have it (or the
- *   server died, or closed a connection it had not read yet). Never retried
- *   transparently: only within the retry budget, like a refusal, since a
- *   resend may make the model generate the same completion twice.
+ * - `Unreached`: provably nothing reached the model server: the connection
+ *   was refused or timed out, the name did not resolve, or the socket broke
+ *   before the whole request was handed to it (undici had not finished the
+ *   write, or bytes of it were still queued on the socket: a write that met
+ *   an idle connection the server had closed). Retried elsewhere without
+ *   spending the retry budget; the upstream leaves rotation at once.
+ * - `Unanswered`: the connection broke after the whole request was written
+ *   and before any answer byte, fresh or reused alike: the model may have it
+ *   (the server read it and died, or closed a connection it had not read;
+ *   HTTP/1.1 gives no way to tell these apart, unlike HTTP/2's
+ *   REFUSED_STREAM or GOAWAY). Bytes a reused connection read earlier prove
+ *   only that it served earlier answers, not that this request went unread.
+ *   Never retried transparently: only within UPSTREAM_RETRIES and the retry
+ *   budget (Envoy's `retry_on: reset`), since a resend may make a model
+ *   generate the same completion twice, or a request that crashes model
+ *   servers crash the next one.
  *
  * Plain callbacks on undici's dispatch handler API, no Effect per attempt:
  * see Upstreams.ts for the measurement.
@@ -30,7 +35,7 @@ export type AnswerHeaders = Record<string, string | Array<string> | undefined>
 export type Outcome =
   /** Nothing reached the upstream (see above). */
   | { readonly _tag: "Unreached"; readonly code: string }
-  /** The request was written on a fresh connection, which broke before any answer byte. */
+  /** The request was written whole, and the connection broke before any answer byte: the model may have it. */
   | { readonly _tag: "Unanswered"; readonly code: string }
   /** No answer headers before the first-byte deadline. */
   | { readonly _tag: "FirstByteTimeout"; readonly timeoutMs: number }
@@ -112,12 +117,12 @@ export const errorCode = (error: unknown): string | undefined => {
 }
 
 /**
- * Bytes the socket had read when it broke: undici's SocketError carries them
- * (`socket.bytesRead`); Connector.ts adds them to a plain socket error.
+ * Bytes of the request still queued on the socket when it broke (not yet
+ * handed to the kernel): the connector (Upstreams.ts) adds them to the error.
  */
-const bytesReadBefore = (error: unknown): number | undefined => {
-  const read = (error as { socket?: { bytesRead?: unknown } })?.socket?.bytesRead
-  return typeof read === "number" ? read : undefined
+const unflushedBytes = (error: unknown): number => {
+  const queued = (error as { unflushedBytes?: unknown })?.unflushedBytes
+  return typeof queued === "number" ? queued : 0
 }
 
 /** Retry-After in seconds (a number of seconds or an HTTP date); undefined when absent or unreadable. */
@@ -140,11 +145,10 @@ export const classifyError = (
 ): Outcome => {
   const code = errorCode(error) ?? error.message
   if (code === "UND_ERR_HEADERS_TIMEOUT") return { _tag: "FirstByteTimeout", timeoutMs: timeouts.firstByteMs }
-  if (connectFailures.has(code) || !progress.sent) return { _tag: "Unreached", code }
-  // Written, then broken with no answer byte: on a connection that had served answers before, it
-  // met a keep-alive close (nothing reached the model); on a fresh one, the model may have it.
-  const read = bytesReadBefore(error)
-  if (!progress.answerStarted && read !== undefined && read > 0) return { _tag: "Unreached", code }
+  // undici's answer to a 101 the router did not ask for: an answer, and no client can act on it.
+  if (code === "UND_ERR_SOCKET" && error.message === "bad upgrade") return { _tag: "Malformed", status: 101, detail: "a protocol switch (101) the router did not ask for" }
+  if (connectFailures.has(code) || !progress.sent || (!progress.answerStarted && unflushedBytes(error) > 0)) return { _tag: "Unreached", code }
+  // Written whole, then broken with no answer byte: the model may have it, on a fresh or a reused connection.
   return { _tag: "Unanswered", code }
 }
 

@@ -145,6 +145,8 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
     let tried: Set<Endpoint> | undefined
     let budgetedRetries = 0
     let refused: UpstreamFailure | undefined
+    /** The last attempt's failure that said something of the model server (not "unreachable"): the answer when none is left to try. */
+    let lastFailure: UpstreamFailure | undefined
     let finished = false
     let current: AttemptControl | undefined
     const route = deps.route?.(request)
@@ -179,7 +181,8 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
 
     const start = (kind: AttemptKind): void => {
       const picked = deps.pick(tried, route)
-      if (typeof picked === "string") return fail(refused ?? unavailable(picked))
+      // Nothing left to pick after attempts that failed: their real failure, not a claim that no server is healthy.
+      if (typeof picked === "string") return fail(refused ?? lastFailure ?? unavailable(picked))
       const endpoint = picked
       if (kind !== "first") deps.retrying(endpoint, kind)
       // A budgeted retry holds its place in the budget until its answer starts or it ends.
@@ -254,6 +257,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
             if (retryRefusal) return start("budgeted")
           }
           const retry = retryOf(outcome)
+          if (outcome._tag !== "Unreached" && outcome._tag !== "Refused") lastFailure = failureOf(endpoint.id, outcome, settings)
           if (retry === "transparent" && deps.now() < firstByteDeadline) return start("transparent")
           if (retry === "budgeted" && outcome._tag !== "Refused" && budgetAllows()) return start("budgeted")
           // Out of attempts after others refused with Retry-After: that is the answer a client can act on.

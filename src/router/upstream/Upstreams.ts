@@ -116,17 +116,17 @@ const firstRecheckMs = 100
 const maxRecheckMs = 1000
 
 /**
- * undici's connector, with the bytes a socket had read added to its errors:
- * a reused connection (bytes read) that breaks before any answer byte met a
- * keep-alive close, a fresh one may have delivered the request (Attempt.ts).
+ * undici's connector, with the bytes of a request still queued on the socket
+ * when it broke added to its errors: a write that had not been handed over
+ * whole never reached the model server (Attempt.ts).
  */
 const makeConnector = (timeoutMs: number): buildConnector.connector => {
   const connect = buildConnector({ timeout: timeoutMs })
   return (options, callback) =>
     connect(options, (error, socket) => {
       if (error === null && socket != null) {
-        socket.prependListener("error", (cause: Error & { socket?: unknown }) => {
-          if (cause !== null && typeof cause === "object" && cause.socket === undefined) cause.socket = { bytesRead: socket.bytesRead }
+        socket.prependListener("error", (cause: Error & { unflushedBytes?: number }) => {
+          if (cause !== null && typeof cause === "object" && cause.unflushedBytes === undefined) cause.unflushedBytes = socket.writableLength
         })
       }
       // undici's callback types its two forms separately.
