@@ -263,6 +263,24 @@ describe("what is sent again, counted at the upstream", () => {
   })
 })
 
+describe("Retry-After beyond 2^53", () => {
+  it("is capped at 60 s for the balancer and the client, on /v1/* and /infer: no client left waiting", { timeout: 60_000 }, async () => {
+    const huge = await stub((_, response) => {
+      response.writeHead(429, { "retry-after": "99999999999999999999", "content-length": 2 })
+      response.end("{}")
+    })
+    const front = await startFront([huge.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_REQUEST_TIMEOUT_MS: "5000" })
+    for (const path of ["/v1/completions", "/infer"]) {
+      const response = await Promise.race([
+        post(front.port, path, path === "/infer" ? { prompt: "x" } : body),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${path}: no answer within 5 s`)), 5000))
+      ])
+      assert.strictEqual(response.status, 429, path)
+      assert.strictEqual(response.headers["retry-after"], "60", path)
+    }
+  })
+})
+
 describe("deadlines across retries", () => {
   it("ends a slow refusal followed by a silent upstream in a 504 within about one first-byte timeout, not two", { timeout: 60_000 }, async () => {
     const slowRefusal = await stub((_, response) => {

@@ -125,13 +125,20 @@ const unflushedBytes = (error: unknown): number => {
   return typeof queued === "number" ? queued : 0
 }
 
-/** Retry-After in seconds (a number of seconds or an HTTP date); undefined when absent or unreadable. */
+/** The longest Retry-After the router honours or passes on, in seconds: an upstream's larger value is read as this. */
+export const maxRetryAfterSeconds = 60
+
+/**
+ * Retry-After in seconds (a number of seconds or an HTTP date), at most
+ * `maxRetryAfterSeconds`; undefined when absent or unreadable.
+ */
 export const retryAfterSeconds = (value: string | Array<string> | undefined, nowMs: number): number | undefined => {
   const text = Array.isArray(value) ? value[0] : value
   if (text === undefined) return undefined
-  if (/^\s*[0-9]+\s*$/.test(text)) return Number(text)
+  // Digits beyond 2^53 are still a number here (1e20): only the cap makes it one a client can act on.
+  if (/^\s*[0-9]+\s*$/.test(text)) return Math.min(maxRetryAfterSeconds, Number(text))
   const date = Date.parse(text)
-  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - nowMs) / 1000))
+  return Number.isNaN(date) ? undefined : Math.min(maxRetryAfterSeconds, Math.max(0, Math.ceil((date - nowMs) / 1000)))
 }
 
 /**

@@ -15,7 +15,7 @@
  * Plain callbacks for the same reason as Upstreams.forwardUnsafe: it runs
  * once per request.
  */
-import type { AnswerHeaders } from "./Attempt.ts"
+import { type AnswerHeaders, retryAfterSeconds } from "./Attempt.ts"
 import { routeHeader } from "../routing/Route.ts"
 import { EventFramer } from "./EventFramer.ts"
 import type { UpstreamFailure } from "./Failure.ts"
@@ -32,6 +32,8 @@ export interface RelayRequest {
   readonly headers: Record<string, string>
   /** The router's own answer headers (request id, `Connection: close` while draining), read when the answer starts. */
   readonly answerHeaders: () => Record<string, string | number>
+  /** The client asked for a stream (`stream: true`). */
+  readonly stream?: boolean
 }
 
 export interface RelayCallbacks {
@@ -43,6 +45,8 @@ export interface RelayCallbacks {
   endWithErrorFrame(failure: UpstreamFailure): void
   /** The client has its answer (with the failure, if the upstream gave none). */
   done(failure: UpstreamFailure | undefined): void
+  /** Logs what an operator must see (a callback that threw). */
+  log?(message: string): void
 }
 
 /** Headers of the upstream's answer the client sees, beside the router's own. */
@@ -73,6 +77,26 @@ export const relayUnsafe = (
     paused = false
     answer?.resume()
   }
+  /**
+   * Answers the client whatever a callback threw (an error it could not
+   * format, a socket already gone): a plain 502, or an error frame and
+   * `[DONE]` on a started stream, and a log line; never a client left waiting.
+   */
+  const answerDespite = (error: unknown) => {
+    callbacks.log?.(`the relay failed to answer a request forwarded to ${answer?.upstream ?? "an upstream"}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`)
+    const failed = { error: { message: "the router failed to relay the model server's answer", type: "server_error", param: null, code: "upstream_relay_failed" } }
+    try {
+      if (!response.headersSent) {
+        const text = JSON.stringify(failed)
+        response.writeHead(502, { ...request.answerHeaders(), "content-type": "application/json", "content-length": Buffer.byteLength(text) })
+        response.end(text)
+      } else if (!response.destroyed) {
+        response.end(streaming ? `data: ${JSON.stringify(failed)}\n\ndata: [DONE]\n\n` : undefined)
+      }
+    } catch {
+      // The client's socket is gone: nothing left to tell it.
+    }
+  }
   return upstreams.forwardUnsafe({ path: request.path, body: request.body, headers: request.headers }, {
     onResponse: (upstream) => {
       answer = upstream
@@ -82,6 +106,12 @@ export const relayUnsafe = (
       for (const name of passedOn) {
         const value = upstream.headers[name]
         if (typeof value === "string") headers[name] = value
+      }
+      // Passed on as the router reads it: whole seconds, at most maxRetryAfterSeconds (an HTTP date too).
+      if (upstream.headers["retry-after"] !== undefined) {
+        const seconds = retryAfterSeconds(upstream.headers["retry-after"], Date.now())
+        if (seconds === undefined) delete headers["retry-after"]
+        else headers["retry-after"] = seconds
       }
       streaming = upstream.status === 200 && isEventStream(upstream.headers)
       if (!streaming) {
@@ -129,19 +159,27 @@ export const relayUnsafe = (
       return unusableAnswer(answer!.status, body, answer!.upstream)
     },
     onEnd: () => {
-      if (streaming) {
-        response.end()
-      } else if (!response.headersSent) {
-        const text = body!
-        headers!["content-length"] = text.length
-        response.writeHead(answer!.status, headers!)
-        response.end(text)
+      try {
+        if (streaming) {
+          response.end()
+        } else if (!response.headersSent) {
+          const text = body!
+          headers!["content-length"] = text.length
+          response.writeHead(answer!.status, headers!)
+          response.end(text)
+        }
+      } catch (error) {
+        answerDespite(error)
       }
       callbacks.done(undefined)
     },
     onError: (failure) => {
-      if (!response.headersSent) callbacks.failBeforeHeaders(failure)
-      else callbacks.endWithErrorFrame(failure)
+      try {
+        if (!response.headersSent) callbacks.failBeforeHeaders(failure)
+        else callbacks.endWithErrorFrame(failure)
+      } catch (error) {
+        answerDespite(error)
+      }
       callbacks.done(failure)
     }
   })

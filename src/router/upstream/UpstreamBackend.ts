@@ -30,7 +30,13 @@ export const reportedMaxModelLen = (status: number, body: string, modelRef: stri
   }
 }
 
-export const makeUpstreamBackend = (upstreams: Upstreams["Service"], modelRef: string, card: ModelCard): Backend["Service"] =>
+/** `log`: where a relay that could not answer says so (the router's logger). */
+export const makeUpstreamBackend = (
+  upstreams: Upstreams["Service"],
+  modelRef: string,
+  card: ModelCard,
+  log: (message: string) => void = () => {}
+): Backend["Service"] =>
   Backend.of({
     ready: () => upstreams.ready(),
     infer: (prompt, requestId) =>
@@ -66,7 +72,8 @@ export const makeUpstreamBackend = (upstreams: Upstreams["Service"], modelRef: s
           onFirstByte: reply.firstByte,
           failBeforeHeaders: reply.fail,
           endWithErrorFrame: reply.fail,
-          done: (failure) => done(Exit.succeed({ failure }))
+          done: (failure) => done(Exit.succeed({ failure })),
+          log
         })
       }),
     // What the model servers report: one is asked (GET /v1/models); its card for this model (or its
@@ -82,6 +89,7 @@ export const UpstreamBackend: Layer.Layer<Backend, never, Upstreams | RouterConf
     const config = yield* RouterConfig
     const upstreams = yield* Upstreams
     const card = routerModelCard(config.modelRef, config.simulation.maxModelLen)
-    return makeUpstreamBackend(upstreams, config.modelRef, card)
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    return makeUpstreamBackend(upstreams, config.modelRef, card, (message) => void runFork(Effect.logError(message)))
   })
 )
