@@ -3,15 +3,41 @@
  * current state (slots in use, queue length, upstreams) are read at scrape
  * time, so they are never stale.
  */
-import { Effect } from "effect"
+import { type Context, Effect, Metric } from "effect"
 import { HttpRouter } from "effect/http"
 import { metricsPath } from "../../api/RouterApi.ts"
 import { prometheusResponse } from "../../shared/Metrics.ts"
 import { Admission } from "../core/Admission.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { gauges, shedBy, shedReasons, upstreamMetrics, vllmMetrics } from "../core/Metrics.ts"
-import { Upstreams } from "../upstream/Upstreams.ts"
+import { Upstreams, type UpstreamView } from "../upstream/Upstreams.ts"
 import { Backend } from "../core/Backend.ts"
+
+/**
+ * Sets the per-upstream gauges from the pool's view at scrape time, and
+ * removes the series of an upstream that left the pool (a `dns+` name's pod
+ * went away): a stale `router_upstream_available 1` would keep the
+ * no-healthy-upstream alert quiet for the life of the process.
+ */
+export const upstreamGauges = () => {
+  let exported = new Set<string>()
+  return (view: ReadonlyArray<UpstreamView>, context: Context.Context<never>) => {
+    const current = new Set<string>()
+    for (const upstream of view) {
+      current.add(upstream.id)
+      upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
+      upstreamMetrics.available(upstream.id).updateUnsafe(upstream.available ? 1 : 0, context)
+      upstreamMetrics.connections(upstream.id).updateUnsafe(upstream.connections, context)
+    }
+    for (const id of exported) {
+      if (current.has(id)) continue
+      Metric.removeUnsafe(upstreamMetrics.inFlight(id), context)
+      Metric.removeUnsafe(upstreamMetrics.available(id), context)
+      Metric.removeUnsafe(upstreamMetrics.connections(id), context)
+    }
+    exported = current
+  }
+}
 
 /** `GET /metrics` in the Prometheus text format. */
 export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
@@ -33,6 +59,7 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     labelledVllm.preemptions.updateUnsafe(0, context)
   }
   for (const reason of shedReasons) shedBy(reason).updateUnsafe(0, context)
+  const exportUpstreams = upstreamGauges()
   const handler = Effect.gen(function*() {
     const context = yield* Effect.context<never>()
     const stats = admission.statsUnsafe()
@@ -59,11 +86,7 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)
     gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
     gauges.queueTimeout.updateUnsafe(stats.queueTimeoutMs / 1000, context)
-    for (const upstream of upstreams.view()) {
-      upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
-      upstreamMetrics.available(upstream.id).updateUnsafe(upstream.available ? 1 : 0, context)
-      upstreamMetrics.connections(upstream.id).updateUnsafe(upstream.connections, context)
-    }
+    exportUpstreams(upstreams.view(), context)
     return prometheusResponse(context)
   })
   yield* router.add("GET", metricsPath, handler)

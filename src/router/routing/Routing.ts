@@ -11,7 +11,7 @@
  * Decisions read memory only. An upstream that fails its health checks (or
  * leaves the pool) is forgotten: its index entries, in Redis too.
  */
-import { Clock, Duration, Effect, Schedule } from "effect"
+import { Clock, Duration, Effect, Metric, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
 import { request as httpRequest } from "undici"
@@ -143,7 +143,9 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
 
     const forget = (id: string) => {
       known.delete(id)
-      routingMetrics.indexBlocks(id).updateUnsafe(0, context)
+      // Its series go with it: a departed upstream's last `signals_fresh 1` would linger for the process's life.
+      Metric.removeUnsafe(routingMetrics.indexBlocks(id), context)
+      Metric.removeUnsafe(routingMetrics.signalsFresh(id), context)
       lastScrape.delete(id)
       subscriptions.get(id)?.()
       subscriptions.delete(id)
@@ -169,6 +171,8 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       for (const [id, endpoint] of current) {
         if (!isReachable(endpoint, at) || known.has(id)) continue
         known.add(id)
+        // 0 until its first good scrape: one that never answers is stale from the start.
+        if (settings.metricsIntervalMs > 0) routingMetrics.signalsFresh(id).updateUnsafe(0, context)
         const kv = kvEventsEndpoint(endpoint)
         if (kv === undefined) continue
         let gapsLogged = 0
@@ -199,7 +203,8 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       Effect.tryPromise(() => fetchMetrics(`${baseUrl(endpoint)}/metrics`, Math.max(50, settings.metricsIntervalMs))).pipe(
         Effect.map((text) => {
           const signals = parseVllmMetrics(text)
-          if (signals === undefined) return
+          // (Forgotten while the scrape ran: its series must not come back.)
+          if (signals === undefined || !known.has(endpoint.id)) return
           lastScrape.set(endpoint.id, now())
           scheduler.setSignals(endpoint.id, signals)
           if (signals.numGpuBlocks !== undefined) scheduler.index.setCapacity(endpoint.id, signals.numGpuBlocks)

@@ -206,7 +206,12 @@ export class Upstreams extends Context.Service<Upstreams, {
           const id = `${hostPort(address, target.port)}${target.prefix}`
           const existing = members.get(id)
           if (existing !== undefined) existing.endpoint.weight = weight
-          else members.set(id, connect(makeEndpoint(target, address, id, weight, settings.healthIntervalMs === 0), target))
+          else {
+            members.set(id, connect(makeEndpoint(target, address, id, weight, settings.healthIntervalMs === 0), target))
+            // From 0, so the first ejection or retry is an increase an alert sees.
+            metrics.ejections(id).updateUnsafe(0, context)
+            metrics.retries(id).updateUnsafe(0, context)
+          }
         }
         balancer.endpoints = [...members.values()].map((member) => member.endpoint)
       }

@@ -1,0 +1,107 @@
+/**
+ * Per-upstream series follow the pool, so the alerts that read them can fire:
+ * an upstream that leaves (a `dns+` name's answer changes) takes its gauges
+ * with it, one that joins starts its ejection and retry counters at 0 and its
+ * routing-signals gauge at 0 until a scrape of its /metrics succeeds.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Metric } from "effect"
+import { PrometheusMetrics } from "effect/observability"
+import { TestClock } from "effect/testing"
+import { upstreamGauges } from "../src/router/app/MetricsRoute.ts"
+import { defaultUpstream } from "../src/router/core/Config.ts"
+import { makeCacheAwareRouting } from "../src/router/routing/Routing.ts"
+import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
+import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
+import { parseTarget, parseTargets, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
+import { Upstreams } from "../src/router/upstream/Upstreams.ts"
+
+/** The registry in the Prometheus text format, as `{ "name{labels}": value }`. */
+const exposition = Effect.gen(function*() {
+  const text = PrometheusMetrics.formatUnsafe(yield* Effect.context<never>())
+  const samples: Record<string, number> = {}
+  for (const line of text.split("\n")) {
+    if (line === "" || line.startsWith("#")) continue
+    const at = line.lastIndexOf(" ")
+    samples[line.slice(0, at)] = Number(line.slice(at + 1))
+  }
+  return samples
+})
+
+/** The series of `name`, by their `upstream` label. */
+const byUpstream = (samples: Record<string, number>, name: string) =>
+  Object.fromEntries(
+    Object.entries(samples)
+      .filter(([series]) => series.startsWith(`${name}{`))
+      .map(([series, value]) => [/upstream="([^"]*)"/.exec(series)![1], value])
+  )
+
+/** Each test its own registry. */
+const isolated = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provideService(effect, Metric.MetricRegistry, new Map())
+
+describe("per-upstream series", () => {
+  it.effect("an upstream that leaves the pool takes its gauges with it; one that joins counts ejections and retries from 0", () =>
+    isolated(Effect.gen(function*() {
+      let answer: ReadonlyArray<string> = ["10.0.0.1", "10.0.0.2"]
+      const upstreams = yield* Upstreams.make(
+        {
+          ...defaultUpstream,
+          healthIntervalMs: 0,
+          dnsRefreshMs: 1000,
+          targets: (parseTargets("dns+http://model-pods.ns.svc:8000") as { targets: ReadonlyArray<UpstreamTarget> }).targets
+        },
+        10,
+        async () => answer
+      )
+      const scrape = upstreamGauges()
+      const context = yield* Effect.context<never>()
+      scrape(upstreams.view(), context)
+      let samples = yield* exposition
+      assert.deepStrictEqual(byUpstream(samples, "router_upstream_available"), { "10.0.0.1:8000": 1, "10.0.0.2:8000": 1 })
+      assert.deepStrictEqual(byUpstream(samples, "router_upstream_ejections_total"), { "10.0.0.1:8000": 0, "10.0.0.2:8000": 0 })
+      assert.deepStrictEqual(byUpstream(samples, "router_upstream_retries_total"), { "10.0.0.1:8000": 0, "10.0.0.2:8000": 0 })
+
+      answer = ["10.0.0.3"] // the pods were replaced
+      yield* TestClock.adjust(1000)
+      scrape(upstreams.view(), context)
+      samples = yield* exposition
+      for (const gauge of ["router_upstream_available", "router_upstream_in_flight", "router_upstream_connections"]) {
+        assert.deepStrictEqual(Object.keys(byUpstream(samples, gauge)), ["10.0.0.3:8000"], gauge)
+      }
+      assert.strictEqual(byUpstream(samples, "router_upstream_ejections_total")["10.0.0.3:8000"], 0)
+      assert.strictEqual(byUpstream(samples, "router_upstream_retries_total")["10.0.0.3:8000"], 0)
+
+      answer = []
+      yield* TestClock.adjust(1000)
+      scrape(upstreams.view(), context)
+      samples = yield* exposition
+      // No member left: no series (not a stale 1); see the runbook on an empty pool.
+      assert.deepStrictEqual(byUpstream(samples, "router_upstream_available"), {})
+    }).pipe(Effect.scoped)))
+
+  it.effect("routing signals: 0 from joining until a scrape succeeds, gone when the upstream leaves", () =>
+    isolated(Effect.gen(function*() {
+      const target = parseTarget("http://127.0.0.1:9") as UpstreamTarget
+      const endpoints = ["10.0.0.1", "10.0.0.2"].map((address) => makeEndpoint(target, address, `${address}:9`, 1, true))
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 100 },
+        kvEndpoints: [],
+        pool: "t",
+        fetchMetrics: async (url) => {
+          if (url.includes("10.0.0.2")) throw new Error("connection refused")
+          return `vllm:num_requests_running{model_name="m"} 1\nvllm:num_requests_waiting{model_name="m"} 0`
+        }
+      })
+      let pool = endpoints
+      routing.attach(() => pool)
+      yield* TestClock.adjust(100)
+      for (let i = 0; i < 3; i++) yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+      let samples = yield* exposition
+      assert.deepStrictEqual(byUpstream(samples, "router_routing_upstream_signals_fresh"), { "10.0.0.1:9": 1, "10.0.0.2:9": 0 })
+
+      pool = [endpoints[1]]
+      yield* TestClock.adjust(100)
+      samples = yield* exposition
+      assert.deepStrictEqual(byUpstream(samples, "router_routing_upstream_signals_fresh"), { "10.0.0.2:9": 0 })
+    }).pipe(Effect.scoped)))
+})
