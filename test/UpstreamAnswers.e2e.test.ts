@@ -263,6 +263,35 @@ describe("what is sent again, counted at the upstream", () => {
   })
 })
 
+describe("a refusal whose body never ends", () => {
+  it("is not drained for ever: its connection is closed, the pool stays free, every request is answered", { timeout: 60_000 }, async () => {
+    let open = 0
+    // 503 with Retry-After, then a body dripping a KB every 50 ms, for ever.
+    const endless = await stub((_, response) => {
+      open++
+      response.writeHead(503, { "content-type": "text/plain", "retry-after": "0" })
+      const timer = setInterval(() => response.write("x".repeat(1000)), 50)
+      response.on("close", () => {
+        clearInterval(timer)
+        open--
+      })
+    })
+    const other = await stub((_, response) => json(response, 200, completion))
+    // Two slots: the endless upstream's pool has three connections, which drained bodies would fill.
+    const front = await startFront([`${endless.url};weight=1000`, `${other.url};weight=1`], {
+      UPSTREAM_HEALTH_INTERVAL_MS: "0",
+      MAX_CONCURRENCY: "2",
+      UPSTREAM_FIRST_BYTE_TIMEOUT_MS: "1500"
+    })
+    const statuses: Array<number> = []
+    for (let i = 0; i < 6; i++) statuses.push((await post(front.port, "/v1/completions", body)).status)
+    assert.deepStrictEqual(statuses, Array(6).fill(200))
+    assert.isAtLeast(endless.received.length, 4)
+    // Every dropped refusal's connection closed by the router (at most 4 KB or 1 s of its body read).
+    await until(async () => open === 0, "the endless bodies' connections closed", 3000)
+  })
+})
+
 describe("Retry-After beyond 2^53", () => {
   it("is capped at 60 s for the balancer and the client, on /v1/* and /infer: no client left waiting", { timeout: 60_000 }, async () => {
     const huge = await stub((_, response) => {

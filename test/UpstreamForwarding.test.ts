@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import type { Dispatcher } from "undici"
 import { defaultUpstream } from "../src/router/core/Config.ts"
-import { type AttemptHandler, classifyError, healthOf, metricStatus, type Outcome, retryOf, sendAttempt } from "../src/router/upstream/Attempt.ts"
+import { type AttemptHandler, classifyError, healthOf, maxDrainBytes, maxDrainMs, metricStatus, type Outcome, retryOf, sendAttempt } from "../src/router/upstream/Attempt.ts"
 import { Balancer, type Endpoint, makeEndpoint } from "../src/router/upstream/Balancer.ts"
 import { type UpstreamFailure } from "../src/router/upstream/Failure.ts"
 import { type ForwardHandler, type UpstreamResponse, withRetries } from "../src/router/upstream/Retry.ts"
@@ -224,6 +224,52 @@ describe("classifying how an attempt ended", () => {
       assert.strictEqual(ended[0]._tag, "Malformed")
       assert.isTrue(controller.aborted)
     }
+  })
+})
+
+describe("a dropped refusal's body", () => {
+  /** A 429 whose body the caller drops: `headers` its answer's, then `chunks` of it. */
+  const refusal = (headers: Record<string, string>, chunks: Array<number>, end: boolean) => {
+    const timers: Array<{ ms: number; fire: () => void; cancelled: boolean }> = []
+    let controller = fakeController()
+    const ended: Array<Outcome> = []
+    sendAttempt((_, __, h) => {
+      controller = fakeController(h)
+      h.onRequestStart!(controller, {})
+      h.onRequestSent!()
+      h.onResponseStart!(controller, 429, headers, "")
+      for (const size of chunks) if (!controller.aborted) h.onResponseData!(controller, Buffer.alloc(size, 120))
+      if (end && !controller.aborted) h.onResponseEnd!(controller, {})
+    }, makeEndpoint(target("a"), "a", "a", 1, true), { method: "POST", path: "/", body: "", headers: {}, headersTimeoutMs: 1 }, { firstByteTimeoutMs: 1, idleTimeoutMs: 1 }, () => 0, {
+      onRefusal: () => true,
+      onResponse: () => assert.fail("relayed a dropped refusal"),
+      onData: () => assert.fail("relayed a dropped refusal's body"),
+      onEnd: (outcome) => ended.push(outcome)
+    }, (ms, fire) => {
+      const timer = { ms, fire, cancelled: false }
+      timers.push(timer)
+      return () => (timer.cancelled = true)
+    })
+    assert.deepStrictEqual(ended.map((o) => o._tag), ["Refused"])
+    return { controller, timers }
+  }
+
+  it("is read to keep the connection while small and quick", () => {
+    const { controller, timers } = refusal({ "content-length": "100" }, [100], true)
+    assert.isFalse(controller.aborted)
+    assert.isTrue(timers.every((t) => t.cancelled))
+  })
+
+  it("closes the connection for a body with no length, a long one, one that outgrows its bound, or one still coming after maxDrainMs", () => {
+    assert.isTrue(refusal({}, [10], false).controller.aborted)
+    assert.isTrue(refusal({ "content-length": String(maxDrainBytes + 1) }, [], false).controller.aborted)
+    // A length that lies: the bytes read are counted too.
+    assert.isTrue(refusal({ "content-length": "10" }, [1000, 1000, 1000, 1000, 1000], false).controller.aborted)
+    const dripping = refusal({ "content-length": "4000" }, [1], false)
+    assert.isFalse(dripping.controller.aborted)
+    assert.deepStrictEqual(dripping.timers.map((t) => t.ms), [maxDrainMs])
+    dripping.timers[0].fire()
+    assert.isTrue(dripping.controller.aborted)
   })
 })
 

@@ -199,7 +199,11 @@ export interface AttemptControl {
  * caller stopped the attempt without an outcome.
  */
 export interface AttemptHandler {
-  /** A 429/503 arrived: true drops it (its body is read and discarded, keeping the connection) and ends the attempt. */
+  /**
+   * A 429/503 arrived: true drops it and ends the attempt (its body is read and discarded, keeping the
+   * connection, when it has a content-length of at most maxDrainBytes and ends within maxDrainMs; else the
+   * connection is closed).
+   */
   onRefusal(outcome: Outcome & { readonly _tag: "Refused" }): boolean
   onResponse(status: number, headers: AnswerHeaders, control: AttemptControl): void
   onData(chunk: Buffer): void
@@ -214,6 +218,24 @@ export interface AttemptSettings {
   readonly idleTimeoutMs: number
 }
 
+/**
+ * A dropped refusal's body is read to keep its connection only while it is
+ * small and quick: past this many bytes, or this long, the connection is
+ * closed instead (as Envoy resets the upstream stream on a retry), so an
+ * endless or dripping body cannot hold a connection nobody counts.
+ */
+export const maxDrainBytes = 4096
+export const maxDrainMs = 1000
+
+/** Calls `fire` after `ms`; returns what cancels it. */
+export type SetTimer = (ms: number, fire: () => void) => () => void
+
+const realTimer: SetTimer = (ms, fire) => {
+  const timer = setTimeout(fire, ms)
+  timer.unref()
+  return () => clearTimeout(timer)
+}
+
 /** One error for every stop: building an Error (its stack) per request measured as a tenth of the forwarding CPU. */
 const stopError = new Error("aborted by the router")
 
@@ -224,12 +246,15 @@ export const sendAttempt = (
   request: AttemptRequest,
   settings: AttemptSettings,
   now: () => number,
-  handler: AttemptHandler
+  handler: AttemptHandler,
+  setTimer: SetTimer = realTimer
 ): AttemptControl => {
   let sent = false
   let answerStarted = false
   let over = false
   let dropping = false
+  let drained = 0
+  let cancelDrain: (() => void) | undefined
   let controller: Dispatcher.DispatchController | undefined
   let stopped = false
   /** The status of the answer being relayed (0 before one). */
@@ -279,9 +304,13 @@ export const sendAttempt = (
       if (classified !== undefined) {
         if (classified._tag === "Refused") {
           if (handler.onRefusal(classified)) {
-            // Read to its end and dropped: the connection stays usable.
+            end(classified)
+            // Read to its end and dropped, keeping the connection, if small and quick; else the connection goes.
+            const length = Number((headers as AnswerHeaders)["content-length"])
+            if (!(length <= maxDrainBytes)) return dispatchController.abort(stopError)
             dropping = true
-            return end(classified)
+            cancelDrain = setTimer(maxDrainMs, () => dispatchController.abort(stopError))
+            return
           }
         } else {
           // Ended first: undici may report the abort at once, and it must not read as a broken connection.
@@ -292,14 +321,21 @@ export const sendAttempt = (
       answerStatus = status
       handler.onResponse(status, headers as AnswerHeaders, control)
     },
-    onResponseData: (_, chunk) => {
+    onResponseData: (dispatchController, chunk) => {
+      if (dropping) {
+        drained += chunk.length
+        if (drained > maxDrainBytes) dispatchController.abort(stopError)
+        return
+      }
       if (!over) handler.onData(chunk)
     },
     onResponseEnd: () => {
+      cancelDrain?.()
       if (dropping || over) return
       end({ _tag: "Completed", status: answerStatus })
     },
     onResponseError: (_, error) => {
+      cancelDrain?.()
       if (over) return
       const code = errorCode(error)
       if (answerStatus !== 0) {

@@ -6,7 +6,8 @@
  *
  * - each upstream has its own bounded keep-alive pool (undici's `Pool`, the
  *   HTTP client Node ships): as many connections as requests may be in flight
- *   to it, plus one so a health check never waits behind streams. Admission
+ *   to it, and a pool of one for its health checks, which traffic never
+ *   fills (a check never waits behind streams or stuck bodies). Admission
  *   bounds the total first, so waiting happens in the router's queue, not on
  *   an upstream's socket;
  * - forwarding is in two parts: Attempt.ts sends one attempt and classifies
@@ -105,6 +106,8 @@ const resolveAll: Resolve = async (hostname) => (await lookup(hostname, { all: t
 interface Member {
   readonly endpoint: Endpoint
   readonly pool: Pool
+  /** The health checks' own connection: traffic (a stream, a stuck body) can never make a check wait. */
+  readonly checkPool: Pool
   /** Active checks: when the next is due, how many failed in a row, whether one is running. */
   nextCheckAt: number
   checkFailures: number
@@ -179,6 +182,13 @@ export class Upstreams extends Context.Service<Upstreams, {
 
       const connect = (endpoint: Endpoint, target: UpstreamTarget): Member => ({
         endpoint,
+        checkPool: new Pool(`${target.protocol}//${hostPort(endpoint.address, target.port)}`, {
+          connections: 1,
+          pipelining: 1,
+          connect: { timeout: settings.healthTimeoutMs },
+          keepAliveTimeout: 30_000
+        }),
+        // One spare: a connection still draining a dropped refusal (at most maxDrainMs) must not make a request wait.
         pool: new Pool(`${target.protocol}//${hostPort(endpoint.address, target.port)}`, {
           connections: cap + 1,
           pipelining: 1,
@@ -200,6 +210,7 @@ export class Upstreams extends Context.Service<Upstreams, {
           if (member.endpoint.target === target && !wanted.has(id)) {
             members.delete(id)
             void member.pool.close()
+            void member.checkPool.close()
           }
         }
         for (const address of addresses) {
@@ -227,7 +238,7 @@ export class Upstreams extends Context.Service<Upstreams, {
 
       const checkOne = (member: Member) =>
         Effect.tryPromise(async (signal) => {
-          const answer = await member.pool.request({
+          const answer = await member.checkPool.request({
             method: "GET",
             path: `${member.endpoint.target.prefix}/health`,
             signal,
@@ -269,7 +280,7 @@ export class Upstreams extends Context.Service<Upstreams, {
         const tick = Math.min(settings.healthIntervalMs, firstRecheckMs)
         yield* Effect.forkScoped(Effect.repeat(checkDue, Schedule.spaced(Duration.millis(tick))))
       }
-      yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all([...members.values()].map((member) => member.pool.destroy()))))
+      yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all([...members.values()].flatMap((member) => [member.pool.destroy(), member.checkPool.destroy()]))))
 
       // Each endpoint's labelled counters, found once per status rather than by joining labels per request.
       const counters = new Map<Endpoint, Map<string, ReturnType<typeof metrics.requests>>>()
