@@ -217,6 +217,17 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(other.received.length - before, 0)
   })
 
+  it("answers a request every upstream may have processed with 502 upstream_failed, not 503 no_healthy_upstream", { timeout: 60_000 }, async () => {
+    // Reads the request, then resets 100 ms later on a fresh connection; the only upstream, so the budgeted retry finds none left.
+    const crashing = await stub((_, __, socket) => void setTimeout(() => socket.destroy(), 100))
+    const front = await startFront([crashing.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    const response = await post(front.port, "/v1/completions", body)
+    assert.strictEqual(response.status, 502)
+    assert.strictEqual(codeOf(response), "upstream_failed")
+    assert.isUndefined(response.headers["retry-after"])
+    assert.strictEqual(crashing.received.length, 1)
+  })
+
   it("sends a request that kills model servers mid-work to no other without a budget, to at most UPSTREAM_RETRIES more with one, over warm keep-alive connections", { timeout: 60_000 }, async () => {
     /** Answers ordinary requests; reads a POISON one, then dies 300 ms later (its connections drop, its port closes). */
     const poisoned = async () => {
