@@ -34,18 +34,27 @@ import type { Options as StatOptions } from "@grafana/schema/dist/esm/raw/compos
 import type { Options as TimeSeriesOptions } from "@grafana/schema/dist/esm/raw/composable/timeseries/panelcfg/x/TimeSeriesPanelCfg_types.gen"
 import { writeFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
+import { controllerName } from "../src/controller/Metrics.ts"
 
 export const dashboardFile = fileURLToPath(new URL("../deploy/monitoring/dashboards/inference-router.json", import.meta.url))
 
 const datasource: DataSourceRef = { type: "prometheus", uid: "${datasource}" }
-/** The routers the variables select. */
+/**
+ * The routers the variables select. "All" is ".+", not ".*": a series without
+ * the label (a vLLM server's own vllm:* series, which the routers' PodMonitor
+ * does not label with `inferenceservice`) is not a router's.
+ */
 const routers = 'namespace=~"$namespace", inferenceservice=~"$inferenceservice", pod=~"$pod"'
 const controllerPods = 'namespace=~"$controller_namespace"'
-const controller = 'controller="inferenceservice"'
-const queue = 'name="inferenceservice"'
+// The controller's own name (KServe's InferenceService controller is "inferenceservice").
+const controller = `controller="${controllerName}"`
+const queue = `name="${controllerName}"`
 const window = "[$__rate_interval]"
+/** Router panels break down per InferenceService. */
+const perService = "namespace, inferenceservice"
+const service = "{{namespace}}/{{inferenceservice}}"
 
-const quantile = (q: number, bucket: string, by = "") =>
+const quantile = (q: number, bucket: string, by = `, ${perService}`) =>
   `histogram_quantile(${q}, sum by (le${by}) (rate(${bucket}{${routers}}${window})))`
 
 type Query = readonly [expr: string, legend: string]
@@ -156,73 +165,72 @@ export const dashboard = (): Dashboard => {
 
   row("Requests and admission")
   timeseries("Requests by endpoint and status", "router_requests_total: answers per second by endpoint and HTTP status", "reqps", [
-    [`sum by (endpoint, status) (rate(router_requests_total{${routers}}${window}))`, "{{endpoint}} {{status}}"]
+    [`sum by (${perService}, endpoint, status) (rate(router_requests_total{${routers}}${window}))`, `${service} {{endpoint}} {{status}}`]
   ])
   timeseries("Admitted and shed", "Admitted: requests that got a slot (each records a queue wait); shed by reason: answered 429/503 without running the model", "reqps", [
-    [`sum(rate(router_queue_wait_seconds_count{${routers}}${window}))`, "admitted"],
-    [`sum by (reason) (rate(router_shed_total{${routers}}${window}))`, "shed {{reason}}"]
+    [`sum by (${perService}) (rate(router_queue_wait_seconds_count{${routers}}${window}))`, `${service} admitted`],
+    [`sum by (${perService}, reason) (rate(router_shed_total{${routers}}${window})) > 0`, `${service} shed {{reason}}`]
   ])
-  timeseries("In the model and queued", "Requests holding a slot and waiting for one, against MAX_CONCURRENCY and MAX_QUEUE (summed over pods)", "short", [
-    [`sum(router_requests_running{${routers}})`, "running"],
-    [`sum(router_requests_waiting{${routers}})`, "queued"],
-    [`sum(router_max_concurrency{${routers}})`, "slots"],
-    [`sum(router_max_queue{${routers}})`, "queue limit"]
+  timeseries("In the model and queued", "Requests holding a slot and waiting for one per InferenceService, against MAX_CONCURRENCY and MAX_QUEUE (summed over its pods)", "short", [
+    [`sum by (${perService}) (router_requests_running{${routers}})`, `${service} running`],
+    [`sum by (${perService}) (router_requests_waiting{${routers}})`, `${service} queued`],
+    [`sum by (${perService}) (router_max_concurrency{${routers}})`, `${service} slots`],
+    [`sum by (${perService}) (router_max_queue{${routers}})`, `${service} queue limit`]
   ])
-  timeseries("Queue wait", "Time admitted requests waited for a slot, against QUEUE_TIMEOUT_MS", "s", [
-    [quantile(0.5, "router_queue_wait_seconds_bucket"), "p50"],
-    [quantile(0.99, "router_queue_wait_seconds_bucket"), "p99"],
-    [`max(router_queue_timeout_seconds{${routers}})`, "timeout"]
+  timeseries("Queue wait", "Time admitted requests waited for a slot (p99), each InferenceService against its own QUEUE_TIMEOUT_MS; requests that timed out record no wait (see Admitted and shed)", "s", [
+    [quantile(0.99, "router_queue_wait_seconds_bucket"), `${service} p99`],
+    [`max by (${perService}) (router_queue_timeout_seconds{${routers}})`, `${service} timeout`]
   ])
   timeseries("Request duration", "From request start to response (the whole stream for streaming answers)", "s", [
-    [quantile(0.5, "router_request_duration_seconds_bucket"), "p50"],
-    [quantile(0.99, "router_request_duration_seconds_bucket"), "p99"]
+    [quantile(0.5, "router_request_duration_seconds_bucket"), `${service} p50`],
+    [quantile(0.99, "router_request_duration_seconds_bucket"), `${service} p99`]
   ])
   timeseries("Requests by pod", "Requests per second per router pod: the balance across replicas", "reqps", [
-    [`sum by (pod) (rate(router_requests_total{${routers}}${window}))`, "{{pod}}"]
+    [`sum by (namespace, pod) (rate(router_requests_total{${routers}}${window}))`, "{{namespace}}/{{pod}}"]
   ])
 
   row("Tokens (OpenAI API, vLLM's metric names)")
   const perModel = (metric: string, what: string, description: string) =>
     timeseries(what, description, "s", [
-      [quantile(0.5, metric, ", model_name"), "p50 {{model_name}}"],
-      [quantile(0.99, metric, ", model_name"), "p99 {{model_name}}"]
+      [quantile(0.5, metric), `${service} p50`],
+      [quantile(0.99, metric), `${service} p99`]
     ])
   perModel("vllm:time_to_first_token_seconds_bucket", "Time to first token", "vllm:time_to_first_token_seconds: from arrival to the first token")
   perModel("vllm:inter_token_latency_seconds_bucket", "Inter-token latency", "vllm:inter_token_latency_seconds: between consecutive tokens of a stream")
   timeseries("Tokens per second", "Prompt tokens processed and tokens generated", "short", [
-    [`sum by (model_name) (rate(vllm:prompt_tokens_total{${routers}}${window}))`, "prompt {{model_name}}"],
-    [`sum by (model_name) (rate(vllm:generation_tokens_total{${routers}}${window}))`, "generated {{model_name}}"]
+    [`sum by (${perService}) (rate(vllm:prompt_tokens_total{${routers}}${window}))`, `${service} prompt`],
+    [`sum by (${perService}) (rate(vllm:generation_tokens_total{${routers}}${window}))`, `${service} generated`]
   ])
   timeseries("Finished by reason", "vllm:request_success_total by finished_reason (stop, length, ...)", "reqps", [
-    [`sum by (finished_reason) (rate(vllm:request_success_total{${routers}}${window}))`, "{{finished_reason}}"]
+    [`sum by (${perService}, finished_reason) (rate(vllm:request_success_total{${routers}}${window}))`, `${service} {{finished_reason}}`]
   ], { stack: true })
   perModel("vllm:e2e_request_latency_seconds_bucket", "End-to-end latency", "vllm:e2e_request_latency_seconds: from arrival to the last token")
   timeseries("Slot use (vLLM's KV-cache gauge)", "vllm:kv_cache_usage_perc: running / MAX_CONCURRENCY per pod", "percentunit", [
-    [`max by (pod) (vllm:kv_cache_usage_perc{${routers}})`, "{{pod}}"]
+    [`max by (namespace, pod) (vllm:kv_cache_usage_perc{${routers}})`, "{{namespace}}/{{pod}}"]
   ])
 
   row("Upstreams (MODEL_BACKEND=upstream)")
   timeseries("Attempts by upstream and status", "router_upstream_requests_total: attempts sent to each upstream, by status code or how it ended without one (connect_error, error, timeout, broken, idle_timeout, rejected, deadline)", "reqps", [
-    [`sum by (upstream, status) (rate(router_upstream_requests_total{${routers}}${window}))`, "{{upstream}} {{status}}"]
+    [`sum by (${perService}, upstream, status) (rate(router_upstream_requests_total{${routers}}${window}))`, `${service} {{upstream}} {{status}}`]
   ])
   timeseries("Upstream health", "router_upstream_available: routers that see the upstream healthy and not ejected", "short", [
-    [`sum by (upstream) (router_upstream_available{${routers}})`, "{{upstream}}"]
+    [`sum by (${perService}, upstream) (router_upstream_available{${routers}})`, `${service} {{upstream}}`]
   ])
-  timeseries("Ejections and retries", "Ejections after consecutive failures, and retried attempts, per upstream", "short", [
-    [`sum by (upstream) (increase(router_upstream_ejections_total{${routers}}${window}))`, "ejected {{upstream}}"],
-    [`sum by (upstream) (increase(router_upstream_retries_total{${routers}}${window}))`, "retried {{upstream}}"]
+  timeseries("Ejections and retries", "Ejections after consecutive failures, and retried attempts, per upstream, per second", "ops", [
+    [`sum by (${perService}, upstream) (rate(router_upstream_ejections_total{${routers}}${window})) > 0`, `${service} ejected {{upstream}}`],
+    [`sum by (${perService}, upstream) (rate(router_upstream_retries_total{${routers}}${window})) > 0`, `${service} retried {{upstream}}`]
   ])
   timeseries("Upstream latency p99", "router_upstream_request_duration_seconds: forwarding to the end of the upstream's answer", "s", [
-    [quantile(0.99, "router_upstream_request_duration_seconds_bucket", ", upstream"), "{{upstream}}"]
+    [quantile(0.99, "router_upstream_request_duration_seconds_bucket", `, ${perService}, upstream`), `${service} {{upstream}}`]
   ])
   timeseries("In flight and connections", "Requests in flight and open keep-alive connections per upstream", "short", [
-    [`sum by (upstream) (router_upstream_in_flight{${routers}})`, "in flight {{upstream}}"],
-    [`sum by (upstream) (router_upstream_connections{${routers}})`, "connections {{upstream}}"]
+    [`sum by (${perService}, upstream) (router_upstream_in_flight{${routers}})`, `${service} in flight {{upstream}}`],
+    [`sum by (${perService}, upstream) (router_upstream_connections{${routers}})`, `${service} connections {{upstream}}`]
   ])
 
   row("Cache-aware routing (UPSTREAM_SCHEDULER=cache-aware)")
   timeseries("Routing decisions by reason", "router_routing_decisions_total: cache (sent where its prefix is cached), load, spill (over UPSTREAM_LOAD_BOUND), only-healthy", "reqps", [
-    [`sum by (reason) (rate(router_routing_decisions_total{${routers}}${window}))`, "{{reason}}"]
+    [`sum by (${perService}, reason) (rate(router_routing_decisions_total{${routers}}${window}))`, `${service} {{reason}}`]
   ], { stack: true })
   // The model servers' own counters (vLLM's names): any pod in the namespaces, routers in simulated mode or vLLM.
   timeseries("Prefix cache hit rate (model servers)", "vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total: the share of prompt tokens found cached, per model server", "percentunit", [
@@ -232,16 +240,16 @@ export const dashboard = (): Dashboard => {
     ]
   ])
   timeseries("Cached tokens: predicted and reported", "Prompt tokens the scheduler predicted cached and the upstreams reported cached, per second; the error is |predicted - reported| over reported", "short", [
-    [`sum(rate(router_routing_reported_cached_tokens_total{${routers}}${window}))`, "reported"],
-    [`sum(rate(router_routing_predicted_cached_tokens_total{${routers}}${window}))`, "predicted"],
-    [`sum(rate(router_routing_cached_tokens_error_total{${routers}}${window})) / sum(rate(router_routing_reported_cached_tokens_total{${routers}}${window}))`, "error ratio"]
+    [`sum by (${perService}) (rate(router_routing_reported_cached_tokens_total{${routers}}${window}))`, `${service} reported`],
+    [`sum by (${perService}) (rate(router_routing_predicted_cached_tokens_total{${routers}}${window}))`, `${service} predicted`],
+    [`sum by (${perService}) (rate(router_routing_cached_tokens_error_total{${routers}}${window})) / sum by (${perService}) (rate(router_routing_reported_cached_tokens_total{${routers}}${window}))`, `${service} error ratio`]
   ])
   timeseries("Upstream signals fresh", "router_routing_upstream_signals_fresh: routers whose scrape of the upstream's /metrics is fresh", "short", [
-    [`sum by (upstream) (router_routing_upstream_signals_fresh{${routers}})`, "{{upstream}}"]
+    [`sum by (${perService}, upstream) (router_routing_upstream_signals_fresh{${routers}})`, `${service} {{upstream}}`]
   ])
   timeseries("Routing decision time", "router_routing_decision_seconds: parse, tokens, block keys and the choice; well under 1 ms expected, more: a CPU-starved router", "s", [
-    [quantile(0.5, "router_routing_decision_seconds_bucket"), "p50"],
-    [quantile(0.99, "router_routing_decision_seconds_bucket"), "p99"]
+    [quantile(0.5, "router_routing_decision_seconds_bucket"), `${service} p50`],
+    [quantile(0.99, "router_routing_decision_seconds_bucket"), `${service} p99`]
   ])
 
   row("Controller")
@@ -291,7 +299,7 @@ export const dashboard = (): Dashboard => {
     refresh: VariableRefresh.onTimeRangeChanged,
     includeAll: all,
     multi: all,
-    ...(all ? { allValue: ".*", current: { selected: true, text: ["All"], value: ["$__all"] } } : {}),
+    ...(all ? { allValue: ".+", current: { selected: true, text: ["All"], value: ["$__all"] } } : {}),
     sort: VariableSort.alphabeticalAsc
   })
 

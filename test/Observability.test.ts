@@ -273,6 +273,11 @@ describe("the dashboard and the alert rules read only what the router and the co
     assert.deepStrictEqual(failures, [])
   })
 
+  it("the queue wait's buckets reach 600 s, so a p99 near a timeout of minutes is seen", () => {
+    const bounds = new Set(exported.get("router_queue_wait_seconds_bucket")!.map((s) => s.labels.le))
+    for (const le of ["60", "120", "300", "600", "+Inf"]) assert.isTrue(bounds.has(le), le)
+  })
+
   it("a renamed metric, a label no series carries, or a syntax error is caught", () => {
     assert.deepStrictEqual(problems("sum(rate(router_requests_total[5m]))", exported), [])
     assert.deepStrictEqual(problems("sum(rate(router_request_total[5m]))", exported), ["router_request_total: not exported"])
@@ -303,7 +308,8 @@ describe("deploy/monitoring", () => {
     const docs = readFileSync(`${root}/docs/observability.md`, "utf8")
     for (const { alert, labels, annotations } of ruleSpec.groups.flatMap((g) => g.rules)) {
       assert.oneOf(labels?.severity, ["warning", "critical"], alert)
-      assert.strictEqual(annotations?.runbook, `docs/observability.md#${alert.toLowerCase()}`)
+      assert.notProperty(annotations, "runbook", `${alert}: runbook_url is the key kube-prometheus-stack's templates link`)
+      assert.match(annotations?.runbook_url ?? "", new RegExp(`^https://\\S+/docs/observability\\.md#${alert.toLowerCase()}$`), alert)
       assert.match(docs, new RegExp(`^### ${alert}$`, "m"), `${alert} has a runbook section`)
     }
   })
@@ -356,6 +362,8 @@ describe.skipIf(!hasPromtool)("promtool", () => {
     const expected: Record<string, Array<Record<string, string>>> = {
       InferenceRouterSheddingSustained: [{ severity: "warning", namespace: "prod", inferenceservice: "busy" }],
       InferenceRouterQueueWaitNearTimeout: [{ severity: "warning", namespace: "prod", inferenceservice: "busy" }],
+      // One of each burst times out in the queue.
+      InferenceRouterQueueTimeouts: [{ severity: "warning", namespace: "prod", inferenceservice: "busy" }],
       InferenceRouterNoHealthyUpstream: [{ severity: "critical", namespace: "prod", inferenceservice: "stranded", pod: "stranded-router-0" }],
       InferenceServiceNotReady: [{ severity: "warning", inferenceservice_namespace: "default", inferenceservice: "llama" }]
     }

@@ -31,8 +31,9 @@ const exposition = Effect.gen(function*() {
   return samples
 })
 
-const queue = 'name="inferenceservice",controller="inferenceservice"'
-const controller = 'controller="inferenceservice"'
+// Not KServe's "inferenceservice": a cluster running both tells the two controllers apart.
+const queue = 'name="inferenceservice.inference-router.dev",controller="inferenceservice.inference-router.dev"'
+const controller = 'controller="inferenceservice.inference-router.dev"'
 
 /** Each test its own registry: the counts are this test's alone. */
 const isolated = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provideService(effect, Metric.MetricRegistry, new Map())
@@ -46,11 +47,19 @@ describe("controller-runtime metrics", () => {
           yield* Effect.sleep(200)
           if (key === "a" && failuresLeft-- > 0) return yield* Effect.fail("conflict")
         }))
+      let samples = yield* exposition
+      // Every series controller-runtime exports, from the start: rate() and increase() see the first one.
+      for (const result of ["success", "error", "requeue", "requeue_after"]) {
+        assert.strictEqual(samples[`controller_runtime_reconcile_total{${controller},result="${result}"}`], 0, result)
+      }
+      for (const name of ["reconcile_errors", "terminal_reconcile_errors", "reconcile_panics", "reconcile_timeouts"]) {
+        assert.strictEqual(samples[`controller_runtime_${name}_total{${controller}}`], 0, name)
+      }
       work.add("a")
       work.add("b")
       work.add("b") // already waiting: not an add
       yield* settle
-      let samples = yield* exposition
+      samples = yield* exposition
       assert.strictEqual(samples[`workqueue_adds_total{${queue}}`], 2)
       assert.strictEqual(samples[`workqueue_depth{${queue}}`], 1, "b waits while a runs")
       assert.strictEqual(samples[`controller_runtime_active_workers{${controller}}`], 1)

@@ -38,10 +38,13 @@ export const isLeader = Metric.gauge("inference_router_controller_leader", {
  * The same facts under controller-runtime's names, labels and buckets
  * (sigs.k8s.io/controller-runtime pkg/internal/controller/metrics and
  * pkg/metrics), so dashboards and alerts written for Go controllers read
- * this one unchanged. The one controller is named as controller-runtime
- * names a controller by default: its kind in lower case.
+ * this one unchanged. The one controller is named as controller-runtime's
+ * builder lets one be named (`Named`): its kind in lower case and its API
+ * group, as KServe's controller (also kind InferenceService, named
+ * "inferenceservice") is not, so a cluster running both tells them apart
+ * whatever namespace or job either is scraped under.
  */
-export const controllerName = "inferenceservice"
+export const controllerName = "inferenceservice.inference-router.dev"
 
 /** controller-runtime's reconcile_time_seconds buckets. */
 const reconcileTimeBuckets = [
@@ -65,6 +68,23 @@ export const controllerRuntime = {
   ),
   reconcileErrors: Metric.counter("controller_runtime_reconcile_errors_total", {
     description: "Total number of reconciliation errors per controller",
+    incremental: true,
+    attributes: forController
+  }),
+  // controller-runtime's, exported at 0: this controller has no terminal errors
+  // (every failure is retried), no panics (a defect fails the reconcile) and no reconcile timeout.
+  terminalReconcileErrors: Metric.counter("controller_runtime_terminal_reconcile_errors_total", {
+    description: "Total number of terminal reconciliation errors per controller",
+    incremental: true,
+    attributes: forController
+  }),
+  reconcilePanics: Metric.counter("controller_runtime_reconcile_panics_total", {
+    description: "Total number of reconciliation panics per controller",
+    incremental: true,
+    attributes: forController
+  }),
+  reconcileTimeouts: Metric.counter("controller_runtime_reconcile_timeouts_total", {
+    description: "Total number of reconciliation timeouts per controller",
     incremental: true,
     attributes: forController
   }),
@@ -140,8 +160,12 @@ export const workQueueMetrics = (parallelism: number) =>
     m.activeWorkers.updateUnsafe(0, context)
     m.queueDepth.updateUnsafe(0, context)
     // Exported from the start (as client-go's counters are), so rate() and absent() see a series.
-    for (const result of ["success", "error"]) m.reconcileTotal(result).updateUnsafe(0, context)
+    // Every result controller-runtime counts; this controller's reconciles end in success or error only.
+    for (const result of ["success", "error", "requeue", "requeue_after"]) m.reconcileTotal(result).updateUnsafe(0, context)
     m.reconcileErrors.updateUnsafe(0, context)
+    m.terminalReconcileErrors.updateUnsafe(0, context)
+    m.reconcilePanics.updateUnsafe(0, context)
+    m.reconcileTimeouts.updateUnsafe(0, context)
     m.queueAdds.updateUnsafe(0, context)
     m.queueRetries.updateUnsafe(0, context)
     const running = () => [...startedAt.values()].map((since) => (clock.currentTimeMillisUnsafe() - since) / 1000)

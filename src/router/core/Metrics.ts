@@ -16,10 +16,11 @@ export const requestDuration = secondsHistogram(
   "router_request_duration_seconds",
   "Time from request start to response, in seconds"
 )
-export const queueWait = secondsHistogram(
-  "router_queue_wait_seconds",
-  "Time admitted requests (/infer and /v1/*) waited for a slot, in seconds"
-)
+export const queueWait = Metric.histogram("router_queue_wait_seconds", {
+  description: "Time admitted requests (/infer and /v1/*) waited for a slot, in seconds",
+  // Beyond a minute too: QUEUE_TIMEOUT_MS may be minutes, and the alert compares the p99 with 80% of it.
+  boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+})
 export const modelTime = secondsHistogram("router_model_seconds", "Time the model took per request (/infer and /v1/*), in seconds")
 export const shedTotal = Metric.counter("router_shed_total", {
   description: "Requests (/infer and /v1/*) the router answered without running the model, by reason",
