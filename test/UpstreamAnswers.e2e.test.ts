@@ -89,6 +89,31 @@ describe("bad upstream answers", () => {
     }
   })
 
+  it("a content-type sent twice, events to a non-streamed request, a stream that ends without [DONE]", { timeout: 60_000 }, async () => {
+    const twice = await stub((_, __, socket) => {
+      const text = JSON.stringify(completion)
+      socket.end(`HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-type: text/event-stream\r\ncontent-length: ${text.length}\r\nconnection: close\r\n\r\n${text}`)
+    })
+    const events = await stub((_, response) => {
+      response.writeHead(200, { "content-type": "text/event-stream" })
+      response.end("data: {\"x\":1}\n\n")
+    })
+    const [twiceFront, eventsFront] = await Promise.all([twice, events].map((upstream) => startFront([upstream.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })))
+    const first = await post(twiceFront.port, "/v1/completions", body)
+    assert.strictEqual(first.status, 200)
+    assert.strictEqual(first.headers["content-type"], "application/json")
+    const unasked = await post(eventsFront.port, "/v1/completions", body)
+    assert.strictEqual(unasked.status, 502)
+    assert.strictEqual(codeOf(unasked), "upstream_bad_answer")
+    assert.include(messageOf(unasked), "did not ask for a stream")
+    const client = await openStream(eventsFront.port, "/v1/completions", stream)
+    await client.ended
+    assert.strictEqual(client.events.length, 3)
+    assert.strictEqual(client.events[0], "{\"x\":1}")
+    assert.include(client.events[1], "upstream_broken")
+    assert.strictEqual(client.events[2], "[DONE]")
+  })
+
   it("bounds a buffered answer (UPSTREAM_MAX_BODY_BYTES): 502 naming the setting, logged", { timeout: 60_000 }, async () => {
     const huge = await stub((_, response) => {
       response.writeHead(200, { "content-type": "application/json" })
@@ -168,7 +193,7 @@ describe("bad upstream answers", () => {
 })
 
 describe("what is sent again, counted at the upstream", () => {
-  it("resends a request an upstream may have processed only within the retry budget; retries one that met a keep-alive close without it", { timeout: 60_000 }, async () => {
+  it("resends a request an upstream may have processed only within the retry budget, on a fresh connection or a reused one", { timeout: 60_000 }, async () => {
     const other = await stub((_, response) => json(response, 200, completion))
     // Reads the whole request, then drops the connection without a byte of answer: on a fresh connection.
     const dropper = await stub((_, __, socket) => socket.destroy())

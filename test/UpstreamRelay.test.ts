@@ -130,3 +130,46 @@ describe("a callback that throws", () => {
     assert.strictEqual(heard.logged.length, 1)
   })
 })
+
+describe("answers that are not what was asked", () => {
+  it("passes on a content-type sent twice as its first value, as Node's own client does", () => {
+    const { got } = relay((handler) => {
+      handler.onResponse(answer(200, { "content-type": ["application/json", "text/event-stream"] }))
+      handler.onData(Buffer.from("{\"id\":\"x\"}"))
+      assert.isUndefined(handler.verify?.())
+      handler.onEnd()
+    })
+    assert.strictEqual(got.status, 200)
+    assert.strictEqual(got.headers["content-type"], "application/json")
+    assert.strictEqual(got.body, "{\"id\":\"x\"}")
+  })
+
+  it("refuses an event stream to a request that did not ask for one (upstream_bad_answer), and relays it to one that did", () => {
+    const rejected: Array<string> = []
+    const eventStream = { ...answer(200, { "content-type": "text/event-stream" }), reject: (code: string) => void rejected.push(code) }
+    const { got } = relay((handler) => handler.onResponse(eventStream), {}, false)
+    assert.deepStrictEqual(rejected, ["upstream_bad_answer"])
+    assert.strictEqual(got.status, 0)
+    const streamed = relay((handler) => handler.onResponse(eventStream), {}, true)
+    assert.deepStrictEqual(rejected, ["upstream_bad_answer"])
+    assert.strictEqual(streamed.got.status, 200)
+  })
+
+  it("counts a stream that ends between events without data: [DONE] as cut", () => {
+    const ending = (events: string) => {
+      let verdict: { code: string } | undefined
+      relay((handler) => {
+        handler.onResponse(answer(200, { "content-type": "text/event-stream" }))
+        handler.onData(Buffer.from(events))
+        verdict = handler.verify?.()
+      }, {}, true)
+      return verdict?.code
+    }
+    assert.strictEqual(ending("data: {\"a\":1}\n\n"), "upstream_broken")
+    assert.strictEqual(ending("data: {\"a\":1}\n\ndata: [DONE]\n\n"), undefined)
+    assert.strictEqual(ending("data: {\"a\":1}\r\n\r\ndata:[DONE]\r\n\r\n"), undefined)
+    assert.strictEqual(ending("data: {\"a\":1}\n\ndata: [DONE]\n\ndata: {\"late\":1}\n\n"), "upstream_broken")
+    // [DONE] inside another event's data is not the end.
+    assert.strictEqual(ending("data: {\"text\":\"data: [DONE]\"}\n\n"), "upstream_broken")
+  })
+})

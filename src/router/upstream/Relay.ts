@@ -52,7 +52,21 @@ export interface RelayCallbacks {
 /** Headers of the upstream's answer the client sees, beside the router's own. */
 const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
 
-const isEventStream = (headers: AnswerHeaders) => String(headers["content-type"]).startsWith("text/event-stream")
+/** A header's value; of one sent twice, the first (as Node's own client keeps the first content-type). */
+const headerValue = (value: string | Array<string> | undefined): string | undefined => Array.isArray(value) ? value[0] : value
+
+const isEventStream = (headers: AnswerHeaders) => headerValue(headers["content-type"])?.startsWith("text/event-stream") === true
+
+/** Whether the last event in `bytes` (whole events) is `data: [DONE]`, the end vLLM and OpenAI always send. */
+const endsWithDone = (bytes: Buffer): boolean => {
+  let end = bytes.length
+  while (end > 0 && (bytes[end - 1] === 10 || bytes[end - 1] === 13)) end--
+  const line = (length: number) => {
+    const start = end - length
+    return start >= 0 && (start === 0 || bytes[start - 1] === 10 || bytes[start - 1] === 13) ? bytes.toString("latin1", start, end) : ""
+  }
+  return line(12) === "data: [DONE]" || line(11) === "data:[DONE]"
+}
 
 /** Forwards `request` and relays the answer to `response`; returns the function that aborts the upstream request. */
 export const relayUnsafe = (
@@ -71,6 +85,8 @@ export const relayUnsafe = (
   let answer: UpstreamResponse | undefined
   let headers: Record<string, string | number> | undefined
   let firstChunk = true
+  /** The last whole event relayed was `data: [DONE]`. */
+  let sawDone = false
   /** Paused until the client's socket drains (undici may still hand over a chunk or two meanwhile). */
   let paused = false
   const onDrain = () => {
@@ -104,8 +120,8 @@ export const relayUnsafe = (
       if (upstream.version !== undefined) headers[upstreamVersionHeader] = upstream.version
       if (upstream.route !== undefined) headers[routeHeader] = upstream.route
       for (const name of passedOn) {
-        const value = upstream.headers[name]
-        if (typeof value === "string") headers[name] = value
+        const value = headerValue(upstream.headers[name])
+        if (value !== undefined) headers[name] = value
       }
       // Passed on as the router reads it: whole seconds, at most maxRetryAfterSeconds (an HTTP date too).
       if (upstream.headers["retry-after"] !== undefined) {
@@ -113,9 +129,14 @@ export const relayUnsafe = (
         if (seconds === undefined) delete headers["retry-after"]
         else headers["retry-after"] = seconds
       }
-      streaming = upstream.status === 200 && isEventStream(upstream.headers)
+      const eventStream = isEventStream(upstream.headers)
+      streaming = upstream.status === 200 && eventStream && request.stream !== false
       if (!streaming) {
         chunks = []
+        // Events where JSON was asked for: a client would fail to parse it, as any other non-JSON 2xx.
+        if (eventStream && upstream.status >= 200 && upstream.status < 300) {
+          upstream.reject("upstream_bad_answer", `the model server ${upstream.upstream} answered a request that did not ask for a stream with an event stream`)
+        }
         return
       }
       framer = new EventFramer(limits.maxEventBytes)
@@ -142,6 +163,7 @@ export const relayUnsafe = (
           `the model server ${answer!.upstream} sent an event over ${limits.maxEventBytes} bytes (UPSTREAM_MAX_EVENT_BYTES)`
         )
       }
+      if (framed.bytes !== undefined) sawDone = endsWithDone(framed.bytes)
       if (framed.bytes !== undefined && !response.write(framed.bytes)) {
         if (paused) return
         paused = true
@@ -151,9 +173,9 @@ export const relayUnsafe = (
     },
     verify: () => {
       if (streaming) {
-        return framer!.cutMidEvent
-          ? { code: "upstream_broken", message: `the model server ${answer!.upstream} ended its stream inside an event` }
-          : undefined
+        if (framer!.cutMidEvent) return { code: "upstream_broken", message: `the model server ${answer!.upstream} ended its stream inside an event` }
+        // vLLM and OpenAI always end with [DONE]: a stream that ends without it was cut between events.
+        return sawDone ? undefined : { code: "upstream_broken", message: `the model server ${answer!.upstream} ended its stream without data: [DONE]` }
       }
       body = Buffer.concat(chunks!, length)
       return unusableAnswer(answer!.status, body, answer!.upstream)

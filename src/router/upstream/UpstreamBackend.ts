@@ -67,7 +67,8 @@ export const makeUpstreamBackend = (
           path: call.kind === "chat" ? chatCompletionsPath : completionsPath,
           body: call.text,
           headers,
-          answerHeaders: reply.answerHeaders
+          answerHeaders: reply.answerHeaders,
+          stream: call.body.stream === true
         }, reply.response, {
           onFirstByte: reply.firstByte,
           failBeforeHeaders: reply.fail,
