@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from "node:net"
 import { afterEach, assert, describe, it } from "vitest"
 import { killAll, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
-import { openStream, post, startFront, startUpstream } from "./support/Routers.ts"
+import { metricValue, openStream, post, startFront, startUpstream } from "./support/Routers.ts"
 
 const stubs: Array<Http.Server> = []
 
@@ -240,6 +240,41 @@ describe("what is sent again, counted at the upstream", () => {
     // The one that met the dropped connection was not sent again without a budget.
     assert.strictEqual(failed, 1)
     assert.strictEqual(other.received.length - before, 0)
+  })
+
+  it("a keep-alive connection the server closes unread as a request arrives: resent once within the budget, each request read once", { timeout: 60_000 }, async () => {
+    // Answers the first request on a connection, then stops reading it and closes it 300 ms later: a
+    // draining server closing an "idle" connection whose next request already sits unread in its kernel.
+    const closing = await stub((_, response, socket) => {
+      json(response, 200, completion)
+      socket.pause()
+      setTimeout(() => socket.destroy(), 300)
+    })
+    const other = await stub((_, response) => json(response, 200, completion))
+    const front = await startFront([`${closing.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    let firstOnClosing = false
+    for (let i = 0; i < 20 && !firstOnClosing; i++) {
+      assert.strictEqual((await post(front.port, "/v1/completions", body)).status, 200)
+      firstOnClosing = closing.received.length === 1
+    }
+    assert.isTrue(firstOnClosing)
+    const otherBefore = other.received.length
+    // Sent at once on the same (reused) connection, which the server never reads.
+    const second = await post(front.port, "/v1/completions", body)
+    assert.strictEqual(second.status, 200)
+    assert.strictEqual(second.headers["x-inference-upstream"], other.url.slice("http://".length))
+    // HTTP/1.1 cannot prove it went unread (a reset also comes from a proxy whose model server died
+    // after reading it), so it was a budgeted retry: read once, by the other upstream.
+    assert.strictEqual(closing.received.length, 1)
+    assert.strictEqual(other.received.length - otherBefore, 1)
+    const retried = await metricValue(front.port, `router_upstream_retries_total{upstream="${other.url.slice("http://".length)}"`)
+    assert.strictEqual(retried, 1)
+    // Counted as "may have been processed" (error), not as never reached (connect_error).
+    const lines = (await requestAt(front.port, { path: "/metrics" })).text.split("\n")
+      .filter((line) => line.startsWith("router_upstream_requests_total{") && line.includes(closing.url.slice("http://".length)) && !line.includes("status=\"200\""))
+    assert.strictEqual(lines.length, 1, lines.join("\n"))
+    assert.include(lines[0], "status=\"error\"")
+    assert.isTrue(lines[0].endsWith(" 1"), lines[0])
   })
 
   it("answers a request every upstream may have processed with 502 upstream_failed, not 503 no_healthy_upstream", { timeout: 60_000 }, async () => {
