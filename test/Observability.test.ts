@@ -278,6 +278,16 @@ describe("the dashboard and the alert rules read only what the router and the co
     for (const le of ["60", "120", "300", "600", "+Inf"]) assert.isTrue(bounds.has(le), le)
   })
 
+  it("the router and the controller export the process's CPU, memory and start time under prom-client's names", () => {
+    for (const scenario of ["calm", "controller"] as const) {
+      const own = parseExposition(scrapes[scenario][rounds - 1])
+      for (const name of ["process_cpu_user_seconds_total", "process_cpu_system_seconds_total", "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"]) {
+        assert.isAbove(own.get(name)?.[0]?.value ?? 0, 0, `${scenario}: ${name}`)
+      }
+      assert.isAtMost(own.get("process_start_time_seconds")![0].value, Date.now() / 1000)
+    }
+  })
+
   it("a renamed metric, a label no series carries, or a syntax error is caught", () => {
     assert.deepStrictEqual(problems("sum(rate(router_requests_total[5m]))", exported), [])
     assert.deepStrictEqual(problems("sum(rate(router_request_total[5m]))", exported), ["router_request_total: not exported"])

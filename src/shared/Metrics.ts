@@ -40,8 +40,43 @@ export const labelled = <M extends Metric.Metric<any, any>>(metric: M, ...labelN
   }
 }
 
-/** Every metric in the context's registry, in the Prometheus text format. */
-export const prometheusResponse = (context: Context.Context<never>) =>
-  HttpServerResponse.text(PrometheusMetrics.formatUnsafe(context), {
+/**
+ * The process's CPU time, memory and start time under the names prom-client
+ * (and Go's client) give them, read at scrape time: what the dashboards for
+ * any process read. A scrape reads `process.cpuUsage()` three times and
+ * `process.memoryUsage.rss()` once: measured about 25 µs per scrape with the
+ * formatting of the five series (13 µs the reads), on a loaded 2-core machine.
+ */
+const processMetrics = (() => {
+  const counter = (name: string, description: string, read: () => number) =>
+    [Metric.counter(name, { description }), () => ({ count: read(), incremental: false })] as const
+  const gauge = (name: string, description: string, read: () => number) =>
+    [Metric.gauge(name, { description }), () => ({ value: read() })] as const
+  const startTime = Math.round(Date.now() / 1000 - process.uptime())
+  return [
+    counter("process_cpu_user_seconds_total", "Total user CPU time spent in seconds.", () => process.cpuUsage().user / 1e6),
+    counter("process_cpu_system_seconds_total", "Total system CPU time spent in seconds.", () => process.cpuUsage().system / 1e6),
+    counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", () => {
+      const { user, system } = process.cpuUsage()
+      return (user + system) / 1e6
+    }),
+    gauge("process_resident_memory_bytes", "Resident memory size in bytes.", () => process.memoryUsage.rss()),
+    gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", () => startTime)
+  ] as const
+})()
+const withProcessMetrics = new WeakSet<object>()
+
+/** Every metric in the context's registry, in the Prometheus text format (the process's metrics too). */
+export const prometheusResponse = (context: Context.Context<never>) => {
+  const registry = Context.get(context, Metric.MetricRegistry)
+  if (!withProcessMetrics.has(registry)) {
+    // Once per registry, at its first scrape: both programs answer /metrics here.
+    withProcessMetrics.add(registry)
+    for (const [metric, get] of processMetrics) {
+      Metric.registerUnsafe(metric as Metric.Metric<number, any>, context, { get, update: () => {}, modify: () => {} })
+    }
+  }
+  return HttpServerResponse.text(PrometheusMetrics.formatUnsafe(context), {
     contentType: "text/plain; version=0.0.4; charset=utf-8"
   })
+}
