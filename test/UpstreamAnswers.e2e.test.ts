@@ -288,7 +288,7 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(crashing.received.length, 1)
   })
 
-  it("sends a request that kills model servers mid-work to no other without a budget, to at most UPSTREAM_RETRIES more with one, over warm keep-alive connections", { timeout: 60_000 }, async () => {
+  it("sends a request that kills model servers mid-work to no other without a budget, and to one more at most with one, over warm keep-alive connections", { timeout: 60_000 }, async () => {
     /** Answers ordinary requests; reads a POISON one, then dies 300 ms later (its connections drop, its port closes). */
     const poisoned = async () => {
       const poison: Array<number> = []
@@ -326,8 +326,8 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(strict.response.status, 502)
     assert.strictEqual(codeOf(strict.response), "upstream_failed")
     killAll()
-    // With the default budget and one retry: one more server, then the real failure (not "none is healthy").
-    const budgeted = await run({ UPSTREAM_RETRIES: "1" })
+    // With the defaults (UPSTREAM_RETRIES=2): resent once, to one more server, then the real failure (not "none is healthy").
+    const budgeted = await run({})
     assert.strictEqual(budgeted.received, 2)
     assert.strictEqual(budgeted.response.status, 502)
     assert.strictEqual(codeOf(budgeted.response), "upstream_failed")

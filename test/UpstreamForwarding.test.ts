@@ -311,6 +311,14 @@ describe("the retry loop", () => {
     assert.deepStrictEqual([budgeted.received.get("a"), budgeted.received.get("b")], [1, 1])
   })
 
+  it("resends a request that may have been processed at most once, whatever UPSTREAM_RETRIES allows", () => {
+    const h = harness({ a: [behaviours.resetAfterWrite(0)], b: [behaviours.resetAfterWrite(8192)], c: [behaviours.answer(200)] }, { retries: 5, retryBudgetMin: 10 })
+    const heard = h.forward().heard
+    assert.strictEqual(heard.failure?.code, "upstream_failed")
+    assert.strictEqual(h.dispatched.length, 2)
+    assert.isUndefined(h.received.get("c"))
+  })
+
   it("answers the real failure, not 503 no_healthy_upstream, when every candidate was tried", () => {
     // One upstream that may have processed the request: the budget allows a retry, and none is left to pick.
     const alone = harness({ a: [behaviours.resetAfterWrite(0)] })

@@ -9,7 +9,8 @@
  *   upstream without spending the retry budget (gRPC's transparent retry),
  *   until every upstream was tried or the first-byte deadline passed;
  * - `Refused` (429/503 before any body byte) and `Unanswered` (the model
- *   may have the request): retried within UPSTREAM_RETRIES and the retry
+ *   may have the request; resent at most once, so a request that crashes
+ *   model servers reaches at most two): retried within UPSTREAM_RETRIES and the retry
  *   budget (retries in flight at most UPSTREAM_RETRY_BUDGET_PERCENT of the
  *   requests in flight, or UPSTREAM_RETRY_BUDGET_MIN), which is for retries
  *   that may add load;
@@ -144,6 +145,8 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
     const firstByteDeadline = startedAt + settings.firstByteTimeoutMs
     let tried: Set<Endpoint> | undefined
     let budgetedRetries = 0
+    /** A request that may have been processed is resent at most once: one that crashes servers reaches two, not 1 + UPSTREAM_RETRIES. */
+    let resent = false
     let refused: UpstreamFailure | undefined
     /** The last attempt's failure that said something of the model server (not "unreachable"): the answer when none is left to try. */
     let lastFailure: UpstreamFailure | undefined
@@ -259,7 +262,10 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
           const retry = retryOf(outcome)
           if (outcome._tag !== "Unreached" && outcome._tag !== "Refused") lastFailure = failureOf(endpoint.id, outcome, settings)
           if (retry === "transparent" && deps.now() < firstByteDeadline) return start("transparent")
-          if (retry === "budgeted" && outcome._tag !== "Refused" && budgetAllows()) return start("budgeted")
+          if (retry === "budgeted" && outcome._tag === "Unanswered" && !resent && budgetAllows()) {
+            resent = true
+            return start("budgeted")
+          }
           // Out of attempts after others refused with Retry-After: that is the answer a client can act on.
           if (refused !== undefined && outcome._tag === "Unreached") return fail(refused)
           fail(failureOf(endpoint.id, outcome, settings))
