@@ -103,5 +103,6 @@ describe("per-upstream series", () => {
       yield* TestClock.adjust(100)
       samples = yield* exposition
       assert.deepStrictEqual(byUpstream(samples, "router_routing_upstream_signals_fresh"), { "10.0.0.2:9": 0 })
+      assert.deepStrictEqual(Object.keys(byUpstream(samples, "router_routing_index_blocks")), ["10.0.0.2:9"])
     }).pipe(Effect.scoped)))
 })

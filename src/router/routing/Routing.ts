@@ -141,11 +141,12 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
     let droppedReported = 0
     yield* Effect.addFinalizer(() => Effect.sync(() => subscriptions.forEach((close) => close())))
 
-    const forget = (id: string) => {
+    const forget = (id: string, departed: boolean) => {
       known.delete(id)
-      // Its series go with it: a departed upstream's last `signals_fresh 1` would linger for the process's life.
-      Metric.removeUnsafe(routingMetrics.indexBlocks(id), context)
+      // Its signals series goes (a last `signals_fresh 1` would keep the stale alert quiet); one that left the pool takes its index series too.
       Metric.removeUnsafe(routingMetrics.signalsFresh(id), context)
+      if (departed) Metric.removeUnsafe(routingMetrics.indexBlocks(id), context)
+      else routingMetrics.indexBlocks(id).updateUnsafe(0, context)
       lastScrape.delete(id)
       subscriptions.get(id)?.()
       subscriptions.delete(id)
@@ -165,7 +166,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       const current = new Map(endpoints().map((endpoint) => [endpoint.id, endpoint]))
       for (const id of known) {
         const endpoint = current.get(id)
-        if (endpoint === undefined || !isReachable(endpoint, at)) forget(id)
+        if (endpoint === undefined || !isReachable(endpoint, at)) forget(id, endpoint === undefined)
       }
       for (const id of known) routingMetrics.indexBlocks(id).updateUnsafe(scheduler.index.size(id), context)
       for (const [id, endpoint] of current) {
