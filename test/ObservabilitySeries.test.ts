@@ -5,7 +5,7 @@
  * routing-signals gauge at 0 until a scrape of its /metrics succeeds.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Metric } from "effect"
+import { Effect, Metric, References } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import { TestClock } from "effect/testing"
 import { upstreamGauges } from "../src/router/app/MetricsRoute.ts"
@@ -58,6 +58,7 @@ describe("per-upstream series", () => {
       scrape(upstreams.view(), context)
       let samples = yield* exposition
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_available"), { "10.0.0.1:8000": 1, "10.0.0.2:8000": 1 })
+      assert.strictEqual(samples["router_upstreams_healthy"], 2)
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_ejections_total"), { "10.0.0.1:8000": 0, "10.0.0.2:8000": 0 })
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_retries_total"), { "10.0.0.1:8000": 0, "10.0.0.2:8000": 0 })
 
@@ -75,9 +76,29 @@ describe("per-upstream series", () => {
       yield* TestClock.adjust(1000)
       scrape(upstreams.view(), context)
       samples = yield* exposition
-      // No member left: no series (not a stale 1); see the runbook on an empty pool.
+      // No member left: no per-upstream series (not a stale 1), and the router's count is 0, not absent.
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_available"), {})
+      assert.strictEqual(samples["router_upstreams_healthy"], 0)
     }).pipe(Effect.scoped)))
+
+  it.effect("a dns+ name that never resolved: an empty pool counts 0 healthy upstreams, so the no-healthy-upstream alert sees it", () =>
+    isolated(Effect.gen(function*() {
+      const upstreams = yield* Upstreams.make(
+        {
+          ...defaultUpstream,
+          healthIntervalMs: 0,
+          dnsRefreshMs: 1000,
+          targets: (parseTargets("dns+http://model-pods.ns.svc:8000") as { targets: ReadonlyArray<UpstreamTarget> }).targets
+        },
+        10,
+        async () => {
+          throw new Error("ENOTFOUND") // a headless Service without ready pods
+        }
+      )
+      upstreamGauges()(upstreams.view(), yield* Effect.context<never>())
+      const samples = yield* exposition
+      assert.strictEqual(samples["router_upstreams_healthy"], 0)
+    }).pipe(Effect.scoped, Effect.provideService(References.MinimumLogLevel, "None"))))
 
   it.effect("routing signals: 0 from joining until a scrape succeeds, gone when the upstream leaves", () =>
     isolated(Effect.gen(function*() {

@@ -14,7 +14,8 @@ import { Upstreams, type UpstreamView } from "../upstream/Upstreams.ts"
 import { Backend } from "../core/Backend.ts"
 
 /**
- * Sets the per-upstream gauges from the pool's view at scrape time, and
+ * Sets the upstream gauges from the pool's view at scrape time (upstream
+ * mode only: a simulated router has no pool, not an empty one), and
  * removes the series of an upstream that left the pool (a `dns+` name's pod
  * went away): a stale `router_upstream_available 1` would keep the
  * no-healthy-upstream alert quiet for the life of the process.
@@ -23,6 +24,7 @@ export const upstreamGauges = () => {
   let exported = new Set<string>()
   return (view: ReadonlyArray<UpstreamView>, context: Context.Context<never>) => {
     const current = new Set<string>()
+    upstreamMetrics.healthy.updateUnsafe(view.filter((upstream) => upstream.available).length, context)
     for (const upstream of view) {
       current.add(upstream.id)
       upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
@@ -86,7 +88,7 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     gauges.maxConcurrency.updateUnsafe(stats.slots, context)
     gauges.maxQueue.updateUnsafe(stats.maxQueue, context)
     gauges.queueTimeout.updateUnsafe(stats.queueTimeoutMs / 1000, context)
-    exportUpstreams(upstreams.view(), context)
+    if (upstreams.enabled) exportUpstreams(upstreams.view(), context)
     return prometheusResponse(context)
   })
   yield* router.add("GET", metricsPath, handler)

@@ -149,7 +149,9 @@ export const upstreamMetrics = {
   connections: labelled(
     Metric.gauge("router_upstream_connections", { description: "Open keep-alive connections to each upstream" }),
     "upstream"
-  )
+  ),
+  // One series per router whatever its pool: an empty pool (a dns+ name that never resolved) is 0, not absent.
+  healthy: Metric.gauge("router_upstreams_healthy", { description: "Upstreams in the pool now healthy and not ejected (0 with an empty pool)" })
 }
 
 /** `router_requests_total` by endpoint and status. */
