@@ -44,7 +44,12 @@ describe.skipIf(!hasPromtool)("the alert rules on synthetic series", () => {
       alert("InferenceRouterUpstreamEjected", "12m", { [ejections]: "0x5 1x30" }, []),
       alert("InferenceRouterUpstreamEjected", "12m", { [ejections]: "0x5 1x3 2x30" }, [labels]),
       // An ejection a quarter of an hour later is not "repeatedly".
-      alert("InferenceRouterUpstreamEjected", "40m", { [ejections]: "0x5 1x20 2x30" }, [])
+      alert("InferenceRouterUpstreamEjected", "40m", { [ejections]: "0x5 1x20 2x30" }, []),
+      // Nor is one episode that each of two router replicas saw once.
+      alert("InferenceRouterUpstreamEjected", "12m", {
+        [ejections]: "0x5 1x30",
+        [ejections.replace('pod="p1"', 'pod="p2"')]: "0x5 1x30"
+      }, [])
     ])
   })
 
