@@ -259,16 +259,22 @@ describe("what is sent again, counted at the upstream", () => {
     }
     assert.isTrue(firstOnClosing)
     const otherBefore = other.received.length
-    // Sent at once on the same (reused) connection, which the server never reads.
-    const second = await post(front.port, "/v1/completions", body)
-    assert.strictEqual(second.status, 200)
-    assert.strictEqual(second.headers["x-inference-upstream"], other.url.slice("http://".length))
+    const otherId = other.url.slice("http://".length)
+    const retriesToOther = async () => (await metricValue(front.port, `router_upstream_retries_total{upstream="${otherId}"`)) ?? 0
+    // Sent at once, on the same (reused) connection, which the server never reads; one whose first
+    // draw was the other upstream (1 in 1001) went there directly, and the next is sent.
+    let sent = 0
+    while (sent < 5 && (await retriesToOther()) === 0) {
+      const second = await post(front.port, "/v1/completions", body)
+      sent++
+      assert.strictEqual(second.status, 200)
+      assert.strictEqual(second.headers["x-inference-upstream"], otherId)
+    }
     // HTTP/1.1 cannot prove it went unread (a reset also comes from a proxy whose model server died
-    // after reading it), so it was a budgeted retry: read once, by the other upstream.
+    // after reading it), so it was a budgeted retry: each request read once, by the other upstream.
+    assert.strictEqual(await retriesToOther(), 1)
     assert.strictEqual(closing.received.length, 1)
-    assert.strictEqual(other.received.length - otherBefore, 1)
-    const retried = await metricValue(front.port, `router_upstream_retries_total{upstream="${other.url.slice("http://".length)}"`)
-    assert.strictEqual(retried, 1)
+    assert.strictEqual(other.received.length - otherBefore, sent)
     // Counted as "may have been processed" (error), not as never reached (connect_error).
     const lines = (await requestAt(front.port, { path: "/metrics" })).text.split("\n")
       .filter((line) => line.startsWith("router_upstream_requests_total{") && line.includes(closing.url.slice("http://".length)) && !line.includes("status=\"200\""))
