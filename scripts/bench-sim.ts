@@ -8,16 +8,22 @@
  * 2. output tokens per second against the prefix-cache hit rate, for one
  *    server with 32 clients sending 2,000-token prompts that share their
  *    first part (64 tokens out each);
- * 3. the simulator's own CPU per generated token, against the simulator as
- *    it was before the engine (git BENCH_BASELINE_REF, default b3b9616: the
- *    request pipeline of today, the per-token timers of before; run from a
- *    temporary worktree): 200 streams of 100 tokens at 20 ms, router CPU
- *    (user + system) over the tokens it sent. Skipped with BENCH_BASELINE_REF=none.
+ * 3. the router's CPU per generated token, against the simulator as it was
+ *    before the engine (git BENCH_BASELINE_REF, default b3b9616: the request
+ *    pipeline of today, the per-token timers of before; run from a temporary
+ *    worktree): 200 streams of 100 tokens at 20 ms, router CPU (user +
+ *    system) over the tokens it sent;
+ * 4. the simulated model's own CPU per generated token, against the same
+ *    baseline: 1,000 streams of up to 200 tokens at a 5 ms gap through
+ *    `generateUnsafe`, a sink that takes each token at once; each measurement
+ *    in a fresh Node process with production's flags, before and engine
+ *    alternating, every round reported (about 5 s a round).
+ * 3 and 4 are skipped with BENCH_BASELINE_REF=none.
  *
  * Routers run from source (`node src/router/main.ts` with production's Node
  * flags), LOG_LEVEL=warn. Short by default (about a minute):
  *
- *   npm run bench:sim                 BENCH_SECONDS=6 BENCH_ROUNDS=3 BENCH_PARTS=1,2,3
+ *   npm run bench:sim                 BENCH_SECONDS=6 BENCH_ROUNDS=3 BENCH_PARTS=1,2,3,4
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
@@ -167,12 +173,21 @@ const throughputByHitRate = async () => {
   table(["prompt share shared", "hit rate (vllm:prefix_cache_*)", "output tokens/s", "requests/s"], rows)
 }
 
-// 3. The simulator's CPU per generated token, now and before the engine.
-const cpuPerToken = async () => {
-  if (baselineRef === "none") return
+/** Runs `body` with the baseline's source checked out in a temporary worktree. */
+const withBaseline = async (body: (worktree: string) => Promise<void>) => {
   const worktree = mkdtempSync(join(tmpdir(), "bench-sim-baseline-"))
   execFileSync("git", ["worktree", "add", "--detach", worktree, baselineRef], { cwd: root, stdio: "ignore" })
   if (!existsSync(join(worktree, "node_modules"))) symlinkSync(join(root, "node_modules"), join(worktree, "node_modules"))
+  try {
+    await body(worktree)
+  } finally {
+    execFileSync("git", ["worktree", "remove", "--force", worktree], { cwd: root, stdio: "ignore" })
+    rmSync(worktree, { recursive: true, force: true })
+  }
+}
+
+// 3. The router's CPU per generated token, now and before the engine.
+const cpuPerToken = async (worktree: string) => {
   const streams = 200
   const tokensEach = 100
   const measure = async (cwd: string) => {
@@ -198,55 +213,71 @@ const cpuPerToken = async () => {
     await stop(child)
     return { usPerToken: cpu * 1e6 / (waves * streams * tokensEach), gap: median(gaps) }
   }
-  /**
-   * The model alone, in this process: `generateUnsafe` for 1,000 streams of 200 tokens at a 5 ms gap,
-   * with a sink that takes each token at once; CPU (user + system) of this process over the tokens.
-   */
-  const inProcess = async (modelFile: string) => {
-    const { Model } = await import(modelFile)
-    const { defaultSimulation } = await import(modelFile.replace("simulated/Model.ts", "core/Config.ts"))
-    const model = Model.simulated(0, { ...defaultSimulation, mode: "random", ttftMs: 5, itlMs: 5, maxTokens: 200 }, () => 0, true, { maxRunning: 2000 })
-    const run = () =>
-      Promise.all(Array.from({ length: 1000 }, (_, i) =>
-        new Promise<number>((resolve) => {
-          model.generateUnsafe({ echoText: `prompt ${i}`, promptTokens: 2, maxTokens: 200, stop: [], seed: i }, {
-            token: (_text: string, _index: number, next: () => void) => next(),
-            end: (generated: { completionTokens: number }) => resolve(generated.completionTokens)
-          })
-        })))
-    await run()
-    const before = process.cpuUsage()
-    const tokens = (await run()).reduce((sum, n) => sum + n, 0) + (await run()).reduce((sum, n) => sum + n, 0)
-    const used = process.cpuUsage(before)
-    return (used.user + used.system) / tokens
-  }
   const rows: Array<Array<string | number>> = []
-  const alone: Array<Array<string | number>> = []
-  try {
-    for (let round = 0; round < rounds; round++) {
-      const before = await measure(worktree)
-      const now = await measure(root)
-      rows.push([round + 1, before.usPerToken.toFixed(1), now.usPerToken.toFixed(1), before.gap.toFixed(1), now.gap.toFixed(1)])
-    }
-    for (let round = 0; round < rounds; round++) {
-      alone.push([
-        round + 1,
-        (await inProcess(join(worktree, "src/router/simulated/Model.ts"))).toFixed(2),
-        (await inProcess(join(root, "src/router/simulated/Model.ts"))).toFixed(2)
-      ])
-    }
-  } finally {
-    execFileSync("git", ["worktree", "remove", "--force", worktree], { cwd: root, stdio: "ignore" })
-    rmSync(worktree, { recursive: true, force: true })
+  for (let round = 0; round < rounds; round++) {
+    const before = await measure(worktree)
+    const now = await measure(root)
+    rows.push([round + 1, before.usPerToken.toFixed(1), now.usPerToken.toFixed(1), before.gap.toFixed(1), now.gap.toFixed(1)])
   }
   console.log(`### Router CPU per generated token (${streams} streams x ${tokensEach} tokens at SIM_ITL_MS=20, over HTTP; before = ${baselineRef}, per-token timers)\n`)
   table(["round", `before (µs/token)`, "engine (µs/token)", "median gap before (ms)", "median gap engine (ms)"], rows)
-  console.log(`### The simulator alone, in process (1,000 streams x up to 200 tokens at a 5 ms gap, a sink that takes each token at once)\n`)
-  table(["round", "before (µs/token)", "engine (µs/token)"], alone)
 }
 
-// BENCH_PARTS=3 runs only the CPU comparison, etc.
-const parts = (process.env.BENCH_PARTS ?? "1,2,3").split(",")
-if (parts.includes("1")) await ttftByCachedFraction()
-if (parts.includes("2")) await throughputByHitRate()
-if (parts.includes("3")) await cpuPerToken()
+/**
+ * The model alone (part 4, in the child process BENCH_SIM_MODEL names): `generateUnsafe` for 1,000
+ * streams of up to 200 tokens at a 5 ms gap, a sink that takes each token at once; after one
+ * warm-up wave, the CPU (user + system) of this process over the tokens of two. Prints µs/token.
+ */
+const modelAlone = async (modelFile: string) => {
+  const { Model } = await import(modelFile)
+  const { defaultSimulation } = await import(modelFile.replace("simulated/Model.ts", "core/Config.ts"))
+  const model = Model.simulated(0, { ...defaultSimulation, mode: "random", ttftMs: 5, itlMs: 5, maxTokens: 200 }, () => 0, true, { maxRunning: 2000 })
+  const run = () =>
+    Promise.all(Array.from({ length: 1000 }, (_, i) =>
+      new Promise<number>((resolve) => {
+        model.generateUnsafe({ echoText: `prompt ${i}`, promptTokens: 2, maxTokens: 200, stop: [], seed: i }, {
+          token: (_text: string, _index: number, next: () => void) => next(),
+          end: (generated: { completionTokens: number }) => resolve(generated.completionTokens)
+        })
+      })))
+  await run()
+  const before = process.cpuUsage()
+  const tokens = (await run()).reduce((sum, n) => sum + n, 0) + (await run()).reduce((sum, n) => sum + n, 0)
+  const used = process.cpuUsage(before)
+  console.log(String((used.user + used.system) / tokens))
+}
+
+// 4. The model's own CPU per generated token, now and before the engine, each in a fresh process.
+const modelCpuPerToken = async (worktree: string) => {
+  const measure = (cwd: string) =>
+    Number(execFileSync(process.execPath, [...nodeFlags, fileURLToPath(import.meta.url)], {
+      env: { ...process.env, BENCH_SIM_MODEL: join(cwd, "src/router/simulated/Model.ts") },
+      encoding: "utf8"
+    }).trim())
+  const rows: Array<Array<string | number>> = []
+  for (let round = 0; round < rounds; round++) {
+    // Alternating which goes first, so a drift in the machine's load favours neither.
+    const [first, second] = round % 2 === 0 ? [worktree, root] : [root, worktree]
+    const a = measure(first)
+    const b = measure(second)
+    const [before, now] = first === worktree ? [a, b] : [b, a]
+    rows.push([round + 1, before.toFixed(2), now.toFixed(2), (now / before).toFixed(2)])
+  }
+  console.log(`### The simulated model alone, in process (1,000 streams x up to 200 tokens at a 5 ms gap, a sink that takes each token at once; before = ${baselineRef}; a fresh process each)\n`)
+  table(["round", "before (µs/token)", "engine (µs/token)", "engine / before"], rows)
+}
+
+if (process.env.BENCH_SIM_MODEL !== undefined) {
+  await modelAlone(process.env.BENCH_SIM_MODEL)
+} else {
+  // BENCH_PARTS=4 runs only the model's CPU comparison, etc.
+  const parts = (process.env.BENCH_PARTS ?? "1,2,3,4").split(",")
+  if (parts.includes("1")) await ttftByCachedFraction()
+  if (parts.includes("2")) await throughputByHitRate()
+  const cpuParts = [cpuPerToken, modelCpuPerToken].filter((_, i) => parts.includes(String(i + 3)))
+  if (cpuParts.length > 0 && baselineRef !== "none") {
+    await withBaseline(async (worktree) => {
+      for (const part of cpuParts) await part(worktree)
+    })
+  }
+}

@@ -208,6 +208,32 @@ describe("blocks (TestClock)", () => {
       assert.include(engine.stats(), { usedBlocks: 0, prefixQueries: 8, prefixHits: 0, preemptions: 1 })
     }))
 
+  it.effect("a preempted reply's blocks computed again are keyed as the reply sent back reads them (its first token with the blank before it)", () =>
+    Effect.gen(function*() {
+      const clock = effectTimerClock(yield* Clock.Clock, yield* Effect.context<never>())
+      const events: Array<KvEvent> = []
+      const engine = makeEngine({ ...base, kvBlocks: 4, prefillUsPerToken: 0, ttftMs: 10 }, clock, (batch) => events.push(...batch))
+      const submit = (prompt: string, outputTokens: number) => {
+        const plan = planText({ mode: "echo", echoText: words(outputTokens, "o"), maxTokens: outputTokens, stop: [], seed: 0 })
+        const run: { result?: SequenceResult } = {}
+        engine.submit(tokenIds(prompt), plan, { token: (_text, _index, next) => next(), end: (result) => (run.result = result) }, " ")
+        return run
+      }
+      // As above: the second is preempted after 3 tokens and computes its prompt and those 3 again.
+      submit(words(4), 10)
+      yield* TestClock.adjust(5)
+      const second = submit(words(4, "b"), 6)
+      yield* TestClock.adjust(1_000)
+      assert.strictEqual(second.result?.completionTokens, 6)
+      assert.strictEqual(engine.stats().preemptions, 1)
+      // Its prompt + " " + its reply: the second block holds " o0" o1 o2 (computed again) and o3.
+      const sentBack = tokenIds(`${words(4, "b")} ${words(6, "o")}`)
+      const expected = blockHashes(blockSeed("m"), sentBack, 4)[1]
+      const stored = events.flatMap((event) => event._tag === "BlockStored" ? [event] : []).find((event) => event.blockHashes.includes(expected))
+      assert.isDefined(stored, "the reply's block is cached under the key its sender will look up")
+      assert.deepStrictEqual(stored!.tokenIds, sentBack.slice(4, 8))
+    }))
+
   it.effect("a stopped sequence gives its blocks back at once; the cache reset forgets every block (AllBlocksCleared)", () =>
     Effect.gen(function*() {
       const { engine, events, submit } = yield* engineOn({ kvBlocks: 4, prefillUsPerToken: 0 })

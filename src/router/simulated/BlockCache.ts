@@ -146,6 +146,25 @@ export class BlockCache {
     flush(0)
   }
 
+  /**
+   * `store` for one block (a generated token filled it): the same, without the arrays and the
+   * closure, as it runs once per block of every sequence's output.
+   */
+  storeBlock(block: Block, hash: number, parent: number | undefined, tokenIds: ArrayLike<number>, idsFrom: number): void {
+    // Computed twice at once: this copy stays private.
+    if (this.cached.has(hash)) return
+    block.hash = hash
+    this.cached.set(hash, block)
+    if (block.refs === 0) this.evictable.set(hash, block)
+    this.publish?.({
+      _tag: "BlockStored",
+      blockHashes: [hash],
+      parentBlockHash: parent,
+      tokenIds: Array.prototype.slice.call(tokenIds, idsFrom, idsFrom + this.blockSize) as Array<number>,
+      blockSize: this.blockSize
+    })
+  }
+
   /** Drops a sequence's references, its last block first. */
   release(blocks: ReadonlyArray<Block>): void {
     for (let i = blocks.length - 1; i >= 0; i--) {

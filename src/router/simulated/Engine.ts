@@ -31,8 +31,8 @@
  */
 import type { SimulationStats } from "../core/Backend.ts"
 import { type Block, BlockCache, type KvEvent } from "./BlockCache.ts"
-import { type FinishReason, planOutput, prng, type TextPlan, tokenReader } from "./Simulation.ts"
-import { blockHash, blockHashes, blockSeed, tokenId } from "./Tokens.ts"
+import { type FinishReason, planOutput, prng, type TextPlan, tokenEnd } from "./Simulation.ts"
+import { blockHash, blockHashes, blockSeed, tokenIdAt } from "./Tokens.ts"
 
 /** What the engine's timers read and arm: the system's, or one on Effect's Clock in tests. */
 export interface TimerClock {
@@ -161,54 +161,74 @@ export interface SequenceSink {
 /** The engine's counts (core's SimulationStats: what the metrics read). */
 export type EngineStats = SimulationStats
 
+/**
+ * One request in the engine. The fields a step reads for every sequence come first (V8 lays an
+ * object literal's fields out in order): a step touches a thousand sequences that the rest of the
+ * process has pushed out of the CPU's caches since the last one, so what it reads per token should
+ * sit in as few cache lines as possible (bench:sim, part 4).
+ */
 interface Sequence {
-  readonly sink: SequenceSink
-  /** The ids of the prompt and of the tokens generated so far (keyed as the cache keys them): what a preempted sequence computes again. */
-  readonly ids: Array<number>
+  /** The whole prompt is computed (its first token is due, or it has been emitted). */
+  prefillDone: boolean
+  finished: boolean
+  stopped: boolean
+  /** Runs uncached: its prompt alone is longer than the cache (refused at the door; here should one come anyway). */
+  uncached: boolean
+  /** Tokens its blocks hold (blockSize per block in `blocks`). */
+  blockTokens: number
+  /** Tokens the engine generated. */
+  generated: number
   readonly promptTokens: number
+  /** The plan's source, end and tokens (read per token: kept here rather than behind `plan`). */
+  readonly source: string
+  readonly planEnd: number
+  readonly planTokens: number
+  /** Where the generated text ends in `source`. */
+  generatedTo: number
+  /** Where the last generated token starts in it (-1: none yet). */
+  lastTokenFrom: number
+  /** Tokens handed to the client (at most `generated`). */
+  delivered: number
+  /** Where the text handed to the client ends (the client may lag behind the engine). */
+  deliveredTo: number
+  /** The client took the last token: it may have the next. */
+  ready: boolean
+  /** Handing tokens out now (a `next` called from within `token` only marks the client ready). */
+  delivering: boolean
+  readonly sink: SequenceSink
+  /** What the sink calls when it took a token (one function per sequence, not one per token). */
+  readonly next: () => void
+  /** The same, after the last token: the sequence ends. */
+  readonly end: () => void
+  // Read once per block.
+  /** Leading blocks of `blocks` that are full and hashed. */
+  stored: number
+  blocks: Array<Block>
+  /**
+   * The ids of what it computes as a prompt: the prompt's, and after a preemption the tokens generated
+   * until then (keyed as the cache keys them). The ids of the tokens generated since are not kept (one
+   * push per token): they are read again from the text when a block fills or it is preempted.
+   */
+  readonly ids: Array<number>
+  /** Where in `source` the generated tokens of the block being filled that are not in `ids` begin. */
+  blockTextFrom: number
+  /** The key of the last full block (the seed before the first); a generated token that fills a block keys it. */
+  lastHash: number
+  // The rest.
   /** The keys of `ids`' full blocks while it is prefilled (computed again after a preemption); undefined after. */
   hashes: ReadonlyArray<number> | undefined
   /** Tokens its (re)computation prefills: the prompt, or after a preemption the prompt and the tokens generated. */
   target: number
-  /** Runs uncached: its prompt alone is longer than the cache (refused at the door; here should one come anyway). */
-  uncached: boolean
+  /** Prompt tokens computed or found cached. */
+  prefilled: number
   /** Times admitted to the batch (more than once: preempted). */
   admissions: number
   readonly plan: TextPlan
   /** What precedes the reply when a client sends it back (see `submit`): part of its first token's id. */
   readonly replyPrefix: string
-  /** The next generated token's text (the engine's reader of the plan). */
-  readonly nextToken: () => string
-  /** The next token to hand to the client (a second reader: the client may lag behind the engine). */
-  readonly nextDelivery: () => string
   readonly submittedAt: number
-  blocks: Array<Block>
   cachedTokens: number
-  /** Prompt tokens computed or found cached. */
-  prefilled: number
-  /** Leading blocks of `blocks` that are full and hashed. */
-  stored: number
-  /** The key of the last full block (the seed before the first). */
-  lastHash: number
-  /** Token ids after the last full block (decode fills blocks too). */
-  tailIds: Array<number>
-  /** The whole prompt is computed (its first token is due, or it has been emitted). */
-  prefillDone: boolean
-  /** Tokens the engine generated. */
-  generated: number
-  /** Tokens handed to the client (at most `generated`). */
-  delivered: number
-  /** Handing tokens out now (a `next` called from within `token` only marks the client ready). */
-  delivering: boolean
   firstTokenAt: number
-  /** The client took the last token: it may have the next. */
-  ready: boolean
-  /** What the sink calls when it took a token (one function per sequence, not one per token). */
-  next: () => void
-  /** The same, after the last token: the sequence ends. */
-  end: () => void
-  stopped: boolean
-  finished: boolean
   /** Its prefill starts no sooner (the part of TTFT that is not a step); -Infinity: at once. */
   readonly startAt: number
 }
@@ -286,6 +306,7 @@ export const makeEngine = (
       // Refused before admission (400); should one come here anyway, it runs uncached rather than waiting forever.
       sequence.uncached = true
       sequence.blocks = []
+      sequence.blockTokens = 0
       sequence.target = target
       return true
     }
@@ -296,6 +317,7 @@ export const makeEngine = (
     const reserved = cache.reserve(hashes, hits, Math.min(firstChunk, settings.kvBlocks) - hits)
     if (reserved === undefined) return false
     sequence.blocks = reserved
+    sequence.blockTokens = reserved.length * blockSize
     sequence.target = target
     sequence.prefilled = hits * blockSize
     sequence.stored = hits
@@ -313,6 +335,14 @@ export const makeEngine = (
   const preempt = (victim: Sequence) => {
     cache.release(victim.blocks)
     victim.blocks = []
+    victim.blockTokens = 0
+    // What it computes again includes the tokens it generated: their ids join the prompt's.
+    const ids = victim.ids
+    for (let from = idsTextTo(victim); ids.length < victim.promptTokens + victim.generated;) {
+      const to = tokenEndIn(victim, from)
+      ids.push(tokenIdAt(victim.source, from, to, from === 0 ? victim.replyPrefix : ""))
+      from = to
+    }
     victim.prefillDone = false
     victim.prefilled = 0
     victim.stored = 0
@@ -327,12 +357,14 @@ export const makeEngine = (
    * scheduler does. False when that was this sequence.
    */
   const ensureBlocks = (sequence: Sequence, tokens: number): boolean => {
-    if (sequence.uncached) return true
+    // Mostly it has them (a fresh block every blockSize tokens).
+    if (sequence.uncached || sequence.blockTokens >= tokens) return true
     const need = Math.min(Math.ceil(tokens / blockSize), settings.kvBlocks)
     while (sequence.blocks.length < need) {
       const fresh = cache.reserve(noHashes, 0, 1)
       if (fresh !== undefined) {
         sequence.blocks.push(fresh[0])
+        sequence.blockTokens += blockSize
         continue
       }
       const victim = running[running.length - 1]
@@ -379,14 +411,14 @@ export const makeEngine = (
         // An empty prompt still takes a step (a chunk of nothing) before its first token.
         const chunk = Math.min(sequence.target - sequence.prefilled, budget)
         // The chunk's blocks, and the step that completes the prefill generates a token: its block too.
-        const generates = sequence.prefilled + chunk === sequence.target && sequence.generated < sequence.plan.tokens
+        const generates = sequence.prefilled + chunk === sequence.target && sequence.generated < sequence.planTokens
         if (!ensureBlocks(sequence, sequence.prefilled + chunk + (generates ? 1 : 0))) break
         prefillSeqs.push(sequence)
         prefillChunks.push(chunk)
         budget -= chunk
         prefilled += chunk
       } else if (!sequence.finished) {
-        if (!ensureBlocks(sequence, sequence.ids.length + 1)) break
+        if (!ensureBlocks(sequence, sequence.promptTokens + sequence.generated + 1)) break
         decodeSeqs.push(sequence)
         budget--
       }
@@ -400,6 +432,7 @@ export const makeEngine = (
     sequence.finished = true
     cache.release(sequence.blocks)
     sequence.blocks = []
+    sequence.blockTokens = 0
   }
 
   const resultOf = (sequence: Sequence): SequenceResult => ({
@@ -431,8 +464,8 @@ export const makeEngine = (
   const promptDone = (sequence: Sequence) => {
     const full = Math.floor(sequence.target / blockSize)
     sequence.lastHash = full === 0 ? seedHash : sequence.hashes![full - 1]
-    sequence.tailIds = sequence.ids.slice(full * blockSize)
     sequence.hashes = undefined
+    sequence.blockTextFrom = sequence.generatedTo
   }
 
   /**
@@ -446,32 +479,63 @@ export const makeEngine = (
     while (sequence.ready && sequence.delivered < sequence.generated && !sequence.stopped) {
       sequence.ready = false
       const index = sequence.delivered++
-      const text = sequence.nextDelivery()
+      const from = sequence.deliveredTo
+      // Mostly the token just generated, whose end is known.
+      const to = from === sequence.lastTokenFrom ? sequence.generatedTo : tokenEndIn(sequence, from)
+      sequence.deliveredTo = to
+      const text = sequence.source.slice(from, to)
       if (index === 0) sequence.firstTokenAt = now()
-      sequence.sink.token(text, index, sequence.delivered === sequence.plan.tokens ? sequence.end : sequence.next)
+      sequence.sink.token(text, index, sequence.delivered === sequence.planTokens ? sequence.end : sequence.next)
     }
     sequence.delivering = false
   }
 
+  /** Where the sequence's token that starts at `from` ends in its text (a stop sequence may cut the last one short). */
+  const tokenEndIn = (sequence: Sequence, from: number): number => Math.min(tokenEnd(sequence.source, from), sequence.planEnd)
+
+  /** Where in the source the generated tokens that `ids` holds end. */
+  const idsTextTo = (sequence: Sequence): number => {
+    let at = 0
+    for (let i = sequence.promptTokens; i < sequence.ids.length; i++) at = tokenEndIn(sequence, at)
+    return at
+  }
+
+  /** The ids of the block a generated token just filled (see `emit`), reused from block to block. */
+  const blockIds: Array<number> = []
+
+  /**
+   * The sequence's next token: only where it ends in the text, per token (the client's string is
+   * cut when it is handed out, its id read when its block fills). A full block is keyed and cached.
+   */
   const emit = (sequence: Sequence) => {
-    const index = sequence.generated++
-    const text = sequence.nextToken()
+    sequence.generated++
+    const from = sequence.generatedTo
+    const to = tokenEndIn(sequence, from)
+    sequence.lastTokenFrom = from
+    sequence.generatedTo = to
     // Generated tokens fill blocks too, keyed as the next prompt that quotes this reply will read them.
-    const tail = sequence.tailIds
-    const id = tokenId(index === 0 ? sequence.replyPrefix + text : text)
-    tail.push(id)
-    sequence.ids.push(id)
-    if (tail.length === blockSize) {
-      const hash = blockHash(sequence.lastHash, tail, 0, blockSize)
+    // What was (re)computed as a prompt ends a whole number of blocks before its tail (promptDone).
+    const computed = sequence.promptTokens + sequence.generated
+    if (computed % blockSize === 0) {
+      // The block's ids: the end of `ids` (the first block after a prompt), then the generated tokens' read from the text.
+      const ids = sequence.ids
+      blockIds.length = 0
+      for (let i = computed - blockSize; i < ids.length; i++) blockIds.push(ids[i])
+      for (let at = sequence.blockTextFrom; at < to;) {
+        const end = tokenEndIn(sequence, at)
+        blockIds.push(tokenIdAt(sequence.source, at, end, at === 0 ? sequence.replyPrefix : ""))
+        at = end
+      }
+      sequence.blockTextFrom = to
+      const hash = blockHash(sequence.lastHash, blockIds, 0, blockSize)
       // The last token's KV is never computed (nothing follows it): the block it fills is not cached, as in vLLM.
-      if (sequence.stored < sequence.blocks.length && sequence.generated < sequence.plan.tokens) {
-        cache.store([sequence.blocks[sequence.stored]], [hash], sequence.stored === 0 ? undefined : sequence.lastHash, tail, 0)
+      if (sequence.stored < sequence.blocks.length && sequence.generated < sequence.planTokens) {
+        cache.storeBlock(sequence.blocks[sequence.stored], hash, sequence.stored === 0 ? undefined : sequence.lastHash, blockIds, 0)
         sequence.stored++
       }
       sequence.lastHash = hash
-      sequence.tailIds = []
     }
-    if (sequence.generated === sequence.plan.tokens) finish(sequence)
+    if (sequence.generated === sequence.planTokens) finish(sequence)
     deliver(sequence)
   }
 
@@ -484,7 +548,7 @@ export const makeEngine = (
       if (sequence.prefilled < sequence.target) continue
       sequence.prefillDone = true
       promptDone(sequence)
-      if (sequence.plan.tokens > 0) {
+      if (sequence.planTokens > 0) {
         emit(sequence)
       } else {
         finish(sequence)
@@ -558,44 +622,47 @@ export const makeEngine = (
       // The part of the time to first token that is not a step: the prefill starts no sooner.
       const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
       const sequence: Sequence = {
-        sink,
-        ids: Array.from(promptIds),
+        prefillDone: false,
+        finished: false,
+        stopped: false,
+        uncached: false,
+        blockTokens: 0,
+        generated: 0,
         promptTokens: promptIds.length,
+        source: plan.source,
+        planEnd: plan.end,
+        planTokens: plan.tokens,
+        generatedTo: 0,
+        lastTokenFrom: -1,
+        delivered: 0,
+        deliveredTo: 0,
+        ready: true,
+        delivering: false,
+        sink,
+        next: () => {
+          if (sequence.stopped) return
+          sequence.ready = true
+          deliver(sequence)
+        },
+        end: () => {
+          if (!sequence.stopped) sink.end(resultOf(sequence))
+        },
+        stored: 0,
+        blocks: [],
+        ids: Array.from(promptIds),
+        blockTextFrom: 0,
+        lastHash: seedHash,
         hashes: undefined,
         target: promptIds.length,
-        uncached: false,
+        prefilled: 0,
         admissions: 0,
         plan,
         replyPrefix,
-        nextToken: tokenReader(plan),
-        nextDelivery: tokenReader(plan),
         submittedAt: timer.now(),
-        blocks: [],
         cachedTokens: 0,
-        prefilled: 0,
-        stored: 0,
-        lastHash: seedHash,
-        tailIds: [],
-        prefillDone: false,
-        generated: 0,
-        delivered: 0,
-        delivering: false,
         firstTokenAt: 0,
-        ready: true,
-        next: () => {},
-        end: () => {},
-        stopped: false,
-        finished: false,
         // A whole millisecond, as the engine's timers fire.
         startAt: delay > 0 ? Math.round(timer.now() + delay) : -Infinity
-      }
-      sequence.next = () => {
-        if (sequence.stopped) return
-        sequence.ready = true
-        deliver(sequence)
-      }
-      sequence.end = () => {
-        if (!sequence.stopped) sink.end(resultOf(sequence))
       }
       if (sequence.startAt !== -Infinity || instant !== undefined) enqueue(sequence)
       else {

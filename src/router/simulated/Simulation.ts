@@ -23,7 +23,7 @@ const isBlank = (code: number): boolean =>
 // same rule; property tests hold the count and a plan's tokens equal to `/\s*\S+/g`.
 
 /** Where the token starting at `from` ends (its blanks, then its non-blanks); `from` itself when only blanks are left. */
-const tokenEnd = (text: string, from: number): number => {
+export const tokenEnd = (text: string, from: number): number => {
   const length = text.length
   let i = from
   while (i < length && isBlank(text.charCodeAt(i))) i++

@@ -26,6 +26,23 @@ const isBlank = (code: number): boolean =>
 export const tokenId = (token: string): number => hash32(token) & 0x7fffffff
 
 /**
+ * The id of the token `prefix + text.slice(from, to)` (tokenId of it), without building either
+ * string: the engine keys every generated token (FNV-1a reads the characters in order).
+ */
+export const tokenIdAt = (text: string, from: number, to: number, prefix: string): number => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < prefix.length; i++) {
+    h ^= prefix.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  for (let i = from; i < to; i++) {
+    h ^= text.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  return h & 0x7fffffff
+}
+
+/**
  * Calls `each(id, start, end)` for every token of `text` (the tokenization rule
  * of Simulation.ts), hashing as it scans: no token strings are built.
  */
