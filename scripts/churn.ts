@@ -12,10 +12,8 @@
  *     [--clients 20] [--down-ms 2000] [--up-ms 6000] [--latency-ms 50] [--root DIR]
  *
  * `--root` runs the router found in another checkout (a before/after figure).
- * `UPSTREAM_*` variables in the environment are passed to the front router: a
- * killed server's requests in flight may have been processed, so they are
- * resent only within the retry budget; to lose none, give it a budget that
- * covers one server's requests in flight (UPSTREAM_RETRY_BUDGET_MIN=20 for 20 clients).
+ * `UPSTREAM_*` variables in the environment are passed to the front router
+ * (the defaults otherwise: a killed server's requests in flight are resent once).
  * The defaults take about 90 s (three modes of 30 s).
  */
 import { type ChildProcess, spawn } from "node:child_process"

@@ -193,11 +193,11 @@ describe("bad upstream answers", () => {
 })
 
 describe("what is sent again, counted at the upstream", () => {
-  it("resends a request an upstream may have processed only within the retry budget, on a fresh connection or a reused one", { timeout: 60_000 }, async () => {
+  it("resends a request an upstream may have processed once (never with UPSTREAM_RETRIES=0), on a fresh connection or a reused one", { timeout: 60_000 }, async () => {
     const other = await stub((_, response) => json(response, 200, completion))
     // Reads the whole request, then drops the connection without a byte of answer: on a fresh connection.
     const dropper = await stub((_, __, socket) => socket.destroy())
-    const noBudget = { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_RETRY_BUDGET_MIN: "0", UPSTREAM_RETRY_BUDGET_PERCENT: "0" }
+    const noBudget = { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_RETRIES: "0" }
     const front = await startFront([`${dropper.url};weight=1000`, `${other.url};weight=1`], noBudget)
     let tries = 0
     while (dropper.received.length === 0 && tries++ < 20) {
@@ -210,7 +210,7 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(dropper.received.length, 1)
     // The model may have it: nobody else was asked.
     assert.strictEqual(other.received.length, tries - 1)
-    // With the default budget: sent once more, elsewhere.
+    // With the defaults: sent once more, elsewhere.
     const budgeted = await startFront([`${dropper.url};weight=1000`, `${other.url};weight=1`], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
     const otherBefore = other.received.length
     for (let i = 0; i < 20 && dropper.received.length < 2; i++) assert.strictEqual((await post(budgeted.port, "/v1/completions", body)).status, 200)
@@ -237,12 +237,12 @@ describe("what is sent again, counted at the upstream", () => {
       }
     }
     assert.strictEqual(closer.received.length, 2)
-    // The one that met the dropped connection was not sent again without a budget.
+    // The one that met the dropped connection was not sent again with UPSTREAM_RETRIES=0.
     assert.strictEqual(failed, 1)
     assert.strictEqual(other.received.length - before, 0)
   })
 
-  it("a keep-alive connection the server closes unread as a request arrives: resent once within the budget, each request read once", { timeout: 60_000 }, async () => {
+  it("a keep-alive connection the server closes unread as a request arrives: resent once, each request read once", { timeout: 60_000 }, async () => {
     // Answers the first request on a connection, then stops reading it and closes it 300 ms later: a
     // draining server closing an "idle" connection whose next request already sits unread in its kernel.
     const closing = await stub((_, response, socket) => {
@@ -294,7 +294,7 @@ describe("what is sent again, counted at the upstream", () => {
     assert.strictEqual(crashing.received.length, 1)
   })
 
-  it("sends a request that kills model servers mid-work to no other without a budget, and to one more at most with one, over warm keep-alive connections", { timeout: 60_000 }, async () => {
+  it("sends a request that kills model servers mid-work to no other with UPSTREAM_RETRIES=0, and to one more at most by default, even with no retry budget, over warm keep-alive connections", { timeout: 60_000 }, async () => {
     /** Answers ordinary requests; reads a POISON one, then dies 300 ms later (its connections drop, its port closes). */
     const poisoned = async () => {
       const poison: Array<number> = []
@@ -327,13 +327,13 @@ describe("what is sent again, counted at the upstream", () => {
       const response = await post(front.port, "/v1/completions", { model: "m", prompt: "POISON" })
       return { response, received: servers.map((s) => s.poison.length).reduce((a, b) => a + b, 0) }
     }
-    const strict = await run({ UPSTREAM_RETRY_BUDGET_MIN: "0", UPSTREAM_RETRY_BUDGET_PERCENT: "0" })
+    const strict = await run({ UPSTREAM_RETRIES: "0" })
     assert.strictEqual(strict.received, 1)
     assert.strictEqual(strict.response.status, 502)
     assert.strictEqual(codeOf(strict.response), "upstream_failed")
     killAll()
-    // With the defaults (UPSTREAM_RETRIES=2): resent once, to one more server, then the real failure (not "none is healthy").
-    const budgeted = await run({})
+    // UPSTREAM_RETRIES=5 and no retry budget: still resent once only, to one more server, then the real failure (not "none is healthy").
+    const budgeted = await run({ UPSTREAM_RETRIES: "5", UPSTREAM_RETRY_BUDGET_MIN: "0", UPSTREAM_RETRY_BUDGET_PERCENT: "0" })
     assert.strictEqual(budgeted.received, 2)
     assert.strictEqual(budgeted.response.status, 502)
     assert.strictEqual(codeOf(budgeted.response), "upstream_failed")

@@ -291,9 +291,9 @@ describe("the retry loop", () => {
     }
   })
 
-  it("sends a request the upstream may have processed (reset after the whole request, fresh or reused connection) again only within the budget", () => {
+  it("sends a request the upstream may have processed (reset after the whole request, fresh or reused connection) again once, outside the budget, never with UPSTREAM_RETRIES=0", () => {
     for (const bytesRead of [0, 8192]) {
-      const strict = harness({ a: [behaviours.resetAfterWrite(bytesRead)], b: [behaviours.answer(200)] }, noBudget)
+      const strict = harness({ a: [behaviours.resetAfterWrite(bytesRead)], b: [behaviours.answer(200)] }, { retries: 0 })
       const refused = strict.forward().heard
       assert.strictEqual(refused.failure?.status, 502)
       assert.strictEqual(refused.failure?.code, "upstream_failed")
@@ -301,14 +301,14 @@ describe("the retry loop", () => {
       assert.deepStrictEqual(strict.dispatched.map((d) => d.upstream), ["a"])
       assert.strictEqual(strict.outcomes[0][1]._tag, "Unanswered")
     }
-    // With the default budget: once more, elsewhere, and counted as a retry that adds load.
-    const budgeted = harness({ a: [behaviours.resetAfterWrite(0)], b: [(call) => {
-      assert.strictEqual(budgeted.forwarder.inFlight().retries, 1)
+    // With no retry budget at all (it is for 429/503): once more, elsewhere, holding no place in the budget.
+    const resent = harness({ a: [behaviours.resetAfterWrite(0)], b: [(call) => {
+      assert.strictEqual(resent.forwarder.inFlight().retries, 0)
       behaviours.answer(200)(call)
-    }] })
-    const answered = budgeted.forward().heard
+    }] }, noBudget)
+    const answered = resent.forward().heard
     assert.strictEqual(answered.response?.upstream, "b")
-    assert.deepStrictEqual([budgeted.received.get("a"), budgeted.received.get("b")], [1, 1])
+    assert.deepStrictEqual([resent.received.get("a"), resent.received.get("b")], [1, 1])
   })
 
   it("resends a request that may have been processed at most once, whatever UPSTREAM_RETRIES allows", () => {

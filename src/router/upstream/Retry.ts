@@ -8,12 +8,16 @@
  * - `Unreached` (nothing reached a model server): retried on another
  *   upstream without spending the retry budget (gRPC's transparent retry),
  *   until every upstream was tried or the first-byte deadline passed;
- * - `Refused` (429/503 before any body byte) and `Unanswered` (the model
- *   may have the request; resent at most once, so a request that crashes
- *   model servers reaches at most two): retried within UPSTREAM_RETRIES and the retry
- *   budget (retries in flight at most UPSTREAM_RETRY_BUDGET_PERCENT of the
- *   requests in flight, or UPSTREAM_RETRY_BUDGET_MIN), which is for retries
- *   that may add load;
+ * - `Unanswered` (the model may have the request: its server read it and
+ *   died, or closed the connection): resent once, on another upstream, when
+ *   UPSTREAM_RETRIES allows any retry, outside the concurrent budget. Once per
+ *   request bounds what a crash costs (a request that crashes model servers
+ *   reaches two; a killed server's requests are sent twice at most), and a
+ *   budget would lose the requests in flight on a killed server beyond it;
+ * - `Refused` (429/503 before any body byte): retried within UPSTREAM_RETRIES
+ *   and the retry budget (retries in flight at most
+ *   UPSTREAM_RETRY_BUDGET_PERCENT of the requests in flight, or
+ *   UPSTREAM_RETRY_BUDGET_MIN): those retries add load to a pool that refuses;
  * - anything else: the client gets it.
  *
  * A failed attempt holds its upstream's in-flight count for as long as a
@@ -88,7 +92,8 @@ export interface RetrySettings {
   readonly requestTimeoutMs: number
 }
 
-export type AttemptKind = "first" | "transparent" | "budgeted"
+/** `resend`: the one resend of a request a model server may have had (counted against UPSTREAM_RETRIES, not the budget). */
+export type AttemptKind = "first" | "transparent" | "budgeted" | "resend"
 
 /** What the loop works with: the balancer, single attempts, the clock, and where results go. */
 export interface RetryDeps {
@@ -194,6 +199,7 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
         budgetedRetries++
         retriesInFlight++
       }
+      if (kind === "resend") budgetedRetries++
       const releaseBudget = () => {
         if (!holdsBudget) return
         holdsBudget = false
@@ -262,9 +268,9 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
           const retry = retryOf(outcome)
           if (outcome._tag !== "Unreached" && outcome._tag !== "Refused") lastFailure = failureOf(endpoint.id, outcome, settings)
           if (retry === "transparent" && deps.now() < firstByteDeadline) return start("transparent")
-          if (retry === "budgeted" && outcome._tag === "Unanswered" && !resent && budgetAllows()) {
+          if (retry === "budgeted" && outcome._tag === "Unanswered" && !resent && budgetedRetries < settings.retries && deps.now() < firstByteDeadline) {
             resent = true
-            return start("budgeted")
+            return start("resend")
           }
           // Out of attempts after others refused with Retry-After: that is the answer a client can act on.
           if (refused !== undefined && outcome._tag === "Unreached") return fail(refused)
