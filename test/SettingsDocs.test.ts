@@ -8,7 +8,7 @@ import { resolve } from "node:path"
 import { settingNames, settingsTableMarkdown } from "../src/router/core/Settings.ts"
 
 const root = resolve(import.meta.dirname, "..")
-const regenerate = `regenerate it: node -e 'import("./src/router/core/Settings.ts").then((m) => console.log(m.settingsTableMarkdown()))'`
+const regenerate = `regenerate it: node_modules/.bin/node -e 'import("./src/router/core/Settings.ts").then((m) => console.log(m.settingsTableMarkdown()))'`
 
 describe("docs/settings.md", () => {
   it("contains the table generated from settingDocs, as it is", () => {
