@@ -21,5 +21,10 @@ const maxDrainBytes = 64 * 1024
  * the connection, which is fine for a small rest; a large or unknown one
  * closes the connection instead.
  */
-export const closesEarly = (request: IncomingMessage): boolean =>
-  !request.complete && !(Number(request.headers["content-length"]) <= maxDrainBytes)
+export const closesEarly = (request: IncomingMessage): boolean => {
+  if (request.complete) return false
+  const length = request.headers["content-length"]
+  // Neither a length nor a chunked body: HTTP/1.1 says there is no body (RFC 9112 §6.3), nothing to drain.
+  if (length === undefined) return request.headers["transfer-encoding"] !== undefined
+  return !(Number(length) <= maxDrainBytes)
+}
