@@ -99,6 +99,21 @@ export class BlockCache {
     return blocks
   }
 
+  /** `reserve(hashes, 0, 1)`'s block (one a sequence's next tokens need), without its array. */
+  freshBlock(): Block | undefined {
+    if (this.allocated < this.capacity) {
+      this.allocated++
+    } else {
+      if (this.evictable.size === 0) return undefined
+      // The least recently used unreferenced block makes room.
+      const hash = this.evictable.keys().next().value as number
+      this.evictable.delete(hash)
+      this.cached.delete(hash)
+      this.publish?.({ _tag: "BlockRemoved", blockHashes: [hash] })
+    }
+    return { hash: undefined, refs: 1 }
+  }
+
   /**
    * `blocks[i]` (fresh, now full) gets the key `hashes[i]`; `parent` is the
    * first one's parent key (undefined for a prompt's first block), `tokenIds`

@@ -252,7 +252,6 @@ export const makeEngine = (
   let prefixQueries = 0
   let prefixHits = 0
   let preemptions = 0
-  const noHashes: ReadonlyArray<number> = []
   /** A step is in flight (its timer armed) or the loop is running steps now. */
   let stepping = false
   /**
@@ -361,9 +360,9 @@ export const makeEngine = (
     if (sequence.uncached || sequence.blockTokens >= tokens) return true
     const need = Math.min(Math.ceil(tokens / blockSize), settings.kvBlocks)
     while (sequence.blocks.length < need) {
-      const fresh = cache.reserve(noHashes, 0, 1)
+      const fresh = cache.freshBlock()
       if (fresh !== undefined) {
-        sequence.blocks.push(fresh[0])
+        sequence.blocks.push(fresh)
         sequence.blockTokens += blockSize
         continue
       }
@@ -642,7 +641,8 @@ export const makeEngine = (
         next: () => {
           if (sequence.stopped) return
           sequence.ready = true
-          deliver(sequence)
+          // Called from within `token` (a sink that takes each token at once), the loop there hands out the next.
+          if (!sequence.delivering) deliver(sequence)
         },
         end: () => {
           if (!sequence.stopped) sink.end(resultOf(sequence))
