@@ -6,7 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Metric } from "effect"
-import { PrometheusMetrics } from "effect/observability"
+import { exposition } from "./support/Exposition.ts"
 import { TestClock } from "effect/testing"
 import {
   forgetInferenceServiceReady,
@@ -19,17 +19,6 @@ const settle = Effect.gen(function*() {
   for (let i = 0; i < 20; i++) yield* Effect.yieldNow
 })
 
-/** The registry in the Prometheus text format, as `{ "name{labels}": value }`. */
-const exposition = Effect.gen(function*() {
-  const text = PrometheusMetrics.formatUnsafe(yield* Effect.context<never>())
-  const samples: Record<string, number> = {}
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue
-    const at = line.lastIndexOf(" ")
-    samples[line.slice(0, at)] = Number(line.slice(at + 1))
-  }
-  return samples
-})
 
 // Not KServe's "inferenceservice": a cluster running both tells the two controllers apart.
 const queue = 'name="inferenceservice.inference-router.dev",controller="inferenceservice.inference-router.dev"'

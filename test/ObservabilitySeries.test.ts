@@ -6,7 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Metric, References } from "effect"
-import { PrometheusMetrics } from "effect/observability"
+import { exposition } from "./support/Exposition.ts"
 import { TestClock } from "effect/testing"
 import { upstreamGauges } from "../src/router/app/MetricsRoute.ts"
 import { defaultUpstream } from "../src/router/core/Config.ts"
@@ -16,17 +16,6 @@ import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
 import { parseTarget, parseTargets, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
 import { Upstreams } from "../src/router/upstream/Upstreams.ts"
 
-/** The registry in the Prometheus text format, as `{ "name{labels}": value }`. */
-const exposition = Effect.gen(function*() {
-  const text = PrometheusMetrics.formatUnsafe(yield* Effect.context<never>())
-  const samples: Record<string, number> = {}
-  for (const line of text.split("\n")) {
-    if (line === "" || line.startsWith("#")) continue
-    const at = line.lastIndexOf(" ")
-    samples[line.slice(0, at)] = Number(line.slice(at + 1))
-  }
-  return samples
-})
 
 /** The series of `name`, by their `upstream` label. */
 const byUpstream = (samples: Record<string, number>, name: string) =>
