@@ -1,5 +1,6 @@
 /**
- * The bearer-token check for `/infer` (declared in `api/Authorization.ts`).
+ * The bearer-token check for `/infer`, `/v1/*` and the simulator's routes
+ * (declared in `api/Authorization.ts`).
  * With no API keys configured every request passes; otherwise the token must
  * match one of the keys.
  */

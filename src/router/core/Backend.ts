@@ -134,7 +134,6 @@ export class Backend extends Context.Service<Backend, {
   readonly simulation?: SimulationView | undefined
 }>()("inference-router/Backend") {}
 
-/** What a simulated model server shows of its engine (simulated/Engine.ts). */
 /** The simulated engine's counts, read by the metrics at scrape time. */
 export interface SimulationStats {
   /** Sequences in the engine's batch. */
@@ -151,6 +150,7 @@ export interface SimulationStats {
   readonly preemptions: number
 }
 
+/** What a simulated model server shows of its engine (simulated/Engine.ts). */
 export interface SimulationView {
   stats(): SimulationStats
   /** vLLM's reset_prefix_cache: false (nothing done) while blocks are in use, unless `resetRunning`. */

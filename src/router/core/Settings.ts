@@ -136,7 +136,7 @@ export interface RouterSettings {
   readonly podName: string | undefined
   readonly logLevel: LogLevelName
   readonly logFormat: LogFormat
-  /** Bearer tokens accepted on /infer; empty = no authentication. */
+  /** Bearer tokens accepted on /infer, /v1/* and the simulator's routes; empty = no authentication. */
   readonly apiKeys: ReadonlyArray<Redacted.Redacted<string>>
 }
 

@@ -4,7 +4,6 @@
  */
 import { type ServerResponse, STATUS_CODES } from "node:http"
 import { requestIdHeader } from "../../api/Headers.ts"
-import { type ContractError, encodeContractError } from "../core/ContractErrors.ts"
 
 /** Writes `body` as the whole JSON response. */
 export const writeJson = (
@@ -16,16 +15,6 @@ export const writeJson = (
   const text = JSON.stringify(body)
   response.writeHead(status, { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(text) })
   response.end(text)
-}
-
-/** Writes the error as the whole response, with `extraHeaders` (request id, `Connection: close`). */
-export const writeContractError = (
-  response: ServerResponse,
-  error: ContractError,
-  extraHeaders: Readonly<Record<string, string>>
-): void => {
-  const { body, headers, status } = encodeContractError(error)
-  writeJson(response, status, body, { ...headers, ...extraHeaders })
 }
 
 /**

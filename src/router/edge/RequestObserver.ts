@@ -87,7 +87,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           observe: (request, response, path) => {
             const given = request.headers[requestIdHeader]
             // Responses get it from the pipeline's answer headers or the error envelope: a
-            // \`setHeader\` here would push Node's writeHead off its fast path
+            // `setHeader` here would push Node's writeHead off its fast path
             // (measured: about 2.5 µs per request).
             if (typeof given !== "string" || !validRequestId.test(given)) {
               request.headers[requestIdHeader] = randomUUID()

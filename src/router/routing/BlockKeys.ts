@@ -8,12 +8,13 @@
  * first n keys exactly when they share their first n blocks of tokens, so a
  * key stands for its whole prefix.
  *
- * Token ids come from the simulator's tokenization rule (the upstreams in
- * tests and benchmarks are simulators, and a prompt's ids are then the
- * server's own) or, for an upstream whose tokenizer the router does not
- * know, from characters (one id per UTF-16 code unit): self-consistent for
- * the approximate index, which only ever compares the router's keys with its
- * own keys. Keys are strings in the index: vLLM publishes integer or byte
+ * Token ids come from the simulator's tokenization rule for every upstream
+ * (the upstreams in tests and benchmarks are simulators, and a prompt's ids
+ * are then the server's own); for another server they are only
+ * self-consistent, which the approximate index needs (it compares the
+ * router's keys with its own). `characterIds` is the per-character variant,
+ * kept for that comparison in tests; asking an upstream's /tokenize is not
+ * built. Keys are strings in the index: vLLM publishes integer or byte
  * hashes depending on its version, and a string holds either.
  */
 import { blockHashes, blockSeed, tokenIds } from "../simulated/Tokens.ts"
@@ -23,7 +24,7 @@ export type TokenIds = ArrayLike<number>
 /** The simulator's token ids for `text` (its tokenization rule). */
 export const tokenIdsOf = (text: string): TokenIds => tokenIds(text)
 
-/** One id per UTF-16 code unit: the fallback when the upstream's tokenizer is unknown. */
+/** One id per UTF-16 code unit (not used by the router: see the module's comment). */
 export const characterIds = (text: string): TokenIds => {
   const ids = new Uint16Array(text.length)
   for (let i = 0; i < text.length; i++) ids[i] = text.charCodeAt(i)

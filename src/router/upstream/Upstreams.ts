@@ -282,8 +282,9 @@ export class Upstreams extends Context.Service<Upstreams, {
       }
       yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all([...members.values()].flatMap((member) => [member.pool.destroy(), member.checkPool.destroy()]))))
 
-      // Each endpoint's labelled counters, found once per status rather than by joining labels per request.
-      const counters = new Map<Endpoint, Map<string, ReturnType<typeof metrics.requests>>>()
+      // Each endpoint's labelled counters, found once per status rather than by joining labels per request
+      // (a WeakMap: endpoints a dns+ name drops go with their entries).
+      const counters = new WeakMap<Endpoint, Map<string, ReturnType<typeof metrics.requests>>>()
       const record = (endpoint: Endpoint, status: string) => {
         let byStatus = counters.get(endpoint)
         if (byStatus === undefined) counters.set(endpoint, byStatus = new Map())
