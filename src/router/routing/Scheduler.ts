@@ -24,7 +24,6 @@ import { PrefixIndex } from "./PrefixIndex.ts"
 import { type PredictionInput, TtftPredictor } from "./Predictor.ts"
 
 export type RouteReason = "cache" | "load" | "spill" | "only-healthy"
-export const routeReasons: ReadonlyArray<RouteReason> = ["cache", "load", "spill", "only-healthy"]
 
 export interface Candidate {
   readonly id: string

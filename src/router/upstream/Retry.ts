@@ -139,8 +139,9 @@ export const withRetries = (deps: RetryDeps, settings: RetrySettings): Forwarder
   /** Ends an attempt's hold on its upstream: at once, or for a failure as late as a success would have ended. */
   const release = (endpoint: Endpoint, outcome: Outcome, startedAt: number) => {
     const elapsed = deps.now() - startedAt
-    if (healthOf(outcome) === "success" && outcome._tag === "Completed") typicalMs += (elapsed - typicalMs) / 10
-    const hold = healthOf(outcome) === "failure" || healthOf(outcome) === "unreachable" ? Math.min(maxHoldMs, typicalMs - elapsed) : 0
+    const health = healthOf(outcome)
+    if (health === "success" && outcome._tag === "Completed") typicalMs += (elapsed - typicalMs) / 10
+    const hold = health === "failure" || health === "unreachable" ? Math.min(maxHoldMs, typicalMs - elapsed) : 0
     if (hold >= 1) deps.setTimer(hold, () => endpoint.inFlight--)
     else endpoint.inFlight--
   }
