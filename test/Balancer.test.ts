@@ -245,4 +245,14 @@ describe("passive ejection", () => {
     for (const endpoint of balancer.endpoints) balancer.unreachable(endpoint, 20)
     assert.isFalse(balancer.canServe(20))
   })
+
+  it("panics only below the threshold: at exactly half of four available (threshold 50), ejected ones stay out", () => {
+    const balancer = pool([1, 1, 1, 1], { maxEjectedPercent: 100 })
+    const [a, b] = balancer.endpoints
+    for (const endpoint of [a, b]) assert.isTrue(ejectAt(balancer, endpoint, 0))
+    assert.isFalse(balancer.inPanic(10))
+    for (let i = 0; i < 50; i++) assert.include(["u2", "u3"], pickEndpoint(balancer, 10).id)
+    assert.isTrue(ejectAt(balancer, balancer.endpoints[2], 10))
+    assert.isTrue(balancer.inPanic(20))
+  })
 })
