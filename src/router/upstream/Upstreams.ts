@@ -282,16 +282,8 @@ export class Upstreams extends Context.Service<Upstreams, {
       }
       yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all([...members.values()].flatMap((member) => [member.pool.destroy(), member.checkPool.destroy()]))))
 
-      // Each endpoint's labelled counters, found once per status rather than by joining labels per request
-      // (a WeakMap: endpoints a dns+ name drops go with their entries).
-      const counters = new WeakMap<Endpoint, Map<string, ReturnType<typeof metrics.requests>>>()
-      const record = (endpoint: Endpoint, status: string) => {
-        let byStatus = counters.get(endpoint)
-        if (byStatus === undefined) counters.set(endpoint, byStatus = new Map())
-        let counter = byStatus.get(status)
-        if (counter === undefined) byStatus.set(status, counter = metrics.requests(endpoint.id, endpoint.target.version ?? "", status))
-        counter.updateUnsafe(1, context)
-      }
+      const record = (endpoint: Endpoint, status: string) =>
+        metrics.requests(endpoint.id, endpoint.target.version ?? "", status).updateUnsafe(1, context)
 
       const noteFailure = (endpoint: Endpoint) =>
         Effect.suspend(() => {
