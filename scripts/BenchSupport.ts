@@ -13,7 +13,10 @@ import { type Agent, request } from "node:http"
  */
 export const routerArgs = (): Array<string> => {
   const packageJson = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"))
-  const args: Array<string> = packageJson.scripts["start:prod"].split("exec node ")[1].split(" ")
+  const production: Array<string> = packageJson.scripts["start:prod"].split("exec node ")[1].split(" ")
+  // BENCH_ROUTER_BUNDLE runs another build of the router (an older commit's, say) with the same flags.
+  const bundle = process.env.BENCH_ROUTER_BUNDLE
+  const args = bundle === undefined ? production : production.map((arg) => (arg.endsWith(".js") ? bundle : arg))
   const flags = process.env.BENCH_ROUTER_FLAGS
   if (flags === undefined) return args
   return [...flags.split(" ").filter((flag) => flag !== ""), ...args.filter((arg) => !arg.startsWith("--"))]
