@@ -6,7 +6,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { readFileSync } from "node:fs"
 import { parse } from "yaml"
-import { InferenceServiceSpec, kvEndpointPattern } from "../src/api/InferenceService.ts"
+import { InferenceServiceSpec, kvEndpointPattern, kvEventsEndpointPattern, schedulers } from "../src/api/InferenceService.ts"
+import { defaultRouting, schedulerNames } from "../src/router/routing/RoutingSettings.ts"
 import { Schema } from "effect"
 import { defaults, deniedEnvNames } from "../src/controller/Desired.ts"
 import { desiredObjects } from "../src/controller/Desired.ts"
@@ -56,6 +57,21 @@ describe("the InferenceService CRD", () => {
     assert.strictEqual(router.shutdownDelayMs.default, defaults.shutdownDelayMs)
     assert.strictEqual(router.shutdownTimeoutMs.default, defaults.shutdownTimeoutMs)
     assert.strictEqual(openApiSchema.properties.spec.properties.apiKeysSecretRef.properties.key.default, defaults.apiKeysSecretKey)
+  })
+
+  it("its routing fields are the router's: the scheduler names, the KV events endpoint pattern, the defaults it documents", () => {
+    const spec = openApiSchema.properties.spec.properties
+    const routing = spec.routing.properties
+    assert.deepStrictEqual(routing.scheduler.enum, [...schedulerNames])
+    assert.deepStrictEqual([...schedulers], [...schedulerNames])
+    assert.strictEqual(spec.upstreams.items.properties.kvEvents.pattern, kvEventsEndpointPattern)
+    // No CRD default: unset is the router's default (as for the other router settings), which the descriptions name.
+    assert.include(routing.scheduler.description, `router default ${defaultRouting.scheduler}`)
+    assert.include(routing.loadBoundPercent.description, `router default ${Math.round(defaultRouting.loadBound * 100)}`)
+    assert.include(routing.metricsIntervalMs.description, `router default ${defaultRouting.metricsIntervalMs}`)
+    for (const field of ["scheduler", "loadBoundPercent", "metricsIntervalMs"]) assert.notProperty(routing[field], "default", field)
+    // The CEL rules read an unset scheduler as least-request: they need rewriting if the router's default changes.
+    assert.strictEqual(defaultRouting.scheduler, "least-request", "the CRD's routing rules treat an unset scheduler as least-request")
   })
 
   it("a minimal spec (only modelRef) is valid", () => {
@@ -142,6 +158,48 @@ describe("the InferenceService CRD", () => {
       assert.isTrue(admit(isvc({ podLabels: { team: "a", "example.com/tier": "gold" } })).ok)
       assert.isTrue(admit(isvc({ podAnnotations: { "Example.COM/note": "x", "prometheus.io/scrape": "true", big: "x".repeat(200 * 1024) } })).ok)
     })
+    describe("routing and KV events: only where the router reads them", () => {
+      const upstream = { url: "http://vllm-0:8000" }
+      it("routing needs upstreams", () => {
+        rejected({ routing: { scheduler: "cache-aware" } }, "routing needs upstreams")
+        rejected({ routing: {}, upstreams: [] }, "routing needs upstreams")
+        assert.isTrue(admit(isvc({ routing: { scheduler: "cache-aware" }, upstreams: [upstream] })).ok)
+        assert.isTrue(admit(isvc({ routing: { scheduler: "least-request" }, upstreams: [upstream] })).ok)
+      })
+      it("the load bound and the metrics interval need the cache-aware scheduler, stated or not", () => {
+        for (const routing of [{ loadBoundPercent: 150 }, { metricsIntervalMs: 50 }, { scheduler: "least-request", loadBoundPercent: 150 }]) {
+          rejected({ routing, upstreams: [upstream] }, "need scheduler: cache-aware")
+        }
+        const result = admit(isvc({ routing: { scheduler: "cache-aware", loadBoundPercent: 150, metricsIntervalMs: 0 }, upstreams: [upstream] }))
+        assert.isTrue(result.ok, result.errors.join("; "))
+        assert.deepStrictEqual(result.object.spec.routing, { scheduler: "cache-aware", loadBoundPercent: 150, metricsIntervalMs: 0 }, "no defaults added")
+      })
+      it("KV events need the cache-aware scheduler", () => {
+        rejected({ upstreams: [upstream, { ...upstream, kvEvents: 5557 }] }, "kvEvents needs routing.scheduler: cache-aware")
+        rejected({ upstreams: [{ ...upstream, kvEvents: 5557 }], routing: { scheduler: "least-request" } }, "kvEvents needs routing.scheduler: cache-aware")
+        assert.isTrue(admit(isvc({ upstreams: [{ ...upstream, kvEvents: 5557 }], routing: { scheduler: "cache-aware" } })).ok)
+      })
+      it("a KV events endpoint is a port, or tcp://host:port (a port only for a dns+ url)", () => {
+        const cacheAware = { scheduler: "cache-aware" }
+        for (const kvEvents of [5557, 1, 65535, "tcp://kv-pub.models.svc:5557", "tcp://10.0.0.5:5557", "tcp://[fd00::5]:5557"]) {
+          const result = admit(isvc({ upstreams: [{ ...upstream, kvEvents }], routing: cacheAware }))
+          assert.isTrue(result.ok, `${kvEvents}: ${result.errors.join("; ")}`)
+        }
+        for (const kvEvents of [0, 65536, "5557", "tcp://*:5557", "tcp://kv:0", "tcp://kv:65536", "tcp://kv", "udp://kv:5557", "tcp://a,b:5557", "tcp://a;b:5557", 55.5]) {
+          rejected({ upstreams: [{ ...upstream, kvEvents }], routing: cacheAware }, "kvEvents")
+        }
+        rejected({ upstreams: [{ url: "dns+http://vllm-pods.models.svc:8000", kvEvents: "tcp://kv-pub:5557" }], routing: cacheAware }, "must be a port")
+        assert.isTrue(admit(isvc({ upstreams: [{ url: "dns+http://vllm-pods.models.svc:8000", kvEvents: 5557 }], routing: cacheAware })).ok)
+      })
+      it("bounds: the load bound 100-1000 % (the router's 1-10), the scheduler one of the router's", () => {
+        const cacheAware = { scheduler: "cache-aware" }
+        rejected({ upstreams: [upstream], routing: { ...cacheAware, loadBoundPercent: 99 } }, "loadBoundPercent")
+        rejected({ upstreams: [upstream], routing: { ...cacheAware, loadBoundPercent: 1001 } }, "loadBoundPercent")
+        rejected({ upstreams: [upstream], routing: { ...cacheAware, loadBoundPercent: 1.25 } }, "loadBoundPercent")
+        rejected({ upstreams: [upstream], routing: { ...cacheAware, metricsIntervalMs: -1 } }, "metricsIntervalMs")
+        rejected({ upstreams: [upstream], routing: { scheduler: "random" } }, "scheduler")
+      })
+    })
     it("resources: any one quantity may be set alone; unknown resource names are not in the schema", () => {
       assert.isTrue(admit(isvc({ resources: { requests: { cpu: "500m", memory: "256Mi" } } })).ok)
       assert.isTrue(admit(isvc({ resources: { limits: { memory: "1Gi" } } })).ok)
@@ -154,7 +212,7 @@ describe("the InferenceService CRD", () => {
     [InferenceServiceSpec],
     ([spec]) => {
       const result = admit(isvc(spec as any))
-      const structural = result.errors.filter((error) => !/^\.spec(\.router|\.env)?: /.test(error) && !error.startsWith(": "))
+      const structural = result.errors.filter((error) => !/^\.spec(\.router|\.env|\.routing|\.upstreams\[\d+\])?: /.test(error) && !error.startsWith(": "))
       assert.deepStrictEqual(structural, [], JSON.stringify(spec))
     },
     { arbitrary: { runs: 200 } }
@@ -183,7 +241,12 @@ describe("the InferenceService CRD", () => {
     twice: Schema.Boolean,
     labelKey: Schema.optionalKey(Schema.Literals(["team", "example.com/tier", "bad key", "x/y/z", "-x", "Example.com/x"])),
     annotationKey: Schema.optionalKey(Schema.Literals(["note", "Example.COM/note", "bad key", "x/y/z", "a..b/c"])),
-    image: Schema.optionalKey(Schema.Literals(["router:2", "router:2 --x", " router:2"]))
+    image: Schema.optionalKey(Schema.Literals(["router:2", "router:2 --x", " router:2"])),
+    upstream: Schema.optionalKey(Schema.Literals(["http://vllm-0:8000", "dns+http://vllm-pods.models.svc:8000"])),
+    kvEvents: Schema.optionalKey(Schema.Literals([5557, "tcp://kv-pub:5557", "tcp://[fd00::1]:5557"])),
+    scheduler: Schema.optionalKey(Schema.Literals(["least-request", "cache-aware"])),
+    loadBoundPercent: Schema.optionalKey(Schema.Literals([100, 125, 1000])),
+    metricsIntervalMs: Schema.optionalKey(Schema.Literals([0, 50]))
   })
 
   it.prop(
@@ -202,6 +265,12 @@ describe("the InferenceService CRD", () => {
       if (plan.labelKey !== undefined) spec.podLabels = { ...spec.podLabels, [plan.labelKey]: "a" }
       if (plan.annotationKey !== undefined) spec.podAnnotations = { ...spec.podAnnotations, [plan.annotationKey]: "a" }
       if (plan.image !== undefined) spec.image = plan.image
+      if (plan.upstream !== undefined) {
+        spec.upstreams = [...(spec.upstreams ?? []), { url: plan.upstream, ...(plan.kvEvents === undefined ? {} : { kvEvents: plan.kvEvents }) }]
+      }
+      for (const key of ["scheduler", "loadBoundPercent", "metricsIntervalMs"] as const) {
+        if (plan[key] !== undefined) spec.routing = { ...spec.routing, [key]: plan[key] }
+      }
       const result = admit(isvc(spec, plan.name))
       const check = checkSpec(result.ok ? result.object.spec : spec, plan.name)
       if (!result.ok) {

@@ -11,7 +11,7 @@ import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2/Horizo
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget"
 import { Service } from "kubernetes-models/v1/Service"
 import { readFileSync } from "node:fs"
-import { RouterSpec, UpstreamPolicySpec } from "../src/api/InferenceService.ts"
+import { RouterSpec, RoutingSpec, UpstreamPolicySpec } from "../src/api/InferenceService.ts"
 import {
   defaults,
   deniedEnvNames,
@@ -20,11 +20,13 @@ import {
   routerMemoryMi,
   envDecisions,
   envTableMarkdown,
+  loadBoundSetting,
   ownerLabel,
   undecidedSettings
 } from "../src/controller/Desired.ts"
 import { checkSpec } from "../src/controller/SpecCheck.ts"
 import { loadSettings, settingNames } from "../src/router/core/Config.ts"
+import { defaultRouting, LoadBound } from "../src/router/routing/RoutingSettings.ts"
 import { admit } from "./support/CrdValidator.ts"
 
 const int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
@@ -47,12 +49,22 @@ const SpecPlan = Schema.Struct({
   image: Schema.optionalKey(Schema.Literals(["registry.local/router:1.2.3", "router@sha256:" + "a".repeat(64)])),
   podLabels: Schema.optionalKey(Schema.Record(Schema.Literals(["team", "tier"]), Schema.Literals(["a", "b-c"]))),
   extraEnv: Schema.optionalKey(Schema.Literals(["NODE_OPTIONS", "TZ"])),
-  upstreams: Schema.optionalKey(Schema.Array(Schema.Struct({
+  // Empty: the simulated model.
+  upstreams: Schema.Array(Schema.Struct({
     url: Schema.Literals(["http://vllm-0:8000", "https://gw.example/v1", "dns+http://model-pods.models.svc:8000", "http://[fd00::7]:8000"]),
     weight: Schema.optionalKey(int(1, 1000)),
-    version: Schema.optionalKey(Schema.Literals(["v1", "v2.1-rc"]))
-  })).check(Schema.isMaxLength(3))),
-  upstreamPolicy: Schema.optionalKey(UpstreamPolicySpec)
+    version: Schema.optionalKey(Schema.Literals(["v1", "v2.1-rc"])),
+    kvEvents: Schema.optionalKey(Schema.Literals([5557, "tcp://kv-pub.models.svc:5557", "tcp://[fd00::9]:5557"]))
+  })).check(Schema.isMaxLength(3)),
+  upstreamPolicy: Schema.optionalKey(UpstreamPolicySpec),
+  // None, the cache-aware scheduler with its options, or anything the contract allows.
+  routing: Schema.Union([
+    Schema.Literal("none"),
+    Schema.Struct({ scheduler: Schema.Literal("cache-aware"), loadBoundPercent: Schema.optionalKey(int(100, 1000)), metricsIntervalMs: Schema.optionalKey(int(0, 1000)) }),
+    RoutingSpec
+  ]),
+  /** `routing` without upstreams too (refused), not only with them. */
+  strayRouting: Schema.Boolean
 })
 
 const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
@@ -64,8 +76,9 @@ const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
   ...(plan.image === undefined ? {} : { image: plan.image }),
   ...(plan.podLabels === undefined ? {} : { podLabels: plan.podLabels }),
   ...(plan.extraEnv === undefined ? {} : { env: [{ name: plan.extraEnv, value: "x" }] }),
-  ...(plan.upstreams === undefined ? {} : { upstreams: plan.upstreams }),
-  ...(plan.upstreamPolicy === undefined ? {} : { upstreamPolicy: plan.upstreamPolicy })
+  ...(plan.upstreams.length === 0 ? {} : { upstreams: plan.upstreams }),
+  ...(plan.upstreamPolicy === undefined ? {} : { upstreamPolicy: plan.upstreamPolicy }),
+  ...(plan.routing === "none" || (plan.upstreams.length === 0 && !plan.strayRouting) ? {} : { routing: plan.routing })
 })
 
 const owner = { name: "llama", namespace: "models", uid: "0b6c4f3e-1d9a-4b8e-9f1e-6a7c2d3e4f50" }
@@ -93,14 +106,23 @@ describe("desired objects", () => {
     // The only rules a plan can break are the CRD's cross-field ones; a plan that breaks one must be
     // refused by the CRD and by the controller alike (asserted, never skipped).
     const router = plan.router
+    const upstreams = plan.upstreams
+    const routing = spec.routing as RoutingSpec | undefined
+    const cacheAware = routing?.scheduler === "cache-aware"
     const breaks = (router.shutdownDelayMs ?? 5_000) >= (router.shutdownTimeoutMs ?? 25_000) ||
-      (router.headersTimeoutMs !== undefined && router.headersTimeoutMs > (router.requestTimeoutMs ?? 30_000))
+      (router.headersTimeoutMs !== undefined && router.headersTimeoutMs > (router.requestTimeoutMs ?? 30_000)) ||
+      (routing !== undefined && upstreams.length === 0) ||
+      (!cacheAware && (routing?.loadBoundPercent !== undefined || routing?.metricsIntervalMs !== undefined)) ||
+      (!cacheAware && upstreams.some((u) => u.kvEvents !== undefined)) ||
+      upstreams.some((u) => u.url.startsWith("dns+") && typeof u.kvEvents === "string")
     const stored = admitted(spec)
     assert.strictEqual(stored === undefined, breaks, `the CRD on ${JSON.stringify(spec)}`)
     if (stored === undefined) {
       const refused = checkSpec(spec, owner.name)
       assert.strictEqual(refused._tag, "Invalid")
-      if (refused._tag === "Invalid") assert.match(refused.message, /spec\.router\.(shutdownDelayMs|headersTimeoutMs)/)
+      if (refused._tag === "Invalid") {
+        assert.match(refused.message, /spec\.(router\.(shutdownDelayMs|headersTimeoutMs)|routing(\.loadBoundPercent|\.metricsIntervalMs)?|upstreams\[\d\]\.kvEvents): /)
+      }
       return
     }
     const check = checkSpec(stored, owner.name)
@@ -189,6 +211,17 @@ describe("desired objects", () => {
       assert.strictEqual(parsed.value.maxConcurrency, stored.router.maxConcurrency ?? 10)
       assert.strictEqual(parsed.value.podName, podEnv.POD_NAME)
       assert.strictEqual(parsed.value.apiKeys.length, stored.apiKeysSecretRef === undefined ? 0 : 2)
+      // The scheduler and each upstream's KV events, as the spec says, through the router's own parser.
+      const upstream = parsed.value.upstream
+      assert.strictEqual(upstream === undefined, upstreams.length === 0)
+      if (upstream !== undefined) {
+        assert.deepStrictEqual(upstream.routing, {
+          scheduler: stored.routing?.scheduler ?? defaultRouting.scheduler,
+          loadBound: stored.routing?.loadBoundPercent === undefined ? defaultRouting.loadBound : stored.routing.loadBoundPercent / 100,
+          metricsIntervalMs: stored.routing?.metricsIntervalMs ?? defaultRouting.metricsIntervalMs
+        })
+        assert.deepStrictEqual(upstream.targets.map((t) => t.kvEvents), upstreams.map((u) => u.kvEvents))
+      }
     }
   }, { arbitrary: { runs: 150 } })
 
@@ -216,6 +249,68 @@ describe("desired objects", () => {
     const bad = checkSpec({ modelRef: "m", upstreams: [{ url: "dns+http://10.0.0.1:8000" }] })
     assert.strictEqual(bad._tag, "Invalid")
     if (bad._tag === "Invalid") assert.include(bad.message, "dns+ needs a host name")
+  })
+
+  it("routing and KV events become UPSTREAM_SCHEDULER, UPSTREAM_LOAD_BOUND, UPSTREAM_METRICS_INTERVAL_MS and ;kv-events= items", () => {
+    const check = checkSpec({
+      modelRef: "m",
+      kvEndpoints: ["redis://redis-0.redis:6379"],
+      upstreams: [
+        { url: "http://vllm-0:8000", kvEvents: 5557 },
+        { url: "http://vllm-1:8000", weight: 2, kvEvents: "tcp://kv-pub.models.svc:5557" },
+        { url: "dns+http://vllm-pods.models.svc:8000", version: "v2", kvEvents: 5557 },
+        { url: "http://vllm-3:8000" }
+      ],
+      routing: { scheduler: "cache-aware", loadBoundPercent: 150, metricsIntervalMs: 50 }
+    }, owner.name)
+    assert.strictEqual(check._tag, "Valid", check._tag === "Invalid" ? check.message : "")
+    if (check._tag !== "Valid") return
+    const env = Object.fromEntries(desiredObjects(owner, check.spec, settings).env.map((e) => [e.name, e.value]))
+    assert.deepInclude(env, {
+      KV_ENDPOINTS: "redis://redis-0.redis:6379",
+      UPSTREAMS: "http://vllm-0:8000;kv-events=5557,http://vllm-1:8000;weight=2;kv-events=tcp://kv-pub.models.svc:5557," +
+        "dns+http://vllm-pods.models.svc:8000;version=v2;kv-events=5557,http://vllm-3:8000",
+      UPSTREAM_SCHEDULER: "cache-aware",
+      UPSTREAM_LOAD_BOUND: "1.5",
+      UPSTREAM_METRICS_INTERVAL_MS: "50"
+    })
+    const parsed = Effect.runSyncExit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
+    assert.isTrue(Exit.isSuccess(parsed))
+    if (Exit.isSuccess(parsed)) {
+      assert.deepStrictEqual(parsed.value.upstream?.routing, { scheduler: "cache-aware", loadBound: 1.5, metricsIntervalMs: 50 })
+      assert.deepStrictEqual(parsed.value.upstream?.targets.map((t) => t.kvEvents), [5557, "tcp://kv-pub.models.svc:5557", 5557, undefined])
+    }
+    // Unset: the router's defaults (nothing rendered).
+    const plain = checkSpec({ modelRef: "m", upstreams: [{ url: "http://vllm-0:8000" }] })
+    assert.strictEqual(plain._tag, "Valid")
+    if (plain._tag === "Valid") {
+      const names = desiredObjects(owner, plain.spec, settings).env.map((e) => e.name)
+      for (const name of ["UPSTREAM_SCHEDULER", "UPSTREAM_LOAD_BOUND", "UPSTREAM_METRICS_INTERVAL_MS"]) assert.notInclude(names, name)
+    }
+  })
+
+  it("every load bound percentage renders a value the router reads back as that percentage / 100", () => {
+    for (let percent = 100; percent <= 1000; percent++) {
+      assert.strictEqual(Schema.decodeUnknownSync(LoadBound)(loadBoundSetting(percent)), percent / 100, String(percent))
+    }
+    assert.strictEqual(loadBoundSetting(Math.round(defaultRouting.loadBound * 100)), String(defaultRouting.loadBound))
+  })
+
+  it("routing fields where the router does not read them are refused, naming the field", () => {
+    const upstream = { url: "http://vllm-0:8000" }
+    for (const [spec, words] of [
+      [{ routing: { scheduler: "cache-aware" } }, "spec.routing: routing needs upstreams"],
+      [{ upstreams: [upstream], routing: { loadBoundPercent: 150 } }, "spec.routing.loadBoundPercent: "],
+      [{ upstreams: [upstream], routing: { scheduler: "least-request", metricsIntervalMs: 50 } }, "spec.routing.metricsIntervalMs: "],
+      [{ upstreams: [upstream, { ...upstream, kvEvents: 5557 }] }, "spec.upstreams[1].kvEvents: upstreams[].kvEvents needs routing.scheduler: cache-aware"],
+      [{ upstreams: [{ url: "dns+http://pods.ns.svc:8000", kvEvents: "tcp://kv:5557" }], routing: { scheduler: "cache-aware" } }, "spec.upstreams[0].kvEvents: kvEvents of a dns+ url must be a port"],
+      [{ upstreams: [{ ...upstream, kvEvents: 70000 }], routing: { scheduler: "cache-aware" } }, "kvEvents"],
+      [{ upstreams: [{ ...upstream, kvEvents: "tcp://*:5557" }], routing: { scheduler: "cache-aware" } }, "kvEvents"]
+    ] as const) {
+      const check = checkSpec({ modelRef: "m", ...spec }, owner.name)
+      assert.strictEqual(check._tag, "Invalid", JSON.stringify(spec))
+      if (check._tag === "Invalid") assert.include(check.message, words)
+    }
   })
 
   it("a spec the contract's schema rejects is reported, naming the field", () => {
@@ -274,7 +369,7 @@ describe("desired objects", () => {
 
   describe("spec.env", () => {
     it("may set none of the settings the controller sets or decides: the deny list is the decision table's", () => {
-      for (const name of ["MODEL_BACKEND", "UPSTREAMS", "UPSTREAM_RETRIES", "UPSTREAM_MAX_CONCURRENCY", "MAX_CONCURRENCY", "PORT", "HOST", "API_KEYS_FILE"]) {
+      for (const name of ["MODEL_BACKEND", "UPSTREAMS", "UPSTREAM_RETRIES", "UPSTREAM_MAX_CONCURRENCY", "UPSTREAM_SCHEDULER", "UPSTREAM_LOAD_BOUND", "UPSTREAM_METRICS_INTERVAL_MS", "MAX_CONCURRENCY", "PORT", "HOST", "API_KEYS_FILE"]) {
         assert.include(deniedEnvNames(), name)
         const check = checkSpec({ modelRef: "m", env: [{ name, value: "x" }] })
         assert.strictEqual(check._tag, "Invalid", name)

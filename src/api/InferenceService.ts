@@ -105,12 +105,29 @@ export const kvEndpointPattern = "^([^\\s,:/]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$
 /** The shape of an upstream URL the API server can check (the CRD has the same pattern); the router's parser checks the rest. */
 export const upstreamUrlPattern = "^(dns\\+)?https?://[^\\s,;?#@]+$"
 
+/** A port number, 1-65535, as a regular expression (no leading zeros). */
+const portPattern = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+
+/**
+ * An upstream's KV events publisher elsewhere than on its own address (the
+ * router's `;kv-events=tcp://host:port`); the CRD has the same pattern. A
+ * host name or a bracketed IPv6 address: the router connects to it (vLLM's
+ * `tcp://*:5557` is the server's bind address, not one to connect to).
+ */
+export const kvEventsEndpointPattern = `^tcp://([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\[[0-9A-Fa-f:.]+\\]):${portPattern}$`
+
 /** One model server (or a DNS name of several) the router forwards to: an item of the router's UPSTREAMS. */
 export const UpstreamSpec = Schema.Struct({
   /** A base URL; `dns+http://name:port` uses every address of the name (a headless Service). */
   url: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(2048), Schema.isPattern(new RegExp(upstreamUrlPattern))),
   weight: Schema.optionalKey(int(1, 1000)),
-  version: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/)))
+  version: Schema.optionalKey(Schema.String.check(Schema.isPattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/))),
+  /**
+   * Where the server publishes its KV events (vLLM's `--kv-events-config`,
+   * ZeroMQ): a port on each of the upstream's addresses, or `tcp://host:port`
+   * (not for a `dns+` url). Read by the cache-aware scheduler only.
+   */
+  kvEvents: Schema.optionalKey(Schema.Union([int(1, 65535), Schema.String.check(Schema.isPattern(new RegExp(kvEventsEndpointPattern)))]))
 })
 export type UpstreamSpec = typeof UpstreamSpec.Type
 
@@ -128,6 +145,25 @@ export const UpstreamPolicySpec = Schema.Struct({
 })
 export type UpstreamPolicySpec = typeof UpstreamPolicySpec.Type
 
+/** The router's UPSTREAM_SCHEDULER values (a test checks them against the router's). */
+export const schedulers = ["least-request", "cache-aware"] as const
+
+/**
+ * How the router picks an upstream for each request (docs/routing.md); unset
+ * ones are the router's defaults. Only with `upstreams`; the load bound and
+ * the metrics interval only with the cache-aware scheduler, which alone reads
+ * them (the CRD's rules and the spec check refuse them otherwise).
+ */
+export const RoutingSpec = Schema.Struct({
+  /** UPSTREAM_SCHEDULER (router default least-request). */
+  scheduler: Schema.optionalKey(Schema.Literals(schedulers)),
+  /** UPSTREAM_LOAD_BOUND in percent (an integer, as Kubernetes APIs avoid floats): 125 is 1.25 x the pool's mean in flight. */
+  loadBoundPercent: Schema.optionalKey(int(100, 1000)),
+  /** UPSTREAM_METRICS_INTERVAL_MS: each upstream's /metrics read this often; 0: never. */
+  metricsIntervalMs: Schema.optionalKey(int(0, 3_600_000))
+})
+export type RoutingSpec = typeof RoutingSpec.Type
+
 export const InferenceServiceSpec = Schema.Struct({
   /** The model this InferenceService serves (the router's MODEL_REF). */
   modelRef: Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(253)),
@@ -140,6 +176,8 @@ export const InferenceServiceSpec = Schema.Struct({
   /** Model servers to forward to (the router's MODEL_BACKEND=upstream); unset or empty: the simulated model. */
   upstreams: Schema.optionalKey(Schema.Array(UpstreamSpec).check(Schema.isMaxLength(64))),
   upstreamPolicy: Schema.optionalKey(UpstreamPolicySpec),
+  /** How the router picks among the upstreams (its scheduler); only with `upstreams`. */
+  routing: Schema.optionalKey(RoutingSpec),
   /** Fixed replica count; leave unset and set maxReplicas to autoscale. */
   replicas: Schema.optionalKey(int(0, 1000)),
   minReplicas: Schema.optionalKey(int(1, 1000)),

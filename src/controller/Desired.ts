@@ -134,6 +134,35 @@ const upstreamField = (variable: string, field: keyof NonNullable<InferenceServi
   }
 })
 
+const hasUpstreams = (spec: InferenceServiceSpec) => spec.upstreams !== undefined && spec.upstreams.length > 0
+
+/** `routing.loadBoundPercent` as the router's UPSTREAM_LOAD_BOUND: 125 is "1.25" (at most two decimals, as the router reads them). */
+export const loadBoundSetting = (percent: number): string => String(percent / 100)
+
+/** A `routing` field: only with upstreams (the router reads UPSTREAM_* only with MODEL_BACKEND=upstream). */
+const routingField = (
+  variable: string,
+  field: keyof NonNullable<InferenceServiceSpec["routing"]>,
+  format: (value: string | number) => string = String
+): EnvDecision => ({
+  variable,
+  from: "spec",
+  field: `routing.${field}`,
+  value: (spec) => {
+    const value = spec.routing?.[field]
+    return value === undefined || !hasUpstreams(spec) ? undefined : format(value)
+  }
+})
+
+/** One UPSTREAMS item: the router's `url;weight=…;version=…;kv-events=…` (upstream/Targets.ts). */
+const upstreamItem = (upstream: NonNullable<InferenceServiceSpec["upstreams"]>[number]): string =>
+  [
+    upstream.url,
+    ...(upstream.weight === undefined ? [] : [`weight=${upstream.weight}`]),
+    ...(upstream.version === undefined ? [] : [`version=${upstream.version}`]),
+    ...(upstream.kvEvents === undefined ? [] : [`kv-events=${upstream.kvEvents}`])
+  ].join(";")
+
 const routerField = (variable: string, field: keyof NonNullable<InferenceServiceSpec["router"]>, fallback?: number): EnvDecision => ({
   variable,
   from: "spec",
@@ -170,10 +199,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     from: "spec",
     field: "upstreams",
     unset: "none",
-    value: (spec) =>
-      spec.upstreams === undefined || spec.upstreams.length === 0
-        ? undefined
-        : spec.upstreams.map((u) => [u.url, ...(u.weight === undefined ? [] : [`weight=${u.weight}`]), ...(u.version === undefined ? [] : [`version=${u.version}`])].join(";")).join(",")
+    value: (spec) => spec.upstreams === undefined || spec.upstreams.length === 0 ? undefined : spec.upstreams.map(upstreamItem).join(",")
   },
   upstreamField("UPSTREAM_MAX_CONCURRENCY", "maxConcurrency"),
   upstreamField("UPSTREAM_CONNECT_TIMEOUT_MS", "connectTimeoutMs"),
@@ -186,8 +212,9 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   upstreamField("UPSTREAM_MAX_EJECTED_PERCENT", "maxEjectedPercent"),
   upstreamField("UPSTREAM_RETRIES", "retries"),
   ...leftToRouter(rarelyPerService, true, "UPSTREAM_RETRY_BUDGET_PERCENT", "UPSTREAM_RETRY_BUDGET_MIN", "UPSTREAM_DNS_REFRESH_MS", "UPSTREAM_PANIC_THRESHOLD_PERCENT", "UPSTREAM_MAX_BODY_BYTES", "UPSTREAM_MAX_EVENT_BYTES", "UPSTREAM_REQUEST_TIMEOUT_MS"),
-  // Issue 23's scheduler: through spec.env until H-controller gives them spec fields (docs/routing.md).
-  ...leftToRouter("set it through `spec.env` (docs/routing.md)", true, "UPSTREAM_SCHEDULER", "UPSTREAM_LOAD_BOUND", "UPSTREAM_METRICS_INTERVAL_MS"),
+  routingField("UPSTREAM_SCHEDULER", "scheduler"),
+  routingField("UPSTREAM_LOAD_BOUND", "loadBoundPercent", (percent) => loadBoundSetting(Number(percent))),
+  routingField("UPSTREAM_METRICS_INTERVAL_MS", "metricsIntervalMs"),
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
   ...leftToRouter(
     "tuning of the simulated model, not a property of the service; set it through `spec.env`",

@@ -70,6 +70,26 @@ export const crossFieldProblems = (spec: InferenceServiceSpec): ReadonlyArray<st
   if (headers !== undefined && headers > request) {
     problems.push(`spec.router.headersTimeoutMs: ${headers} must be <= requestTimeoutMs (${request})`)
   }
+  // The scheduler's fields: only where the router reads them (the CRD's rules say the same).
+  const upstreams = spec.upstreams ?? []
+  const cacheAware = spec.routing?.scheduler === "cache-aware"
+  if (spec.routing !== undefined && upstreams.length === 0) {
+    problems.push("spec.routing: routing needs upstreams: the scheduler picks among them (without upstreams the router serves the simulated model)")
+  }
+  for (const field of ["loadBoundPercent", "metricsIntervalMs"] as const) {
+    if (spec.routing?.[field] !== undefined && !cacheAware) {
+      problems.push(`spec.routing.${field}: loadBoundPercent and metricsIntervalMs need scheduler: cache-aware (the least-request scheduler reads neither)`)
+    }
+  }
+  for (const [index, upstream] of upstreams.entries()) {
+    if (upstream.kvEvents === undefined) continue
+    if (!cacheAware) {
+      problems.push(`spec.upstreams[${index}].kvEvents: upstreams[].kvEvents needs routing.scheduler: cache-aware (only that scheduler reads KV events)`)
+    }
+    if (typeof upstream.kvEvents === "string" && upstream.url.startsWith("dns+")) {
+      problems.push(`spec.upstreams[${index}].kvEvents: kvEvents of a dns+ url must be a port: each address of the name publishes its own events`)
+    }
+  }
   const denied = new Set(deniedEnvNames())
   const seen = new Set<string>()
   for (const [index, item] of (spec.env ?? []).entries()) {
