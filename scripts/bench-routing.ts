@@ -1,58 +1,114 @@
 /**
  * Cache-aware routing against least request (issue 23's benchmark), on
  * simulated vLLM servers with a prefix cache, a prefill that costs time and
- * KV events (routers in simulated mode), all on this machine:
+ * KV events (routers in simulated mode), all on this machine.
  *
- * - servers: BENCH_SERVERS (4) simulated servers, each BENCH_KV_BLOCKS (600)
- *   blocks of 16 tokens, SIM_PREFILL_US_PER_TOKEN=BENCH_PREFILL_US (100),
- *   SIM_ITL_MS=10, MAX_CONCURRENCY=32;
- * - workloads, in the shapes of kubernetes-sigs/inference-perf, streamed with
- *   usage, Poisson arrivals at each rate of BENCH_RATES (requests/s), each
- *   for BENCH_SECONDS:
+ * Runs without node_modules: `npm run bench:routing` builds the router
+ * (dist/bench/router.js, with the zeromq addon beside it in
+ * dist/bench/node_modules) and this script (dist/bench/routing.js); then
+ * `node dist/bench/routing.js` needs only Node 24 and, for the Redis part,
+ * `redis-server` on PATH.
+ *
+ * - servers: BENCH_SERVERS (4) simulated servers per group, each
+ *   BENCH_KV_BLOCKS (600) blocks of 16 tokens, SIM_PREFILL_US_PER_TOKEN=100,
+ *   SIM_ITL_MS=10, MAX_CONCURRENCY=32; answers of 32 tokens, streamed with usage;
+ * - workloads (inference-perf's shapes), Poisson arrivals:
  *   shared-prefix  8 groups × 16 users: a 2,000-token system prompt per group, a question per user
  *   multi-turn     32 conversations, each turn the history so far plus a question
  *   zero-reuse     every prompt new (the control: routing can't help, must not harm)
  *   hot-prefix     half the traffic one group's prompt, the rest 32 others
- * - schedulers (fronts started fresh for each cell, servers' caches reset):
- *   random (no router: the client sends each request to a server at random);
- *   least-request; cache-aware (approximate); cache-aware with KV events;
- *   three cache-aware replicas sharing through Redis, and three that don't
- *   (the client spreads requests over the replicas round robin).
+ *   pressure       shared-prefix with enough groups for 1.5× the servers' caches
+ * - schedulers: random (no router: the client picks a server); least-request;
+ *   cache-aware (approximate); cache-aware-events (with KV events);
+ *   replicas-redis / replicas-unshared (three cache-aware fronts, approximate,
+ *   round robin, with and without Redis); killed (cache-aware-events, one
+ *   server SIGKILLed mid-run).
  *
- * Reported per cell: TTFT p50/p90/p99 (client side), output tokens/s, cache
- * hit rate (reported cached_tokens / prompt tokens), max/mean requests in
- * flight over the servers (sampled every 100 ms from their /metrics), the
- * routers' decision time p99 (router_routing_decision_seconds), errors.
- * Results: a table on stdout and bench-results/<time>-routing.json.
+ * The cells are split into groups, each with its own servers (and Redis),
+ * run as child processes of this one, concurrently when the machine has the
+ * cores (BENCH_PARALLEL, default: all at once with 8 or more CPUs, else one
+ * at a time). BENCH_CORES (e.g. `0-15`) pins each group to its own share of
+ * those cores with `taskset -c` (default: unpinned).
  *
- *   npm run bench:routing                               the full run (about 25 minutes)
- *   BENCH_QUICK=1 npm run bench:routing                 one rate, two schedulers, shared prefix (under a minute)
- *   BENCH_WORKLOADS=shared-prefix,hot-prefix BENCH_RATES=4,8,16 BENCH_SCHEDULERS=least-request,cache-aware-events npm run bench:routing
- *   BENCH_LOAD_BOUND=2 ...                              UPSTREAM_LOAD_BOUND for the cache-aware fronts (default 1.25)
+ * Output: the markdown report (tables per workload, the goals met/missed) on
+ * stdout and in bench-results/<time>-routing.md (raw cells beside it, .json).
+ *
+ *   node dist/bench/routing.js                              the full comparison (about 5 minutes on 16 cores)
+ *   BENCH_QUICK=1 node dist/bench/routing.js                shared prefix, one rate, least request vs cache-aware (under a minute)
+ *   BENCH_CORES=0-15 node dist/bench/routing.js             pinned
+ *   BENCH_SECONDS=10 BENCH_GROUPS=hot-prefix,replicas ...   shorter cells, some groups only
+ *   BENCH_LOAD_BOUND=2 ...                                  UPSTREAM_LOAD_BOUND for the cache-aware fronts (default: the router's)
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
-import { mkdirSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, writeFileSync } from "node:fs"
 import { Agent, request } from "node:http"
+import { createServer } from "node:net"
+import { availableParallelism } from "node:os"
+import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { freePort, sleep } from "../test/support/Processes.ts"
-import { prng as seeded } from "../src/router/simulated/Simulation.ts"
-import { get, percentile } from "./BenchSupport.ts"
 
-const root = fileURLToPath(new URL("..", import.meta.url))
+const self = fileURLToPath(import.meta.url)
+const here = dirname(self)
+const bundled = here.endsWith(join("dist", "bench"))
+/** The repository: this file is scripts/bench-routing.ts or dist/bench/routing.js. */
+const root = bundled ? resolve(here, "../..") : resolve(here, "..")
+const routerPath = process.env.BENCH_ROUTER ?? (bundled ? join(here, "router.js") : join(root, "dist/bench/router.js"))
 const quick = process.env.BENCH_QUICK === "1"
-const list = (name: string, fallback: string) => (process.env[name] ?? fallback).split(",").map((item) => item.trim()).filter((item) => item !== "")
 const serverCount = Number(process.env.BENCH_SERVERS ?? 4)
 const kvBlocks = Number(process.env.BENCH_KV_BLOCKS ?? 600)
+const blockSize = 16
 const prefillUs = Number(process.env.BENCH_PREFILL_US ?? 100)
-const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 6 : 20))
-const rates = list("BENCH_RATES", quick ? "8" : "2,4,8,16,32").map(Number)
-const workloadNames = list("BENCH_WORKLOADS", quick ? "shared-prefix" : "shared-prefix,multi-turn,zero-reuse,hot-prefix")
-const schedulerNames = list(
-  "BENCH_SCHEDULERS",
-  quick ? "least-request,cache-aware-events" : "random,least-request,cache-aware,cache-aware-events,replicas-redis,replicas-unshared"
-)
+const itlMs = 10
 const answerTokens = 32
+const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 8 : 20))
+/** A cell whose requests are not all answered this long after its last arrival stops waiting (the rest count as unfinished). */
+const drainLimitS = Number(process.env.BENCH_DRAIN_S ?? 30)
+/** A group past this many seconds skips its remaining cells (the 7-minute budget of a full run). */
+const groupLimitS = Number(process.env.BENCH_GROUP_LIMIT_S ?? 330)
+const healthIntervalMs = 1000
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// ---- small helpers (no dependencies: this runs from dist/ without node_modules) ----
+
+const freePort = async (): Promise<number> => {
+  const server = createServer().listen(0, "127.0.0.1")
+  await once(server, "listening")
+  const port = (server.address() as { port: number }).port
+  server.close()
+  await once(server, "close")
+  return port
+}
+
+const get = (port: number, path: string) =>
+  new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
+      let body = ""
+      res.setEncoding("utf8")
+      res.on("data", (chunk) => (body += chunk))
+      res.on("end", () => resolve({ status: res.statusCode!, body }))
+    })
+    req.on("error", reject)
+    req.end()
+  })
+
+const percentile = (values: ReadonlyArray<number>, p: number) => {
+  if (values.length === 0) return NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
+}
+
+/** mulberry32: every scheduler sees the same arrivals and prompts. */
+const seeded = (seed: number) => {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
 
 // ---- processes ----
 
@@ -63,12 +119,13 @@ interface Proc {
 
 const startRouter = async (env: Record<string, string>): Promise<Proc> => {
   const port = await freePort()
-  const child = spawn(process.execPath, ["--max-semi-space-size=4", "--single-threaded-gc", "src/router/main.ts"], {
+  const child = spawn(process.execPath, ["--max-semi-space-size=4", "--single-threaded-gc", routerPath], {
     cwd: root,
     env: { PATH: process.env.PATH ?? "", HOST: "127.0.0.1", PORT: String(port), MODEL_REF: "m", LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "ignore", "inherit"]
   })
   for (let i = 0; i < 4_000; i++) {
+    if (child.exitCode !== null) break
     try {
       if ((await get(port, "/readyz")).status === 200) return { child, port }
     } catch {
@@ -76,13 +133,15 @@ const startRouter = async (env: Record<string, string>): Promise<Proc> => {
     }
     await sleep(5)
   }
+  child.kill("SIGKILL")
   throw new Error(`router ${JSON.stringify(env)} never became ready`)
 }
 
 const stop = async (proc: Proc) => {
-  if (proc.child.exitCode !== null) return
+  if (proc.child.exitCode !== null || proc.child.signalCode !== null) return
   proc.child.kill("SIGTERM")
-  await once(proc.child, "exit")
+  await Promise.race([once(proc.child, "exit"), sleep(5_000)])
+  if (proc.child.exitCode === null && proc.child.signalCode === null) proc.child.kill("SIGKILL")
 }
 
 const post = (port: number, path: string) =>
@@ -95,10 +154,18 @@ const post = (port: number, path: string) =>
     req.end()
   })
 
-const metricsText = async (port: number) => (await get(port, "/metrics")).body
+const metricsText = async (port: number) => {
+  try {
+    return (await get(port, "/metrics")).body
+  } catch {
+    return ""
+  }
+}
 
-const seriesSum = (text: string, name: string) =>
-  text.split("\n").filter((line) => line.startsWith(`${name}{`) || line.startsWith(`${name} `)).reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
+const seriesSum = (text: string, name: string, labelPart = "") =>
+  text.split("\n")
+    .filter((line) => (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) && line.includes(labelPart))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
 
 /** p99 of a Prometheus histogram from its cumulative buckets (the bucket bound it falls in). */
 const histogramP99 = (texts: ReadonlyArray<string>, name: string): number | undefined => {
@@ -128,18 +195,23 @@ interface Workload {
 
 const words = (count: number, tag: string) => Array.from({ length: count }, (_, i) => `${tag}w${i}`).join(" ")
 
+/** Groups of 2,000-token prefixes that make the prefixes' demand 1.5× all servers' blocks. */
+const pressureGroups = () => Math.ceil(1.5 * serverCount * kvBlocks / Math.ceil(2_041 / blockSize))
+
 let unique = 0
-const workloads: Record<string, () => Workload> = {
-  "shared-prefix": () => {
-    const systems = Array.from({ length: 8 }, (_, g) => words(2_000, `g${g}`))
-    return {
-      next: (random) => {
-        const group = Math.floor(random() * 8)
-        const user = Math.floor(random() * 16)
-        return { messages: [{ role: "system", content: systems[group] }, { role: "user", content: `${words(40, `u${group}-${user}`)} ${unique++}` }] }
-      }
+const sharedPrefix = (groups: number, users: number) => () => {
+  const systems = Array.from({ length: groups }, (_, g) => words(2_000, `g${g}`))
+  return {
+    next: (random: () => number) => {
+      const group = Math.floor(random() * groups)
+      const user = Math.floor(random() * users)
+      return { messages: [{ role: "system", content: systems[group] }, { role: "user", content: `${words(40, `u${group}-${user}`)} ${unique++}` }] }
     }
-  },
+  }
+}
+const workloads: Record<string, () => Workload> = {
+  "shared-prefix": sharedPrefix(8, 16),
+  "pressure": () => sharedPrefix(pressureGroups(), 16)(),
   "multi-turn": () => {
     const conversations = Array.from({ length: 32 }, (_, c) => [{ role: "system", content: words(500, `c${c}`) }] as Array<Message>)
     return {
@@ -174,6 +246,8 @@ const workloads: Record<string, () => Workload> = {
 
 interface Outcome {
   readonly ok: boolean
+  /** Failed without an answer (refused, reset, or not 200) before any byte of a 200 answer. */
+  readonly failedBeforeAnswer: boolean
   readonly ttftMs: number
   readonly tokens: number
   readonly promptTokens: number
@@ -185,17 +259,25 @@ const stream = (port: number, agent: Agent, messages: ReadonlyArray<Message>) =>
   new Promise<Outcome>((resolve) => {
     const body = JSON.stringify({ model: "m", stream: true, stream_options: { include_usage: true }, max_tokens: answerTokens, messages })
     const startedAt = performance.now()
+    let answered = false
     let ttftMs = NaN
     let tokens = 0
     let promptTokens = 0
     let cachedTokens = 0
     let text = ""
     let buffered = ""
+    let settled = false
+    const finish = (ok: boolean) => {
+      if (settled) return
+      settled = true
+      resolve({ ok, failedBeforeAnswer: !ok && !answered, ttftMs, tokens, promptTokens, cachedTokens, text })
+    }
     const req = request({ host: "127.0.0.1", port, method: "POST", path: "/v1/chat/completions", agent, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
       if (res.statusCode !== 200) {
         res.resume()
-        return res.on("end", () => resolve({ ok: false, ttftMs, tokens, promptTokens, cachedTokens, text }))
+        return res.on("end", () => finish(false))
       }
+      answered = true
       res.setEncoding("utf8")
       res.on("data", (chunk: string) => {
         buffered += chunk
@@ -217,12 +299,13 @@ const stream = (port: number, agent: Agent, messages: ReadonlyArray<Message>) =>
           }
         }
       })
-      res.on("end", () => resolve({ ok: !Number.isNaN(ttftMs), ttftMs, tokens, promptTokens, cachedTokens, text }))
+      res.on("end", () => finish(!Number.isNaN(ttftMs) && buffered.trim() === ""))
+      res.on("error", () => finish(false))
+      res.on("aborted", () => finish(false))
     })
-    req.on("error", () => resolve({ ok: false, ttftMs, tokens, promptTokens, cachedTokens, text }))
+    req.on("error", () => finish(false))
     req.end(body)
   })
-
 
 // ---- one cell: a scheduler, a workload, a rate ----
 
@@ -231,14 +314,14 @@ interface Servers {
   readonly eventPorts: ReadonlyArray<number>
 }
 
-const startServers = async (): Promise<Servers> => {
+const startServers = async (blocks: number): Promise<Servers> => {
   const eventPorts = await Promise.all(Array.from({ length: serverCount }, () => freePort()))
   const procs = await Promise.all(eventPorts.map((eventPort) =>
     startRouter({
-      SIM_BLOCK_SIZE: "16",
-      SIM_KV_BLOCKS: String(kvBlocks),
+      SIM_BLOCK_SIZE: String(blockSize),
+      SIM_KV_BLOCKS: String(blocks),
       SIM_PREFILL_US_PER_TOKEN: String(prefillUs),
-      SIM_ITL_MS: "10",
+      SIM_ITL_MS: String(itlMs),
       SIM_LATENCY_MS: "0",
       MAX_CONCURRENCY: "32",
       MAX_QUEUE: "10000",
@@ -250,12 +333,12 @@ const startServers = async (): Promise<Servers> => {
 }
 
 const startFronts = async (scheduler: string, servers: Servers, redisUrl: string | undefined): Promise<Array<Proc>> => {
-  const events = scheduler === "cache-aware-events"
+  const events = scheduler === "cache-aware-events" || scheduler === "killed"
   const upstreams = servers.procs.map((proc, i) => `http://127.0.0.1:${proc.port}${events ? `;kv-events=${servers.eventPorts[i]}` : ""}`).join(",")
   const env: Record<string, string> = {
     MODEL_BACKEND: "upstream",
     UPSTREAMS: upstreams,
-    UPSTREAM_HEALTH_INTERVAL_MS: "1000",
+    UPSTREAM_HEALTH_INTERVAL_MS: String(healthIntervalMs),
     UPSTREAM_SCHEDULER: scheduler === "least-request" ? "least-request" : "cache-aware",
     MAX_CONCURRENCY: "1000",
     MAX_QUEUE: "10000",
@@ -267,19 +350,30 @@ const startFronts = async (scheduler: string, servers: Servers, redisUrl: string
   return Promise.all(Array.from({ length: count }, () => startRouter(env)))
 }
 
-interface Cell {
+export interface Cell {
   readonly scheduler: string
   readonly workload: string
   readonly rate: number
+  readonly seconds: number
   readonly requests: number
-  readonly errors: number
+  readonly failedBeforeAnswer: number
+  readonly cutOrUnfinished: number
   readonly ttftP50: number
   readonly ttftP90: number
   readonly ttftP99: number
   readonly outputTokensPerSecond: number
   readonly hitRate: number
+  /** Mean over 100 ms samples (pool mean >= 1) of max ÷ mean requests in flight (running + waiting) over the servers. */
   readonly maxOverMeanInFlight: number
+  /** The same samples' best possible: ceil(total ÷ n) ÷ (total ÷ n), what whole requests allow. */
+  readonly maxOverMeanFloor: number
+  /** Per-server in flight averaged over the run: the busiest ÷ the mean. */
+  readonly maxOverMeanAveraged: number
+  readonly meanInFlightPerServer: number
   readonly decisionP99Ms: number | undefined
+  readonly reasons: Record<string, number>
+  /** killed only: ms from the SIGKILL until the front's index held nothing for that server. */
+  readonly indexDroppedMs?: number
 }
 
 const runCell = async (scheduler: string, workloadName: string, rate: number, servers: Servers, redisUrl: string | undefined): Promise<Cell> => {
@@ -287,27 +381,58 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   await Promise.all(servers.procs.map((proc) => post(proc.port, "/reset_prefix_cache")))
   // random: the servers themselves, one picked per request below.
   const fronts = scheduler === "random" ? [] : await startFronts(scheduler, servers, redisUrl)
-  const agent = new Agent({ keepAlive: true, maxSockets: 2_000 })
-  // mulberry32 (the simulator's), so every scheduler sees the same arrivals and prompts.
+  const agent = new Agent({ keepAlive: true, maxSockets: 4_000 })
   const random = seeded(rate * 1000 + workloadName.length)
   // Its own sequence, so that arrivals and prompts are the same for every scheduler.
   const pick = seeded(7)
   const workload = workloads[workloadName]()
   const outcomes: Array<Promise<Outcome>> = []
-  const inFlightRatios: Array<number> = []
+  const ratios: Array<number> = []
+  const floors: Array<number> = []
+  const sums = new Array<number>(servers.procs.length).fill(0)
+  let samples = 0
   let sampling = true
+  const victim = scheduler === "killed" ? servers.procs[servers.procs.length - 1] : undefined
   const sampler = (async () => {
     while (sampling) {
-      const counts = await Promise.all(servers.procs.map(async (proc) => {
+      const alive = servers.procs.filter((proc) => proc !== victim || proc.child.signalCode === null)
+      const counts = await Promise.all(alive.map(async (proc) => {
         const text = await metricsText(proc.port)
         return seriesSum(text, "vllm:num_requests_running") + seriesSum(text, "vllm:num_requests_waiting")
       }))
-      const mean = counts.reduce((a, b) => a + b, 0) / counts.length
-      if (mean >= 1) inFlightRatios.push(Math.max(...counts) / mean)
+      const total = counts.reduce((a, b) => a + b, 0)
+      const mean = total / counts.length
+      if (alive.length === servers.procs.length) {
+        counts.forEach((count, i) => (sums[i] += count))
+        samples++
+      }
+      if (mean >= 1) {
+        ratios.push(Math.max(...counts) / mean)
+        floors.push(Math.ceil(mean) / mean)
+      }
       await sleep(100)
     }
   })()
+  let indexDroppedMs: number | undefined
+  let killer: Promise<void> | undefined
   const startedAt = performance.now()
+  if (victim !== undefined) {
+    killer = (async () => {
+      await sleep(seconds * 1000 / 2)
+      victim.child.kill("SIGKILL")
+      const killedAt = performance.now()
+      const label = `:${victim.port}`
+      while (performance.now() - killedAt < 10_000) {
+        const text = await metricsText(fronts[0].port)
+        const line = text.split("\n").find((l) => l.startsWith("router_routing_index_blocks{") && l.includes(label))
+        if (line === undefined || Number(line.slice(line.lastIndexOf(" ") + 1)) === 0) {
+          indexDroppedMs = performance.now() - killedAt
+          return
+        }
+        await sleep(10)
+      }
+    })()
+  }
   let at = 0
   let index = 0
   while (at < seconds * 1000) {
@@ -321,78 +446,387 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
       return outcome
     }))
   }
-  const done = await Promise.all(outcomes)
+  const unfinished: Outcome = { ok: false, failedBeforeAnswer: false, ttftMs: NaN, tokens: 0, promptTokens: 0, cachedTokens: 0, text: "" }
+  const done = await Promise.all(outcomes.map((outcome) => Promise.race([outcome, sleep(seconds * 1000 - (performance.now() - startedAt) + drainLimitS * 1000).then(() => unfinished)])))
   const elapsed = (performance.now() - startedAt) / 1000
   sampling = false
   await sampler
-  const decisionTexts = await Promise.all(fronts.map((front) => metricsText(front.port)))
+  await killer
+  const frontTexts = await Promise.all(fronts.map((front) => metricsText(front.port)))
   agent.destroy()
   await Promise.all(fronts.map(stop))
   const ok = done.filter((outcome) => outcome.ok)
-  const ttfts = ok.map((outcome) => outcome.ttftMs)
+  // TTFT over every request that got a first token (a cut stream still had one).
+  const ttfts = done.filter((outcome) => !Number.isNaN(outcome.ttftMs)).map((outcome) => outcome.ttftMs)
   const prompt = ok.reduce((sum, outcome) => sum + outcome.promptTokens, 0)
   const cached = ok.reduce((sum, outcome) => sum + outcome.cachedTokens, 0)
-  const decision = histogramP99(decisionTexts, "router_routing_decision_seconds")
+  const decision = histogramP99(frontTexts, "router_routing_decision_seconds")
+  const averages = sums.map((sum) => sum / Math.max(1, samples))
+  const meanAverage = averages.reduce((a, b) => a + b, 0) / averages.length
+  const reasons: Record<string, number> = {}
+  for (const reason of ["cache", "load", "spill", "only-healthy"]) {
+    const count = seriesSum(frontTexts.join("\n"), "router_routing_decisions_total", `reason="${reason}"`)
+    if (count > 0) reasons[reason] = count
+  }
+  const mean = (values: ReadonlyArray<number>) => values.length === 0 ? 1 : values.reduce((a, b) => a + b, 0) / values.length
   return {
     scheduler,
     workload: workloadName,
     rate,
+    seconds,
     requests: done.length,
-    errors: done.length - ok.length,
+    failedBeforeAnswer: done.filter((outcome) => outcome.failedBeforeAnswer).length,
+    cutOrUnfinished: done.filter((outcome) => !outcome.ok && !outcome.failedBeforeAnswer).length,
     ttftP50: percentile(ttfts, 50),
     ttftP90: percentile(ttfts, 90),
     ttftP99: percentile(ttfts, 99),
-    outputTokensPerSecond: ok.reduce((sum, outcome) => sum + outcome.tokens, 0) / elapsed,
+    outputTokensPerSecond: done.reduce((sum, outcome) => sum + outcome.tokens, 0) / elapsed,
     hitRate: prompt === 0 ? 0 : cached / prompt,
-    maxOverMeanInFlight: inFlightRatios.length === 0 ? 1 : inFlightRatios.reduce((a, b) => a + b, 0) / inFlightRatios.length,
-    decisionP99Ms: decision === undefined ? undefined : decision * 1000
+    maxOverMeanInFlight: mean(ratios),
+    maxOverMeanFloor: mean(floors),
+    maxOverMeanAveraged: meanAverage > 0 ? Math.max(...averages) / meanAverage : 1,
+    meanInFlightPerServer: meanAverage,
+    decisionP99Ms: decision === undefined ? undefined : decision * 1000,
+    reasons,
+    ...(indexDroppedMs !== undefined || victim !== undefined ? { indexDroppedMs: indexDroppedMs ?? Infinity } : {})
   }
 }
 
-// ---- main ----
+/** Time to first token of one request alone on an idle server, nothing cached: the median of three. */
+const unloadedTtft = async (servers: Servers): Promise<number> => {
+  const agent = new Agent({ keepAlive: true })
+  const ttfts: Array<number> = []
+  for (let i = 0; i < 3; i++) {
+    await post(servers.procs[0].port, "/reset_prefix_cache")
+    const outcome = await stream(servers.procs[0].port, agent, [{ role: "system", content: words(2_000, `idle${i}`) }, { role: "user", content: `${words(40, "u")} ${i}` }])
+    ttfts.push(outcome.ttftMs)
+  }
+  agent.destroy()
+  return percentile(ttfts, 50)
+}
 
-const main = async () => {
+// ---- groups: each its own servers, run as a child process ----
+
+interface Group {
+  readonly name: string
+  /** Relative CPU weight, for sharing BENCH_CORES. */
+  readonly weight: number
+  readonly kvBlocks?: number
+  readonly redis?: boolean
+  readonly probe?: boolean
+  readonly cells: ReadonlyArray<{ readonly workload: string; readonly rate: number; readonly scheduler: string }>
+}
+
+const cross = (workload: string, rates: ReadonlyArray<number>, schedulers: ReadonlyArray<string>) =>
+  rates.flatMap((rate) => schedulers.map((scheduler) => ({ workload, rate, scheduler })))
+
+const ladder = ["random", "least-request", "cache-aware", "cache-aware-events"]
+const groups: ReadonlyArray<Group> = quick
+  ? [{ name: "quick", weight: 1, probe: true, cells: cross("shared-prefix", [16], ["least-request", "cache-aware-events"]) }]
+  : [
+    { name: "shared-prefix-low", weight: 2, probe: true, cells: cross("shared-prefix", [8, 16], ladder) },
+    { name: "shared-prefix-mid", weight: 2, cells: cross("shared-prefix", [24, 32], ladder) },
+    { name: "shared-prefix-high", weight: 2, cells: cross("shared-prefix", [48], ladder) },
+    {
+      name: "replicas",
+      weight: 3,
+      redis: true,
+      cells: [...cross("shared-prefix", [16], ["cache-aware", "replicas-redis", "replicas-unshared"]), { workload: "shared-prefix", rate: 16, scheduler: "killed" }]
+    },
+    { name: "zero-reuse", weight: 2, cells: cross("zero-reuse", [8, 16], ["least-request", "cache-aware", "cache-aware-events"]) },
+    { name: "hot-prefix", weight: 2, cells: cross("hot-prefix", [16, 64], ["least-request", "cache-aware", "cache-aware-events"]) },
+    { name: "multi-turn", weight: 2, cells: cross("multi-turn", [8, 24], ladder) },
+    { name: "pressure", weight: 1, cells: cross("pressure", [16], ["cache-aware", "cache-aware-events"]) }
+  ]
+
+interface GroupResult {
+  readonly group: string
+  readonly cells: ReadonlyArray<Cell>
+  readonly skipped: ReadonlyArray<string>
+  readonly unloadedTtftMs?: number
+  readonly errors: ReadonlyArray<string>
+}
+
+const runGroup = async (group: Group): Promise<GroupResult> => {
+  const startedAt = performance.now()
   let redis: ChildProcess | undefined
   let redisUrl: string | undefined
-  if (schedulerNames.includes("replicas-redis")) {
+  const errors: Array<string> = []
+  if (group.redis) {
     const port = await freePort()
     const binary = execFileSync("sh", ["-c", "command -v redis-server"], { encoding: "utf8" }).trim()
     redis = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" })
     redisUrl = `redis://127.0.0.1:${port}`
     await sleep(300)
   }
-  const servers = await startServers()
+  const servers = await startServers(group.kvBlocks ?? kvBlocks)
   const cells: Array<Cell> = []
+  const skipped: Array<string> = []
+  let unloadedTtftMs: number | undefined
   try {
-    for (const workload of workloadNames) {
-      for (const rate of rates) {
-        for (const scheduler of schedulerNames) {
-          const cell = await runCell(scheduler, workload, rate, servers, redisUrl)
-          cells.push(cell)
-          console.log(
-            [
-              cell.workload.padEnd(14),
-              `${cell.rate}/s`.padStart(6),
-              cell.scheduler.padEnd(20),
-              `ttft p50 ${cell.ttftP50.toFixed(0)} p90 ${cell.ttftP90.toFixed(0)} p99 ${cell.ttftP99.toFixed(0)} ms`.padEnd(36),
-              `${cell.outputTokensPerSecond.toFixed(0)} tok/s`.padStart(11),
-              `hit ${cell.hitRate.toFixed(2)}`,
-              `max/mean ${cell.maxOverMeanInFlight.toFixed(2)}`,
-              `decide p99 ${cell.decisionP99Ms === undefined ? "-" : `<=${cell.decisionP99Ms} ms`}`,
-              `errors ${cell.errors}/${cell.requests}`
-            ].join("  ")
-          )
-        }
+    if (group.probe) unloadedTtftMs = await unloadedTtft(servers)
+    for (const { rate, scheduler, workload } of group.cells) {
+      const name = `${workload} ${rate}/s ${scheduler}`
+      if ((performance.now() - startedAt) / 1000 + seconds > groupLimitS) {
+        skipped.push(name)
+        continue
+      }
+      try {
+        const cell = await runCell(scheduler, workload, rate, servers, redisUrl)
+        cells.push(cell)
+        process.stderr.write(`[${group.name}] ${name}: ttft p50/p90/p99 ${cell.ttftP50.toFixed(0)}/${cell.ttftP90.toFixed(0)}/${cell.ttftP99.toFixed(0)} ms, hit ${cell.hitRate.toFixed(2)}, ${cell.outputTokensPerSecond.toFixed(0)} tok/s\n`)
+      } catch (error) {
+        errors.push(`${name}: ${String(error)}`)
       }
     }
   } finally {
     await Promise.all(servers.procs.map(stop))
     redis?.kill("SIGKILL")
   }
-  mkdirSync(`${root}/bench-results`, { recursive: true })
-  const file = `${root}/bench-results/${new Date().toISOString().replace(/[:.]/g, "-")}-routing.json`
-  writeFileSync(file, JSON.stringify({ quick, serverCount, kvBlocks, prefillUs, seconds, rates, cells }, null, 2))
-  console.log(`results: ${file}`)
+  return { group: group.name, cells, skipped, unloadedTtftMs, errors }
 }
 
-await main()
+/** `0-3,8,10-11` -> [0, 1, 2, 3, 8, 10, 11]. */
+const expandCores = (text: string) =>
+  text.split(",").flatMap((part) => {
+    const [from, to] = part.trim().split("-").map(Number)
+    return to === undefined ? [from] : Array.from({ length: to - from + 1 }, (_, i) => from + i)
+  }).filter((core) => Number.isInteger(core))
+
+/** Each group its share of the cores, by weight, at least one. */
+const shareCores = (cores: ReadonlyArray<number>, weights: ReadonlyArray<number>): Array<Array<number>> => {
+  const total = weights.reduce((a, b) => a + b, 0)
+  const counts = weights.map((weight) => Math.max(1, Math.floor(cores.length * weight / total)))
+  let spare = cores.length - counts.reduce((a, b) => a + b, 0)
+  for (let i = 0; spare > 0; i = (i + 1) % counts.length, spare--) counts[i]++
+  let next = 0
+  // More groups than cores: they share, round robin.
+  return counts.map((count) => Array.from({ length: count }, () => cores[next++ % cores.length]))
+}
+
+const runChild = (group: Group, cores: ReadonlyArray<number> | undefined) =>
+  new Promise<GroupResult>((resolve) => {
+    const args = [self, "--group", group.name]
+    const child = cores === undefined
+      ? spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: process.env })
+      : spawn("taskset", ["-c", cores.join(","), process.execPath, ...args], { stdio: ["ignore", "pipe", "inherit"], env: process.env })
+    let out = ""
+    child.stdout!.setEncoding("utf8").on("data", (chunk) => (out += chunk))
+    child.on("error", (error) => resolve({ group: group.name, cells: [], skipped: [], errors: [`could not start: ${error.message}`] }))
+    child.on("exit", (code) => {
+      try {
+        resolve(JSON.parse(out))
+      } catch {
+        resolve({ group: group.name, cells: [], skipped: [], errors: [`exited ${code} without results`] })
+      }
+    })
+  })
+
+// ---- the report ----
+
+const ms = (value: number | undefined) => value === undefined || !Number.isFinite(value) ? "–" : value.toFixed(0)
+const ratioText = (value: number) => Number.isFinite(value) ? `${value.toFixed(2)}×` : "–"
+
+const table = (cells: ReadonlyArray<Cell>) => {
+  const lines = [
+    "| rate/s | scheduler | TTFT p50 / p90 / p99 ms | output tok/s | hit rate | max/mean in flight (samples; best possible) | busiest ÷ mean, averaged | in flight per server | decision p99 | decisions | failed / cut |",
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+  ]
+  for (const cell of cells) {
+    const reasons = Object.entries(cell.reasons).map(([reason, count]) => `${reason} ${count}`).join(", ")
+    lines.push(
+      `| ${cell.rate} | ${cell.scheduler} | ${ms(cell.ttftP50)} / ${ms(cell.ttftP90)} / ${ms(cell.ttftP99)} | ${cell.outputTokensPerSecond.toFixed(0)} | ${cell.hitRate.toFixed(2)} | ${cell.maxOverMeanInFlight.toFixed(2)} (${cell.maxOverMeanFloor.toFixed(2)}) | ${cell.maxOverMeanAveraged.toFixed(2)} | ${cell.meanInFlightPerServer.toFixed(1)} | ${cell.decisionP99Ms === undefined ? "–" : `≤ ${cell.decisionP99Ms} ms`} | ${reasons || "–"} | ${cell.failedBeforeAnswer} / ${cell.cutOrUnfinished} of ${cell.requests} |`
+    )
+  }
+  return lines.join("\n")
+}
+
+interface Goal {
+  readonly goal: string
+  readonly measured: string
+  readonly met: boolean | undefined
+}
+
+const goals = (cells: ReadonlyArray<Cell>, unloaded: number | undefined): Array<Goal> => {
+  const found = (workload: string, scheduler: string, rate?: number) => cells.find((cell) => cell.workload === workload && cell.scheduler === scheduler && (rate === undefined || cell.rate === rate))
+  const list: Array<Goal> = []
+  const cacheAware = ["cache-aware", "cache-aware-events"]
+
+  // Shared prefix.
+  const lrLadder = cells.filter((cell) => cell.workload === "shared-prefix" && cell.scheduler === "least-request").sort((a, b) => a.rate - b.rate)
+  const threshold = unloaded === undefined ? undefined : 5 * unloaded
+  const first = threshold === undefined ? undefined : lrLadder.find((cell) => cell.ttftP90 > threshold)
+  if (first === undefined) {
+    list.push({ goal: "shared prefix: TTFT p50 ≥ 3× and p90 ≥ 10× lower than least request, hit rate ≥ 0.8, at the first rate where least request's p90 > 5× the unloaded TTFT", measured: `no rate of the ladder (${lrLadder.map((cell) => cell.rate).join(", ") || "none"}/s) took least request's p90 above 5 × ${ms(unloaded)} ms`, met: undefined })
+  } else {
+    for (const scheduler of cacheAware) {
+      const cell = found("shared-prefix", scheduler, first.rate)
+      if (cell === undefined) continue
+      const p50 = first.ttftP50 / cell.ttftP50
+      const p90 = first.ttftP90 / cell.ttftP90
+      list.push({
+        goal: `shared prefix, ${scheduler}, at ${first.rate}/s (least request's p90 ${ms(first.ttftP90)} ms > 5 × unloaded ${ms(unloaded)} ms): p50 ≥ 3× lower, p90 ≥ 10× lower, hit ≥ 0.8`,
+        measured: `p50 ${ratioText(p50)} lower (${ms(cell.ttftP50)} vs ${ms(first.ttftP50)} ms), p90 ${ratioText(p90)} lower (${ms(cell.ttftP90)} vs ${ms(first.ttftP90)} ms), hit ${cell.hitRate.toFixed(2)}`,
+        met: p50 >= 3 && p90 >= 10 && cell.hitRate >= 0.8
+      })
+    }
+  }
+  const top = lrLadder[lrLadder.length - 1]
+  if (top !== undefined) {
+    const offered = top.rate * answerTokens
+    for (const scheduler of cacheAware) {
+      const cell = found("shared-prefix", scheduler, top.rate)
+      if (cell === undefined) continue
+      const gain = cell.outputTokensPerSecond / top.outputTokensPerSecond
+      list.push({
+        goal: `shared prefix, ${scheduler}: output tokens/s at saturation ≥ 1.5× least request`,
+        measured: `${ratioText(gain)} at ${top.rate}/s (${cell.outputTokensPerSecond.toFixed(0)} vs ${top.outputTokensPerSecond.toFixed(0)} tok/s; offered ${offered}; least request ${top.outputTokensPerSecond < 0.9 * offered ? "saturated" : "NOT saturated: the ladder did not reach saturation"})`,
+        met: top.outputTokensPerSecond < 0.9 * offered ? gain >= 1.5 : undefined
+      })
+    }
+  }
+
+  // Zero reuse: no harm (one-sided: cache-aware may be better).
+  for (const cell of cells.filter((c) => c.workload === "zero-reuse" && cacheAware.includes(c.scheduler))) {
+    const lr = found("zero-reuse", "least-request", cell.rate)
+    if (lr === undefined) continue
+    const p50 = cell.ttftP50 / lr.ttftP50
+    const p99 = cell.ttftP99 / lr.ttftP99
+    const tput = cell.outputTokensPerSecond / lr.outputTokensPerSecond
+    list.push({
+      goal: `zero reuse, ${cell.scheduler} at ${cell.rate}/s: TTFT p50/p99 within 5 % of least request, throughput within 2 % (no harm)`,
+      measured: `p50 ${ratioText(p50)}, p99 ${ratioText(p99)}, tok/s ${ratioText(tput)} of least request's`,
+      met: p50 <= 1.05 && p99 <= 1.05 && tput >= 0.98
+    })
+  }
+
+  // Hot prefix: at the highest rate (most in flight: whole requests matter least).
+  const hotRates = [...new Set(cells.filter((c) => c.workload === "hot-prefix").map((c) => c.rate))].sort((a, b) => a - b)
+  for (const rate of hotRates) {
+    const lr = found("hot-prefix", "least-request", rate)
+    for (const scheduler of cacheAware) {
+      const cell = found("hot-prefix", scheduler, rate)
+      if (cell === undefined || lr === undefined) continue
+      const p99 = cell.ttftP99 / lr.ttftP99
+      list.push({
+        goal: `hot prefix, ${scheduler} at ${rate}/s: max/mean in flight ≤ 1.25, TTFT p99 ≤ 1.2× least request's`,
+        measured: `max/mean ${cell.maxOverMeanInFlight.toFixed(2)} over 100 ms samples (whole requests allow ${cell.maxOverMeanFloor.toFixed(2)} at best; least request ${lr.maxOverMeanInFlight.toFixed(2)}), ${cell.maxOverMeanAveraged.toFixed(2)} averaged over the run, ${cell.meanInFlightPerServer.toFixed(1)} in flight per server; p99 ${ratioText(p99)} (${ms(cell.ttftP99)} vs ${ms(lr.ttftP99)} ms)`,
+        met: cell.maxOverMeanInFlight <= 1.25 && p99 <= 1.2
+      })
+    }
+  }
+
+  // Replicas.
+  const one = found("shared-prefix", "cache-aware", found("shared-prefix", "replicas-redis")?.rate)
+  const redis = found("shared-prefix", "replicas-redis")
+  const unshared = found("shared-prefix", "replicas-unshared")
+  if (one !== undefined && redis !== undefined) {
+    const share = redis.hitRate / one.hitRate
+    list.push({
+      goal: `three replicas through Redis (approximate) reach ≥ 95 % of one replica's hit rate, ${redis.rate}/s`,
+      measured: `${(share * 100).toFixed(0)} % (${redis.hitRate.toFixed(2)} vs ${one.hitRate.toFixed(2)}); three without sharing ${unshared === undefined ? "–" : `${unshared.hitRate.toFixed(2)} (${(unshared.hitRate / one.hitRate * 100).toFixed(0)} %), TTFT p90 ${ms(unshared.ttftP90)} vs ${ms(redis.ttftP90)} ms shared`}`,
+      met: share >= 0.95
+    })
+  }
+  const decisions = cells.filter((cell) => cell.decisionP99Ms !== undefined)
+  if (decisions.length > 0) {
+    const worst = decisions.reduce((a, b) => (a.decisionP99Ms! >= b.decisionP99Ms! ? a : b))
+    list.push({
+      goal: "decision time p99 ≤ 1 ms (every cache-aware cell)",
+      measured: `worst ≤ ${worst.decisionP99Ms} ms (${worst.workload} ${worst.rate}/s ${worst.scheduler}; histogram bucket bound)`,
+      met: decisions.every((cell) => cell.decisionP99Ms! <= 1)
+    })
+  }
+
+  // Pressure.
+  const approx = found("pressure", "cache-aware")
+  const events = found("pressure", "cache-aware-events")
+  if (approx !== undefined && events !== undefined) {
+    const points = (events.hitRate - approx.hitRate) * 100
+    list.push({
+      goal: `KV events under cache pressure (${pressureGroups()} groups: prefixes 1.5× the caches), ${events.rate}/s: hit rate ≥ 10 points above approximate`,
+      measured: `${points.toFixed(1)} points (${events.hitRate.toFixed(2)} vs ${approx.hitRate.toFixed(2)})`,
+      met: points >= 10
+    })
+  }
+
+  // An upstream killed mid-run.
+  const killed = cells.find((cell) => cell.scheduler === "killed")
+  if (killed !== undefined) {
+    list.push({
+      goal: `an upstream SIGKILLed mid-run: its index entries dropped within one health interval (${healthIntervalMs} ms), no client error for requests that had not received a byte`,
+      measured: `dropped after ${ms(killed.indexDroppedMs)} ms; ${killed.failedBeforeAnswer} failed before an answer, ${killed.cutOrUnfinished} streams cut mid-answer (allowed), of ${killed.requests}`,
+      met: (killed.indexDroppedMs ?? Infinity) <= healthIntervalMs && killed.failedBeforeAnswer === 0
+    })
+  }
+  return list
+}
+
+const report = (results: ReadonlyArray<GroupResult>, wallS: number, cores: string | undefined): string => {
+  const cells = results.flatMap((result) => result.cells)
+  const unloaded = results.find((result) => result.unloadedTtftMs !== undefined)?.unloadedTtftMs
+  const lines: Array<string> = [
+    `# bench:routing ${new Date().toISOString()}${quick ? " (BENCH_QUICK=1)" : ""}`,
+    "",
+    `${serverCount} simulated servers per group (${kvBlocks} blocks of ${blockSize} tokens each, ${prefillUs} µs per prefilled token, ${itlMs} ms steps, ${answerTokens}-token answers), ${seconds} s of Poisson arrivals per cell, caches reset and fronts started fresh per cell; groups ${results.map((r) => r.group).join(", ")}; ${availableParallelism()} CPUs${cores === undefined ? ", unpinned" : `, pinned to ${cores}`}; wall ${wallS.toFixed(0)} s. Unloaded TTFT (one 2,041-token prompt alone, nothing cached, median of 3): ${ms(unloaded)} ms.`,
+    "",
+    "## Goals (issue 23)",
+    "",
+    "| goal | measured | met |",
+    "|---|---|---|",
+    ...goals(cells, unloaded).map((goal) => `| ${goal.goal} | ${goal.measured} | ${goal.met === undefined ? "not shown" : goal.met ? "met" : "**missed**"} |`)
+  ]
+  for (const workload of ["shared-prefix", "multi-turn", "zero-reuse", "hot-prefix", "pressure"]) {
+    const rows = cells.filter((cell) => cell.workload === workload && cell.scheduler !== "killed" && !cell.scheduler.startsWith("replicas"))
+    if (rows.length > 0) lines.push("", `## ${workload}`, "", table(rows.sort((a, b) => a.rate - b.rate)))
+  }
+  const replicas = cells.filter((cell) => cell.scheduler.startsWith("replicas") || cell.scheduler === "killed")
+  if (replicas.length > 0) {
+    const reference = cells.filter((cell) => cell.workload === "shared-prefix" && cell.scheduler === "cache-aware" && replicas.some((r) => r.rate === cell.rate))
+    lines.push("", "## replicas and a killed upstream (shared prefix; `killed`: cache-aware with KV events, one server SIGKILLed halfway)", "", table([...reference.slice(0, 1), ...replicas]))
+  }
+  const problems = results.flatMap((result) => [...result.errors.map((error) => `- ${result.group}: error: ${error}`), ...result.skipped.map((name) => `- ${result.group}: skipped (time limit): ${name}`)])
+  if (problems.length > 0) lines.push("", "## Not run", "", ...problems)
+  lines.push(
+    "",
+    "Columns: TTFT at the client; hit rate = reported cached_tokens ÷ prompt tokens; max/mean in flight = mean over 100 ms samples of the servers' (running + waiting) busiest ÷ mean, counted when the mean is ≥ 1, with the best any scheduler could do with whole requests in brackets; busiest ÷ mean averaged = each server's in flight averaged over the run; decision p99 = bucket bound of router_routing_decision_seconds; failed = no answer (refused, reset, not 200), cut = a stream broken after its answer began, or unfinished " + drainLimitS + " s after the last arrival."
+  )
+  return lines.join("\n") + "\n"
+}
+
+// ---- main ----
+
+const groupArg = process.argv.indexOf("--group")
+if (groupArg >= 0) {
+  const group = groups.find((g) => g.name === process.argv[groupArg + 1])
+  if (group === undefined) throw new Error(`no group ${process.argv[groupArg + 1]}`)
+  const result = await runGroup(group)
+  process.stdout.write(JSON.stringify(result))
+} else {
+  if (!existsSync(routerPath)) {
+    console.error(`${routerPath} is missing: run \`npm run bench:routing\` (it builds it), or set BENCH_ROUTER`)
+    process.exit(2)
+  }
+  const wanted = process.env.BENCH_GROUPS?.split(",").map((name) => name.trim()).filter((name) => name !== "")
+  const chosen = wanted === undefined ? groups : groups.filter((group) => wanted.includes(group.name))
+  const coresText = process.env.BENCH_CORES
+  const shares = coresText === undefined ? undefined : shareCores(expandCores(coresText), chosen.map((group) => group.weight))
+  const parallel = Number(process.env.BENCH_PARALLEL ?? (coresText !== undefined || availableParallelism() >= 8 ? chosen.length : 1))
+  const startedAt = performance.now()
+  const results: Array<GroupResult> = new Array(chosen.length)
+  let next = 0
+  await Promise.all(Array.from({ length: Math.max(1, parallel) }, async () => {
+    while (next < chosen.length) {
+      const i = next++
+      results[i] = await runChild(chosen[i], shares?.[i])
+    }
+  }))
+  const markdown = report(results, (performance.now() - startedAt) / 1000, coresText)
+  mkdirSync(join(root, "bench-results"), { recursive: true })
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-")
+  const file = join(root, "bench-results", `${stamp}-routing.md`)
+  writeFileSync(file, markdown)
+  writeFileSync(join(root, "bench-results", `${stamp}-routing.json`), JSON.stringify({ quick, serverCount, kvBlocks, prefillUs, seconds, results }, null, 2))
+  console.log(markdown)
+  console.log(`results: ${file}`)
+}

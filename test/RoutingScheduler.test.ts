@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
 import { prng } from "../src/router/simulated/Simulation.ts"
 import { TtftPredictor } from "../src/router/routing/Predictor.ts"
-import { CacheAwareScheduler, type Candidate, defaultSchedulerSettings, type RoutingRequest } from "../src/router/routing/Scheduler.ts"
+import { CacheAwareScheduler, type Candidate, defaultSchedulerSettings, loadCap, type RoutingRequest } from "../src/router/routing/Scheduler.ts"
 
 const request = (prefix: string, blocks: number, blockSize = 16): RoutingRequest => ({
   promptTokens: blocks * blockSize,
@@ -115,8 +115,59 @@ describe("the cache-aware choice", () => {
     assert.include(reasons, "spill")
     const holders = pool.filter((u) => scheduler.index.cachedPrefix(u.id, request("hot", 20).keys(16), 0) === 20)
     assert.isAtLeast(holders.length, 2)
-    // No one above the bound at any point: 12 requests over 4 is a mean of 3, bound ceil(1.25 × 3) = 4.
-    assert.isAtMost(Math.max(...pool.map((u) => u.inFlight)), 4)
+    // No one above the bound at any point: 12 requests over 4 is a mean of 3, and 1.25 × 3 rounded down is 3.
+    assert.deepStrictEqual(pool.map((u) => u.inFlight), [3, 3, 3, 3])
+  })
+
+  it("rounds the bound down: at 8 in flight per upstream a hot upstream gets 10 (1.25 × 33 ÷ 4 = 10.3), not 11", () => {
+    assert.strictEqual(loadCap(1.25, 32, 4), 10)
+    // Below about 1 ÷ (bound - 1) per upstream, rounding down would leave no one: the balanced level stands.
+    assert.strictEqual(loadCap(1.25, 5, 4), 2)
+    assert.strictEqual(loadCap(1.25, 0, 4), 1)
+    const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 1.25 }, undefined, undefined, prng(5))
+    // The hot prefix is cached on u0 only; the others are busy with other work.
+    scheduler.index.recordDecision("u0", request("hot", 20).keys(16), 0)
+    const pool = upstreams(10, 8, 7, 7)
+    const decision = scheduler.choose(pool, request("hot", 20), 0)
+    assert.notStrictEqual(decision.candidate.id, "u0")
+    assert.strictEqual(decision.reason, "spill")
+  })
+
+  it("counts a long prefill's remaining part, not the whole: a request arriving halfway waits for it where its prefix is cached", () => {
+    // Prior: 20 ms + 0.1 ms per token. u0 holds the prefix and started prefilling another 2,000-token prompt.
+    const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 10 }, undefined, undefined, prng(6))
+    const pool = upstreams(0, 0)
+    scheduler.index.recordDecision("u0", request("shared", 125).keys(16), 0)
+    const other = scheduler.choose([pool[0]], request("cold", 125), 0)
+    scheduler.sent("u0", other, 0)
+    pool[0].inFlight++
+    assert.strictEqual(scheduler.queuedPrefill("u0", 0), 2_000)
+    // 100 ms later half of it is done: 20 + 0.1 × (32 + 1,000) = 123 ms on u0 against 20 + 0.1 × 2,032 = 223 ms on u1.
+    assert.strictEqual(scheduler.queuedPrefill("u0", 100), 1_000)
+    const next = scheduler.choose(pool, request("shared", 127), 100)
+    assert.strictEqual(next.candidate.id, "u0")
+    assert.approximately(next.predictedMs, 20 + 0.1 * (32 + 1_000) + 1, 1e-6)
+  })
+
+  it("knows, at a request's first token, that what was sent before it is prefilled and what came after is not", () => {
+    // Prior prefill cost 0.1 ms per token: 10 tokens drain per ms.
+    const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 10 }, undefined, undefined, prng(7))
+    const u0 = upstreams(0)
+    const first = scheduler.choose(u0, request("a", 100), 0)
+    scheduler.sent("u0", first, 0)
+    // 100 ms later 1,000 of its 1,600 tokens are done; another request's 800 join them.
+    const second = scheduler.choose(u0, request("b", 50), 100)
+    scheduler.sent("u0", second, 100)
+    assert.approximately(scheduler.queuedPrefill("u0", 100), 1_400, 1e-6)
+    // The first one's first token, later than the drain predicted: only the second one's 800 can be left.
+    scheduler.firstToken("u0", first, 120)
+    assert.approximately(scheduler.queuedPrefill("u0", 120), 800, 1e-6)
+    scheduler.firstToken("u0", second, 130)
+    assert.strictEqual(scheduler.queuedPrefill("u0", 130), 0)
+    // Told twice (a first token, then the end): counted once.
+    scheduler.sent("u0", first, 130)
+    scheduler.firstToken("u0", second, 130)
+    assert.approximately(scheduler.queuedPrefill("u0", 130), 1_600, 1e-6)
   })
 
   it("spreads near-ties at random among the least loaded", () => {
@@ -141,10 +192,13 @@ describe("the cache-aware choice", () => {
       for (let i = 0; i < 20; i++) {
         const decision = scheduler.choose(pool, request("hot", 50), 0)
         const total = pool.reduce((sum, u) => sum + u.inFlight, 0)
-        const cap = Math.max(1, Math.ceil(bound * (total + 1) / pool.length))
-        // The chosen one was under the bound, unless all were over (then the least loaded is at the mean).
+        const mean = (total + 1) / pool.length
+        // The bound × the mean, or the balanced level where whole requests allow no less; the least loaded always fits.
+        const cap = Math.max(Math.ceil(mean), Math.floor(bound * mean + 1e-9))
+        assert.strictEqual(loadCap(bound, total, pool.length), cap)
+        assert.isAtLeast(cap, Math.min(...pool.map((u) => u.inFlight)) + 1)
         const chosenLoad = decision.candidate.inFlight + 1
-        assert.isTrue(chosenLoad <= cap || pool.every((u) => u.inFlight + 1 > cap), `load ${chosenLoad} cap ${cap}`)
+        assert.isAtMost(chosenLoad, cap, `load ${chosenLoad} cap ${cap}`)
         scheduler.sent(decision.candidate.id, decision, 0)
         ;(decision.candidate as { inFlight: number }).inFlight++
       }

@@ -277,7 +277,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           if (decision === undefined) return
           if (firstAt === undefined && chunk.indexOf(choicesField) >= 0) {
             firstAt = at
-            scheduler.firstToken(decision.candidate.id, decision)
+            scheduler.firstToken(decision.candidate.id, decision, at)
           }
           if (chunk.indexOf(cachedTokensField) >= 0) {
             const match = cachedTokensValue.exec(chunk.toString("utf8"))
@@ -286,7 +286,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         },
         ended: (endpoint) => {
           if (decision === undefined || decision.candidate.endpoint !== endpoint) return
-          if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision)
+          if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision, now())
           // An answer started: its prompt was prefilled there, so its blocks are cached there.
           else {
             const news = scheduler.index.confirm(endpoint.id, decision.keys, now())

@@ -7,10 +7,20 @@
  *
  * - bounded load (consistent hashing with bounded loads, Mirrokni et al.): no
  *   upstream is given a request that would take it above
- *   `loadBound` × the pool's mean in flight (the request included, rounded
- *   up). A hot prefix therefore spills to a second upstream, and since the
- *   decision is recorded in the index, the next request of that prefix finds
- *   it cached in both places;
+ *   `loadBound` × the pool's mean in flight (the request included), rounded
+ *   DOWN, but never below the perfectly balanced level ⌈(total + 1) / n⌉
+ *   (which the least loaded upstream always meets). Rounding up instead let
+ *   a hot upstream sit a whole request above the bound (at 8 in flight per
+ *   upstream, 11 ÷ 8.25 = 1.33 for a bound of 1.25). A hot prefix therefore
+ *   spills to a second upstream, and since the decision is recorded in the
+ *   index, the next request of that prefix finds it cached in both places;
+ * - prefill queued ahead (the router's own requests there before their first
+ *   token) drains with time at the upstream's learned prefill rate, and in
+ *   order: when a request's first token comes, what was sent before it is
+ *   done. A request arriving in the middle of another's long prefill is then
+ *   told the remaining part, not the whole (the whole made a server that was
+ *   about to be free look slower than prefilling the prompt elsewhere from
+ *   nothing: one miss caused the next);
  * - near-ties (predictions within `tieMs` or `tieFraction` of the best) go to
  *   the one with the fewest requests in flight, then at random: with nothing
  *   cached anywhere the choice spreads like least-request;
@@ -57,13 +67,19 @@ export interface UpstreamSignals {
 }
 
 interface UpstreamState {
-  /** Uncached prompt tokens of this router's requests there before their first token. */
+  /**
+   * Uncached prompt tokens of this router's requests there still to prefill,
+   * as of `queuedAt` (it drains at the learned prefill rate from then).
+   */
   queuedPrefillTokens: number
+  queuedAt: number
+  /** Uncached tokens ever sent there: a request's mark is this after its own (what came after it is the difference). */
+  enqueuedTokens: number
   /** In flight there from other router replicas (shared state), 0 without sharing. */
   remoteInFlight: number
   signals: UpstreamSignals | undefined
-  /** Mean prompt size of requests sent there (for scraped waiting requests the router didn't send). */
-  meanPrompt: number
+  /** Mean uncached prompt tokens of requests sent there (for scraped waiting requests the router didn't send). */
+  meanUncached: number
   blockSize: number
 }
 
@@ -84,6 +100,8 @@ export class CacheAwareScheduler {
   readonly settings: SchedulerSettings
   private readonly random: () => number
   private readonly states = new Map<string, UpstreamState>()
+  /** Per decision sent: its upstream's enqueuedTokens just after it. */
+  private readonly marks = new WeakMap<object, number>()
 
   constructor(settings: SchedulerSettings = defaultSchedulerSettings, index = new PrefixIndex(), predictor = new TtftPredictor(), random: () => number = Math.random) {
     this.settings = settings
@@ -95,7 +113,7 @@ export class CacheAwareScheduler {
   state(upstream: string): UpstreamState {
     let state = this.states.get(upstream)
     if (state === undefined) {
-      state = { queuedPrefillTokens: 0, remoteInFlight: 0, signals: undefined, meanPrompt: 0, blockSize: this.settings.defaultBlockSize }
+      state = { queuedPrefillTokens: 0, queuedAt: 0, enqueuedTokens: 0, remoteInFlight: 0, signals: undefined, meanUncached: 0, blockSize: this.settings.defaultBlockSize }
       this.states.set(upstream, state)
     }
     return state
@@ -106,6 +124,17 @@ export class CacheAwareScheduler {
     const state = this.state(upstream)
     state.signals = signals
     if (signals?.blockSize !== undefined) state.blockSize = signals.blockSize
+  }
+
+  /** Prefill still queued there at `now`: drained at the learned rate since it was last counted. */
+  queuedPrefill(upstream: string, now: number): number {
+    const state = this.state(upstream)
+    if (state.queuedPrefillTokens > 0 && now > state.queuedAt) {
+      const msPerToken = this.predictor.coefficients(upstream).prefillMsPerToken
+      state.queuedPrefillTokens = msPerToken > 0 ? Math.max(0, state.queuedPrefillTokens - (now - state.queuedAt) / msPerToken) : 0
+    }
+    if (now > state.queuedAt) state.queuedAt = now
+    return state.queuedPrefillTokens
   }
 
   setRemoteInFlight(upstream: string, count: number): void {
@@ -125,7 +154,7 @@ export class CacheAwareScheduler {
     const loads = candidates.map((candidate) => candidate.inFlight + this.state(candidate.id).remoteInFlight)
     let total = 0
     for (const load of loads) total += load
-    const cap = Math.max(1, Math.ceil(this.settings.loadBound * (total + 1) / n))
+    const cap = loadCap(this.settings.loadBound, total, n)
 
     const keysBySize = new Map<number, ReadonlyArray<BlockKey>>()
     const keysAt = (size: number) => {
@@ -149,7 +178,7 @@ export class CacheAwareScheduler {
       const unknownWaiting = state.signals === undefined ? 0 : Math.max(0, state.signals.waiting - loads[i])
       const input: PredictionInput = {
         uncachedTokens: request.promptTokens - cachedTokens,
-        queuedPrefillTokens: state.queuedPrefillTokens + unknownWaiting * state.meanPrompt,
+        queuedPrefillTokens: this.queuedPrefill(candidate.id, now) + unknownWaiting * state.meanUncached,
         inFlight: Math.max(loads[i], state.signals?.running ?? 0)
       }
       cached[i] = cachedTokens
@@ -214,15 +243,25 @@ export class CacheAwareScheduler {
   sent(upstream: string, decision: Decision<Candidate>, now: number): Array<BlockKey> {
     const state = this.state(upstream)
     const news = this.index.recordDecision(upstream, decision.keys, now)
-    state.queuedPrefillTokens += decision.input.uncachedTokens
-    state.meanPrompt = state.meanPrompt === 0 ? decision.promptTokens : state.meanPrompt * 0.9 + decision.promptTokens * 0.1
+    const uncached = decision.input.uncachedTokens
+    state.queuedPrefillTokens = this.queuedPrefill(upstream, now) + uncached
+    state.enqueuedTokens += uncached
+    this.marks.set(decision, state.enqueuedTokens)
+    state.meanUncached = state.meanUncached === 0 ? uncached : state.meanUncached * 0.9 + uncached * 0.1
     return news
   }
 
-  /** Its first token came, or it ended without one: its prompt is no longer queued for prefill there. */
-  firstToken(upstream: string, decision: Decision<Candidate>): void {
+  /**
+   * Its first token came, or it ended without one: it and everything sent
+   * there before it are prefilled; only what was sent after it can still be
+   * queued.
+   */
+  firstToken(upstream: string, decision: Decision<Candidate>, now: number): void {
     const state = this.states.get(upstream)
-    if (state !== undefined) state.queuedPrefillTokens = Math.max(0, state.queuedPrefillTokens - decision.input.uncachedTokens)
+    const mark = this.marks.get(decision)
+    if (state === undefined || mark === undefined) return
+    this.marks.delete(decision)
+    state.queuedPrefillTokens = Math.min(this.queuedPrefill(upstream, now), Math.max(0, state.enqueuedTokens - mark))
   }
 
   /**
@@ -234,3 +273,11 @@ export class CacheAwareScheduler {
     this.predictor.observe(upstream, { ...decision.input, uncachedTokens: uncached }, ttftMs)
   }
 }
+
+/**
+ * The most requests one upstream may hold after this one is placed: the bound
+ * × the mean (this request included), rounded down, but never below the
+ * balanced level ⌈(total + 1) / n⌉, which the least loaded always meets.
+ */
+export const loadCap = (bound: number, total: number, n: number): number =>
+  Math.max(Math.ceil((total + 1) / n), Math.floor(bound * (total + 1) / n + 1e-9))
