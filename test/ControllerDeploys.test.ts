@@ -9,6 +9,7 @@
 import { afterEach, assert, describe, it } from "vitest"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
 import { freePort, killAll, startProcess, until } from "./support/Processes.ts"
+import { metricValue as metricAt, openStream, startUpstream } from "./support/Routers.ts"
 import { requestAt } from "./support/TestRouter.ts"
 
 const apis: Array<FakeKubeApi> = []
@@ -105,5 +106,63 @@ describe("an InferenceService deployed and called", () => {
     const next = await runPod(api, second, "llama-router-8e0a-fghij")
     assert.strictEqual(metricValue((await requestAt(next.port, { path: "/metrics" })).text, "router_max_concurrency"), 16)
     assert.strictEqual(api.get("inferenceservices", "models", "llama").status.observedGeneration, 2)
+  }, 60_000)
+
+  it("spec.routing and upstreams[].kvEvents: the router pod routes cache-aware on the model servers' KV events", async () => {
+    const api = new FakeKubeApi()
+    apis.push(api)
+    await api.start()
+    // Two simulated vLLMs with a prefix cache, publishing KV events (as in Routing.e2e.test.ts).
+    const servers = await Promise.all([0, 1].map(async () => {
+      const eventsPort = await freePort()
+      const server = await startUpstream({ SIM_BLOCK_SIZE: "16", SIM_KV_BLOCKS: "4096", SIM_PREFILL_US_PER_TOKEN: "500", SIM_KV_EVENTS_ENDPOINT: `tcp://*:${eventsPort}` })
+      return { url: `http://127.0.0.1:${server.port}`, kvEvents: eventsPort }
+    }))
+    startProcess(["src/controller/main.ts"], { KUBECONFIG: api.kubeconfig(), PORT: String(await freePort()), HOST: "127.0.0.1", LEADER_ELECTION: "false", ROUTER_IMAGE: "router:test" })
+    api.put("inferenceservices", {
+      apiVersion: "inference-router.dev/v1alpha1",
+      kind: "InferenceService",
+      metadata: { name: "chat", namespace: "models" },
+      spec: {
+        modelRef: "m",
+        upstreams: servers,
+        upstreamPolicy: { healthIntervalMs: 100 },
+        routing: { scheduler: "cache-aware", metricsIntervalMs: 50 },
+        // A server failing a check is forgotten: a slow machine must not fail one (left to spec.env).
+        env: [{ name: "UPSTREAM_HEALTH_TIMEOUT_MS", value: "10000" }]
+      }
+    })
+    await until(() => api.get("deployments", "models", "chat-router") !== undefined, "the Deployment", 30_000)
+    const pod = await runPod(api, api.get("deployments", "models", "chat-router"), "chat-router-1")
+    for (const { kvEvents, url } of servers) {
+      const upstream = url.slice("http://".length)
+      await until(async () => (await metricAt(pod.port, `router_upstream_available{upstream="${upstream}"`)) === 1, `${upstream} healthy`)
+      assert.include(pod.env.UPSTREAMS, `${url};kv-events=${kvEvents}`)
+    }
+    const system = (variant: number) => Array.from({ length: 400 }, (_, i) => `v${variant}s${i}`).join(" ")
+    const chat = (variant: number, question: string) => ({
+      model: "m",
+      stream: true,
+      max_tokens: 4,
+      messages: [{ role: "system", content: system(variant) }, { role: "user", content: question }]
+    })
+    const blocksOn = async (upstream: string) => (await metricAt(pod.port, `router_routing_index_blocks{upstream="${upstream}"`)) ?? 0
+    // A prompt sent to the second server directly, not through the router: only its KV events can
+    // tell the router what it cached. (A new prefix each try: events published before the router's
+    // subscription joined are not replayed.)
+    const direct = servers[1].url.slice("http://".length)
+    let variant = 0
+    await until(async () => {
+      const before = await blocksOn(direct)
+      const primed = await openStream(Number(direct.split(":")[1]), "/v1/chat/completions", chat(++variant, "q0"))
+      await primed.ended
+      assert.strictEqual(primed.status, 200)
+      return until(async () => (await blocksOn(direct)) >= before + 400 / 16, "the KV events", 2_000).then(() => true, () => false)
+    }, "the router follows the server's KV events", 30_000)
+    const stream = await openStream(pod.port, "/v1/chat/completions", chat(variant, "q1"))
+    await stream.ended
+    assert.strictEqual(stream.status, 200)
+    assert.strictEqual(String(stream.headers["x-inference-upstream"]), direct, String(stream.headers["x-inference-route"]))
+    assert.match(String(stream.headers["x-inference-route"]), /^cache-aware; reason=cache; cached-tokens=[1-9]/)
   }, 60_000)
 })

@@ -155,6 +155,47 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.deepStrictEqual(owners, ["kube-controller-manager"])
   })
 
+  it("routing and KV events: applied as kubectl would, they reach the Deployment's env; a combination the router would ignore is refused at write time", async () => {
+    const { api } = await sharedController()
+    // kubectl apply --server-side: the CRD's schema and CEL rules run at write time.
+    const apply = (name: string, spec: Record<string, unknown>) =>
+      fetch(`http://127.0.0.1:${api.port}/apis/inference-router.dev/v1alpha1/namespaces/default/inferenceservices/${name}?fieldManager=kubectl&force=true`, {
+        method: "PATCH",
+        headers: { "content-type": "application/apply-patch+yaml", authorization: "Bearer user" },
+        body: JSON.stringify(isvc(name, spec))
+      })
+    const upstreams = [{ url: "http://vllm-0.models.svc:8000", kvEvents: 5557 }, { url: "http://vllm-1.models.svc:8000", kvEvents: "tcp://kv-relay.models.svc:5557" }]
+    const created = await apply("cached", { modelRef: "m", kvEndpoints: ["redis://redis.models.svc:6379"], upstreams, routing: { scheduler: "cache-aware", loadBoundPercent: 150 } })
+    assert.strictEqual(created.status, 201, await created.text())
+    await until(() => reconciled(api, "cached"), "reconciled")
+    const env = () => Object.fromEntries(api.get("deployments", "default", "cached-router").spec.template.spec.containers[0].env.map((e: any) => [e.name, e.value]))
+    assert.deepInclude(env(), {
+      KV_ENDPOINTS: "redis://redis.models.svc:6379",
+      MODEL_BACKEND: "upstream",
+      UPSTREAMS: "http://vllm-0.models.svc:8000;kv-events=5557,http://vllm-1.models.svc:8000;kv-events=tcp://kv-relay.models.svc:5557",
+      UPSTREAM_SCHEDULER: "cache-aware",
+      UPSTREAM_LOAD_BOUND: "1.5"
+    })
+    assert.notProperty(env(), "UPSTREAM_METRICS_INTERVAL_MS", "unset: the router's default")
+
+    for (const [spec, message] of [
+      [{ modelRef: "m", upstreams, routing: { scheduler: "least-request" } }, "upstreams[].kvEvents needs routing.scheduler: cache-aware"],
+      [{ modelRef: "m", upstreams: [{ url: "http://vllm-0:8000" }], routing: { loadBoundPercent: 150 } }, "loadBoundPercent and metricsIntervalMs need scheduler: cache-aware"],
+      [{ modelRef: "m", routing: { scheduler: "cache-aware" } }, "routing needs upstreams"],
+      [{ modelRef: "m", upstreams, routing: { scheduler: "cache-aware" }, env: [{ name: "UPSTREAM_LOAD_BOUND", value: "3" }] }, "env may not set the router's own settings"]
+    ] as const) {
+      const refused = await apply("cached", spec)
+      assert.strictEqual(refused.status, 422, JSON.stringify(spec))
+      const status = await refused.json() as { readonly reason: string; readonly message: string }
+      assert.strictEqual(status.reason, "Invalid")
+      assert.include(status.message, message)
+    }
+    // Nothing refused reached the stored object, nor the Deployment.
+    assert.strictEqual(api.get("inferenceservices", "default", "cached").spec.routing.scheduler, "cache-aware")
+    await sleep(300)
+    assert.strictEqual(env().UPSTREAM_LOAD_BOUND, "1.5")
+  })
+
   it("an object it did not create, named <name>-router, is not taken over: Ready=False NotOwned, the object unchanged", async () => {
     const { api } = await sharedController()
     const foreign = api.put("services", {

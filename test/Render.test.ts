@@ -54,7 +54,12 @@ describe("render", () => {
       ["labels", "{modelRef: m, podLabels: {'bad key': x, team: a}}", `["podLabels"]["bad key"]`],
       ["annotations", "{modelRef: m, podAnnotations: {'bad key': v, 'x/y/z': w}}", `["podAnnotations"]["bad key"]`],
       ["annotations2", "{modelRef: m, podAnnotations: {ok: v, 'x/y/z': w}}", `["podAnnotations"]["x/y/z"]`],
-      ["image", "{modelRef: m, image: 'router:1 --privileged'}", `["image"]`]
+      ["image", "{modelRef: m, image: 'router:1 --privileged'}", `["image"]`],
+      ["sim", "{modelRef: m, routing: {scheduler: cache-aware}}", "spec.routing: routing needs upstreams"],
+      ["lr", "{modelRef: m, upstreams: [{url: 'http://vllm-0:8000', kvEvents: 5557}]}", "spec.upstreams[0].kvEvents: upstreams[].kvEvents needs routing.scheduler: cache-aware"],
+      ["bound", "{modelRef: m, upstreams: [{url: 'http://vllm-0:8000'}], routing: {loadBoundPercent: 150}}", "spec.routing.loadBoundPercent"],
+      ["dns", "{modelRef: m, upstreams: [{url: 'dns+http://pods.ns.svc:8000', kvEvents: 'tcp://kv:5557'}], routing: {scheduler: cache-aware}}", "spec.upstreams[0].kvEvents: kvEvents of a dns+ url must be a port"],
+      ["envsched", "{modelRef: m, env: [{name: UPSTREAM_SCHEDULER, value: cache-aware}]}", "spec.env[0].name"]
     ] as const) {
       const error = (() => {
         try {
@@ -74,6 +79,26 @@ describe("render", () => {
     assert.deepStrictEqual(deployment.spec.template.spec.containers[0].resources, {
       requests: { cpu: "2", memory: "160Mi" },
       limits: { cpu: "2", memory: "256Mi" }
+    })
+  })
+
+  it("routing and KV events: the router's env from spec.routing and upstreams[].kvEvents", () => {
+    const deployment = parseAllDocuments(renderText(
+      manifest(
+        "cached",
+        "{modelRef: m, kvEndpoints: ['redis://redis:6379'], upstreams: [{url: 'http://vllm-0:8000', kvEvents: 5557}, {url: 'dns+http://vllm-pods.models.svc:8000', kvEvents: 5557}], routing: {scheduler: cache-aware, loadBoundPercent: 200, metricsIntervalMs: 50}}"
+      ),
+      "-",
+      "router:1"
+    ))[0].toJS()
+    const env = Object.fromEntries(deployment.spec.template.spec.containers[0].env.map((e: any) => [e.name, e.value]))
+    assert.deepInclude(env, {
+      KV_ENDPOINTS: "redis://redis:6379",
+      MODEL_BACKEND: "upstream",
+      UPSTREAMS: "http://vllm-0:8000;kv-events=5557,dns+http://vllm-pods.models.svc:8000;kv-events=5557",
+      UPSTREAM_SCHEDULER: "cache-aware",
+      UPSTREAM_LOAD_BOUND: "2",
+      UPSTREAM_METRICS_INTERVAL_MS: "50"
     })
   })
 
