@@ -2,10 +2,12 @@
  * `render`: the objects the controller would apply, printed with no cluster.
  */
 import { spawnSync } from "node:child_process"
+import { readFileSync } from "node:fs"
 import { afterEach, assert, describe, it } from "vitest"
 import { parseAllDocuments } from "yaml"
 import { renderText } from "../src/controller/Render.ts"
 import { killAll, root, startProcess } from "./support/Processes.ts"
+import { admit } from "./support/CrdValidator.ts"
 
 afterEach(killAll)
 
@@ -100,6 +102,19 @@ describe("render", () => {
       UPSTREAM_LOAD_BOUND: "2",
       UPSTREAM_METRICS_INTERVAL_MS: "50"
     })
+  })
+
+  it("docs/controller.md's routing example renders the env the page says, and the CRD admits it", () => {
+    const doc = readFileSync(`${root}/docs/controller.md`, "utf8")
+    const example = [...doc.matchAll(/```yaml\n([^`]*?)```/g)].map((m) => m[1]).find((text) => text.includes("routing:"))
+    assert.isDefined(example)
+    assert.isTrue(admit(parseAllDocuments(example!)[0].toJS()).ok)
+    const deployment = parseAllDocuments(renderText(example!, "docs/controller.md", "router:1"))[0].toJS()
+    const env = Object.fromEntries(deployment.spec.template.spec.containers[0].env.map((e: any) => [e.name, e.value]))
+    for (const [name, value] of [...doc.matchAll(/`(UPSTREAMS|UPSTREAM_SCHEDULER|UPSTREAM_LOAD_BOUND)=([^`]+)`/g)].map((m) => [m[1], m[2]])) {
+      assert.strictEqual(env[name], value, name)
+    }
+    assert.match(env.KV_ENDPOINTS, /^redis:\/\//)
   })
 
   it("a file with no InferenceService in it: an error saying so", () => {
