@@ -124,17 +124,17 @@ const leftToRouter = (why: string, viaEnv: boolean, ...variables: ReadonlyArray<
 
 const rarelyPerService = "rarely differs per service; set it through `spec.env`"
 
+const hasUpstreams = (spec: InferenceServiceSpec) => spec.upstreams !== undefined && spec.upstreams.length > 0
+
 const upstreamField = (variable: string, field: keyof NonNullable<InferenceServiceSpec["upstreamPolicy"]>): EnvDecision => ({
   variable,
   from: "spec",
   field: `upstreamPolicy.${field}`,
   value: (spec) => {
     const value = spec.upstreamPolicy?.[field]
-    return value === undefined || spec.upstreams === undefined || spec.upstreams.length === 0 ? undefined : String(value)
+    return value === undefined || !hasUpstreams(spec) ? undefined : String(value)
   }
 })
-
-const hasUpstreams = (spec: InferenceServiceSpec) => spec.upstreams !== undefined && spec.upstreams.length > 0
 
 /** `routing.loadBoundPercent` as the router's UPSTREAM_LOAD_BOUND: 125 is "1.25" (at most two decimals, as the router reads them). */
 export const loadBoundSetting = (percent: number): string => String(percent / 100)
