@@ -127,7 +127,10 @@ export const UpstreamSpec = Schema.Struct({
    * ZeroMQ): a port on each of the upstream's addresses, or `tcp://host:port`
    * (not for a `dns+` url). Read by the cache-aware scheduler only.
    */
-  kvEvents: Schema.optionalKey(Schema.Union([int(1, 65535), Schema.String.check(Schema.isPattern(new RegExp(kvEventsEndpointPattern)))]))
+  kvEvents: Schema.optionalKey(Schema.Union([
+    int(1, 65535),
+    Schema.String.check(Schema.isPattern(new RegExp(kvEventsEndpointPattern), { expected: "a port number 1-65535, or a string tcp://host:port (a host name or [IPv6 address])" }))
+  ]))
 })
 export type UpstreamSpec = typeof UpstreamSpec.Type
 
