@@ -39,12 +39,16 @@ const ErrorEnvelopeMiddleware = HttpRouter.middleware(
   { global: true }
 )
 
-/** The whole contract as OpenAPI, computed once. */
+/**
+ * The whole contract as OpenAPI, computed once, on the first request: not at
+ * start-up, where building it (and compiling the code that builds it) cost
+ * idle memory (BENCHMARKS.md section 12).
+ */
 const OpenApiRoute = HttpRouter.use((router) =>
-  Effect.suspend(() => {
-    const document = HttpServerResponse.jsonUnsafe(OpenApi.fromApi(RouterApi))
-    return router.add("GET", openapiPath, Effect.succeed(document))
-  })
+  Effect.flatMap(
+    Effect.cached(Effect.sync(() => HttpServerResponse.jsonUnsafe(OpenApi.fromApi(RouterApi)))),
+    (document) => router.add("GET", openapiPath, document)
+  )
 )
 
 

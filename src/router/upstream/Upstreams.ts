@@ -23,11 +23,10 @@
  */
 import { Clock, Context, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import { lookup } from "node:dns/promises"
-import { buildConnector, Pool } from "undici"
+import type { buildConnector, Pool } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
 import { RouterConfig, type UpstreamSettings } from "../core/Config.ts"
 import type { RouteScheduler } from "../routing/Route.ts"
-import { makeCacheAwareRouting } from "../routing/Routing.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
 import { type AnswerHeaders, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
 import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
@@ -123,8 +122,8 @@ const maxRecheckMs = 1000
  * when it broke added to its errors: a write that had not been handed over
  * whole never reached the model server (Attempt.ts).
  */
-const makeConnector = (timeoutMs: number): buildConnector.connector => {
-  const connect = buildConnector({ timeout: timeoutMs })
+const makeConnector = (build: typeof buildConnector, timeoutMs: number): buildConnector.connector => {
+  const connect = build({ timeout: timeoutMs })
   return (options, callback) =>
     connect(options, (error, socket) => {
       if (error === null && socket != null) {
@@ -169,6 +168,9 @@ export class Upstreams extends Context.Service<Upstreams, {
   /** `scheduler`: a router other than least request (routing/), asked for each request's route. */
   static readonly make = (settings: UpstreamSettings, slots: number, resolve: Resolve = resolveAll, scheduler?: RouteScheduler) =>
     Effect.gen(function*() {
+      // Loaded here, not at start-up: a router on the simulated model never
+      // holds undici in memory (idle RSS, BENCHMARKS.md section 12).
+      const { buildConnector, Pool } = yield* Effect.promise(() => import("undici"))
       const clock = yield* Clock.Clock
       const now = () => clock.currentTimeMillisUnsafe()
       const metrics = upstreamMetrics
@@ -178,7 +180,7 @@ export class Upstreams extends Context.Service<Upstreams, {
       const balancer = new Balancer(settings)
       const members = new Map<string, Member>()
       const cap = settings.maxConcurrency > 0 ? Math.min(settings.maxConcurrency, slots) : slots
-      const connector = makeConnector(settings.connectTimeoutMs)
+      const connector = makeConnector(buildConnector, settings.connectTimeoutMs)
 
       const connect = (endpoint: Endpoint, target: UpstreamTarget): Member => ({
         endpoint,
@@ -391,8 +393,9 @@ export class Upstreams extends Context.Service<Upstreams, {
     Effect.gen(function*() {
       const config = yield* RouterConfig
       if (config.upstream === undefined) return Upstreams.disabled
+      // Loaded only for the cache-aware scheduler (with it the Redis and msgpack clients).
       const scheduler = config.upstream.routing.scheduler === "cache-aware"
-        ? yield* makeCacheAwareRouting({
+        ? yield* (yield* Effect.promise(() => import("../routing/Routing.ts"))).makeCacheAwareRouting({
           settings: config.upstream.routing,
           kvEndpoints: config.kvEndpoints.map((item) => ({ shown: item.shown, url: Redacted.value(item.value) })),
           pool: config.modelRef
