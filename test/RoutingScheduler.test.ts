@@ -115,22 +115,24 @@ describe("the cache-aware choice", () => {
     assert.include(reasons, "spill")
     const holders = pool.filter((u) => scheduler.index.cachedPrefix(u.id, request("hot", 20).keys(16), 0) === 20)
     assert.isAtLeast(holders.length, 2)
-    // No one above the bound at any point: 12 requests over 4 is a mean of 3, and 1.25 × 3 rounded down is 3.
-    assert.deepStrictEqual(pool.map((u) => u.inFlight), [3, 3, 3, 3])
+    // No one above the bound at any point: 12 requests over 4 is a mean of 3, bound ceil(1.25 × 3) = 4.
+    assert.isAtMost(Math.max(...pool.map((u) => u.inFlight)), 4)
   })
 
-  it("rounds the bound down: at 8 in flight per upstream a hot upstream gets 10 (1.25 × 33 ÷ 4 = 10.3), not 11", () => {
-    assert.strictEqual(loadCap(1.25, 32, 4), 10)
-    // Below about 1 ÷ (bound - 1) per upstream, rounding down would leave no one: the balanced level stands.
-    assert.strictEqual(loadCap(1.25, 5, 4), 2)
+  it("holds a hot upstream to the bound × the mean rounded up: at 8 in flight per upstream, 11 (1.25 × 33 ÷ 4 = 10.3)", () => {
+    assert.strictEqual(loadCap(1.25, 32, 4), 11)
     assert.strictEqual(loadCap(1.25, 0, 4), 1)
+    assert.strictEqual(loadCap(2, 3, 4), 2)
     const scheduler = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 1.25 }, undefined, undefined, prng(5))
-    // The hot prefix is cached on u0 only; the others are busy with other work.
+    // The hot prefix is cached on u0 only, which is at the bound; the others are busy with other work.
     scheduler.index.recordDecision("u0", request("hot", 20).keys(16), 0)
-    const pool = upstreams(10, 8, 7, 7)
+    const pool = upstreams(11, 8, 7, 6)
     const decision = scheduler.choose(pool, request("hot", 20), 0)
     assert.notStrictEqual(decision.candidate.id, "u0")
     assert.strictEqual(decision.reason, "spill")
+    // One fewer (30 in all: cap ⌈1.25 × 31 ÷ 4⌉ = 10): it takes it.
+    pool[0].inFlight = 9
+    assert.strictEqual(scheduler.choose(pool, request("hot", 20), 0).candidate.id, "u0")
   })
 
   it("counts a long prefill's remaining part, not the whole: a request arriving halfway waits for it where its prefix is cached", () => {
@@ -193,8 +195,8 @@ describe("the cache-aware choice", () => {
         const decision = scheduler.choose(pool, request("hot", 50), 0)
         const total = pool.reduce((sum, u) => sum + u.inFlight, 0)
         const mean = (total + 1) / pool.length
-        // The bound × the mean, or the balanced level where whole requests allow no less; the least loaded always fits.
-        const cap = Math.max(Math.ceil(mean), Math.floor(bound * mean + 1e-9))
+        // The bound × the mean, rounded up; the least loaded always fits (no fallback beyond the bound).
+        const cap = Math.ceil(bound * mean - 1e-9)
         assert.strictEqual(loadCap(bound, total, pool.length), cap)
         assert.isAtLeast(cap, Math.min(...pool.map((u) => u.inFlight)) + 1)
         const chosenLoad = decision.candidate.inFlight + 1
