@@ -22,7 +22,7 @@ afterEach(async () => {
   killAll()
 })
 
-const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:"): Replica => {
+const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadIntervalMs = 50): Replica => {
   const blocks = new Map<string, Set<string>>()
   const events: Array<string> = []
   const hows: Array<string> = []
@@ -36,7 +36,7 @@ const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:"): Replic
     status: (shown, up, reason) => events.push(`${shown} ${up ? "up" : "down"}${up ? "" : `: ${reason}`}`)
   }
   const state = new SharedState(
-    { endpoints: urls.map((url) => ({ url, shown: url })), replicaId: id, prefix, ttlMs: 60_000, loadIntervalMs: 50, maxPendingWrites: 1_000 },
+    { endpoints: urls.map((url) => ({ url, shown: url })), replicaId: id, prefix, ttlMs: 60_000, loadIntervalMs, maxPendingWrites: 1_000 },
     sink
   )
   replicas.push(state)
@@ -50,7 +50,8 @@ const keys = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => 
 describe.skipIf(redisServerPath() === undefined)("routing state shared through Redis", () => {
   it("three replicas learn each other's decisions and loads; a new replica starts warm", async () => {
     const redis = await startRedis()
-    const [a, b, c] = ["a", "b", "c"].map((id) => replica(id, [redis.url]))
+    // Counts trusted for a minute: the test publishes them itself, and a slow machine must not age them out.
+    const [a, b, c] = ["a", "b", "c"].map((id) => replica(id, [redis.url], "t:", 60_000))
     await until(() => [a, b, c].every(allUp), "replicas connected")
     // Subscriptions settle after `ready`: publish until the others have heard.
     await until(() => {
@@ -68,6 +69,18 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
       c.state.publishLoad({ u1: 2 })
       return a.state.remoteInFlight("u1") === 5 && a.state.remoteInFlight("u2") === 1
     }, "a counts the others' in flight")
+    // Changes between the periodic counts: each counted once, as it happens.
+    b.state.loadChanged("u1", 1)
+    b.state.loadChanged("u1", 1)
+    c.state.loadChanged("u2", 1)
+    await until(() => a.state.remoteInFlight("u1") === 7 && a.state.remoteInFlight("u2") === 2, "a hears b's and c's picks")
+    b.state.loadChanged("u1", -1)
+    await until(() => a.state.remoteInFlight("u1") === 6, "a hears b's request end")
+    // The next periodic count replaces what the changes made of it.
+    await until(() => {
+      b.state.publishLoad({ u1: 1 })
+      return a.state.remoteInFlight("u1") === 3
+    }, "a takes b's count again")
 
     const late = replica("d", [redis.url])
     await until(() => allUp(late), "d connected")

@@ -249,11 +249,15 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       let firstAt: number | undefined
       let reported: number | undefined
       let retried = false
+      /** The upstream this replica told the others it sent the request to (told again, -1, when it ends). */
+      let loadTold: string | undefined
       return {
         choose: (pool, at) => {
           const first = decision === undefined && !retried
           // Consecutive failures count as load, as least request counts them: failing fast never looks idle.
           const candidates = pool.map((endpoint) => ({ id: endpoint.id, inFlight: endpoint.inFlight + endpoint.consecutiveFailures, endpoint }))
+          // The other replicas' counts as of their last message (changes come as they happen), not as of the last tick.
+          if (shared !== undefined) for (const endpoint of pool) scheduler.setRemoteInFlight(endpoint.id, shared.remoteInFlight(endpoint.id))
           decision = scheduler.choose(candidates, routing, at)
           // The first attempt's decision, from the request's arrival here (parse and keys included).
           if (first) routingMetrics.decisionSeconds.updateUnsafe((performance.now() - startedAt) / 1000, context)
@@ -266,7 +270,11 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           reported = undefined
           // Only what this replica did not know goes out: a shared prefix's keys not with every request.
           const news = scheduler.sent(endpoint.id, decision, at)
-          if (news.length > 0) shared?.decided(endpoint.id, news, Date.now())
+          if (shared !== undefined) {
+            if (news.length > 0) shared.decided(endpoint.id, news, Date.now())
+            shared.loadChanged(endpoint.id, 1)
+            loadTold = endpoint.id
+          }
           routingMetrics.decisions(decision.reason).updateUnsafe(1, context)
         },
         header: () =>
@@ -285,6 +293,10 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           }
         },
         ended: (endpoint) => {
+          if (loadTold !== undefined) {
+            shared?.loadChanged(loadTold, -1)
+            loadTold = undefined
+          }
           if (decision === undefined || decision.candidate.endpoint !== endpoint) return
           if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision, now())
           // An answer started: its prompt was prefilled there, so its blocks are cached there.

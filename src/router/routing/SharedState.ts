@@ -9,7 +9,12 @@
  *   per upstream (`<prefix>blocks:<upstream>`, score = when, so expiry is one
  *   ZREMRANGEBYSCORE) and out on a pub/sub channel; every replica applies the
  *   others' messages to its copy. Each replica publishes its in-flight counts
- *   every `loadIntervalMs`; counts older than three intervals are not trusted.
+ *   every `loadIntervalMs`, and each change between them as it happens (+1
+ *   at a pick, -1 at the end, on one endpoint only, so that it counts once):
+ *   the others see a burst's picks within a pub/sub hop, not up to an
+ *   interval later (an interval-old count let the replicas pile onto one
+ *   upstream, then spill from it). The periodic counts correct any change
+ *   lost; counts older than three intervals are not trusted.
  * - A replica that (re)connects reads the sorted sets back (the keys of the
  *   last `ttlMs`): a new replica starts warm, one that was cut off catches up.
  * - Several endpoints: each block key lives on one of them (a hash of the
@@ -66,6 +71,12 @@ interface Shard {
   slow: boolean
   /** Upstreams whose sorted set this replica has read since it last (re)connected. */
   readonly loaded: Set<string>
+  /**
+   * The channels are subscribed: reading back before that would lose what
+   * the others publish between the read and the subscription (a replica
+   * that starts while the others are busy missed their first decisions).
+   */
+  subscribed: boolean
 }
 
 interface BlocksMessage {
@@ -79,6 +90,12 @@ interface BlocksMessage {
 interface LoadMessage {
   readonly r: string
   readonly l: Record<string, number>
+}
+/** One change of a replica's count on one upstream since its last LoadMessage. */
+interface LoadChangeMessage {
+  readonly r: string
+  readonly u: string
+  readonly d: 1 | -1
 }
 
 /** Reconnect after 50 ms, doubling to at most 2 s, with jitter: rejoins quickly, never hammers. */
@@ -111,7 +128,7 @@ export class SharedState {
   private connect(url: string, shown: string): Shard {
     const client = makeClient(url)
     const subscriber = makeClient(url)
-    const shard: Shard = { shown, client, subscriber, up: false, pending: 0, slow: false, loaded: new Set() }
+    const shard: Shard = { shown, client, subscriber, up: false, pending: 0, slow: false, loaded: new Set(), subscribed: false }
     const down = (reason: string) => {
       if (!shard.up || this.closed) return
       shard.up = false
@@ -142,7 +159,9 @@ export class SharedState {
       Promise.all([
         subscriber.subscribe(this.blocksChannel, (message) => this.receiveBlocks(message)),
         subscriber.subscribe(this.loadChannel, (message) => this.receiveLoad(message))
-      ]))
+      ]).then(() => {
+        shard.subscribed = true
+      }))
     return shard
   }
 
@@ -160,14 +179,25 @@ export class SharedState {
   }
 
   private receiveLoad(text: string): void {
-    let message: LoadMessage
+    let message: LoadMessage | LoadChangeMessage
     try {
       message = JSON.parse(text)
     } catch {
       return
     }
-    if (message.r === this.settings.replicaId || typeof message.l !== "object" || message.l === null) return
-    this.remote.set(message.r, { at: this.now(), loads: message.l })
+    if (typeof message !== "object" || message === null || message.r === this.settings.replicaId || typeof message.r !== "string") return
+    if ("d" in message) {
+      if (typeof message.u !== "string" || (message.d !== 1 && message.d !== -1)) return
+      let entry = this.remote.get(message.r)
+      // A change before any count: counted from 0, dated now (it expires like a count).
+      if (entry === undefined) this.remote.set(message.r, entry = { at: this.now(), loads: {} })
+      const before = entry.loads[message.u]
+      entry.loads[message.u] = Math.max(0, (typeof before === "number" ? before : 0) + message.d)
+      return
+    }
+    if (typeof message.l !== "object" || message.l === null) return
+    // A copy: changes are applied to it in place.
+    this.remote.set(message.r, { at: this.now(), loads: { ...message.l } })
   }
 
   private shardOf(key: string): Shard {
@@ -246,6 +276,19 @@ export class SharedState {
     for (const shard of this.shards) this.write(shard, (client) => client.publish(this.loadChannel, message), true)
   }
 
+  /**
+   * This replica's count on `upstream` changed by one (a pick, an end): told
+   * at once on the first endpoint that is up (every replica hears every
+   * endpoint's channel: sent on one, it counts once). Lost, the next periodic
+   * count corrects it.
+   */
+  loadChanged(upstream: string, delta: 1 | -1): void {
+    const shard = this.shards.find((candidate) => candidate.up && !candidate.slow)
+    if (shard === undefined) return
+    const message = JSON.stringify({ r: this.settings.replicaId, u: upstream, d: delta } satisfies LoadChangeMessage)
+    this.write(shard, (client) => client.publish(this.loadChannel, message), true)
+  }
+
   /** Requests in flight on `upstream` from the other replicas, as they last said (within three intervals). */
   remoteInFlight(upstream: string): number {
     const oldest = this.now() - 3 * this.settings.loadIntervalMs
@@ -267,7 +310,8 @@ export class SharedState {
    */
   async catchUp(upstreams: ReadonlyArray<string>, wallNow: number): Promise<void> {
     await Promise.all(this.shards.map(async (shard) => {
-      if (!shard.up) return
+      // (The client resubscribes a reconnected subscriber as it becomes ready.)
+      if (!shard.up || !shard.subscribed || !shard.subscriber.isReady) return
       for (const upstream of upstreams) {
         if (shard.loaded.has(upstream)) continue
         shard.loaded.add(upstream)
