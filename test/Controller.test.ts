@@ -151,6 +151,27 @@ describe("controller against a stand-in API server", () => {
     await until(() => api.list("events").some((e) => e.reason === "InvalidSpec" && e.type === "Warning"), "a warning event")
   })
 
+  it("an object stored under an older CRD that the current one refuses: the Warning event is sent though the status write is refused (Kubernetes < 1.30)", async () => {
+    const api = await fakeApi()
+    await startController(api)
+    // Stored before UPSTREAM_SCHEDULER moved to spec.routing; without validation ratcheting the
+    // CRD's rules also run on /status writes, so the API server refuses every status write (422).
+    api.putStoredEarlier("inferenceservices", isvc("old", {
+      modelRef: "m",
+      upstreams: [{ url: "http://vllm:8000" }],
+      env: [{ name: "UPSTREAM_SCHEDULER", value: "cache-aware" }]
+    }))
+    const statusWrites = () => api.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/inferenceservices/old/status"))
+    await until(() => api.list("events").some((e) => e.reason === "InvalidSpec" && e.type === "Warning" && e.involvedObject.name === "old"), "a warning event")
+    const warning = api.list("events").find((e) => e.reason === "InvalidSpec")
+    assert.include(warning.message, "UPSTREAM_SCHEDULER")
+    assert.isUndefined(api.get("inferenceservices", "default", "old").status, "the status write was refused")
+    assert.isTrue(statusWrites().every((r) => r.status === 422), "the stand-in refuses the status write as the API server does")
+    // The refused write is retried: the same warning is not sent again on every retry.
+    await until(() => statusWrites().length >= 3, "retried status writes")
+    assert.strictEqual(api.list("events").filter((e) => e.reason === "InvalidSpec" && e.involvedObject.name === "old").length, 1)
+  })
+
   it("surfaces a router crash-looping on a setting, and image pull failures, from the pods", async () => {
     const api = await fakeApi()
     await startController(api)

@@ -13,7 +13,7 @@
  * applied (and server-side apply removes it); a live object that lost a field
  * the controller sets (an edit) is applied again too.
  */
-import { Clock, Data, Effect } from "effect"
+import { Clock, Data, Effect, Exit } from "effect"
 import { createHash } from "node:crypto"
 import { apiVersion as isvcApiVersion, type InferenceServiceSpec, kind as isvcKind } from "../api/InferenceService.ts"
 import { metricContext } from "../shared/Metrics.ts"
@@ -216,6 +216,9 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
       )
     }
 
+    /** Events sent while the status write that would record them was refused, by namespace/name (forgotten once one succeeds). */
+    const announced = new Map<string, Set<string>>()
+
     /** The router pods of an InferenceService, from the cache. */
     const podsOf = (namespace: string, name: string): Array<any> => {
       const selector = Object.entries(selectorLabels(name))
@@ -244,21 +247,40 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         })
         setInferenceServiceReady(isvc.metadata.namespace, isvc.metadata.name, status.conditions?.find((c) => c.type === "Ready"), metrics)
         if (sameStatus(isvc.status, status)) return
-        yield* kube.applyStatus(isvc.metadata.namespace, isvc.metadata.name, status).pipe(Effect.tap(() => wrote("InferenceServiceStatus")))
+        // The status write may be refused where the event is not: before Kubernetes 1.30 (no validation
+        // ratcheting) the CRD's rules run on /status writes too, so an object stored under an older CRD
+        // that the current one refuses can never have its status written. The event still says why.
+        const written = yield* kube.applyStatus(isvc.metadata.namespace, isvc.metadata.name, status).pipe(
+          Effect.tap(() => wrote("InferenceServiceStatus")),
+          Effect.exit
+        )
+        const key = `${isvc.metadata.namespace}/${isvc.metadata.name}`
+        const announce = (type: "Normal" | "Warning", reason: string, message: string) => {
+          // A refused status write is retried with the same stored status: the same news once, not on every retry.
+          const said = `${isvc.metadata.uid}/${isvc.metadata.generation}/${type}/${reason}/${message}`
+          if (announced.get(key)?.has(said) === true) return Effect.void
+          return event(isvc, type, reason, message).pipe(Effect.tap(() =>
+            Effect.sync(() => {
+              if (Exit.isFailure(written)) announced.set(key, new Set([...(announced.get(key) ?? []), said]))
+            })
+          ))
+        }
         const before = isvc.status?.conditions?.find((c: any) => c.type === "Ready")
         const after = status.conditions!.find((c) => c.type === "Ready")!
         if (before?.status !== after.status || before?.reason !== after.reason) {
           // Progress (a first rollout, pods starting) and a scale to zero someone asked for are news, not warnings.
           const progress = after.status === "True" || after.reason === "RolloutInProgress" || after.reason === "Pending" ||
             after.reason === "ScaledToZero"
-          yield* event(isvc, progress ? "Normal" : "Warning", after.reason, after.message)
+          yield* announce(progress ? "Normal" : "Warning", after.reason, after.message)
         }
         // A rollout that gave up while the old pods serve leaves Ready True: its own warning.
         const stalledBefore = isvc.status?.conditions?.find((c: any) => c.type === "Progressing")?.reason === "ProgressDeadlineExceeded"
         const stalled = status.conditions!.find((c) => c.type === "Progressing")!
         if (stalled.reason === "ProgressDeadlineExceeded" && !stalledBefore && after.reason !== "ProgressDeadlineExceeded") {
-          yield* event(isvc, "Warning", stalled.reason, stalled.message)
+          yield* announce("Warning", stalled.reason, stalled.message)
         }
+        if (Exit.isFailure(written)) return yield* Effect.failCause(written.cause)
+        announced.delete(key)
       })
 
     /**
@@ -291,6 +313,7 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         if (isvc === undefined || isvc.metadata.deletionTimestamp !== undefined) {
           if (isvc === undefined) for (const [uid, entry] of checks) if (entry.key === key) checks.delete(uid)
           if (isvc === undefined) forgetInferenceServiceReady(metrics, key)
+          announced.delete(key)
           return
         }
         const { name, namespace, uid } = isvc.metadata

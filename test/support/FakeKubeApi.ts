@@ -650,6 +650,21 @@ export class FakeKubeApi {
     return this.update(type, key, stored, this.objects.get(key), manager, "", true)
   }
 
+  /**
+   * An object stored under an older CRD, before a rule it breaks was added: stored without
+   * the current schema's check. Writes to it (its status included) are checked as usual, as
+   * the API server does without validation ratcheting (Kubernetes < 1.30).
+   */
+  putStoredEarlier(plural: string, object: any, manager = "test-client"): any {
+    const type = resourceTypes.find((t) => t.plural === plural)!
+    const stored = structuredClone(object)
+    stored.apiVersion ??= apiVersionOf(type)
+    stored.kind ??= type.kind
+    stored.metadata.namespace ??= "default"
+    const key = `${plural}/${stored.metadata.namespace}/${stored.metadata.name}`
+    return this.update(type, key, stored, this.objects.get(key), manager, "", false)
+  }
+
   /** What the HPA does: writes a Deployment's replicas through the scale subresource. */
   scale(namespace: string, name: string, replicas: number, manager = "kube-controller-manager"): any {
     const type = resourceTypes.find((t) => t.plural === "deployments")!
