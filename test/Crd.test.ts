@@ -6,7 +6,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { readFileSync } from "node:fs"
 import { parse } from "yaml"
-import { InferenceServiceSpec, kvEndpointPattern, kvEventsEndpointPattern, schedulers } from "../src/api/InferenceService.ts"
+import { InferenceServiceSpec, kvEndpointPattern, kvEventsEndpointPattern, minMetricsIntervalMs, schedulers } from "../src/api/InferenceService.ts"
 import { defaultRouting, schedulerNames } from "../src/router/routing/RoutingSettings.ts"
 import { Schema } from "effect"
 import { defaults, deniedEnvNames } from "../src/controller/Desired.ts"
@@ -197,6 +197,19 @@ describe("the InferenceService CRD", () => {
         rejected({ upstreams: [upstream], routing: { ...cacheAware, loadBoundPercent: 1001 } }, "loadBoundPercent")
         rejected({ upstreams: [upstream], routing: { ...cacheAware, loadBoundPercent: 1.25 } }, "loadBoundPercent")
         rejected({ upstreams: [upstream], routing: { ...cacheAware, metricsIntervalMs: -1 } }, "metricsIntervalMs")
+        // 0 is "not read"; 1-9 ms would have every router read each server's /metrics back to back.
+        for (const metricsIntervalMs of [1, minMetricsIntervalMs - 1]) {
+          const spec = { upstreams: [upstream], routing: { ...cacheAware, metricsIntervalMs } }
+          rejected(spec, "metricsIntervalMs must be 0 (not read) or at least 10")
+          const check = checkSpec({ modelRef: "m", ...spec })
+          assert.strictEqual(check._tag, "Invalid")
+          assert.include(check._tag === "Invalid" ? check.message : "", "metricsIntervalMs must be 0 (not read) or at least 10")
+        }
+        for (const metricsIntervalMs of [0, minMetricsIntervalMs, 3_600_000]) {
+          const spec = { upstreams: [upstream], routing: { ...cacheAware, metricsIntervalMs } }
+          assert.isTrue(admit(isvc(spec)).ok, String(metricsIntervalMs))
+          assert.strictEqual(checkSpec({ modelRef: "m", ...spec })._tag, "Valid", String(metricsIntervalMs))
+        }
         rejected({ upstreams: [upstream], routing: { scheduler: "random" } }, "scheduler")
       })
     })
@@ -246,7 +259,7 @@ describe("the InferenceService CRD", () => {
     kvEvents: Schema.optionalKey(Schema.Literals([5557, "tcp://kv-pub:5557", "tcp://[fd00::1]:5557"])),
     scheduler: Schema.optionalKey(Schema.Literals(["least-request", "cache-aware"])),
     loadBoundPercent: Schema.optionalKey(Schema.Literals([100, 125, 1000])),
-    metricsIntervalMs: Schema.optionalKey(Schema.Literals([0, 50]))
+    metricsIntervalMs: Schema.optionalKey(Schema.Literals([0, 5, 50]))
   })
 
   it.prop(

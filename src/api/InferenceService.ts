@@ -152,6 +152,13 @@ export type UpstreamPolicySpec = typeof UpstreamPolicySpec.Type
 export const schedulers = ["least-request", "cache-aware"] as const
 
 /**
+ * The shortest `routing.metricsIntervalMs` besides 0 (not read): below it each
+ * router replica would read every model server's /metrics back to back (the
+ * CRD's rule says the same).
+ */
+export const minMetricsIntervalMs = 10
+
+/**
  * How the router picks an upstream for each request (docs/routing.md); unset
  * ones are the router's defaults. Only with `upstreams`; the load bound and
  * the metrics interval only with the cache-aware scheduler, which alone reads
@@ -162,8 +169,12 @@ export const RoutingSpec = Schema.Struct({
   scheduler: Schema.optionalKey(Schema.Literals(schedulers)),
   /** UPSTREAM_LOAD_BOUND in percent (an integer, as Kubernetes APIs avoid floats): 125 is 1.25 x the pool's mean in flight. */
   loadBoundPercent: Schema.optionalKey(int(100, 1000)),
-  /** UPSTREAM_METRICS_INTERVAL_MS: each upstream's /metrics read this often; 0: never. */
-  metricsIntervalMs: Schema.optionalKey(int(0, 3_600_000))
+  /** UPSTREAM_METRICS_INTERVAL_MS: each upstream's /metrics read this often; 0: never; else at least `minMetricsIntervalMs`. */
+  metricsIntervalMs: Schema.optionalKey(int(0, 3_600_000).check(Schema.makeFilter((ms: number) =>
+    ms === 0 || ms >= minMetricsIntervalMs
+      ? undefined
+      : `metricsIntervalMs must be 0 (not read) or at least ${minMetricsIntervalMs}: a shorter interval has every router read each server's /metrics back to back`
+  )))
 })
 export type RoutingSpec = typeof RoutingSpec.Type
 
