@@ -11,13 +11,14 @@ import { HorizontalPodAutoscaler } from "kubernetes-models/autoscaling/v2/Horizo
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget"
 import { Service } from "kubernetes-models/v1/Service"
 import { readFileSync } from "node:fs"
-import { RouterSpec, RoutingSpec, UpstreamPolicySpec } from "../src/api/InferenceService.ts"
+import { minMetricsIntervalMs, RouterSpec, RoutingSpec, UpstreamPolicySpec } from "../src/api/InferenceService.ts"
 import {
   defaults,
   deniedEnvNames,
   desiredObjects,
   quantityValue,
   routerMemoryMi,
+  type EnvDecision,
   envDecisions,
   envTableMarkdown,
   loadBoundSetting,
@@ -46,6 +47,8 @@ const SpecPlan = Schema.Struct({
     Schema.Struct({})
   ]),
   secret: Schema.optionalKey(Schema.Literals(["keys-a", "keys-b"])),
+  /** KV_ENDPOINTS from a Secret (refused together with a non-empty kvEndpoints). */
+  kvSecret: Schema.optionalKey(Schema.Literals(["redis-endpoints"])),
   image: Schema.optionalKey(Schema.Literals(["registry.local/router:1.2.3", "router@sha256:" + "a".repeat(64)])),
   podLabels: Schema.optionalKey(Schema.Record(Schema.Literals(["team", "tier"]), Schema.Literals(["a", "b-c"]))),
   extraEnv: Schema.optionalKey(Schema.Literals(["NODE_OPTIONS", "TZ"])),
@@ -73,6 +76,7 @@ const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
   router: plan.router,
   ...plan.scaling,
   ...(plan.secret === undefined ? {} : { apiKeysSecretRef: { name: plan.secret } }),
+  ...(plan.kvSecret === undefined ? {} : { kvEndpointsSecretRef: { name: plan.kvSecret, key: "endpoints" } }),
   ...(plan.image === undefined ? {} : { image: plan.image }),
   ...(plan.podLabels === undefined ? {} : { podLabels: plan.podLabels }),
   ...(plan.extraEnv === undefined ? {} : { env: [{ name: plan.extraEnv, value: "x" }] }),
@@ -80,6 +84,11 @@ const toSpec = (plan: typeof SpecPlan.Type): Record<string, unknown> => ({
   ...(plan.upstreamPolicy === undefined ? {} : { upstreamPolicy: plan.upstreamPolicy }),
   ...(plan.routing === "none" || (plan.upstreams.length === 0 && !plan.strayRouting) ? {} : { routing: plan.routing })
 })
+
+/** What the Secrets the specs name hold, as the kubelet would put them in the pod's env. */
+const secretValues: Record<string, string> = { API_KEYS: "key-1,key-2", KV_ENDPOINTS: "redis://:s3cret@redis-0.redis:6379" }
+
+const decisionOf = (variable: string) => envDecisions.find((d) => d.variable === variable && d.from === "secret") as Extract<EnvDecision, { from: "secret" }>
 
 const owner = { name: "llama", namespace: "models", uid: "0b6c4f3e-1d9a-4b8e-9f1e-6a7c2d3e4f50" }
 const settings = { routerImage: "inference-router:0.1.0" }
@@ -114,14 +123,20 @@ describe("desired objects", () => {
       (routing !== undefined && upstreams.length === 0) ||
       (!cacheAware && (routing?.loadBoundPercent !== undefined || routing?.metricsIntervalMs !== undefined)) ||
       (!cacheAware && upstreams.some((u) => u.kvEvents !== undefined)) ||
-      upstreams.some((u) => u.url.startsWith("dns+") && typeof u.kvEvents === "string")
+      upstreams.some((u) => u.url.startsWith("dns+") && typeof u.kvEvents === "string") ||
+      (plan.kvSecret !== undefined && plan.kv.length > 0) ||
+      (routing?.metricsIntervalMs !== undefined && routing.metricsIntervalMs > 0 && routing.metricsIntervalMs < minMetricsIntervalMs)
     const stored = admitted(spec)
     assert.strictEqual(stored === undefined, breaks, `the CRD on ${JSON.stringify(spec)}`)
     if (stored === undefined) {
       const refused = checkSpec(spec, owner.name)
       assert.strictEqual(refused._tag, "Invalid")
       if (refused._tag === "Invalid") {
-        assert.match(refused.message, /spec\.(router\.(shutdownDelayMs|headersTimeoutMs)|routing(\.loadBoundPercent|\.metricsIntervalMs)?|upstreams\[\d\]\.kvEvents): /)
+        // Naming the field: a cross-field rule by its path first, a bound of one field by the schema's path last.
+        assert.match(
+          refused.message,
+          /spec\.(router\.(shutdownDelayMs|headersTimeoutMs)|routing(\.loadBoundPercent|\.metricsIntervalMs)?|upstreams\[\d\]\.kvEvents|kvEndpointsSecretRef): |at \["routing"\]\["metricsIntervalMs"\]$/
+        )
       }
       return
     }
@@ -165,6 +180,11 @@ describe("desired objects", () => {
     // An HPA owns the count exactly when the spec autoscales.
     assert.strictEqual(objects.horizontalPodAutoscaler !== undefined, "replicas" in deployment.spec === false)
     assert.strictEqual(objects.horizontalPodAutoscaler !== undefined, stored.maxReplicas !== undefined)
+    assert.deepStrictEqual(
+      decisionOf("API_KEYS").ref(check.spec),
+      stored.apiKeysSecretRef === undefined ? undefined : { name: stored.apiKeysSecretRef.name, key: "keys" }
+    )
+    assert.deepStrictEqual(decisionOf("KV_ENDPOINTS").ref(check.spec), stored.kvEndpointsSecretRef)
 
     // The env, exactly as the table says.
     const container = deployment.spec.template.spec.containers[0]
@@ -182,10 +202,9 @@ describe("desired objects", () => {
           assert.strictEqual(item?.valueFrom?.fieldRef?.fieldPath, decision.fieldPath)
           break
         case "secret":
-          assert.deepStrictEqual(
-            item?.valueFrom?.secretKeyRef,
-            stored.apiKeysSecretRef === undefined ? undefined : { name: stored.apiKeysSecretRef.name, key: "keys" }
-          )
+          // From the Secret when the spec names one (never also as text), else the plain field's value, if any.
+          assert.deepStrictEqual(item?.valueFrom?.secretKeyRef, decision.ref(check.spec), decision.variable)
+          assert.strictEqual(item?.value, decision.ref(check.spec) === undefined ? decision.plain?.value(check.spec) : undefined, decision.variable)
           break
         case "router":
           assert.isUndefined(item, decision.variable)
@@ -201,13 +220,16 @@ describe("desired objects", () => {
     const podEnv: Record<string, string> = { POD_NAME: `${owner.name}-router-abc12`, HOSTNAME: `${owner.name}-router-abc12` }
     for (const item of container.env) {
       if (typeof item.value === "string") podEnv[item.name] = item.value
-      else if (item.valueFrom?.secretKeyRef !== undefined) podEnv[item.name] = "key-1,key-2"
+      else if (item.valueFrom?.secretKeyRef !== undefined) podEnv[item.name] = secretValues[item.name]
     }
     const parsed = Effect.runSyncExit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: podEnv }))))
     assert.isTrue(Exit.isSuccess(parsed), JSON.stringify(podEnv))
     if (Exit.isSuccess(parsed)) {
       assert.strictEqual(parsed.value.modelRef, stored.modelRef)
-      assert.deepStrictEqual(parsed.value.kvEndpoints.map((e) => e.shown), stored.kvEndpoints)
+      assert.deepStrictEqual(
+        parsed.value.kvEndpoints.map((e) => e.shown),
+        stored.kvEndpointsSecretRef === undefined ? stored.kvEndpoints : ["redis://***@redis-0.redis:6379"]
+      )
       assert.strictEqual(parsed.value.maxConcurrency, stored.router.maxConcurrency ?? 10)
       assert.strictEqual(parsed.value.podName, podEnv.POD_NAME)
       assert.strictEqual(parsed.value.apiKeys.length, stored.apiKeysSecretRef === undefined ? 0 : 2)
@@ -224,6 +246,36 @@ describe("desired objects", () => {
       }
     }
   }, { arbitrary: { runs: 150 } })
+
+  it("KV endpoints from a Secret: KV_ENDPOINTS through valueFrom.secretKeyRef, never as text; not together with kvEndpoints", () => {
+    const spec = { modelRef: "m", kvEndpointsSecretRef: { name: "redis-auth", key: "endpoints" } }
+    assert.isDefined(admitted(spec))
+    const check = checkSpec(spec)
+    assert.strictEqual(check._tag, "Valid", check._tag === "Invalid" ? check.message : "")
+    if (check._tag !== "Valid") return
+    const objects = desiredObjects(owner, check.spec, settings)
+    const kv = objects.env.filter((e) => e.name === "KV_ENDPOINTS")
+    assert.deepStrictEqual(kv, [{ name: "KV_ENDPOINTS", valueFrom: { secretKeyRef: { name: "redis-auth", key: "endpoints" } } }])
+    assert.deepStrictEqual((objects.deployment.spec as any).template.spec.containers[0].env.filter((e: any) => e.name === "KV_ENDPOINTS"), kv)
+    // Plain kvEndpoints are still plain text, as before.
+    const plain = checkSpec({ modelRef: "m", kvEndpoints: ["redis://redis-0:6379"] })
+    assert.strictEqual(plain._tag, "Valid")
+    if (plain._tag === "Valid") {
+      assert.deepInclude(desiredObjects(owner, plain.spec, settings).env, { name: "KV_ENDPOINTS", value: "redis://redis-0:6379" })
+    }
+    // Both: refused by the CRD and by the controller, naming the field.
+    const both = { ...spec, kvEndpoints: ["redis://redis-0:6379"] }
+    assert.isUndefined(admitted(both))
+    const refused = checkSpec(both)
+    assert.strictEqual(refused._tag, "Invalid")
+    if (refused._tag === "Invalid") assert.include(refused.message, "spec.kvEndpointsSecretRef: set kvEndpoints or kvEndpointsSecretRef, not both")
+    // An empty kvEndpoints list beside the Secret says nothing: accepted.
+    assert.isDefined(admitted({ ...spec, kvEndpoints: [] }))
+    assert.strictEqual(checkSpec({ ...spec, kvEndpoints: [] })._tag, "Valid")
+    // The key is required (a Secret holds many).
+    assert.isUndefined(admitted({ modelRef: "m", kvEndpointsSecretRef: { name: "redis-auth" } }))
+    assert.strictEqual(checkSpec({ modelRef: "m", kvEndpointsSecretRef: { name: "redis-auth" } })._tag, "Invalid")
+  })
 
   it("a spec the router would reject is reported with the router's own message", () => {
     const check = checkSpec({ modelRef: "m", kvEndpoints: ["kv:70000"] })

@@ -186,6 +186,15 @@ export const InferenceServiceSpec = Schema.Struct({
     Schema.Array(Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(2048), Schema.isPattern(new RegExp(kvEndpointPattern))))
       .check(Schema.isMaxLength(64))
   ),
+  /**
+   * The same list from a key of a Secret in the namespace (the router's
+   * KV_ENDPOINTS through `valueFrom.secretKeyRef`), for `redis://` URLs that
+   * carry a password; not with `kvEndpoints`. The controller never reads it.
+   */
+  kvEndpointsSecretRef: Schema.optionalKey(Schema.Struct({
+    name: DnsName,
+    key: Schema.String.check(Schema.isPattern(/^[-._a-zA-Z0-9]+$/), Schema.isMaxLength(253))
+  })),
   router: Schema.optionalKey(RouterSpec),
   /** Model servers to forward to (the router's MODEL_BACKEND=upstream); unset or empty: the simulated model. */
   upstreams: Schema.optionalKey(Schema.Array(UpstreamSpec).check(Schema.isMaxLength(64))),

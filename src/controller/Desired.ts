@@ -109,7 +109,19 @@ export type EnvDecision =
   }
   | { readonly variable: string; readonly from: "fixed"; readonly value: string; readonly why: string }
   | { readonly variable: string; readonly from: "downward"; readonly fieldPath: string; readonly why: string }
-  | { readonly variable: string; readonly from: "secret"; readonly field: string; readonly why: string }
+  | {
+    readonly variable: string
+    readonly from: "secret"
+    readonly field: string
+    /** The Secret's key the variable comes from (`valueFrom.secretKeyRef`), when the spec names one. */
+    readonly ref: (spec: InferenceServiceSpec) => SecretKeyRef | undefined
+    readonly why: string
+    /** A plain value the spec may give instead, in the CR and the Deployment as text (never both: the CRD and the spec check refuse it). */
+    readonly plain?: {
+      readonly field: string
+      readonly value: (spec: InferenceServiceSpec) => string | undefined
+    }
+  }
   | {
     readonly variable: string
     readonly from: "router"
@@ -117,6 +129,12 @@ export type EnvDecision =
     /** Whether `spec.env` may set it (the CRD and the spec check refuse the others). */
     readonly viaEnv: boolean
   }
+
+/** A key of a Secret in the InferenceService's namespace (a container's `env[].valueFrom.secretKeyRef`). */
+export interface SecretKeyRef {
+  readonly name: string
+  readonly key: string
+}
 
 /** Settings the Deployment leaves unset (the router's default), each named: a new one gets a decision only when someone makes one. */
 const leftToRouter = (why: string, viaEnv: boolean, ...variables: ReadonlyArray<string>): Array<EnvDecision> =>
@@ -182,10 +200,14 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   routerField("OVERLOAD_STATUS", "overloadStatus"),
   {
     variable: "KV_ENDPOINTS",
-    from: "spec",
-    field: "kvEndpoints",
-    unset: "none (`[]`)",
-    value: (spec) => spec.kvEndpoints === undefined || spec.kvEndpoints.length === 0 ? undefined : spec.kvEndpoints.join(",")
+    from: "secret",
+    field: "kvEndpointsSecretRef",
+    ref: (spec) => spec.kvEndpointsSecretRef,
+    why: "the key holds the comma-separated list (a `redis://` URL may carry a password); the controller never reads it. Or, as plain text in the InferenceService and the Deployment, `spec.kvEndpoints`; neither: none (`[]`)",
+    plain: {
+      field: "kvEndpoints",
+      value: (spec) => spec.kvEndpoints === undefined || spec.kvEndpoints.length === 0 ? undefined : spec.kvEndpoints.join(",")
+    }
   },
   {
     variable: "MODEL_BACKEND",
@@ -249,7 +271,14 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   { variable: "HOSTNAME", from: "router", why: "set by Kubernetes to the pod name; POD_NAME's fallback", viaEnv: false },
   routerField("LOG_LEVEL", "logLevel"),
   { variable: "LOG_FORMAT", from: "fixed", value: "json", why: "one JSON object per line, for log collectors" },
-  { variable: "API_KEYS", from: "secret", field: "apiKeysSecretRef", why: "set only when the spec names a Secret (key default `keys`); no Secret: no authentication" },
+  {
+    variable: "API_KEYS",
+    from: "secret",
+    field: "apiKeysSecretRef",
+    ref: (spec) =>
+      spec.apiKeysSecretRef === undefined ? undefined : { name: spec.apiKeysSecretRef.name, key: spec.apiKeysSecretRef.key ?? defaults.apiKeysSecretKey },
+    why: "set only when the spec names a Secret (key default `keys`); no Secret: no authentication"
+  },
   { variable: "API_KEYS_FILE", from: "router", why: "keys come from the Secret through API_KEYS", viaEnv: false }
 ]
 
@@ -277,7 +306,7 @@ export const envTableMarkdown = (): string => {
       case "downward":
         return `| \`${decision.variable}\` | downward API | \`${decision.fieldPath}\`: ${decision.why} |`
       case "secret":
-        return `| \`${decision.variable}\` | Secret | \`spec.${decision.field}\`: ${decision.why} |`
+        return `| \`${decision.variable}\` | Secret${decision.plain === undefined ? "" : " or spec"} | \`spec.${decision.field}\`: ${decision.why} |`
       case "router":
         return `| \`${decision.variable}\` | router default | not set: ${decision.why}${decision.viaEnv ? "" : " (not settable through `spec.env`)"} |`
     }
@@ -353,16 +382,13 @@ export const routerEnv = (spec: InferenceServiceSpec): Array<Record<string, unkn
       case "downward":
         env.push({ name: decision.variable, valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: decision.fieldPath } } })
         break
-      case "secret":
-        if (spec.apiKeysSecretRef !== undefined) {
-          env.push({
-            name: decision.variable,
-            valueFrom: {
-              secretKeyRef: { name: spec.apiKeysSecretRef.name, key: spec.apiKeysSecretRef.key ?? defaults.apiKeysSecretKey }
-            }
-          })
-        }
+      case "secret": {
+        const ref = decision.ref(spec)
+        const plain = decision.plain?.value(spec)
+        if (ref !== undefined) env.push({ name: decision.variable, valueFrom: { secretKeyRef: { name: ref.name, key: ref.key } } })
+        else if (plain !== undefined) env.push({ name: decision.variable, value: plain })
         break
+      }
       case "router":
         break
     }

@@ -70,6 +70,9 @@ export const crossFieldProblems = (spec: InferenceServiceSpec): ReadonlyArray<st
   if (headers !== undefined && headers > request) {
     problems.push(`spec.router.headersTimeoutMs: ${headers} must be <= requestTimeoutMs (${request})`)
   }
+  if ((spec.kvEndpoints ?? []).length > 0 && spec.kvEndpointsSecretRef !== undefined) {
+    problems.push("spec.kvEndpointsSecretRef: set kvEndpoints or kvEndpointsSecretRef, not both")
+  }
   // The scheduler's fields: only where the router reads them (the CRD's rules say the same).
   const upstreams = spec.upstreams ?? []
   const cacheAware = spec.routing?.scheduler === "cache-aware"
@@ -127,7 +130,14 @@ export const checkSpec = (raw: unknown, name?: string): SpecCheck => {
     const error = firstFailure(settings.cause) as { readonly message: string; readonly variable?: string } | undefined
     // The field the setting comes from, so the status names what to edit.
     const decision = envDecisions.find((d) => d.variable === error?.variable)
-    const field = decision === undefined ? "" : decision.from === "spec" || decision.from === "secret" ? `spec.${decision.field}: ` : "spec.env: "
+    // A Secret's value is not known here: a rejected secret-or-plain setting came from its plain field.
+    const field = decision === undefined
+      ? ""
+      : decision.from === "spec"
+      ? `spec.${decision.field}: `
+      : decision.from === "secret"
+      ? `spec.${decision.plain?.field ?? decision.field}: `
+      : "spec.env: "
     return { _tag: "Invalid", message: `the router would reject this spec: ${field}${error?.message ?? "its settings"}` }
   }
   return { _tag: "Valid", spec }
