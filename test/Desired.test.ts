@@ -198,6 +198,9 @@ describe("desired objects", () => {
         case "fixed":
           assert.strictEqual(item?.value, decision.value, decision.variable)
           break
+        case "identity":
+          assert.strictEqual(item?.value, decision.value(owner, check.spec), decision.variable)
+          break
         case "downward":
           assert.strictEqual(item?.valueFrom?.fieldRef?.fieldPath, decision.fieldPath)
           break
@@ -240,12 +243,38 @@ describe("desired objects", () => {
         assert.deepStrictEqual(upstream.routing, {
           scheduler: stored.routing?.scheduler ?? defaultRouting.scheduler,
           loadBound: stored.routing?.loadBoundPercent === undefined ? defaultRouting.loadBound : stored.routing.loadBoundPercent / 100,
-          metricsIntervalMs: stored.routing?.metricsIntervalMs ?? defaultRouting.metricsIntervalMs
+          metricsIntervalMs: stored.routing?.metricsIntervalMs ?? defaultRouting.metricsIntervalMs,
+          // The replicas of this InferenceService share routing state under its own name, not its model's.
+          ...(stored.routing?.scheduler === "cache-aware" ? { sharedScope: `${owner.namespace}/${owner.name}` } : {})
         })
         assert.deepStrictEqual(upstream.targets.map((t) => t.kvEvents), upstreams.map((u) => u.kvEvents))
       }
     }
   }, { arbitrary: { runs: 150 } })
+
+  it("two InferenceServices of one modelRef do not share routing state: UPSTREAM_SHARED_SCOPE is <namespace>/<name>, set where the cache-aware scheduler reads it", () => {
+    const spec = { modelRef: "llama-3-8b", kvEndpoints: ["redis://redis-0:6379"], upstreams: [{ url: "http://vllm-0:8000" }], routing: { scheduler: "cache-aware" } }
+    const scopes = [{ namespace: "team-a", name: "chat" }, { namespace: "team-b", name: "chat" }, { namespace: "team-a", name: "batch" }].map((who) => {
+      const check = checkSpec(spec, who.name)
+      assert.strictEqual(check._tag, "Valid")
+      const env = desiredObjects({ ...who, uid: "u" }, (check as Extract<typeof check, { _tag: "Valid" }>).spec, settings).env
+      return env.find((e) => e.name === "UPSTREAM_SHARED_SCOPE")?.value
+    })
+    assert.deepStrictEqual(scopes, ["team-a/chat", "team-b/chat", "team-a/batch"])
+    // Not set where nothing reads it: the least-request scheduler, or no upstreams.
+    for (const other of [{ ...spec, routing: { scheduler: "least-request" } }, { ...spec, routing: undefined }, { modelRef: "m" }]) {
+      const check = checkSpec(JSON.parse(JSON.stringify(other)))
+      assert.strictEqual(check._tag, "Valid")
+      if (check._tag === "Valid") assert.notInclude(desiredObjects(owner, check.spec, settings).env.map((e) => e.name), "UPSTREAM_SHARED_SCOPE")
+    }
+    // The router reads it as the scope of its shared state; unset, MODEL_REF.
+    const read = (env: Record<string, string>) =>
+      Effect.runSync(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MODEL_BACKEND: "upstream", UPSTREAMS: "http://a:1", ...env } }))))
+    assert.strictEqual(read({ UPSTREAM_SHARED_SCOPE: "team-a/chat" }).upstream?.routing.sharedScope, "team-a/chat")
+    assert.isUndefined(read({}).upstream?.routing.sharedScope)
+    const bad = Effect.runSyncExit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: { MODEL_BACKEND: "upstream", UPSTREAMS: "http://a:1", UPSTREAM_SHARED_SCOPE: "a b" } }))))
+    assert.isTrue(Exit.isFailure(bad))
+  })
 
   it("KV endpoints from a Secret: KV_ENDPOINTS through valueFrom.secretKeyRef, never as text; not together with kvEndpoints", () => {
     const spec = { modelRef: "m", kvEndpointsSecretRef: { name: "redis-auth", key: "endpoints" } }
@@ -324,12 +353,14 @@ describe("desired objects", () => {
         "dns+http://vllm-pods.models.svc:8000;version=v2;kv-events=5557,http://vllm-3:8000",
       UPSTREAM_SCHEDULER: "cache-aware",
       UPSTREAM_LOAD_BOUND: "1.5",
-      UPSTREAM_METRICS_INTERVAL_MS: "50"
+      UPSTREAM_METRICS_INTERVAL_MS: "50",
+      // Shared routing state in that Redis under this InferenceService's own name, not its modelRef's.
+      UPSTREAM_SHARED_SCOPE: "models/llama"
     })
     const parsed = Effect.runSyncExit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
     assert.isTrue(Exit.isSuccess(parsed))
     if (Exit.isSuccess(parsed)) {
-      assert.deepStrictEqual(parsed.value.upstream?.routing, { scheduler: "cache-aware", loadBound: 1.5, metricsIntervalMs: 50 })
+      assert.deepStrictEqual(parsed.value.upstream?.routing, { scheduler: "cache-aware", loadBound: 1.5, metricsIntervalMs: 50, sharedScope: "models/llama" })
       assert.deepStrictEqual(parsed.value.upstream?.targets.map((t) => t.kvEvents), [5557, "tcp://kv-pub.models.svc:5557", 5557, undefined])
     }
     // Unset: the router's defaults (nothing rendered).

@@ -124,11 +124,24 @@ export type EnvDecision =
   }
   | {
     readonly variable: string
+    readonly from: "identity"
+    /** From the InferenceService's namespace and name (and its spec: when the router reads it). */
+    readonly value: (identity: Identity, spec: InferenceServiceSpec) => string | undefined
+    readonly why: string
+  }
+  | {
+    readonly variable: string
     readonly from: "router"
     readonly why: string
     /** Whether `spec.env` may set it (the CRD and the spec check refuse the others). */
     readonly viaEnv: boolean
   }
+
+/** Which InferenceService: its namespace and name. */
+export interface Identity {
+  readonly namespace: string
+  readonly name: string
+}
 
 /** A key of a Secret in the InferenceService's namespace (a container's `env[].valueFrom.secretKeyRef`). */
 export interface SecretKeyRef {
@@ -180,6 +193,9 @@ const upstreamItem = (upstream: NonNullable<InferenceServiceSpec["upstreams"]>[n
     ...(upstream.version === undefined ? [] : [`version=${upstream.version}`]),
     ...(upstream.kvEvents === undefined ? [] : [`kv-events=${upstream.kvEvents}`])
   ].join(";")
+
+/** The router's UPSTREAM_SHARED_SCOPE for an InferenceService: names its shared routing state in Redis. */
+export const sharedScopeOf = (identity: Identity): string => `${identity.namespace}/${identity.name}`
 
 const routerField = (variable: string, field: keyof NonNullable<InferenceServiceSpec["router"]>, fallback?: number): EnvDecision => ({
   variable,
@@ -237,6 +253,12 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   routingField("UPSTREAM_SCHEDULER", "scheduler"),
   routingField("UPSTREAM_LOAD_BOUND", "loadBoundPercent", (percent) => loadBoundSetting(Number(percent))),
   routingField("UPSTREAM_METRICS_INTERVAL_MS", "metricsIntervalMs"),
+  {
+    variable: "UPSTREAM_SHARED_SCOPE",
+    from: "identity",
+    value: (identity, spec) => hasUpstreams(spec) && spec.routing?.scheduler === "cache-aware" ? sharedScopeOf(identity) : undefined,
+    why: "`<namespace>/<name>`, with `spec.routing.scheduler: cache-aware` (the only reader): the replicas of one InferenceService share their routing state in a Redis of `kvEndpoints`, and another InferenceService of the same `modelRef` (other servers) does not"
+  },
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
   ...leftToRouter(
     "tuning of the simulated model, not a property of the service; set it through `spec.env`",
@@ -305,6 +327,8 @@ export const envTableMarkdown = (): string => {
         return `| \`${decision.variable}\` | fixed | \`${decision.value}\`: ${decision.why} |`
       case "downward":
         return `| \`${decision.variable}\` | downward API | \`${decision.fieldPath}\`: ${decision.why} |`
+      case "identity":
+        return `| \`${decision.variable}\` | InferenceService | ${decision.why} |`
       case "secret":
         return `| \`${decision.variable}\` | Secret${decision.plain === undefined ? "" : " or spec"} | \`spec.${decision.field}\`: ${decision.why} |`
       case "router":
@@ -367,7 +391,7 @@ export const selectorLabels = (isvcName: string): Record<string, string> => ({
 export const autoscales = (spec: InferenceServiceSpec) => spec.maxReplicas !== undefined
 
 /** The router container's env, in the table's order, then the spec's extra env. */
-export const routerEnv = (spec: InferenceServiceSpec): Array<Record<string, unknown>> => {
+export const routerEnv = (spec: InferenceServiceSpec, identity: Identity): Array<Record<string, unknown>> => {
   const env: Array<Record<string, unknown>> = []
   for (const decision of envDecisions) {
     switch (decision.from) {
@@ -379,6 +403,11 @@ export const routerEnv = (spec: InferenceServiceSpec): Array<Record<string, unkn
       case "fixed":
         env.push({ name: decision.variable, value: decision.value })
         break
+      case "identity": {
+        const value = decision.value(identity, spec)
+        if (value !== undefined) env.push({ name: decision.variable, value })
+        break
+      }
       case "downward":
         env.push({ name: decision.variable, valueFrom: { fieldRef: { apiVersion: "v1", fieldPath: decision.fieldPath } } })
         break
@@ -414,7 +443,7 @@ export const desiredObjects = (owner: Owner, spec: InferenceServiceSpec, setting
     ownerReferences: [{ apiVersion, kind, name: owner.name, uid: owner.uid, controller: true, blockOwnerDeletion: true }]
   }
   const image = spec.image ?? settings.routerImage
-  const env = routerEnv(spec)
+  const env = routerEnv(spec, owner)
   const shutdownTimeoutMs = spec.router?.shutdownTimeoutMs ?? defaults.shutdownTimeoutMs
   const resources = routerResources(spec)
   const deployment: KubeObject = {

@@ -23,9 +23,10 @@ export type SpecCheck =
 const decodeSpec = Schema.decodeUnknownExit(InferenceServiceSpec)
 
 /** Env values the router would read (those from the downward API and Secrets are not known here). */
-const plainEnv = (spec: InferenceServiceSpec): Record<string, string> => {
+const plainEnv = (spec: InferenceServiceSpec, name: string): Record<string, string> => {
   const env: Record<string, string> = {}
-  for (const item of routerEnv(spec)) if (typeof item.value === "string") env[item.name as string] = item.value
+  // The namespace is not known here: any one gives UPSTREAM_SHARED_SCOPE the same shape.
+  for (const item of routerEnv(spec, { namespace: "default", name })) if (typeof item.value === "string") env[item.name as string] = item.value
   return env
 }
 
@@ -124,7 +125,7 @@ export const checkSpec = (raw: unknown, name?: string): SpecCheck => {
   const problems = [...crossFieldProblems(spec), ...resourceProblems(spec)]
   if (problems.length > 0) return { _tag: "Invalid", message: `invalid spec: ${problems.join("; ")}` }
   const settings = Effect.runSyncExit(
-    Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: plainEnv(spec) })))
+    Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env: plainEnv(spec, name ?? "inference-service") })))
   )
   if (Exit.isFailure(settings)) {
     const error = firstFailure(settings.cause) as { readonly message: string; readonly variable?: string } | undefined

@@ -27,7 +27,7 @@ import {
 } from "../../shared/Settings.ts"
 import { maskCredentials } from "../../shared/Credentials.ts"
 import { parseTargets, type UpstreamTarget, upstreamsExpected } from "../upstream/Targets.ts"
-import { defaultRouting, LoadBound, type RoutingSettings, routingSettingDocs, schedulerNames } from "../routing/RoutingSettings.ts"
+import { defaultRouting, LoadBound, type RoutingSettings, routingSettingDocs, schedulerNames, SharedScope } from "../routing/RoutingSettings.ts"
 
 export { InvalidSetting, maskCredentials }
 
@@ -501,10 +501,12 @@ const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSett
   const maxBodyBytes = yield* setting("UPSTREAM_MAX_BODY_BYTES", decimalAtLeast(1024), "an integer >= 1024 (bytes)", () => d.maxBodyBytes)
   const maxEventBytes = yield* setting("UPSTREAM_MAX_EVENT_BYTES", decimalAtLeast(1024), "an integer >= 1024 (bytes)", () => d.maxEventBytes)
   const requestTimeoutMs = yield* positiveMs("UPSTREAM_REQUEST_TIMEOUT_MS", d.requestTimeoutMs)
+  const sharedScope = yield* setting("UPSTREAM_SHARED_SCOPE", SharedScope, "text without whitespace, up to 512 characters", () => "")
   const routing: RoutingSettings = {
     scheduler: yield* setting("UPSTREAM_SCHEDULER", oneOf(schedulerNames), "least-request or cache-aware", () => defaultRouting.scheduler),
     loadBound: yield* setting("UPSTREAM_LOAD_BOUND", LoadBound, "a number from 1 to 10 (times the pool's mean in flight), e.g. 1.25", () => defaultRouting.loadBound),
-    metricsIntervalMs: (yield* ms("UPSTREAM_METRICS_INTERVAL_MS", () => defaultRouting.metricsIntervalMs)) ?? defaultRouting.metricsIntervalMs
+    metricsIntervalMs: (yield* ms("UPSTREAM_METRICS_INTERVAL_MS", () => defaultRouting.metricsIntervalMs)) ?? defaultRouting.metricsIntervalMs,
+    ...(sharedScope === "" ? {} : { sharedScope })
   }
   return {
     backend,

@@ -13,9 +13,14 @@ export interface RoutingSettings {
   readonly loadBound: number
   /** Upstream `/metrics` scraped this often (cache-aware only); 0: not scraped. */
   readonly metricsIntervalMs: number
+  /** Names the shared state in Redis (cache-aware only); unset: MODEL_REF (routers of one model share it). */
+  readonly sharedScope?: string | undefined
 }
 
 export const defaultRouting: RoutingSettings = { scheduler: "least-request", loadBound: 1.25, metricsIntervalMs: 100 }
+
+/** UPSTREAM_SHARED_SCOPE: any text without whitespace, up to 512 characters. */
+export const SharedScope = Schema.Trim.pipe(Schema.check(Schema.isPattern(/^\S{1,512}$/, { expected: "text without whitespace" })))
 
 /** UPSTREAM_LOAD_BOUND: a decimal number from 1 to 10 with at most three decimals. */
 export const LoadBound = Schema.Trim.pipe(
@@ -46,5 +51,11 @@ export const routingSettingDocs: ReadonlyArray<{ readonly variable: string; read
     meaning: "`cache-aware`: each upstream's `/metrics` (vLLM's `vllm:num_requests_waiting`/`_running`, `vllm:cache_config_info`) is read this often; older than three intervals, it is not used; `0` = not read",
     default: code(defaultRouting.metricsIntervalMs),
     valid: "integer ≥ 0"
+  },
+  {
+    variable: "UPSTREAM_SHARED_SCOPE",
+    meaning: "`cache-aware` with a `redis://` item in `KV_ENDPOINTS`: names the state router replicas share there (prefix index, in-flight counts); routers with the same scope and the same Redis share it. The controller sets `<namespace>/<name>` of the InferenceService, so two services of one model do not share an index of different servers",
+    default: "`MODEL_REF`",
+    valid: "text without whitespace, up to 512 characters"
   }
 ]

@@ -398,7 +398,7 @@ export class Upstreams extends Context.Service<Upstreams, {
         ? yield* (yield* Effect.promise(() => import("../routing/Routing.ts"))).makeCacheAwareRouting({
           settings: config.upstream.routing,
           kvEndpoints: config.kvEndpoints.map((item) => ({ shown: item.shown, url: Redacted.value(item.value) })),
-          pool: config.modelRef
+          pool: config.upstream.routing.sharedScope ?? config.modelRef
         })
         : undefined
       return yield* Upstreams.make(config.upstream, config.maxConcurrency, undefined, scheduler)
