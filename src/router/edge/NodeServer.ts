@@ -87,12 +87,6 @@ interface ServeOptions {
   readonly isDraining: () => boolean
 }
 
-/** The request a connection is serving now, if any. */
-interface InFlight {
-  request: IncomingMessage | undefined
-  response: ServerResponse | undefined
-}
-
 /** The Node server, its limits, and every listener but the Effect app's. */
 const makeNodeServer = (options: ServeOptions) => {
   const { config, isDraining, nodeRoutes, observer, routes } = options
@@ -105,26 +99,6 @@ const makeNodeServer = (options: ServeOptions) => {
     // Checked by the dispatcher, so the 400 has the router's envelope.
     requireHostHeader: false
   })
-  /**
-   * The request each connection is serving, for answers written to the socket
-   * (`clientError`). One holder per connection, emptied when the response
-   * closes: holding a finished request until the connection's next one kept
-   * every keep-alive connection's last request, response and all they
-   * reference alive across young-generation collections, to be promoted and
-   * collected by the old generation's (at 256 connections: most of the
-   * scavenge time, and peak RSS 2.5x the baseline's; BENCHMARKS.md section 12).
-   */
-  const servingOn = new WeakMap<Socket, InFlight>()
-  server.on("connection", (socket: Socket) => servingOn.set(socket, { request: undefined, response: undefined }))
-  /** A response's `close` listener (one function for all: no closure per request). */
-  function forget(this: ServerResponse) {
-    const inFlight = servingOn.get(this.req.socket)
-    if (inFlight?.response === this) {
-      inFlight.request = undefined
-      inFlight.response = undefined
-    }
-  }
-
   const answer = (request: IncomingMessage, response: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}) => {
     const requestId = request.headers[requestIdHeader] as string
     writeJson(response, status, errorBody(request, status, code, message), { ...headers, ...answerHeaders(requestId, isDraining()) })
@@ -137,12 +111,6 @@ const makeNodeServer = (options: ServeOptions) => {
   const dispatch = (request: IncomingMessage, response: ServerResponse, awaitsContinue: boolean) => {
     const path = routePath(request.url ?? "/")
     observer.observe(request, response, path)
-    const inFlight = servingOn.get(request.socket)
-    if (inFlight !== undefined) {
-      inFlight.request = request
-      inFlight.response = response
-      response.on("close", forget)
-    }
     if (request.headers.host === undefined && request.httpVersionMinor === 1 && request.httpVersionMajor === 1) {
       return answer(request, response, 400, "missing_host", "HTTP/1.1 requests must have a Host header", { connection: "close" })
     }
@@ -167,8 +135,8 @@ const makeNodeServer = (options: ServeOptions) => {
     answer(request, response, 417, "expectation_failed", `unsupported Expect: ${JSON.stringify(request.headers.expect)}; only 100-continue is`, { connection: "close" })
   })
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
-    const inFlight = servingOn.get(socket)
-    const serving = inFlight?.request !== undefined && inFlight.response !== undefined && !inFlight.response.writableFinished
+    const inFlight = observer.serving(socket)
+    const serving = inFlight?.request !== undefined && inFlight.response !== undefined
       ? { request: inFlight.request, response: inFlight.response }
       : undefined
     // As Node does: answer only if the socket can take it and no answer has begun.

@@ -12,6 +12,7 @@
 import { Context, Effect, Layer, LogLevel, References, type Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
+import type { Socket } from "node:net"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../core/Config.ts"
@@ -37,6 +38,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
   observe(request: IncomingMessage, response: ServerResponse, path: string): void
   /** Counts an answer Node's parser made necessary before there was a request (a bad request line, oversized headers). */
   unparsed(status: number): void
+  /** The request `socket` is serving now (observed, its response not yet closed), for answers Node asks for on the socket. */
+  serving(socket: Socket): InFlight | undefined
 }>()("inference-router/RequestObserver") {
   static readonly layer = (routes: RouteTable) =>
     Layer.effect(
@@ -59,6 +62,32 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             onAllClosed = () => resume(Effect.void)
           }).pipe(Effect.timeoutOrElse({ duration: config.shutdownTimeoutMs, orElse: () => Effect.void }))
         )
+
+        /**
+         * Per connection, the request it serves now: emptied when the response
+         * closes. Holding a finished request until the connection's next one
+         * kept every keep-alive connection's last request, response and all
+         * they reference alive across young-generation collections, to be
+         * promoted and left to the old generation's (at 256 connections: most
+         * of the scavenge time, peak RSS 2.5x the baseline's; BENCHMARKS.md
+         * section 12). Emptied in the one `close` listener a request already has.
+         */
+        const inFlight = new WeakMap<Socket, InFlight>()
+        const enter = (request: IncomingMessage, response: ServerResponse) => {
+          const holder = inFlight.get(request.socket)
+          if (holder === undefined) inFlight.set(request.socket, { request, response })
+          else {
+            holder.request = request
+            holder.response = response
+          }
+        }
+        const leave = (request: IncomingMessage, response: ServerResponse) => {
+          const holder = inFlight.get(request.socket)
+          if (holder?.response === response) {
+            holder.request = undefined
+            holder.response = undefined
+          }
+        }
 
         const metrics = metricContext(context)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
@@ -92,20 +121,35 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             if (typeof given !== "string" || !validRequestId.test(given)) {
               request.headers[requestIdHeader] = randomUUID()
             }
-            if (untracked.has(path)) return
+            enter(request, response)
+            if (untracked.has(path)) {
+              response.on("close", () => leave(request, response))
+              return
+            }
             const startedAt = performance.now()
             open++
             // A response closes once: `on` spares the wrapper `once` allocates.
             response.on("close", () => {
               open--
+              leave(request, response)
               finished(request, response, path, startedAt)
               if (open === 0 && onAllClosed !== undefined) onAllClosed()
             })
           },
-          unparsed: (status) => requestsBy(unmatchedEndpoint, String(status)).updateUnsafe(1, metrics)
+          unparsed: (status) => requestsBy(unmatchedEndpoint, String(status)).updateUnsafe(1, metrics),
+          serving: (socket) => {
+            const holder = inFlight.get(socket)
+            return holder?.response === undefined || holder.response.writableFinished ? undefined : holder
+          }
         })
       })
     )
+}
+
+/** A request a connection is serving, and its response. */
+export interface InFlight {
+  request: IncomingMessage | undefined
+  response: ServerResponse | undefined
 }
 
 /** What one access-log line says. */
@@ -176,8 +220,12 @@ export const tenths = (ms: number): string => {
 
 const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(function*() {
   const write = yield* AccessLogOutput
-  // A fresh buffer per batch: the writer may hold the last one (an asynchronous pipe).
-  let batch = Buffer.allocUnsafeSlow(accessLogBatchBytes)
+  // One batch buffer for the life of the layer; each write gets a copy of its
+  // lines, which the writer may keep (an asynchronous pipe). A fresh batch
+  // buffer per write lived ~100 ms, long enough to be promoted, and the old
+  // generation freed them only at its collections: +60 MiB peak RSS under load
+  // (BENCHMARKS.md section 12). A copy handed over and dropped dies young.
+  const batch = Buffer.allocUnsafeSlow(accessLogBatchBytes)
   let used = 0
   let timer: ReturnType<typeof setTimeout> | undefined
   // Once released, a line is written at once: nothing may wait for a timer the exit cancels.
@@ -186,8 +234,7 @@ const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(f
     if (timer !== undefined) clearTimeout(timer)
     timer = undefined
     if (used === 0) return
-    const chunk = batch.subarray(0, used)
-    batch = Buffer.allocUnsafeSlow(accessLogBatchBytes)
+    const chunk = Buffer.from(batch.subarray(0, used))
     used = 0
     write(chunk)
   }
