@@ -376,9 +376,9 @@ export interface Cell {
   /** Seconds from the last arrival until the last answer ended: more than a few, requests came faster than they were served. */
   readonly drainS: number
   readonly hitRate: number
-  /** Mean over 100 ms samples while requests arrive (pool mean >= 1) of max ÷ mean requests in flight (running + waiting) over the servers. */
+  /** Over 100 ms samples while requests arrive (pool mean >= 1): Σ busiest ÷ Σ mean requests in flight (running + waiting) over the servers. */
   readonly maxOverMeanInFlight: number
-  /** The same samples' best possible: ceil(total ÷ n) ÷ (total ÷ n), what whole requests allow. */
+  /** The same samples' best possible: Σ ⌈mean⌉ ÷ Σ mean, what whole requests allow. */
   readonly maxOverMeanFloor: number
   /** Per-server in flight averaged over the run: the busiest ÷ the mean. */
   readonly maxOverMeanAveraged: number
@@ -403,6 +403,7 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   const outcomes: Array<Promise<Outcome>> = []
   const ratios: Array<number> = []
   const floors: Array<number> = []
+  const means: Array<number> = []
   const sums = new Array<number>(servers.procs.length).fill(0)
   let samples = 0
   let sampling = true
@@ -427,8 +428,10 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
         samples++
       }
       if (mean >= 1) {
-        ratios.push(Math.max(...counts) / mean)
-        floors.push(Math.ceil(mean) / mean)
+        // Summed, not averaged as ratios: a sample weighs by its load (the ramp's first few requests say little).
+        ratios.push(Math.max(...counts))
+        floors.push(Math.ceil(mean))
+        means.push(mean)
       }
       await sleep(100)
     }
@@ -490,7 +493,8 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
     const count = seriesSum(frontTexts.join("\n"), "router_routing_decisions_total", `reason="${reason}"`)
     if (count > 0) reasons[reason] = count
   }
-  const mean = (values: ReadonlyArray<number>) => values.length === 0 ? 1 : values.reduce((a, b) => a + b, 0) / values.length
+  const sum = (values: ReadonlyArray<number>) => values.reduce((a, b) => a + b, 0)
+  const perMean = (values: ReadonlyArray<number>) => means.length === 0 ? 1 : sum(values) / sum(means)
   return {
     scheduler,
     workload: workloadName,
@@ -505,8 +509,8 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
     outputTokensPerSecond: done.reduce((sum, outcome) => sum + outcome.tokens, 0) / elapsed,
     drainS: (performance.now() - lastArrival) / 1000,
     hitRate: prompt === 0 ? 0 : cached / prompt,
-    maxOverMeanInFlight: mean(ratios),
-    maxOverMeanFloor: mean(floors),
+    maxOverMeanInFlight: perMean(ratios),
+    maxOverMeanFloor: perMean(floors),
     maxOverMeanAveraged: meanAverage > 0 ? Math.max(...averages) / meanAverage : 1,
     meanInFlightPerServer: meanAverage,
     decisionP99Ms: decision === undefined ? undefined : decision * 1000,
@@ -826,7 +830,7 @@ const report = (results: ReadonlyArray<GroupResult>, wallS: number, cores: strin
   if (problems.length > 0) lines.push("", "## Not run", "", ...problems)
   lines.push(
     "",
-    "Columns: TTFT at the client; hit rate = reported cached_tokens ÷ prompt tokens; max/mean in flight = mean over 100 ms samples, while requests arrive, of the servers' (running + waiting) busiest ÷ mean, counted when the mean is ≥ 1, with the best any scheduler could do with whole requests in brackets; busiest ÷ mean averaged = each server's in flight averaged over the run; decision p99 = bucket bound of router_routing_decision_seconds; drain = seconds from the last arrival to the last answer's end (over " + saturatedDrainS + ": saturated); output tok/s over arrivals + drain; failed = no answer (refused, reset, not 200), cut = a stream broken after its answer began, or unfinished " + drainLimitS + " s after the last arrival."
+    "Columns: TTFT at the client; hit rate = reported cached_tokens ÷ prompt tokens; max/mean in flight = over 100 ms samples while requests arrive (those with a mean ≥ 1), the sum of the busiest server's (running + waiting) ÷ the sum of the mean (so a sample weighs by its load), with the best any scheduler could do with whole requests in brackets; busiest ÷ mean averaged = each server's in flight averaged over the run; decision p99 = bucket bound of router_routing_decision_seconds; drain = seconds from the last arrival to the last answer's end (over " + saturatedDrainS + ": saturated); output tok/s over arrivals + drain; failed = no answer (refused, reset, not 200), cut = a stream broken after its answer began, or unfinished " + drainLimitS + " s after the last arrival."
   )
   return lines.join("\n") + "\n"
 }

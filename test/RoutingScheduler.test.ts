@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
 import { prng } from "../src/router/simulated/Simulation.ts"
 import { TtftPredictor } from "../src/router/routing/Predictor.ts"
-import { CacheAwareScheduler, type Candidate, defaultSchedulerSettings, loadCap, type RoutingRequest } from "../src/router/routing/Scheduler.ts"
+import { CacheAwareScheduler, type Candidate, defaultSchedulerSettings, loadCap, type RoutingRequest, strictLoadCap } from "../src/router/routing/Scheduler.ts"
 
 const request = (prefix: string, blocks: number, blockSize = 16): RoutingRequest => ({
   promptTokens: blocks * blockSize,
@@ -119,6 +119,32 @@ describe("the cache-aware choice", () => {
     assert.isAtMost(Math.max(...pool.map((u) => u.inFlight)), 4)
   })
 
+  it("rounds the bound down where another holder of the prefix is within it, up only for the one holder of it", () => {
+    // 28 in flight over 4: 1.25 × 29 ÷ 4 = 9.06.
+    assert.strictEqual(strictLoadCap(1.25, 28, 4), 9)
+    assert.strictEqual(loadCap(1.25, 28, 4), 10)
+    // Never below the balanced level (the least loaded always fits).
+    assert.strictEqual(strictLoadCap(1.25, 5, 4), 2)
+    const hot = request("hot", 20)
+    // A hot prefix held by u0 and u1; u0 at the strict cap: u1 takes it (no prefill either way).
+    const two = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 1.25 }, undefined, undefined, prng(5))
+    two.index.recordDecision("u0", hot.keys(16), 0)
+    two.index.recordDecision("u1", hot.keys(16), 0)
+    // u1 has a short prefill queued, so u0 would be predicted faster (29 against 36.6 ms): the bound decides.
+    const pool = upstreams(9, 7, 6, 6)
+    two.sent("u1", two.choose([pool[1]], request("other", 6), 0), 0)
+    const decision = two.choose(pool, hot, 0)
+    assert.strictEqual(decision.candidate.id, "u1")
+    // A group's prefix held by u0 only, at the strict cap: it stays (spilling would prefill it from nothing) ...
+    const one = new CacheAwareScheduler({ ...defaultSchedulerSettings, loadBound: 1.25 }, undefined, undefined, prng(5))
+    one.index.recordDecision("u0", hot.keys(16), 0)
+    assert.strictEqual(one.choose(upstreams(9, 7, 6, 6), hot, 0).candidate.id, "u0")
+    // ... until the loose cap.
+    const spilled = one.choose(upstreams(10, 7, 6, 5), hot, 0)
+    assert.notStrictEqual(spilled.candidate.id, "u0")
+    assert.strictEqual(spilled.reason, "spill")
+  })
+
   it("holds a hot upstream to the bound × the mean rounded up: at 8 in flight per upstream, 11 (1.25 × 33 ÷ 4 = 10.3)", () => {
     assert.strictEqual(loadCap(1.25, 32, 4), 11)
     assert.strictEqual(loadCap(1.25, 0, 4), 1)
@@ -197,10 +223,17 @@ describe("the cache-aware choice", () => {
         const mean = (total + 1) / pool.length
         // The bound × the mean, rounded up; the least loaded always fits (no fallback beyond the bound).
         const cap = Math.ceil(bound * mean - 1e-9)
+        const strict = Math.max(Math.ceil(mean - 1e-9), Math.floor(bound * mean + 1e-9))
         assert.strictEqual(loadCap(bound, total, pool.length), cap)
-        assert.isAtLeast(cap, Math.min(...pool.map((u) => u.inFlight)) + 1)
+        assert.strictEqual(strictLoadCap(bound, total, pool.length), strict)
+        assert.isAtLeast(strict, Math.min(...pool.map((u) => u.inFlight)) + 1)
         const chosenLoad = decision.candidate.inFlight + 1
         assert.isAtMost(chosenLoad, cap, `load ${chosenLoad} cap ${cap}`)
+        // Past the strict cap only a holder of more of the prompt than any upstream within it.
+        if (chosenLoad > strict) {
+          const within = pool.filter((u) => u.inFlight + 1 <= strict).map((u) => scheduler.index.cachedPrefix(u.id, request("hot", 50).keys(16), 0))
+          assert.isAbove(decision.cachedTokens, Math.max(0, ...within) * 16, `load ${chosenLoad} strict ${strict}`)
+        }
         scheduler.sent(decision.candidate.id, decision, 0)
         ;(decision.candidate as { inFlight: number }).inFlight++
       }

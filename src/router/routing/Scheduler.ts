@@ -7,13 +7,17 @@
  *
  * - bounded load (consistent hashing with bounded loads, Mirrokni et al.): no
  *   upstream is given a request that would take it above
- *   `loadBound` × the pool's mean in flight (the request included), rounded
- *   up as in the paper (so the least loaded upstream always qualifies, and
- *   the busiest is at most one request above the bound × the mean). Rounding
- *   down was tried: at a few requests in flight per upstream it spills a
- *   group's requests whenever its home holds one more than the others
- *   (shared prefix at 32 requests/s: 30 % spills, hit rate 0.60 against 0.87,
- *   TTFT p50 202 against 23 ms), each spill a prefill from nothing.
+ *   `loadBound` × the pool's mean in flight (the request included). Whole
+ *   requests make that coarse, so it has two roundings: rounded down (but
+ *   never below the balanced level, which the least loaded meets) for any
+ *   upstream, rounded up (as in the paper) for one that holds more of the
+ *   prompt than any upstream within the rounded-down cap. Rounding up alone
+ *   let a hot prefix's home sit a request above the bound (1.32× the mean at
+ *   7 per upstream for a bound of 1.25); rounding down alone spilled a shared
+ *   prefix's requests whenever its home held one more than the others, each
+ *   spill a prefill from nothing (shared prefix at 32 requests/s: 30 %
+ *   spills, hit rate 0.60 against 0.87). So a spill goes where it costs no
+ *   prefill at the strict cap, and costs a prefill only past the loose one.
  *   A hot prefix spills to a second upstream, and since the decision is
  *   recorded in the index, the next request of that prefix finds it cached
  *   in both places;
@@ -157,7 +161,8 @@ export class CacheAwareScheduler {
     const loads = candidates.map((candidate) => candidate.inFlight + this.state(candidate.id).remoteInFlight)
     let total = 0
     for (const load of loads) total += load
-    const cap = loadCap(this.settings.loadBound, total, n)
+    const strictCap = strictLoadCap(this.settings.loadBound, total, n)
+    const looseCap = loadCap(this.settings.loadBound, total, n)
 
     const keysBySize = new Map<number, ReadonlyArray<BlockKey>>()
     const keysAt = (size: number) => {
@@ -166,27 +171,37 @@ export class CacheAwareScheduler {
       return keys
     }
 
+    // What each holds, and the most any candidate within the strict cap holds.
+    const cached = new Array<number>(n)
+    let bestWithinStrict = 0
+    for (let i = 0; i < n; i++) {
+      const state = this.state(candidates[i].id)
+      const blocks = this.index.cachedPrefix(candidates[i].id, keysAt(state.blockSize), now)
+      cached[i] = Math.min(request.promptTokens, blocks * state.blockSize)
+      if (loads[i] + 1 <= strictCap && cached[i] > bestWithinStrict) bestWithinStrict = cached[i]
+    }
+    // Within the strict cap: a candidate. Past it, up to the loose one: only to save a prefill no
+    // candidate within the strict cap could (the prefix's holders are all at the bound).
+    const allowed = (i: number) => loads[i] + 1 <= strictCap || (loads[i] + 1 <= looseCap && cached[i] > bestWithinStrict)
+
     let best = -1
     let bestMs = Infinity
     let mostCached = 0
     let mostCachedOverBound = false
     const predicted = new Array<number>(n)
-    const cached = new Array<number>(n)
     const inputs = new Array<PredictionInput>(n)
     for (let i = 0; i < n; i++) {
       const candidate = candidates[i]
       const state = this.state(candidate.id)
-      const blocks = this.index.cachedPrefix(candidate.id, keysAt(state.blockSize), now)
-      const cachedTokens = Math.min(request.promptTokens, blocks * state.blockSize)
+      const cachedTokens = cached[i]
       const unknownWaiting = state.signals === undefined ? 0 : Math.max(0, state.signals.waiting - loads[i])
       const input: PredictionInput = {
         uncachedTokens: request.promptTokens - cachedTokens,
         queuedPrefillTokens: this.queuedPrefill(candidate.id, now) + unknownWaiting * state.meanUncached,
         inFlight: Math.max(loads[i], state.signals?.running ?? 0)
       }
-      cached[i] = cachedTokens
       inputs[i] = input
-      const overBound = loads[i] + 1 > cap
+      const overBound = !allowed(i)
       if (cachedTokens > mostCached) {
         mostCached = cachedTokens
         mostCachedOverBound = overBound
@@ -199,8 +214,8 @@ export class CacheAwareScheduler {
         best = i
       }
     }
-    // Every candidate over the bound cannot happen (the least loaded is at most the mean), but a
-    // bound below 1 or rounding must never leave no answer.
+    // Every candidate over the bound cannot happen (the least loaded is within the strict cap), but
+    // rounding must never leave no answer.
     if (best < 0) {
       for (let i = 0; i < n; i++) if (predicted[i] < bestMs) bestMs = predicted[i], best = i
     }
@@ -210,7 +225,7 @@ export class CacheAwareScheduler {
     let chosen = best
     let ties = 1
     for (let i = 0; i < n; i++) {
-      if (i === best || loads[i] + 1 > cap || predicted[i] > bestMs + slack) continue
+      if (i === best || !allowed(i) || predicted[i] > bestMs + slack) continue
       if (loads[i] < loads[chosen]) {
         chosen = i
         ties = 1
@@ -278,9 +293,17 @@ export class CacheAwareScheduler {
 }
 
 /**
- * The most requests one upstream may hold after this one is placed: the bound
- * × the mean (this request included), rounded up (for a bound >= 1 the least
- * loaded always qualifies: it holds at most the mean).
+ * The loose cap: the most requests one upstream may hold after this one is
+ * placed, the bound × the mean (this request included) rounded up. Only a
+ * holder of the prompt's prefix that no upstream within the strict cap holds
+ * as much of may go past the strict cap, up to this.
  */
 export const loadCap = (bound: number, total: number, n: number): number =>
   Math.max(Math.ceil((total + 1) / n), Math.ceil(bound * (total + 1) / n - 1e-9))
+
+/**
+ * The strict cap: the bound × the mean rounded down, but never below the
+ * balanced level ⌈(total + 1) ÷ n⌉, which the least loaded always meets.
+ */
+export const strictLoadCap = (bound: number, total: number, n: number): number =>
+  Math.max(Math.ceil((total + 1) / n), Math.floor(bound * (total + 1) / n + 1e-9))
