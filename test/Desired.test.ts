@@ -25,7 +25,7 @@ import {
   ownerLabel,
   undecidedSettings
 } from "../src/controller/Desired.ts"
-import { checkSpec } from "../src/controller/SpecCheck.ts"
+import { checkSpec, kvEventsPublisher } from "../src/controller/SpecCheck.ts"
 import { loadSettings, settingNames } from "../src/router/core/Config.ts"
 import { defaultRouting, LoadBound } from "../src/router/routing/RoutingSettings.ts"
 import { admit } from "./support/CrdValidator.ts"
@@ -125,7 +125,8 @@ describe("desired objects", () => {
       (!cacheAware && upstreams.some((u) => u.kvEvents !== undefined)) ||
       upstreams.some((u) => u.url.startsWith("dns+") && typeof u.kvEvents === "string") ||
       (plan.kvSecret !== undefined && plan.kv.length > 0) ||
-      (routing?.metricsIntervalMs !== undefined && routing.metricsIntervalMs > 0 && routing.metricsIntervalMs < minMetricsIntervalMs)
+      (routing?.metricsIntervalMs !== undefined && routing.metricsIntervalMs > 0 && routing.metricsIntervalMs < minMetricsIntervalMs) ||
+      upstreams.some((u, i) => typeof u.kvEvents === "number" && upstreams.some((v, j) => j !== i && v.url === u.url && v.kvEvents === u.kvEvents))
     const stored = admitted(spec)
     assert.strictEqual(stored === undefined, breaks, `the CRD on ${JSON.stringify(spec)}`)
     if (stored === undefined) {
@@ -141,6 +142,12 @@ describe("desired objects", () => {
       return
     }
     const check = checkSpec(stored, owner.name)
+    // One KV events publisher named twice in forms the CRD cannot compare: the controller refuses it.
+    const publishers = upstreams.map(kvEventsPublisher).filter((p) => p !== undefined)
+    if (new Set(publishers).size < publishers.length) {
+      assert.include(check._tag === "Invalid" ? check.message : "", "name one KV events publisher")
+      return
+    }
     assert.strictEqual(check._tag, "Valid", check._tag === "Invalid" ? check.message : "")
     if (check._tag !== "Valid") return
     const objects = desiredObjects(owner, check.spec, settings)

@@ -12,7 +12,7 @@
  * its children are left as they are.
  */
 import { ConfigProvider, Effect, Exit, Schema } from "effect"
-import { InferenceServiceSpec } from "../api/InferenceService.ts"
+import { InferenceServiceSpec, type UpstreamSpec } from "../api/InferenceService.ts"
 import { loadSettings } from "../router/core/Settings.ts"
 import { defaults, deniedEnvNames, envDecisions, resourceProblems, routerEnv } from "./Desired.ts"
 
@@ -43,6 +43,26 @@ export const nameProblem = (name: string): string | undefined => {
     return `metadata.name: ${JSON.stringify(name)} is not a DNS-1035 label (lower case letters, digits and '-', starting with a letter): its Service is <name>-router`
   }
   return undefined
+}
+
+/**
+ * The KV events publisher an upstream names, as `host:port` (host lower-cased,
+ * an IPv6 address in brackets): the tcp:// endpoint, or the url's host and the
+ * kvEvents port (each address of a dns+ name). Undefined without kvEvents.
+ */
+export const kvEventsPublisher = (upstream: UpstreamSpec): string | undefined => {
+  const kvEvents = upstream.kvEvents
+  if (kvEvents === undefined) return undefined
+  if (typeof kvEvents === "string") {
+    const colon = kvEvents.lastIndexOf(":")
+    return `${kvEvents.slice("tcp://".length, colon).toLowerCase()}:${Number(kvEvents.slice(colon + 1))}`
+  }
+  try {
+    return `${new URL(upstream.url.replace(/^dns\+/, "")).hostname.toLowerCase()}:${kvEvents}`
+  } catch {
+    // A url the router's parser refuses (reported with its words once the spec's rules pass).
+    return undefined
+  }
 }
 
 /** The CRD's rules that span fields, with the path of the field each names (the CRD's CEL rules say the same). */
@@ -92,6 +112,19 @@ export const crossFieldProblems = (spec: InferenceServiceSpec): ReadonlyArray<st
     }
     if (typeof upstream.kvEvents === "string" && upstream.url.startsWith("dns+")) {
       problems.push(`spec.upstreams[${index}].kvEvents: kvEvents of a dns+ url must be a port: each address of the name publishes its own events`)
+    }
+  }
+  // One publisher per upstream: two upstreams following one publisher each get the other's events.
+  const publishers = new Map<string, number>()
+  for (const [index, upstream] of upstreams.entries()) {
+    const publisher = kvEventsPublisher(upstream)
+    if (publisher === undefined) continue
+    const first = publishers.get(publisher)
+    if (first === undefined) publishers.set(publisher, index)
+    else {
+      problems.push(
+        `spec.upstreams[${index}].kvEvents: upstreams[${first}] and upstreams[${index}] name one KV events publisher (${publisher}): each would get the other's events; an upstream's kvEvents must be its own server's publisher`
+      )
     }
   }
   const denied = new Set(deniedEnvNames())

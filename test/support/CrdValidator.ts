@@ -11,8 +11,11 @@
  * admits). List-map lists (`x-kubernetes-list-type: map`) refuse duplicate
  * keys, as the API server does.
  *
- * Not modelled: CEL cost limits, `oldSelf` transition rules, the API server's
- * exact error wording.
+ * The CEL rules run after structural errors that do not block them (a
+ * pattern, a bound), as the API server runs them.
+ *
+ * Not modelled: CEL cost limits (the CRD's comments give hand estimates),
+ * `oldSelf` transition rules, the API server's exact error wording.
  */
 import { Environment } from "@marcbachmann/cel-js"
 import { Ajv } from "ajv"
@@ -126,6 +129,13 @@ export interface Admitted {
   readonly object: any
 }
 
+/**
+ * Structural errors after which the API server does not run the CEL rules (apiextensions' hasBlockingErr:
+ * a wrong type, a required field missing, a value not in an enum, over maxLength / maxItems /
+ * maxProperties); after others (a pattern, a minimum) the rules still run and their messages are added.
+ */
+const blockingKeywords = new Set(["type", "required", "enum", "maxLength", "maxItems", "maxProperties", "additionalProperties", "anyOf"])
+
 /** Validates (and defaults) an InferenceService as the API server would on create. */
 export const admit = (input: unknown): Admitted => {
   const object = structuredClone(input) as any
@@ -133,7 +143,10 @@ export const admit = (input: unknown): Admitted => {
   if (!validateStructure(object)) {
     for (const error of validateStructure.errors ?? []) errors.push(`${error.instancePath || "/"}: ${error.message}`)
   }
+  const blocking = (validateStructure.errors ?? []).some((error) => blockingKeywords.has(error.keyword))
   if (errors.length === 0) listMapErrors(openApiSchema, object, "", errors)
-  if (errors.length === 0) celErrors(openApiSchema, object, "", errors)
+  // As the API server: the CEL rules run after a structural error unless it is one that blocks them.
+  if (!blocking && !errors.some((error) => error.includes("Duplicate value"))) celErrors(openApiSchema, object, "", errors)
+  else if (blocking) errors.push("some validation rules were not checked because the object was invalid; correct the existing errors to complete validation")
   return { ok: errors.length === 0, errors, object }
 }
