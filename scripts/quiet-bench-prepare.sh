@@ -10,7 +10,8 @@ npm run build
 for baseline in baseline sse-baseline proxy-baseline; do
   npx rolldown "scripts/$baseline.ts" --file "dist/bench/$baseline.js" --platform node --format esm
 done
-if grep -q '"build:bench-routing"' package.json; then npm run build:bench-routing; fi
+npm run build:bench-routing
+rm -rf dist/bench/node_modules   # zeromq travels in tools.tar.xz (x64 only), unpacked into ./node_modules there
 
 carry=.bench-carry pack=$(mktemp -d)
 mkdir -p "$carry" "$pack/lib" "$pack/before"
