@@ -45,6 +45,22 @@ describe("status", () => {
     assert.include(status.conditions!.find((c) => c.type === "RouterAvailable")!.message, "rolling out: 1/2")
   })
 
+  it("a rollout whose new pods crash-loop while the old ones serve (a router older than the spec's fields): Progressing says why at once", () => {
+    // A router from before ;kv-events= refuses its UPSTREAMS and exits; the kubelet keeps its line as the termination message.
+    const said = "invalid configuration: UPSTREAMS=\"http://vllm-0:8000;kv-events=5557\": expected comma-separated base URLs"
+    const status = computeStatus(observe({
+      deployment: { ...deployment({ readyReplicas: 2, updatedReplicas: 1, conditions: [{ type: "Available", status: "True" }] }), metadata: { generation: 4 } },
+      pods: [
+        { metadata: { name: "old-1" }, status: { containerStatuses: [{ ready: true, state: { running: {} } }] } },
+        { metadata: { name: "new-1" }, status: { containerStatuses: [{ state: { waiting: { reason: "CrashLoopBackOff" } }, lastState: { terminated: { exitCode: 1, message: `${said}\n` } } }] } }
+      ]
+    }))
+    assert.deepInclude(ready(status), { status: "True", reason: "Ready" })
+    const progressing = status.conditions!.find((c) => c.type === "Progressing")!
+    assert.deepInclude(progressing, { status: "True", reason: "RollingOut" })
+    assert.include(progressing.message, `RouterRejectedSettings: new-1: ${said}`)
+  })
+
   it("a child's name taken by an object the InferenceService does not control: Ready False, reason NotOwned", () => {
     const status = computeStatus(observe({ specProblem: { reason: "NotOwned", message: "Service ns/m-router exists and is not controlled by this InferenceService" } }))
     assert.deepInclude(ready(status), { status: "False", reason: "NotOwned" })

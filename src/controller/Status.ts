@@ -13,7 +13,8 @@
  *   Readiness follows availability (the Deployment's `Available` condition):
  *   a rollout while pods serve leaves it True, even one whose new pods fail
  *   or that missed its progress deadline.
- * - `Progressing`: True (`RollingOut`) while a rollout is under way, False
+ * - `Progressing`: True (`RollingOut`) while a rollout is under way (with why
+ *   a new pod fails, when one does: the old pods may still serve), False
  *   (`RolledOut`) once every replica runs the current template, False
  *   (`ProgressDeadlineExceeded`, with the new pods' problem) when the
  *   Deployment gave up waiting.
@@ -128,9 +129,13 @@ const rollout = (deployment: any, pods: ReadonlyArray<any>): Verdict => {
     const said: string = progressing.message ?? "the rollout did not progress in time"
     return condition("Progressing", "False", "ProgressDeadlineExceeded", why === undefined ? said : `${said}; ${why.reason}: ${why.message}`)
   }
-  return rolledOut && updated >= desired
-    ? condition("Progressing", "False", "RolledOut", `every replica runs generation ${deployment.metadata?.generation ?? 0} of the Deployment`)
-    : condition("Progressing", "True", "RollingOut", `rolling out: ${updated}/${desired} replicas updated`)
+  if (rolledOut && updated >= desired) {
+    return condition("Progressing", "False", "RolledOut", `every replica runs generation ${deployment.metadata?.generation ?? 0} of the Deployment`)
+  }
+  // While the old pods serve, a new pod that fails says why at once, not only at the progress deadline
+  // (a router image older than the spec's fields refuses them at start and crash-loops).
+  const why = podProblem(pods)
+  return condition("Progressing", "True", "RollingOut", `rolling out: ${updated}/${desired} replicas updated${why === undefined ? "" : `; ${why.reason}: ${why.message}`}`)
 }
 
 export const computeStatus = (observed: Observed): InferenceServiceStatus => {
