@@ -401,6 +401,12 @@ describe("desired objects", () => {
       assert.strictEqual(check._tag, "Invalid", JSON.stringify(spec))
       if (check._tag === "Invalid") assert.include(check.message, words)
     }
+    // Both set: one problem naming both, not the same sentence twice.
+    const both = checkSpec({ modelRef: "m", upstreams: [upstream], routing: { loadBoundPercent: 150, metricsIntervalMs: 50 } }, owner.name)
+    assert.strictEqual(
+      both._tag === "Invalid" ? both.message : "",
+      "invalid spec: spec.routing.loadBoundPercent: loadBoundPercent and metricsIntervalMs need scheduler: cache-aware (the least-request scheduler reads neither loadBoundPercent nor metricsIntervalMs)"
+    )
   })
 
   it("a spec the contract's schema rejects is reported, naming the field", () => {

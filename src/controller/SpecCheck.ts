@@ -100,10 +100,12 @@ export const crossFieldProblems = (spec: InferenceServiceSpec): ReadonlyArray<st
   if (spec.routing !== undefined && upstreams.length === 0) {
     problems.push("spec.routing: routing needs upstreams: the scheduler picks among them (without upstreams the router serves the simulated model)")
   }
-  for (const field of ["loadBoundPercent", "metricsIntervalMs"] as const) {
-    if (spec.routing?.[field] !== undefined && !cacheAware) {
-      problems.push(`spec.routing.${field}: loadBoundPercent and metricsIntervalMs need scheduler: cache-aware (the least-request scheduler reads neither)`)
-    }
+  const cacheAwareOnly = (["loadBoundPercent", "metricsIntervalMs"] as const).filter((field) => spec.routing?.[field] !== undefined)
+  if (cacheAwareOnly.length > 0 && !cacheAware) {
+    // One problem naming each field set (the CRD's rule says it once too).
+    problems.push(
+      `spec.routing.${cacheAwareOnly[0]}: ${cacheAwareOnly.join(" and ")} ${cacheAwareOnly.length === 1 ? "needs" : "need"} scheduler: cache-aware (the least-request scheduler reads neither loadBoundPercent nor metricsIntervalMs)`
+    )
   }
   for (const [index, upstream] of upstreams.entries()) {
     if (upstream.kvEvents === undefined) continue
