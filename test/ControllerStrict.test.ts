@@ -82,6 +82,23 @@ const edit = (api: FakeKubeApi, name: string, spec: Record<string, unknown>) => 
   return api.put("inferenceservices", { ...live, spec }, "kubectl")
 }
 
+/** Reconciles the controller has finished (every result), from its /metrics. */
+const reconcilesDone = async (port: number) =>
+  (await requestAt(port, { path: "/metrics" })).text.split("\n")
+    .filter((line) => line.startsWith("inference_router_controller_reconciles_total{"))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
+
+/**
+ * Waits until the controller has done `rounds` more reconciles of every stored InferenceService
+ * (resyncs come every second): "nothing was written" is then checked after the work that would
+ * have written it, not after a guessed time.
+ */
+const afterResyncs = async (api: FakeKubeApi, port: number, rounds: number) => {
+  const start = await reconcilesDone(port)
+  const wanted = start + rounds * api.list("inferenceservices").length
+  await until(async () => (await reconcilesDone(port)) >= wanted, `${rounds} resync(s)`)
+}
+
 const condition = (object: any, type: string) => object?.status?.conditions?.find((c: any) => c.type === type)
 const reconciled = (api: FakeKubeApi, name: string) => {
   const object = api.get("inferenceservices", "default", name)
@@ -100,17 +117,18 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("quantities the API server stores in canonical form (0.5 CPU as 500m, an HPA target 1000 as 1k) are not applied again on every resync", async () => {
-    const { api } = await sharedController()
+    const { api, controller } = await sharedController()
     api.put("inferenceservices", isvc("q", { modelRef: "m", resources: { requests: { cpu: "0.5", memory: "1024Mi" } } }))
     api.put("inferenceservices", isvc("hq", { modelRef: "m", maxReplicas: 3, scaleMetric: "queue", scaleTarget: 1000 }))
     await until(() => reconciled(api, "q") && reconciled(api, "hq"), "reconciled")
     assert.deepStrictEqual(api.get("deployments", "default", "q-router").spec.template.spec.containers[0].resources.requests, { cpu: "500m", memory: "1Gi" })
     assert.strictEqual(api.get("horizontalpodautoscalers", "default", "hq-router").spec.metrics[0].pods.target.averageValue, "1k")
-    await sleep(300)
+    // What the first applies set in motion (their watch events) reconciled once more, then two whole resyncs.
+    await afterResyncs(api, controller.port, 1)
     const applies = () =>
       api.requests.filter((r) => r.method === "PATCH" && (r.path.endsWith("/deployments/q-router") || r.path.endsWith("/horizontalpodautoscalers/hq-router"))).length
     const before = applies()
-    await sleep(2_200) // two resyncs
+    await afterResyncs(api, controller.port, 2)
     assert.strictEqual(applies(), before, "no apply when nothing changed")
   })
 
@@ -136,18 +154,18 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("switching from replicas: 3 to autoscaling keeps 3 replicas until the HPA writes its own count, then leaves it to the HPA", async () => {
-    const { api } = await sharedController()
+    const { api, controller } = await sharedController()
     api.put("inferenceservices", isvc("scale", { modelRef: "m", replicas: 3 }))
     await until(() => reconciled(api, "scale"), "reconciled")
     edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6 })
     await until(() => api.get("horizontalpodautoscalers", "default", "scale-router") !== undefined && reconciled(api, "scale"), "the HPA")
-    await sleep(1_500) // a resync or two
+    await afterResyncs(api, controller.port, 2)
     assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 3, "never dropped towards 1")
     // The HPA scales: the count is its own; the controller no longer applies it, nor fights it.
     api.scale("default", "scale-router", 5)
     edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6, podLabels: { v: "2" } })
     await until(() => api.get("deployments", "default", "scale-router").spec.template.metadata.labels.v === "2", "a later edit applied")
-    await sleep(1_500)
+    await afterResyncs(api, controller.port, 2)
     assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 5)
     const owners = api.managedFields("deployments", "default", "scale-router")
       .filter((m: any) => m.fieldsV1?.["f:spec"]?.["f:replicas"] !== undefined)
@@ -156,7 +174,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
   })
 
   it("routing and KV events: applied as kubectl would, they reach the Deployment's env; a combination the router would ignore is refused at write time", async () => {
-    const { api } = await sharedController()
+    const { api, controller } = await sharedController()
     // kubectl apply --server-side: the CRD's schema and CEL rules run at write time.
     const apply = (name: string, spec: Record<string, unknown>) =>
       fetch(`http://127.0.0.1:${api.port}/apis/inference-router.dev/v1alpha1/namespaces/default/inferenceservices/${name}?fieldManager=kubectl&force=true`, {
@@ -192,12 +210,12 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     }
     // Nothing refused reached the stored object, nor the Deployment.
     assert.strictEqual(api.get("inferenceservices", "default", "cached").spec.routing.scheduler, "cache-aware")
-    await sleep(300)
+    await afterResyncs(api, controller.port, 1)
     assert.strictEqual(env().UPSTREAM_LOAD_BOUND, "1.5")
   })
 
   it("an object it did not create, named <name>-router, is not taken over: Ready=False NotOwned, the object unchanged", async () => {
-    const { api } = await sharedController()
+    const { api, controller } = await sharedController()
     const foreign = api.put("services", {
       apiVersion: "v1",
       kind: "Service",
@@ -207,7 +225,7 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     api.put("inferenceservices", isvc("taken", { modelRef: "m" }))
     await until(() => condition(api.get("inferenceservices", "default", "taken"), "Ready")?.reason === "NotOwned", "NotOwned")
     assert.include(condition(api.get("inferenceservices", "default", "taken"), "Ready").message, "Service default/taken-router")
-    await sleep(1_500)
+    await afterResyncs(api, controller.port, 2)
     const live = api.get("services", "default", "taken-router")
     assert.strictEqual(live.metadata.resourceVersion, foreign.metadata.resourceVersion, "never written")
     assert.deepStrictEqual(live.spec.selector, { app: "someone-else" })
