@@ -108,6 +108,39 @@ describe("an InferenceService deployed and called", () => {
     assert.strictEqual(api.get("inferenceservices", "models", "llama").status.observedGeneration, 2)
   }, 60_000)
 
+  it("kvEndpointsSecretRef: the router pod reads KV_ENDPOINTS from the Secret; the password is in neither the InferenceService nor the Deployment", async () => {
+    const api = new FakeKubeApi()
+    apis.push(api)
+    await api.start()
+    const endpoints = "redis://:s3cret-pw@redis-0.redis:6379"
+    api.put("secrets", { apiVersion: "v1", kind: "Secret", metadata: { name: "redis-endpoints", namespace: "models" }, data: { endpoints: Buffer.from(endpoints).toString("base64") } })
+    startProcess(["src/controller/main.ts"], {
+      KUBECONFIG: api.kubeconfig(),
+      PORT: String(await freePort()),
+      HOST: "127.0.0.1",
+      LEADER_ELECTION: "false",
+      ROUTER_IMAGE: "registry.local/inference-router:test"
+    })
+    api.put("inferenceservices", {
+      apiVersion: "inference-router.dev/v1alpha1",
+      kind: "InferenceService",
+      metadata: { name: "kv", namespace: "models" },
+      spec: { modelRef: "m", kvEndpointsSecretRef: { name: "redis-endpoints", key: "endpoints" } }
+    })
+    await until(() => api.get("deployments", "models", "kv-router") !== undefined, "the Deployment", 30_000)
+    const deployment = api.get("deployments", "models", "kv-router")
+    assert.deepInclude(deployment.spec.template.spec.containers[0].env, {
+      name: "KV_ENDPOINTS",
+      valueFrom: { secretKeyRef: { name: "redis-endpoints", key: "endpoints" } }
+    })
+    assert.notInclude(JSON.stringify([deployment, api.get("inferenceservices", "models", "kv")]), "s3cret-pw")
+    const pod = await runPod(api, deployment, "kv-router-1-abcde")
+    const answer = await requestAt(pod.port, { method: "POST", path: "/infer", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "hi" }) })
+    assert.strictEqual(answer.status, 200, answer.text)
+    // The router has the list (its password masked wherever it shows it).
+    assert.deepStrictEqual(answer.json.kvEndpoints, ["redis://***@redis-0.redis:6379"])
+  }, 60_000)
+
   it("spec.routing and upstreams[].kvEvents: the router pod routes cache-aware on the model servers' KV events", async () => {
     const api = new FakeKubeApi()
     apis.push(api)
