@@ -65,7 +65,14 @@ const itlMs = 10
 const answerTokens = 32
 /** Longer answers for the hot prefix: more requests in flight per server at a rate the servers can serve (whole requests matter less to max/mean). */
 const answerTokensOf = (workload: string) => workload === "hot-prefix" ? 128 : answerTokens
-const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 8 : 20))
+const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 6 : 15))
+/**
+ * Before each measured window, arrivals ramp from nothing to the rate over
+ * this many seconds, not measured (as a load test ramps up, and as a ladder
+ * that keeps its servers between steps would): what is measured is the rate,
+ * not a cold start at full rate.
+ */
+const warmupS = Number(process.env.BENCH_WARMUP_S ?? (quick ? 3 : 5))
 /** A cell whose requests are not all answered this long after its last arrival stops waiting (the rest count as unfinished). */
 const drainLimitS = Number(process.env.BENCH_DRAIN_S ?? 30)
 /** A group past this many seconds skips its remaining cells (the 7-minute budget of a full run). */
@@ -217,6 +224,8 @@ const sharedPrefix = (groups: number, users: number) => () => {
 }
 const workloads: Record<string, () => Workload> = {
   "shared-prefix": sharedPrefix(8, 16),
+  // The same, measured from a cold start at full rate (no ramp).
+  "shared-prefix-cold": sharedPrefix(8, 16),
   // The shared prefix on servers with smaller caches (pressureBlocks).
   "pressure": sharedPrefix(8, 16),
   "multi-turn": () => {
@@ -407,8 +416,8 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   const sums = new Array<number>(servers.procs.length).fill(0)
   let samples = 0
   let sampling = true
-  // Balance is sampled while requests arrive: the drain's last few stragglers say nothing about the choice.
-  let arriving = true
+  // Balance is sampled while measured requests arrive: not the ramp, not the drain's last few stragglers.
+  let arriving = false
   const victim = scheduler === "killed" ? servers.procs[servers.procs.length - 1] : undefined
   const sampler = (async () => {
     while (sampling) {
@@ -441,7 +450,8 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   const startedAt = performance.now()
   if (victim !== undefined) {
     killer = (async () => {
-      await sleep(seconds * 1000 / 2)
+      await sleep(warmupS * 1000 + seconds * 1000 / 2)
+      // (killed runs the shared prefix, with its ramp.)
       victim.child.kill("SIGKILL")
       const killedAt = performance.now()
       const label = `:${victim.port}`
@@ -458,13 +468,24 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   }
   let at = 0
   let index = 0
-  while (at < seconds * 1000) {
+  let sent = 0
+  const warmups: Array<Promise<Outcome>> = []
+  let measuredFrom = startedAt
+  const rampS = workloadName.endsWith("-cold") ? 0 : warmupS
+  while (at < (rampS + seconds) * 1000) {
     at += -Math.log(1 - random()) / rate * 1000
+    // The ramp: arrivals at rate × t ÷ warmup (thinned from the full rate).
+    const ramping = at < rampS * 1000
+    if (ramping && random() >= at / (rampS * 1000)) continue
     const wait = startedAt + at - performance.now()
     if (wait > 0) await sleep(wait)
+    if (!ramping && !arriving) {
+      arriving = true
+      measuredFrom = performance.now()
+    }
     const { answered, messages } = workload.next(random)
     const port = fronts.length === 0 ? servers.procs[Math.floor(pick() * servers.procs.length)].port : fronts[index++ % fronts.length].port
-    outcomes.push(stream(port, agent, messages, outcomes.length, answerTokensOf(workloadName)).then((outcome) => {
+    ;(ramping ? warmups : outcomes).push(stream(port, agent, messages, sent++, answerTokensOf(workloadName)).then((outcome) => {
       if (outcome.ok) answered?.(outcome.text)
       return outcome
     }))
@@ -472,8 +493,9 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   const unfinished: Outcome = { ok: false, failedBeforeAnswer: false, ttftMs: NaN, tokens: 0, promptTokens: 0, cachedTokens: 0, text: "" }
   const lastArrival = performance.now()
   arriving = false
-  const done = await Promise.all(outcomes.map((outcome) => Promise.race([outcome, sleep(seconds * 1000 - (performance.now() - startedAt) + drainLimitS * 1000).then(() => unfinished)])))
-  const elapsed = (performance.now() - startedAt) / 1000
+  const done = await Promise.all(outcomes.map((outcome) => Promise.race([outcome, sleep(drainLimitS * 1000).then(() => unfinished)])))
+  const elapsed = (performance.now() - measuredFrom) / 1000
+  await Promise.race([Promise.all(warmups), sleep(1_000)])
   sampling = false
   await sampler
   await killer
@@ -564,8 +586,10 @@ const groups: ReadonlyArray<Group> = quick
   : [
     { name: "shared-prefix-low", weight: 2, probe: true, cells: cross("shared-prefix", [8, 16], ladder) },
     { name: "shared-prefix-mid", weight: 2, cells: cross("shared-prefix", [24, 32], ladder) },
-    { name: "shared-prefix-high", weight: 2, cells: cross("shared-prefix", [40, 48], ladder) },
+    { name: "shared-prefix-40", weight: 2, cells: cross("shared-prefix", [40], ladder) },
+    { name: "shared-prefix-48", weight: 2, cells: cross("shared-prefix", [48], ladder) },
     { name: "shared-prefix-top", weight: 2, cells: cross("shared-prefix", [64], ladder) },
+    { name: "shared-prefix-cold", weight: 1, cells: cross("shared-prefix-cold", [48], ["least-request", "cache-aware-events"]) },
     {
       name: "replicas",
       weight: 3,
@@ -809,7 +833,7 @@ const report = (results: ReadonlyArray<GroupResult>, wallS: number, cores: strin
   const lines: Array<string> = [
     `# bench:routing ${new Date().toISOString()}${quick ? " (BENCH_QUICK=1)" : ""}`,
     "",
-    `${serverCount} simulated servers per group (${kvBlocks} blocks of ${blockSize} tokens each, ${prefillUs} µs per prefilled token, ${itlMs} ms steps, answers of up to ${answerTokens} tokens, ${answerTokensOf("hot-prefix")} for the hot prefix), ${seconds} s of Poisson arrivals per cell, caches reset and fronts started fresh per cell; groups ${results.map((r) => r.group).join(", ")}; ${availableParallelism()} CPUs${cores === undefined ? ", unpinned" : `, pinned to ${cores}`}; wall ${wallS.toFixed(0)} s. Unloaded TTFT (one 2,041-token prompt alone, nothing cached, median of 3): ${ms(unloaded)} ms.`,
+    `${serverCount} simulated servers per group (${kvBlocks} blocks of ${blockSize} tokens each, ${prefillUs} µs per prefilled token, ${itlMs} ms steps, answers of up to ${answerTokens} tokens, ${answerTokensOf("hot-prefix")} for the hot prefix), ${seconds} s of Poisson arrivals measured per cell after a ${warmupS} s ramp from nothing to the rate, caches reset and fronts started fresh per cell; groups ${results.map((r) => r.group).join(", ")}; ${availableParallelism()} CPUs${cores === undefined ? ", unpinned" : `, pinned to ${cores}`}; wall ${wallS.toFixed(0)} s. Unloaded TTFT (one 2,041-token prompt alone, nothing cached, median of 3): ${ms(unloaded)} ms.`,
     "",
     "## Goals (issue 23)",
     "",
@@ -817,7 +841,7 @@ const report = (results: ReadonlyArray<GroupResult>, wallS: number, cores: strin
     "|---|---|---|",
     ...goals(cells, unloaded).map((goal) => `| ${goal.goal} | ${goal.measured} | ${goal.met === undefined ? "not shown" : goal.met ? "met" : "**missed**"} |`)
   ]
-  for (const workload of ["shared-prefix", "multi-turn", "zero-reuse", "hot-prefix", "pressure"]) {
+  for (const workload of ["shared-prefix", "shared-prefix-cold", "multi-turn", "zero-reuse", "hot-prefix", "pressure"]) {
     const rows = cells.filter((cell) => cell.workload === workload && cell.scheduler !== "killed" && !cell.scheduler.startsWith("replicas"))
     if (rows.length > 0) lines.push("", `## ${workload}`, "", table(rows.sort((a, b) => a.rate - b.rate)))
   }
