@@ -586,10 +586,10 @@ const groups: ReadonlyArray<Group> = quick
   : [
     { name: "shared-prefix-low", weight: 2, probe: true, cells: cross("shared-prefix", [8, 16], ladder) },
     { name: "shared-prefix-mid", weight: 2, cells: cross("shared-prefix", [24, 32], ladder) },
-    { name: "shared-prefix-40", weight: 2, cells: cross("shared-prefix", [40], ladder) },
-    { name: "shared-prefix-48", weight: 2, cells: cross("shared-prefix", [48], ladder) },
-    { name: "shared-prefix-top", weight: 2, cells: cross("shared-prefix", [64], ladder) },
-    { name: "shared-prefix-cold", weight: 1, cells: cross("shared-prefix-cold", [48], ["least-request", "cache-aware-events"]) },
+    { name: "shared-prefix-40", weight: 3, cells: cross("shared-prefix", [40], ladder) },
+    { name: "shared-prefix-48", weight: 3, cells: cross("shared-prefix", [48], ladder) },
+    { name: "shared-prefix-top", weight: 3, cells: cross("shared-prefix", [64], ladder) },
+    { name: "shared-prefix-cold", weight: 2, cells: cross("shared-prefix-cold", [48], ["least-request", "cache-aware-events"]) },
     {
       name: "replicas",
       weight: 3,
@@ -661,7 +661,9 @@ const shareCores = (cores: ReadonlyArray<number>, weights: ReadonlyArray<number>
   const total = weights.reduce((a, b) => a + b, 0)
   const counts = weights.map((weight) => Math.max(1, Math.floor(cores.length * weight / total)))
   let spare = cores.length - counts.reduce((a, b) => a + b, 0)
-  for (let i = 0; spare > 0; i = (i + 1) % counts.length, spare--) counts[i]++
+  // What is left goes to the heaviest first.
+  const heaviest = weights.map((weight, i) => ({ weight, i })).sort((a, b) => b.weight - a.weight).map(({ i }) => i)
+  for (let k = 0; spare > 0; k = (k + 1) % counts.length, spare--) counts[heaviest[k]]++
   let next = 0
   // More groups than cores: they share, round robin.
   return counts.map((count) => Array.from({ length: count }, () => cores[next++ % cores.length]))
