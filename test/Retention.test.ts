@@ -14,8 +14,9 @@ import { Effect } from "effect"
 import { subscribe, unsubscribe } from "node:diagnostics_channel"
 import * as Http from "node:http"
 import { setFlagsFromString } from "node:v8"
+import * as Net from "node:net"
 import { runInNewContext } from "node:vm"
-import { serverPort, TestRouter } from "./support/TestRouter.ts"
+import { type LogLine, serverPort, TestRouter } from "./support/TestRouter.ts"
 
 setFlagsFromString("--expose-gc")
 const collectGarbage = runInNewContext("gc") as () => void
@@ -67,4 +68,39 @@ describe("what the router keeps of an answered request", () => {
         agent.destroy()
       }
     }).pipe(Effect.provide(TestRouter({ simLatencyMs: 0 }))))
+
+  it.live("what the pipeline noted about a request still reaches its log line when the client pipelines the next one", () => {
+    const logs: Array<LogLine> = []
+    return Effect.gen(function*() {
+      const port = yield* serverPort
+      const body = JSON.stringify({ prompt: "pipelined" })
+      const one = `POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+      // Two requests in one write: Node emits the second while the first's response is still open.
+      const answers = yield* Effect.promise(() =>
+        new Promise<string>((resolve, reject) => {
+          const socket = Net.connect(port, "127.0.0.1", () => socket.write(one + one))
+          let text = ""
+          socket.setEncoding("latin1")
+          socket.on("data", (chunk: string) => {
+            text += chunk
+            if (text.split("HTTP/1.1 200").length === 3 && text.endsWith("}")) {
+              socket.end()
+              resolve(text)
+            }
+          })
+          socket.on("error", reject)
+        })
+      )
+      assert.strictEqual(answers.split("HTTP/1.1 200").length, 3)
+      // Access-log lines are written in batches (at most every 100 ms).
+      for (let i = 0; i < 50 && logs.filter((line) => line.message === "request").length < 2; i++) yield* Effect.sleep(20)
+      const lines = logs.filter((line) => line.message === "request")
+      assert.strictEqual(lines.length, 2)
+      for (const line of lines) {
+        assert.strictEqual(line.annotations.status, 200)
+        assert.strictEqual(line.annotations.modelMs, 0)
+        assert.strictEqual(line.annotations.queueMs, 0)
+      }
+    }).pipe(Effect.provide(TestRouter({ simLatencyMs: 0 }, undefined, { logs })))
+  })
 })

@@ -12,13 +12,12 @@
 import { Context, Effect, Layer, LogLevel, References, type Scope } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
-import type { Socket } from "node:net"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
 import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../core/Metrics.ts"
-import { outcomeOf, type RequestOutcome } from "../core/RequestOutcome.ts"
+import { outcomeOf, type RequestOutcome, type Serving, servingOf, startServing, stopServing } from "../core/RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
 
 /** Inference requests: each gets one access-log line, whatever ends it. */
@@ -38,8 +37,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
   observe(request: IncomingMessage, response: ServerResponse, path: string): void
   /** Counts an answer Node's parser made necessary before there was a request (a bad request line, oversized headers). */
   unparsed(status: number): void
-  /** The request `socket` is serving now (observed, its response not yet closed), for answers Node asks for on the socket. */
-  serving(socket: Socket): InFlight | undefined
+  /** The request `socket` is serving now (observed, its response not finished), for answers Node asks for on the socket. */
+  serving(socket: import("node:net").Socket): Serving | undefined
 }>()("inference-router/RequestObserver") {
   static readonly layer = (routes: RouteTable) =>
     Layer.effect(
@@ -62,32 +61,6 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             onAllClosed = () => resume(Effect.void)
           }).pipe(Effect.timeoutOrElse({ duration: config.shutdownTimeoutMs, orElse: () => Effect.void }))
         )
-
-        /**
-         * Per connection, the request it serves now: emptied when the response
-         * closes. Holding a finished request until the connection's next one
-         * kept every keep-alive connection's last request, response and all
-         * they reference alive across young-generation collections, to be
-         * promoted and left to the old generation's (at 256 connections: most
-         * of the scavenge time, peak RSS 2.5x the baseline's; BENCHMARKS.md
-         * section 12). Emptied in the one `close` listener a request already has.
-         */
-        const inFlight = new WeakMap<Socket, InFlight>()
-        const enter = (request: IncomingMessage, response: ServerResponse) => {
-          const holder = inFlight.get(request.socket)
-          if (holder === undefined) inFlight.set(request.socket, { request, response })
-          else {
-            holder.request = request
-            holder.response = response
-          }
-        }
-        const leave = (request: IncomingMessage, response: ServerResponse) => {
-          const holder = inFlight.get(request.socket)
-          if (holder?.response === response) {
-            holder.request = undefined
-            holder.response = undefined
-          }
-        }
 
         const metrics = metricContext(context)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
@@ -121,9 +94,12 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             if (typeof given !== "string" || !validRequestId.test(given)) {
               request.headers[requestIdHeader] = randomUUID()
             }
-            enter(request, response)
+            // Per connection, the request it serves now, emptied when the response closes
+            // (core/RequestOutcome.ts): a finished request kept until the connection's next one
+            // was promoted out of the young generation at 256 connections (BENCHMARKS.md section 12).
+            startServing(request, response)
             if (untracked.has(path)) {
-              response.on("close", () => leave(request, response))
+              response.on("close", () => stopServing(request, response))
               return
             }
             const startedAt = performance.now()
@@ -131,25 +107,16 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             // A response closes once: `on` spares the wrapper `once` allocates.
             response.on("close", () => {
               open--
-              leave(request, response)
               finished(request, response, path, startedAt)
+              stopServing(request, response)
               if (open === 0 && onAllClosed !== undefined) onAllClosed()
             })
           },
           unparsed: (status) => requestsBy(unmatchedEndpoint, String(status)).updateUnsafe(1, metrics),
-          serving: (socket) => {
-            const holder = inFlight.get(socket)
-            return holder?.response === undefined || holder.response.writableFinished ? undefined : holder
-          }
+          serving: servingOf
         })
       })
     )
-}
-
-/** A request a connection is serving, and its response. */
-export interface InFlight {
-  request: IncomingMessage | undefined
-  response: ServerResponse | undefined
 }
 
 /** What one access-log line says. */
