@@ -615,12 +615,14 @@ const runGroup = async (group: Group): Promise<GroupResult> => {
   let redis: ChildProcess | undefined
   let redisUrl: string | undefined
   const errors: Array<string> = []
-  if (group.redis) {
+  const redisBinary = group.redis ? commandPath("redis-server") : undefined
+  if (redisBinary !== undefined) {
     const port = await freePort()
-    const binary = execFileSync("sh", ["-c", "command -v redis-server"], { encoding: "utf8" }).trim()
-    redis = spawn(binary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" })
+    redis = spawn(redisBinary, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" })
     redisUrl = `redis://127.0.0.1:${port}`
     await sleep(300)
+  } else if (group.redis) {
+    errors.push("redis-server is not on PATH: replicas-redis not run")
   }
   const servers = await startServers(group.kvBlocks ?? kvBlocks)
   const cells: Array<Cell> = []
@@ -630,6 +632,7 @@ const runGroup = async (group: Group): Promise<GroupResult> => {
     if (group.probe) unloadedTtftMs = await unloadedTtft(servers)
     for (const { rate, scheduler, workload } of group.cells) {
       const name = `${workload} ${rate}/s ${scheduler}`
+      if (scheduler === "replicas-redis" && redisUrl === undefined) continue
       if ((performance.now() - startedAt) / 1000 + seconds > groupLimitS) {
         skipped.push(name)
         continue
@@ -647,6 +650,15 @@ const runGroup = async (group: Group): Promise<GroupResult> => {
     redis?.kill("SIGKILL")
   }
   return { group: group.name, cells, skipped, unloadedTtftMs, errors }
+}
+
+/** Where `command` is on PATH, or undefined. */
+const commandPath = (command: string): string | undefined => {
+  try {
+    return execFileSync("sh", ["-c", `command -v ${command}`], { encoding: "utf8" }).trim() || undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** `0-3,8,10-11` -> [0, 1, 2, 3, 8, 10, 11]. */
@@ -880,7 +892,11 @@ if (groupArg >= 0) {
   }
   const wanted = process.env.BENCH_GROUPS?.split(",").map((name) => name.trim()).filter((name) => name !== "")
   const chosen = wanted === undefined ? groups : groups.filter((group) => wanted.includes(group.name))
-  const coresText = process.env.BENCH_CORES
+  let coresText = process.env.BENCH_CORES
+  if (coresText !== undefined && commandPath("taskset") === undefined) {
+    console.error("BENCH_CORES is set but taskset is not on PATH: running unpinned")
+    coresText = undefined
+  }
   const shares = coresText === undefined ? undefined : shareCores(expandCores(coresText), chosen.map((group) => group.weight))
   const parallel = Number(process.env.BENCH_PARALLEL ?? (coresText !== undefined || availableParallelism() >= 8 ? chosen.length : 1))
   const startedAt = performance.now()
