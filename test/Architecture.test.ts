@@ -198,6 +198,28 @@ describe("Architecture", () => {
     ])
   })
 
+  it("the router's start-up modules import the upstream pool's client libraries and the cache-aware routing only lazily (idle memory)", () => {
+    // Value imports (not `import type`) reached statically from the entry point: what every router loads at start.
+    const valueImports = (file: string): Array<string> =>
+      [...code(text.get(file)!).matchAll(/(?:import(?!\s+type\s)|export)\s[^"';]*?from\s+"([^"]+)"|import\s+"([^"]+)"/g)]
+        .map((match) => match[1] ?? match[2])
+    const loaded = new Set<string>()
+    const packages = new Set<string>()
+    const stack = [join(srcDir, "router/main.ts")]
+    while (stack.length > 0) {
+      const file = stack.pop()!
+      if (loaded.has(file)) continue
+      loaded.add(file)
+      for (const specifier of valueImports(file)) {
+        if (specifier.startsWith(".")) stack.push(resolve(dirname(file), specifier))
+        else packages.add(specifier)
+      }
+    }
+    // undici and the Redis client are ~18 MiB of idle memory (BENCHMARKS.md section 12): loaded with import() in upstream mode.
+    assert.deepStrictEqual([...packages].filter((name) => ["undici", "redis", "@msgpack/msgpack", "zeromq"].includes(name)), [])
+    assert.isFalse(loaded.has(join(srcDir, "router/routing/Routing.ts")))
+  })
+
   it("docs/architecture.md's bypass table names every place the rules above allow", () => {
     const doc = readFileSync(join(root, "docs/architecture.md"), "utf8")
     const missing = [...allowedOutsideEdge.filter((row) => !row.folder.startsWith("src/controller/")).flatMap((row) => row.names), "generateUnsafe", "enterUnsafe"]
