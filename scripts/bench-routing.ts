@@ -4,8 +4,9 @@
  * KV events (routers in simulated mode), all on this machine.
  *
  * Runs without node_modules: `npm run bench:routing` builds the router
- * (dist/bench/router.js, with the zeromq addon beside it in
- * dist/bench/node_modules) and this script (dist/bench/routing.js); then
+ * (the production build, rolldown.config.ts, into dist/bench/router/, with
+ * the zeromq addon beside it in dist/bench/node_modules) and this script
+ * (dist/bench/routing.js); then
  * `node dist/bench/routing.js` needs only Node 24 and, for the Redis part,
  * `redis-server` on PATH.
  *
@@ -55,7 +56,8 @@ const here = dirname(self)
 const bundled = here.endsWith(join("dist", "bench"))
 /** The repository: this file is scripts/bench-routing.ts or dist/bench/routing.js. */
 const root = bundled ? resolve(here, "../..") : resolve(here, "..")
-const routerPath = process.env.BENCH_ROUTER ?? (bundled ? join(here, "router.js") : join(root, "dist/bench/router.js"))
+/** The production build (rolldown.config.ts) made into dist/bench/router/, zeromq beside it in dist/bench/node_modules. */
+const routerPath = process.env.BENCH_ROUTER ?? join(bundled ? here : join(root, "dist/bench"), "router/router.js")
 const quick = process.env.BENCH_QUICK === "1"
 const serverCount = Number(process.env.BENCH_SERVERS ?? 4)
 const kvBlocks = Number(process.env.BENCH_KV_BLOCKS ?? 600)
