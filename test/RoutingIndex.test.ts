@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
-import { blockKeysOf, characterIds, eventKey, tokenIdsOf } from "../src/router/routing/BlockKeys.ts"
+import { blockKeysOf, characterIds, eventKey, simulatorTokenIds, tokenIdsOf } from "../src/router/routing/BlockKeys.ts"
 import { type KvEvent, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { type Block, BlockCache, type KvEvent as SimulatorEvent } from "../src/router/simulated/BlockCache.ts"
 import { blockHashes, blockSeed, promptBlockHashes } from "../src/router/simulated/Tokens.ts"
@@ -23,6 +23,15 @@ describe("block keys", () => {
     // Same second block after a different first: a different key (the chain).
     assert.notStrictEqual(a[1], c[1])
   })
+
+  it.prop(
+    "token ids are the simulator's, for any text (blanks of every kind included)",
+    [Schema.Array(Schema.Literals(["a", "bc", " ", "\t", "\n", "\u00a0", "\u2028", "\u3000", "é", "😀", "  "])).check(Schema.isMaxLength(60))],
+    ([parts]) => {
+      const text = parts.join("")
+      assert.deepStrictEqual(Array.from(tokenIdsOf(text)), Array.from(simulatorTokenIds(text)))
+    }
+  )
 
   it("are the simulator's keys for its tokens", () => {
     const text = Array.from({ length: 40 }, (_, i) => `word${i % 7}`).join(" ")

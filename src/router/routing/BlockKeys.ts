@@ -17,12 +17,49 @@
  * built. Keys are strings in the index: vLLM publishes integer or byte
  * hashes depending on its version, and a string holds either.
  */
-import { blockHashes, blockSeed, tokenIds } from "../simulated/Tokens.ts"
+import { blockHash, blockSeed, tokenIds } from "../simulated/Tokens.ts"
 
 export type TokenIds = ArrayLike<number>
 
-/** The simulator's token ids for `text` (its tokenization rule). */
-export const tokenIdsOf = (text: string): TokenIds => tokenIds(text)
+/** JavaScript's `\s` (the simulator's blanks, simulated/Tokens.ts). */
+const isBlank = (code: number): boolean =>
+  code <= 32
+    ? code === 32 || (code >= 9 && code <= 13)
+    : code >= 160 && (code === 160 || code === 5760 || (code >= 8192 && code <= 8202) || code === 8232 || code === 8233 || code === 8239 ||
+      code === 8287 || code === 12288 || code === 65279)
+
+/**
+ * The simulator's token ids for `text` (its tokenization rule: a run of
+ * non-blanks with the blanks before it, FNV-1a of its text in 31 bits; the
+ * same ids as simulated/Tokens.ts's tokenIds, a test compares them), in a
+ * typed array: half the ids are above a small integer's range, so in a plain
+ * array each would be a heap number, and a 2,000-token prompt's ids were most
+ * of what a decision allocated (its p99 was young-generation collections).
+ */
+export const tokenIdsOf = (text: string): TokenIds => {
+  const length = text.length
+  // At most one token per two characters after the first (a token is a non-blank, each after the first a blank before it).
+  const ids = new Uint32Array((length >> 1) + 1)
+  let count = 0
+  let at = 0
+  while (at < length) {
+    let i = at
+    while (i < length && isBlank(text.charCodeAt(i))) i++
+    if (i === length) break
+    while (i < length && !isBlank(text.charCodeAt(i))) i++
+    let h = 0x811c9dc5
+    for (let j = at; j < i; j++) {
+      h ^= text.charCodeAt(j)
+      h = Math.imul(h, 0x01000193)
+    }
+    ids[count++] = (h >>> 0) & 0x7fffffff
+    at = i
+  }
+  return ids.subarray(0, count)
+}
+
+/** The simulator's own function (for tests comparing the two). */
+export const simulatorTokenIds = (text: string): TokenIds => tokenIds(text)
 
 /** One id per UTF-16 code unit (not used by the router: see the module's comment). */
 export const characterIds = (text: string): TokenIds => {
@@ -40,7 +77,14 @@ export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number): Ar
     seed = blockSeed(model)
     if (seeds.size < 1_000) seeds.set(model, seed)
   }
-  return blockHashes(seed, ids, blockSize).map(String)
+  // simulated/Tokens.ts's blockHashes, each key made a string as it comes (no array of numbers between).
+  const keys: Array<string> = []
+  let parent = seed
+  for (let from = 0; from + blockSize <= ids.length; from += blockSize) {
+    parent = blockHash(parent, ids, from, from + blockSize)
+    keys.push(String(parent))
+  }
+  return keys
 }
 
 /** A key as published in a KV event (an integer, or bytes in newer vLLM versions) in the index's form. */
