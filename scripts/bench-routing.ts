@@ -133,9 +133,26 @@ const seeded = (seed: number) => {
 interface Proc {
   readonly child: ChildProcess
   readonly port: number
+  /** A simulated server's KV events port (SIM_KV_EVENTS_ENDPOINT). */
+  readonly eventPort?: number
 }
 
-const startRouter = async (env: Record<string, string>): Promise<Proc> => {
+/**
+ * Started on a free port; tried again on another (three times) if it never
+ * becomes ready: groups starting at once can race for a port between its
+ * check and the bind.
+ */
+const startRouter = async (env: Record<string, string>, attempt = 1): Promise<Proc> => {
+  try {
+    return await startRouterOnce(env)
+  } catch (error) {
+    if (attempt >= 3) throw error
+    if (env.SIM_KV_EVENTS_ENDPOINT !== undefined) env = { ...env, SIM_KV_EVENTS_ENDPOINT: `tcp://*:${await freePort()}` }
+    return startRouter(env, attempt + 1)
+  }
+}
+
+const startRouterOnce = async (env: Record<string, string>): Promise<Proc> => {
   const port = await freePort()
   const child = spawn(process.execPath, ["--max-semi-space-size=4", "--single-threaded-gc", routerPath], {
     cwd: root,
@@ -145,7 +162,10 @@ const startRouter = async (env: Record<string, string>): Promise<Proc> => {
   for (let i = 0; i < 4_000; i++) {
     if (child.exitCode !== null) break
     try {
-      if ((await get(port, "/readyz")).status === 200) return { child, port }
+      if ((await get(port, "/readyz")).status === 200) {
+        const events = env.SIM_KV_EVENTS_ENDPOINT === undefined ? undefined : Number(env.SIM_KV_EVENTS_ENDPOINT.split(":").pop())
+        return { child, port, ...(events === undefined ? {} : { eventPort: events }) }
+      }
     } catch {
       // not yet
     }
@@ -351,7 +371,8 @@ const startServers = async (blocks: number): Promise<Servers> => {
       SIM_KV_EVENTS_ENDPOINT: `tcp://*:${eventPort}`
     })
   ))
-  return { procs, eventPorts }
+  // (A server started again on other ports has another events port.)
+  return { procs, eventPorts: procs.map((proc) => proc.eventPort!) }
 }
 
 /** `name@bound`: that scheduler with UPSTREAM_LOAD_BOUND=bound. */
