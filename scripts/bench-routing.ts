@@ -50,7 +50,7 @@ import { createServer } from "node:net"
 import { availableParallelism } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
-import { blockKeysOf, tokenIdsOf } from "../src/router/routing/BlockKeys.ts"
+import { blockKeysOf, tokenIdsOfParts } from "../src/router/routing/BlockKeys.ts"
 import { promptOf } from "../src/router/routing/Routing.ts"
 import { CacheAwareScheduler, defaultSchedulerSettings } from "../src/router/routing/Scheduler.ts"
 
@@ -616,7 +616,7 @@ const decisionTimes = (): Array<DecisionTimes> => {
       const body = bodies[i % bodies.length]
       const startedAt = performance.now()
       const prompt = promptOf(body)!
-      const ids = tokenIdsOf(prompt.text)
+      const ids = tokenIdsOfParts(prompt.parts)
       const decision = scheduler.choose(candidates, { promptTokens: ids.length, keys: (size) => blockKeysOf(prompt.model, ids, size) }, i)
       scheduler.sent(decision.candidate.id, decision, i)
       const took = performance.now() - startedAt

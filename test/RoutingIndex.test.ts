@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
-import { blockKeysOf, characterIds, eventKey, simulatorTokenIds, tokenIdsOf } from "../src/router/routing/BlockKeys.ts"
+import { blockKeysOf, characterIds, eventKey, simulatorTokenIds, tokenIdsOf, tokenIdsOfParts } from "../src/router/routing/BlockKeys.ts"
 import { type KvEvent, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { type Block, BlockCache, type KvEvent as SimulatorEvent } from "../src/router/simulated/BlockCache.ts"
 import { blockHashes, blockSeed, promptBlockHashes } from "../src/router/simulated/Tokens.ts"
@@ -30,6 +30,10 @@ describe("block keys", () => {
     ([parts]) => {
       const text = parts.join("")
       assert.deepStrictEqual(Array.from(tokenIdsOf(text)), Array.from(simulatorTokenIds(text)))
+      // Read as messages (cut anywhere), the same ids as their newline-joined text.
+      const cut = Math.floor(parts.length / 2)
+      const messages = [parts.slice(0, cut).join(""), parts.slice(cut).join(""), ""]
+      assert.deepStrictEqual(Array.from(tokenIdsOfParts(messages)), Array.from(simulatorTokenIds(messages.join("\n"))))
     }
   )
 

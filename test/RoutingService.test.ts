@@ -31,8 +31,8 @@ const words = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `w${f
 
 describe("the prompt a request carries", () => {
   it("is the chat messages joined by newlines, or the completion prompt", () => {
-    assert.deepStrictEqual(promptOf(JSON.stringify({ model: "m", messages: [{ role: "system", content: "a b" }, { role: "user", content: [{ type: "text", text: "c" }] }] })), { model: "m", text: "a b\nc", stream: false })
-    assert.deepStrictEqual(promptOf(JSON.stringify({ model: "m", prompt: ["x y"], stream: true })), { model: "m", text: "x y", stream: true })
+    assert.deepStrictEqual(promptOf(JSON.stringify({ model: "m", messages: [{ role: "system", content: "a b" }, { role: "user", content: [{ type: "text", text: "c" }] }] })), { model: "m", parts: ["a b", "c"], stream: false })
+    assert.deepStrictEqual(promptOf(JSON.stringify({ model: "m", prompt: ["x y"], stream: true })), { model: "m", parts: ["x y"], stream: true })
     assert.isUndefined(promptOf("{not json"))
     assert.isUndefined(promptOf(JSON.stringify({ model: "m" })))
     assert.isUndefined(promptOf(undefined))

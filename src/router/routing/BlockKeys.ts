@@ -36,25 +36,45 @@ const isBlank = (code: number): boolean =>
  * array each would be a heap number, and a 2,000-token prompt's ids were most
  * of what a decision allocated (its p99 was young-generation collections).
  */
-export const tokenIdsOf = (text: string): TokenIds => {
-  const length = text.length
+export const tokenIdsOf = (text: string): TokenIds => tokenIdsOfParts([text])
+
+/**
+ * tokenIdsOf(parts.join(separator)), without building the joined text (a
+ * chat prompt's messages are joined by newlines; joining copied the whole
+ * prompt once more per decision). A token is a run of blanks then a run of
+ * non-blanks, hashed as it is read, so the scan carries its state across
+ * the parts and separators.
+ */
+export const tokenIdsOfParts = (parts: ReadonlyArray<string>, separator = "\n"): TokenIds => {
+  let length = separator.length * Math.max(0, parts.length - 1)
+  for (const part of parts) length += part.length
   // At most one token per two characters after the first (a token is a non-blank, each after the first a blank before it).
   const ids = new Uint32Array((length >> 1) + 1)
   let count = 0
-  let at = 0
-  while (at < length) {
-    let i = at
-    while (i < length && isBlank(text.charCodeAt(i))) i++
-    if (i === length) break
-    while (i < length && !isBlank(text.charCodeAt(i))) i++
-    let h = 0x811c9dc5
-    for (let j = at; j < i; j++) {
-      h ^= text.charCodeAt(j)
+  let h = 0x811c9dc5
+  let inWord = false
+  const scan = (text: string) => {
+    for (let i = 0; i < text.length; i++) {
+      const code = text.charCodeAt(i)
+      if (isBlank(code)) {
+        if (inWord) {
+          ids[count++] = (h >>> 0) & 0x7fffffff
+          h = 0x811c9dc5
+          inWord = false
+        }
+      } else {
+        inWord = true
+      }
+      h ^= code
       h = Math.imul(h, 0x01000193)
     }
-    ids[count++] = (h >>> 0) & 0x7fffffff
-    at = i
   }
+  for (let p = 0; p < parts.length; p++) {
+    if (p > 0) scan(separator)
+    scan(parts[p])
+  }
+  // Trailing blanks make no token.
+  if (inWord) ids[count++] = (h >>> 0) & 0x7fffffff
   return ids.subarray(0, count)
 }
 

@@ -19,7 +19,7 @@ import { metricContext } from "../../shared/Metrics.ts"
 import { type Endpoint, isReachable } from "../upstream/Balancer.ts"
 import { hostPort } from "../upstream/Targets.ts"
 import { contentText } from "../simulated/Simulation.ts"
-import { blockKeysOf, tokenIdsOf } from "./BlockKeys.ts"
+import { blockKeysOf, tokenIdsOfParts } from "./BlockKeys.ts"
 import { subscribeKvEvents } from "./KvEvents.ts"
 import { PrefixIndex } from "./PrefixIndex.ts"
 import type { Route, RouteScheduler } from "./Route.ts"
@@ -40,8 +40,13 @@ export interface RoutingOptions {
   readonly random?: () => number
 }
 
-/** The prompt a completion request carries, as the simulator reads it; undefined when there is none to route on. */
-export const promptOf = (body: string | undefined): { readonly model: string; readonly text: string; readonly stream: boolean } | undefined => {
+/**
+ * The prompt a completion request carries, as the simulator reads it: its
+ * text is `parts` joined by newlines (a chat's messages; kept apart, the
+ * tokenizer reads them without a joined copy); undefined when there is none
+ * to route on.
+ */
+export const promptOf = (body: string | undefined): { readonly model: string; readonly parts: ReadonlyArray<string>; readonly stream: boolean } | undefined => {
   if (body === undefined) return undefined
   let parsed: unknown
   try {
@@ -52,11 +57,12 @@ export const promptOf = (body: string | undefined): { readonly model: string; re
   if (typeof parsed !== "object" || parsed === null) return undefined
   const { messages, model, prompt, stream } = parsed as Record<string, unknown>
   const modelName = typeof model === "string" ? model : ""
-  let text: string | undefined
-  if (Array.isArray(messages)) text = messages.map((message) => contentText(message?.content)).join("\n")
-  else if (typeof prompt === "string") text = prompt
-  else if (Array.isArray(prompt) && typeof prompt[0] === "string") text = prompt[0]
-  return text === undefined || text === "" ? undefined : { model: modelName, text, stream: stream === true }
+  let parts: ReadonlyArray<string> | undefined
+  if (Array.isArray(messages)) parts = messages.map((message) => contentText(message?.content))
+  else if (typeof prompt === "string") parts = [prompt]
+  else if (Array.isArray(prompt) && typeof prompt[0] === "string") parts = [prompt[0]]
+  // An empty text (no messages, or one empty one) is nothing to route on.
+  return parts === undefined || parts.length === 0 || (parts.length === 1 && parts[0] === "") ? undefined : { model: modelName, parts, stream: stream === true }
 }
 
 const cachedTokensField = Buffer.from("\"cached_tokens\"")
@@ -242,7 +248,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       const startedAt = performance.now()
       const prompt = promptOf(request.body)
       if (prompt === undefined) return undefined
-      const ids = tokenIdsOf(prompt.text)
+      const ids = tokenIdsOfParts(prompt.parts)
       const routing: RoutingRequest = { promptTokens: ids.length, keys: (blockSize) => blockKeysOf(prompt.model, ids, blockSize) }
       let decision: Decision<Candidate & { readonly endpoint: Endpoint }> | undefined
       let sentAt = 0
