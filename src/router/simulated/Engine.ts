@@ -233,6 +233,16 @@ interface Sequence {
   readonly startAt: number
 }
 
+/**
+ * Shortens a reused array to `length` by popping: setting `length` (or `splice`) is a call into
+ * V8's runtime that also shrinks the backing store, which the next push grows again. The engine
+ * shortens its step arrays several times per request (about a fifth of its CPU on a zero-latency
+ * `/infer`, profiled); `pop` is inlined.
+ */
+const shorten = (array: Array<unknown>, length = 0): void => {
+  while (array.length > length) array.pop()
+}
+
 export const makeEngine = (
   settings: EngineSettings,
   clock: TimerClock = systemTimerClock,
@@ -381,7 +391,9 @@ export const makeEngine = (
       admitted++
       if (!sequence.stopped) running.push(sequence)
     }
-    if (admitted > 0) waiting.splice(0, admitted)
+    // Mostly every waiting sequence was admitted: emptied without splice (see `shorten`).
+    if (admitted === waiting.length) shorten(waiting)
+    else if (admitted > 0) waiting.splice(0, admitted)
   }
 
   /** Finished and stopped sequences leave the batch (a stopped one's blocks go back): their slots are free. */
@@ -391,14 +403,14 @@ export const makeEngine = (
       if (sequence.stopped) cache.release(sequence.blocks)
       else if (!sequence.finished) running[kept++] = sequence
     }
-    running.length = kept
+    shorten(running, kept)
   }
 
   /** Plans the next step; its length in milliseconds, or -1 when there is nothing to do. */
   const planStep = (): number => {
-    prefillSeqs.length = 0
-    prefillChunks.length = 0
-    decodeSeqs.length = 0
+    shorten(prefillSeqs)
+    shorten(prefillChunks)
+    shorten(decodeSeqs)
     let budget = settings.maxBatchedTokens
     let prefilled = 0
     // By index: a preemption takes the last sequence away (this one, or one not planned yet).
@@ -555,8 +567,8 @@ export const makeEngine = (
       }
     }
     for (const sequence of decodeSeqs) if (!sequence.stopped) emit(sequence)
-    prefillSeqs.length = 0
-    decodeSeqs.length = 0
+    shorten(prefillSeqs)
+    shorten(decodeSeqs)
   }
 
   const loop = () => {
@@ -649,7 +661,7 @@ export const makeEngine = (
         },
         stored: 0,
         blocks: [],
-        ids: Array.from(promptIds),
+        ids: promptIds.slice(),
         blockTextFrom: 0,
         lastHash: seedHash,
         hashes: undefined,

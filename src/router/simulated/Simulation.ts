@@ -164,7 +164,8 @@ export const planText = (request: TextRequest): TextPlan => {
     const tokens = Math.min(natural, request.maxTokens)
     const words: Array<string> = []
     for (let i = 0; i < tokens; i++) words.push(vocabulary[Math.floor(random() * vocabulary.length)])
-    const source = words.join(" ")
+    // One word (an `/infer`, one token) without join, which is a call into V8's runtime.
+    const source = tokens === 1 ? words[0] : words.join(" ")
     plan = { source, end: source.length, tokens, finishReason: natural >= request.maxTokens ? "length" : "stop" }
   }
   return applyStop(plan, request.stop)
