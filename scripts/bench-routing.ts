@@ -419,6 +419,8 @@ export interface Cell {
   readonly maxOverMeanAveraged: number
   readonly meanInFlightPerServer: number
   readonly decisionP99Ms: number | undefined
+  /** The fronts' index accuracy: Σ |predicted − reported cached tokens| ÷ Σ reported (router_routing_cached_tokens_error_total). */
+  readonly indexError: number | undefined
   readonly reasons: Record<string, number>
   /** killed only: ms from the SIGKILL until the front's index held nothing for that server. */
   readonly indexDroppedMs?: number
@@ -536,6 +538,9 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
   const decision = histogramP99(frontTexts, "router_routing_decision_seconds")
   const averages = sums.map((sum) => sum / Math.max(1, samples))
   const meanAverage = averages.reduce((a, b) => a + b, 0) / averages.length
+  const allFronts = frontTexts.join("\n")
+  const reportedCached = seriesSum(allFronts, "router_routing_reported_cached_tokens_total")
+  const cachedError = seriesSum(allFronts, "router_routing_cached_tokens_error_total")
   const reasons: Record<string, number> = {}
   for (const reason of ["cache", "load", "spill", "only-healthy"]) {
     const count = seriesSum(frontTexts.join("\n"), "router_routing_decisions_total", `reason="${reason}"`)
@@ -562,6 +567,7 @@ const runCell = async (scheduler: string, workloadName: string, rate: number, se
     maxOverMeanAveraged: meanAverage > 0 ? Math.max(...averages) / meanAverage : 1,
     meanInFlightPerServer: meanAverage,
     decisionP99Ms: decision === undefined ? undefined : decision * 1000,
+    indexError: reportedCached > 0 ? cachedError / reportedCached : undefined,
     reasons,
     ...(indexDroppedMs !== undefined || victim !== undefined ? { indexDroppedMs: indexDroppedMs ?? Infinity } : {})
   }
@@ -800,13 +806,13 @@ const ratioText = (value: number) => Number.isFinite(value) ? `${value.toFixed(2
 
 const table = (cells: ReadonlyArray<Cell>) => {
   const lines = [
-    "| rate/s | scheduler | TTFT p50 / p90 / p99 ms | output tok/s | hit rate | max/mean in flight (samples; best possible) | busiest ÷ mean, averaged | in flight per server | decision p99 | decisions | drain s | failed / cut |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| rate/s | scheduler | TTFT p50 / p90 / p99 ms | output tok/s | hit rate | max/mean in flight (samples; best possible) | busiest ÷ mean, averaged | in flight per server | decision p99 | decisions | index error | drain s | failed / cut |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   ]
   for (const cell of cells) {
     const reasons = Object.entries(cell.reasons).map(([reason, count]) => `${reason} ${count}`).join(", ")
     lines.push(
-      `| ${cell.rate} | ${cell.scheduler} | ${ms(cell.ttftP50)} / ${ms(cell.ttftP90)} / ${ms(cell.ttftP99)} | ${cell.outputTokensPerSecond.toFixed(0)} | ${cell.hitRate.toFixed(2)} | ${cell.maxOverMeanInFlight.toFixed(2)} (${cell.maxOverMeanFloor.toFixed(2)}) | ${cell.maxOverMeanAveraged.toFixed(2)} | ${cell.meanInFlightPerServer.toFixed(1)} | ${cell.decisionP99Ms === undefined ? "–" : `≤ ${cell.decisionP99Ms} ms`} | ${reasons || "–"} | ${cell.drainS.toFixed(1)} | ${cell.failedBeforeAnswer} / ${cell.cutOrUnfinished} of ${cell.requests} |`
+      `| ${cell.rate} | ${cell.scheduler} | ${ms(cell.ttftP50)} / ${ms(cell.ttftP90)} / ${ms(cell.ttftP99)} | ${cell.outputTokensPerSecond.toFixed(0)} | ${cell.hitRate.toFixed(2)} | ${cell.maxOverMeanInFlight.toFixed(2)} (${cell.maxOverMeanFloor.toFixed(2)}) | ${cell.maxOverMeanAveraged.toFixed(2)} | ${cell.meanInFlightPerServer.toFixed(1)} | ${cell.decisionP99Ms === undefined ? "–" : `≤ ${cell.decisionP99Ms} ms`} | ${reasons || "–"} | ${cell.indexError === undefined ? "–" : cell.indexError.toFixed(2)} | ${cell.drainS.toFixed(1)} | ${cell.failedBeforeAnswer} / ${cell.cutOrUnfinished} of ${cell.requests} |`
     )
   }
   return lines.join("\n")
@@ -972,7 +978,7 @@ const report = (results: ReadonlyArray<GroupResult>, wallS: number, cores: strin
   if (problems.length > 0) lines.push("", "## Not run", "", ...problems)
   lines.push(
     "",
-    "Columns: TTFT at the client; hit rate = reported cached_tokens ÷ prompt tokens; max/mean in flight = over 100 ms samples while requests arrive (those with a mean ≥ 1), the sum of the busiest server's (running + waiting) ÷ the sum of the mean (so a sample weighs by its load), with the best any scheduler could do with whole requests in brackets; busiest ÷ mean averaged = each server's in flight averaged over the run; decision p99 = bucket bound of router_routing_decision_seconds; drain = seconds from the last arrival to the last answer's end (over " + saturatedDrainS + ": saturated); output tok/s over arrivals + drain; failed = no answer (refused, reset, not 200), cut = a stream broken after its answer began, or unfinished " + drainLimitS + " s after the last arrival."
+    "Columns: TTFT at the client; hit rate = reported cached_tokens ÷ prompt tokens; max/mean in flight = over 100 ms samples while requests arrive (those with a mean ≥ 1), the sum of the busiest server's (running + waiting) ÷ the sum of the mean (so a sample weighs by its load), with the best any scheduler could do with whole requests in brackets; busiest ÷ mean averaged = each server's in flight averaged over the run; decision p99 = bucket bound of router_routing_decision_seconds; index error = Σ |predicted − reported cached tokens| ÷ Σ reported over the cell (the fronts' router_routing_cached_tokens_error_total); drain = seconds from the last arrival to the last answer's end (over " + saturatedDrainS + ": saturated); output tok/s over arrivals + drain; failed = no answer (refused, reset, not 200), cut = a stream broken after its answer began, or unfinished " + drainLimitS + " s after the last arrival."
   )
   return lines.join("\n") + "\n"
 }
