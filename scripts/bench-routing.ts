@@ -12,19 +12,24 @@
  *
  * - servers: BENCH_SERVERS (4) simulated servers per group, each
  *   BENCH_KV_BLOCKS (600) blocks of 16 tokens, SIM_PREFILL_US_PER_TOKEN=100,
- *   SIM_ITL_MS=10, MAX_CONCURRENCY=32; answers of 32 tokens, streamed with usage;
- * - workloads (inference-perf's shapes), Poisson arrivals:
+ *   SIM_ITL_MS=10, MAX_CONCURRENCY=32; answers of up to 32 tokens (128 for
+ *   the hot prefix), streamed with usage;
+ * - workloads (inference-perf's shapes), Poisson arrivals ramping from nothing
+ *   to the rate over BENCH_WARMUP_S (5, not measured), then BENCH_SECONDS (15)
+ *   measured:
  *   shared-prefix  8 groups × 16 users: a 2,000-token system prompt per group, a question per user
  *   multi-turn     32 conversations, each turn the history so far plus a question
  *   zero-reuse     every prompt new (the control: routing can't help, must not harm)
  *   hot-prefix     half the traffic one group's prompt, the rest 32 others
- *   pressure       shared-prefix with enough groups for 1.5× the servers' caches
+ *   pressure       the shared prefix on caches of 170 blocks (its prefixes 1.5× the caches)
+ *   shared-prefix-cold  the shared prefix from a cold start at full rate (no ramp)
  * - schedulers: random (no router: the client picks a server); least-request;
  *   cache-aware (approximate); cache-aware-events (with KV events);
  *   replicas-redis / replicas-unshared (three cache-aware fronts, approximate,
  *   round robin, with and without Redis; replicas-unshared-events: without
  *   Redis, with KV events); killed (cache-aware-events, one server SIGKILLed
- *   mid-run).
+ *   mid-run). After the groups, the decision alone is timed in process
+ *   (the decision-time goal).
  *
  * The cells are split into groups, each with its own servers (and Redis),
  * run as child processes of this one, concurrently when the machine has the
@@ -35,7 +40,7 @@
  * Output: the markdown report (tables per workload, the goals met/missed) on
  * stdout and in bench-results/<time>-routing.md (raw cells beside it, .json).
  *
- *   node dist/bench/routing.js                              the full comparison (about 5 minutes on 16 cores)
+ *   node dist/bench/routing.js                              the full comparison (about 4-5 minutes on 16 cores, estimated)
  *   BENCH_QUICK=1 node dist/bench/routing.js                shared prefix, one rate, least request vs cache-aware (under a minute)
  *     (BENCH_QUICK_WORKLOAD, BENCH_QUICK_RATE, BENCH_QUICK_SCHEDULERS: another single cell set)
  *   BENCH_CORES=0-15 node dist/bench/routing.js             pinned
