@@ -72,6 +72,29 @@ const metric = async (port: number, series: string) => {
   return line === undefined ? 0 : Number(line.slice(series.length + 1))
 }
 
+/** Reconciles the controller has finished (every result), from its /metrics. */
+const reconcilesDone = async (port: number) =>
+  (await requestAt(port, { path: "/metrics" })).text.split("\n")
+    .filter((line) => line.startsWith("inference_router_controller_reconciles_total{"))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
+
+/** Whether no reconcile runs or waits now, from the work queue's gauges. */
+const idle = async (port: number) => {
+  const lines = (await requestAt(port, { path: "/metrics" })).text.split("\n")
+  const gauge = (name: string) => lines.filter((l) => l.startsWith(name + "{")).reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0)
+  return gauge("controller_runtime_active_workers") === 0 && gauge("workqueue_depth") === 0
+}
+
+/**
+ * Waits until the controller has done `rounds` more reconciles of every stored InferenceService
+ * (resyncs come every second), then until none runs or waits: a check that nothing was written
+ * then follows the work that would have written it, not a guessed time.
+ */
+const afterResyncs = async (api: FakeKubeApi, port: number, rounds: number) => {
+  const wanted = (await reconcilesDone(port)) + rounds * api.list("inferenceservices").length
+  await until(async () => (await reconcilesDone(port)) >= wanted && (await idle(port)), `${rounds} resync(s)`)
+}
+
 describe("controller against a stand-in API server", () => {
   it("reconciles an InferenceService: children by server-side apply with owners, status, an event, readiness", async () => {
     const api = await fakeApi()
@@ -122,9 +145,10 @@ describe("controller against a stand-in API server", () => {
     const controller = await startController(api, { RESYNC_SECONDS: "1" })
     for (let i = 0; i < 5; i++) api.put("inferenceservices", isvc(`m${i}`, { modelRef: `model-${i}` }))
     await until(() => api.list("inferenceservices").every((o) => condition(o, "Reconciled")?.status === "True"), "all reconciled")
-    await sleep(300)
+    // What the first writes set in motion (their watch events, the events sent after the status) done, then two whole resyncs.
+    await afterResyncs(api, controller.port, 1)
     const before = nonLeaseWrites(api).length
-    await sleep(2_500) // two resyncs
+    await afterResyncs(api, controller.port, 2)
     assert.strictEqual(nonLeaseWrites(api).length, before, "nothing written when nothing changed")
 
     // kubectl edit: someone changes the env.
@@ -132,7 +156,6 @@ describe("controller against a stand-in API server", () => {
     deployment.spec.template.spec.containers[0].env = [{ name: "MODEL_REF", value: "hijacked" }]
     api.put("deployments", deployment)
     await until(() => envOf(api.get("deployments", "default", "m0-router")).MODEL_REF === "model-0", "the edit re-asserted")
-    void controller
   })
 
   it("a spec the router would reject: Ready=False InvalidSpec with the router's message, children left as they were", async () => {

@@ -88,15 +88,23 @@ const reconcilesDone = async (port: number) =>
     .filter((line) => line.startsWith("inference_router_controller_reconciles_total{"))
     .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
 
+/** Whether no reconcile runs or waits now, from the work queue's gauges. */
+const idle = async (port: number) => {
+  const lines = (await requestAt(port, { path: "/metrics" })).text.split("\n")
+  const gauge = (name: string) => lines.filter((l) => l.startsWith(name + "{")).reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0)
+  return gauge("controller_runtime_active_workers") === 0 && gauge("workqueue_depth") === 0
+}
+
 /**
  * Waits until the controller has done `rounds` more reconciles of every stored InferenceService
- * (resyncs come every second): "nothing was written" is then checked after the work that would
- * have written it, not after a guessed time.
+ * (resyncs come every second), then until none runs or waits (a write in flight has landed):
+ * "nothing was written" is then checked after the work that would have written it, not after a
+ * guessed time.
  */
 const afterResyncs = async (api: FakeKubeApi, port: number, rounds: number) => {
   const start = await reconcilesDone(port)
   const wanted = start + rounds * api.list("inferenceservices").length
-  await until(async () => (await reconcilesDone(port)) >= wanted, `${rounds} resync(s)`)
+  await until(async () => (await reconcilesDone(port)) >= wanted && (await idle(port)), `${rounds} resync(s)`)
 }
 
 const condition = (object: any, type: string) => object?.status?.conditions?.find((c: any) => c.type === type)
@@ -247,6 +255,29 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.deepStrictEqual(replicasOwners(), ["kube-controller-manager"])
   })
 
+  it("an HPA scale that overtakes the controller's read of the Deployment stays: a count read before it is never applied over it", async () => {
+    const { api } = await sharedController()
+    api.put("inferenceservices", isvc("overtaken", { modelRef: "m", minReplicas: 3, maxReplicas: 6 }))
+    await until(() => reconciled(api, "overtaken"), "reconciled")
+    const deployment = () => api.get("deployments", "default", "overtaken-router")
+    const hash = () => deployment().metadata.annotations["inference-router.dev/applied-hash"]
+    const firstHash = hash()
+    // While the controller owns the count, each reconcile reads the Deployment from the API. The next read is
+    // answered with the state before the scale, and lands after the scale's watch event has reached the cache.
+    const since = api.requests.length
+    api.fault({ method: "GET", path: "/deployments/overtaken-router", answerLateMs: 1_500, times: 1 })
+    await until(() => api.requests.slice(since).some((r) => r.method === "GET" && r.path.endsWith("/deployments/overtaken-router") && r.heldAt !== undefined), "a read answered late")
+    api.scale("default", "overtaken-router", 5)
+    await until(() => hash() !== firstHash || deployment().spec.replicas !== 5, "the controller's next apply")
+    assert.strictEqual(deployment().spec.replicas, 5, "the HPA's count not undone by the stale one")
+    await until(() => hash() !== firstHash, "applied again, without replicas")
+    assert.strictEqual(deployment().spec.replicas, 5)
+    const owners = api.managedFields("deployments", "default", "overtaken-router")
+      .filter((m: any) => m.fieldsV1?.["f:spec"]?.["f:replicas"] !== undefined)
+      .map((m: any) => m.manager)
+    assert.deepStrictEqual(owners, ["kube-controller-manager"])
+  })
+
   it("orphans (kubectl delete --cascade=orphan, then created again) are adopted; labelled objects controlled by another are not", async () => {
     const { api } = await sharedController()
     const first = api.put("inferenceservices", isvc("orphan", { modelRef: "m" }))
@@ -358,7 +389,8 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
 
   it("hanging applies do not hold the workers: other InferenceServices are reconciled, and the stuck one when the API answers again", async () => {
     const api = await fakeApi()
-    const controller = await startController(api, { API_TIMEOUT_MS: "500", MAX_PARALLEL_RECONCILES: "2" })
+    // A bound well above what an answering call takes on a loaded machine: only the hanging ones reach it.
+    const controller = await startController(api, { API_TIMEOUT_MS: "1500", MAX_PARALLEL_RECONCILES: "2" })
     const remove = api.fault({ method: "PATCH", path: /\/(stuck-\d)-router$/, hang: true })
     for (let i = 0; i < 4; i++) api.put("inferenceservices", isvc(`stuck-${i}`, { modelRef: "m" }))
     await sleep(300)

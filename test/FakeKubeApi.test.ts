@@ -113,6 +113,23 @@ describe("the stand-in API server: server-side apply", () => {
     assert.isTrue(owns(api.get("deployments", "default", "web"), "other", "f:spec", "f:replicas"))
   })
 
+  it("an apply or patch naming a resourceVersion is conditional on it: 409 once the object has moved on", async () => {
+    const { api, apply, call } = await start()
+    const created = await apply(deploymentPath, deployment({ replicas: 2 }), "ctl")
+    const version = created.body.metadata.resourceVersion
+    api.scale("default", "web", 5)
+    const conditional = (spec: Record<string, unknown>) => ({ ...deployment(spec), metadata: { ...deployment().metadata, resourceVersion: version } })
+    const refused = await apply(deploymentPath, conditional({ replicas: 3 }), "ctl", true)
+    assert.strictEqual(refused.status, 409)
+    assert.include(refused.body.message, "the object has been modified")
+    assert.strictEqual((await call("PATCH", deploymentPath, { metadata: { resourceVersion: version }, spec: { replicas: 3 } }, { contentType: "application/merge-patch+json" })).status, 409)
+    assert.strictEqual(api.get("deployments", "default", "web").spec.replicas, 5, "nothing written")
+    const current = api.get("deployments", "default", "web").metadata.resourceVersion
+    const accepted = await apply(deploymentPath, { ...conditional({ replicas: 3 }), metadata: { ...deployment().metadata, resourceVersion: current } }, "ctl", true)
+    assert.strictEqual(accepted.status, 200)
+    assert.strictEqual(accepted.body.spec.replicas, 3)
+  })
+
   it("shared ownership: the same value applied by two managers is owned by both, and stays until both stop", async () => {
     const { apply } = await start()
     await apply(deploymentPath, deployment({ replicas: 2 }), "ctl")
@@ -361,6 +378,19 @@ describe("the stand-in API server: faults on demand", () => {
     const aborted = await call("GET", "/api/v1/namespaces/default/pods", undefined, { signal: AbortSignal.timeout(200) }).then(() => "answered", (error) => error.name)
     assert.strictEqual(aborted, "TimeoutError")
     assert.isUndefined(api.requests.at(-1)!.status, "never answered")
+  })
+
+  it("an answer delivered late holds the state of its arrival: a write made meanwhile overtakes it", async () => {
+    const { api, apply, call } = await start()
+    await apply(deploymentPath, deployment({ replicas: 2 }), "ctl")
+    api.fault({ method: "GET", path: "/deployments/web", answerLateMs: 300, times: 1 })
+    const read = call("GET", deploymentPath)
+    while (api.requests.at(-1)?.heldAt === undefined) await new Promise((resolve) => setTimeout(resolve, 5))
+    api.scale("default", "web", 5)
+    const answer = await read
+    assert.strictEqual(answer.body.spec.replicas, 2, "the state when it arrived")
+    assert.isAtLeast(api.requests.at(-1)!.answeredAt! - api.requests.at(-1)!.heldAt!, 250)
+    assert.strictEqual((await call("GET", deploymentPath)).body.spec.replicas, 5)
   })
 })
 

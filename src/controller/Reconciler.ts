@@ -160,7 +160,9 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
     /**
      * Applies `object` unless it was applied as it is and the live one still
      * has every field it sets; deletes an unwanted live one; fails with
-     * NotOwned for a child this InferenceService does not control.
+     * NotOwned for a child this InferenceService does not control. With
+     * `precondition` (a resourceVersion), the apply is conditional on it: 409
+     * Conflict when the object changed since.
      */
     const applyIfChanged = (
       object: KubeObject | undefined,
@@ -168,7 +170,8 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
       namespace: string,
       name: string,
       ownerUid: string,
-      ownerName: string
+      ownerName: string,
+      precondition?: string
     ) =>
       Effect.gen(function*() {
         const live = object === undefined ? deps.children[ref.kind]?.store.get(`${namespace}/${name}`) : yield* liveChild(ref, namespace, name)
@@ -184,10 +187,34 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
         const hashed = withAppliedHash(object)
         const hash = hashed.metadata.annotations![appliedHashAnnotation]
         if (live !== undefined && live.metadata?.annotations?.[appliedHashAnnotation] === hash && contains(live, hashed)) return live
-        const applied = yield* kube.apply(hashed as any)
+        const applied = yield* kube.apply(
+          (precondition === undefined ? hashed : { ...hashed, metadata: { ...hashed.metadata, resourceVersion: precondition } }) as any
+        )
         yield* wrote(ref.kind)
         return applied
       })
+
+    /**
+     * The Deployment, applied. While switching to autoscaling, the count the
+     * controller keeps applying is the live one, read from the API (the cache
+     * may lag an HPA that scaled a moment ago), and the apply is conditional on
+     * the resourceVersion read: an HPA scale that lands between the read and the
+     * apply (its watch event may even reach the cache before the read's answer)
+     * makes it a 409, and the Deployment is read again; a forced apply of the
+     * stale count would undo the HPA's and take the field back from it.
+     */
+    const applyDeployment = (desired: KubeObject, spec: InferenceServiceSpec, namespace: string, name: string, ownerUid: string, ownerName: string) =>
+      Effect.gen(function*() {
+        const cached = deps.children.Deployment?.store.get(`${namespace}/${name}`)
+        const switching = deploymentToApply(desired, spec, cached) !== desired
+        const live = switching ? yield* kube.read(resources.deployments, namespace, name) : cached
+        const object = deploymentToApply(desired, spec, live)
+        const precondition = object !== desired ? live?.metadata?.resourceVersion : undefined
+        return yield* applyIfChanged(object, resources.deployments, namespace, name, ownerUid, ownerName, precondition)
+      }).pipe(
+        // The controller's applies are forced (no field conflicts): a 409 is the precondition's.
+        Effect.retry({ while: (error) => error._tag === "KubeError" && error.status === 409, times: 3 })
+      )
 
     const event = (isvc: any, type: "Normal" | "Warning", reason: string, message: string) => {
       const now = new Date(clock.currentTimeMillisUnsafe()).toISOString()
@@ -327,19 +354,8 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
           return
         }
         const desired = desiredObjects({ name, namespace, uid }, check.spec, { routerImage: deps.routerImage })
-        // While switching to autoscaling, the live count comes from the API, not the cache: an HPA that
-        // scaled a moment ago must not have its count reset by a forced apply of a stale one.
-        const switching = deploymentToApply(desired.deployment, check.spec, liveDeployment) !== desired.deployment
-        const current = switching ? (yield* kube.read(resources.deployments, namespace, routerName)) ?? liveDeployment : liveDeployment
         const applied = yield* Effect.gen(function*() {
-          const deployment = yield* applyIfChanged(
-            deploymentToApply(desired.deployment, check.spec, current),
-            resources.deployments,
-            namespace,
-            routerName,
-            uid,
-            name
-          )
+          const deployment = yield* applyDeployment(desired.deployment, check.spec, namespace, routerName, uid, name)
           yield* applyIfChanged(desired.service, resources.services, namespace, routerName, uid, name)
           yield* applyIfChanged(desired.podDisruptionBudget, resources.podDisruptionBudgets, namespace, routerName, uid, name)
           yield* applyIfChanged(desired.horizontalPodAutoscaler, resources.horizontalPodAutoscalers, namespace, routerName, uid, name)

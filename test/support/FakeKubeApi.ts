@@ -12,9 +12,10 @@
  *   its selector, bookmarks only with `allowWatchBookmarks` and about once a
  *   minute unless `bookmarkMs` says otherwise, `timeoutSeconds`, 410 `Expired` as an ERROR event for a
  *   resourceVersion older than the retained history); get, create (409
- *   AlreadyExists), replace (409 Conflict on a stale resourceVersion), JSON
- *   merge patch, the status subresource, `metadata.generation` bumped on spec
- *   changes only, Leases, Events; bearer tokens recorded per request.
+ *   AlreadyExists), replace, JSON merge patch and apply (409 Conflict when the
+ *   body names a resourceVersion no longer stored: a precondition), the status
+ *   subresource, `metadata.generation` bumped on spec changes only, Leases,
+ *   Events; bearer tokens recorded per request.
  * - Server-side apply with managed fields per field manager (fieldsV1 as the
  *   server writes it): a manager owns the fields it applied; applying a
  *   field another manager owns with a different value is a 409 conflict
@@ -36,7 +37,7 @@
  *   keys and values, annotations (qualified-name keys, 256 KiB in all), a
  *   container's requests <= limits, a Deployment's selector matching its
  *   template and immutable, the CRD's schema and CEL rules (CrdValidator).
- * - Faults on demand (`fault`): slow requests, hanging requests, any HTTP
+ * - Faults on demand (`fault`): slow requests, stale answers delivered late, hanging requests, any HTTP
  *   status (409, 410 on a watch, 429 with Retry-After, 403, 503), per method,
  *   path, token; plus down (503 to everything), dropped watches, silent
  *   watches, compaction (old resourceVersions gone).
@@ -127,6 +128,8 @@ export interface RecordedRequest {
   status?: number
   /** When it was answered. */
   answeredAt?: number
+  /** An answer held back by a fault's `answerLateMs`: when it was made (it holds the state of that moment). */
+  heldAt?: number
 }
 
 /** A fault: requests it matches are delayed, left hanging, or answered with `status`. */
@@ -138,6 +141,11 @@ export interface Fault {
   readonly watch?: boolean
   /** Answer after this long (then normally, or with `status`). */
   readonly delayMs?: number
+  /**
+   * Answer at once but deliver the answer this much later: it holds the state of its arrival,
+   * and writes and watch events made meanwhile overtake it (a read that is stale when it lands).
+   */
+  readonly answerLateMs?: number
   /** Never answer (the connection stays open until the client gives up or the server stops). */
   readonly hang?: boolean
   readonly status?: number
@@ -177,6 +185,15 @@ const status = (code: number, reason: string, message: string) => ({
   reason,
   code
 })
+
+/**
+ * A write (PUT, merge patch, server-side apply) naming a `metadata.resourceVersion` is conditional
+ * on it, as kube-apiserver's precondition: another resourceVersion stored means 409 Conflict.
+ */
+const stale = (written: any, existing: any) =>
+  written?.metadata?.resourceVersion !== undefined && written.metadata.resourceVersion !== existing.metadata.resourceVersion
+const modified = (plural: string, name: string) =>
+  status(409, "Conflict", `Operation cannot be fulfilled on ${plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`)
 
 const isObject = (value: unknown): value is Record<string, any> =>
   value !== null && typeof value === "object" && !Array.isArray(value)
@@ -912,6 +929,15 @@ export class FakeKubeApi {
         return
       }
       if (fault.delayMs !== undefined) await new Promise((resolve) => setTimeout(resolve, fault.delayMs))
+      const lateMs = fault.answerLateMs
+      if (lateMs !== undefined) {
+        const end = response.end.bind(response) as (...args: Array<unknown>) => ServerResponse
+        response.end = ((...args: Array<unknown>) => {
+          recorded.heldAt = Date.now()
+          setTimeout(() => end(...args), lateMs)
+          return response
+        }) as typeof response.end
+      }
       if (fault.status !== undefined) {
         if (watch) recorded.status = fault.status
         return this.json(
@@ -1030,13 +1056,7 @@ export class FakeKubeApi {
     if (request.method === "PUT") {
       if (existing === undefined) return this.json(response, 404, status(404, "NotFound", `${plural} "${name}" not found`))
       const object = JSON.parse(bodyText)
-      if (object.metadata?.resourceVersion !== undefined && object.metadata.resourceVersion !== existing.metadata.resourceVersion) {
-        return this.json(
-          response,
-          409,
-          status(409, "Conflict", `Operation cannot be fulfilled on ${plural} "${name}": the object has been modified; please apply your changes to the latest version and try again`)
-        )
-      }
+      if (stale(object, existing)) return this.json(response, 409, modified(plural, name))
       const next = subresource === "status" ? { ...structuredClone(existing), status: object.status } : { ...object, status: existing.status }
       return this.json(response, 200, this.update(type, key, next, existing, manager ?? "unknown", subresource ?? "", true))
     }
@@ -1053,13 +1073,16 @@ export class FakeKubeApi {
         if (applied?.metadata?.name !== undefined && applied.metadata.name !== name) {
           return this.json(response, 400, status(400, "BadRequest", "the name of the object does not match the name on the URL"))
         }
+        if (existing !== undefined && stale(applied, existing)) return this.json(response, 409, modified(plural, name))
         const stored = this.apply(type, key, { ...applied, metadata: { ...applied?.metadata, name, namespace: ns } }, existing, manager, subresource ?? "", url.searchParams.get("force") === "true")
         return this.json(response, existing === undefined ? 201 : 200, stored)
       }
       if (contentType === "application/merge-patch+json" || contentType === "application/strategic-merge-patch+json") {
         if (existing === undefined) return this.json(response, 404, status(404, "NotFound", `${plural} "${name}" not found`))
+        const patch = JSON.parse(bodyText)
+        if (stale(patch, existing)) return this.json(response, 409, modified(plural, name))
         const next = structuredClone(existing)
-        mergePatch(next, JSON.parse(bodyText))
+        mergePatch(next, patch)
         return this.json(response, 200, this.update(type, key, next, existing, manager ?? "unknown", subresource ?? "", true))
       }
       return this.json(response, 415, status(415, "UnsupportedMediaType", `unsupported patch type ${contentType}`))
