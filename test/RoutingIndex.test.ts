@@ -92,11 +92,26 @@ describe("approximate entries", () => {
     const index = new PrefixIndex(settings)
     index.setCapacity("u", 3)
     index.recordDecision("u", keys("a", "b", "c"), 0)
-    index.recordDecision("u", keys("a"), 1)
-    index.recordDecision("u", keys("d"), 2)
-    assert.deepStrictEqual([...index.keys("u", 2)].sort(), ["a", "c", "d"])
+    // Touched again after ttl/64 (15.6 ms here): most recent now.
+    index.recordDecision("u", keys("a"), 20)
+    index.recordDecision("u", keys("d"), 40)
+    assert.deepStrictEqual([...index.keys("u", 40)].sort(), ["a", "c", "d"])
     index.setCapacity("u", 1)
-    assert.deepStrictEqual([...index.keys("u", 2)], ["d"])
+    assert.deepStrictEqual([...index.keys("u", 40)], ["d"])
+  })
+
+  it("keep the place of an entry touched again within ttl/64 of its last move, its lifetime renewed", () => {
+    const index = new PrefixIndex(settings)
+    index.setCapacity("u", 3)
+    index.recordDecision("u", keys("a", "b", "c"), 0)
+    index.recordDecision("u", keys("a"), 10)
+    index.recordDecision("u", keys("d"), 12)
+    // "a" was not moved: it went first.
+    assert.deepStrictEqual([...index.keys("u", 12)].sort(), ["b", "c", "d"])
+    const renewed = new PrefixIndex(settings)
+    renewed.recordDecision("u", keys("a", "b"), 0)
+    renewed.recordDecision("u", keys("a"), 10)
+    assert.deepStrictEqual([...renewed.keys("u", 1_005)], ["a"])
   })
 })
 
