@@ -92,7 +92,7 @@ const allowedOutsideEdge: ReadonlyArray<{ readonly folder: string; readonly name
   {
     folder: "src/router/core/Admission.ts",
     names: ["enterUnsafe", "pollUnsafe", "interruptUnsafe"],
-    why: "defines enterUnsafe: a free permit taken by a fiber that completes at once, polled"
+    why: "defines enterUnsafe: a free slot counted (borrowed) without a fiber; the first admit after takes the borrowed permits by a fiber that completes at once, polled"
   },
   {
     folder: "src/router/simulated/",
