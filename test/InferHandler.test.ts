@@ -6,9 +6,11 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted, Schema } from "effect"
 import * as Http from "node:http"
-import { InferResponse } from "../src/api/RouterApi.ts"
+import { InferRequest, InferResponse } from "../src/api/RouterApi.ts"
 import { kvEndpoint, maskCredentials } from "../src/router/core/Config.ts"
+import { InvalidRequest } from "../src/api/Errors.ts"
 import { inferResponseEncoder } from "../src/router/edge/InferHandler.ts"
+import { parseInferRequest } from "../src/router/edge/InferRequestBody.ts"
 import { Model } from "../src/router/simulated/Model.ts"
 import { type LogLine, serverPort, TestRouter } from "./support/TestRouter.ts"
 
@@ -57,7 +59,31 @@ const postAfterContinue = (port: number, body: string, headers: Record<string, s
     }
   )
 
+/** JSON values a client might send as the body: objects with or without a "prompt" of any type, and the rest. */
+const BodyJson = Schema.Union([
+  Schema.Struct({ prompt: Schema.Unknown }),
+  Schema.Struct({ prompt: Schema.String, other: Schema.Unknown }),
+  Schema.Record(Schema.String, Schema.Unknown),
+  Schema.Array(Schema.Unknown),
+  Schema.String,
+  Schema.Number,
+  Schema.Null
+])
+
 describe("POST /infer on Node's request event", () => {
+  it.prop(
+    "the body's decoding (a fast path for a string prompt) is the contract's InferRequest schema's",
+    [BodyJson],
+    ([json]) => {
+      const text = JSON.stringify(json)
+      if (text === undefined) return
+      const parsed = parseInferRequest(text)
+      const decoded = Schema.decodeUnknownResult(InferRequest)(JSON.parse(text))
+      if (decoded._tag === "Success") assert.deepStrictEqual(parsed, decoded.success)
+      else assert.instanceOf(parsed, InvalidRequest)
+    }
+  )
+
   it.prop(
     "the hand-serialized body is the contract's InferResponse, for any settings and prompt",
     [Settings, Schema.String, Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))],

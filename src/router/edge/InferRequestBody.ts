@@ -107,6 +107,14 @@ export const parseInferRequest = (text: string): InferRequest | InvalidRequest =
   } catch {
     return new InvalidRequest({ code: "invalid_json", message: "request body is not valid JSON" })
   }
+  // The body every client sends, an object with a string "prompt", decoded as the schema decodes it
+  // (unknown fields dropped) without running its decoder: about 0.3 µs of a request's CPU (profiled).
+  // Anything else goes through the schema, whose error names what is wrong. A property test keeps
+  // the two equal (test/InferHandler.test.ts).
+  if (typeof json === "object" && json !== null) {
+    const prompt = (json as { readonly prompt?: unknown }).prompt
+    if (typeof prompt === "string") return { prompt }
+  }
   const decoded = decodeInferRequest(json)
   if (decoded._tag === "Success") return decoded.success
   return new InvalidRequest({
