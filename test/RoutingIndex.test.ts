@@ -75,6 +75,10 @@ describe("approximate entries", () => {
     index.applyBatch("v", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["x"] }] }, 0)
     assert.deepStrictEqual(index.confirm("v", keys("x", "y"), 0), ["y"])
     assert.deepStrictEqual(index.confirm("v", keys("x", "y"), 0), [])
+    // A decision's stand-in (50 ms with events) confirmed: news (its lifetime is the full one now).
+    index.recordDecision("v", keys("z"), 0)
+    assert.deepStrictEqual(index.confirm("v", keys("z"), 10), ["z"])
+    assert.strictEqual(index.cachedPrefix("v", keys("z"), 900), 1)
   })
 
   it("are freed by a sweep once their time is up", () => {
@@ -150,9 +154,24 @@ describe("precise entries (KV events)", () => {
     const index = new PrefixIndex(settings)
     index.applyBatch("u", { seq: 3, events: [] }, 0)
     index.confirm("u", keys("a", "b"), 0)
-    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1e9), 2)
+    // For the full lifetime (1,000 ms here), not the 50 ms of a decision's stand-in.
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 900), 2)
     index.applyBatch("u", { seq: 4, events: [{ type: "BlockRemoved", blockHashes: ["b"] }] }, 0)
-    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 1e9), 1)
+    assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 900), 1)
+  })
+
+  it("with KV events in hashes of the server's own (a real vLLM), confirmed prompts stay within the capacity and age out", () => {
+    const index = new PrefixIndex(settings)
+    index.setCapacity("u", 50)
+    index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["vllm-1", "vllm-2"] }] }, 0)
+    for (let i = 0; i < 500; i++) index.confirm("u", keys(`p${i}-0`, `p${i}-1`), i)
+    assert.isAtMost(index.size("u"), 50)
+    assert.strictEqual(index.cachedPrefix("u", keys("p499-0", "p499-1"), 500), 2)
+    // An old prompt went (least recently used first); the last one ages out.
+    assert.strictEqual(index.cachedPrefix("u", keys("p0-0", "p0-1"), 500), 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("p499-0", "p499-1"), 1_600), 0)
+    // The server's own events still count, exactly.
+    assert.strictEqual(index.cachedPrefix("u", keys("vllm-1", "vllm-2"), 1_600), 2)
   })
 
   it("detect a sequence gap: what was believed ages out, later events are exact again", () => {

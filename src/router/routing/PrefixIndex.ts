@@ -139,21 +139,16 @@ export class PrefixIndex {
   /**
    * The upstream answered a prompt with these blocks (its first token came):
    * they are cached there now, whatever events were missed (a subscription
-   * that started late, a batch lost). With KV events they join the precise
-   * set, and the `BlockRemoved` that evicts them will remove them.
+   * that started late, a batch lost). They are kept as approximate entries
+   * for the full lifetime (`ttlMs`), bounded by the capacity like any, and
+   * a `BlockRemoved` naming them removes them. Not in the precise set: these
+   * are the router's keys, and a real vLLM's events name blocks by its own
+   * hashes, so no `BlockRemoved` would ever remove them there (the set grew
+   * with every answered prompt, without bound, and old prompts stayed
+   * "cached" forever).
    */
   confirm(upstream: string, keys: ReadonlyArray<BlockKey>, now: number): Array<BlockKey> {
-    const cache = this.cache(upstream)
-    if (cache.precise === undefined) return this.recordDecision(upstream, keys, now)
-    // Returns the keys it learned (as recordDecision does): those not in the precise set before.
-    const news: Array<BlockKey> = []
-    for (const key of keys) {
-      if (cache.precise.has(key)) continue
-      news.push(key)
-      cache.precise.add(key)
-      cache.approximate.delete(key)
-    }
-    return news
+    return this.recordDecision(upstream, keys, now, true)
   }
 
   /**
