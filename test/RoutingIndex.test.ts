@@ -165,13 +165,18 @@ describe("precise entries (KV events)", () => {
     index.setCapacity("u", 50)
     index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["vllm-1", "vllm-2"] }] }, 0)
     for (let i = 0; i < 500; i++) index.confirm("u", keys(`p${i}-0`, `p${i}-1`), i)
-    assert.isAtMost(index.size("u"), 50)
+    // The capacity's 50 of the router's keys, and the server's own 2.
+    assert.isAtMost(index.size("u"), 52)
     assert.strictEqual(index.cachedPrefix("u", keys("p499-0", "p499-1"), 500), 2)
     // An old prompt went (least recently used first); the last one ages out.
     assert.strictEqual(index.cachedPrefix("u", keys("p0-0", "p0-1"), 500), 0)
     assert.strictEqual(index.cachedPrefix("u", keys("p499-0", "p499-1"), 1_600), 0)
     // The server's own events still count, exactly.
     assert.strictEqual(index.cachedPrefix("u", keys("vllm-1", "vllm-2"), 1_600), 2)
+    // Its events filling the capacity leave the router's keys their room.
+    index.applyBatch("u", { seq: 1, events: [{ type: "BlockStored", blockHashes: Array.from({ length: 50 }, (_, i) => `vllm-x${i}`) }] }, 1_600)
+    index.confirm("u", keys("q-0", "q-1"), 1_600)
+    assert.strictEqual(index.cachedPrefix("u", keys("q-0", "q-1"), 1_600), 2)
   })
 
   it("detect a sequence gap: what was believed ages out, later events are exact again", () => {

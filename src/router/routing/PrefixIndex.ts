@@ -242,10 +242,12 @@ export class PrefixIndex {
     return cache === undefined ? 0 : (cache.precise?.size ?? 0) + cache.approximate.size
   }
 
-  /** Approximate entries beyond capacity go, least recently touched first. */
+  /** Approximate entries beyond the capacity go, least recently touched first. */
   private trim(cache: UpstreamCache): void {
-    const room = Math.max(0, cache.capacity - (cache.precise?.size ?? 0))
-    let excess = cache.approximate.size - room
+    // The capacity bounds the approximate entries alone: the precise set may name the same blocks
+    // (a simulated server hashes as the router does) or none of them (a real vLLM's own hashes),
+    // and a full precise set must not leave the router's keys no room.
+    let excess = cache.approximate.size - cache.capacity
     if (excess <= 0) return
     for (const key of cache.approximate.keys()) {
       if (excess-- <= 0) break
