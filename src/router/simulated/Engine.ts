@@ -625,11 +625,12 @@ export const makeEngine = (
   return {
     /**
      * Runs a sequence; returns the function that stops it (it then emits nothing more and never ends).
+     * `promptIds` becomes the engine's (a preemption extends it): hand over a fresh array.
      * `replyPrefix`: the blanks a client puts between the prompt and this reply when it sends both back
      * (a chat's next turn joins messages with a newline): by the tokenization rule they belong to the
      * reply's first token, so its cache key includes them and the next turn hits through the reply.
      */
-    submit(promptIds: ReadonlyArray<number>, plan: TextPlan, sink: SequenceSink, replyPrefix = ""): () => void {
+    submit(promptIds: Array<number>, plan: TextPlan, sink: SequenceSink, replyPrefix = ""): () => void {
       // The part of the time to first token that is not a step: the prefill starts no sooner.
       const delay = Math.max(0, (settings.ttftMs - settings.itlMs) * loadScale() + jitter(settings.ttftStdDevMs))
       const sequence: Sequence = {
@@ -661,7 +662,8 @@ export const makeEngine = (
         },
         stored: 0,
         blocks: [],
-        ids: promptIds.slice(),
+        // Kept, not copied: a preemption extends it (callers hand over a fresh array).
+        ids: promptIds,
         blockTextFrom: 0,
         lastHash: seedHash,
         hashes: undefined,

@@ -192,7 +192,8 @@ export class Model extends Context.Service<Model, {
     const tokenLevel = settings.ttftMs !== undefined || settings.itlMs !== undefined
     const takeAll: SequenceSink["token"] = (_text, _index, next) => next()
     // Without token-level timing, /infer is one token: about SIM_LATENCY_MS.
-    const inferRequest = (prompt: string): GenerationRequest => ({ echoText: prompt, promptTokens: 0, maxTokens: tokenLevel ? undefined : 1, stop: [], seed: undefined })
+    const noStop: ReadonlyArray<string> = []
+    const inferRequest = (prompt: string): GenerationRequest => ({ echoText: prompt, promptTokens: 0, maxTokens: tokenLevel ? undefined : 1, stop: noStop, seed: undefined })
 
     const inferUnsafe = (prompt: string, done: (inference: Inference) => void): Inference | (() => void) => {
       let sync: Inference | undefined

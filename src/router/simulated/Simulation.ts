@@ -125,6 +125,7 @@ export const planOutput = (plan: TextPlan): string => plan.source.slice(0, plan.
  * begins (the sequence itself is not returned, nor any part of it).
  */
 const applyStop = (plan: TextPlan, stop: ReadonlyArray<string>): TextPlan => {
+  if (stop.length === 0) return plan
   const text = planOutput(plan)
   // Each sequence's first occurrence, and the earliest end of one. (Loops, not `Math.min(...)`:
   // a request may carry more stop sequences than a call takes arguments.)
