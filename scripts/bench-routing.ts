@@ -40,7 +40,8 @@
  * Output: the markdown report (tables per workload, the goals met/missed) on
  * stdout and in bench-results/<time>-routing.md (raw cells beside it, .json).
  *
- *   node dist/bench/routing.js                              the full comparison (about 4-5 minutes on 16 cores, estimated)
+ *   node dist/bench/routing.js                              the full comparison (plan full with 8+ CPUs: about 4-5 minutes on 16 cores;
+ *                                                           plan small below: about 9-12 minutes on 2 cores; both estimated, BENCH_PLAN to choose)
  *   BENCH_QUICK=1 node dist/bench/routing.js                shared prefix, one rate, least request vs cache-aware (under a minute)
  *     (BENCH_QUICK_WORKLOAD, BENCH_QUICK_RATE, BENCH_QUICK_SCHEDULERS: another single cell set)
  *   BENCH_CORES=0-15 node dist/bench/routing.js             pinned
@@ -75,16 +76,25 @@ const itlMs = 10
 const answerTokens = 32
 /** Longer answers for the hot prefix: more requests in flight per server at a rate the servers can serve (whole requests matter less to max/mean). */
 const answerTokensOf = (workload: string) => workload === "hot-prefix" ? 128 : answerTokens
-const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 6 : 15))
+/**
+ * `full`: every workload at several rates, the groups at once, for a machine
+ * with many cores (about 4-5 minutes on 16). `small`: the same comparison
+ * trimmed to run one group at a time on 2 cores in about 12 minutes (fewer
+ * rungs, random at two rates only, one rate per other workload, 10 s cells).
+ * By default `small` below 8 CPUs.
+ */
+const plan = process.env.BENCH_PLAN ?? (availableParallelism() >= 8 ? "full" : "small")
+const small = plan === "small"
+const seconds = Number(process.env.BENCH_SECONDS ?? (quick ? 6 : small ? 10 : 15))
 /**
  * Before each measured window, arrivals ramp from nothing to the rate over
  * this many seconds, not measured (as a load test ramps up, and as a ladder
  * that keeps its servers between steps would): what is measured is the rate,
  * not a cold start at full rate.
  */
-const warmupS = Number(process.env.BENCH_WARMUP_S ?? (quick ? 3 : 5))
+const warmupS = Number(process.env.BENCH_WARMUP_S ?? (quick || small ? 3 : 5))
 /** A cell whose requests are not all answered this long after its last arrival stops waiting (the rest count as unfinished). */
-const drainLimitS = Number(process.env.BENCH_DRAIN_S ?? 30)
+const drainLimitS = Number(process.env.BENCH_DRAIN_S ?? (small ? 20 : 30))
 /** A group past this many seconds skips its remaining cells (the 7-minute budget of a full run). */
 const groupLimitS = Number(process.env.BENCH_GROUP_LIMIT_S ?? 330)
 const healthIntervalMs = 1000
@@ -688,6 +698,28 @@ const groups: ReadonlyArray<Group> = quick
       (process.env.BENCH_QUICK_SCHEDULERS ?? "least-request,cache-aware-events").split(",")
     )
   }]
+  : small
+  ? [
+    {
+      name: "shared-prefix-low",
+      weight: 1,
+      probe: true,
+      cells: [...cross("shared-prefix", [16], ["least-request", "cache-aware", "cache-aware-events"]), ...cross("shared-prefix", [32], ladder)]
+    },
+    { name: "shared-prefix-high", weight: 1, cells: [...cross("shared-prefix", [40], ["least-request", "cache-aware", "cache-aware-events"]), ...cross("shared-prefix", [48], ladder)] },
+    { name: "shared-prefix-top", weight: 1, cells: cross("shared-prefix", [64], ["least-request", "cache-aware", "cache-aware-events"]) },
+    { name: "shared-prefix-cold", weight: 1, cells: cross("shared-prefix-cold", [48], ["least-request", "cache-aware-events"]) },
+    {
+      name: "replicas",
+      weight: 1,
+      redis: true,
+      cells: [...cross("shared-prefix", [16], ["cache-aware", "replicas-redis", "replicas-unshared", "replicas-unshared-events"]), { workload: "shared-prefix", rate: 16, scheduler: "killed" }]
+    },
+    { name: "zero-reuse", weight: 1, cells: cross("zero-reuse", [12], ["least-request", "cache-aware", "cache-aware-events"]) },
+    { name: "hot-prefix", weight: 1, cells: cross("hot-prefix", [24], ["least-request", "cache-aware", "cache-aware-events"]) },
+    { name: "multi-turn", weight: 1, cells: cross("multi-turn", [24], ["least-request", "cache-aware", "cache-aware-events"]) },
+    { name: "pressure", weight: 1, kvBlocks: pressureBlocks, cells: cross("pressure", [8, 16], ["cache-aware", "cache-aware-events"]) }
+  ]
   : [
     { name: "shared-prefix-low", weight: 2, probe: true, cells: cross("shared-prefix", [8, 16], ladder) },
     { name: "shared-prefix-mid", weight: 2, cells: cross("shared-prefix", [24, 32], ladder) },
@@ -960,7 +992,7 @@ const report = (results: ReadonlyArray<GroupResult>, wallS: number, cores: strin
   const cells = results.flatMap((result) => result.cells)
   const unloaded = results.find((result) => result.unloadedTtftMs !== undefined)?.unloadedTtftMs
   const lines: Array<string> = [
-    `# bench:routing ${new Date().toISOString()}${quick ? " (BENCH_QUICK=1)" : ""}`,
+    `# bench:routing ${new Date().toISOString()}${quick ? " (BENCH_QUICK=1)" : ` (plan ${plan})`}`,
     "",
     `${serverCount} simulated servers per group (${kvBlocks} blocks of ${blockSize} tokens each, ${prefillUs} µs per prefilled token, ${itlMs} ms steps, answers of up to ${answerTokens} tokens, ${answerTokensOf("hot-prefix")} for the hot prefix), ${seconds} s of Poisson arrivals measured per cell after a ${warmupS} s ramp from nothing to the rate, caches reset and fronts started fresh per cell; groups ${results.map((r) => r.group).join(", ")}; ${availableParallelism()} CPUs${cores === undefined ? ", unpinned" : `, pinned to ${cores}`}; wall ${wallS.toFixed(0)} s. Unloaded TTFT (one 2,041-token prompt alone, nothing cached, median of 3): ${ms(unloaded)} ms.`,
     "",
