@@ -62,7 +62,8 @@ export const readBody = (
   let done = false
   const finish = (result: string | PayloadTooLarge | InvalidRequest) => {
     done = true
-    chunks.length = 0
+    // Let go of the chunks; `pop`, not `length = 0` (a call into V8's runtime on every request).
+    while (chunks.length > 0) chunks.pop()
     onDone(result)
   }
   request.on("data", (chunk: Buffer) => {
