@@ -32,10 +32,10 @@
  *   (the decision-time goal).
  *
  * The cells are split into groups, each with its own servers (and Redis),
- * run as child processes of this one, concurrently when the machine has the
- * cores (BENCH_PARALLEL, default: all at once with 8 or more CPUs, else one
- * at a time). BENCH_CORES (e.g. `0-15`) pins each group to its own share of
- * those cores with `taskset -c` (default: unpinned).
+ * run as child processes of this one: with BENCH_PLAN=full all at once, with
+ * small one at a time (BENCH_PARALLEL overrides). BENCH_CORES (e.g. `0-15`)
+ * pins each group to its own share of those cores with `taskset -c` (all of
+ * them when one runs at a time; default: unpinned).
  *
  * Output: the markdown report (tables per workload, the goals met/missed) on
  * stdout and in bench-results/<time>-routing.md (raw cells beside it, .json).
@@ -1046,8 +1046,14 @@ if (process.argv.includes("--decisions")) {
     console.error("BENCH_CORES is set but taskset is not on PATH: running unpinned")
     coresText = undefined
   }
-  const shares = coresText === undefined ? undefined : shareCores(expandCores(coresText), chosen.map((group) => group.weight))
-  const parallel = Number(process.env.BENCH_PARALLEL ?? (coresText !== undefined || availableParallelism() >= 8 ? chosen.length : 1))
+  // Plan full: every group at once (each on its share of BENCH_CORES); small: one at a time.
+  const parallel = Number(process.env.BENCH_PARALLEL ?? (small ? 1 : chosen.length))
+  // One group at a time: each gets every core; at once: each its share.
+  const shares = coresText === undefined
+    ? undefined
+    : parallel <= 1
+    ? chosen.map(() => expandCores(coresText!))
+    : shareCores(expandCores(coresText), chosen.map((group) => group.weight))
   const startedAt = performance.now()
   const results: Array<GroupResult> = new Array(chosen.length)
   let next = 0
