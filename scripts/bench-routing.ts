@@ -97,6 +97,12 @@ const warmupS = Number(process.env.BENCH_WARMUP_S ?? (quick || small ? 3 : 5))
 const drainLimitS = Number(process.env.BENCH_DRAIN_S ?? (small ? 20 : 30))
 /** A group past this many seconds skips its remaining cells (the 7-minute budget of a full run). */
 const groupLimitS = Number(process.env.BENCH_GROUP_LIMIT_S ?? 330)
+/**
+ * The whole run's budget (plan small: 13 minutes, for a 15-minute slot): a
+ * group starts with what is left as its limit, and one that would have
+ * under 30 s is not started (listed under "Not run").
+ */
+const totalLimitS = Number(process.env.BENCH_TOTAL_LIMIT_S ?? (small ? 780 : 600))
 const healthIntervalMs = 1000
 /** A cell whose last answer ends more than this after its last arrival was saturated (an answer alone takes well under a second). */
 const saturatedDrainS = 3
@@ -770,7 +776,7 @@ const runGroup = async (group: Group): Promise<GroupResult> => {
     for (const { rate, scheduler, workload } of group.cells) {
       const name = `${workload} ${rate}/s ${scheduler}`
       if (scheduler === "replicas-redis" && redisUrl === undefined) continue
-      if ((performance.now() - startedAt) / 1000 + seconds > groupLimitS) {
+      if ((performance.now() - startedAt) / 1000 + warmupS + seconds > groupLimitS) {
         skipped.push(name)
         continue
       }
@@ -818,12 +824,13 @@ const shareCores = (cores: ReadonlyArray<number>, weights: ReadonlyArray<number>
   return counts.map((count) => Array.from({ length: count }, () => cores[next++ % cores.length]))
 }
 
-const runChild = (group: Group, cores: ReadonlyArray<number> | undefined) =>
+const runChild = (group: Group, cores: ReadonlyArray<number> | undefined, limitS: number) =>
   new Promise<GroupResult>((resolve) => {
     const args = [self, "--group", group.name]
+    const env = { ...process.env, BENCH_GROUP_LIMIT_S: String(Math.floor(limitS)) }
     const child = cores === undefined
-      ? spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env: process.env })
-      : spawn("taskset", ["-c", cores.join(","), process.execPath, ...args], { stdio: ["ignore", "pipe", "inherit"], env: process.env })
+      ? spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"], env })
+      : spawn("taskset", ["-c", cores.join(","), process.execPath, ...args], { stdio: ["ignore", "pipe", "inherit"], env })
     let out = ""
     child.stdout!.setEncoding("utf8").on("data", (chunk) => (out += chunk))
     child.on("error", (error) => resolve({ group: group.name, cells: [], skipped: [], errors: [`could not start: ${error.message}`] }))
@@ -1060,7 +1067,11 @@ if (process.argv.includes("--decisions")) {
   await Promise.all(Array.from({ length: Math.max(1, parallel) }, async () => {
     while (next < chosen.length) {
       const i = next++
-      results[i] = await runChild(chosen[i], shares?.[i])
+      // The decision timing after the groups needs about 30 s.
+      const left = totalLimitS - (performance.now() - startedAt) / 1000 - 30
+      results[i] = left < 30
+        ? { group: chosen[i].name, cells: [], skipped: chosen[i].cells.map(({ rate, scheduler, workload }) => `${workload} ${rate}/s ${scheduler}`), errors: [] }
+        : await runChild(chosen[i], shares?.[i], Math.min(groupLimitS, left))
     }
   }))
   // After the groups, on a quiet machine (pinned to the first of BENCH_CORES when given): with the
