@@ -196,6 +196,7 @@ describe("an InferenceService deployed and called", () => {
     await stream.ended
     assert.strictEqual(stream.status, 200)
     assert.strictEqual(String(stream.headers["x-inference-upstream"]), direct, String(stream.headers["x-inference-route"]))
-    assert.match(String(stream.headers["x-inference-route"]), /^cache-aware; reason=cache; cached-tokens=[1-9]/)
+    // (The predicted cached tokens are not in the header unless UPSTREAM_ROUTE_HEADER_CACHED_TOKENS=true.)
+    assert.match(String(stream.headers["x-inference-route"]), /^cache-aware; reason=cache$/)
   }, 60_000)
 })

@@ -16,7 +16,7 @@ const testModelLayer = Model.layer.pipe(
   Layer.provide(Layer.mergeAll(Admission.layer, Layer.succeed(Upstreams, Upstreams.disabled))),
   Layer.provide(testConfigLayer({ simulation: { ...defaultSimulation, ttftMs: 5, itlMs: 1 } }))
 )
-import { countTokens, planOutput, planText, type TextPlan, type TextRequest, tokenReader } from "../src/router/simulated/Simulation.ts"
+import { countTokens, planOutput, planText, type TextPlan, type TextRequest, tokenPattern, tokenReader } from "../src/router/simulated/Simulation.ts"
 
 /** A plan's tokens, all at once, as the model emits them one by one. */
 const planTokens = (plan: TextPlan): Array<string> => Array.from({ length: plan.tokens }, tokenReader(plan))
@@ -287,14 +287,28 @@ describe("the hand-written generation (generateUnsafe)", () => {
 
 describe("the tokenizer's scan", () => {
   const blanks = [" ", "\t", "\n", "\r", "\v", "\f", "\u00a0", "\u1680", "\u2000", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\ufeff", "\u200b", "\u0085"]
-  const Text = Schema.Array(Schema.Union([Schema.String, Schema.Literals(blanks)])).pipe(Schema.decodeTo(Schema.String, {
+  // Also text written without blanks (each character a token) and runs longer than 16 (cut every 16).
+  const unblanked = ["中文提示词，没有空格。", "ภาษาไทยไม่มีช่องว่าง", "日本語のテキスト", "한국어텍스트", "ＡＢＣ", "x".repeat(40), "eyJhbGciOiJIUzI1NiJ9eyJzdWIiOiIxMjM0NTY3ODkwIn0", "{\"a\":[1,2,3],\"b\":{\"c\":\"d\"}}"]
+  const Text = Schema.Array(Schema.Union([Schema.String, Schema.Literals(blanks), Schema.Literals(unblanked)])).pipe(Schema.decodeTo(Schema.String, {
     decode: SchemaGetter.transform((parts: ReadonlyArray<string>) => parts.join("")),
     encode: SchemaGetter.transform((text: string) => [text])
   }))
 
-  it.prop("is the rule /\\s*\\S+/g exactly, on any text", [Text], ([text]) => {
-    assert.deepStrictEqual(tokenize(text), text.match(/\s*\S+/g) ?? [])
-    assert.strictEqual(countTokens(text), (text.match(/\s*\S+/g) ?? []).length)
+  // (The pieces themselves: an arbitrary of Text draws from its decoded side, plain strings, and never a literal.)
+  const Pieces = Schema.Array(Schema.Union([Schema.String, Schema.Literals(blanks), Schema.Literals(unblanked)]))
+  it.prop("is the rule tokenPattern exactly (blanks, then one CJK/Thai/Hangul character or up to 16 others), on any text", [Pieces], ([pieces]) => {
+    const text = pieces.join("")
+    assert.deepStrictEqual(tokenize(text), text.match(tokenPattern) ?? [])
+    assert.strictEqual(countTokens(text), (text.match(tokenPattern) ?? []).length)
+  })
+
+  it("cuts text without blanks: a character of Chinese or Thai each, a long run every 16 characters", () => {
+    assert.deepStrictEqual(tokenize("说 中文"), ["说", " 中", "文"])
+    assert.deepStrictEqual(tokenize("abc中def"), ["abc", "中", "def"])
+    assert.deepStrictEqual(tokenize(` ${"a".repeat(20)} b`), [` ${"a".repeat(16)}`, "aaaa", " b"])
+    assert.strictEqual(countTokens("中".repeat(4_800)), 4_800)
+    // A blank in the CJK block (U+3000) is a blank.
+    assert.deepStrictEqual(tokenize("中\u3000文"), ["中", "\u3000文"])
   })
 
   it.prop(

@@ -506,7 +506,8 @@ const loadBackend: Effect.Effect<{ backend: ModelBackend; upstream: UpstreamSett
     scheduler: yield* setting("UPSTREAM_SCHEDULER", oneOf(schedulerNames), "least-request or cache-aware", () => defaultRouting.scheduler),
     loadBound: yield* setting("UPSTREAM_LOAD_BOUND", LoadBound, "a number from 1 to 10 (times the pool's mean in flight), e.g. 1.25", () => defaultRouting.loadBound),
     metricsIntervalMs: (yield* ms("UPSTREAM_METRICS_INTERVAL_MS", () => defaultRouting.metricsIntervalMs)) ?? defaultRouting.metricsIntervalMs,
-    ...(sharedScope === "" ? {} : { sharedScope })
+    ...(sharedScope === "" ? {} : { sharedScope }),
+    routeHeaderCachedTokens: (yield* setting("UPSTREAM_ROUTE_HEADER_CACHED_TOKENS", oneOf(["true", "false"]), "true or false", () => "false")) === "true"
   }
   return {
     backend,

@@ -17,6 +17,7 @@
  * built. Keys are strings in the index: vLLM publishes integer or byte
  * hashes depending on its version, and a string holds either.
  */
+import { isStandalone, maxTokenChars } from "../simulated/Simulation.ts"
 import { blockHash, blockSeed, tokenIds } from "../simulated/Tokens.ts"
 
 export type TokenIds = ArrayLike<number>
@@ -30,7 +31,9 @@ const isBlank = (code: number): boolean =>
 
 /**
  * The simulator's token ids for `text` (its tokenization rule: a run of
- * non-blanks with the blanks before it, FNV-1a of its text in 31 bits; the
+ * non-blanks with the blanks before it, a run longer than 16 characters cut
+ * every 16, a character of a script written without blanks (Thai, CJK, kana,
+ * Hangul) a token by itself; FNV-1a of its text in 31 bits; the
  * same ids as simulated/Tokens.ts's tokenIds, a test compares them), in a
  * typed array: half the ids are above a small integer's range, so in a plain
  * array each would be a heap number, and a 2,000-token prompt's ids were most
@@ -42,31 +45,37 @@ export const tokenIdsOf = (text: string): TokenIds => tokenIdsOfParts([text])
  * tokenIdsOf(parts.join(separator)), without building the joined text (a
  * chat prompt's messages are joined by newlines; joining copied the whole
  * prompt once more per decision). A token is a run of blanks then a run of
- * non-blanks, hashed as it is read, so the scan carries its state across
- * the parts and separators.
+ * non-blanks (cut as above), hashed as it is read, so the scan carries its
+ * state across the parts and separators.
  */
 export const tokenIdsOfParts = (parts: ReadonlyArray<string>, separator = "\n"): TokenIds => {
   let length = separator.length * Math.max(0, parts.length - 1)
   for (const part of parts) length += part.length
-  // At most one token per two characters after the first (a token is a non-blank, each after the first a blank before it).
-  const ids = new Uint32Array((length >> 1) + 1)
+  // At most one token per character (a standalone character is one).
+  const ids = new Uint32Array(length)
   let count = 0
   let h = 0x811c9dc5
-  let inWord = false
+  /** Non-blanks in the token being read (0: none yet, only blanks or nothing). */
+  let run = 0
   const scan = (text: string) => {
     for (let i = 0; i < text.length; i++) {
       const code = text.charCodeAt(i)
-      if (isBlank(code)) {
-        if (inWord) {
-          ids[count++] = (h >>> 0) & 0x7fffffff
-          h = 0x811c9dc5
-          inWord = false
-        }
-      } else {
-        inWord = true
+      const blank = isBlank(code)
+      // The token being read ends before a blank, a standalone character, or a piece's maxTokenChars+1-th character.
+      if (run > 0 && (blank || run === maxTokenChars || isStandalone(code))) {
+        ids[count++] = (h >>> 0) & 0x7fffffff
+        h = 0x811c9dc5
+        run = 0
       }
       h ^= code
       h = Math.imul(h, 0x01000193)
+      if (blank) continue
+      if (isStandalone(code)) {
+        ids[count++] = (h >>> 0) & 0x7fffffff
+        h = 0x811c9dc5
+      } else {
+        run++
+      }
     }
   }
   for (let p = 0; p < parts.length; p++) {
@@ -74,7 +83,7 @@ export const tokenIdsOfParts = (parts: ReadonlyArray<string>, separator = "\n"):
     scan(parts[p])
   }
   // Trailing blanks make no token.
-  if (inWord) ids[count++] = (h >>> 0) & 0x7fffffff
+  if (run > 0) ids[count++] = (h >>> 0) & 0x7fffffff
   return ids.subarray(0, count)
 }
 
@@ -90,12 +99,19 @@ export const characterIds = (text: string): TokenIds => {
 
 const seeds = new Map<string, number>()
 
-/** The keys of every full block of `ids`, as strings (the index's key type). */
-export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number): Array<string> => {
-  let seed = seeds.get(model)
+/**
+ * The keys of every full block of `ids`, as strings (the index's key type).
+ * `cacheSalt` (a request's `cache_salt`, vLLM's per-tenant salt: vLLM mixes it
+ * into the first block's hash) goes into the seed, so a salted prompt's keys
+ * match no other salt's and no unsalted prompt's: the index never says one
+ * tenant's prefix is cached for another's request.
+ */
+export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number, cacheSalt?: string): Array<string> => {
+  const seedName = cacheSalt === undefined ? model : `${model}\u0000cache_salt\u0000${cacheSalt}`
+  let seed = seeds.get(seedName)
   if (seed === undefined) {
-    seed = blockSeed(model)
-    if (seeds.size < 1_000) seeds.set(model, seed)
+    seed = blockSeed(seedName)
+    if (seeds.size < 1_000) seeds.set(seedName, seed)
   }
   // simulated/Tokens.ts's blockHashes, each key made a string as it comes (no array of numbers between).
   const keys: Array<string> = []

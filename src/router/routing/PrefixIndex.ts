@@ -7,18 +7,28 @@
  * - approximate: the router's own decisions ("this prompt went there, so its
  *   blocks are cached there now"), least recently used first out once the
  *   upstream's capacity (`vllm:cache_config_info`'s `num_gpu_blocks`) is
- *   reached, and forgotten after `ttlMs` untouched. With KV events on, a
- *   decision's entries live only `pendingTtlMs`: they stand in for the
- *   `BlockStored` that follows once the prompt is prefilled, so a burst of one
- *   prefix doesn't scatter before the first event arrives.
+ *   reached, and forgotten after `ttlMs` untouched. With KV events on that
+ *   name blocks by the router's keys (see "matching" below), a decision's
+ *   entries live only `pendingTtlMs`: they stand in for the `BlockStored` that
+ *   follows once the prompt is prefilled, so a burst of one prefix doesn't
+ *   scatter before the first event arrives.
  * - precise: the upstream's own KV events (`BlockStored`, `BlockRemoved`,
  *   `AllBlocksCleared`), applied exactly. Events carry a sequence number per
- *   publisher; a gap (missed batches, a publisher restart) means removals may
- *   have been missed, so the precise set is no longer trusted as exact: its
- *   blocks become approximate entries (aged and evicted like decisions, and
- *   still removed by later `BlockRemoved`s) and the precise set starts again
- *   from the next batch. That is the healing: stale entries age out instead of
- *   being believed forever, fresh ones are exact again at once.
+ *   publisher; a gap (missed batches) means removals may have been missed, so
+ *   the precise set is no longer trusted as exact: its blocks become
+ *   approximate entries (aged and evicted like decisions, and still removed
+ *   by later `BlockRemoved`s), placed at the least recently used end so that
+ *   they never evict the router's own entries, and the precise set starts
+ *   again from the next batch. That is the healing: stale entries age out
+ *   instead of being believed forever, fresh ones are exact again at once. A
+ *   sequence number lower than the last one is a publisher restart (its cache
+ *   is gone): the precise set is cleared.
+ * - matching: a real vLLM names blocks by its own hashes, never the router's
+ *   keys. An upstream's events count for the lifetimes above only once one of
+ *   its stored blocks was found to be a router key (a simulated server's
+ *   are); until then its decisions live `ttlMs` as without events, and a gap
+ *   drops its foreign hashes instead of demoting them (they can never match).
+ *   `AllBlocksCleared` clears the upstream's entries either way.
  */
 
 export type BlockKey = string
@@ -51,16 +61,21 @@ interface UpstreamCache {
    * made before KV events were followed keeps its lifetime when they start);
    * Map order is least recently touched first.
    */
-  readonly approximate: Map<BlockKey, number>
+  approximate: Map<BlockKey, number>
   capacity: number
   /** Present once the upstream publishes KV events. */
   precise: Set<BlockKey> | undefined
+  /** One of its stored blocks was a router key: its events name blocks as the router does (not a real vLLM's own hashes). */
+  matched: boolean
   lastSeq: number | undefined
   gaps: number
 }
 
+/** Its KV events name the router's keys: decisions then only stand in for them briefly. */
+const followsEvents = (cache: UpstreamCache) => cache.precise !== undefined && cache.matched
+
 /** Why a batch was applied as it was. */
-export type BatchOutcome = "applied" | "gap" | "duplicate"
+export type BatchOutcome = "applied" | "gap" | "restart" | "duplicate"
 
 export class PrefixIndex {
   private readonly upstreams = new Map<string, UpstreamCache>()
@@ -73,7 +88,7 @@ export class PrefixIndex {
   private cache(upstream: string): UpstreamCache {
     let cache = this.upstreams.get(upstream)
     if (cache === undefined) {
-      cache = { approximate: new Map(), capacity: this.settings.defaultCapacity, precise: undefined, lastSeq: undefined, gaps: 0 }
+      cache = { approximate: new Map(), capacity: this.settings.defaultCapacity, precise: undefined, matched: false, lastSeq: undefined, gaps: 0 }
       this.upstreams.set(upstream, cache)
     }
     return cache
@@ -100,14 +115,25 @@ export class PrefixIndex {
     return this.upstreams.get(upstream)?.precise !== undefined
   }
 
+  /** Whether its KV events have named a router key (so they count as exact for it). */
+  matchesEvents(upstream: string): boolean {
+    const cache = this.upstreams.get(upstream)
+    return cache !== undefined && followsEvents(cache)
+  }
+
+  /** Blocks the upstream holds, as last reported (or the default). */
+  capacityOf(upstream: string): number {
+    return this.upstreams.get(upstream)?.capacity ?? this.settings.defaultCapacity
+  }
+
   gapCount(upstream: string): number {
     return this.upstreams.get(upstream)?.gaps ?? 0
   }
 
   /**
    * Records that `keys` (a prompt's blocks, in order) were sent to `upstream`
-   * at `now`. `longLived`: kept `ttlMs` even with KV events (entries read back
-   * from the shared state, whose events this replica never saw).
+   * at `now`. `longLived`: kept `ttlMs` even with KV events (an answer's
+   * blocks, see `confirm`).
    *
    * Returns the keys worth telling other replicas: those this index did not
    * hold, or held only since more than a quarter of their lifetime ago (a
@@ -116,7 +142,7 @@ export class PrefixIndex {
    */
   recordDecision(upstream: string, keys: ReadonlyArray<BlockKey>, now: number, longLived = false): Array<BlockKey> {
     const cache = this.cache(upstream)
-    const ttl = cache.precise === undefined || longLived ? this.settings.ttlMs : this.settings.pendingTtlMs
+    const ttl = longLived || !followsEvents(cache) ? this.settings.ttlMs : this.settings.pendingTtlMs
     const expires = now + ttl
     const news: Array<BlockKey> = []
     // Least recently used to a granularity: an entry touched again within ttl/64 of its last move
@@ -126,7 +152,10 @@ export class PrefixIndex {
     // (6,041-token prompts: 40 ms major collections every two or three seconds, the decision's p99).
     const reorderAfterMs = ttl / 64
     for (const key of keys) {
-      if (cache.precise?.has(key)) continue
+      if (cache.precise?.has(key)) {
+        cache.matched = true
+        continue
+      }
       const before = cache.approximate.get(key)
       if (before === undefined || before - now < ttl * 0.75) news.push(key)
       if (before !== undefined && before - now < ttl - reorderAfterMs) cache.approximate.delete(key)
@@ -152,26 +181,60 @@ export class PrefixIndex {
   }
 
   /**
+   * Entries read back from the shared state (another replica's decisions and
+   * answers): `expiresAt[i]` is when `keys[i]` is forgotten, counted from
+   * when it was recorded there, not from now (a reconnect must not bring
+   * back, for a whole lifetime, blocks the server has long evicted). With KV
+   * events that name the router's keys, they stand in for events for
+   * `pendingTtlMs` at most, like a decision: this replica's own events say
+   * what is there. `keys` come oldest first; an entry that lives longer
+   * already is left as it is.
+   */
+  recover(upstream: string, keys: ReadonlyArray<BlockKey>, expiresAt: ReadonlyArray<number>, now: number): void {
+    const cache = this.cache(upstream)
+    const latest = followsEvents(cache) ? now + this.settings.pendingTtlMs : Number.POSITIVE_INFINITY
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]
+      const expires = Math.min(expiresAt[i] ?? now, latest)
+      if (expires < now || cache.precise?.has(key)) continue
+      const before = cache.approximate.get(key)
+      if (before !== undefined && before >= expires) continue
+      cache.approximate.delete(key)
+      cache.approximate.set(key, expires)
+    }
+    this.trim(cache)
+  }
+
+  /**
    * Applies one batch of the upstream's KV events. A batch whose sequence
    * number is not the next one is a gap (see the header) and is still applied;
-   * one at or below the last seen is a duplicate and is skipped.
+   * one equal to the last seen is a duplicate and is skipped; a lower one is
+   * a restart of the publisher (a gap, and what it held is gone).
    */
   applyBatch(upstream: string, batch: KvEventBatch, now: number): BatchOutcome {
     const cache = this.cache(upstream)
     let outcome: BatchOutcome = "applied"
-    if (cache.lastSeq !== undefined && batch.seq <= cache.lastSeq) {
-      // A restarted publisher counts from 0 again: that is a gap, not a replay.
-      if (batch.seq !== 0) return "duplicate"
-    }
+    if (cache.lastSeq !== undefined && batch.seq === cache.lastSeq) return "duplicate"
     if (cache.precise === undefined) {
+      cache.precise = new Set()
+    } else if (cache.lastSeq !== undefined && batch.seq < cache.lastSeq) {
+      // A restarted publisher counts from 0 again, and its first batches may have been missed:
+      // whatever comes lower than the last is not a replay (a batch is published once).
+      outcome = "restart"
+      cache.gaps++
       cache.precise = new Set()
     } else if (cache.lastSeq !== undefined && batch.seq !== cache.lastSeq + 1) {
       outcome = "gap"
       cache.gaps++
-      // Demote what we believed to approximate entries, oldest-first order kept.
-      for (const key of cache.precise) {
-        cache.approximate.delete(key)
-        cache.approximate.set(key, now + this.settings.pendingTtlMs)
+      // Demoted at the least recently used end (oldest first, as believed): they go before any of
+      // the router's own entries when the capacity is reached. Foreign hashes (a server whose
+      // events never named a router key) can never match: dropped.
+      if (cache.matched && cache.precise.size > 0) {
+        const demoted = new Map<BlockKey, number>()
+        const expires = now + this.settings.pendingTtlMs
+        for (const key of cache.precise) demoted.set(key, expires)
+        for (const [key, at] of cache.approximate) if (!demoted.has(key)) demoted.set(key, at)
+        cache.approximate = demoted
       }
       cache.precise = new Set()
     }
@@ -181,7 +244,7 @@ export class PrefixIndex {
         case "BlockStored":
           for (const key of event.blockHashes) {
             cache.precise.add(key)
-            cache.approximate.delete(key)
+            if (cache.approximate.delete(key)) cache.matched = true
           }
           break
         case "BlockRemoved":

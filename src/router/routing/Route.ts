@@ -11,7 +11,7 @@ export interface Route {
   choose(pool: ReadonlyArray<Endpoint>, now: number): Endpoint
   /** The attempt went to `endpoint` (counted in flight there from now). */
   sent(endpoint: Endpoint, now: number): void
-  /** The `x-inference-route` answer header: scheduler, reason, predicted cached tokens. */
+  /** The `x-inference-route` answer header: scheduler, reason (and, with UPSTREAM_ROUTE_HEADER_CACHED_TOKENS=true, the predicted cached tokens and TTFT). */
   header(): string
   /** A chunk of the answer's body (the first: the first token, for a stream). */
   data(chunk: Buffer, now: number): void

@@ -8,8 +8,10 @@
  * - the answers (time to first token of streams, reported `cached_tokens`),
  * - and, with `redis://` items in KV_ENDPOINTS, the other replicas' decisions
  *   and loads (SharedState.ts).
- * Decisions read memory only. An upstream that fails its health checks (or
- * leaves the pool) is forgotten: its index entries, in Redis too.
+ * Decisions read memory only. An upstream that leaves the pool, fails its
+ * active health check or keeps refusing connections is forgotten here (its
+ * index entries and learned costs); what Redis holds for it is left to age
+ * out (one replica's view is not the pool's).
  */
 import { Clock, Duration, Effect, Metric, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
@@ -25,7 +27,7 @@ import { PrefixIndex } from "./PrefixIndex.ts"
 import type { Route, RouteScheduler } from "./Route.ts"
 import { routingMetrics } from "./RoutingMetrics.ts"
 import type { RoutingSettings } from "./RoutingSettings.ts"
-import { CacheAwareScheduler, type Candidate, type Decision, defaultSchedulerSettings, type RoutingRequest } from "./Scheduler.ts"
+import { CacheAwareScheduler, type Candidate, type Decision, defaultSchedulerSettings, predictedCachedInUpstreamTokens, type RoutingRequest } from "./Scheduler.ts"
 import { SharedState } from "./SharedState.ts"
 import { parseVllmMetrics } from "./VllmMetrics.ts"
 
@@ -46,7 +48,9 @@ export interface RoutingOptions {
  * tokenizer reads them without a joined copy); undefined when there is none
  * to route on.
  */
-export const promptOf = (body: string | undefined): { readonly model: string; readonly parts: ReadonlyArray<string>; readonly stream: boolean } | undefined => {
+export const promptOf = (
+  body: string | undefined
+): { readonly model: string; readonly parts: ReadonlyArray<string>; readonly stream: boolean; readonly cacheSalt?: string | undefined } | undefined => {
   if (body === undefined) return undefined
   let parsed: unknown
   try {
@@ -55,20 +59,28 @@ export const promptOf = (body: string | undefined): { readonly model: string; re
     return undefined
   }
   if (typeof parsed !== "object" || parsed === null) return undefined
-  const { messages, model, prompt, stream } = parsed as Record<string, unknown>
+  const { cache_salt, messages, model, prompt, stream } = parsed as Record<string, unknown>
   const modelName = typeof model === "string" ? model : ""
   let parts: ReadonlyArray<string> | undefined
   if (Array.isArray(messages)) parts = messages.map((message) => contentText(message?.content))
   else if (typeof prompt === "string") parts = [prompt]
   else if (Array.isArray(prompt) && typeof prompt[0] === "string") parts = [prompt[0]]
   // An empty text (no messages, or one empty one) is nothing to route on.
-  return parts === undefined || parts.length === 0 || (parts.length === 1 && parts[0] === "") ? undefined : { model: modelName, parts, stream: stream === true }
+  return parts === undefined || parts.length === 0 || (parts.length === 1 && parts[0] === "") ? undefined : {
+      model: modelName,
+      parts,
+      stream: stream === true,
+      // vLLM's per-tenant salt: in the key seed (BlockKeys.ts), so salted prompts match only their own salt's.
+      ...(typeof cache_salt === "string" && cache_salt !== "" ? { cacheSalt: cache_salt } : {})
+    }
 }
 
 const cachedTokensField = Buffer.from("\"cached_tokens\"")
 /** In every completion chunk and answer, in no error body: a chunk without it is not a first token. */
 const choicesField = Buffer.from("\"choices\"")
 const cachedTokensValue = /"cached_tokens"\s*:\s*([0-9]+)/
+/** The same usage's prompt_tokens, in the upstream's tokens: the cached fraction is what carries over to the router's (Scheduler.ts uncachedOfUsage). */
+const promptTokensValue = /"prompt_tokens"\s*:\s*([0-9]+)/
 
 const defaultFetchMetrics = async (url: string, timeoutMs: number): Promise<string> => {
   const answer = await httpRequest(url, { headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
@@ -121,10 +133,17 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         maxPendingWrites: 10_000
       },
       {
-        blocks: (upstream, keys, how) =>
-          how === "confirmed"
-            ? scheduler.index.confirm(upstream, keys, now())
-            : scheduler.index.recordDecision(upstream, keys, now(), how === "recovered"),
+        blocks: (upstream, keys, how, recordedAt) => {
+          if (how === "confirmed") scheduler.index.confirm(upstream, keys, now())
+          else if (how === "decided" || recordedAt === undefined) scheduler.index.recordDecision(upstream, keys, now())
+          else {
+            // Read back: each lives its lifetime from when it was recorded (wall clock), on this replica's clock.
+            const at = now()
+            const shift = at - Date.now() + scheduler.index.settings.ttlMs
+            scheduler.index.recover(upstream, keys, recordedAt.map((recorded) => recorded + shift), at)
+          }
+        },
+        capacity: (upstream) => scheduler.index.capacityOf(upstream),
         status: (shown, up, reason) => {
           routingMetrics.sharedUp(shown).updateUnsafe(up ? 1 : 0, context)
           log(
@@ -149,22 +168,31 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
 
     const forget = (id: string, departed: boolean) => {
       known.delete(id)
-      // Its signals series goes (a last `signals_fresh 1` would keep the stale alert quiet); one that left the pool takes its index series too.
+      // Its signals series goes (a last `signals_fresh 1` would keep the stale alert quiet); one that left the pool takes its other series too.
       Metric.removeUnsafe(routingMetrics.signalsFresh(id), context)
-      if (departed) Metric.removeUnsafe(routingMetrics.indexBlocks(id), context)
-      else routingMetrics.indexBlocks(id).updateUnsafe(0, context)
+      if (departed) {
+        Metric.removeUnsafe(routingMetrics.indexBlocks(id), context)
+        Metric.removeUnsafe(routingMetrics.kvEventGaps(id), context)
+        Metric.removeUnsafe(routingMetrics.kvEventsMalformed(id), context)
+      } else routingMetrics.indexBlocks(id).updateUnsafe(0, context)
       lastScrape.delete(id)
       subscriptions.get(id)?.()
       subscriptions.delete(id)
       scheduler.drop(id)
-      shared?.forget(id)
+      // Not in Redis: the others may still reach it, and what is there ages out and is trimmed.
     }
 
     /**
-     * Follows the pool: subscribes to new upstreams' KV events, forgets removed
-     * ones and unreachable ones (a failed health check, a refused connection:
-     * likely restarted, with a cold cache).
+     * Down for the pool, not for one request: its active health check failed
+     * (the pool's decision), or connections to it failed this many times in a
+     * row (without active checks, the only sign of a restart with a cold
+     * cache). One refused connection is not enough: a blip would wipe what
+     * was learned about it.
      */
+    const forgetAfterRefusals = 3
+    const isDown = (endpoint: Endpoint) => !endpoint.healthy || endpoint.unreachableCount >= forgetAfterRefusals
+
+    /** Follows the pool: subscribes to new upstreams' KV events, forgets removed ones and those down (isDown). */
     let ticks = 0
     const followPool = Effect.sync(() => {
       const at = now()
@@ -172,11 +200,11 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       const current = new Map(endpoints().map((endpoint) => [endpoint.id, endpoint]))
       for (const id of known) {
         const endpoint = current.get(id)
-        if (endpoint === undefined || !isReachable(endpoint, at)) forget(id, endpoint === undefined)
+        if (endpoint === undefined || isDown(endpoint)) forget(id, endpoint === undefined)
       }
       for (const id of known) routingMetrics.indexBlocks(id).updateUnsafe(scheduler.index.size(id), context)
       for (const [id, endpoint] of current) {
-        if (!isReachable(endpoint, at) || known.has(id)) continue
+        if (!isReachable(endpoint, at) || isDown(endpoint) || known.has(id)) continue
         known.add(id)
         // 0 until its first good scrape: one that never answers is stale from the start.
         if (settings.metricsIntervalMs > 0) routingMetrics.signalsFresh(id).updateUnsafe(0, context)
@@ -185,9 +213,16 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         let gapsLogged = 0
         subscriptions.set(id, subscribeKvEvents(kv, {
           batch: (batch) => {
-            if (scheduler.index.applyBatch(id, batch, now()) !== "gap") return
+            const outcome = scheduler.index.applyBatch(id, batch, now())
+            if (outcome !== "gap" && outcome !== "restart") return
             routingMetrics.kvEventGaps(id).updateUnsafe(1, context)
-            if (gapsLogged++ < 3) log(Effect.logWarning(`upstream ${id}: KV events from ${kv} skipped to ${batch.seq}; what was cached before ages out (docs/routing.md)`))
+            if (gapsLogged++ < 3) {
+              log(Effect.logWarning(
+                outcome === "gap"
+                  ? `upstream ${id}: KV events from ${kv} skipped to ${batch.seq}; what was cached before ages out (docs/routing.md)`
+                  : `upstream ${id}: KV events from ${kv} went back to ${batch.seq} (the publisher restarted); what it had stored is forgotten`
+              ))
+            }
           },
           malformed: () => routingMetrics.kvEventsMalformed(id).updateUnsafe(1, context)
         }, (error) => log(Effect.logError(`upstream ${id}: cannot subscribe to KV events at ${kv} (${error}); its index stays approximate`))))
@@ -249,11 +284,12 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       const prompt = promptOf(request.body)
       if (prompt === undefined) return undefined
       const ids = tokenIdsOfParts(prompt.parts)
-      const routing: RoutingRequest = { promptTokens: ids.length, keys: (blockSize) => blockKeysOf(prompt.model, ids, blockSize) }
+      const routing: RoutingRequest = { promptTokens: ids.length, keys: (blockSize) => blockKeysOf(prompt.model, ids, blockSize, prompt.cacheSalt) }
       let decision: Decision<Candidate & { readonly endpoint: Endpoint }> | undefined
       let sentAt = 0
       let firstAt: number | undefined
       let reported: number | undefined
+      let reportedPrompt: number | undefined
       let retried = false
       /** The upstream this replica told the others it sent the request to (told again, -1, when it ends). */
       let loadTold: string | undefined
@@ -274,6 +310,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           sentAt = at
           firstAt = undefined
           reported = undefined
+          reportedPrompt = undefined
           // Only what this replica did not know goes out: a shared prefix's keys not with every request.
           const news = scheduler.sent(endpoint.id, decision, at)
           if (shared !== undefined) {
@@ -283,19 +320,28 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           }
           routingMetrics.decisions(decision.reason).updateUnsafe(1, context)
         },
+        // The predicted numbers only when asked for (UPSTREAM_ROUTE_HEADER_CACHED_TOKENS): they tell a client what others' prompts left cached.
         header: () =>
           decision === undefined
-            ? "cache-aware; reason=only-healthy; cached-tokens=0"
-            : `cache-aware; reason=${decision.reason}; cached-tokens=${decision.cachedTokens}; predicted-ttft-ms=${Math.round(decision.predictedMs)}`,
+            ? "cache-aware; reason=only-healthy"
+            : settings.routeHeaderCachedTokens === true
+            ? `cache-aware; reason=${decision.reason}; cached-tokens=${decision.cachedTokens}; predicted-ttft-ms=${Math.round(decision.predictedMs)}`
+            : `cache-aware; reason=${decision.reason}`,
         data: (chunk, at) => {
           if (decision === undefined) return
           if (firstAt === undefined && chunk.indexOf(choicesField) >= 0) {
             firstAt = at
             scheduler.firstToken(decision.candidate.id, decision, at)
+            // An answer started: its prompt was prefilled there, so its blocks are cached there now (not
+            // when the stream ends: with KV events a decision's stand-in entries live seconds only).
+            const news = scheduler.index.confirm(decision.candidate.id, decision.keys, at)
+            if (news.length > 0) shared?.decided(decision.candidate.id, news, Date.now(), true)
           }
           if (chunk.indexOf(cachedTokensField) >= 0) {
             const match = cachedTokensValue.exec(chunk.toString("utf8"))
             if (match !== null) reported = Number(match[1])
+            const promptMatch = promptTokensValue.exec(chunk.toString("utf8"))
+            if (promptMatch !== null) reportedPrompt = Number(promptMatch[1])
           }
         },
         ended: (endpoint) => {
@@ -305,18 +351,21 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
           }
           if (decision === undefined || decision.candidate.endpoint !== endpoint) return
           if (firstAt === undefined) scheduler.firstToken(endpoint.id, decision, now())
-          // An answer started: its prompt was prefilled there, so its blocks are cached there.
-          else {
-            const news = scheduler.index.confirm(endpoint.id, decision.keys, now())
-            if (news.length > 0) shared?.decided(endpoint.id, news, Date.now(), true)
-          }
           if (reported !== undefined) {
-            routingMetrics.predictedCachedTokens.updateUnsafe(decision.cachedTokens, context)
+            // In the upstream's tokens: the router's count scaled by the answer's prompt_tokens.
+            const predicted = predictedCachedInUpstreamTokens(decision, reportedPrompt)
+            routingMetrics.predictedCachedTokens.updateUnsafe(predicted, context)
             routingMetrics.reportedCachedTokens.updateUnsafe(reported, context)
-            routingMetrics.cachedTokensError.updateUnsafe(Math.abs(decision.cachedTokens - reported), context)
+            routingMetrics.cachedTokensError.updateUnsafe(Math.abs(predicted - reported), context)
           }
           // Only a stream's first chunk is its first token; a whole answer's first byte is its end.
-          if (prompt.stream && firstAt !== undefined) scheduler.learn(endpoint.id, decision, firstAt - sentAt, reported)
+          if (prompt.stream && firstAt !== undefined) {
+            const observedMs = firstAt - sentAt
+            routingMetrics.ttftPredictionError.updateUnsafe(Math.abs(decision.predictedMs - observedMs) / 1000, context)
+            routingMetrics.ttftPredictedSeconds.updateUnsafe(decision.predictedMs / 1000, context)
+            routingMetrics.ttftObservedSeconds.updateUnsafe(observedMs / 1000, context)
+            scheduler.learn(endpoint.id, decision, observedMs, reported, reportedPrompt)
+          }
           decision = undefined
           retried = true
         }

@@ -19,7 +19,7 @@ export const routingMetrics = {
     boundaries: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025]
   }),
   predictedCachedTokens: Metric.counter("router_routing_predicted_cached_tokens_total", {
-    description: "Prompt tokens the scheduler predicted cached, over answers that reported cached_tokens",
+    description: "Prompt tokens the scheduler predicted cached, over answers that reported cached_tokens, in the upstream's tokens (the router's count scaled by the answer's usage.prompt_tokens)",
     incremental: true
   }),
   reportedCachedTokens: Metric.counter("router_routing_reported_cached_tokens_total", {
@@ -28,6 +28,18 @@ export const routingMetrics = {
   }),
   cachedTokensError: Metric.counter("router_routing_cached_tokens_error_total", {
     description: "Sum of |predicted - reported| cached tokens: divided by the reported total, the index's error rate",
+    incremental: true
+  }),
+  ttftPredictionError: Metric.histogram("router_routing_ttft_prediction_error_seconds", {
+    description: "|predicted - observed| time to first token of streamed answers, in seconds (the prediction the decision was made on)",
+    boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+  }),
+  ttftPredictedSeconds: Metric.counter("router_routing_ttft_predicted_seconds_total", {
+    description: "Predicted time to first token summed over the answers in router_routing_ttft_prediction_error_seconds: against router_routing_ttft_observed_seconds_total, the predictor's bias",
+    incremental: true
+  }),
+  ttftObservedSeconds: Metric.counter("router_routing_ttft_observed_seconds_total", {
+    description: "Observed time to first token summed over the same answers",
     incremental: true
   }),
   indexBlocks: labelled(

@@ -15,6 +15,11 @@ export interface RoutingSettings {
   readonly metricsIntervalMs: number
   /** Names the shared state in Redis (cache-aware only); unset: MODEL_REF (routers of one model share it). */
   readonly sharedScope?: string | undefined
+  /**
+   * Whether `x-inference-route` names the predicted cached tokens (cache-aware only); unset: false.
+   * Off by default: the number tells any client whether someone else's prompt prefix is cached there.
+   */
+  readonly routeHeaderCachedTokens?: boolean | undefined
 }
 
 export const defaultRouting: RoutingSettings = { scheduler: "least-request", loadBound: 1.25, metricsIntervalMs: 100 }
@@ -57,5 +62,11 @@ export const routingSettingDocs: ReadonlyArray<{ readonly variable: string; read
     meaning: "`cache-aware` with a `redis://` item in `KV_ENDPOINTS`: names the state router replicas share there (prefix index, in-flight counts); routers with the same scope and the same Redis share it. The controller sets `<namespace>/<name>` of the InferenceService, so two services of one model do not share an index of different servers",
     default: "`MODEL_REF`",
     valid: "text without whitespace, up to 512 characters"
+  },
+  {
+    variable: "UPSTREAM_ROUTE_HEADER_CACHED_TOKENS",
+    meaning: "`cache-aware`: `true` adds `cached-tokens=<n>` (the prompt tokens predicted cached on the upstream picked) and `predicted-ttft-ms=<n>` to the `x-inference-route` answer header. Off by default: on a shared router the number tells any client whether another's prompt prefix is cached (a probe of what others asked); the scheduler and the reason are always there",
+    default: "`false`",
+    valid: "`true`, `false`"
   }
 ]

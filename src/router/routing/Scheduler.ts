@@ -283,14 +283,40 @@ export class CacheAwareScheduler {
   }
 
   /**
-   * Learns from an answer: its time to first token, and the cached tokens it
-   * reported (the truth; else the index's guess stands in).
+   * Learns from an answer: its time to first token, and what it reported
+   * (usage.prompt_tokens and prompt_tokens_details.cached_tokens: the truth;
+   * without both, the index's guess stands in).
    */
-  learn(upstream: string, decision: Decision<Candidate>, ttftMs: number, reportedCachedTokens: number | undefined): void {
-    const uncached = reportedCachedTokens === undefined ? decision.input.uncachedTokens : Math.max(0, decision.promptTokens - reportedCachedTokens)
+  learn(upstream: string, decision: Decision<Candidate>, ttftMs: number, reportedCachedTokens: number | undefined, reportedPromptTokens?: number): void {
+    const uncached = uncachedOfUsage(decision.promptTokens, { cachedTokens: reportedCachedTokens, promptTokens: reportedPromptTokens }) ?? decision.input.uncachedTokens
     this.predictor.observe(upstream, { ...decision.input, uncachedTokens: uncached }, ttftMs)
   }
 }
+
+/** What an answer's usage reported, in the upstream's own tokens. */
+export interface ReportedUsage {
+  readonly promptTokens: number | undefined
+  readonly cachedTokens: number | undefined
+}
+
+/**
+ * The uncached part of a prompt of `promptTokens` router tokens, from the
+ * usage the upstream reported in its own tokens: the router counts runs of
+ * non-blanks (BlockKeys.ts), vLLM its tokenizer's tokens (~1.3 a word), so a
+ * difference of the two would teach "nothing uncached" on any hit above ~77 %;
+ * the reported fraction is what carries over. Undefined unless both numbers
+ * were reported (cached_tokens needs vLLM's --enable-prompt-tokens-details).
+ */
+export const uncachedOfUsage = (promptTokens: number, usage: ReportedUsage | undefined): number | undefined => {
+  if (usage?.cachedTokens === undefined || usage.promptTokens === undefined || !(usage.promptTokens > 0)) return undefined
+  return promptTokens * Math.max(0, 1 - usage.cachedTokens / usage.promptTokens)
+}
+
+/** The decision's predicted cached tokens in the upstream's tokens (scaled by its reported prompt_tokens), for comparing with what it reported. */
+export const predictedCachedInUpstreamTokens = (decision: Pick<Decision<Candidate>, "cachedTokens" | "promptTokens">, reportedPromptTokens: number | undefined): number =>
+  reportedPromptTokens === undefined || decision.promptTokens <= 0
+    ? decision.cachedTokens
+    : Math.round(decision.cachedTokens * reportedPromptTokens / decision.promptTokens)
 
 /**
  * The loose cap: the most requests one upstream may hold after this one is

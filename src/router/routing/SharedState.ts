@@ -7,7 +7,8 @@
  *   counts here): a decision reads memory only, never Redis.
  * - Writes are fire-and-forget: a decision's block keys go into a sorted set
  *   per upstream (`<prefix>blocks:<upstream>`, score = when, so expiry is one
- *   ZREMRANGEBYSCORE) and out on a pub/sub channel; every replica applies the
+ *   ZREMRANGEBYSCORE; kept to the upstream's capacity in blocks by a
+ *   ZREMRANGEBYRANK every `trimEvery` writes) and out on a pub/sub channel; every replica applies the
  *   others' messages to its copy. Each replica publishes its in-flight counts
  *   every `loadIntervalMs`, and each change between them as it happens (+1
  *   at a pick, -1 at the end, on one endpoint only, so that it counts once):
@@ -15,8 +16,11 @@
  *   interval later (an interval-old count let the replicas pile onto one
  *   upstream, then spill from it). The periodic counts correct any change
  *   lost; counts older than three intervals are not trusted.
- * - A replica that (re)connects reads the sorted sets back (the keys of the
- *   last `ttlMs`): a new replica starts warm, one that was cut off catches up.
+ * - A replica that (re)connects reads the sorted sets back (the newest keys of
+ *   the last `ttlMs`, at most the upstream's capacity, each with when it was
+ *   recorded, handed over in chunks with the event loop free between them):
+ *   a new replica starts warm, one that was cut off catches up. Nothing is
+ *   ever deleted on one replica's word: a set ages out and is trimmed.
  * - Several endpoints: each block key lives on one of them (a hash of the
  *   key), loads go to all. Losing one loses only its share.
  * - Redis down, refusing or slow: no command waits in the client (no offline
@@ -55,7 +59,9 @@ export interface SharedStateSink {
    * started, so they are cached there), or a replica that (re)joined read them
    * back (`recovered`).
    */
-  blocks(upstream: string, keys: ReadonlyArray<string>, how: "decided" | "confirmed" | "recovered"): void
+  blocks(upstream: string, keys: ReadonlyArray<string>, how: "decided" | "confirmed" | "recovered", recordedAt?: ReadonlyArray<number>): void
+  /** Blocks the upstream holds (its index capacity): the most kept in Redis and read back per endpoint. */
+  capacity?(upstream: string): number
   /** An endpoint went down (false) or came back (true); `shown` has no credentials. */
   status(shown: string, up: boolean, reason: string): void
 }
@@ -98,6 +104,13 @@ interface LoadChangeMessage {
   readonly d: 1 | -1
 }
 
+/** Keys handed to the sink at once when reading back: the event loop is free between chunks. */
+export const readBackChunk = 10_000
+/** Writes to one upstream's set between two trims to its capacity (the trim is O(log n + removed)). */
+const trimEvery = 16
+/** Blocks per upstream when the sink does not say. */
+const defaultCapacity = 8192
+
 /** Reconnect after 50 ms, doubling to at most 2 s, with jitter: rejoins quickly, never hammers. */
 const reconnectDelay = (retries: number) => Math.min(2_000, 50 * 2 ** Math.min(retries, 6)) + Math.floor(Math.random() * 50)
 
@@ -108,6 +121,8 @@ export class SharedState {
   private readonly now: () => number
   private readonly remote = new Map<string, { at: number; loads: Record<string, number> }>()
   private closed = false
+  /** Writes per upstream set since it was last trimmed (per shard: its own share). */
+  private readonly writesSinceTrim = new Map<string, number>()
   /** Decisions and removals not written because Redis was down or slow (loads, refreshed every interval, not counted). */
   droppedWrites = 0
 
@@ -258,15 +273,23 @@ export class SharedState {
       list.push(key)
     }
     const setKey = `${this.settings.prefix}blocks:${upstream}`
+    const writes = (this.writesSinceTrim.get(upstream) ?? 0) + 1
+    const trim = writes >= trimEvery
+    this.writesSinceTrim.set(upstream, trim ? 0 : writes)
+    const capacity = this.capacityOf(upstream)
     for (const [shard, list] of byShard) {
       const message = JSON.stringify({ r: this.settings.replicaId, u: upstream, k: list, t: at, ...(confirmed ? { c: 1 as const } : {}) } satisfies BlocksMessage)
-      this.write(shard, (client) =>
-        client.multi()
+      this.write(shard, (client) => {
+        const multi = client.multi()
           .zAdd(setKey, list.map((value) => ({ score: at, value })))
           .zRemRangeByScore(setKey, "-inf", at - this.settings.ttlMs)
+        // The newest `capacity` stay (ranks count from the lowest score, the oldest).
+        if (trim) multi.zRemRangeByRank(setKey, 0, -capacity - 1)
+        return multi
           .pExpire(setKey, this.settings.ttlMs)
           .publish(this.blocksChannel, message)
-          .exec())
+          .exec()
+      })
     }
   }
 
@@ -304,9 +327,17 @@ export class SharedState {
     return total
   }
 
+  private capacityOf(upstream: string): number {
+    const capacity = this.sink.capacity?.(upstream) ?? defaultCapacity
+    return Math.max(1, Math.floor(capacity))
+  }
+
   /**
-   * Reads back what the replicas recorded for `upstreams` in the last ttlMs,
-   * from every shard that is up and has not been read since it (re)connected.
+   * Reads back what the replicas recorded for `upstreams` in the last ttlMs
+   * (the newest, at most the upstream's capacity), from every shard that is
+   * up and has not been read since it (re)connected. Handed to the sink
+   * oldest first, with when each was recorded, `readBackChunk` keys at a
+   * time: a large set must not hold up the requests being decided meanwhile.
    */
   async catchUp(upstreams: ReadonlyArray<string>, wallNow: number): Promise<void> {
     await Promise.all(this.shards.map(async (shard) => {
@@ -315,19 +346,26 @@ export class SharedState {
       for (const upstream of upstreams) {
         if (shard.loaded.has(upstream)) continue
         shard.loaded.add(upstream)
+        let entries: ReadonlyArray<{ readonly value: string; readonly score: number }>
         try {
-          const keys = await shard.client.zRangeByScore(`${this.settings.prefix}blocks:${upstream}`, wallNow - this.settings.ttlMs, "+inf")
-          if (keys.length > 0) this.sink.blocks(upstream, keys, "recovered")
+          entries = await shard.client.zRangeWithScores(`${this.settings.prefix}blocks:${upstream}`, "+inf", wallNow - this.settings.ttlMs, {
+            BY: "SCORE",
+            REV: true,
+            LIMIT: { offset: 0, count: this.capacityOf(upstream) }
+          })
         } catch {
           shard.loaded.delete(upstream)
+          continue
+        }
+        // Newest first from Redis; the index takes the most recent last.
+        for (let end = entries.length; end > 0; end -= readBackChunk) {
+          if (this.closed) return
+          const chunk = entries.slice(Math.max(0, end - readBackChunk), end).reverse()
+          this.sink.blocks(upstream, chunk.map((entry) => entry.value), "recovered", chunk.map((entry) => Number(entry.score)))
+          if (end > readBackChunk) await new Promise<void>((resolve) => setImmediate(resolve))
         }
       }
     }))
-  }
-
-  /** Forgets an upstream in Redis too (removed from the pool, or found down). */
-  forget(upstream: string): void {
-    for (const shard of this.shards) this.write(shard, (client) => client.del(`${this.settings.prefix}blocks:${upstream}`))
   }
 
   /** Per endpoint (credentials masked): connected and answering, or not. */

@@ -6,8 +6,14 @@
  *
  * Tokenization rule: a token is a run of non-blank characters together with
  * the blanks before it (`/\s*\S+/g`); trailing blanks are not a token. So
- * "Hello, big world" is three tokens: "Hello,", " big", " world". Chat
- * messages are counted as their contents joined by newlines.
+ * "Hello, big world" is three tokens: "Hello,", " big", " world". Text
+ * written without blanks is cut too, roughly as a BPE vocabulary cuts it: a
+ * character of Thai, CJK, kana, Hangul or fullwidth forms is a token by
+ * itself, and a run longer than `maxTokenChars` (base64, minified JSON, a
+ * long URL) is cut every `maxTokenChars` characters (a 4,800-character
+ * Chinese prompt was 2 tokens and had no block keys). Chat messages are
+ * counted as their contents joined by newlines. The router's block keys
+ * (routing/BlockKeys.ts) use this rule too: change both together.
  */
 
 /** JavaScript's `\s`: ASCII blanks, and the Unicode spaces and line breaks it names. */
@@ -20,7 +26,23 @@ const isBlank = (code: number): boolean =>
 // Tokens are found by a scan of character codes rather than the regular
 // expression: every /v1 request counts its prompt's tokens, and the regex was a
 // sixth of the CPU of a 200-token chat request (profile, BENCHMARKS.md 6b). The
-// same rule; property tests hold the count and a plan's tokens equal to `/\s*\S+/g`.
+// same rule; property tests hold the count and a plan's tokens equal to `tokenPattern`.
+
+/** The most non-blank characters in one token: a longer run is cut into pieces this long. */
+export const maxTokenChars = 16
+
+/**
+ * A character of a script written without blanks (Thai; CJK radicals, kana,
+ * ideographs; Hangul syllables; CJK compatibility ideographs; fullwidth
+ * forms): a token by itself. A blank in these ranges (U+3000) is a blank.
+ */
+export const isStandalone = (code: number): boolean =>
+  code >= 0x0e00 &&
+  (code <= 0x0e7f || (code >= 0x2e80 && (code <= 0x9fff || (code >= 0xac00 && code <= 0xd7a3) || (code >= 0xf900 && code <= 0xfaff) || (code >= 0xff00 && code <= 0xffef))))
+
+/** The rule as a regular expression (for tests): blanks, then one standalone character or up to maxTokenChars others. */
+export const tokenPattern =
+  /\s*(?:(?!\s)[\u0e00-\u0e7f\u2e80-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef]|[^\s\u0e00-\u0e7f\u2e80-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef]{1,16})/g
 
 /** Where the token starting at `from` ends (its blanks, then its non-blanks); `from` itself when only blanks are left. */
 export const tokenEnd = (text: string, from: number): number => {
@@ -28,7 +50,14 @@ export const tokenEnd = (text: string, from: number): number => {
   let i = from
   while (i < length && isBlank(text.charCodeAt(i))) i++
   if (i === length) return from
-  while (i < length && !isBlank(text.charCodeAt(i))) i++
+  if (isStandalone(text.charCodeAt(i))) return i + 1
+  const limit = Math.min(length, i + maxTokenChars)
+  i++
+  while (i < limit) {
+    const code = text.charCodeAt(i)
+    if (isBlank(code) || isStandalone(code)) break
+    i++
+  }
   return i
 }
 

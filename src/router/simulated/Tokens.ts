@@ -3,7 +3,7 @@
  * prefix caching, pure and deterministic.
  *
  * A token (by Simulation.ts's rule: a run of non-blanks with the blanks before
- * it) has the id FNV-1a(text) with the top bit cleared: the same text, the same
+ * it, a long run cut in pieces, each character of a script without blanks its own) has the id FNV-1a(text) with the top bit cleared: the same text, the same
  * id, on every server and across restarts, so a router can hash a prompt the
  * way the model server does without asking it.
  *
@@ -13,14 +13,7 @@
  * NONE_HASH. 53 bits: exact as a JavaScript number, in JSON and as msgpack's
  * uint64. A partial block has no key (it is never shared).
  */
-import { hash32 } from "./Simulation.ts"
-
-/** JavaScript's `\s`, as in Simulation.ts: ASCII blanks, and the Unicode spaces and line breaks it names. */
-const isBlank = (code: number): boolean =>
-  code <= 32
-    ? code === 32 || (code >= 9 && code <= 13)
-    : code >= 160 && (code === 160 || code === 5760 || (code >= 8192 && code <= 8202) || code === 8232 || code === 8233 || code === 8239 ||
-      code === 8287 || code === 12288 || code === 65279)
+import { hash32, tokenEnd } from "./Simulation.ts"
 
 /** One token's id: FNV-1a of its text, in 31 bits (vocabulary ids are non-negative int32 in vLLM). */
 export const tokenId = (token: string): number => hash32(token) & 0x7fffffff
@@ -50,10 +43,8 @@ const scanTokens = (text: string, each: (id: number, start: number, end: number)
   const length = text.length
   let at = 0
   while (at < length) {
-    let i = at
-    while (i < length && isBlank(text.charCodeAt(i))) i++
-    if (i === length) return
-    while (i < length && !isBlank(text.charCodeAt(i))) i++
+    const i = tokenEnd(text, at)
+    if (i === at) return
     let h = 0x811c9dc5
     for (let j = at; j < i; j++) {
       h ^= text.charCodeAt(j)
