@@ -9,7 +9,7 @@ import { labelled } from "../../shared/Metrics.ts"
 export const routingMetrics = {
   decisions: labelled(
     Metric.counter("router_routing_decisions_total", {
-      description: "Cache-aware decisions by reason: cache (sent where its prefix is cached), load (nothing cached made the difference), spill (its prefix's upstream was over UPSTREAM_LOAD_BOUND), only-healthy",
+      description: "Cache-aware decisions by reason: cache (sent where its prefix is cached), load (nothing cached made the difference), spill (its prefix's upstream was over UPSTREAM_LOAD_BOUND), only-healthy (one candidate: the others unhealthy, ejected or at UPSTREAM_MAX_CONCURRENCY)",
       incremental: true
     }),
     "reason"
