@@ -14,8 +14,8 @@
  *
  * The three coefficients are fitted per upstream by least squares with
  * forgetting (recent answers count most: with the default 0.98 an answer's
- * weight halves in 34 answers, and a server whose prefill cost doubles is
- * predicted within 5 % in about 200 answers, test/RoutingPredictor.test.ts),
+ * weight halves in 34 answers, and a server whose prefill cost triples is
+ * predicted within 5 % in about 160 answers, test/RoutingPredictor.test.ts),
  * from each answer's observed time to first token and the `cached_tokens` it
  * reports (so the fit uses the truth, not the index's guess). One more fit over every upstream's answers stands in for an
  * upstream's own until it has `minSamples` answers: a new upstream is then
