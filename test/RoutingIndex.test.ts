@@ -133,7 +133,10 @@ describe("precise entries (KV events)", () => {
 
   it("let a decision stand in for its events for pendingTtlMs only", () => {
     const index = new PrefixIndex(settings)
-    index.applyBatch("u", { seq: 0, events: [] }, 0)
+    // Its events name the router's keys (a simulated server): a decided block comes back stored.
+    index.recordDecision("u", keys("m"), 0)
+    index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["m"] }] }, 0)
+    assert.isTrue(index.matchesEvents("u"))
     index.recordDecision("u", keys("a", "b"), 0)
     assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 50), 2)
     assert.strictEqual(index.cachedPrefix("u", keys("a", "b"), 51), 0)
@@ -181,6 +184,7 @@ describe("precise entries (KV events)", () => {
 
   it("detect a sequence gap: what was believed ages out, later events are exact again", () => {
     const index = new PrefixIndex(settings)
+    index.recordDecision("u", keys("a", "b"), 0)
     assert.strictEqual(index.applyBatch("u", { seq: 5, events: [{ type: "BlockStored", blockHashes: ["a", "b"] }] }, 0), "applied")
     assert.strictEqual(index.applyBatch("u", { seq: 5, events: [{ type: "BlockRemoved", blockHashes: ["a"] }] }, 0), "duplicate")
     assert.strictEqual(index.cachedPrefix("u", keys("a"), 0), 1)
@@ -200,8 +204,73 @@ describe("precise entries (KV events)", () => {
     const index = new PrefixIndex(settings)
     index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["a"] }] }, 0)
     index.applyBatch("u", { seq: 1, events: [] }, 0)
-    assert.strictEqual(index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["z"] }] }, 0), "gap")
+    assert.strictEqual(index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["z"] }] }, 0), "restart")
     assert.isTrue(index.keys("u", 0).has("z"))
+    assert.isFalse(index.keys("u", 0).has("a"), "what the publisher held before its restart is gone")
+    assert.strictEqual(index.gapCount("u"), 1)
+  })
+
+  it("treat any sequence number below the last as a restart, its first batch missed or not", () => {
+    const index = new PrefixIndex(settings)
+    index.applyBatch("u", { seq: 10, events: [{ type: "BlockStored", blockHashes: ["a"] }] }, 0)
+    // Restarted; its batch 0 was lost: 5 and on are new events, not replays of the old 5.
+    assert.strictEqual(index.applyBatch("u", { seq: 5, events: [{ type: "BlockStored", blockHashes: ["x"] }] }, 0), "restart")
+    assert.strictEqual(index.applyBatch("u", { seq: 6, events: [{ type: "BlockStored", blockHashes: ["y"] }] }, 0), "applied")
+    assert.deepStrictEqual([...index.keys("u", 0)].sort(), ["x", "y"])
+    // The same number again is still a duplicate.
+    assert.strictEqual(index.applyBatch("u", { seq: 6, events: [{ type: "BlockRemoved", blockHashes: ["y"] }] }, 0), "duplicate")
+  })
+
+  it("with events in a server's own hashes (a real vLLM), a decision lives its full lifetime: no hole before the answer", () => {
+    const index = new PrefixIndex({ defaultCapacity: 1_000, ttlMs: 10 * 60_000, pendingTtlMs: 2_000 })
+    const prompt = Array.from({ length: 100 }, (_, i) => `k${i}`)
+    index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["vllm-1"] }] }, 0)
+    index.recordDecision("u", prompt, 0)
+    assert.isFalse(index.matchesEvents("u"))
+    assert.strictEqual(index.cachedPrefix("u", prompt, 2_500), 100)
+    // Once its events name a router key, they are trusted: decisions stand in for them briefly.
+    index.applyBatch("u", { seq: 1, events: [{ type: "BlockStored", blockHashes: ["k0"] }] }, 2_500)
+    assert.isTrue(index.matchesEvents("u"))
+    index.recordDecision("u", ["n0"], 3_000)
+    assert.strictEqual(index.cachedPrefix("u", ["n0"], 5_001), 0)
+  })
+
+  it("a gap never evicts the router's own entries: foreign hashes are dropped, the router's demoted at the old end", () => {
+    const prompt = Array.from({ length: 100 }, (_, i) => `k${i}`)
+    // A real vLLM's hashes: dropped at a gap.
+    const foreign = new PrefixIndex({ ...settings, defaultCapacity: 100 })
+    foreign.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: Array.from({ length: 80 }, (_, i) => `vllm-${i}`) }] }, 0)
+    foreign.confirm("u", prompt, 0)
+    assert.strictEqual(foreign.applyBatch("u", { seq: 2, events: [] }, 10), "gap")
+    assert.strictEqual(foreign.cachedPrefix("u", prompt, 10), 100)
+    assert.strictEqual(foreign.size("u"), 100)
+    // The router's keys (a simulated server): demoted, and the first to go when the capacity is reached.
+    const matched = new PrefixIndex({ ...settings, defaultCapacity: 100 })
+    matched.recordDecision("u", ["s0", "s1"], 0)
+    matched.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["s0", "s1"] }] }, 0)
+    matched.confirm("u", prompt, 0)
+    assert.strictEqual(matched.applyBatch("u", { seq: 2, events: [] }, 10), "gap")
+    assert.strictEqual(matched.cachedPrefix("u", prompt, 10), 100)
+    assert.strictEqual(matched.cachedPrefix("u", ["s0", "s1"], 10), 0, "the demoted entries made room")
+  })
+
+  it("entries read back from the shared state live from when they were recorded; with events, briefly", () => {
+    const index = new PrefixIndex(settings)
+    // Recorded long ago (expiring at 100, 600, -5): the expired one is not brought back.
+    index.recover("u", keys("a", "b", "c"), [100, 600, -5], 0)
+    assert.deepStrictEqual([...index.keys("u", 0)].sort(), ["a", "b"])
+    assert.deepStrictEqual([...index.keys("u", 101)], ["b"])
+    // An entry that lives longer already keeps its lifetime.
+    index.recordDecision("u", keys("b"), 0)
+    index.recover("u", keys("b"), [10], 0)
+    assert.strictEqual(index.cachedPrefix("u", keys("b"), 900), 1)
+    // With events naming the router's keys: a stand-in for pendingTtlMs at most (this replica's events say what is there).
+    const precise = new PrefixIndex(settings)
+    precise.recordDecision("v", keys("m"), 0)
+    precise.applyBatch("v", { seq: 0, events: [{ type: "BlockStored", blockHashes: ["m"] }] }, 0)
+    precise.recover("v", keys("x"), [1_000], 0)
+    assert.strictEqual(precise.cachedPrefix("v", keys("x"), 50), 1)
+    assert.strictEqual(precise.cachedPrefix("v", keys("x"), 51), 0)
   })
 
   // A reference LRU block cache emitting events as vLLM does; replaying its events (without gaps)

@@ -6,9 +6,16 @@
  */
 import { encode } from "@msgpack/msgpack"
 import { afterEach, assert, describe, it } from "@effect/vitest"
+import { Effect, References } from "effect"
+import { PrometheusMetrics } from "effect/observability"
 import { Publisher } from "zeromq"
 import { decodeKvMessage, subscribeKvEvents } from "../src/router/routing/KvEvents.ts"
 import { type KvEventBatch, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
+import { makeCacheAwareRouting } from "../src/router/routing/Routing.ts"
+import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
+import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
+import { parseTarget, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
+import { metricContext } from "../src/shared/Metrics.ts"
 import { until } from "./support/Processes.ts"
 
 const seqFrame = (seq: number) => {
@@ -80,6 +87,8 @@ describe("subscribing over ZeroMQ", () => {
     await publisher.bind("tcp://127.0.0.1:*")
     closers.push(() => publisher.close())
     const index = new PrefixIndex()
+    // Its events name the router's keys (decided here first), so a gap demotes them rather than dropping them.
+    index.recordDecision("u", ["1", "2", "3"], 0)
     let malformed = 0
     let received = 0
     const outcomes: Array<string> = []
@@ -108,4 +117,33 @@ describe("subscribing over ZeroMQ", () => {
     assert.strictEqual(outcomes.at(-1), "gap")
     assert.strictEqual(index.gapCount("u"), 1)
   })
+})
+
+describe("an upstream's KV event series", () => {
+  it.live("go when it leaves the pool, as its other series do", () =>
+    Effect.gen(function*() {
+      const publisher = new Publisher()
+      yield* Effect.promise(() => publisher.bind("tcp://127.0.0.1:*"))
+      closers.push(() => publisher.close())
+      const routing = yield* makeCacheAwareRouting({ settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 }, kvEndpoints: [], pool: "t" })
+      const target = parseTarget(`http://127.0.0.1:9;kv-events=${publisher.lastEndpoint}`) as UpstreamTarget
+      // A port of its own: no other test's series under this name.
+      const id = `127.0.0.1:${9_000 + Math.floor(Math.random() * 999)}`
+      let pool = [makeEndpoint(target, "127.0.0.1", id, 1, true)]
+      routing.attach(() => pool)
+      const series = () => PrometheusMetrics.formatUnsafe(metricContext(context)).split("\n").filter((line) => line.includes(`upstream="${id}"`) && line.includes("kv_event"))
+      const context = yield* Effect.context<never>()
+      let seq = 0
+      // Batches with a gap each, until one is counted; a bad message too.
+      yield* Effect.promise(() =>
+        until(async () => {
+          seq += 2
+          await publisher.send(message(seq, []))
+          await publisher.send([Buffer.from("kv-events"), seqFrame(seq + 1), Buffer.from("not msgpack")])
+          return series().some((line) => line.startsWith("router_routing_kv_event_gaps_total")) && series().some((line) => line.startsWith("router_routing_kv_events_malformed_total"))
+        }, "a gap and a bad message counted")
+      )
+      pool = []
+      yield* Effect.promise(() => until(() => series().length === 0, "its KV event series removed"))
+    }).pipe(Effect.scoped, Effect.provideService(References.MinimumLogLevel, "None")))
 })

@@ -9,6 +9,7 @@ import { Effect, References } from "effect"
 import { TestClock } from "effect/testing"
 import { makeCacheAwareRouting, promptOf } from "../src/router/routing/Routing.ts"
 import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
+import type { PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { parseVllmMetrics } from "../src/router/routing/VllmMetrics.ts"
 import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
 import { parseTarget, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
@@ -25,6 +26,12 @@ const metricsText = (waiting: number) =>
 
 /** Lets the promises the background fibers wait on settle. */
 const settle = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+
+/** Its KV events name the router's keys (a simulated server's): a decided block came back stored. */
+const followsEvents = (routing: { readonly scheduler: { readonly index: PrefixIndex } }, id: string) => {
+  routing.scheduler.index.recordDecision(id, ["probe"], 0)
+  routing.scheduler.index.applyBatch(id, { seq: 0, events: [{ type: "BlockStored", blockHashes: ["probe"] }] }, 0)
+}
 
 const body = (text: string, stream = true) => JSON.stringify({ model: "m", stream, messages: [{ role: "user", content: text }] })
 const words = (n: number, from = 0) => Array.from({ length: n }, (_, i) => `w${from + i}`).join(" ")
@@ -108,7 +115,7 @@ describe("the cache-aware routing service", () => {
   it.effect("a route: picks, counts from the pick, explains itself, learns from the stream's first token", () =>
     Effect.gen(function*() {
       const routing = yield* makeCacheAwareRouting({
-        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0, routeHeaderCachedTokens: true },
         kvEndpoints: [],
         pool: "t",
         random: () => 0.5
@@ -146,8 +153,8 @@ describe("the cache-aware routing service", () => {
       })
       const [a, b] = endpointsOf(2)
       routing.attach(() => [a, b])
-      // Both follow KV events (the pending entries of a decision then live 2 s unless confirmed).
-      for (const endpoint of [a, b]) routing.scheduler.index.applyBatch(endpoint.id, { seq: 0, events: [] }, 0)
+      // Both follow KV events naming the router's keys (the pending entries of a decision then live 2 s unless confirmed).
+      for (const endpoint of [a, b]) followsEvents(routing, endpoint.id)
       const attempt = (text: string, answer: string) => {
         const route = routing.route({ path: "/v1/chat/completions", body: body(text) })!
         const chosen = route.choose([a], 0)
@@ -159,12 +166,33 @@ describe("the cache-aware routing service", () => {
       attempt(words(32, 0), "{\"error\":{\"message\":\"refused\"}}")
       attempt(words(32, 1000), "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n")
       const refusedKeys = routing.scheduler.index.keys(a.id, 5_000)
-      assert.strictEqual(refusedKeys.size, 2, "only the answered prompt's two blocks remain after the pending time")
+      assert.strictEqual(refusedKeys.size, 3, "only the answered prompt's two blocks (and the probe's, stored) remain after the pending time")
 
       // a failing fast (three consecutive failures) looks loaded, not idle.
       a.consecutiveFailures = 3
       const route = routing.route({ path: "/v1/chat/completions", body: body(words(8, 2000)) })!
       assert.strictEqual(route.choose([a, b], 0), b)
+    }))
+
+  it.effect("an answer confirms its prompt's blocks at its first token, not when the stream ends", () =>
+    Effect.gen(function*() {
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0, routeHeaderCachedTokens: true },
+        kvEndpoints: [],
+        pool: "t"
+      })
+      const [a] = endpointsOf(1)
+      routing.attach(() => [a])
+      followsEvents(routing, a.id)
+      const route = routing.route({ path: "/v1/chat/completions", body: body(words(64)) })!
+      route.sent(route.choose([a], 0), 0)
+      // The probe's block and the prompt's.
+      const held = routing.scheduler.index.keys(a.id, 0).size
+      assert.isAbove(held, 1)
+      route.data(Buffer.from("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"), 100)
+      // A long generation: still streaming 30 s later, well past a decision's 2 s stand-in.
+      assert.strictEqual(routing.scheduler.index.keys(a.id, 30_000).size, held)
+      route.ended(a, 60_000)
     }))
 
   it.effect("keeps following the pool after a tick that throws", () =>
@@ -190,7 +218,7 @@ describe("the cache-aware routing service", () => {
       assert.strictEqual(routing.scheduler.index.size(pool[0].id), 0, "the later ticks still forget")
     }).pipe(Effect.provideService(References.MinimumLogLevel, "None")))
 
-  it.effect("forgets an upstream that fails its checks or refuses connections: its index entries go", () =>
+  it.effect("forgets an upstream that fails its checks or keeps refusing connections, not one refused connection", () =>
     Effect.gen(function*() {
       const routing = yield* makeCacheAwareRouting({
         settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
@@ -207,13 +235,19 @@ describe("the cache-aware routing service", () => {
       chosen.healthy = false
       yield* TestClock.adjust(100)
       assert.strictEqual(routing.scheduler.index.size(chosen.id), 0)
-      // A refused connection (the pool marks it unreachable for a while) too.
+      // One refused connection (the pool takes it out for a second): a blip, what was learned stays.
       const other = pool.find((endpoint) => endpoint !== chosen)!
       const again = routing.route({ path: "/v1/chat/completions", body: body(words(40, 500)) })!
       assert.strictEqual(again.choose([other], 200), other)
       again.sent(other, 200)
-      assert.isAbove(routing.scheduler.index.size(other.id), 0)
-      other.unreachableUntil = 10_000
+      const held = routing.scheduler.index.size(other.id)
+      assert.isAbove(held, 0)
+      other.unreachableUntil = 1_200
+      other.unreachableCount = 1
+      yield* TestClock.adjust(100)
+      assert.strictEqual(routing.scheduler.index.size(other.id), held)
+      // Refused three times in a row: down (restarting, its cache cold).
+      other.unreachableCount = 3
       yield* TestClock.adjust(100)
       assert.strictEqual(routing.scheduler.index.size(other.id), 0)
     }))
