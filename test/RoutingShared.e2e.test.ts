@@ -5,7 +5,13 @@
  * sharing, and several endpoints shard the keys.
  */
 import { afterEach, assert, describe, it } from "@effect/vitest"
-import { SharedState, type SharedStateSink } from "../src/router/routing/SharedState.ts"
+import { Effect, References } from "effect"
+import { createClient } from "redis"
+import { makeCacheAwareRouting } from "../src/router/routing/Routing.ts"
+import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
+import { readBackChunk, SharedState, type SharedStateSink } from "../src/router/routing/SharedState.ts"
+import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
+import { parseTarget, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
 import { killAll, until } from "./support/Processes.ts"
 import { redisServerPath, startRedis } from "./support/RedisServer.ts"
 
@@ -14,6 +20,8 @@ interface Replica {
   readonly blocks: Map<string, Set<string>>
   readonly events: Array<string>
   readonly hows: Array<string>
+  /** Per read-back call: its keys and when each was recorded. */
+  readonly readBack: Array<{ readonly keys: ReadonlyArray<string>; readonly recordedAt: ReadonlyArray<number> }>
 }
 
 const replicas: Array<SharedState> = []
@@ -22,13 +30,16 @@ afterEach(async () => {
   killAll()
 })
 
-const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadIntervalMs = 50): Replica => {
+const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadIntervalMs = 50, capacity?: number): Replica => {
   const blocks = new Map<string, Set<string>>()
   const events: Array<string> = []
   const hows: Array<string> = []
+  const readBack: Replica["readBack"] = []
   const sink: SharedStateSink = {
-    blocks: (upstream, keys, how) => {
+    ...(capacity === undefined ? {} : { capacity: () => capacity }),
+    blocks: (upstream, keys, how, recordedAt) => {
       hows.push(how)
+      if (how === "recovered") readBack.push({ keys: [...keys], recordedAt: [...(recordedAt ?? [])] })
       let set = blocks.get(upstream)
       if (set === undefined) blocks.set(upstream, set = new Set())
       for (const key of keys) set.add(key)
@@ -40,8 +51,18 @@ const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadInt
     sink
   )
   replicas.push(state)
-  return { state, blocks, events, hows }
+  return { state, blocks, events, hows, readBack }
 }
+
+/** A plain client, to look at what the replicas keep in Redis. */
+const inspect = async (url: string) => {
+  const client = createClient({ url })
+  await client.connect()
+  closers.push(() => client.destroy())
+  return client
+}
+const closers: Array<() => void> = []
+afterEach(() => closers.splice(0).forEach((close) => close()))
 
 const allUp = (r: Replica) => r.state.status().every((s) => s.up)
 const has = (r: Replica, upstream: string, keys: ReadonlyArray<string>) => keys.every((key) => r.blocks.get(upstream)?.has(key) ?? false)
@@ -166,4 +187,78 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
     assert.isBelow(kept.length, 35)
     a.state.decided("u1", fresh, Date.now())
   })
+
+  it("keeps each upstream's set within its capacity, and reads back the newest, oldest first, in chunks", async () => {
+    const redis = await startRedis()
+    const a = replica("a", [redis.url], "t:", 50, 50)
+    await until(() => allUp(a), "connected")
+    const started = Date.now()
+    // 32 writes of 10 keys (320 in all), a millisecond apart: the set is trimmed to the newest 50 every 16 writes.
+    for (let i = 0; i < 32; i++) a.state.decided("u1", keys(`w${i}-`, 10), started + i)
+    const client = await inspect(redis.url)
+    await until(async () => (await client.zScore("t:blocks:u1", "w31-9")) !== null, "the last write landed")
+    assert.strictEqual(await client.zCard("t:blocks:u1"), 50)
+    const late = replica("b", [redis.url], "t:", 50, 50)
+    await until(async () => {
+      await late.state.catchUp(["u1"], Date.now())
+      return late.readBack.length > 0
+    }, "b read back")
+    const read = late.readBack.flatMap((call) => call.keys)
+    // The newest 50: the last five writes, the oldest of them first.
+    assert.deepStrictEqual(read, Array.from({ length: 5 }, (_, i) => keys(`w${27 + i}-`, 10)).flat())
+    const recorded = late.readBack.flatMap((call) => call.recordedAt)
+    assert.deepStrictEqual(recorded, [...recorded].sort((x, y) => x - y), "oldest first")
+    assert.strictEqual(recorded[0], started + 27)
+
+    // A large set: handed over in chunks, the event loop free between them.
+    const many = keys("m", 2 * readBackChunk + 5_000)
+    const big = replica("c", [redis.url], "t:", 50, many.length)
+    await until(() => allUp(big), "c connected")
+    big.state.decided("u2", many, Date.now())
+    await until(async () => (await client.zCard("t:blocks:u2")) === many.length, "the large set written")
+    const reader = replica("d", [redis.url], "t:", 50, many.length)
+    // Other work, one turn of the event loop at a time: what had been read back when each turn ran.
+    const seen: Array<number> = []
+    let reading = true
+    const turn = () => {
+      seen.push(reader.readBack.length)
+      if (reading) setImmediate(turn)
+    }
+    setImmediate(turn)
+    await until(async () => {
+      await reader.state.catchUp(["u2"], Date.now())
+      return reader.readBack.length > 0
+    }, "d read back")
+    reading = false
+    assert.deepStrictEqual(reader.readBack.map((call) => call.keys.length), [readBackChunk, readBackChunk, 5_000])
+    assert.isTrue(seen.includes(1) || seen.includes(2), "other work ran between the chunks")
+  })
+
+  it.live("a read-back entry lives from when it was recorded; an upstream down is not deleted from Redis", () =>
+    Effect.gen(function*() {
+      const redis = yield* Effect.promise(() => startRedis())
+      const routing = yield* makeCacheAwareRouting({
+        settings: { ...defaultRouting, scheduler: "cache-aware", metricsIntervalMs: 0 },
+        kvEndpoints: [{ shown: redis.url, url: redis.url }],
+        pool: "p"
+      })
+      const ttlMs = routing.scheduler.index.settings.ttlMs
+      const target = parseTarget("http://10.0.0.1:9") as UpstreamTarget
+      const upstream = makeEndpoint(target, "10.0.0.1", "10.0.0.1:9", 1, true)
+      // As other replicas recorded them: almost a lifetime ago (forgotten in 1.5 s), and just now.
+      const client = yield* Effect.promise(() => inspect(redis.url))
+      const setKey = `inference-router:p:blocks:${upstream.id}`
+      const old = Date.now() - ttlMs + 1_500
+      yield* Effect.promise(() => client.zAdd(setKey, [{ score: old, value: "old1" }, { score: old, value: "old2" }, { score: Date.now(), value: "new1" }]))
+      routing.attach(() => [upstream])
+      yield* Effect.promise(() => until(() => routing.scheduler.index.keys(upstream.id, Date.now()).has("new1"), "read back"))
+      const later = Date.now() + 2_000
+      assert.strictEqual(routing.scheduler.index.cachedPrefix(upstream.id, ["old1", "old2"], later), 0, "gone when its lifetime from its recording is up")
+      assert.strictEqual(routing.scheduler.index.cachedPrefix(upstream.id, ["new1"], later), 1)
+      // Its active check fails: forgotten here, not in Redis (the other replicas decide for themselves).
+      upstream.healthy = false
+      yield* Effect.promise(() => until(() => routing.scheduler.index.size(upstream.id) === 0, "forgotten"))
+      yield* Effect.sleep("300 millis")
+      assert.strictEqual(yield* Effect.promise(() => client.zCard(setKey)), 3)
+    }).pipe(Effect.scoped, Effect.provideService(References.MinimumLogLevel, "None")))
 })
