@@ -51,28 +51,32 @@ export const tokenIdsOf = (text: string): TokenIds => tokenIdsOfParts([text])
 export const tokenIdsOfParts = (parts: ReadonlyArray<string>, separator = "\n"): TokenIds => {
   let length = separator.length * Math.max(0, parts.length - 1)
   for (const part of parts) length += part.length
-  // At most one token per two characters after the first (a blank before each), unless standalone
-  // characters (one token each) come: then the array grows to one per character, once.
+  // At most one token per two characters after the first (a blank before each, or a piece of 16),
+  // unless standalone characters (one token each) come: at the first, the array grows to one per character.
   let ids = new Uint32Array((length >> 1) + 1)
   let count = 0
-  const push = (id: number) => {
-    if (count === ids.length) {
-      const bigger = new Uint32Array(length)
-      bigger.set(ids)
-      ids = bigger
-    }
-    ids[count++] = id
-  }
   let h = 0x811c9dc5
   /** Non-blanks in the token being read (0: none yet, only blanks or nothing). */
   let run = 0
   const scan = (text: string) => {
     for (let i = 0; i < text.length; i++) {
       const code = text.charCodeAt(i)
+      // Most characters: a non-blank below U+0E00 (none there is standalone; the blanks there are 9-13, 32, 160).
+      if (code > 32 && code < 0x0e00 && code !== 160) {
+        if (run === maxTokenChars) {
+          ids[count++] = (h >>> 0) & 0x7fffffff
+          h = 0x811c9dc5
+          run = 0
+        }
+        h ^= code
+        h = Math.imul(h, 0x01000193)
+        run++
+        continue
+      }
       const blank = isBlank(code)
       // The token being read ends before a blank, a standalone character, or a piece's maxTokenChars+1-th character.
       if (run > 0 && (blank || run === maxTokenChars || isStandalone(code))) {
-        push((h >>> 0) & 0x7fffffff)
+        ids[count++] = (h >>> 0) & 0x7fffffff
         h = 0x811c9dc5
         run = 0
       }
@@ -80,7 +84,12 @@ export const tokenIdsOfParts = (parts: ReadonlyArray<string>, separator = "\n"):
       h = Math.imul(h, 0x01000193)
       if (blank) continue
       if (isStandalone(code)) {
-        push((h >>> 0) & 0x7fffffff)
+        if (ids.length < length) {
+          const bigger = new Uint32Array(length)
+          bigger.set(ids.subarray(0, count))
+          ids = bigger
+        }
+        ids[count++] = (h >>> 0) & 0x7fffffff
         h = 0x811c9dc5
       } else {
         run++
@@ -92,7 +101,7 @@ export const tokenIdsOfParts = (parts: ReadonlyArray<string>, separator = "\n"):
     scan(parts[p])
   }
   // Trailing blanks make no token.
-  if (run > 0) push((h >>> 0) & 0x7fffffff)
+  if (run > 0) ids[count++] = (h >>> 0) & 0x7fffffff
   return ids.subarray(0, count)
 }
 
