@@ -338,9 +338,10 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
             if (news.length > 0) shared?.decided(decision.candidate.id, news, Date.now(), true)
           }
           if (chunk.indexOf(cachedTokensField) >= 0) {
-            const match = cachedTokensValue.exec(chunk.toString("utf8"))
+            const text = chunk.toString("utf8")
+            const match = cachedTokensValue.exec(text)
             if (match !== null) reported = Number(match[1])
-            const promptMatch = promptTokensValue.exec(chunk.toString("utf8"))
+            const promptMatch = promptTokensValue.exec(text)
             if (promptMatch !== null) reportedPrompt = Number(promptMatch[1])
           }
         },
