@@ -174,7 +174,9 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     const arrivedAt = performance.now()
     const stream = call.body.stream === true
     const includeUsage = call.body.stream_options?.include_usage === true
-    const id = `${call.kind === "chat" ? "chatcmpl" : "cmpl"}-${randomUUID()}`
+    // The id and a token frame's ends are the simulated backend's alone: made on first use, not for every forwarded request.
+    let answerId: string | undefined
+    const idOf = () => (answerId ??= `${call.kind === "chat" ? "chatcmpl" : "cmpl"}-${randomUUID()}`)
     const created = Math.floor(Date.now() / 1000)
     const object = call.kind === "chat" ? "chat.completion.chunk" : "text_completion"
     const choice = (text: string | undefined, finish: string | null, first = false) =>
@@ -186,15 +188,17 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     let queueMs = 0
 
     // A token's frame is fixed but for the token: its two ends are serialized once per stream.
-    const [tokenHead, tokenTail] = JSON.stringify({ id, object, created, model: modelRef, choices: [choice("\u0000", null)] })
-      .split("\"\\u0000\"")
-    const tokenFrame = (token: string) => `data: ${tokenHead}${JSON.stringify(token)}${tokenTail}\n\n`
+    let tokenEnds: Array<string> | undefined
+    const tokenFrame = (token: string) => {
+      tokenEnds ??= JSON.stringify({ id: idOf(), object, created, model: modelRef, choices: [choice("\u0000", null)] }).split("\"\\u0000\"")
+      return `data: ${tokenEnds[0]}${JSON.stringify(token)}${tokenEnds[1]}\n\n`
+    }
 
     /** A stream's last frames: the role for an empty chat answer, the finish, the usage when asked, [DONE]. */
     const tail = (generated: Generated) =>
-      (generated.completionTokens === 0 && call.kind === "chat" ? frame({ id, object, created, model: modelRef, choices: [choice("", null, true)] }) : "") +
-      frame({ id, object, created, model: modelRef, choices: [choice(undefined, generated.finishReason)] }) +
-      (includeUsage ? frame({ id, object, created, model: modelRef, choices: [], usage: usageOf(generated) }) : "") +
+      (generated.completionTokens === 0 && call.kind === "chat" ? frame({ id: idOf(), object, created, model: modelRef, choices: [choice("", null, true)] }) : "") +
+      frame({ id: idOf(), object, created, model: modelRef, choices: [choice(undefined, generated.finishReason)] }) +
+      (includeUsage ? frame({ id: idOf(), object, created, model: modelRef, choices: [], usage: usageOf(generated) }) : "") +
       doneFrame
 
     const reply: CompletionReply = {
@@ -218,7 +222,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         if (!stream || response.destroyed) return true
         // The chat role travels on the first chunk, as vLLM sends it.
         return response.write(
-          index === 0 ? frame({ id, object, created, model: modelRef, choices: [choice(token, null, true)] }) : tokenFrame(token)
+          index === 0 ? frame({ id: idOf(), object, created, model: modelRef, choices: [choice(token, null, true)] }) : tokenFrame(token)
         )
       },
       onceDrained: (resume) => onceDrained(response, resume),
@@ -230,7 +234,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         const usage = usageOf(generated)
         const body = call.kind === "chat"
           ? {
-            id,
+            id: idOf(),
             object: "chat.completion",
             created,
             model: modelRef,
@@ -238,7 +242,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
             usage
           }
           : {
-            id,
+            id: idOf(),
             object: "text_completion",
             created,
             model: modelRef,

@@ -28,9 +28,10 @@ import { metricContext } from "../../shared/Metrics.ts"
 import { RouterConfig, type UpstreamSettings } from "../core/Config.ts"
 import type { RouteScheduler } from "../routing/Route.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
-import { type AnswerHeaders, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
+import { type AnswerHeaders, type Dispatch, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
 import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
 import { UpstreamFailure } from "./Failure.ts"
+import { isJson } from "./JsonCheck.ts"
 import { type ForwardHandler, type ForwardRequest, type UpstreamResponse, withRetries } from "./Retry.ts"
 import { hostPort, type UpstreamTarget } from "./Targets.ts"
 
@@ -82,13 +83,8 @@ export const upstreamRefusal = (status: number, upstream: string, body: string, 
  * completion must be JSON (a client would fail to parse anything else).
  */
 export const unusableAnswer = (status: number, body: Buffer, upstream: string): { readonly code: string; readonly message: string } | undefined => {
-  if (status < 200 || status >= 300) return undefined
-  try {
-    JSON.parse(body.toString("utf8"))
-    return undefined
-  } catch {
-    return { code: "upstream_bad_answer", message: `the model server ${upstream} answered ${status} with a body that is not JSON` }
-  }
+  if (status < 200 || status >= 300 || isJson(body)) return undefined
+  return { code: "upstream_bad_answer", message: `the model server ${upstream} answered ${status} with a body that is not JSON` }
 }
 
 /** The rejection of a non-streamed answer longer than UPSTREAM_MAX_BODY_BYTES. */
@@ -326,11 +322,11 @@ export class Upstreams extends Context.Service<Upstreams, {
        * alone costs about 62 us per request with `request` or node:http and
        * 35-45 us with `dispatch`. Admission stays Effect's (see the edge).
        */
+      const dispatch: Dispatch = (target, options, dispatchHandler) => void members.get(target.id)!.pool.dispatch(options, dispatchHandler)
       const forwarder = withRetries({
         pick: (tried, route) => balancer.pick(now(), tried, route === undefined ? undefined : (pool, at) => route.choose(pool, at)),
         ...(scheduler === undefined ? {} : { route: (request: ForwardRequest) => scheduler.route(request) }),
-        start: (endpoint, request, handler) =>
-          sendAttempt((target, options, dispatchHandler) => members.get(target.id)!.pool.dispatch(options, dispatchHandler), endpoint, request, settings, now, handler),
+        start: (endpoint, request, handler) => sendAttempt(dispatch, endpoint, request, settings, now, handler),
         observe,
         retrying: (endpoint) => metrics.retries(endpoint.id).updateUnsafe(1, context),
         now,
