@@ -474,3 +474,81 @@ describe("a client that stops reading (TestClock)", () => {
       assert.strictEqual(result!.completionTokens, 20)
     }))
 })
+
+describe("a request arriving during a step joins at the next one (docs/simulator.md, 'Time to first token')", () => {
+  it.effect("SIM_TTFT_MS = SIM_ITL_MS = 50, engine busy: TTFT is the rest of the current step plus one step (50 to 100 ms), never more", () =>
+    Effect.gen(function*() {
+      const { submit } = yield* engineOn({ ttftMs: 50, itlMs: 50, prefillUsPerToken: 0 })
+      // Keeps the engine stepping at 0, 50, 100, ... (its first token at 50).
+      const busy = submit("a", 40)
+      yield* TestClock.adjust(100)
+      assert.deepStrictEqual(busy.times, [50, 100])
+      const arrivals = [1, 25, 49, 50]
+      const runs: Array<Run> = []
+      for (const offset of arrivals) {
+        yield* TestClock.adjust(offset - (runs.length === 0 ? 0 : arrivals[runs.length - 1]))
+        runs.push(submit("b", 1))
+      }
+      yield* TestClock.adjust(200)
+      // Arriving 1 ms into a step: 49 ms to its end, then the step that prefills it; at 50 ms (a boundary, after the
+      // step there ended) it joins the step starting then.
+      assert.deepStrictEqual(runs.map((run) => run.result?.firstTokenMs), [99, 75, 51, 100])
+      assert.deepStrictEqual(runs.map((run) => run.times[0]), [200, 200, 200, 250])
+    }))
+
+  it("1,000 streams replacing each other as bench:streams' clients do: TTFT is 2 steps minus the client's turnaround; steps stay on their grid with 17 µs of CPU per token", () => {
+    // A clock whose time moves by the CPU the callbacks take: each token handed out costs 17 µs (bench:streams' figure).
+    let now = 0
+    const timers: Array<{ readonly at: number; readonly callback: () => void; cancelled: boolean }> = []
+    const clock = {
+      now: () => now,
+      setTimeout: (callback: () => void, ms: number) => {
+        const entry = { at: now + ms, callback, cancelled: false }
+        timers.push(entry)
+        return entry
+      },
+      clearTimeout: (handle: unknown) => {
+        ;(handle as { cancelled: boolean }).cancelled = true
+      }
+    }
+    const engine = makeEngine({ ...base, ttftMs: 50, itlMs: 50, prefillUsPerToken: 0, maxRunning: 100_000, kvBlocks: 100_000 }, clock)
+    const turnaroundMs = 3 // the client sees the last token, opens a connection, the router parses the request
+    const tokens = 20
+    const ttfts: Array<number> = []
+    const firstTokenTimes = new Set<number>()
+    const stream = (measured: boolean) => {
+      const plan = planText({ mode: "echo", echoText: words(tokens, "o"), maxTokens: tokens, stop: [], seed: 0 })
+      engine.submit(tokenIds("p"), plan, {
+        token: (_text, index, next) => {
+          // Handed out in the step's burst: the step ended at the last multiple of 50 (new streams' first tokens go first).
+          if (index === 0) firstTokenTimes.add(Math.floor(now))
+          now += 0.017
+          next()
+        },
+        end: (result) => {
+          if (measured) ttfts.push(result.firstTokenMs)
+          if (now < 20_000) timers.push({ at: now + turnaroundMs, callback: () => stream(now > 3_000), cancelled: false })
+        }
+      })
+    }
+    // Opened over one stream's lifetime, as bench:streams opens them.
+    for (let i = 0; i < 1000; i++) timers.push({ at: (i * (50 + tokens * 50)) / 1000, callback: () => stream(false), cancelled: false })
+    for (;;) {
+      let first = -1
+      for (let i = 0; i < timers.length; i++) if (first === -1 || timers[i].at < timers[first].at) first = i
+      if (first === -1) break
+      const [entry] = timers.splice(first, 1)
+      if (entry.cancelled) continue
+      now = Math.max(now, entry.at)
+      entry.callback()
+    }
+    ttfts.sort((a, b) => a - b)
+    assert.isAbove(ttfts.length, 5_000)
+    // Every new stream arrives 3 ms (plus the burst's CPU before its end was handed out) after a step began.
+    assert.isAtLeast(ttfts[0], 50)
+    assert.isAtMost(ttfts[ttfts.length - 1], 100)
+    assert.isAtLeast(ttfts[Math.floor(ttfts.length / 2)], 100 - turnaroundMs - 17 - 1)
+    // Every first token ends a step on the 50 ms grid: no drift with 17 ms of output per step.
+    for (const at of firstTokenTimes) assert.strictEqual(at % 50, 0, `first token at ${at}`)
+  })
+})
