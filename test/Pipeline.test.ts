@@ -118,6 +118,22 @@ describe("the pipeline's admission step", () => {
       assert.strictEqual(released.length, 1)
     }))
 
+  it.effect("work that throws when it starts is a defect: answered once, and the slot released", () =>
+    Effect.gen(function*() {
+      const { released, route } = yield* setup
+      const thrown = new Error("bug")
+      for (const work of [
+        () => { throw thrown },
+        () => callbacks<string>(() => { throw thrown })
+      ] as Array<() => Work<string>>) {
+        const answers: Array<Exit.Exit<string, unknown>> = []
+        route.run(fakeRequest, fakeResponse() as unknown as ServerResponse, undefined, work, (exit) => answers.push(exit))
+        assert.strictEqual(answers.length, 1)
+        assert.isTrue(Exit.isFailure(answers[0]) && Cause.hasDies((answers[0] as Exit.Failure<string, unknown>).cause))
+      }
+      assert.strictEqual(released.length, 2, "both slots released (the admission has one slot: the second run needed the first's back)")
+    }))
+
   it.effect("the end of a drain (the pipeline's scope closing) stops callbacks still running", () =>
     Effect.gen(function*() {
       const { released, route, scope } = yield* setup

@@ -167,7 +167,12 @@ export class Pipeline extends Context.Service<Pipeline, {
         }
         running.add(interrupt)
         response.on("close", interrupt)
-        stop = start(end)
+        try {
+          stop = start(end)
+        } catch (defect) {
+          // A bug in the work must not keep its slot for good: it ends as a defect (a 500).
+          end(Exit.die(defect))
+        }
       }
 
       /** Answers when the fiber ends; a hang-up interrupts it first; the server's scope ends it after the grace period. */
@@ -196,7 +201,15 @@ export class Pipeline extends Context.Service<Pipeline, {
           return answerWhenDone(response, runFork(admission.admit((grant) => workEffect(work(grant)), { maxWaitMs })), answer)
         }
         // A slot was free: the common case while the router is not saturated.
-        const started = work(grantedAtOnce)
+        let started: Work<A, X>
+        try {
+          started = work(grantedAtOnce)
+        } catch (defect) {
+          // As in runCallbacks: the slot goes back, the request gets a 500.
+          const failed = Exit.die(defect)
+          leave(failed)
+          return answer(failed)
+        }
         if (isCallbacks(started)) {
           return runCallbacks<A, X>(response, (done) => started.start(done), (exit) => {
             leave(exit)
