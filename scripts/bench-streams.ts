@@ -29,7 +29,9 @@
  * baseline's one-timer-per-stream schedule does not have. With steady
  * arrivals it is most of a gap: a client opens its next stream just after
  * the step that ended the last one (the whole batch's step), so the request
- * lands early in a step and waits nearly all of it. BENCH_BASELINE=stepped
+ * lands early in a step and waits nearly all of it; and a step is a burst
+ * (every stream's frame at once), which grows both servers' tails on a busy
+ * machine (docs/simulator.md has figures). BENCH_BASELINE=stepped
  * runs the baseline on one timer per step with the engine's rule (its
  * SIM_STEPS=1), so the TTFT the router adds is the router's own; the default
  * (timers) keeps the figures comparable with earlier runs and prints a note.
@@ -255,7 +257,7 @@ for (const [index, level] of levels.entries()) {
 }
 console.log()
 if (!steppedBaseline) {
-  console.log("Note: the router's engine emits every stream's tokens at the end of a shared step (docs/simulator.md); a stream arriving during a step joins at the next, so the router's TTFT includes up to one gap of batch alignment the timer baseline lacks (with steady arrivals most of a gap: a new stream opens just after the step that ended the one it replaces). BENCH_BASELINE=stepped compares like with like.")
+  console.log("Note: the router's engine emits every stream's tokens at the end of a shared step (docs/simulator.md); a stream arriving during a step joins at the next, so the router's TTFT includes up to one gap of batch alignment the timer baseline lacks (with steady arrivals most of a gap: a new stream opens just after the step that ended the one it replaces), and its steps are bursts (every stream's frame at once), which grow tails on a busy machine. BENCH_BASELINE=stepped compares like with like.")
   console.log()
 }
 console.log("Most streams (of the levels run) with the inter-token p99 within 1 ms / 2 ms of the gap:")
