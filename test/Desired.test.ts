@@ -251,6 +251,7 @@ describe("desired objects", () => {
           scheduler: stored.routing?.scheduler ?? defaultRouting.scheduler,
           loadBound: stored.routing?.loadBoundPercent === undefined ? defaultRouting.loadBound : stored.routing.loadBoundPercent / 100,
           metricsIntervalMs: stored.routing?.metricsIntervalMs ?? defaultRouting.metricsIntervalMs,
+          routeHeaderCachedTokens: false,
           // The replicas of this InferenceService share routing state under its own name, not its model's.
           ...(stored.routing?.scheduler === "cache-aware" ? { sharedScope: `${owner.namespace}/${owner.name}` } : {})
         })
@@ -367,7 +368,7 @@ describe("desired objects", () => {
     const parsed = Effect.runSyncExit(Effect.provide(loadSettings, ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
     assert.isTrue(Exit.isSuccess(parsed))
     if (Exit.isSuccess(parsed)) {
-      assert.deepStrictEqual(parsed.value.upstream?.routing, { scheduler: "cache-aware", loadBound: 1.5, metricsIntervalMs: 50, sharedScope: "models/llama" })
+      assert.deepStrictEqual(parsed.value.upstream?.routing, { scheduler: "cache-aware", loadBound: 1.5, metricsIntervalMs: 50, sharedScope: "models/llama", routeHeaderCachedTokens: false })
       assert.deepStrictEqual(parsed.value.upstream?.targets.map((t) => t.kvEvents), [5557, "tcp://kv-pub.models.svc:5557", 5557, undefined])
     }
     // Unset: the router's defaults (nothing rendered).

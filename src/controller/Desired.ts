@@ -259,6 +259,11 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
     value: (identity, spec) => hasUpstreams(spec) && spec.routing?.scheduler === "cache-aware" ? sharedScopeOf(identity) : undefined,
     why: "`<namespace>/<name>`, with `spec.routing.scheduler: cache-aware` (the only reader): the replicas of one InferenceService share their routing state in a Redis of `kvEndpoints`, and another InferenceService of the same `modelRef` (other servers) does not"
   },
+  ...leftToRouter(
+    "whether answers show the predicted cached tokens (off: they tell a client about others' prompts); set it through `spec.env`",
+    true,
+    "UPSTREAM_ROUTE_HEADER_CACHED_TOKENS"
+  ),
   routerField("SIM_LATENCY_MS", "simLatencyMs"),
   ...leftToRouter(
     "tuning of the simulated model, not a property of the service; set it through `spec.env`",
