@@ -8,6 +8,7 @@ import { afterEach, assert, describe, it } from "vitest"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
 import { freePort, killAll, sleep, startProcess, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
+import { afterResyncs } from "./support/ControllerProgress.ts"
 
 const apis: Array<FakeKubeApi> = []
 afterEach(async () => {
@@ -70,29 +71,6 @@ const metric = async (port: number, series: string) => {
   const text = (await requestAt(port, { path: "/metrics" })).text
   const line = text.split("\n").find((l) => l.startsWith(series + " "))
   return line === undefined ? 0 : Number(line.slice(series.length + 1))
-}
-
-/** Reconciles the controller has finished (every result), from its /metrics. */
-const reconcilesDone = async (port: number) =>
-  (await requestAt(port, { path: "/metrics" })).text.split("\n")
-    .filter((line) => line.startsWith("inference_router_controller_reconciles_total{"))
-    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
-
-/** Whether no reconcile runs or waits now, from the work queue's gauges. */
-const idle = async (port: number) => {
-  const lines = (await requestAt(port, { path: "/metrics" })).text.split("\n")
-  const gauge = (name: string) => lines.filter((l) => l.startsWith(name + "{")).reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0)
-  return gauge("controller_runtime_active_workers") === 0 && gauge("workqueue_depth") === 0
-}
-
-/**
- * Waits until the controller has done `rounds` more reconciles of every stored InferenceService
- * (resyncs come every second), then until none runs or waits: a check that nothing was written
- * then follows the work that would have written it, not a guessed time.
- */
-const afterResyncs = async (api: FakeKubeApi, port: number, rounds: number) => {
-  const wanted = (await reconcilesDone(port)) + rounds * api.list("inferenceservices").length
-  await until(async () => (await reconcilesDone(port)) >= wanted && (await idle(port)), `${rounds} resync(s)`)
 }
 
 describe("controller against a stand-in API server", () => {

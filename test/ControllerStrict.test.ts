@@ -12,6 +12,7 @@ import { foreignChild } from "../src/controller/Reconciler.ts"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
 import { freePort, root, sleep, type Started, startProcess, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
+import { afterResyncs } from "./support/ControllerProgress.ts"
 
 const apis: Array<FakeKubeApi> = []
 const controllers: Array<Started> = []
@@ -80,31 +81,6 @@ const isvc = (name: string, spec: Record<string, unknown>, namespace = "default"
 const edit = (api: FakeKubeApi, name: string, spec: Record<string, unknown>) => {
   const live = api.get("inferenceservices", "default", name)
   return api.put("inferenceservices", { ...live, spec }, "kubectl")
-}
-
-/** Reconciles the controller has finished (every result), from its /metrics. */
-const reconcilesDone = async (port: number) =>
-  (await requestAt(port, { path: "/metrics" })).text.split("\n")
-    .filter((line) => line.startsWith("inference_router_controller_reconciles_total{"))
-    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
-
-/** Whether no reconcile runs or waits now, from the work queue's gauges. */
-const idle = async (port: number) => {
-  const lines = (await requestAt(port, { path: "/metrics" })).text.split("\n")
-  const gauge = (name: string) => lines.filter((l) => l.startsWith(name + "{")).reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(" ") + 1)), 0)
-  return gauge("controller_runtime_active_workers") === 0 && gauge("workqueue_depth") === 0
-}
-
-/**
- * Waits until the controller has done `rounds` more reconciles of every stored InferenceService
- * (resyncs come every second), then until none runs or waits (a write in flight has landed):
- * "nothing was written" is then checked after the work that would have written it, not after a
- * guessed time.
- */
-const afterResyncs = async (api: FakeKubeApi, port: number, rounds: number) => {
-  const start = await reconcilesDone(port)
-  const wanted = start + rounds * api.list("inferenceservices").length
-  await until(async () => (await reconcilesDone(port)) >= wanted && (await idle(port)), `${rounds} resync(s)`)
 }
 
 const condition = (object: any, type: string) => object?.status?.conditions?.find((c: any) => c.type === type)
