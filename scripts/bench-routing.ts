@@ -52,13 +52,15 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import { once } from "node:events"
 import { existsSync, mkdirSync, writeFileSync } from "node:fs"
 import { Agent, request } from "node:http"
-import { createServer } from "node:net"
 import { availableParallelism } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { blockKeysOf, tokenIdsOfParts } from "../src/router/routing/BlockKeys.ts"
 import { promptOf } from "../src/router/routing/Routing.ts"
 import { CacheAwareScheduler, defaultSchedulerSettings } from "../src/router/routing/Scheduler.ts"
+import { prng as seeded } from "../src/router/simulated/Simulation.ts"
+import { freePort } from "../test/support/Processes.ts"
+import { get, percentile } from "./BenchSupport.ts"
 
 const self = fileURLToPath(import.meta.url)
 const here = dirname(self)
@@ -107,47 +109,6 @@ const healthIntervalMs = 1000
 /** A cell whose last answer ends more than this after its last arrival was saturated (an answer alone takes well under a second). */
 const saturatedDrainS = 3
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-// ---- small helpers (no dependencies: this runs from dist/ without node_modules) ----
-
-const freePort = async (): Promise<number> => {
-  const server = createServer().listen(0, "127.0.0.1")
-  await once(server, "listening")
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, "close")
-  return port
-}
-
-const get = (port: number, path: string) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port, path, agent: false }, (res) => {
-      let body = ""
-      res.setEncoding("utf8")
-      res.on("data", (chunk) => (body += chunk))
-      res.on("end", () => resolve({ status: res.statusCode!, body }))
-    })
-    req.on("error", reject)
-    req.end()
-  })
-
-const percentile = (values: ReadonlyArray<number>, p: number) => {
-  if (values.length === 0) return NaN
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
-}
-
-/** mulberry32: every scheduler sees the same arrivals and prompts. */
-const seeded = (seed: number) => {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 // ---- processes ----
 
