@@ -658,13 +658,7 @@ export class FakeKubeApi {
    * ApiError), ownership of the fields whose value it changes moves to it.
    */
   put(plural: string, object: any, manager = "test-client"): any {
-    const type = resourceTypes.find((t) => t.plural === plural)!
-    const stored = structuredClone(object)
-    stored.apiVersion ??= apiVersionOf(type)
-    stored.kind ??= type.kind
-    stored.metadata.namespace ??= "default"
-    const key = `${plural}/${stored.metadata.namespace}/${stored.metadata.name}`
-    return this.update(type, key, stored, this.objects.get(key), manager, "", true)
+    return this.putDirect(plural, object, manager, true)
   }
 
   /**
@@ -673,13 +667,17 @@ export class FakeKubeApi {
    * the API server does without validation ratcheting (Kubernetes < 1.30).
    */
   putStoredEarlier(plural: string, object: any, manager = "test-client"): any {
+    return this.putDirect(plural, object, manager, false)
+  }
+
+  private putDirect(plural: string, object: any, manager: string, admitIt: boolean): any {
     const type = resourceTypes.find((t) => t.plural === plural)!
     const stored = structuredClone(object)
     stored.apiVersion ??= apiVersionOf(type)
     stored.kind ??= type.kind
     stored.metadata.namespace ??= "default"
     const key = `${plural}/${stored.metadata.namespace}/${stored.metadata.name}`
-    return this.update(type, key, stored, this.objects.get(key), manager, "", false)
+    return this.update(type, key, stored, this.objects.get(key), manager, "", admitIt)
   }
 
   /** What the HPA does: writes a Deployment's replicas through the scale subresource. */
