@@ -133,6 +133,8 @@ export interface RouterSettings {
   readonly requestTimeoutMs: number
   readonly port: number
   readonly host: string | undefined
+  /** Listening sockets sharing `port` (SO_REUSEPORT): edge/NodeServer.ts says why. */
+  readonly listenSockets: number
   readonly podName: string | undefined
   readonly logLevel: LogLevelName
   readonly logFormat: LogFormat
@@ -374,6 +376,8 @@ export const defaults = {
   /** Capped at REQUEST_TIMEOUT_MS. */
   headersTimeoutMs: 10_000,
   port: 8080,
+  /** LISTEN_SOCKETS on Linux; elsewhere 1 (SO_REUSEPORT does not share connections out there). */
+  listenSockets: 16,
   logLevel: "info" as const,
   logFormat: "json" as const
 }
@@ -447,6 +451,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "REQUEST_TIMEOUT_MS", meaning: "a client must send its whole request within this (else 408)", default: code(defaults.requestTimeoutMs), valid: "integer ≥ 1" },
   { variable: "PORT", meaning: "the port to listen on", default: code(defaults.port), valid: "1–65535" },
   { variable: "HOST", meaning: "the address to listen on", default: "all interfaces", valid: "an address of this machine, or a name resolving to one" },
+  { variable: "LISTEN_SOCKETS", meaning: "listening sockets sharing `PORT` (Linux's `SO_REUSEPORT`), each handing its connections to the one server: Node accepts one connection per socket per event-loop turn, so with one socket a burst of new connections waits behind the requests of the open ones (docs/operations.md). `1`: one socket, as plain Node. The port is bound alone first, so a port another process holds still fails", default: `${code(defaults.listenSockets)} on Linux, \`1\` elsewhere`, valid: "1 – 64 (only `1` off Linux)" },
   { variable: "POD_NAME", meaning: "pod name (downward API), returned as `routerPod`; omitted when neither it nor `HOSTNAME` is set", default: "—", valid: "any" },
   { variable: "HOSTNAME", meaning: "`POD_NAME`'s fallback (Kubernetes sets it to the pod name)", default: "—", valid: "any" },
   { variable: "LOG_LEVEL", meaning: "least severe level logged; `info` includes one access-log line per inference request", default: code(defaults.logLevel), valid: "`debug`, `info`, `warn`, `error`" },
@@ -579,6 +584,9 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
   )
   const port = yield* setting("PORT", decimalBetween(1, 65535), "a port number 1-65535", () => defaults.port)
   const host = yield* optionalString("HOST")
+  const listenSockets = process.platform === "linux"
+    ? yield* setting("LISTEN_SOCKETS", decimalBetween(1, 64), "an integer from 1 to 64", () => defaults.listenSockets)
+    : yield* setting("LISTEN_SOCKETS", decimalBetween(1, 1), "1 (sharing a port between sockets needs Linux)", () => 1)
   const podName = (yield* optionalString("POD_NAME")) ?? (yield* optionalString("HOSTNAME"))
   const logLevel = yield* logLevelSetting
   const logFormat = yield* logFormatSetting
@@ -602,6 +610,7 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
     requestTimeoutMs,
     port,
     host,
+    listenSockets,
     podName,
     logLevel,
     logFormat,

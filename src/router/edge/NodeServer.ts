@@ -24,7 +24,7 @@ import { Data, Duration, Effect, Layer, Scope } from "effect"
 import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
-import type { Socket } from "node:net"
+import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server as NetServer, type Socket } from "node:net"
 import { errorTypeOf, openAiError, openAiErrorBody } from "../../api/OpenAiApi.ts"
 import { requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig, type RouterSettings } from "../core/Config.ts"
@@ -155,15 +155,57 @@ const makeNodeServer = (options: ServeOptions) => {
   }
 }
 
-const listen = (server: Server, port: number, host: string | undefined) =>
+const listenOne = (server: NetServer, options: ListenOptions) =>
   Effect.callback<void, ListenError>((resume) => {
     const onError = (error: NodeJS.ErrnoException) =>
-      resume(Effect.fail(new ListenError({ code: error.code, host, port, detail: error.message })))
+      resume(Effect.fail(new ListenError({ code: error.code, host: options.host, port: options.port ?? 0, detail: error.message })))
     server.once("error", onError)
-    server.listen({ port, ...(host === undefined ? {} : { host }) }, () => {
+    server.listen(options, () => {
       server.off("error", onError)
       resume(Effect.void)
     })
+  })
+
+const closeOne = (server: NetServer) =>
+  Effect.callback<void>((resume) => {
+    if (!server.listening) return resume(Effect.void)
+    server.close(() => resume(Effect.void))
+  })
+
+/**
+ * Listens on PORT with `LISTEN_SOCKETS` sockets, each handing its connections
+ * to the one HTTP server (`connection`, the documented way to inject them).
+ *
+ * Why more than one: Node's libuv (1.52) accepts one connection per listening
+ * socket per event-loop turn, and a turn serves every connection with a
+ * request ready. A burst of new connections against a busy router then waits
+ * in the accept queue for up to a second (BENCHMARKS.md section 16: 256
+ * connections, p99 0.6–1.5 s in a third of the runs). With several sockets
+ * sharing the port (SO_REUSEPORT, Linux) each accepts one a turn.
+ *
+ * SO_REUSEPORT would also let a second router on the same port share it
+ * silently; the port is first bound alone, so that fails as it always did.
+ */
+const listenAll = (server: Server, config: RouterSettings, extra: Array<NetServer>) =>
+  Effect.gen(function*() {
+    const host = config.host
+    const at = { port: config.port, ...(host === undefined ? {} : { host }) }
+    if (config.listenSockets === 1) return yield* listenOne(server, at)
+    // Alone first: a port another process holds fails here, whether or not it set SO_REUSEPORT.
+    const probe = createNetServer()
+    yield* listenOne(probe, at)
+    // PORT=0 (tests): every socket on the port the probe was given.
+    const port = (probe.address() as AddressInfo).port
+    yield* closeOne(probe)
+    yield* listenOne(server, { ...at, port, reusePort: true })
+    for (let i = 1; i < config.listenSockets; i++) {
+      // The options Node's HTTP server gives its own listening socket.
+      const socket = createNetServer({ allowHalfOpen: true, noDelay: true }, (connection) => server.emit("connection", connection))
+      // After listening, the HTTP server's own `error` handling applies (as to its own socket).
+      socket.on("error", (error) => socket.listening && server.emit("error", error))
+      extra.push(socket)
+      yield* listenOne(socket, { ...at, port, reusePort: true })
+    }
   })
 
 /**
@@ -190,14 +232,19 @@ export const NodeServerLayer = (routes: RouteTable): Layer.Layer<
         nodeRoutes: yield* NodeRoutes,
         isDraining: lifecycle.isDraining
       })
-      const close = yield* Effect.cached(Effect.callback<void>((resume) => {
+      // The other listening sockets (LISTEN_SOCKETS): each counts the connections it accepted until they close.
+      const extraSockets: Array<NetServer> = []
+      const closeHttpServer = Effect.callback<void>((resume) => {
         if (!server.listening) return resume(Effect.void)
         server.close(() => resume(Effect.void))
         // Idle keep-alive connections would hold `close` open until they time out.
         server.closeIdleConnections()
-      }))
+      })
+      const close = yield* Effect.cached(
+        Effect.suspend(() => Effect.all([closeHttpServer, ...extraSockets.map(closeOne)], { concurrency: "unbounded", discard: true }))
+      )
       yield* Effect.addFinalizer(() => close)
-      yield* listen(server, config.port, config.host)
+      yield* listenAll(server, config, extraSockets)
       const bound = server.address()
       const address = typeof bound === "object" && bound !== null
         ? NetAddress.inetAddressFromIpStringUnsafe(bound.address, bound.port)
