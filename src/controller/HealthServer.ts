@@ -3,7 +3,7 @@
  * path): `/healthz` (the process runs, its leader-election fiber has not ended on a defect, and its workers make progress), `/readyz` (the informers have listed
  * once), `/metrics` (Prometheus).
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Effect, Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { createServer } from "node:http"

@@ -6,7 +6,7 @@
  *   apply for InferenceService files, with no cluster.
  * Any failure prints one line on stderr naming the cause, exit 1.
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Effect, Layer } from "effect"
 import { exitOnSignal, reportFailure } from "../shared/Main.ts"
 import { ControllerServer } from "./ControllerServer.ts"

@@ -4,7 +4,7 @@
  * and in-flight requests finish (bounded by SHUTDOWN_TIMEOUT_MS), exit 0.
  * Any failure to start prints one line on stderr naming the cause, exit 1.
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Context, Effect, Layer } from "effect"
 import { exitOnSignal, reportFailure } from "../shared/Main.ts"
 import { Lifecycle } from "./core/Lifecycle.ts"

@@ -19,7 +19,7 @@
  * an unknown `Expect` (`checkExpectation`), and a missing Host (checked here,
  * with Node's own check turned off because it writes a bare 400).
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Data, Duration, Effect, Layer, Scope } from "effect"
 import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"

@@ -2,7 +2,7 @@
  * Composes the router: its HTTP application on the Node server, the services
  * they use, the request observer, logging and settings.
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Effect, Layer } from "effect"
 import { HttpRouter } from "effect/http"
 import { loggingLayer } from "../../shared/Logging.ts"
