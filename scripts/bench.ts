@@ -252,7 +252,9 @@ const main = async () => {
     ["overhead", {}, "default settings: one access-log line per request", 50],
     ["overhead-quiet", { LOG_LEVEL: "warn" }, "LOG_LEVEL=warn: no access log", 50],
     // Many connections: a long pause (GC, a slow batch write) shows here first.
-    ["overhead-256", {}, "default settings, 256 connections", 256]
+    ["overhead-256", {}, "default settings, 256 connections", 256],
+    // The same with one listening socket, as plain Node listens: what LISTEN_SOCKETS changes (docs/operations.md).
+    ["overhead-256-one-socket", { LISTEN_SOCKETS: "1" }, "default settings but LISTEN_SOCKETS=1, 256 connections", 256]
   ] as const) {
     if (only && !only.includes(name)) continue
     print(`## 1. Router overhead (${label}): SIM_LATENCY_MS=0, MAX_CONCURRENCY=10000, ${connections} connections`)
