@@ -5,6 +5,7 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { createServer } from "node:net"
+import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 export const root = fileURLToPath(new URL("../..", import.meta.url))
@@ -32,11 +33,17 @@ export const killAll = () => {
   running.clear()
 }
 
-/** Starts `command args` (Node itself by default) in the repository, with only `env` (plus PATH and HOME). */
+/**
+ * Node's on-disk code cache for the processes the tests start (hundreds of routers and controllers
+ * of the same source): a start costs ~0.5 s of CPU instead of ~0.8. Invisible to the processes.
+ */
+export const compileCache = join(root, "node_modules/.cache/node-compile-cache")
+
+/** Starts `command args` (Node itself by default) in the repository, with only `env` (plus PATH, HOME and the compile cache). */
 export const startProcess = (args: ReadonlyArray<string>, env: Record<string, string>, command: string = process.execPath): Started => {
   const child = spawn(command, [...args], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", NODE_COMPILE_CACHE: compileCache, ...env },
     stdio: ["ignore", "pipe", "pipe"]
   })
   running.add(child)
