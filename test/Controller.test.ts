@@ -4,21 +4,19 @@
  * code as a real cluster: reconcile, status, idempotence, drift, the faults
  * users report in Node controllers, leader election.
  */
-import { afterEach, assert, describe, it } from "vitest"
+import { afterAll, assert, describe, it } from "vitest"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
-import { freePort, killAll, sleep, startProcess, until } from "./support/Processes.ts"
+import { atEnd, freePort, killAll, owned, sleep, startProcess, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
 import { afterResyncs } from "./support/ControllerProgress.ts"
 
-const apis: Array<FakeKubeApi> = []
-afterEach(async () => {
-  killAll()
-  for (const api of apis.splice(0)) await api.stop()
-})
+// Each test has its own stand-in and controllers, ended with it (owned): they run concurrently,
+// their waits (resyncs, leases, backoffs) overlapping. What a timed-out test left running:
+afterAll(killAll)
 
 const fakeApi = async (options: { bookmarkMs?: number } = {}) => {
   const api = new FakeKubeApi(options)
-  apis.push(api)
+  atEnd(() => api.stop())
   await api.start()
   return api
 }
@@ -73,8 +71,8 @@ const metric = async (port: number, series: string) => {
   return line === undefined ? 0 : Number(line.slice(series.length + 1))
 }
 
-describe("controller against a stand-in API server", () => {
-  it("reconciles an InferenceService: children by server-side apply with owners, status, an event, readiness", async () => {
+describe.concurrent("controller against a stand-in API server", () => {
+  it("reconciles an InferenceService: children by server-side apply with owners, status, an event, readiness", owned(async () => {
     const api = await fakeApi()
     const controller = await startController(api)
     await until(async () => (await requestAt(controller.port, { path: "/readyz" }).catch(() => ({ status: 0 }))).status === 200, "readiness")
@@ -116,9 +114,9 @@ describe("controller against a stand-in API server", () => {
     await until(() => condition(api.get("inferenceservices", "default", "llama"), "Ready")?.status === "True", "Ready")
     await until(() => api.list("events").some((e) => e.reason === "Ready" && e.type === "Normal"), "a Ready event")
     assert.isAbove(await metric(controller.port, `inference_router_controller_reconciles_total{result="success"}`), 0)
-  })
+  }))
 
-  it("is level-based: resyncs of unchanged InferenceServices write nothing; a manual edit of the Deployment is re-asserted", async () => {
+  it("is level-based: resyncs of unchanged InferenceServices write nothing; a manual edit of the Deployment is re-asserted", owned(async () => {
     const api = await fakeApi()
     const controller = await startController(api, { RESYNC_SECONDS: "1" })
     for (let i = 0; i < 5; i++) api.put("inferenceservices", isvc(`m${i}`, { modelRef: `model-${i}` }))
@@ -134,9 +132,9 @@ describe("controller against a stand-in API server", () => {
     deployment.spec.template.spec.containers[0].env = [{ name: "MODEL_REF", value: "hijacked" }]
     api.put("deployments", deployment)
     await until(() => envOf(api.get("deployments", "default", "m0-router")).MODEL_REF === "model-0", "the edit re-asserted")
-  })
+  }))
 
-  it("a spec the router would reject: Ready=False InvalidSpec with the router's message, children left as they were", async () => {
+  it("a spec the router would reject: Ready=False InvalidSpec with the router's message, children left as they were", owned(async () => {
     const api = await fakeApi()
     await startController(api)
     api.put("inferenceservices", isvc("bad", { modelRef: "m", router: { maxConcurrency: 4 } }))
@@ -150,9 +148,9 @@ describe("controller against a stand-in API server", () => {
     assert.strictEqual(api.get("inferenceservices", "default", "bad").status.observedGeneration, 2)
     assert.deepStrictEqual(api.get("deployments", "default", "bad-router").spec, applied.spec, "children untouched")
     await until(() => api.list("events").some((e) => e.reason === "InvalidSpec" && e.type === "Warning"), "a warning event")
-  })
+  }))
 
-  it("an object stored under an older CRD that the current one refuses: the Warning event is sent though the status write is refused (Kubernetes < 1.30)", async () => {
+  it("an object stored under an older CRD that the current one refuses: the Warning event is sent though the status write is refused (Kubernetes < 1.30)", owned(async () => {
     const api = await fakeApi()
     await startController(api)
     // Stored before UPSTREAM_SCHEDULER moved to spec.routing; without validation ratcheting the
@@ -171,9 +169,9 @@ describe("controller against a stand-in API server", () => {
     // The refused write is retried: the same warning is not sent again on every retry.
     await until(() => statusWrites().length >= 3, "retried status writes")
     assert.strictEqual(api.list("events").filter((e) => e.reason === "InvalidSpec" && e.involvedObject.name === "old").length, 1)
-  })
+  }))
 
-  it("surfaces a router crash-looping on a setting, and image pull failures, from the pods", async () => {
+  it("surfaces a router crash-looping on a setting, and image pull failures, from the pods", owned(async () => {
     const api = await fakeApi()
     await startController(api)
     api.put("inferenceservices", isvc("crash", { modelRef: "m" }))
@@ -203,9 +201,9 @@ describe("controller against a stand-in API server", () => {
     pod.status.containerStatuses[0] = { name: "router", image: "nope:1", state: { waiting: { reason: "ImagePullBackOff", message: "Back-off pulling image \"nope:1\"" } } }
     api.put("pods", pod)
     await until(() => condition(api.get("inferenceservices", "default", "crash"), "Ready")?.reason === "ImagePullFailed", "the pull failure surfaced")
-  })
+  }))
 
-  it("survives the API being down at start, dropped watches, 410 Gone and silent watches, without exiting or storming", async () => {
+  it("survives the API being down at start, dropped watches, 410 Gone and silent watches, without exiting or storming", owned(async () => {
     const api = await fakeApi({ bookmarkMs: 200 })
     api.down = true
     const controller = await startController(api, { WATCH_IDLE_TIMEOUT_MS: "1000" })
@@ -241,9 +239,9 @@ describe("controller against a stand-in API server", () => {
     api.put("inferenceservices", isvc("d", { modelRef: "d" }))
     await until(() => api.get("deployments", "default", "d-router") !== undefined, "seen after a silent watch", 10_000)
     assert.strictEqual(controller.child.exitCode, null, "still running")
-  }, 60_000)
+  }), 60_000)
 
-  it("WATCH_NAMESPACES: only those namespaces are watched and reconciled", async () => {
+  it("WATCH_NAMESPACES: only those namespaces are watched and reconciled", owned(async () => {
     const api = await fakeApi()
     await startController(api, { WATCH_NAMESPACES: "team-a,team-b" })
     api.put("inferenceservices", isvc("other", { modelRef: "x" }, "team-c"))
@@ -255,9 +253,9 @@ describe("controller against a stand-in API server", () => {
     const paths = new Set(api.requests.filter((r) => r.method === "GET" && r.path.includes("inferenceservices")).map((r) => r.path))
     assert.isFalse([...paths].some((p) => p === "/apis/inference-router.dev/v1alpha1/inferenceservices"), "no cluster-wide list or watch")
     assert.isTrue(paths.has("/apis/inference-router.dev/v1alpha1/namespaces/team-a/inferenceservices"))
-  })
+  }))
 
-  it("leader election: two replicas, one writes; SIGTERM releases the lease and the other takes over", async () => {
+  it("leader election: two replicas, one writes; SIGTERM releases the lease and the other takes over", owned(async () => {
     const api = await fakeApi()
     // A long lease: taking over well before it could expire shows it was released.
     const lease = { LEASE_DURATION_SECONDS: "10" }
@@ -279,5 +277,5 @@ describe("controller against a stand-in API server", () => {
     api.put("inferenceservices", isvc("two", { modelRef: "two" }))
     await until(() => api.get("deployments", "default", "two-router") !== undefined, "reconciled by the new leader")
     assert.isAbove(nonLeaseWrites(api, "b").length, 0)
-  })
+  }))
 })

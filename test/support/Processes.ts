@@ -1,7 +1,9 @@
 /**
  * Real processes for end-to-end tests: started with a given environment,
- * output captured, killed after each test; plus bounded polling.
+ * output captured, killed after each test (or, for tests run concurrently,
+ * when the test that started them ends); plus bounded polling.
  */
+import { AsyncLocalStorage } from "node:async_hooks"
 import { type ChildProcess, spawn } from "node:child_process"
 import { once } from "node:events"
 import { createServer } from "node:net"
@@ -27,10 +29,38 @@ export interface Started {
 
 const running = new Set<ChildProcess>()
 
-/** Kills every process still running (call in afterEach). */
+/** Kills every process still running (call in afterEach; in afterAll for files whose tests use `owned`). */
 export const killAll = () => {
   for (const child of running) child.kill("SIGKILL")
   running.clear()
+}
+
+interface Owner {
+  readonly children: Set<ChildProcess>
+  readonly cleanups: Array<() => unknown>
+}
+const owners = new AsyncLocalStorage<Owner>()
+
+/**
+ * Runs a test's body as the owner of the processes it starts (startProcess, wherever called
+ * from) and of the cleanups it registers with `atEnd`: they are killed and run when it settles.
+ * For tests run concurrently, where afterEach(killAll) would kill the other tests' processes.
+ */
+export const owned = (body: () => Promise<void>) => async (): Promise<void> => {
+  const owner: Owner = { children: new Set(), cleanups: [] }
+  try {
+    await owners.run(owner, body)
+  } finally {
+    for (const child of owner.children) child.kill("SIGKILL")
+    for (const cleanup of owner.cleanups.reverse()) await cleanup()
+  }
+}
+
+/** Registers `cleanup` (stopping a stand-in server, say) to run when the current `owned` test ends. */
+export const atEnd = (cleanup: () => unknown) => {
+  const owner = owners.getStore()
+  if (owner === undefined) throw new Error("atEnd: not inside an owned() test")
+  owner.cleanups.push(cleanup)
 }
 
 /**
@@ -47,12 +77,15 @@ export const startProcess = (args: ReadonlyArray<string>, env: Record<string, st
     stdio: ["ignore", "pipe", "pipe"]
   })
   running.add(child)
+  const owner = owners.getStore()
+  owner?.children.add(child)
   let stdout = ""
   let stderr = ""
   child.stdout!.on("data", (chunk) => (stdout += chunk))
   child.stderr!.on("data", (chunk) => (stderr += chunk))
   const exited = once(child, "exit").then(([code]) => {
     running.delete(child)
+    owner?.children.delete(child)
     return code as number | null
   })
   return { child, exited, output: () => ({ stdout, stderr }) }
