@@ -3,38 +3,33 @@
  * fields, defaulting, validation, faults): what a real cluster shows on day
  * one and a kinder stand-in did not (issue 19's findings, one test each).
  */
-import { spawnSync } from "node:child_process"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { afterAll, afterEach, assert, describe, it } from "vitest"
+import { afterAll, assert, describe, it } from "vitest"
 import { foreignChild } from "../src/controller/Reconciler.ts"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
-import { freePort, root, sleep, type Started, startProcess, until } from "./support/Processes.ts"
+import { atEnd, freePort, killAll, owned, sleep, type Started, startProcess, until } from "./support/Processes.ts"
 import { requestAt } from "./support/TestRouter.ts"
 import { afterResyncs } from "./support/ControllerProgress.ts"
 
-const apis: Array<FakeKubeApi> = []
-const controllers: Array<Started> = []
-afterEach(async () => {
-  for (const controller of controllers.splice(0)) controller.child.kill("SIGKILL")
-  for (const api of apis.splice(0)) await api.stop()
-})
-
 /**
- * One stand-in and one controller (default settings) shared by the tests that need nothing
+ * One stand-in and one controller (default settings) shared by the quick tests that need nothing
  * else: each uses InferenceServices of its own names, so they do not meet, and the process
- * starts once instead of once a test.
+ * starts once instead of once a test. Tests that wait for whole resyncs (counted over every
+ * stored InferenceService) have their own, and run concurrently with the others below.
  */
 let shared: Promise<{ readonly api: FakeKubeApi; readonly controller: Started & { readonly port: number } }> | undefined
 const sharedController = () =>
   shared ??= (async () => {
     const api = new FakeKubeApi({ bookmarkMs: 200 })
     await api.start()
-    const controller = await startController(api, {}, "controller", false)
+    const controller = await startController(api, {}, "controller")
     return { api, controller }
   })()
 afterAll(async () => {
+  // What a timed-out test left running too (each test's own are ended with it: owned).
+  killAll()
   if (shared === undefined) return
   const { api, controller } = await shared
   controller.child.kill("SIGKILL")
@@ -43,12 +38,12 @@ afterAll(async () => {
 
 const fakeApi = async () => {
   const api = new FakeKubeApi({ bookmarkMs: 200 })
-  apis.push(api)
+  atEnd(() => api.stop())
   await api.start()
   return api
 }
 
-const startController = async (api: FakeKubeApi, env: Record<string, string> = {}, token = "controller", ownedByTest = true) => {
+const startController = async (api: FakeKubeApi, env: Record<string, string> = {}, token = "controller"): Promise<Started & { readonly port: number }> => {
   const port = await freePort()
   const controller = startProcess(["src/controller/main.ts"], {
     KUBECONFIG: api.kubeconfig(token),
@@ -59,7 +54,6 @@ const startController = async (api: FakeKubeApi, env: Record<string, string> = {
     RESYNC_SECONDS: "1",
     ...env
   })
-  if (ownedByTest) controllers.push(controller)
   return { ...controller, port }
 }
 
@@ -100,22 +94,6 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.deepStrictEqual(resources.limits.cpu, "2")
   })
 
-  it("quantities the API server stores in canonical form (0.5 CPU as 500m, an HPA target 1000 as 1k) are not applied again on every resync", async () => {
-    const { api, controller } = await sharedController()
-    api.put("inferenceservices", isvc("q", { modelRef: "m", resources: { requests: { cpu: "0.5", memory: "1024Mi" } } }))
-    api.put("inferenceservices", isvc("hq", { modelRef: "m", maxReplicas: 3, scaleMetric: "queue", scaleTarget: 1000 }))
-    await until(() => reconciled(api, "q") && reconciled(api, "hq"), "reconciled")
-    assert.deepStrictEqual(api.get("deployments", "default", "q-router").spec.template.spec.containers[0].resources.requests, { cpu: "500m", memory: "1Gi" })
-    assert.strictEqual(api.get("horizontalpodautoscalers", "default", "hq-router").spec.metrics[0].pods.target.averageValue, "1k")
-    // What the first applies set in motion (their watch events) reconciled once more, then two whole resyncs.
-    await afterResyncs(api, controller.port, 1)
-    const applies = () =>
-      api.requests.filter((r) => r.method === "PATCH" && (r.path.endsWith("/deployments/q-router") || r.path.endsWith("/horizontalpodautoscalers/hq-router"))).length
-    const before = applies()
-    await afterResyncs(api, controller.port, 2)
-    assert.strictEqual(applies(), before, "no apply when nothing changed")
-  })
-
   it("a pod label, an annotation and an env entry removed from the spec leave the Deployment", async () => {
     const { api } = await sharedController()
     api.put("inferenceservices", isvc("keys", {
@@ -135,84 +113,6 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     edit(api, "keys", { modelRef: "m", podLabels: { team: "a" } })
     await until(() => reconciled(api, "keys"), "the second edit reconciled")
     await until(() => api.get("deployments", "default", "keys-router").spec.template.spec.containers[0].env.every((e: any) => e.name !== "TZ"), "the env entry gone")
-  })
-
-  it("switching from replicas: 3 to autoscaling keeps 3 replicas until the HPA writes its own count, then leaves it to the HPA", async () => {
-    const { api, controller } = await sharedController()
-    api.put("inferenceservices", isvc("scale", { modelRef: "m", replicas: 3 }))
-    await until(() => reconciled(api, "scale"), "reconciled")
-    edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6 })
-    await until(() => api.get("horizontalpodautoscalers", "default", "scale-router") !== undefined && reconciled(api, "scale"), "the HPA")
-    await afterResyncs(api, controller.port, 2)
-    assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 3, "never dropped towards 1")
-    // The HPA scales: the count is its own; the controller no longer applies it, nor fights it.
-    api.scale("default", "scale-router", 5)
-    edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6, podLabels: { v: "2" } })
-    await until(() => api.get("deployments", "default", "scale-router").spec.template.metadata.labels.v === "2", "a later edit applied")
-    await afterResyncs(api, controller.port, 2)
-    assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 5)
-    const owners = api.managedFields("deployments", "default", "scale-router")
-      .filter((m: any) => m.fieldsV1?.["f:spec"]?.["f:replicas"] !== undefined)
-      .map((m: any) => m.manager)
-    assert.deepStrictEqual(owners, ["kube-controller-manager"])
-  })
-
-  it("routing and KV events: applied as kubectl would, they reach the Deployment's env; a combination the router would ignore is refused at write time", async () => {
-    const { api, controller } = await sharedController()
-    // kubectl apply --server-side: the CRD's schema and CEL rules run at write time.
-    const apply = (name: string, spec: Record<string, unknown>) =>
-      fetch(`http://127.0.0.1:${api.port}/apis/inference-router.dev/v1alpha1/namespaces/default/inferenceservices/${name}?fieldManager=kubectl&force=true`, {
-        method: "PATCH",
-        headers: { "content-type": "application/apply-patch+yaml", authorization: "Bearer user" },
-        body: JSON.stringify(isvc(name, spec))
-      })
-    const upstreams = [{ url: "http://vllm-0.models.svc:8000", kvEvents: 5557 }, { url: "http://vllm-1.models.svc:8000", kvEvents: "tcp://kv-relay.models.svc:5557" }]
-    const created = await apply("cached", { modelRef: "m", kvEndpoints: ["redis://redis.models.svc:6379"], upstreams, routing: { scheduler: "cache-aware", loadBoundPercent: 150 } })
-    assert.strictEqual(created.status, 201, await created.text())
-    await until(() => reconciled(api, "cached"), "reconciled")
-    const env = () => Object.fromEntries(api.get("deployments", "default", "cached-router").spec.template.spec.containers[0].env.map((e: any) => [e.name, e.value]))
-    assert.deepInclude(env(), {
-      KV_ENDPOINTS: "redis://redis.models.svc:6379",
-      MODEL_BACKEND: "upstream",
-      UPSTREAMS: "http://vllm-0.models.svc:8000;kv-events=5557,http://vllm-1.models.svc:8000;kv-events=tcp://kv-relay.models.svc:5557",
-      UPSTREAM_SCHEDULER: "cache-aware",
-      UPSTREAM_LOAD_BOUND: "1.5"
-    })
-    assert.notProperty(env(), "UPSTREAM_METRICS_INTERVAL_MS", "unset: the router's default")
-
-    for (const [spec, message] of [
-      [{ modelRef: "m", upstreams, routing: { scheduler: "least-request" } }, "upstreams[].kvEvents needs routing.scheduler: cache-aware"],
-      [{ modelRef: "m", upstreams: [{ url: "http://vllm-0:8000" }], routing: { loadBoundPercent: 150 } }, "loadBoundPercent and metricsIntervalMs need scheduler: cache-aware"],
-      [{ modelRef: "m", routing: { scheduler: "cache-aware" } }, "routing needs upstreams"],
-      [{ modelRef: "m", upstreams, routing: { scheduler: "cache-aware" }, env: [{ name: "UPSTREAM_LOAD_BOUND", value: "3" }] }, "env may not set the router's own settings"]
-    ] as const) {
-      const refused = await apply("cached", spec)
-      assert.strictEqual(refused.status, 422, JSON.stringify(spec))
-      const status = await refused.json() as { readonly reason: string; readonly message: string }
-      assert.strictEqual(status.reason, "Invalid")
-      assert.include(status.message, message)
-    }
-    // Nothing refused reached the stored object, nor the Deployment.
-    assert.strictEqual(api.get("inferenceservices", "default", "cached").spec.routing.scheduler, "cache-aware")
-    await afterResyncs(api, controller.port, 1)
-    assert.strictEqual(env().UPSTREAM_LOAD_BOUND, "1.5")
-  })
-
-  it("an object it did not create, named <name>-router, is not taken over: Ready=False NotOwned, the object unchanged", async () => {
-    const { api, controller } = await sharedController()
-    const foreign = api.put("services", {
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: { name: "taken-router", namespace: "default" },
-      spec: { selector: { app: "someone-else" }, ports: [{ port: 9000 }] }
-    }, "kubectl-create")
-    api.put("inferenceservices", isvc("taken", { modelRef: "m" }))
-    await until(() => condition(api.get("inferenceservices", "default", "taken"), "Ready")?.reason === "NotOwned", "NotOwned")
-    assert.include(condition(api.get("inferenceservices", "default", "taken"), "Ready").message, "Service default/taken-router")
-    await afterResyncs(api, controller.port, 2)
-    const live = api.get("services", "default", "taken-router")
-    assert.strictEqual(live.metadata.resourceVersion, foreign.metadata.resourceVersion, "never written")
-    assert.deepStrictEqual(live.spec.selector, { app: "someone-else" })
   })
 
   it("created with autoscaling: the Deployment starts at minReplicas (not the default 1), then the HPA owns the count", async () => {
@@ -284,7 +184,109 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.include(foreignChild(controlled, "uid-x", "x"), "controlled by Gateway g")
   })
 
-  it("a watch answered with HTTP 410 lists again instead of retrying the same resourceVersion", async () => {
+})
+
+// Each its own stand-in and controller, ended with it (owned): run concurrently, their waits overlapping.
+describe.concurrent("the controller against a strict stand-in, faults and its own environment", { timeout: 60_000 }, () => {
+  it("quantities the API server stores in canonical form (0.5 CPU as 500m, an HPA target 1000 as 1k) are not applied again on every resync", owned(async () => {
+    const api = await fakeApi()
+    const controller = await startController(api)
+    api.put("inferenceservices", isvc("q", { modelRef: "m", resources: { requests: { cpu: "0.5", memory: "1024Mi" } } }))
+    api.put("inferenceservices", isvc("hq", { modelRef: "m", maxReplicas: 3, scaleMetric: "queue", scaleTarget: 1000 }))
+    await until(() => reconciled(api, "q") && reconciled(api, "hq"), "reconciled")
+    assert.deepStrictEqual(api.get("deployments", "default", "q-router").spec.template.spec.containers[0].resources.requests, { cpu: "500m", memory: "1Gi" })
+    assert.strictEqual(api.get("horizontalpodautoscalers", "default", "hq-router").spec.metrics[0].pods.target.averageValue, "1k")
+    // What the first applies set in motion (their watch events) reconciled once more, then two whole resyncs.
+    await afterResyncs(api, controller.port, 1)
+    const applies = () =>
+      api.requests.filter((r) => r.method === "PATCH" && (r.path.endsWith("/deployments/q-router") || r.path.endsWith("/horizontalpodautoscalers/hq-router"))).length
+    const before = applies()
+    await afterResyncs(api, controller.port, 2)
+    assert.strictEqual(applies(), before, "no apply when nothing changed")
+  }))
+
+  it("switching from replicas: 3 to autoscaling keeps 3 replicas until the HPA writes its own count, then leaves it to the HPA", owned(async () => {
+    const api = await fakeApi()
+    const controller = await startController(api)
+    api.put("inferenceservices", isvc("scale", { modelRef: "m", replicas: 3 }))
+    await until(() => reconciled(api, "scale"), "reconciled")
+    edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6 })
+    await until(() => api.get("horizontalpodautoscalers", "default", "scale-router") !== undefined && reconciled(api, "scale"), "the HPA")
+    await afterResyncs(api, controller.port, 2)
+    assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 3, "never dropped towards 1")
+    // The HPA scales: the count is its own; the controller no longer applies it, nor fights it.
+    api.scale("default", "scale-router", 5)
+    edit(api, "scale", { modelRef: "m", minReplicas: 2, maxReplicas: 6, podLabels: { v: "2" } })
+    await until(() => api.get("deployments", "default", "scale-router").spec.template.metadata.labels.v === "2", "a later edit applied")
+    await afterResyncs(api, controller.port, 2)
+    assert.strictEqual(api.get("deployments", "default", "scale-router").spec.replicas, 5)
+    const owners = api.managedFields("deployments", "default", "scale-router")
+      .filter((m: any) => m.fieldsV1?.["f:spec"]?.["f:replicas"] !== undefined)
+      .map((m: any) => m.manager)
+    assert.deepStrictEqual(owners, ["kube-controller-manager"])
+  }))
+
+  it("routing and KV events: applied as kubectl would, they reach the Deployment's env; a combination the router would ignore is refused at write time", owned(async () => {
+    const api = await fakeApi()
+    const controller = await startController(api)
+    // kubectl apply --server-side: the CRD's schema and CEL rules run at write time.
+    const apply = (name: string, spec: Record<string, unknown>) =>
+      fetch(`http://127.0.0.1:${api.port}/apis/inference-router.dev/v1alpha1/namespaces/default/inferenceservices/${name}?fieldManager=kubectl&force=true`, {
+        method: "PATCH",
+        headers: { "content-type": "application/apply-patch+yaml", authorization: "Bearer user" },
+        body: JSON.stringify(isvc(name, spec))
+      })
+    const upstreams = [{ url: "http://vllm-0.models.svc:8000", kvEvents: 5557 }, { url: "http://vllm-1.models.svc:8000", kvEvents: "tcp://kv-relay.models.svc:5557" }]
+    const created = await apply("cached", { modelRef: "m", kvEndpoints: ["redis://redis.models.svc:6379"], upstreams, routing: { scheduler: "cache-aware", loadBoundPercent: 150 } })
+    assert.strictEqual(created.status, 201, await created.text())
+    await until(() => reconciled(api, "cached"), "reconciled")
+    const env = () => Object.fromEntries(api.get("deployments", "default", "cached-router").spec.template.spec.containers[0].env.map((e: any) => [e.name, e.value]))
+    assert.deepInclude(env(), {
+      KV_ENDPOINTS: "redis://redis.models.svc:6379",
+      MODEL_BACKEND: "upstream",
+      UPSTREAMS: "http://vllm-0.models.svc:8000;kv-events=5557,http://vllm-1.models.svc:8000;kv-events=tcp://kv-relay.models.svc:5557",
+      UPSTREAM_SCHEDULER: "cache-aware",
+      UPSTREAM_LOAD_BOUND: "1.5"
+    })
+    assert.notProperty(env(), "UPSTREAM_METRICS_INTERVAL_MS", "unset: the router's default")
+
+    for (const [spec, message] of [
+      [{ modelRef: "m", upstreams, routing: { scheduler: "least-request" } }, "upstreams[].kvEvents needs routing.scheduler: cache-aware"],
+      [{ modelRef: "m", upstreams: [{ url: "http://vllm-0:8000" }], routing: { loadBoundPercent: 150 } }, "loadBoundPercent and metricsIntervalMs need scheduler: cache-aware"],
+      [{ modelRef: "m", routing: { scheduler: "cache-aware" } }, "routing needs upstreams"],
+      [{ modelRef: "m", upstreams, routing: { scheduler: "cache-aware" }, env: [{ name: "UPSTREAM_LOAD_BOUND", value: "3" }] }, "env may not set the router's own settings"]
+    ] as const) {
+      const refused = await apply("cached", spec)
+      assert.strictEqual(refused.status, 422, JSON.stringify(spec))
+      const status = await refused.json() as { readonly reason: string; readonly message: string }
+      assert.strictEqual(status.reason, "Invalid")
+      assert.include(status.message, message)
+    }
+    // Nothing refused reached the stored object, nor the Deployment.
+    assert.strictEqual(api.get("inferenceservices", "default", "cached").spec.routing.scheduler, "cache-aware")
+    await afterResyncs(api, controller.port, 1)
+    assert.strictEqual(env().UPSTREAM_LOAD_BOUND, "1.5")
+  }))
+
+  it("an object it did not create, named <name>-router, is not taken over: Ready=False NotOwned, the object unchanged", owned(async () => {
+    const api = await fakeApi()
+    const controller = await startController(api)
+    const foreign = api.put("services", {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "taken-router", namespace: "default" },
+      spec: { selector: { app: "someone-else" }, ports: [{ port: 9000 }] }
+    }, "kubectl-create")
+    api.put("inferenceservices", isvc("taken", { modelRef: "m" }))
+    await until(() => condition(api.get("inferenceservices", "default", "taken"), "Ready")?.reason === "NotOwned", "NotOwned")
+    assert.include(condition(api.get("inferenceservices", "default", "taken"), "Ready").message, "Service default/taken-router")
+    await afterResyncs(api, controller.port, 2)
+    const live = api.get("services", "default", "taken-router")
+    assert.strictEqual(live.metadata.resourceVersion, foreign.metadata.resourceVersion, "never written")
+    assert.deepStrictEqual(live.spec.selector, { app: "someone-else" })
+  }))
+
+  it("a watch answered with HTTP 410 lists again instead of retrying the same resourceVersion", owned(async () => {
     const api = await fakeApi()
     await startController(api, { WATCH_IDLE_TIMEOUT_MS: "60000" })
     api.put("inferenceservices", isvc("w", { modelRef: "m" }))
@@ -296,18 +298,18 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     await sleep(500)
     const watches410 = api.requests.slice(before).filter((r) => r.watch && r.status === 410).length
     assert.strictEqual(watches410, 1, "one 410, then a list and a new watch")
-  })
+  }))
 
-  it("lease errors (403) are logged as warnings, not at debug", async () => {
+  it("lease errors (403) are logged as warnings, not at debug", owned(async () => {
     const api = await fakeApi()
     api.fault({ path: "/leases", status: 403 })
     const controller = await startController(api, { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "2", RENEW_DEADLINE_MS: "1500", LEADER_RETRY_MS: "200" })
     await until(() => controller.output().stdout.includes("403"), "a logged 403")
     const line = controller.output().stdout.split("\n").find((l) => l.includes("403"))!
     assert.match(line, /"level":"WARN"|level=WARN|WARN/i)
-  })
+  }))
 
-  it("two replicas, the leader's lease requests hang: it stops writing before the other starts (never two acting)", async () => {
+  it("two replicas, the leader's lease requests hang: it stops writing before the other starts (never two acting)", owned(async () => {
     const api = await fakeApi()
     const env = { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "3", RENEW_DEADLINE_MS: "2000", LEADER_RETRY_MS: "200" }
     const holder = () => api.get("leases", "default", "inference-router-controller")?.spec?.holderIdentity
@@ -332,9 +334,9 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     } finally {
       clearInterval(editing)
     }
-  })
+  }))
 
-  it("SIGTERM while every lease request hangs: the process exits within the grace period", async () => {
+  it("SIGTERM while every lease request hangs: the process exits within the grace period", owned(async () => {
     const api = await fakeApi()
     const controller = await startController(api, { LEADER_ELECTION: "true", LEASE_DURATION_SECONDS: "3", RENEW_DEADLINE_MS: "2000", LEADER_RETRY_MS: "200" })
     await until(() => api.get("leases", "default", "inference-router-controller")?.spec?.holderIdentity === "controller-controller", "leading")
@@ -346,24 +348,22 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     // The controller Deployment's grace period is 30 s; the release is bounded by the renew deadline (2 s here).
     assert.isBelow(Date.now() - started, 8_000)
     assert.strictEqual(code, 0)
-  })
+  }))
 
-  it("npm run controller without any kubeconfig: one line saying no cluster was found, exit 1", async () => {
+  it("npm run controller without any kubeconfig: one line saying no cluster was found, exit 1", owned(async () => {
     const port = await freePort()
     const home = mkdtempSync(join(tmpdir(), "no-kube-"))
-    const result = spawnSync(process.execPath, ["src/controller/main.ts"], {
-      cwd: root,
-      env: { PATH: process.env.PATH ?? "", HOME: home, PORT: String(port), HOST: "127.0.0.1" },
-      encoding: "utf8",
-      timeout: 10_000
-    })
-    assert.strictEqual(result.status, 1, result.stdout + result.stderr)
+    // Not spawnSync: it would stop this worker's event loop, and with it the other tests' stand-ins.
+    const run = startProcess(["src/controller/main.ts"], { HOME: home, PORT: String(port), HOST: "127.0.0.1" })
+    const status = await run.exited
+    const result = run.output()
+    assert.strictEqual(status, 1, result.stdout + result.stderr)
     const lines = result.stderr.trim().split("\n")
     assert.lengthOf(lines, 1, result.stderr)
     assert.include(lines[0], "no cluster found")
-  })
+  }))
 
-  it("hanging applies do not hold the workers: other InferenceServices are reconciled, and the stuck one when the API answers again", async () => {
+  it("hanging applies do not hold the workers: other InferenceServices are reconciled, and the stuck one when the API answers again", owned(async () => {
     const api = await fakeApi()
     // A bound well above what an answering call takes on a loaded machine: only the hanging ones reach it.
     const controller = await startController(api, { API_TIMEOUT_MS: "1500", MAX_PARALLEL_RECONCILES: "2" })
@@ -375,9 +375,9 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     assert.strictEqual((await requestAt(controller.port, { path: "/healthz" })).status, 200)
     remove()
     await until(() => [0, 1, 2, 3].every((i) => reconciled(api, `stuck-${i}`)), "the stuck ones once the API answers", 20_000)
-  })
+  }))
 
-  it("the routers run the controller's own image (read from its Pod) unless ROUTER_IMAGE says otherwise", async () => {
+  it("the routers run the controller's own image (read from its Pod) unless ROUTER_IMAGE says otherwise", owned(async () => {
     const api = await fakeApi()
     api.put("pods", controllerPod("sha256:" + "1".repeat(64)))
     await startController(api, { POD_NAME: "controller-0", POD_NAMESPACE: "ops" })
@@ -385,9 +385,9 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
     await until(() => reconciled(api, "img"), "reconciled")
     // A local image ID (not a registry digest): the tag as it is.
     assert.strictEqual(api.get("deployments", "default", "img-router").spec.template.spec.containers[0].image, "reg.example/inference-router:7")
-  })
+  }))
 
-  it("in a pod, the controller's own image is read until it can be (not ready, not leading meanwhile), never a built-in tag, and pinned to its digest", async () => {
+  it("in a pod, the controller's own image is read until it can be (not ready, not leading meanwhile), never a built-in tag, and pinned to its digest", owned(async () => {
     const api = await fakeApi()
     const digest = "sha256:" + "ab".repeat(32)
     api.put("pods", controllerPod(`docker-pullable://reg.example/inference-router@${digest}`))
@@ -405,5 +405,5 @@ describe("the controller against a stand-in as strict as kube-apiserver", { time
       `reg.example/inference-router:7@${digest}`
     )
     await until(async () => (await requestAt(controller.port, { path: "/readyz" })).status === 200, "ready")
-  })
+  }))
 })
