@@ -6,17 +6,22 @@
  * PORT, which is a free port here (a pod's own network namespace makes 8080
  * free there). Then a spec change rolls out a new template the router obeys.
  */
-import { afterEach, assert, describe, it } from "vitest"
+import { afterAll, assert, describe, it } from "vitest"
 import { FakeKubeApi } from "./support/FakeKubeApi.ts"
-import { freePort, killAll, startProcess, until } from "./support/Processes.ts"
+import { atEnd, freePort, killAll, owned, startProcess, until } from "./support/Processes.ts"
 import { metricValue as metricAt, openStream, startUpstream } from "./support/Routers.ts"
 import { requestAt } from "./support/TestRouter.ts"
 
-const apis: Array<FakeKubeApi> = []
-afterEach(async () => {
-  killAll()
-  for (const api of apis.splice(0)) await api.stop()
-})
+// Each test has its own stand-in, controller and pods, ended with it (owned): they run concurrently.
+// What a timed-out test left running:
+afterAll(killAll)
+
+const fakeApi = async () => {
+  const api = new FakeKubeApi()
+  atEnd(() => api.stop())
+  await api.start()
+  return api
+}
 
 /** The container's env as the kubelet resolves it for a pod named `podName`. */
 const resolveEnv = (api: FakeKubeApi, deployment: any, podName: string): Record<string, string> => {
@@ -44,11 +49,9 @@ const runPod = async (api: FakeKubeApi, deployment: any, podName: string) => {
 const metricValue = (text: string, series: string) =>
   Number(text.split("\n").find((l) => l.startsWith(series + " "))?.slice(series.length + 1))
 
-describe("an InferenceService deployed and called", () => {
-  it("the router runs with the Deployment's env and answers for the InferenceService; a new maxConcurrency rolls out", async () => {
-    const api = new FakeKubeApi()
-    apis.push(api)
-    await api.start()
+describe.concurrent("an InferenceService deployed and called", () => {
+  it("the router runs with the Deployment's env and answers for the InferenceService; a new maxConcurrency rolls out", owned(async () => {
+    const api = await fakeApi()
     api.put("secrets", { apiVersion: "v1", kind: "Secret", metadata: { name: "llama-keys", namespace: "models" }, data: { keys: Buffer.from("k-1,k-2").toString("base64") } })
     const controllerPort = await freePort()
     startProcess(["src/controller/main.ts"], {
@@ -65,7 +68,8 @@ describe("an InferenceService deployed and called", () => {
       spec: {
         modelRef: "llama-3-8b",
         kvEndpoints: ["kv-0.kv:6379", "redis://kv-1.kv:6379"],
-        router: { maxConcurrency: 4, simLatencyMs: 5 },
+        // A short drain (the default is 5 s): the first pod is stopped below.
+        router: { maxConcurrency: 4, simLatencyMs: 5, shutdownDelayMs: 200 },
         apiKeysSecretRef: { name: "llama-keys" }
       }
     })
@@ -106,12 +110,10 @@ describe("an InferenceService deployed and called", () => {
     const next = await runPod(api, second, "llama-router-8e0a-fghij")
     assert.strictEqual(metricValue((await requestAt(next.port, { path: "/metrics" })).text, "router_max_concurrency"), 16)
     assert.strictEqual(api.get("inferenceservices", "models", "llama").status.observedGeneration, 2)
-  }, 60_000)
+  }), 60_000)
 
-  it("kvEndpointsSecretRef: the router pod reads KV_ENDPOINTS from the Secret; the password is in neither the InferenceService nor the Deployment", async () => {
-    const api = new FakeKubeApi()
-    apis.push(api)
-    await api.start()
+  it("kvEndpointsSecretRef: the router pod reads KV_ENDPOINTS from the Secret; the password is in neither the InferenceService nor the Deployment", owned(async () => {
+    const api = await fakeApi()
     const endpoints = "redis://:s3cret-pw@redis-0.redis:6379"
     api.put("secrets", { apiVersion: "v1", kind: "Secret", metadata: { name: "redis-endpoints", namespace: "models" }, data: { endpoints: Buffer.from(endpoints).toString("base64") } })
     startProcess(["src/controller/main.ts"], {
@@ -139,12 +141,10 @@ describe("an InferenceService deployed and called", () => {
     assert.strictEqual(answer.status, 200, answer.text)
     // The router has the list (its password masked wherever it shows it).
     assert.deepStrictEqual(answer.json.kvEndpoints, ["redis://***@redis-0.redis:6379"])
-  }, 60_000)
+  }), 60_000)
 
-  it("spec.routing and upstreams[].kvEvents: the router pod routes cache-aware on the model servers' KV events", async () => {
-    const api = new FakeKubeApi()
-    apis.push(api)
-    await api.start()
+  it("spec.routing and upstreams[].kvEvents: the router pod routes cache-aware on the model servers' KV events", owned(async () => {
+    const api = await fakeApi()
     // Two simulated vLLMs with a prefix cache, publishing KV events (as in Routing.e2e.test.ts).
     const servers = await Promise.all([0, 1].map(async () => {
       const eventsPort = await freePort()
@@ -198,5 +198,5 @@ describe("an InferenceService deployed and called", () => {
     assert.strictEqual(String(stream.headers["x-inference-upstream"]), direct, String(stream.headers["x-inference-route"]))
     // (The predicted cached tokens are not in the header unless UPSTREAM_ROUTE_HEADER_CACHED_TOKENS=true.)
     assert.match(String(stream.headers["x-inference-route"]), /^cache-aware; reason=cache$/)
-  }, 60_000)
+  }), 60_000)
 })
