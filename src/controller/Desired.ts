@@ -294,7 +294,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   routerField("REQUEST_TIMEOUT_MS", "requestTimeoutMs"),
   { variable: "PORT", from: "fixed", value: String(routerPort), why: "the container port the Service and probes use" },
   { variable: "HOST", from: "router", why: "all interfaces, IPv4 and IPv6: what a pod needs", viaEnv: false },
-  ...leftToRouter("the router's default suits a pod (its own network namespace: nothing else binds its port); set it through `spec.env`", true, "LISTEN_SOCKETS"),
+  ...leftToRouter("the router's default (16 sockets sharing the port) suits a pod whose other containers run as other users; `1` where one runs as the router's user (docs/operations.md); set it through `spec.env`", true, "LISTEN_SOCKETS"),
   { variable: "POD_NAME", from: "downward", fieldPath: "metadata.name", why: "returned as routerPod" },
   { variable: "HOSTNAME", from: "router", why: "set by Kubernetes to the pod name; POD_NAME's fallback", viaEnv: false },
   routerField("LOG_LEVEL", "logLevel"),

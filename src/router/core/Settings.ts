@@ -376,7 +376,7 @@ export const defaults = {
   /** Capped at REQUEST_TIMEOUT_MS. */
   headersTimeoutMs: 10_000,
   port: 8080,
-  /** LISTEN_SOCKETS on Linux; elsewhere 1 (SO_REUSEPORT does not share connections out there). */
+  /** LISTEN_SOCKETS on Linux; elsewhere 1 (macOS does not spread connections over SO_REUSEPORT sockets; other systems untried). */
   listenSockets: 16,
   logLevel: "info" as const,
   logFormat: "json" as const
@@ -451,7 +451,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "REQUEST_TIMEOUT_MS", meaning: "a client must send its whole request within this (else 408)", default: code(defaults.requestTimeoutMs), valid: "integer ≥ 1" },
   { variable: "PORT", meaning: "the port to listen on", default: code(defaults.port), valid: "1–65535" },
   { variable: "HOST", meaning: "the address to listen on", default: "all interfaces", valid: "an address of this machine, or a name resolving to one" },
-  { variable: "LISTEN_SOCKETS", meaning: "listening sockets sharing `PORT` (Linux's `SO_REUSEPORT`), each handing its connections to the one server: Node accepts one connection per socket per event-loop turn, so with one socket a burst of new connections waits behind the requests of the open ones (docs/operations.md). `1`: one socket, as plain Node. The port is bound alone first, so a port another process holds still fails", default: `${code(defaults.listenSockets)} on Linux, \`1\` elsewhere`, valid: "1 – 64 (only `1` off Linux)" },
+  { variable: "LISTEN_SOCKETS", meaning: "listening sockets sharing `PORT` (Linux's `SO_REUSEPORT`), each handing its connections to the one server: Node accepts one connection per socket per event-loop turn, so with one socket a burst of new connections waits behind the requests of the open ones (docs/operations.md). `1`: one socket, as plain Node. The port is bound alone first, so a port another process holds still fails; a process of the same user can still join it later (docs/operations.md)", default: `${code(defaults.listenSockets)} on Linux, \`1\` elsewhere`, valid: "1 – 64 (only `1` off Linux)" },
   { variable: "POD_NAME", meaning: "pod name (downward API), returned as `routerPod`; omitted when neither it nor `HOSTNAME` is set", default: "—", valid: "any" },
   { variable: "HOSTNAME", meaning: "`POD_NAME`'s fallback (Kubernetes sets it to the pod name)", default: "—", valid: "any" },
   { variable: "LOG_LEVEL", meaning: "least severe level logged; `info` includes one access-log line per inference request", default: code(defaults.logLevel), valid: "`debug`, `info`, `warn`, `error`" },

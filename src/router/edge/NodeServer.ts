@@ -50,6 +50,9 @@ export class ListenError extends Data.TaggedError("ListenError")<{
         return `cannot listen on ${where}: the address is already in use (set PORT to a free port)`
       case "EACCES":
         return `cannot listen on ${where}: permission denied (ports below 1024 need privileges; set PORT)`
+      case "EMFILE":
+      case "ENFILE":
+        return `cannot listen on ${where}: too many open files (lower LISTEN_SOCKETS, or raise the open-files limit)`
       case "EADDRNOTAVAIL":
         return `cannot listen on ${where}: HOST=${JSON.stringify(this.host)} is not an address of this machine`
       case "ENOTFOUND":
@@ -155,13 +158,15 @@ const makeNodeServer = (options: ServeOptions) => {
   }
 }
 
-const listenOne = (server: NetServer, options: ListenOptions) =>
+/** Listens; from then on `laterError` hears the socket's errors (an unheard `error` event would end the process). */
+const listenOne = (server: NetServer, options: ListenOptions, laterError?: (error: NodeJS.ErrnoException) => void) =>
   Effect.callback<void, ListenError>((resume) => {
     const onError = (error: NodeJS.ErrnoException) =>
       resume(Effect.fail(new ListenError({ code: error.code, host: options.host, port: options.port ?? 0, detail: error.message })))
     server.once("error", onError)
     server.listen(options, () => {
       server.off("error", onError)
+      if (laterError !== undefined) server.on("error", laterError)
       resume(Effect.void)
     })
   })
@@ -179,32 +184,39 @@ const closeOne = (server: NetServer) =>
  * Why more than one: Node's libuv (1.52) accepts one connection per listening
  * socket per event-loop turn, and a turn serves every connection with a
  * request ready. A burst of new connections against a busy router then waits
- * in the accept queue for up to a second (BENCHMARKS.md section 16: 256
- * connections, p99 0.6–1.5 s in a third of the runs). With several sockets
- * sharing the port (SO_REUSEPORT, Linux) each accepts one a turn.
+ * in the accept queue for up to a second (BENCHMARKS.md section 16). With
+ * several sockets sharing the port (SO_REUSEPORT, Linux only here) each
+ * accepts one a turn.
  *
  * SO_REUSEPORT would also let a second router on the same port share it
- * silently; the port is first bound alone, so that fails as it always did.
+ * silently: the port is first bound alone, so a process already there fails
+ * the start as it always did (one that binds later, as the same user, can
+ * still join: docs/operations.md).
  */
-const listenAll = (server: Server, config: RouterSettings, extra: Array<NetServer>) =>
+const listenAll = (
+  server: Server,
+  config: RouterSettings,
+  extra: Array<NetServer>,
+  acceptFailed: (error: NodeJS.ErrnoException) => void
+) =>
   Effect.gen(function*() {
-    const host = config.host
-    const at = { port: config.port, ...(host === undefined ? {} : { host }) }
-    if (config.listenSockets === 1) return yield* listenOne(server, at)
+    const at = { port: config.port, ...(config.host === undefined ? {} : { host: config.host }) }
+    if (config.listenSockets === 1 || process.platform !== "linux") return yield* listenOne(server, at, acceptFailed)
     // Alone first: a port another process holds fails here, whether or not it set SO_REUSEPORT.
     const probe = createNetServer()
     yield* listenOne(probe, at)
-    // PORT=0 (tests): every socket on the port the probe was given.
-    const port = (probe.address() as AddressInfo).port
+    // Every socket on the address and port the probe got: HOST resolved once (a name may
+    // resolve to another address next time), and PORT=0 (tests) one port for all.
+    const { address: host, port } = probe.address() as AddressInfo
     yield* closeOne(probe)
-    yield* listenOne(server, { ...at, port, reusePort: true })
+    const shared = { ...at, host, port, reusePort: true }
+    yield* listenOne(server, shared, acceptFailed)
     for (let i = 1; i < config.listenSockets; i++) {
-      // The options Node's HTTP server gives its own listening socket.
+      // The options Node's HTTP server gives its own listening socket (node:http's Server
+      // constructor: allowHalfOpen, noDelay; keepAlive and highWaterMark left at their defaults there too).
       const socket = createNetServer({ allowHalfOpen: true, noDelay: true }, (connection) => server.emit("connection", connection))
-      // After listening, the HTTP server's own `error` handling applies (as to its own socket).
-      socket.on("error", (error) => socket.listening && server.emit("error", error))
       extra.push(socket)
-      yield* listenOne(socket, { ...at, port, reusePort: true })
+      yield* listenOne(socket, shared, acceptFailed)
     }
   })
 
@@ -244,7 +256,12 @@ export const NodeServerLayer = (routes: RouteTable): Layer.Layer<
         Effect.suspend(() => Effect.all([closeHttpServer, ...extraSockets.map(closeOne)], { concurrency: "unbounded", discard: true }))
       )
       yield* Effect.addFinalizer(() => close)
-      yield* listenAll(server, config, extraSockets)
+      // An accept error after listening (ENOBUFS, a firewall's EPERM) loses that one connection, not
+      // the router: Node's server keeps listening.
+      const runFork = Effect.runForkWith(yield* Effect.context<never>())
+      const acceptFailed = (error: NodeJS.ErrnoException) =>
+        void runFork(Effect.logWarning("a connection could not be accepted").pipe(Effect.annotateLogs({ code: error.code, error: error.message })))
+      yield* listenAll(server, config, extraSockets, acceptFailed)
       const bound = server.address()
       const address = typeof bound === "object" && bound !== null
         ? NetAddress.inetAddressFromIpStringUnsafe(bound.address, bound.port)
