@@ -12,13 +12,30 @@ import { fileURLToPath } from "node:url"
 
 export const root = fileURLToPath(new URL("../..", import.meta.url))
 
+const isFree = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const server = createServer()
+    server.once("error", () => resolve(false))
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)))
+  })
+
+/**
+ * Ports a process is told to listen on. Not ones the kernel picks for port 0: a port released
+ * that way may be given to any other socket bound to port 0 before the process binds it (~1 s
+ * of start-up), and a router then fails to start, or a stub answers its readiness probe. These
+ * are below Linux's ephemeral range (32768 and up), each vitest worker its own block, handed out
+ * in turn from a random start, each checked free.
+ */
+const portBlock = 2_000
+const firstPort = 20_000 + ((Number(process.env.VITEST_POOL_ID ?? 1) - 1) % 6) * portBlock
+let nextPort = Math.floor(Math.random() * portBlock)
+
 export const freePort = async (): Promise<number> => {
-  const server = createServer().listen(0, "127.0.0.1")
-  await once(server, "listening")
-  const port = (server.address() as { port: number }).port
-  server.close()
-  await once(server, "close")
-  return port
+  for (let tries = 0; tries < portBlock; tries++) {
+    const port = firstPort + (nextPort++ % portBlock)
+    if (await isFree(port)) return port
+  }
+  throw new Error(`no free port in ${firstPort}-${firstPort + portBlock - 1}`)
 }
 
 export interface Started {

@@ -29,7 +29,13 @@ export const waitFor = async (port: number, status = 200, limitMs = 20_000) => {
 export const startRouter = async (env: Record<string, string>, port?: number, ready = true): Promise<Running> => {
   const chosen = port ?? await freePort()
   const started = startProcess(["src/router/main.ts"], { HOST: "127.0.0.1", MODEL_REF: "m", LOG_LEVEL: "warn", ...env, PORT: String(chosen) })
-  if (ready) await waitFor(chosen)
+  if (ready) {
+    await waitFor(chosen).catch((error: Error) => {
+      // What the process said, and whether it is still running, to tell a crash from a slow start.
+      const { stdout, stderr } = started.output()
+      throw new Error(`${error.message} (exit code ${started.child.exitCode}, signal ${started.child.signalCode}; stderr: ${stderr.slice(-2000)}; stdout: ${stdout.slice(-1000)})`)
+    })
+  }
   return { ...started, port: chosen }
 }
 
