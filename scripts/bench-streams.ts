@@ -93,6 +93,8 @@ const start = async (target: Target, port: number, itlMs: number): Promise<Child
     MAX_CONCURRENCY: "100000",
     MAX_QUEUE: "0",
     LOG_LEVEL: "warn",
+    // The router's listening sockets (docs/operations.md), to compare: LISTEN_SOCKETS=1 npm run bench:streams.
+    ...(target === "router" && process.env.LISTEN_SOCKETS !== undefined ? { LISTEN_SOCKETS: process.env.LISTEN_SOCKETS } : {}),
     ...(target === "baseline" && steppedBaseline ? { SIM_STEPS: "1" } : {})
   }
   const args = commands[target]
