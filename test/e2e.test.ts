@@ -2,18 +2,19 @@
  * The real process, started the way operators start it (`npm start`), on an
  * ephemeral port, talked to over HTTP.
  */
-import { execFileSync } from "node:child_process"
+import { execFile } from "node:child_process"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { once } from "node:events"
 import { createServer } from "node:net"
-import { freePort, killAll, root, startProcess } from "./support/Processes.ts"
-import { afterEach, assert, describe, it } from "vitest"
+import { promisify } from "node:util"
+import { freePort, killAll, owned, root, startProcess } from "./support/Processes.ts"
+import { afterAll, assert, describe, it } from "vitest"
 import { requestAt } from "./support/TestRouter.ts"
 
-
-afterEach(killAll)
+// Each test has its own router, ended with it (owned): they run concurrently. What a timed-out test left running:
+afterAll(killAll)
 
 const start = (command: string, args: Array<string>, env: Record<string, string>) => startProcess(args, env, command)
 
@@ -54,8 +55,8 @@ const infer = (port: number, prompt: string) =>
     body: JSON.stringify({ prompt })
   })
 
-describe("end to end", () => {
-  it("npm start serves the contract with settings from the environment", async () => {
+describe.concurrent("end to end", () => {
+  it("npm start serves the contract with settings from the environment", owned(async () => {
     const port = await freePort()
     const router = start("npm", ["start", "--silent"], {
       PORT: String(port),
@@ -92,9 +93,9 @@ describe("end to end", () => {
     assert.include(stdout, "kv-0:6379")
     router.child.kill("SIGTERM")
     assert.strictEqual(await router.exited, 0)
-  })
+  }))
 
-  it("an invalid setting stops start-up with one line naming it", async () => {
+  it("an invalid setting stops start-up with one line naming it", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], { PORT: String(port), MAX_CONCURRENCY: "0" })
     const code = await router.exited
@@ -104,9 +105,9 @@ describe("end to end", () => {
     assert.include(lines[0], "MAX_CONCURRENCY")
     assert.include(lines[0], "\"0\"")
     assert.include(lines[0], "integer >= 1")
-  })
+  }))
 
-  it("SIGTERM drains: readiness 503, new requests served during the delay, in-flight ones finish, exit 0", async () => {
+  it("SIGTERM drains: readiness 503, new requests served during the delay, in-flight ones finish, exit 0", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
@@ -114,7 +115,8 @@ describe("end to end", () => {
       MAX_CONCURRENCY: "2",
       MAX_QUEUE: "10",
       SIM_LATENCY_MS: "1000",
-      SHUTDOWN_DELAY_MS: "1500"
+      // Long enough that the request sent once readiness has flipped arrives within it on a loaded machine.
+      SHUTDOWN_DELAY_MS: "3000"
     })
     await waitReady(port, router.exited)
     const inFlight = [1, 2, 3, 4].map((i) => infer(port, `in-flight-${i}`))
@@ -129,9 +131,9 @@ describe("end to end", () => {
     assert.strictEqual(await router.exited, 0)
     const { stdout } = router.output()
     assert.include(stdout, "draining")
-  })
+  }))
 
-  it("requests still running at SHUTDOWN_TIMEOUT_MS are answered 503 shutting_down, then exit 0", async () => {
+  it("requests still running at SHUTDOWN_TIMEOUT_MS are answered 503 shutting_down, then exit 0", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
@@ -151,9 +153,9 @@ describe("end to end", () => {
       assert.strictEqual(response.headers["x-router-reject-reason"], "shutting_down")
     }
     assert.strictEqual(await router.exited, 0)
-  })
+  }))
 
-  it("every /infer gets one access-log line, those the drain ends included (under load)", async () => {
+  it("every /infer gets one access-log line, those the drain ends included (under load)", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
@@ -179,9 +181,9 @@ describe("end to end", () => {
       new Set(lines.map((line) => line.requestId)),
       new Set(responses.map((r) => r.headers["x-request-id"]))
     )
-  })
+  }))
 
-  it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", async () => {
+  it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", owned(async () => {
     const port = await freePort()
     const blocker = createServer().listen(port, "127.0.0.1")
     await once(blocker, "listening")
@@ -202,9 +204,9 @@ describe("end to end", () => {
     } finally {
       blocker.close()
     }
-  })
+  }))
 
-  it("drain with streams in flight: they run until SHUTDOWN_TIMEOUT_MS, then end with an error frame and [DONE]", async () => {
+  it("drain with streams in flight: they run until SHUTDOWN_TIMEOUT_MS, then end with an error frame and [DONE]", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
@@ -240,11 +242,12 @@ describe("end to end", () => {
     assert.deepStrictEqual(JSON.parse(cutEvents.at(-2)!.slice(6)).error.code, "shutting_down")
     assert.isAbove(cutEvents.length, 3, "it streamed until the drain ended")
     assert.strictEqual(await router.exited, 0)
-  })
+  }))
 
-  it("the bundle copied without its docs chunk still serves; /docs answers 500 and the log names the missing file", async () => {
+  it("the bundle copied without its docs chunk still serves; /docs answers 500 and the log names the missing file", owned(async () => {
     const dir = mkdtempSync(join(tmpdir(), "router-bundle-"))
-    execFileSync(join(root, "node_modules/.bin/rolldown"), ["src/router/main.ts", "--dir", dir, "--platform", "node", "--format", "esm", "--entry-file-names", "router.js"], { cwd: root, stdio: "ignore" })
+    // Not execFileSync: it would stop this worker's event loop, and the other tests' clients with it.
+    await promisify(execFile)(join(root, "node_modules/.bin/rolldown"), ["src/router/main.ts", "--dir", dir, "--platform", "node", "--format", "esm", "--entry-file-names", "router.js"], { cwd: root })
     for (const file of readdirSync(dir)) if (file !== "router.js") rmSync(join(dir, file))
     const port = await freePort()
     const router = start(process.execPath, [join(dir, "router.js")], { PORT: String(port), HOST: "127.0.0.1" })
@@ -258,9 +261,9 @@ describe("end to end", () => {
     router.child.kill("SIGTERM")
     assert.strictEqual(await router.exited, 0)
     rmSync(dir, { recursive: true })
-  })
+  }))
 
-  it("keep-alive clients do not hold the drain open", async () => {
+  it("keep-alive clients do not hold the drain open", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
@@ -285,9 +288,9 @@ describe("end to end", () => {
     // Without Connection: close the idle keep-alive connection held the exit for
     // Node's 5 s keep-alive timeout; measured now at about 20 ms.
     assert.isBelow(Date.now() - answeredAt, 3_000)
-  })
+  }))
 
-  it("an idle router exits promptly on SIGTERM", async () => {
+  it("an idle router exits promptly on SIGTERM", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], { PORT: String(port), HOST: "127.0.0.1" })
     await waitReady(port, router.exited)
@@ -296,9 +299,9 @@ describe("end to end", () => {
     assert.strictEqual(await router.exited, 0)
     // Measured at about 20 ms; the bound is loose so a slow machine does not fail it.
     assert.isBelow(Date.now() - signalledAt, 5_000)
-  })
+  }))
 
-  it("LOG_FORMAT=pretty logs for people, access lines included; an unset MODEL_REF is warned about", async () => {
+  it("LOG_FORMAT=pretty logs for people, access lines included; an unset MODEL_REF is warned about", owned(async () => {
     const port = await freePort()
     const router = start(process.execPath, ["src/router/main.ts"], {
       PORT: String(port),
@@ -316,5 +319,5 @@ describe("end to end", () => {
     assert.match(stdout, /WARN.*MODEL_REF is not set/)
     assert.match(stdout, /INFO.*request[\s\S]*status: 200/)
     assert.notInclude(stdout, "private prompt", "no prompt text")
-  })
+  }))
 })
