@@ -46,6 +46,16 @@ const runPod = async (api: FakeKubeApi, deployment: any, podName: string) => {
   return { router, port, env }
 }
 
+/** The controller, against the stand-in API, without leader election. */
+const startController = async (api: FakeKubeApi, image = "registry.local/inference-router:test") =>
+  startProcess(["src/controller/main.ts"], {
+    KUBECONFIG: api.kubeconfig(),
+    PORT: String(await freePort()),
+    HOST: "127.0.0.1",
+    LEADER_ELECTION: "false",
+    ROUTER_IMAGE: image
+  })
+
 const metricValue = (text: string, series: string) =>
   Number(text.split("\n").find((l) => l.startsWith(series + " "))?.slice(series.length + 1))
 
@@ -53,14 +63,7 @@ describe.concurrent("an InferenceService deployed and called", () => {
   it("the router runs with the Deployment's env and answers for the InferenceService; a new maxConcurrency rolls out", owned(async () => {
     const api = await fakeApi()
     api.put("secrets", { apiVersion: "v1", kind: "Secret", metadata: { name: "llama-keys", namespace: "models" }, data: { keys: Buffer.from("k-1,k-2").toString("base64") } })
-    const controllerPort = await freePort()
-    startProcess(["src/controller/main.ts"], {
-      KUBECONFIG: api.kubeconfig(),
-      PORT: String(controllerPort),
-      HOST: "127.0.0.1",
-      LEADER_ELECTION: "false",
-      ROUTER_IMAGE: "registry.local/inference-router:test"
-    })
+    await startController(api)
     api.put("inferenceservices", {
       apiVersion: "inference-router.dev/v1alpha1",
       kind: "InferenceService",
@@ -116,13 +119,7 @@ describe.concurrent("an InferenceService deployed and called", () => {
     const api = await fakeApi()
     const endpoints = "redis://:s3cret-pw@redis-0.redis:6379"
     api.put("secrets", { apiVersion: "v1", kind: "Secret", metadata: { name: "redis-endpoints", namespace: "models" }, data: { endpoints: Buffer.from(endpoints).toString("base64") } })
-    startProcess(["src/controller/main.ts"], {
-      KUBECONFIG: api.kubeconfig(),
-      PORT: String(await freePort()),
-      HOST: "127.0.0.1",
-      LEADER_ELECTION: "false",
-      ROUTER_IMAGE: "registry.local/inference-router:test"
-    })
+    await startController(api)
     api.put("inferenceservices", {
       apiVersion: "inference-router.dev/v1alpha1",
       kind: "InferenceService",
@@ -151,7 +148,7 @@ describe.concurrent("an InferenceService deployed and called", () => {
       const server = await startUpstream({ SIM_BLOCK_SIZE: "16", SIM_KV_BLOCKS: "4096", SIM_PREFILL_US_PER_TOKEN: "500", SIM_KV_EVENTS_ENDPOINT: `tcp://*:${eventsPort}` })
       return { url: `http://127.0.0.1:${server.port}`, kvEvents: eventsPort }
     }))
-    startProcess(["src/controller/main.ts"], { KUBECONFIG: api.kubeconfig(), PORT: String(await freePort()), HOST: "127.0.0.1", LEADER_ELECTION: "false", ROUTER_IMAGE: "router:test" })
+    await startController(api, "router:test")
     api.put("inferenceservices", {
       apiVersion: "inference-router.dev/v1alpha1",
       kind: "InferenceService",

@@ -10,18 +10,12 @@
  */
 import { afterEach, assert, describe, it } from "vitest"
 import { freePort, killAll, until } from "./support/Processes.ts"
-import { metricValue, post, startFront, startUpstream } from "./support/Routers.ts"
+import { metricValue, post, retriesOfAll, startFront, startUpstream } from "./support/Routers.ts"
 import { requestAt } from "./support/TestRouter.ts"
 
 afterEach(killAll)
 
 const upstreamOf = (response: { headers: Record<string, unknown> }) => response.headers["x-inference-upstream"] as string
-
-/** Retries to every upstream together (each upstream's series exists from 0). */
-const retriesOfAll = async (port: number) =>
-  (await requestAt(port, { path: "/metrics" })).text.split("\n")
-    .filter((line) => line.startsWith("router_upstream_retries_total{"))
-    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
 
 describe("routing to upstream model servers", () => {
   it("honours weights, labels versions, answers /infer in its own shape and reuses connections", async () => {

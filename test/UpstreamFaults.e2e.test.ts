@@ -8,16 +8,10 @@
  */
 import { afterEach, assert, describe, it } from "vitest"
 import { freePort, killAll, until } from "./support/Processes.ts"
-import { chatStream, metricValue, openStream, post, startFront, startUpstream, waitFor } from "./support/Routers.ts"
+import { chatStream, metricValue, openStream, post, retriesOfAll, startFront, startUpstream, waitFor } from "./support/Routers.ts"
 import { requestAt } from "./support/TestRouter.ts"
 
 afterEach(killAll)
-
-/** Retries to every upstream together (each upstream's series exists from 0). */
-const retriesOfAll = async (port: number) =>
-  (await requestAt(port, { path: "/metrics" })).text.split("\n")
-    .filter((line) => line.startsWith("router_upstream_retries_total{"))
-    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
 
 describe("upstream mode when a side fails", () => {
   it("passes a stream through event by event; an upstream dying mid-stream ends it with an error frame and [DONE], not retried", async () => {

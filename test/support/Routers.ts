@@ -58,6 +58,12 @@ export const metricValue = async (port: number, series: string): Promise<number 
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(" ") + 1))
 }
 
+/** Retries to every upstream together (each upstream's series exists from 0). */
+export const retriesOfAll = async (port: number) =>
+  (await requestAt(port, { path: "/metrics" })).text.split("\n")
+    .filter((line) => line.startsWith("router_upstream_retries_total{"))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0)
+
 export const post = (port: number, path: string, body: unknown, headers: Record<string, string> = {}) =>
   requestAt(port, { method: "POST", path, headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) })
 
