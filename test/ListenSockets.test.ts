@@ -8,6 +8,7 @@
  */
 import { afterEach, assert, describe, it } from "@effect/vitest"
 import { readFileSync } from "node:fs"
+import { ListenError } from "../src/router/edge/NodeServer.ts"
 import { freePort, killAll, sleep, startProcess } from "./support/Processes.ts"
 import { metricValue, post, type Running, startRouter, waitFor } from "./support/Routers.ts"
 
@@ -88,5 +89,16 @@ describe.runIf(process.platform === "linux")("LISTEN_SOCKETS", () => {
     assert.strictEqual((await post(port, "/infer", { prompt: "still here" })).status, 200)
     assert.strictEqual(listeningSockets(port), 4)
     assert.strictEqual(router.child.exitCode, null)
+  })
+})
+
+describe("ListenError", () => {
+  it("out of file descriptors at listen: names LISTEN_SOCKETS and the open-files limit", () => {
+    for (const code of ["EMFILE", "ENFILE"]) {
+      const message = new ListenError({ code, host: undefined, port: 8080, detail: `listen ${code}` }).message
+      assert.include(message, "cannot listen on all interfaces port 8080")
+      assert.include(message, "lower LISTEN_SOCKETS")
+      assert.include(message, "open-files limit")
+    }
   })
 })

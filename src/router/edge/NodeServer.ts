@@ -201,7 +201,8 @@ const listenAll = (
 ) =>
   Effect.gen(function*() {
     const at = { port: config.port, ...(config.host === undefined ? {} : { host: config.host }) }
-    if (config.listenSockets === 1 || process.platform !== "linux") return yield* listenOne(server, at, acceptFailed)
+    // More than one only on Linux: the settings parser refuses more elsewhere.
+    if (config.listenSockets === 1) return yield* listenOne(server, at, acceptFailed)
     // Alone first: a port another process holds fails here, whether or not it set SO_REUSEPORT.
     const probe = createNetServer()
     yield* listenOne(probe, at)
