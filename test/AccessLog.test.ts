@@ -1,29 +1,118 @@
 /**
- * The access log's hand-written formatting prints what JSON.stringify and
- * Number#toString would: durations to a tenth of a millisecond, request ids
- * as JSON strings.
+ * The access log's hand-written encoder prints what Effect's JSON logger
+ * would print of the same entry (JSON.stringify of its shape, the duration
+ * rounded to a tenth of a millisecond), in ASCII.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { quoted, quotedId, tenths } from "../src/router/edge/RequestObserver.ts"
+import { Schema } from "effect"
+import { type AccessEntry, encodeLine, quotedText, timestamps } from "../src/router/edge/AccessLog.ts"
 
-describe("access-log formatting", () => {
+/** JSON in ASCII: what the encoder promises, so lines can be copied as Latin-1 bytes. */
+const ascii = (json: string) => json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+
+/** The line Effect's JSON logger prints for the entry (Logger.consoleJson's shape). */
+const expected = (entry: AccessEntry, now: number) =>
+  ascii(JSON.stringify({
+    message: "request",
+    level: "INFO",
+    timestamp: new Date(now).toISOString(),
+    annotations: {
+      requestId: entry.requestId,
+      method: entry.method,
+      path: entry.path,
+      status: entry.status,
+      // The outcome's fields in a fixed order, as the router writes them.
+      ...(entry.outcome?.queueMs === undefined ? {} : { queueMs: entry.outcome.queueMs }),
+      ...(entry.outcome?.modelMs === undefined ? {} : { modelMs: entry.outcome.modelMs }),
+      ...(entry.outcome?.reason === undefined ? {} : { reason: entry.outcome.reason }),
+      durationMs: Math.round(entry.durationMs * 10) / 10
+    },
+    spans: {}
+  })) + "\n"
+
+const encode = (entry: AccessEntry, now: number, clock = timestamps()) => {
+  const into = Buffer.alloc(4096 + 10, 0xff)
+  const end = encodeLine(entry, clock(now), into, 10)
+  // Nothing written outside the line.
+  assert.isTrue(into.subarray(0, 10).every((byte) => byte === 0xff))
+  assert.isTrue(into.subarray(end).every((byte) => byte === 0xff))
+  return into.toString("latin1", 10, end)
+}
+
+const entry = (overrides: Partial<AccessEntry> = {}): AccessEntry => ({
+  requestId: "6f0c1a2b-0000-4000-8000-000000000000",
+  method: "POST",
+  path: "/infer",
+  status: 200,
+  outcome: { queueMs: 0, modelMs: 100 },
+  durationMs: 101.26,
+  ...overrides
+})
+
+const VisibleId = Schema.String.check(Schema.isPattern(/^[\x21-\x7e]{1,128}$/))
+const Millis = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 4_102_444_800_000 }))
+const Duration = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1e7 }))
+const Outcome = Schema.UndefinedOr(Schema.Struct({
+  queueMs: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 1e9 }))),
+  modelMs: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 1e9 }))),
+  reason: Schema.optional(Schema.Literals(["queue_full", "queue_timeout", "shutting_down", "client_closed"]))
+}))
+
+describe("access-log encoding", () => {
+  it.prop(
+    "any entry prints as Effect's JSON logger prints it",
+    [VisibleId, Schema.Literals(["POST", "GET"]), Schema.Literals(["/infer", "/v1/completions", "/v1/chat/completions"]), Schema.Int.check(Schema.isBetween({ minimum: 100, maximum: 599 })), Outcome, Duration, Millis],
+    ([requestId, method, path, status, outcome, durationMs, now]) => {
+      const line = { requestId, method, path, status, outcome, durationMs }
+      assert.strictEqual(encode(line, now), expected(line, now))
+    },
+    { arbitrary: { runs: 500 } }
+  )
+
   it("a duration prints as Math.round(ms * 10) / 10 does", () => {
-    const samples = [0, 0.04, 0.05, 0.95, 1, 9.96, 15.27, 99.95, 100, 123456.789, 2 ** 31 / 10 + 0.33]
+    const samples = [0, 0.04, 0.05, 0.95, 1, 9.96, 15.27, 99.95, 100, 123456.789, 2 ** 31 / 10 + 0.33, 2 ** 53, 1e300]
     for (let i = 0; i < 20_000; i++) samples.push(Math.random() * 10 ** (i % 7))
-    for (const ms of samples) assert.strictEqual(tenths(ms), String(Math.round(ms * 10) / 10), `ms = ${ms}`)
+    for (const durationMs of samples) assert.strictEqual(encode(entry({ durationMs }), 0), expected(entry({ durationMs }), 0), `ms = ${durationMs}`)
   })
 
-  it("a request id prints as JSON.stringify does (visible ASCII, quotes and backslashes included)", () => {
-    for (const id of ["req-1", "6f0c1a2b-0000-4000-8000-000000000000", `r"e\\q`, "\\", "\"", "~!#$%&'*+.^_`|:;<=>?@[]{}()/"]) {
-      assert.strictEqual(quotedId(id), JSON.stringify(id))
+  it("numbers that are not small integers print as JSON does", () => {
+    for (const queueMs of [1.5, -3, 2 ** 60, Number.NaN, Number.POSITIVE_INFINITY]) {
+      const line = entry({ outcome: { queueMs } })
+      assert.strictEqual(encode(line, 0), expected(line, 0), `queueMs = ${queueMs}`)
+      assert.doesNotThrow(() => JSON.parse(encode(line, 0)))
     }
   })
 
-  it("other strings print as JSON in ASCII (lines are copied into the batch as Latin-1 bytes)", () => {
+  it("a request id prints as JSON.stringify does (quotes and backslashes included); one outside the rule still gives valid JSON", () => {
+    for (const requestId of ["req-1", `r"e\\q`, "\\", "\"", "~!#$%&'*+.^_`|:;<=>?@[]{}()/"]) {
+      assert.strictEqual(encode(entry({ requestId }), 0), expected(entry({ requestId }), 0))
+    }
+    for (const requestId of ["with space", "tab\there", "caf\u00e9", "\u65e5\u672c", "line\nbreak"]) {
+      assert.strictEqual(JSON.parse(encode(entry({ requestId }), 0)).annotations.requestId, requestId)
+    }
+    assert.strictEqual(JSON.parse(encode(entry({ requestId: "x".repeat(500) }), 0)).annotations.requestId, "x".repeat(128))
+  })
+
+  it("other strings print as JSON in ASCII, at most 64 characters of each", () => {
     for (const text of ["POST", "/v1/chat/completions", "queue_full", "caf\u00e9", "\u65e5\u672c", "emoji \u{1F600}", "tab\tquote\"", "\u007f"]) {
-      const json = quoted(text)
+      const json = quotedText(text)
       assert.match(json, /^[\x20-\x7e]*$/)
       assert.strictEqual(JSON.parse(json), text)
+      const line = entry({ method: text, outcome: { reason: text } })
+      assert.strictEqual(encode(line, 0), expected(line, 0))
     }
+    assert.strictEqual(JSON.parse(quotedText("r".repeat(100))), "r".repeat(64))
+  })
+
+  it("lines in the same millisecond share a head; each new millisecond gets its own timestamp", () => {
+    const clock = timestamps()
+    const now = Date.UTC(2026, 10, 30, 6, 14, 30, 7)
+    for (const at of [now, now, now + 1, now + 999, now - 5000, now]) {
+      assert.strictEqual(encode(entry(), at, clock), expected(entry(), at))
+    }
+    // A year past 9999 has a longer timestamp; its line is still exact.
+    const far = Date.UTC(10000, 0, 1)
+    assert.strictEqual(encode(entry(), far, clock), expected(entry(), far))
+    assert.strictEqual(encode(entry(), now, clock), expected(entry(), now))
   })
 })

@@ -11,7 +11,7 @@ import * as Net from "node:net"
 import { Admission } from "../../src/router/core/Admission.ts"
 import type { RouterSettings } from "../../src/router/core/Config.ts"
 import { Model } from "../../src/router/simulated/Model.ts"
-import { AccessLogOutput } from "../../src/router/edge/RequestObserver.ts"
+import { AccessLogOutput } from "../../src/router/edge/AccessLog.ts"
 import { makeRouterServer } from "../../src/router/edge/RouterServer.ts"
 import { testConfigLayer } from "./TestSettings.ts"
 

@@ -9,7 +9,7 @@
  * Effect pipeline: it then costs no fiber work on the hot path, and it sees
  * exactly what went on the wire.
  */
-import { Context, Effect, Layer, LogLevel, References, type Scope } from "effect"
+import { Context, Effect, Layer, LogLevel, References } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
@@ -17,8 +17,9 @@ import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../..
 import { RouterConfig } from "../core/Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
 import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../core/Metrics.ts"
-import { outcomeOf, type RequestOutcome, type Serving, servingOf, startServing, stopServing } from "../core/RequestOutcome.ts"
+import { outcomeOf, type Serving, servingOf, startServing, stopServing } from "../core/RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
+import { type AccessEntry, jsonAccessLog } from "./AccessLog.ts"
 
 /** Inference requests: each gets one access-log line, whatever ends it. */
 const inferencePaths = new Set([InferenceGroup.endpoints.infer.path, completionsPath, chatCompletionsPath])
@@ -48,7 +49,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const context = yield* Effect.context<never>()
         const config = yield* RouterConfig
         const logsAccess = LogLevel.isGreaterThanOrEqualTo("Info", Context.get(context, References.MinimumLogLevel))
-        const accessLog = config.logFormat === "json" ? yield* jsonLines : effectLogger(context)
+        const accessLog = config.logFormat === "json" ? yield* jsonAccessLog : effectLogger(context)
 
         // Responses observed and not yet closed. Released with the server, the
         // observer first waits for them (the 503s that end a drain are written
@@ -119,123 +120,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
     )
 }
 
-/** What one access-log line says. */
-interface AccessEntry {
-  readonly requestId: string
-  readonly method: string
-  readonly path: string
-  readonly status: number
-  readonly outcome: RequestOutcome | undefined
-  /** Unrounded: the line shows it to a tenth of a millisecond. */
-  readonly durationMs: number
-}
-
 type AccessLogLine = (entry: AccessEntry) => void
-
-/** Where JSON access-log lines go: stdout, like every other log line. Each write is whole lines of ASCII. */
-export const AccessLogOutput = Context.Reference<(chunk: Uint8Array) => void>("inference-router/AccessLogOutput", {
-  defaultValue: () => (chunk) => void process.stdout.write(chunk)
-})
-
-/**
- * Access-log lines in the JSON logger's shape, written in batches: at most
- * every `accessLogFlushMs`, or as soon as `accessLogBatchBytes` are waiting.
- * A write to stdout costs much the same whatever its size: writing per time
- * window bounds the writes at any load, where a write per event-loop turn
- * carries only a line or two at light load. Effect's logger (a fiber, the
- * structured formatter and a console write per line) cost about 10 µs per
- * request. Envoy batches its access log the same way.
- *
- * Each line is copied at once into a buffer outside V8's heap: a batch of
- * strings waiting for the flush would survive young-generation collections
- * (copied at each, then promoted), and be flattened and encoded again at the
- * write. The lines are ASCII (request ids are visible ASCII by rule, paths
- * are the inference routes, the other strings are JSON-escaped to ASCII).
- * Pending lines are flushed when the layer is released, so a drain loses none.
- */
-const accessLogFlushMs = 100
-const accessLogBatchBytes = 64 * 1024
-/** More than the longest line (a 128-character request id, every field). */
-const maxLineBytes = 1024
-
-/** JSON text of the few strings a line repeats (methods, paths, reasons) in ASCII, each made once. */
-const quotedCache = new Map<string, string>()
-export const quoted = (text: string): string => {
-  let json = quotedCache.get(text)
-  if (json === undefined) {
-    json = JSON.stringify(text).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
-    // Bounded: only inference paths are logged, but methods and reasons come from outside.
-    if (quotedCache.size < 64) quotedCache.set(text, json)
-  }
-  return json
-}
-
-/** A request id as JSON: ids are visible ASCII (RequestObserver's rule), so only `"` and `\` need escaping. */
-export const quotedId = (id: string): string => id.includes("\"") || id.includes("\\") ? JSON.stringify(id) : `"${id}"`
-
-/**
- * Milliseconds to a tenth, as `Math.round(ms * 10) / 10` prints (`15.3`,
- * `4`): by integer arithmetic, since printing a fractional double is V8's slow
- * path.
- */
-export const tenths = (ms: number): string => {
-  const total = Math.round(ms * 10)
-  const whole = Math.floor(total / 10)
-  const fraction = total - whole * 10
-  return fraction === 0 ? `${whole}` : `${whole}.${fraction}`
-}
-
-const jsonLines: Effect.Effect<AccessLogLine, never, Scope.Scope> = Effect.gen(function*() {
-  const write = yield* AccessLogOutput
-  // One batch buffer for the life of the layer; each write gets a copy of its
-  // lines, which the writer may keep (an asynchronous pipe). A fresh batch
-  // buffer per write lived ~100 ms, long enough to be promoted, and the old
-  // generation freed them only at its collections: +60 MiB peak RSS under load
-  // (BENCHMARKS.md section 12). A copy handed over and dropped dies young.
-  const batch = Buffer.allocUnsafeSlow(accessLogBatchBytes)
-  let used = 0
-  let timer: ReturnType<typeof setTimeout> | undefined
-  // Once released, a line is written at once: nothing may wait for a timer the exit cancels.
-  let released = false
-  const flush = () => {
-    if (timer !== undefined) clearTimeout(timer)
-    timer = undefined
-    if (used === 0) return
-    const chunk = Buffer.from(batch.subarray(0, used))
-    used = 0
-    write(chunk)
-  }
-  yield* Effect.addFinalizer(() =>
-    Effect.sync(() => {
-      released = true
-      flush()
-    })
-  )
-  // Formatting a Date costs about 0.4 µs: lines in the same millisecond share one, in the line's fixed head.
-  let stampedAt = 0
-  let head = ""
-  return (entry) => {
-    // Unref'd: pending lines never keep the process alive; the finalizer writes them.
-    if (timer === undefined) timer = setTimeout(flush, accessLogFlushMs).unref()
-    const now = Date.now()
-    if (now !== stampedAt) {
-      stampedAt = now
-      head = `{"message":"request","level":"INFO","timestamp":"${new Date(now).toISOString()}","annotations":{"requestId":`
-    }
-    // By hand, in the JSON logger's shape: a third of the cost of JSON.stringify on the nested object.
-    const { outcome } = entry
-    let line = head + quotedId(entry.requestId) + ",\"method\":" + quoted(entry.method) + ",\"path\":" + quoted(entry.path) +
-      ",\"status\":" + entry.status
-    if (outcome !== undefined) {
-      if (outcome.queueMs !== undefined) line += ",\"queueMs\":" + outcome.queueMs
-      if (outcome.modelMs !== undefined) line += ",\"modelMs\":" + outcome.modelMs
-      if (outcome.reason !== undefined) line += ",\"reason\":" + quoted(outcome.reason)
-    }
-    line += ",\"durationMs\":" + tenths(entry.durationMs) + "},\"spans\":{}}\n"
-    used += batch.write(line, used, "latin1")
-    if (used > accessLogBatchBytes - maxLineBytes || released) flush()
-  }
-})
 
 /** For LOG_FORMAT=pretty (people reading, not the hot path): Effect's own logger. */
 const effectLogger = (context: Context.Context<never>): AccessLogLine => {
