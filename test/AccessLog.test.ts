@@ -4,8 +4,8 @@
  * rounded to a tenth of a millisecond), in ASCII.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Schema } from "effect"
-import { type AccessEntry, encodeLine, quotedText, timestamps } from "../src/router/edge/AccessLog.ts"
+import { Effect, Schema } from "effect"
+import { type AccessEntry, AccessLogOutput, encodeLine, jsonAccessLog, quotedText, timestamps } from "../src/router/edge/AccessLog.ts"
 
 /** JSON in ASCII: what the encoder promises, so lines can be copied as Latin-1 bytes. */
 const ascii = (json: string) => json.replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
@@ -102,7 +102,23 @@ describe("access-log encoding", () => {
       assert.strictEqual(encode(line, 0), expected(line, 0))
     }
     assert.strictEqual(JSON.parse(quotedText("r".repeat(100))), "r".repeat(64))
+    // Cut at 64 characters, an emoji is dropped whole, not halved into a lone surrogate.
+    assert.strictEqual(quotedText(`${"x".repeat(63)}\u{1F600}`), JSON.stringify("x".repeat(63)))
   })
+
+  it.prop(
+    "one clock through a random walk of times (forwards and back, within and across seconds) stamps each line as toISOString does",
+    [Millis, Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: -2500, maximum: 2500 })))],
+    ([start, steps]) => {
+      const clock = timestamps()
+      let now = start
+      for (const step of steps) {
+        now += step % 3 === 0 ? step : step % 7
+        assert.strictEqual(encode(entry(), now, clock), expected(entry(), now))
+      }
+    },
+    { arbitrary: { runs: 200 } }
+  )
 
   it("lines in the same millisecond share a head; each new millisecond gets its own timestamp", () => {
     const clock = timestamps()
@@ -115,4 +131,37 @@ describe("access-log encoding", () => {
     assert.strictEqual(encode(entry(), far, clock), expected(entry(), far))
     assert.strictEqual(encode(entry(), now, clock), expected(entry(), now))
   })
+
+  it.effect("batches: every write is whole lines within the batch, nothing is lost, and a line after release is written at once", () =>
+    Effect.gen(function*() {
+      const writes: Array<string> = []
+      // The longest lines there can be: 128-character ids escaped to 6 bytes a character, every field.
+      const longest = entry({
+        requestId: "\u0001".repeat(128),
+        outcome: { queueMs: 2 ** 60, modelMs: 1.5e300, reason: "\u65e5".repeat(100) },
+        durationMs: 123456789.25
+      })
+      const lines = 500
+      const log = yield* jsonAccessLog.pipe(Effect.provideService(AccessLogOutput, (chunk) => void writes.push(Buffer.from(chunk).toString("latin1"))))
+      for (let i = 0; i < lines; i++) log(i % 2 === 0 ? longest : entry())
+      assert.isAbove(writes.length, 0, "over 64 KiB waiting: written without waiting for the timer")
+      for (const chunk of writes) {
+        assert.isAtMost(chunk.length, 64 * 1024)
+        assert.isTrue(chunk.endsWith("\n"))
+      }
+      return { writes, log, lines }
+    }).pipe(
+      Effect.scoped,
+      Effect.flatMap(({ lines, log, writes }) =>
+        Effect.sync(() => {
+          // The scope closed: pending lines were flushed; one logged now is written at once.
+          const written = writes.length
+          log(entry({ requestId: "after-release" }))
+          assert.strictEqual(writes.length, written + 1)
+          const parsed = writes.join("").split("\n").filter((line) => line !== "").map((line) => JSON.parse(line))
+          assert.strictEqual(parsed.length, lines + 1)
+          assert.strictEqual(parsed.at(-1).annotations.requestId, "after-release")
+        })
+      )
+    ))
 })

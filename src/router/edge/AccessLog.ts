@@ -163,7 +163,7 @@ const methodAndPath = (method: string, path: string): Uint8Array => {
   let byPath = requestParts.get(method)
   if (byPath === undefined) {
     byPath = new Map()
-    // Bounded: methods come from outside (paths are the inference routes).
+    // Bounded, though Node's parser admits only its ~34 methods and paths are the inference routes.
     if (requestParts.size < 16) requestParts.set(method, byPath)
   }
   let bytes = byPath.get(path)
@@ -177,12 +177,18 @@ const methodAndPath = (method: string, path: string): Uint8Array => {
   return bytes
 }
 
-/** JSON text in ASCII (non-ASCII escaped as `\uXXXX`), at most 64 characters of the text. */
-export const quotedText = (text: string): string =>
-  JSON.stringify(text.length > 64 ? text.slice(0, 64) : text).replace(
+/**
+ * JSON text in ASCII (non-ASCII escaped as `\uXXXX`), at most 64 characters of
+ * the text, never half a surrogate pair (strict JSON parsers refuse a lone one).
+ */
+export const quotedText = (text: string): string => {
+  let cut = text.length > 64 ? 64 : text.length
+  if (cut < text.length && /[\ud800-\udbff]/.test(text[cut - 1])) cut--
+  return JSON.stringify(text.slice(0, cut)).replace(
     /[\u007f-\uffff]/g,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
   )
+}
 
 /** Reasons (a handful of error codes) as JSON bytes, each made once. */
 const quotedCache = new Map<string, Uint8Array>()
@@ -198,10 +204,10 @@ const quoted = (text: string): Uint8Array => {
 const hex = "0123456789abcdef"
 
 /**
- * A request id as a JSON string. Ids are 1–128 visible ASCII characters
- * (RequestObserver's rule), so only `"` and `\` are escaped on the way; any
- * other character outside visible ASCII is escaped as `\uXXXX`, so no id can
- * break a line.
+ * A request id as a JSON string, at most its first 128 characters. Ids are
+ * 1–128 visible ASCII characters (RequestObserver's rule), so only `"` and
+ * `\` are escaped on the way; any other character outside visible ASCII is
+ * escaped as `\uXXXX`, so no id can break a line.
  */
 const writeId = (id: string, into: Uint8Array, at: number): number => {
   into[at++] = 34
@@ -236,14 +242,14 @@ const writeDigits = (n: number, into: Uint8Array, at: number): number => {
   return end
 }
 
-/** A number as `String(n)` prints it: integers by hand, anything else by V8. */
+/** A number as `JSON.stringify` prints it (NaN and ±Infinity as `null`): safe non-negative integers by hand, anything else by V8. */
 const writeNumber = (n: number, into: Buffer, at: number): number =>
   Number.isSafeInteger(n) && n >= 0 ? writeDigits(n, into, at) : at + into.write(JSON.stringify(n), at, "latin1")
 
 /**
- * Milliseconds to a tenth, as `String(Math.round(ms * 10) / 10)` prints them
- * (`15.3`, `4`): by integer arithmetic, since printing a fractional double is
- * V8's slow path.
+ * Milliseconds to a tenth, as `JSON.stringify(Math.round(ms * 10) / 10)`
+ * prints them (`15.3`, `4`): by integer arithmetic, since printing a
+ * fractional double is V8's slow path.
  */
 const writeTenths = (ms: number, into: Buffer, at: number): number => {
   const total = Math.round(ms * 10)
