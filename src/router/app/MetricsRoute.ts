@@ -9,7 +9,7 @@ import { metricsPath } from "../../api/RouterApi.ts"
 import { prometheusResponse } from "../../shared/Metrics.ts"
 import { Admission } from "../core/Admission.ts"
 import { RouterConfig } from "../core/Config.ts"
-import { gauges, shedBy, shedReasons, upstreamMetrics, vllmMetrics } from "../core/Metrics.ts"
+import { gauges, upstreamMetrics, vllmMetrics } from "../core/Metrics.ts"
 import { Upstreams, type UpstreamView } from "../upstream/Upstreams.ts"
 import { Backend } from "../core/Backend.ts"
 
@@ -60,7 +60,6 @@ export const MetricsRoute = HttpRouter.use(Effect.fnUntraced(function*(router) {
     labelledVllm.prefixHits.updateUnsafe(0, context)
     labelledVllm.preemptions.updateUnsafe(0, context)
   }
-  for (const reason of shedReasons) shedBy(reason).updateUnsafe(0, context)
   const exportUpstreams = upstreamGauges()
   const handler = Effect.gen(function*() {
     const context = yield* Effect.context<never>()

@@ -16,10 +16,11 @@ export const requestDuration = secondsHistogram(
   "router_request_duration_seconds",
   "Time from request start to response, in seconds"
 )
+/** Beyond a minute too: QUEUE_TIMEOUT_MS may be minutes, and the alert compares the p99 with 80% of it. */
+export const queueWaitBoundaries: ReadonlyArray<number> = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 export const queueWait = Metric.histogram("router_queue_wait_seconds", {
   description: "Time admitted requests (/infer and /v1/*) waited for a slot, in seconds",
-  // Beyond a minute too: QUEUE_TIMEOUT_MS may be minutes, and the alert compares the p99 with 80% of it.
-  boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+  boundaries: queueWaitBoundaries
 })
 export const modelTime = secondsHistogram("router_model_seconds", "Time the model took per request (/infer and /v1/*), in seconds")
 export const shedTotal = Metric.counter("router_shed_total", {
@@ -154,9 +155,5 @@ export const upstreamMetrics = {
   healthy: Metric.gauge("router_upstreams_healthy", { description: "Upstreams in the pool now healthy and not ejected (0 with an empty pool)" })
 }
 
-/** `router_requests_total` by endpoint and status. */
-export const requestsBy = labelled(requestsTotal, "endpoint", "status")
-/** `router_shed_total` by reason. */
-export const shedBy = labelled(shedTotal, "reason")
 /** Every reason the router sheds for, exported as 0 before the first one happens. */
 export const shedReasons = [...rejectReasons, "shutting_down"] as const

@@ -15,11 +15,12 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../core/Config.ts"
-import { metricContext } from "../../shared/Metrics.ts"
-import { modelTime, queueWait, requestDuration, requestsBy, shedBy } from "../core/Metrics.ts"
+import { metricContext, secondsBoundaries } from "../../shared/Metrics.ts"
+import { modelTime, queueWait, queueWaitBoundaries, requestDuration, requestsTotal, shedReasons, shedTotal } from "../core/Metrics.ts"
 import { outcomeOf, type Serving, servingOf, startServing, stopServing } from "../core/RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
 import { type AccessEntry, jsonAccessLog } from "./AccessLog.ts"
+import { histogramSeries, labelledCounterSeries } from "./MetricSeries.ts"
 
 /** Inference requests: each gets one access-log line, whatever ends it. */
 const inferencePaths = new Set([InferenceGroup.endpoints.infer.path, completionsPath, chatCompletionsPath])
@@ -63,18 +64,25 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           }).pipe(Effect.timeoutOrElse({ duration: config.shutdownTimeoutMs, orElse: () => Effect.void }))
         )
 
+        // Their state lives here, read at export (MetricSeries.ts: Effect's updates cost ~5 % per request).
         const metrics = metricContext(context)
+        const requestsBy = labelledCounterSeries(requestsTotal, metrics, "endpoint", "status")
+        const shedBy = labelledCounterSeries(shedTotal, metrics, "reason")
+        for (const reason of shedReasons) shedBy(reason)(0)
+        const recordDuration = histogramSeries(requestDuration, secondsBoundaries, metrics)
+        const recordQueueWait = histogramSeries(queueWait, queueWaitBoundaries, metrics)
+        const recordModelTime = histogramSeries(modelTime, secondsBoundaries, metrics)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
           const durationMs = performance.now() - startedAt
           const outcome = outcomeOf(request)
           // What the client got: the response's status, else what was written to
           // the socket instead (Node's 408 for a slow client), else nothing.
           const status = response.writableFinished ? response.statusCode : outcome?.status ?? clientClosedRequest
-          requestsBy(routes.has(path) ? path : unmatchedEndpoint, String(status)).updateUnsafe(1, metrics)
-          requestDuration.updateUnsafe(durationMs / 1000, metrics)
-          if (outcome?.reason !== undefined) shedBy(outcome.reason).updateUnsafe(1, metrics)
-          if (outcome?.queueMs !== undefined) queueWait.updateUnsafe(outcome.queueMs / 1000, metrics)
-          if (outcome?.modelMs !== undefined) modelTime.updateUnsafe(outcome.modelMs / 1000, metrics)
+          requestsBy(routes.has(path) ? path : unmatchedEndpoint, String(status))(1)
+          recordDuration(durationMs / 1000)
+          if (outcome?.reason !== undefined) shedBy(outcome.reason)(1)
+          if (outcome?.queueMs !== undefined) recordQueueWait(outcome.queueMs / 1000)
+          if (outcome?.modelMs !== undefined) recordModelTime(outcome.modelMs / 1000)
           if (!logsAccess || !inferencePaths.has(path)) return
           accessLog({
             requestId: request.headers[requestIdHeader] as string,
@@ -113,7 +121,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
               if (open === 0 && onAllClosed !== undefined) onAllClosed()
             })
           },
-          unparsed: (status) => requestsBy(unmatchedEndpoint, String(status)).updateUnsafe(1, metrics),
+          unparsed: (status) => requestsBy(unmatchedEndpoint, String(status))(1),
           serving: servingOf
         })
       })
