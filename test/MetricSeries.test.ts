@@ -6,9 +6,9 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Metric, Schema } from "effect"
 import { PrometheusMetrics } from "effect/observability"
-import { modelTime, queueWait, queueWaitBoundaries, requestDuration, requestsTotal, shedTotal } from "../src/router/core/Metrics.ts"
+import { modelTime, queueWait, requestDuration, requestsTotal, shedTotal } from "../src/router/core/Metrics.ts"
 import { histogramSeries, labelledCounterSeries } from "../src/router/edge/MetricSeries.ts"
-import { labelled, secondsBoundaries } from "../src/shared/Metrics.ts"
+import { labelled } from "../src/shared/Metrics.ts"
 
 const freshContext = () => Context.make(Metric.MetricRegistry, new Map())
 
@@ -28,10 +28,10 @@ describe("metric series kept in plain numbers", () => {
     "a histogram's export equals Effect's after the same values (each of the router's three)",
     [Schema.Array(Seconds)],
     ([values]) => {
-      for (const [metric, boundaries] of [[requestDuration, secondsBoundaries], [queueWait, queueWaitBoundaries], [modelTime, secondsBoundaries]] as const) {
+      for (const metric of [requestDuration, queueWait, modelTime]) {
         const effects = freshContext()
         const series = freshContext()
-        const record = histogramSeries(metric, boundaries, series)
+        const record = histogramSeries(metric, series)
         metric.valueUnsafe(effects) // registered before any update, as the series is
         for (const value of values) {
           metric.updateUnsafe(value, effects)
@@ -45,7 +45,7 @@ describe("metric series kept in plain numbers", () => {
 
   it.prop(
     "labelled counters' export equals Effect's after the same updates, series in the order first used",
-    [Schema.Array(Schema.Tuple([Schema.Literals(["/infer", "/v1/completions", "unmatched"]), Schema.Literals(["200", "429", "503", "499"]), Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 3 }))]))],
+    [Schema.Array(Schema.Tuple([Schema.Literals(["/infer", "/v1/completions", "unmatched"]), Schema.Literals(["200", "429", "503", "499"]), Schema.Int.check(Schema.isBetween({ minimum: -1, maximum: 4 }))]))],
     ([updates]) => {
       const effects = freshContext()
       const series = freshContext()
@@ -53,7 +53,9 @@ describe("metric series kept in plain numbers", () => {
       const requestsSeries = labelledCounterSeries(requestsTotal, series, "endpoint", "status")
       const shedBy = labelled(shedTotal, "reason")
       const shedSeries = labelledCounterSeries(shedTotal, series, "reason")
-      for (const [endpoint, status, amount] of updates) {
+      for (const [endpoint, status, drawn] of updates) {
+        // -1 and NaN too: both ignore them.
+        const amount = drawn === 4 ? Number.NaN : drawn
         requestsBy(endpoint, status).updateUnsafe(amount, effects)
         requestsSeries(endpoint, status)(amount)
         shedBy(status).updateUnsafe(amount, effects)
@@ -64,15 +66,34 @@ describe("metric series kept in plain numbers", () => {
     { arbitrary: { runs: 100 } }
   )
 
-  it("a series registered once counts on; a NaN lands above every bucket, as in Effect's", () => {
+  it("a NaN lands above every bucket, as in Effect's", () => {
     const effects = freshContext()
     const series = freshContext()
-    const record = histogramSeries(requestDuration, secondsBoundaries, series)
+    const record = histogramSeries(requestDuration, series)
     requestDuration.valueUnsafe(effects)
     for (const value of [0.5, Number.NaN, 0.5]) {
       requestDuration.updateUnsafe(value, effects)
       record(value)
     }
     assertSameExport(effects, series)
+  })
+
+  it("a second observer on the same registry (a rebuilt layer) counts on from the first's numbers", () => {
+    const effects = freshContext()
+    const series = freshContext()
+    for (let observer = 0; observer < 2; observer++) {
+      const record = histogramSeries(requestDuration, series)
+      const requestsSeries = labelledCounterSeries(requestsTotal, series, "endpoint", "status")
+      const requestsBy = labelled(requestsTotal, "endpoint", "status")
+      requestDuration.valueUnsafe(effects)
+      for (const value of [0.002, 0.3]) {
+        requestDuration.updateUnsafe(value, effects)
+        record(value)
+        requestsBy("/infer", "200").updateUnsafe(1, effects)
+        requestsSeries("/infer", "200")(1)
+      }
+    }
+    assertSameExport(effects, series)
+    assert.include(PrometheusMetrics.formatUnsafe(series), `router_requests_total{endpoint="/infer",status="200"} 4`)
   })
 })

@@ -7,9 +7,11 @@ import { HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 
 /** Seconds, from 1 ms to a minute. */
-export const secondsBoundaries: ReadonlyArray<number> = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 export const secondsHistogram = (name: string, description: string) =>
-  Metric.histogram(name, { description, boundaries: secondsBoundaries })
+  Metric.histogram(name, {
+    description,
+    boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+  })
 
 /**
  * The part of a context that metric updates read: the registry and the global

@@ -8,6 +8,8 @@ import { Metric } from "effect"
 import { labelled, secondsHistogram } from "../../shared/Metrics.ts"
 import { rejectReasons } from "./Admission.ts"
 
+// The five per-request metrics below (`requestsTotal` to `shedTotal`) are updated only through
+// edge/MetricSeries.ts, which holds their state: an Effect update to them would be ignored.
 export const requestsTotal = Metric.counter("router_requests_total", {
   description: "HTTP requests served, by endpoint and status (probes and /metrics excluded)",
   incremental: true
@@ -16,11 +18,10 @@ export const requestDuration = secondsHistogram(
   "router_request_duration_seconds",
   "Time from request start to response, in seconds"
 )
-/** Beyond a minute too: QUEUE_TIMEOUT_MS may be minutes, and the alert compares the p99 with 80% of it. */
-export const queueWaitBoundaries: ReadonlyArray<number> = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 export const queueWait = Metric.histogram("router_queue_wait_seconds", {
   description: "Time admitted requests (/infer and /v1/*) waited for a slot, in seconds",
-  boundaries: queueWaitBoundaries
+  // Beyond a minute too: QUEUE_TIMEOUT_MS may be minutes, and the alert compares the p99 with 80% of it.
+  boundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 })
 export const modelTime = secondsHistogram("router_model_seconds", "Time the model took per request (/infer and /v1/*), in seconds")
 export const shedTotal = Metric.counter("router_shed_total", {

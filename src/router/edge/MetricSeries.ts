@@ -6,21 +6,49 @@
  * about 5 % of the router's CPU per `/infer` request (BENCHMARKS.md section
  * 17), each one resolving its series in the registry, a labelled one building
  * a context too. The state read is the one Effect's own counter and histogram
- * would hold (test/MetricSeries.test.ts), so `/metrics` prints the same.
+ * would hold after the same updates (test/MetricSeries.test.ts); the series
+ * are exported from the observer's start (the histograms at 0). These metrics
+ * must be updated here only: Effect's updates to a registered series are
+ * ignored.
  */
-import { type Context, Metric } from "effect"
+import { Context, Metric } from "effect"
 
 const ignored = () => {}
 
-/** Adds to an incremental counter's series (its attributes and registry from `context`). */
+/**
+ * The state of each series, per registry: a second observer on the same
+ * registry (a rebuilt layer, two routers in one process) counts on from the
+ * first's numbers, as Effect's registry-held state did.
+ */
+const statesByRegistry = new WeakMap<Metric.MetricRegistry, Map<string, unknown>>()
+const stateOf = <S>(metric: Metric.Metric<any, any>, attributes: Readonly<Record<string, string>>, context: Context.Context<never>, make: () => S, get: (state: S) => unknown): S => {
+  const registry = Context.get(context, Metric.MetricRegistry)
+  let states = statesByRegistry.get(registry)
+  if (states === undefined) statesByRegistry.set(registry, states = new Map())
+  const key = `${metric.id} ${JSON.stringify(Context.get(context, Metric.CurrentMetricAttributes))} ${JSON.stringify(attributes)}`
+  let state = states.get(key) as S | undefined
+  if (state === undefined) {
+    const made = make()
+    state = made
+    states.set(key, made)
+    const series = Object.keys(attributes).length === 0 ? metric : Metric.withAttributes(metric, attributes)
+    Metric.registerUnsafe(series, context, { get: () => get(made), update: ignored, modify: ignored })
+  }
+  return state
+}
+
+/**
+ * Adds to an incremental counter's series (its registry from `context`),
+ * ignoring negative and NaN amounts as Effect's incremental counter does.
+ */
 export const counterSeries = (
   metric: Metric.Metric<number, Metric.CounterState<number>>,
-  context: Context.Context<never>
+  context: Context.Context<never>,
+  attributes: Readonly<Record<string, string>> = {}
 ): (amount: number) => void => {
-  let count = 0
-  Metric.registerUnsafe(metric, context, { get: () => ({ count, incremental: true }), update: ignored, modify: ignored })
+  const state = stateOf(metric, attributes, context, () => ({ count: 0 }), ({ count }) => ({ count, incremental: true }))
   return (amount) => {
-    count += amount
+    if (amount >= 0) state.count += amount
   }
 }
 
@@ -47,51 +75,54 @@ export const labelledCounterSeries = (
     if (add === undefined) {
       const attributes: Record<string, string> = {}
       labelNames.forEach((name, i) => (attributes[name] = values[i]))
-      add = counterSeries(Metric.withAttributes(metric, attributes), context)
+      add = counterSeries(metric, context, attributes)
       level.set(values[last], add)
     }
     return add
   }
 }
 
+interface HistogramCells {
+  readonly bounds: Float64Array
+  /** Per bucket; the last counts values above every boundary (exported as +Inf, from `count`). */
+  readonly counts: Float64Array
+  count: number
+  sum: number
+  min: number
+  max: number
+}
+
 /**
- * Records into a histogram's series; `boundaries` must be the ones `metric`
- * was made with. Counts are doubles (Effect's wrap at 2^32).
+ * Records into a histogram's series. Its boundaries are read from the metric
+ * (the state Effect would make for it). Bucket counts are doubles: Effect's
+ * wrap at 2^32.
  */
 export const histogramSeries = (
   metric: Metric.Metric<number, Metric.HistogramState>,
-  boundaries: ReadonlyArray<number>,
   context: Context.Context<never>
 ): (value: number) => void => {
-  const bounds = Float64Array.from([...boundaries].sort((a, b) => a - b))
-  const size = bounds.length
-  // Per bucket; the last counts values above every boundary (exported as +Inf, from `count`).
-  const counts = new Float64Array(size + 1)
-  let count = 0
-  let sum = 0
-  let min = Number.MAX_VALUE
-  let max = -Number.MAX_VALUE
-  Metric.registerUnsafe(metric, context, {
-    get: () => {
-      const buckets: Array<[number, number]> = []
-      let cumulated = 0
-      for (let i = 0; i < size; i++) {
-        cumulated += counts[i]
-        buckets.push([bounds[i], cumulated])
-      }
-      return { buckets, count, min, max, sum }
-    },
-    update: ignored,
-    modify: ignored
+  const cells = stateOf<HistogramCells>(metric, {}, context, () => {
+    const bounds = Float64Array.from(metric.valueUnsafe(Context.make(Metric.MetricRegistry, new Map())).buckets, ([boundary]) => boundary)
+    return { bounds, counts: new Float64Array(bounds.length + 1), count: 0, sum: 0, min: Number.MAX_VALUE, max: -Number.MAX_VALUE }
+  }, ({ bounds, count, counts, max, min, sum }) => {
+    const buckets: Array<[number, number]> = []
+    let cumulated = 0
+    for (let i = 0; i < bounds.length; i++) {
+      cumulated += counts[i]
+      buckets.push([bounds[i], cumulated])
+    }
+    return { buckets, count, min, max, sum }
   })
+  const { bounds, counts } = cells
+  const size = bounds.length
   return (value) => {
     // The first bucket whose boundary is at least the value (NaN: none), as Effect's search finds it.
     let bucket = 0
     while (bucket < size && !(value <= bounds[bucket])) bucket++
     counts[bucket]++
-    count++
-    sum += value
-    if (value < min) min = value
-    if (value > max) max = value
+    cells.count++
+    cells.sum += value
+    if (value < cells.min) cells.min = value
+    if (value > cells.max) cells.max = value
   }
 }

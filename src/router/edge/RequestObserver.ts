@@ -15,8 +15,8 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../core/Config.ts"
-import { metricContext, secondsBoundaries } from "../../shared/Metrics.ts"
-import { modelTime, queueWait, queueWaitBoundaries, requestDuration, requestsTotal, shedReasons, shedTotal } from "../core/Metrics.ts"
+import { metricContext } from "../../shared/Metrics.ts"
+import { modelTime, queueWait, requestDuration, requestsTotal, shedReasons, shedTotal } from "../core/Metrics.ts"
 import { outcomeOf, type Serving, servingOf, startServing, stopServing } from "../core/RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
 import { type AccessEntry, jsonAccessLog } from "./AccessLog.ts"
@@ -69,9 +69,9 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const requestsBy = labelledCounterSeries(requestsTotal, metrics, "endpoint", "status")
         const shedBy = labelledCounterSeries(shedTotal, metrics, "reason")
         for (const reason of shedReasons) shedBy(reason)(0)
-        const recordDuration = histogramSeries(requestDuration, secondsBoundaries, metrics)
-        const recordQueueWait = histogramSeries(queueWait, queueWaitBoundaries, metrics)
-        const recordModelTime = histogramSeries(modelTime, secondsBoundaries, metrics)
+        const recordDuration = histogramSeries(requestDuration, metrics)
+        const recordQueueWait = histogramSeries(queueWait, metrics)
+        const recordModelTime = histogramSeries(modelTime, metrics)
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
           const durationMs = performance.now() - startedAt
           const outcome = outcomeOf(request)
