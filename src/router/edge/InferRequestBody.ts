@@ -96,17 +96,17 @@ export const readBody = (
 
 /** The body text as the contract's `InferRequest`, or the error that names what is wrong with it. */
 export const parseInferRequest = (text: string): InferRequest | InvalidRequest => {
-  if (text.trim() === "") {
-    return new InvalidRequest({
-      code: "invalid_body",
-      message: "request body is empty: send a JSON object with a string \"prompt\""
-    })
-  }
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch {
-    return new InvalidRequest({ code: "invalid_json", message: "request body is not valid JSON" })
+    // Only a body that is not JSON can be empty: the check costs nothing on the others.
+    return text.trim() === ""
+      ? new InvalidRequest({
+        code: "invalid_body",
+        message: "request body is empty: send a JSON object with a string \"prompt\""
+      })
+      : new InvalidRequest({ code: "invalid_json", message: "request body is not valid JSON" })
   }
   // The body every client sends, an object with a string "prompt", decoded as the schema decodes it
   // (unknown fields dropped) without running its decoder: about 0.3 µs of a request's CPU (profiled).
