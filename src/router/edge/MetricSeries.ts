@@ -12,6 +12,7 @@
  * ignored.
  */
 import { Context, Metric } from "effect"
+import { byLabels } from "../../shared/Metrics.ts"
 
 const ignored = () => {}
 
@@ -52,35 +53,13 @@ export const counterSeries = (
   }
 }
 
-/**
- * One counter series per label set, registered at its first use (a series
- * exported at 0 from the start: call it with 0). Nested Maps by each value in
- * turn, as `labelled` does for Effect's metrics.
- */
+/** One counter series per label set, registered at its first use (a series exported at 0 from the start: call it with 0). */
 export const labelledCounterSeries = (
   metric: Metric.Metric<number, Metric.CounterState<number>>,
   context: Context.Context<never>,
   ...labelNames: ReadonlyArray<string>
-): (...values: ReadonlyArray<string>) => (amount: number) => void => {
-  const root = new Map<string, unknown>()
-  return (...values) => {
-    let level = root
-    const last = values.length - 1
-    for (let i = 0; i < last; i++) {
-      let next = level.get(values[i]) as Map<string, unknown> | undefined
-      if (next === undefined) level.set(values[i], next = new Map())
-      level = next
-    }
-    let add = level.get(values[last]) as ((amount: number) => void) | undefined
-    if (add === undefined) {
-      const attributes: Record<string, string> = {}
-      labelNames.forEach((name, i) => (attributes[name] = values[i]))
-      add = counterSeries(metric, context, attributes)
-      level.set(values[last], add)
-    }
-    return add
-  }
-}
+): (...values: ReadonlyArray<string>) => (amount: number) => void =>
+  byLabels((attributes) => counterSeries(metric, context, attributes), ...labelNames)
 
 interface HistogramCells {
   readonly bounds: Float64Array
