@@ -178,6 +178,25 @@ describe("the shared token timer", () => {
     assert.deepStrictEqual(ran, [10.6, 20.9, 34])
   })
 
+  it("a timer that fires early by less than a millisecond (Node's cached loop clock) runs what is due, as due: not a millisecond later", () => {
+    const hand = handClock()
+    const timer = makeTokenTimer(hand.clock)
+    const ran: Array<number> = []
+    timer.after(20, () => {
+      ran.push(timer.now())
+      timer.after(20, () => ran.push(timer.now()))
+    })
+    assert.strictEqual(hand.armedAt(), 20)
+    hand.runAt(19.3) // the loop's clock lagged: Node ran the timer 0.7 ms before its time
+    assert.deepStrictEqual(ran, [20]) // run now, counted as due at 20 (armed again, it would run at 20.3 at the soonest)
+    assert.strictEqual(hand.armedAt(), 40)
+    hand.runAt(38.5) // more than a millisecond early: armed again for its time
+    assert.deepStrictEqual(ran, [20])
+    assert.strictEqual(hand.armedAt(), 40)
+    hand.runAt(40)
+    assert.deepStrictEqual(ran, [20, 40])
+  })
+
   it("runs every callback due in the same millisecond from one timer, and a new request's delay from now", () => {
     const hand = handClock()
     const timer = makeTokenTimer(hand.clock)
