@@ -50,10 +50,10 @@ export const systemTimerClock: TimerClock = {
 /**
  * Timers shared by every sequence: callbacks due in the same millisecond run
  * from one `setTimeout`. Called from a callback, "now" is when that callback
- * was due, not when its timer ran (up to a millisecond later, or less than one
- * earlier: see `fire`; a longer stall is not made up for), so steps average
- * their configured length rather than that plus the timer's lateness
- * (BENCHMARKS.md 6c).
+ * was due, not when its timer ran (up to a millisecond later, or up to half a
+ * millisecond earlier: see `fire`; a longer stall is not made up for), so
+ * steps average their configured length rather than that plus the timer's
+ * lateness (BENCHMARKS.md 6c).
  */
 export const makeTokenTimer = (clock: TimerClock = systemTimerClock) => {
   const due = new Map<number, Array<() => void>>()
@@ -67,12 +67,13 @@ export const makeTokenTimer = (clock: TimerClock = systemTimerClock) => {
     const now = clock.now()
     let next = Infinity
     for (const [at, callbacks] of due) {
-      // Due within the millisecond: run now. Node arms timers on its loop's cached clock, which
-      // lags `performance.now()` by as long as the loop's current turn has run, so a timer can
-      // fire before its time by that much; armed again, it would wait at least another whole
-      // millisecond (Node's shortest timeout). At 8 slots and 20 ms a request, those extra
-      // milliseconds cost 3 % of the throughput (BENCHMARKS.md section 17).
-      if (at >= now + 1) {
+      // Due within half a millisecond: run now. Node truncates a timeout to whole milliseconds
+      // and counts it from its loop's whole-millisecond clock, so a timer armed for a fraction
+      // fires up to about a millisecond before its time by `performance.now()`; armed again, it
+      // came ~0.7 ms late on average, which at 8 slots and 20 ms a request cost 3 % of the
+      // throughput (BENCHMARKS.md section 17). Half a millisecond, as `after` rounds: steps land
+      // on time on average, none more than half a millisecond early.
+      if (at >= now + 0.5) {
         if (at < next) next = at
         continue
       }
