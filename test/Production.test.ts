@@ -223,12 +223,17 @@ describe("metrics", () => {
       assert.strictEqual(sample(text, "router_request_duration_seconds_count"), 4)
       assert.strictEqual(sample(text, "router_queue_wait_seconds_count"), 2)
       assert.strictEqual(sample(text, "router_model_seconds_count"), 2)
+      // In seconds: two model calls of SIM_LATENCY_MS=50, and four requests' whole time around them.
+      assert.approximately(sample(text, "router_model_seconds_sum")!, 0.1, 0.01)
+      assert.isAtLeast(sample(text, "router_request_duration_seconds_sum")!, 0.095)
+      assert.isBelow(sample(text, "router_request_duration_seconds_sum")!, 5)
+      assert.isBelow(sample(text, "router_queue_wait_seconds_sum")!, 1)
       assert.strictEqual(sample(text, "router_max_concurrency"), 3)
       assert.strictEqual(sample(text, "router_max_queue"), 7)
       for (const reason of ["queue_full", "queue_timeout", "shutting_down"]) {
         assert.strictEqual(sample(text, `router_shed_total{reason="${reason}"}`), 0)
       }
-    }).pipe(withRouter({ maxConcurrency: 3, maxQueue: 7 })))
+    }).pipe(withRouter({ maxConcurrency: 3, maxQueue: 7, simLatencyMs: 50 })))
 
   it.live("gauges report the requests in the model and waiting now, also under vLLM's names", () =>
     Effect.gen(function*() {
