@@ -85,10 +85,13 @@ describe("POST /infer on Node's request event", () => {
   )
 
   it.prop(
-    "the hand-serialized body is the contract's InferResponse, for any settings and prompt",
+    "the hand-serialized body is the contract's InferResponse, and its byte length is counted right, for any settings and prompt",
     [Settings, Schema.String, Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))],
     ([settings, prompt, processingMs]) => {
-      const text = inferResponseEncoder({ ...settings, kvEndpoints: settings.kvEndpoints.map(kvEndpoint) })(prompt, processingMs)
+      const { body: text, byteLength } = inferResponseEncoder({ ...settings, kvEndpoints: settings.kvEndpoints.map(kvEndpoint) })(
+        prompt,
+        processingMs
+      )
       const expected = {
         modelRef: settings.modelRef,
         prompt,
@@ -97,6 +100,8 @@ describe("POST /infer on Node's request event", () => {
         processingMs
       }
       assert.strictEqual(text, JSON.stringify(expected))
+      // Content-Length is counted from the parts: it must be the body's UTF-8 length (lone surrogates included).
+      assert.strictEqual(byteLength, Buffer.byteLength(text))
       assert.deepStrictEqual(decodeResponse(JSON.parse(text)), expected)
     }
   )

@@ -20,7 +20,7 @@ import { BadGateway, GatewayTimeout, InvalidRequest, Overloaded, Unavailable } f
 import { requestIdHeader, upstreamHeader } from "../../api/Headers.ts"
 import { InferenceGroup } from "../../api/RouterApi.ts"
 import type { Rejected } from "../core/Admission.ts"
-import { Backend, type BackendFailure, callbacks, type Inference, isCallbacks, type Work } from "../core/Backend.ts"
+import { Backend, type BackendFailure, type Inference } from "../core/Backend.ts"
 import { RouterConfig, type RouterSettings } from "../core/Config.ts"
 import { type ContractError, encodeContractError, internalErrorBody } from "../core/ContractErrors.ts"
 import { parseInferRequest } from "./InferRequestBody.ts"
@@ -30,24 +30,29 @@ import { noteOutcome } from "../core/RequestOutcome.ts"
 
 export const inferPath = InferenceGroup.endpoints.infer.path
 
-interface Served {
-  readonly waitedMs: number
-  readonly processingMs: number
-  readonly upstream?: string | undefined
-}
-
 /**
  * The success body, the contract's `InferResponse`, in which only `prompt` and
  * `processingMs` vary: the fixed parts are serialized once, which halves the
  * per-request encoding (a property test checks it against the schema).
+ *
+ * With its length in UTF-8 bytes, counted from the parts: the body is a
+ * concatenation (a cons string), and `Buffer.byteLength` of it made V8 flatten
+ * it into a copy first, only for Node to flatten it again with the headers
+ * when it writes (~0.7 % of a request's CPU by `perf`; BENCHMARKS.md section 18).
  */
 export const inferResponseEncoder = (
   settings: Pick<RouterSettings, "modelRef" | "podName" | "kvEndpoints">
-): (prompt: string, processingMs: number) => string => {
+): (prompt: string, processingMs: number) => { readonly body: string; readonly byteLength: number } => {
   const routerPod = settings.podName === undefined ? {} : { routerPod: settings.podName }
   const head = `${JSON.stringify({ modelRef: settings.modelRef }).slice(0, -1)},"prompt":`
   const middle = `,${JSON.stringify({ ...routerPod, kvEndpoints: settings.kvEndpoints.map((endpoint) => endpoint.shown) }).slice(1, -1)},"processingMs":`
-  return (prompt, processingMs) => head + JSON.stringify(prompt) + middle + processingMs + "}"
+  const fixedBytes = Buffer.byteLength(head) + Buffer.byteLength(middle) + 1
+  return (prompt, processingMs) => {
+    const quoted = JSON.stringify(prompt)
+    // A number prints in ASCII: one byte a character.
+    const ms = String(processingMs)
+    return { body: head + quoted + middle + ms + "}", byteLength: fixedBytes + Buffer.byteLength(quoted) + ms.length }
+  }
 }
 
 /** A backend's failure in `/infer`'s envelope. */
@@ -81,13 +86,6 @@ const inferDialect: Dialect<ContractError | typeof internalError> = {
   }
 }
 
-/** The work's answer mapped, keeping its form (an answer ready at once stays one). */
-const mapWork = <A, B, X>(work: Work<A, X>, f: (a: A) => B): Work<B, X> => {
-  if (isCallbacks(work)) return callbacks<B, X>((done) => work.start((exit) => done(Exit.map(exit, f))))
-  if (Exit.isExit(work)) return Exit.map(work as Exit.Exit<A, X>, f)
-  return Effect.map(work, f)
-}
-
 export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
   const config = yield* RouterConfig
   const backend = yield* Backend
@@ -95,21 +93,27 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
   const route = (yield* Pipeline).route(inferDialect)
   const encodeResponse = inferResponseEncoder(config)
 
-  const succeed = (request: IncomingMessage, response: ServerResponse, prompt: string, served: Served) => {
-    noteOutcome(request, { queueMs: served.waitedMs, modelMs: served.processingMs })
+  const succeed = (request: IncomingMessage, response: ServerResponse, prompt: string, waitedMs: number, served: Inference) => {
+    noteOutcome(request, { queueMs: waitedMs, modelMs: served.processingMs })
     if (response.destroyed) return
-    const body = encodeResponse(prompt, served.processingMs)
+    const { body, byteLength } = encodeResponse(prompt, served.processingMs)
     const headers: Record<string, string | number> = route.headers(request)
     headers["content-type"] = "application/json"
-    headers["content-length"] = Buffer.byteLength(body)
-    headers["server-timing"] = `queue;dur=${served.waitedMs}, model;dur=${served.processingMs}`
+    headers["content-length"] = byteLength
+    headers["server-timing"] = `queue;dur=${waitedMs}, model;dur=${served.processingMs}`
     if (served.upstream !== undefined) headers[upstreamHeader] = served.upstream
     response.writeHead(200, headers)
     response.end(body)
   }
 
-  const answer = (request: IncomingMessage, response: ServerResponse, prompt: string, exit: Exit.Exit<Served, Rejected | BackendFailure>) => {
-    if (Exit.isSuccess(exit)) return succeed(request, response, prompt, exit.value)
+  const answer = (
+    request: IncomingMessage,
+    response: ServerResponse,
+    prompt: string,
+    waitedMs: number,
+    exit: Exit.Exit<Inference, Rejected | BackendFailure>
+  ) => {
+    if (Exit.isSuccess(exit)) return succeed(request, response, prompt, waitedMs, exit.value)
     const failed = Cause.findError(exit.cause)
     if (Result.isSuccess(failed) && !isRejected(failed.success)) {
       noteOutcome(request, { reason: failed.success.code })
@@ -118,9 +122,6 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     route.answerFailure(request, response, exit.cause as Cause.Cause<Rejected>)
   }
 
-  const served = (waitedMs: number) => ({ processingMs, upstream }: Inference): Served => ({ waitedMs, processingMs, upstream })
-  const servedAtOnce = served(0)
-
   routes.add(
     "POST",
     inferPath,
@@ -128,12 +129,17 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
       const parsed = parseInferRequest(body)
       if (parsed instanceof InvalidRequest) return route.fail(request, response, parsed)
       const requestId = request.headers[requestIdHeader] as string
+      // The wait is the grant's: kept here rather than mapped onto the work's answer (an Exit and an object less per request).
+      let waitedMs = 0
       route.run(
         request,
         response,
         maxWaitMs,
-        ({ waitedMs }) => mapWork(backend.infer(parsed.prompt, requestId), waitedMs === 0 ? servedAtOnce : served(waitedMs)),
-        (exit) => answer(request, response, parsed.prompt, exit)
+        (grant) => {
+          waitedMs = grant.waitedMs
+          return backend.infer(parsed.prompt, requestId)
+        },
+        (exit) => answer(request, response, parsed.prompt, waitedMs, exit)
       )
     })
   )

@@ -11,6 +11,7 @@
  */
 import { Context, Effect, Layer, LogLevel, References } from "effect"
 import { randomUUID } from "node:crypto"
+import { performance } from "node:perf_hooks"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
 import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
@@ -72,18 +73,43 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const recordDuration = histogramSeries(requestDuration, metrics)
         const recordQueueWait = histogramSeries(queueWait, metrics)
         const recordModelTime = histogramSeries(modelTime, metrics)
-        const finished = (request: IncomingMessage, response: ServerResponse, path: string, startedAt: number) => {
+
+        /** What a path means here, made once per path the router knows (one for every other path). */
+        interface PathInfo {
+          readonly tracked: boolean
+          readonly logged: boolean
+          /** The request counter of each status, by the number (no label string per request). */
+          readonly counted: (status: number) => (amount: number) => void
+        }
+        const pathInfo = (path: string | undefined): PathInfo => {
+          const label = path !== undefined && routes.has(path) ? path : unmatchedEndpoint
+          const byStatus = new Map<number, (amount: number) => void>()
+          return {
+            tracked: path === undefined || !untracked.has(path),
+            logged: path !== undefined && inferencePaths.has(path),
+            counted: (status) => {
+              let counter = byStatus.get(status)
+              if (counter === undefined) byStatus.set(status, counter = requestsBy(label, String(status)))
+              return counter
+            }
+          }
+        }
+        const known = new Map<string, PathInfo>()
+        for (const path of [...routes.keys(), ...untracked, ...inferencePaths]) known.set(path, pathInfo(path))
+        const unknown = pathInfo(undefined)
+
+        const finished = (request: IncomingMessage, response: ServerResponse, path: string, info: PathInfo, startedAt: number) => {
           const durationMs = performance.now() - startedAt
           const outcome = outcomeOf(request)
           // What the client got: the response's status, else what was written to
           // the socket instead (Node's 408 for a slow client), else nothing.
           const status = response.writableFinished ? response.statusCode : outcome?.status ?? clientClosedRequest
-          requestsBy(routes.has(path) ? path : unmatchedEndpoint, String(status))(1)
+          info.counted(status)(1)
           recordDuration(durationMs / 1000)
           if (outcome?.reason !== undefined) shedBy(outcome.reason)(1)
           if (outcome?.queueMs !== undefined) recordQueueWait(outcome.queueMs / 1000)
           if (outcome?.modelMs !== undefined) recordModelTime(outcome.modelMs / 1000)
-          if (!logsAccess || !inferencePaths.has(path)) return
+          if (!logsAccess || !info.logged) return
           accessLog({
             requestId: request.headers[requestIdHeader] as string,
             method: request.method ?? "",
@@ -107,7 +133,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             // (core/RequestOutcome.ts): a finished request kept until the connection's next one
             // was promoted out of the young generation at 256 connections (BENCHMARKS.md section 12).
             startServing(request, response)
-            if (untracked.has(path)) {
+            const info = known.get(path) ?? unknown
+            if (!info.tracked) {
               response.on("close", () => stopServing(request, response))
               return
             }
@@ -116,7 +143,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             // A response closes once: `on` spares the wrapper `once` allocates.
             response.on("close", () => {
               open--
-              finished(request, response, path, startedAt)
+              finished(request, response, path, info, startedAt)
               stopServing(request, response)
               if (open === 0 && onAllClosed !== undefined) onAllClosed()
             })
