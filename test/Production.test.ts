@@ -90,6 +90,8 @@ describe("access log", () => {
   it.live("one line per /infer with request id, status, queue and model time, and never the prompt", () => {
     const logs: Array<LogLine> = []
     return Effect.gen(function*() {
+      // Not an inference request: counted, not logged. Sent first, so a line for it would be written before the others.
+      yield* request({ path: "/nope" })
       yield* postInfer({ prompt: "my secret diagnosis" }, { "x-request-id": "req-1" })
       yield* postInfer({ prompt: 7 }, { "x-request-id": "req-2" })
       yield* request({ path: "/healthz" })
@@ -105,6 +107,32 @@ describe("access log", () => {
       assert.match(String((access[0] as any).timestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
       assert.notInclude(JSON.stringify(logs), "secret diagnosis")
     }).pipe(withRouter({}, undefined, logs))
+  })
+
+  it.live("a request that waited in the queue reports the wait: Server-Timing, the access log and the histogram", () => {
+    const logs: Array<LogLine> = []
+    return Effect.gen(function*() {
+      const { gate, model } = yield* gatedModel
+      yield* Effect.gen(function*() {
+        const first = yield* Effect.forkChild(postInfer({ prompt: "first" }, { "x-request-id": "first" }))
+        yield* untilStats(1, 0)
+        const queued = yield* Effect.forkChild(postInfer({ prompt: "queued" }, { "x-request-id": "queued" }))
+        yield* untilStats(1, 1)
+        // A lower bound on the wait, not a timing assertion: the gate opens only after it.
+        yield* Effect.sleep("30 millis")
+        yield* gate.open
+        const [atOnce, waited] = yield* Fiber.joinAll([first, queued])
+        const queueMs = (response: typeof atOnce) => Number(/^queue;dur=(\d+),/.exec(String(response.headers["server-timing"]))?.[1])
+        assert.strictEqual(queueMs(atOnce), 0)
+        assert.isAtLeast(queueMs(waited), 30)
+        const access = yield* untilAccessLines(logs, 2)
+        const line = access.find((l) => l.annotations.requestId === "queued")
+        assert.isAtLeast(Number(line?.annotations.queueMs), 30, JSON.stringify(access))
+        const text = (yield* request({ path: "/metrics" })).text
+        assert.strictEqual(sample(text, "router_queue_wait_seconds_count"), 2)
+        assert.isAtLeast(sample(text, "router_queue_wait_seconds_sum")!, 0.03)
+      }).pipe(Effect.provide(TestRouter({ maxConcurrency: 1, maxQueue: 1 }, model, { logs })))
+    })
   })
 
   it.live("lines are written in batches, not one write per request", () => {
@@ -234,6 +262,24 @@ describe("metrics", () => {
         assert.strictEqual(sample(text, `router_shed_total{reason="${reason}"}`), 0)
       }
     }).pipe(withRouter({ maxConcurrency: 3, maxQueue: 7, simLatencyMs: 50 })))
+
+  it.live("the same status on two endpoints is counted in each endpoint's own series", () =>
+    Effect.gen(function*() {
+      const completion = (body: string) =>
+        request({ method: "POST", path: "/v1/completions", headers: { "content-type": "application/json" }, body })
+      yield* postInfer({ prompt: "a" })
+      yield* postInfer("{")
+      assert.strictEqual((yield* completion(JSON.stringify({ model: "demo-model", prompt: "x", max_tokens: 1 }))).status, 200)
+      assert.strictEqual((yield* completion("{")).status, 400)
+      yield* completion("{")
+      yield* request({ path: "/nope" })
+      const text = (yield* request({ path: "/metrics" })).text
+      assert.strictEqual(sample(text, `router_requests_total{endpoint="/infer",status="200"}`), 1)
+      assert.strictEqual(sample(text, `router_requests_total{endpoint="/infer",status="400"}`), 1)
+      assert.strictEqual(sample(text, `router_requests_total{endpoint="/v1/completions",status="200"}`), 1)
+      assert.strictEqual(sample(text, `router_requests_total{endpoint="/v1/completions",status="400"}`), 2)
+      assert.strictEqual(sample(text, `router_requests_total{endpoint="unmatched",status="404"}`), 1)
+    }).pipe(withRouter({ modelRef: "demo-model" })))
 
   it.live("gauges report the requests in the model and waiting now, also under vLLM's names", () =>
     Effect.gen(function*() {
