@@ -11,6 +11,7 @@
  */
 import { Context, Effect, Layer, LogLevel, References } from "effect"
 import { randomUUID } from "node:crypto"
+// The module binding: the global `performance` is a getter, called twice per request here.
 import { performance } from "node:perf_hooks"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
