@@ -3,6 +3,11 @@
  * `/infer` contract (parse, validate, bounded concurrency with a bounded FIFO
  * queue, the same response: body, `Server-Timing` and `X-Request-Id`), and
  * nothing else: no logs, metrics, auth or drain. It reads the same settings.
+ *
+ * BASELINE_ENGINE=1 (not the default, and not what the overhead goal compares
+ * with): the model is the router's own simulated engine (`Model.simulated`,
+ * its prefix cache and batch steps) instead of a `setTimeout`, so the router's
+ * overhead can be read apart from the engine's (BENCHMARKS.md section 18).
  * Run: node scripts/baseline.ts
  */
 import { randomUUID } from "node:crypto"
@@ -41,10 +46,22 @@ const requestIdOf = (req: IncomingMessage) => {
   return typeof given === "string" && /^[\x21-\x7e]{1,128}$/.test(given) ? given : randomUUID()
 }
 
+/** The simulated engine's `/infer`, loaded only with BASELINE_ENGINE=1 (the bare baseline loads nothing of the router). */
+type EngineInfer = (prompt: string, done: (inference: { readonly processingMs: number }) => void) => { readonly processingMs: number } | (() => void)
+const engineInfer: EngineInfer | undefined = env.BASELINE_ENGINE === "1"
+  ? await (async () => {
+    const [{ Model }, { defaultSimulation }] = await Promise.all([
+      import("../src/router/simulated/Model.ts"),
+      import("../src/router/core/Settings.ts")
+    ])
+    return Model.simulated(simLatencyMs, defaultSimulation, undefined, true, { modelName: modelRef, maxRunning: maxConcurrency }).inferUnsafe
+  })()
+  : undefined
+
 const infer = (req: IncomingMessage, res: ServerResponse, prompt: string, arrivedAt: number) => {
   const startedAt = performance.now()
-  const finish = () => {
-    const processingMs = Math.round(performance.now() - startedAt)
+  const finish = (modelMs?: number) => {
+    const processingMs = modelMs ?? Math.round(performance.now() - startedAt)
     release()
     sendJson(res, 200, {
       modelRef,
@@ -57,7 +74,10 @@ const infer = (req: IncomingMessage, res: ServerResponse, prompt: string, arrive
       "x-request-id": requestIdOf(req)
     })
   }
-  if (simLatencyMs > 0) setTimeout(finish, simLatencyMs)
+  if (engineInfer !== undefined) {
+    const started = engineInfer(prompt, ({ processingMs }) => finish(processingMs))
+    if (typeof started !== "function") finish(started.processingMs)
+  } else if (simLatencyMs > 0) setTimeout(finish, simLatencyMs)
   else finish()
 }
 

@@ -254,9 +254,12 @@ const main = async () => {
     // Many connections: a long pause (GC, a slow batch write) shows here first.
     ["overhead-256", {}, "default settings, 256 connections", 256],
     // The same with one listening socket, as plain Node listens: what LISTEN_SOCKETS changes (docs/operations.md).
-    ["overhead-256-one-socket", { LISTEN_SOCKETS: "1" }, "default settings but LISTEN_SOCKETS=1, 256 connections", 256]
+    ["overhead-256-one-socket", { LISTEN_SOCKETS: "1" }, "default settings but LISTEN_SOCKETS=1, 256 connections", 256],
+    // Only when asked for (BENCH_ONLY=overhead-engine): the baseline runs the router's simulated engine as its
+    // model, so this reads the router's overhead apart from the engine's; the goal compares with bare node.
+    ["overhead-engine", { BASELINE_ENGINE: "1" }, "default settings, against a baseline whose model is the router's simulated engine", 50]
   ] as const) {
-    if (only && !only.includes(name)) continue
+    if (only ? !only.includes(name) : name === "overhead-engine") continue
     print(`## 1. Router overhead (${label}): SIM_LATENCY_MS=0, MAX_CONCURRENCY=10000, ${connections} connections`)
     print()
     const { results, rss } = await alternate({ SIM_LATENCY_MS: "0", MAX_CONCURRENCY: "10000", MAX_QUEUE: "0", ...env }, connections)

@@ -7,7 +7,9 @@ set -eu
 cd "$(dirname "$0")/.."
 export PATH=$PWD/node_modules/node/bin:$PATH
 npm run build
-for baseline in baseline sse-baseline proxy-baseline; do
+# baseline.ts loads the simulated engine only with BASELINE_ENGINE=1: built to a folder, its chunks apart.
+npx rolldown scripts/baseline.ts --dir dist/bench --platform node --format esm
+for baseline in sse-baseline proxy-baseline; do
   npx rolldown "scripts/$baseline.ts" --file "dist/bench/$baseline.js" --platform node --format esm
 done
 npm run build:bench-routing
