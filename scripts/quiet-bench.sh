@@ -32,7 +32,7 @@ run() { # name, core base, command...
   local name=$1 base=$2; shift 2
   (env BENCH_CORE_BASE="$base" "$@" > "$OUT/$name.txt" 2>&1; echo "exit $?" >> "$OUT/$name.txt") &
 }
-run infer 0 env $short BENCH_ONLY=overhead,overhead-quiet,overhead-256,startup node scripts/bench.ts
+run infer 0 env $short BENCH_ONLY=overhead,overhead-quiet,overhead-256,overhead-engine,startup node scripts/bench.ts
 run upstream 2 env ${short/ROUNDS=5/ROUNDS=4} node scripts/bench-upstream.ts
 run upstream-before 4 env ${short/ROUNDS=5/ROUNDS=4} BENCH_ROUTER_BUNDLE=$before node scripts/bench-upstream.ts
 run streams 6 env BENCH_STREAMS=$streams node --max-semi-space-size=1 scripts/bench-streams.ts
