@@ -6,8 +6,9 @@
  *
  * BASELINE_ENGINE=1 (not the default, and not what the overhead goal compares
  * with): the model is the router's own simulated engine (`Model.simulated`,
- * its prefix cache and batch steps) instead of a `setTimeout`, so the router's
- * overhead can be read apart from the engine's (BENCHMARKS.md section 18).
+ * its prefix cache and batch steps, with the SIM_* settings as the router
+ * parses them) instead of a `setTimeout`, so the router's overhead can be read
+ * apart from the engine's (BENCHMARKS.md section 18).
  * Run: node scripts/baseline.ts
  */
 import { randomUUID } from "node:crypto"
@@ -50,11 +51,18 @@ const requestIdOf = (req: IncomingMessage) => {
 type EngineInfer = (prompt: string, done: (inference: { readonly processingMs: number }) => void) => { readonly processingMs: number } | (() => void)
 const engineInfer: EngineInfer | undefined = env.BASELINE_ENGINE === "1"
   ? await (async () => {
-    const [{ Model }, { defaultSimulation }] = await Promise.all([
+    const [{ Effect }, { Model }, { loadSettings }] = await Promise.all([
+      import("effect"),
       import("../src/router/simulated/Model.ts"),
       import("../src/router/core/Settings.ts")
     ])
-    return Model.simulated(simLatencyMs, defaultSimulation, undefined, true, { modelName: modelRef, maxRunning: maxConcurrency }).inferUnsafe
+    // The router's own parse of the environment: the same SIM_* settings as the router under test.
+    const settings = await Effect.runPromise(loadSettings)
+    // SIM_LOAD_FACTOR scales by the engine's own running share here, by admission's slots in the router.
+    return Model.simulated(settings.simLatencyMs, settings.simulation, undefined, true, {
+      modelName: settings.modelRef,
+      maxRunning: settings.maxConcurrency
+    }).inferUnsafe
   })()
   : undefined
 
