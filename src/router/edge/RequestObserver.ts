@@ -79,22 +79,14 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         interface PathInfo {
           readonly tracked: boolean
           readonly logged: boolean
-          /** The request counter of each status, by the number (no label string per request). */
-          readonly counted: (status: number) => (amount: number) => void
+          /** Its `endpoint` label. */
+          readonly label: string
         }
-        const pathInfo = (path: string | undefined): PathInfo => {
-          const label = path !== undefined && routes.has(path) ? path : unmatchedEndpoint
-          const byStatus = new Map<number, (amount: number) => void>()
-          return {
-            tracked: path === undefined || !untracked.has(path),
-            logged: path !== undefined && inferencePaths.has(path),
-            counted: (status) => {
-              let counter = byStatus.get(status)
-              if (counter === undefined) byStatus.set(status, counter = requestsBy(label, String(status)))
-              return counter
-            }
-          }
-        }
+        const pathInfo = (path: string | undefined): PathInfo => ({
+          tracked: path === undefined || !untracked.has(path),
+          logged: path !== undefined && inferencePaths.has(path),
+          label: path !== undefined && routes.has(path) ? path : unmatchedEndpoint
+        })
         const known = new Map<string, PathInfo>()
         for (const path of [...routes.keys(), ...untracked, ...inferencePaths]) known.set(path, pathInfo(path))
         const unknown = pathInfo(undefined)
@@ -105,7 +97,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           // What the client got: the response's status, else what was written to
           // the socket instead (Node's 408 for a slow client), else nothing.
           const status = response.writableFinished ? response.statusCode : outcome?.status ?? clientClosedRequest
-          info.counted(status)(1)
+          requestsBy(info.label, String(status))(1)
           recordDuration(durationMs / 1000)
           if (outcome?.reason !== undefined) shedBy(outcome.reason)(1)
           if (outcome?.queueMs !== undefined) recordQueueWait(outcome.queueMs / 1000)
