@@ -123,10 +123,10 @@ describe("Architecture", () => {
     assert.deepStrictEqual(cycles(new Map([[a, [b]], [b, [a]]])), [["src/a.ts", "src/b.ts"]])
   })
 
-  it("imports follow the layers: nothing imports the edge but the edge; core imports no backend (but the pure settings parsers), no app; the contract and shared/ import neither program", () => {
+  it("imports follow the layers: nothing imports the edge but the edge; the app no upstream pool; core imports no backend (but the pure settings parsers), no app; the contract and shared/ import neither program", () => {
     /** Folders (or files) a module under `from` may not import, with the exceptions allowed. */
     const rules: ReadonlyArray<{ readonly from: string; readonly not: ReadonlyArray<string>; readonly except?: ReadonlyArray<string> }> = [
-      { from: "src/router/app/", not: ["src/router/edge/"] },
+      { from: "src/router/app/", not: ["src/router/edge/", "src/router/upstream/", "src/router/routing/"] },
       { from: "src/router/simulated/", not: ["src/router/edge/", "src/router/app/"] },
       { from: "src/router/upstream/", not: ["src/router/edge/", "src/router/app/"] },
       { from: "src/router/routing/", not: ["src/router/edge/", "src/router/app/"] },

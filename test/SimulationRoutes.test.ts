@@ -123,6 +123,9 @@ describe("the simulated server over HTTP", () => {
       const denied = yield* post("/reset_prefix_cache", {})
       assert.strictEqual(denied.status, 401)
       assert.strictEqual(denied.json.error.code, "invalid_api_key")
+      // As every 401 of the router: the scheme to use, and OpenAI's four error fields.
+      assert.strictEqual(denied.headers["www-authenticate"], `Bearer realm="inference-router"`)
+      assert.deepStrictEqual(Object.keys(denied.json.error).sort(), ["code", "message", "param", "type"])
       const allowed = yield* request({ method: "POST", path: "/tokenize", headers: { authorization: "Bearer k1" }, body: JSON.stringify({ prompt: "a b" }) })
       assert.strictEqual(allowed.status, 200)
       assert.strictEqual(allowed.json.count, 2)

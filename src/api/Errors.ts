@@ -5,7 +5,7 @@
  */
 import { Schema } from "effect"
 import { HttpApiSchema } from "effect/http-api"
-import { rejectReasonHeader } from "./Headers.ts"
+import { bearerChallenge, rejectReasonHeader, wwwAuthenticateHeader } from "./Headers.ts"
 
 export const ErrorDetail = Schema.Struct({
   code: Schema.String.annotate({ description: "Machine-readable snake_case reason" }),
@@ -56,7 +56,6 @@ export const errorStatus = {
   GatewayTimeout: 504
 } as const
 
-export { rejectReasonHeader }
 
 const asErrorBody = <E extends { readonly code: string; readonly message: string }>(
   self: Schema.Codec<E, any>,
@@ -108,11 +107,11 @@ export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthoriz
 
 export const UnauthorizedResponse = Unauthorized.pipe(HttpApiSchema.encodeToWithHeaders({
   body: ErrorBody.pipe(HttpApiSchema.status(errorStatus.Unauthorized)),
-  headers: { "www-authenticate": Schema.String }
+  headers: { [wwwAuthenticateHeader]: Schema.String }
 }, {
   decode: ({ body }) => new Unauthorized(body.error),
   encode: (error) => ({
     body: { error: { code: error.code, message: error.message } },
-    headers: { "www-authenticate": `Bearer realm="inference-router"` }
+    headers: { [wwwAuthenticateHeader]: bearerChallenge }
   })
 }))

@@ -1,6 +1,9 @@
 /**
  * Every header name the router's contract defines, in one place: the APIs,
- * the pipeline, the backends and the tests import them from here.
+ * the pipeline, the backends and the tests import them from here (no other
+ * module re-exports them). Standard HTTP headers the router sets as HTTP
+ * defines them (`content-type`, `retry-after`, `cache-control`) are written
+ * as they are.
  */
 
 /**
@@ -27,3 +30,16 @@ export const upstreamVersionHeader = "x-inference-upstream-version"
 
 /** Why the cache-aware scheduler picked the upstream it did (UPSTREAM_SCHEDULER=cache-aware). */
 export const routeHeader = "x-inference-route"
+
+/** The pod a model server names itself by (llm-d-inference-sim's); passed on from upstream answers. */
+export const inferencePodHeader = "x-inference-pod"
+
+/** Queue and model time of an answer (`queue;dur=…, model;dur=…`, W3C Server-Timing). */
+export const serverTimingHeader = "server-timing"
+
+/** Set to `no` on event streams: proxies that buffer (nginx) pass each event on at once. */
+export const accelBufferingHeader = "x-accel-buffering"
+
+/** On every 401: the bearer scheme (RFC 6750), `Bearer realm="inference-router"`. */
+export const wwwAuthenticateHeader = "www-authenticate"
+export const bearerChallenge = `Bearer realm="inference-router"`

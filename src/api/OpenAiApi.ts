@@ -15,7 +15,6 @@ export const completionsPath = "/v1/completions"
 export const chatCompletionsPath = "/v1/chat/completions"
 export const modelsPath = "/v1/models"
 
-export { simFailureHeader }
 
 /**
  * Most stop sequences a request may carry. OpenAI allows 4, vLLM any number;

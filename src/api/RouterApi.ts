@@ -6,10 +6,8 @@ import { Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "effect/http-api"
 import { DecimalInt } from "../shared/DecimalInt.ts"
 import { Authorization } from "./Authorization.ts"
-import { queueTimeoutHeader } from "./Headers.ts"
+import { queueTimeoutHeader, serverTimingHeader } from "./Headers.ts"
 import { OpenAiGroup } from "./OpenAiApi.ts"
-
-export { queueTimeoutHeader, requestIdHeader } from "./Headers.ts"
 import {
   BadGatewayResponse,
   GatewayTimeoutResponse,
@@ -92,7 +90,7 @@ export class InferenceGroup extends HttpApiGroup.make("inference", { topLevel: t
       payload: [InferRequest, InferRequestFromForm],
       headers: { [queueTimeoutHeader]: Schema.optionalKey(QueueBudgetMs) },
       success: HttpApiSchema.WithHeaders(InferResponse, {
-        "server-timing": Schema.String.annotate({ description: "queue;dur=<ms>, model;dur=<ms>" })
+        [serverTimingHeader]: Schema.String.annotate({ description: "queue;dur=<ms>, model;dur=<ms>" })
       }),
       error: [
         InvalidRequestResponse,

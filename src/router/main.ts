@@ -1,6 +1,6 @@
 /**
  * Entry point: runs the router until SIGTERM/SIGINT, then drains: readiness
- * flips to 503, `/infer` is served for SHUTDOWN_DELAY_MS, the listener closes
+ * flips to 503, requests are served for SHUTDOWN_DELAY_MS, the listener closes
  * and in-flight requests finish (bounded by SHUTDOWN_TIMEOUT_MS), exit 0.
  * Any failure to start prints one line on stderr naming the cause, exit 1.
  */

@@ -11,6 +11,7 @@
  */
 import { Context, Effect, Exit } from "effect"
 import type { ChatCompletionRequest, CompletionRequest, ModelCard, OpenAiError } from "../../api/OpenAiApi.ts"
+import type { AdmissionStats } from "./Admission.ts"
 
 /** No usable answer from the backend: the status says what the client should do (400: fix the request, 429/503: later). */
 export interface BackendFailure {
@@ -130,7 +131,13 @@ export class Backend extends Context.Service<Backend, {
   complete(call: CompletionCall, reply: CompletionReply): Work<Completed>
   /** `/v1/models`: the models served, as the model servers report them. */
   readonly models: Effect.Effect<ReadonlyArray<ModelCard>, BackendFailure>
-  /** The simulated server's engine and prefix cache (its /metrics, /tokenize, /reset_prefix_cache); absent upstream. */
+  /**
+   * Sets the backend's own series when `/metrics` is scraped, from the admission's state now:
+   * vLLM's load gauges and prefix-cache counters (the simulated engine's, or the slots' where the
+   * router runs no engine), the pool's per-upstream gauges.
+   */
+  exportMetrics(admission: AdmissionStats, context: Context.Context<never>): void
+  /** The simulated server's engine and prefix cache (its /tokenize, /detokenize, /reset_prefix_cache); absent upstream. */
   readonly simulation?: SimulationView | undefined
 }>()("inference-router/Backend") {}
 

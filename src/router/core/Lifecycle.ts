@@ -2,7 +2,7 @@
  * The router's serving lifecycle: serving, then draining after SIGTERM/SIGINT.
  *
  * Draining flips `/readyz` to 503 at once, so Kubernetes stops routing new
- * traffic here, and keeps serving `/infer` for SHUTDOWN_DELAY_MS while the
+ * traffic here, and keeps serving every route for SHUTDOWN_DELAY_MS while the
  * endpoint removal propagates. After that the server layer closes the listener
  * and waits for in-flight requests (see `edge/NodeServer.ts`).
  */

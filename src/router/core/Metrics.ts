@@ -4,9 +4,9 @@
  * router's import graph but for Admission's reject reasons, so every part may
  * record into it.
  */
-import { Metric } from "effect"
+import { type Context, Metric } from "effect"
 import { labelled, secondsHistogram } from "../../shared/Metrics.ts"
-import { rejectReasons } from "./Admission.ts"
+import { type AdmissionStats, rejectReasons } from "./Admission.ts"
 
 // The five per-request metrics below (`requestsTotal` to `shedTotal`) are updated only through
 // edge/MetricSeries.ts, which holds their state: an Effect update to them would be ignored.
@@ -118,6 +118,19 @@ export const vllmMetrics = (modelName: string) => {
       }),
     loraRequests: Metric.withAttributes(vllmCache.loraRequests, { max_lora: "0", running_lora_adapters: "", waiting_lora_adapters: "" })
   }
+}
+
+export type VllmMetrics = ReturnType<typeof vllmMetrics>
+
+/**
+ * vLLM's load gauges where the router runs no engine of its own (upstream mode, a stand-in model):
+ * its slots in use as vLLM's running, its queue as waiting, the share of slots in use as the KV
+ * cache's, so an endpoint picker scraping a router reads its load as a model server's.
+ */
+export const exportSlotsAsVllm = (vllm: VllmMetrics, admission: AdmissionStats, context: Context.Context<never>): void => {
+  vllm.running.updateUnsafe(admission.running, context)
+  vllm.waiting.updateUnsafe(admission.waiting, context)
+  vllm.kvCache.updateUnsafe(admission.running / admission.slots, context)
 }
 
 /** Per upstream (MODEL_BACKEND=upstream), labelled `upstream` (host:port). */

@@ -17,7 +17,7 @@
 import { Cause, Effect, Exit, Layer, Result } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { BadGateway, GatewayTimeout, InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
-import { requestIdHeader, upstreamHeader } from "../../api/Headers.ts"
+import { requestIdHeader, serverTimingHeader, upstreamHeader } from "../../api/Headers.ts"
 import { InferenceGroup } from "../../api/RouterApi.ts"
 import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, type Inference } from "../core/Backend.ts"
@@ -100,7 +100,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     const headers: Record<string, string | number> = route.headers(request)
     headers["content-type"] = "application/json"
     headers["content-length"] = byteLength
-    headers["server-timing"] = `queue;dur=${waitedMs}, model;dur=${served.processingMs}`
+    headers[serverTimingHeader] = `queue;dur=${waitedMs}, model;dur=${served.processingMs}`
     if (served.upstream !== undefined) headers[upstreamHeader] = served.upstream
     response.writeHead(200, headers)
     response.end(body)

@@ -1,5 +1,6 @@
 /**
- * Reads and validates the body of `POST /infer` on Node's request.
+ * Reads a POST body on Node's request within MAX_BODY_BYTES (the pipeline does,
+ * for every POST route), and validates `/infer`'s.
  *
  * Hand-written instead of HttpApi's payload decoding: measured on this machine
  * (wrk, 50 connections, zero model time), Effect's body reading

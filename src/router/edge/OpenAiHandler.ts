@@ -12,10 +12,19 @@
  * - at the end of a drain, a running stream ends with one error frame and
  *   `[DONE]`, a request not yet answered gets 503 `shutting_down`.
  */
-import { Cause, Effect, Exit, Layer, Schema } from "effect"
+import { Cause, Effect, Exit, Fiber, Layer, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
-import { rejectReasonHeader, requestIdHeader, simFailureHeader } from "../../api/Headers.ts"
+import {
+  accelBufferingHeader,
+  bearerChallenge,
+  queueTimeoutHeader,
+  rejectReasonHeader,
+  requestIdHeader,
+  serverTimingHeader,
+  simFailureHeader,
+  wwwAuthenticateHeader
+} from "../../api/Headers.ts"
 import {
   ChatCompletionRequest,
   chatCompletionsPath,
@@ -30,7 +39,6 @@ import {
   openAiErrorBody,
   type Usage
 } from "../../api/OpenAiApi.ts"
-import { queueTimeoutHeader } from "../../api/RouterApi.ts"
 import { metricContext } from "../../shared/Metrics.ts"
 import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
@@ -86,7 +94,7 @@ export const openAiDialect: Dialect<OpenAiError> = {
     const headers: Record<string, string> = {}
     if (error.retryAfterSeconds !== undefined) headers["retry-after"] = String(error.retryAfterSeconds)
     if (error.rejectReason !== undefined) headers[rejectReasonHeader] = error.rejectReason
-    if (error.status === 401) headers["www-authenticate"] = `Bearer realm="inference-router"`
+    if (error.status === 401) headers[wwwAuthenticateHeader] = bearerChallenge
     return { status: error.status, headers, body: JSON.stringify(openAiErrorBody(error)) }
   }
 }
@@ -208,7 +216,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
           ...route.headers(request),
           "content-type": "text/event-stream; charset=utf-8",
           "cache-control": "no-cache",
-          "x-accel-buffering": "no"
+          [accelBufferingHeader]: "no"
         })
         response.flushHeaders()
       },
@@ -249,7 +257,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
             choices: [{ index: 0, text: generated.text, logprobs: null, finish_reason: generated.finishReason }],
             usage
           }
-        route.sendJson(request, response, 200, JSON.stringify(body), { "server-timing": `queue;dur=${queueMs}, model;dur=${generated.processingMs}` })
+        route.sendJson(request, response, 200, JSON.stringify(body), { [serverTimingHeader]: `queue;dur=${queueMs}, model;dur=${generated.processingMs}` })
       },
       response,
       answerHeaders: () => route.headers(request),
@@ -304,16 +312,27 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       serve(request, response, call, maxWaitMs)
     })
 
-  /** `/v1/models`: answered in a fiber (an upstream may be asked); not a hot path. */
+  /**
+   * `/v1/models`: answered in a fiber (an upstream may be asked; not a hot path, not admitted),
+   * interrupted when the client hangs up, and with the router's scope when it stops.
+   */
   const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const scope = yield* Effect.scope
   const listModels = (request: IncomingMessage, response: ServerResponse) => {
-    runFork(backend.models).addObserver((exit) => {
+    const fiber = runFork(backend.models)
+    Fiber.runIn(fiber, scope)
+    const hangUp = () => fiber.interruptUnsafe()
+    response.on("close", hangUp)
+    fiber.addObserver((exit) => {
+      response.off("close", hangUp)
       if (Exit.isSuccess(exit)) {
         const body: ModelList = { object: "list", data: exit.value }
         return route.sendJson(request, response, 200, JSON.stringify(body))
       }
       const failed = Cause.findErrorOption(exit.cause)
-      route.fail(request, response, failed._tag === "Some" ? fromBackend(failed.value) : openAiDialect.internal)
+      if (failed._tag === "Some") return route.fail(request, response, fromBackend(failed.value))
+      // Stopped with the router (503 shutting_down), by a hang-up (nothing to answer), or a defect (500).
+      route.answerFailure(request, response, exit.cause as Cause.Cause<never>)
     })
   }
 

@@ -2,7 +2,8 @@
  * Per-request observability at the edge of the Node server, for every route
  * and every answer (Node's own 408s and hang-ups included): the `x-request-id`
  * (the caller's, or a new one, set on the request for the rest of the pipeline
- * to echo), request metrics, and one access-log line per `/infer`. Probes and `/metrics` are not
+ * to echo), request metrics, and one access-log line per inference request
+ * (`/infer`, `/v1/completions`, `/v1/chat/completions`). Probes and `/metrics` are not
  * traffic: they are neither counted nor logged.
  *
  * It listens to Node's request and response events rather than wrapping the
@@ -15,7 +16,8 @@ import { randomUUID } from "node:crypto"
 import { performance } from "node:perf_hooks"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { chatCompletionsPath, completionsPath } from "../../api/OpenAiApi.ts"
-import { InferenceGroup, metricsPath, ProbesGroup, requestIdHeader } from "../../api/RouterApi.ts"
+import { requestIdHeader } from "../../api/Headers.ts"
+import { InferenceGroup, metricsPath, ProbesGroup } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
 import { modelTime, queueWait, requestDuration, requestsTotal, shedReasons, shedTotal } from "../core/Metrics.ts"

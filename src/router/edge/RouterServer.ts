@@ -50,8 +50,8 @@ const StartupLog = Layer.effectDiscard(Effect.gen(function*() {
  * The backend MODEL_BACKEND names: the one place that asks which it is. The
  * simulated one runs `Model` (tests pass a stand-in).
  */
-const BackendLayer = (model: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams>): Layer.Layer<Backend, never, RouterConfig | Admission | Upstreams> =>
-  Layer.unwrap(RouterConfig.useSync((config) =>
+const BackendLayer = (model: Layer.Layer<Model, never, RouterConfig | Admission>): Layer.Layer<Backend, never, RouterConfig | Admission | Upstreams> =>
+  Layer.unwrap(RouterConfig.useSync((config): Layer.Layer<Backend, never, RouterConfig | Admission | Upstreams> =>
     config.backend === "upstream" ? UpstreamBackend : SimulatedBackend.pipe(Layer.provide(model))
   ))
 
@@ -75,7 +75,7 @@ const NodeHandlers = Layer.mergeAll(InferHandler, OpenAiHandler).pipe(
  */
 export const makeRouterServer = <E>(options: {
   readonly config: Layer.Layer<RouterConfig, E>
-  readonly model?: Layer.Layer<Model, never, RouterConfig | Admission | Upstreams> | undefined
+  readonly model?: Layer.Layer<Model, never, RouterConfig | Admission> | undefined
   readonly logging?: Layer.Layer<never, never, RouterConfig> | undefined
 }) =>
   // The Node handlers are served with the app: built after the Node server, and

@@ -26,5 +26,3 @@ export interface RouteScheduler {
   attach(endpoints: () => ReadonlyArray<Endpoint>): void
 }
 
-/** The answer header explaining a decision (its name lives with the contract's others). */
-export { routeHeader } from "../../api/Headers.ts"

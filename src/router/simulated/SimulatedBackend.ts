@@ -6,11 +6,13 @@
  * callbacks on shared timers, where it gives the same tokens at the same
  * times) and the Effect one (TestClock, varying delays).
  */
-import { Effect, Exit, Layer } from "effect"
+import { type Context, Effect, Exit, Layer } from "effect"
 import { simFailureHeader } from "../../api/Headers.ts"
 import { invalidRequestError, type ModelCard, type OpenAiError, openAiError } from "../../api/OpenAiApi.ts"
 import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated, routerModelCard } from "../core/Backend.ts"
 import { type FailureType, RouterConfig, type SimulationSettings } from "../core/Config.ts"
+import type { AdmissionStats } from "../core/Admission.ts"
+import { exportSlotsAsVllm, vllmMetrics } from "../core/Metrics.ts"
 import { type GenerationRequest, type Inference, Model, type Generated as ModelGenerated } from "./Model.ts"
 import { contentText, countTokens } from "./Simulation.ts"
 
@@ -43,6 +45,35 @@ const generationOf = (call: CompletionCall): GenerationRequest => {
   }
   const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop
   return { echoText, promptText, replyPrefix, promptTokens: countTokens(promptText), maxTokens: maxTokens ?? undefined, stop, seed: body.seed ?? undefined }
+}
+
+/**
+ * vLLM's series as a vLLM server with this engine exports them: running = in the engine's batch,
+ * waiting = for a slot, or admitted and waiting for KV blocks; the prefix-cache counters follow the
+ * engine's totals (each scrape adds what grew since the last). A model without an engine (a test's
+ * stand-in) exports its slots instead.
+ */
+const engineMetrics = (model: Model["Service"], modelRef: string) => {
+  const vllm = vllmMetrics(modelRef)
+  const simulation = model.simulation
+  let counted: { queries: number; hits: number; preemptions: number } | undefined
+  return (admission: AdmissionStats, context: Context.Context<never>) => {
+    if (simulation === undefined) return exportSlotsAsVllm(vllm, admission, context)
+    const engine = simulation.stats()
+    if (counted === undefined) {
+      // The first scrape: the series exist (at 0) from then on, as vLLM's do from its start.
+      vllm.cacheConfig(engine.blockSize, engine.kvBlocks).updateUnsafe(1, context)
+      counted = { queries: 0, hits: 0, preemptions: 0 }
+    }
+    vllm.running.updateUnsafe(Math.max(0, admission.running - engine.waiting), context)
+    vllm.waiting.updateUnsafe(admission.waiting + engine.waiting, context)
+    vllm.kvCache.updateUnsafe(engine.usedBlocks / engine.kvBlocks, context)
+    vllm.prefixQueries.updateUnsafe(engine.prefixQueries - counted.queries, context)
+    vllm.prefixHits.updateUnsafe(engine.prefixHits - counted.hits, context)
+    vllm.preemptions.updateUnsafe(engine.preemptions - counted.preemptions, context)
+    counted = { queries: engine.prefixQueries, hits: engine.prefixHits, preemptions: engine.preemptions }
+    vllm.loraRequests.updateUnsafe(Date.now() / 1000, context)
+  }
 }
 
 export const makeSimulatedBackend = (model: Model["Service"], simulation: SimulationSettings, card: ModelCard): Backend["Service"] => {
@@ -150,6 +181,7 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
     check,
     complete,
     models: Effect.succeed([card]),
+    exportMetrics: engineMetrics(model, card.id),
     simulation: model.simulation
   })
 }

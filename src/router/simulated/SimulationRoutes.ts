@@ -10,6 +10,8 @@
  */
 import { ByteSize, Effect, Schema } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { bearerChallenge, wwwAuthenticateHeader } from "../../api/Headers.ts"
+import { openAiError, openAiErrorBody } from "../../api/OpenAiApi.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { Backend } from "../core/Backend.ts"
 import { makeBearerCheck } from "../core/Authorization.ts"
@@ -48,8 +50,13 @@ const DetokenizeRequest = Schema.Struct({
 const decodeTokenize = Schema.decodeUnknownResult(TokenizeRequest)
 const decodeDetokenize = Schema.decodeUnknownResult(DetokenizeRequest)
 
+/** An error in OpenAI's shape, from the contract's `OpenAiError`. */
 const errorResponse = (status: number, type: string, code: string, message: string, param: string | null = null) =>
-  HttpServerResponse.jsonUnsafe({ error: { message, type, param, code } }, { status })
+  HttpServerResponse.jsonUnsafe(openAiErrorBody(openAiError(status, type, code, message, param)), {
+    status,
+    // As every 401 of the router: the scheme the client should use.
+    headers: status === 401 ? { [wwwAuthenticateHeader]: bearerChallenge } : undefined
+  })
 
 const badRequest = (message: string, param: string | null = null) => errorResponse(400, "invalid_request_error", "invalid_request", message, param)
 

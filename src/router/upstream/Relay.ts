@@ -9,20 +9,22 @@
  *   the last whole event, never a fragment;
  * - pausing the upstream while the client's socket is full, so nothing piles
  *   up in the router. The edge hands in the client's response (any object with
- * ServerResponse's few methods used here) and formats errors; this module owns
- * what crosses from the upstream to the client.
+ * ServerResponse's few methods used here) and formats the upstream's failures
+ * (`RelayCallbacks`); this module owns what crosses from the upstream to the
+ * client, and answers by itself only when a callback throws (`answerDespite`).
  *
  * Plain callbacks for the same reason as Upstreams.forwardUnsafe: it runs
  * once per request.
  */
 import { type AnswerHeaders, retryAfterSeconds } from "./Attempt.ts"
-import { routeHeader } from "../routing/Route.ts"
+import { openAiError, openAiErrorBody } from "../../api/OpenAiApi.ts"
+import { accelBufferingHeader, inferencePodHeader, routeHeader, upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
 import { EventFramer } from "./EventFramer.ts"
 import type { UpstreamFailure } from "./Failure.ts"
 import type { ClientResponse } from "../core/Backend.ts"
 import { defaultUpstream } from "../core/Config.ts"
 import type { UpstreamResponse, Upstreams } from "./Upstreams.ts"
-import { bodyTooLarge, unusableAnswer, upstreamHeader, upstreamVersionHeader } from "./Upstreams.ts"
+import { bodyTooLarge, unusableAnswer } from "./Upstreams.ts"
 
 export interface RelayRequest {
   /** The path after the upstream's prefix, e.g. `/v1/chat/completions`. */
@@ -50,7 +52,7 @@ export interface RelayCallbacks {
 }
 
 /** Headers of the upstream's answer the client sees, beside the router's own. */
-const passedOn = ["content-type", "retry-after", "x-inference-pod"] as const
+const passedOn = ["content-type", "retry-after", inferencePodHeader] as const
 
 /** A header's value; of one sent twice, the first (as Node's own client keeps the first content-type). */
 const headerValue = (value: string | Array<string> | undefined): string | undefined => Array.isArray(value) ? value[0] : value
@@ -100,7 +102,7 @@ export const relayUnsafe = (
    */
   const answerDespite = (error: unknown) => {
     callbacks.log?.(`the relay failed to answer a request forwarded to ${answer?.upstream ?? "an upstream"}: ${error instanceof Error ? error.stack ?? error.message : String(error)}`)
-    const failed = { error: { message: "the router failed to relay the model server's answer", type: "server_error", param: null, code: "upstream_relay_failed" } }
+    const failed = openAiErrorBody(openAiError(502, "server_error", "upstream_relay_failed", "the router failed to relay the model server's answer"))
     try {
       if (!response.headersSent) {
         const text = JSON.stringify(failed)
@@ -140,7 +142,7 @@ export const relayUnsafe = (
         return
       }
       framer = new EventFramer(limits.maxEventBytes)
-      response.writeHead(200, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" })
+      response.writeHead(200, { ...headers, "cache-control": "no-cache", [accelBufferingHeader]: "no" })
       response.flushHeaders()
     },
     onData: (chunk) => {

@@ -8,13 +8,14 @@
  * - the model server reads, counts and limits the request itself: nothing is
  *   refused before admission.
  */
-import { Clock, Effect, Exit, Layer } from "effect"
+import { Clock, type Context, Effect, Exit, Layer, Metric } from "effect"
 import { requestIdHeader, simFailureHeader } from "../../api/Headers.ts"
 import { chatCompletionsPath, completionsPath, type ModelCard, modelsPath } from "../../api/OpenAiApi.ts"
 import { Backend, callbacks, type Completed, type Inference, routerModelCard } from "../core/Backend.ts"
 import { RouterConfig } from "../core/Config.ts"
+import { exportSlotsAsVllm, upstreamMetrics, vllmMetrics } from "../core/Metrics.ts"
 import { relayUnsafe } from "./Relay.ts"
-import { type UpstreamFailure, upstreamRefusal, Upstreams } from "./Upstreams.ts"
+import { type UpstreamFailure, upstreamRefusal, Upstreams, type UpstreamView } from "./Upstreams.ts"
 
 /** The `max_model_len` an upstream's `/v1/models` answer gives for `modelRef` (or its first model), if any. */
 export const reportedMaxModelLen = (status: number, body: string, modelRef: string): number | undefined => {
@@ -30,14 +31,44 @@ export const reportedMaxModelLen = (status: number, body: string, modelRef: stri
   }
 }
 
+/**
+ * Sets the upstream gauges from the pool's view at scrape time (upstream
+ * mode only: a simulated router has no pool, not an empty one), and
+ * removes the series of an upstream that left the pool (a `dns+` name's pod
+ * went away): a stale `router_upstream_available 1` would keep the
+ * no-healthy-upstream alert quiet for the life of the process.
+ */
+export const upstreamGauges = () => {
+  let exported = new Set<string>()
+  return (view: ReadonlyArray<UpstreamView>, context: Context.Context<never>) => {
+    const current = new Set<string>()
+    upstreamMetrics.healthy.updateUnsafe(view.filter((upstream) => upstream.available).length, context)
+    for (const upstream of view) {
+      current.add(upstream.id)
+      upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
+      upstreamMetrics.available(upstream.id).updateUnsafe(upstream.available ? 1 : 0, context)
+      upstreamMetrics.connections(upstream.id).updateUnsafe(upstream.connections, context)
+    }
+    for (const id of exported) {
+      if (current.has(id)) continue
+      Metric.removeUnsafe(upstreamMetrics.inFlight(id), context)
+      Metric.removeUnsafe(upstreamMetrics.available(id), context)
+      Metric.removeUnsafe(upstreamMetrics.connections(id), context)
+    }
+    exported = current
+  }
+}
+
 /** `log`: where a relay that could not answer says so (the router's logger). */
 export const makeUpstreamBackend = (
   upstreams: Upstreams["Service"],
   modelRef: string,
   card: ModelCard,
   log: (message: string) => void = () => {}
-): Backend["Service"] =>
-  Backend.of({
+): Backend["Service"] => {
+  const vllm = vllmMetrics(modelRef)
+  const exportPool = upstreamGauges()
+  return Backend.of({
     ready: () => upstreams.ready(),
     infer: (prompt, requestId) =>
       Effect.clockWith((clock: Clock.Clock) =>
@@ -81,8 +112,14 @@ export const makeUpstreamBackend = (
     // first) gives max_model_len. One that does not answer the list leaves the router's own card.
     models: upstreams.fetch({ method: "GET", path: modelsPath, body: undefined, headers: {} }).pipe(
       Effect.map((answer) => [{ ...card, max_model_len: reportedMaxModelLen(answer.status, answer.body, modelRef) ?? card.max_model_len }])
-    )
+    ),
+    // The router's slots as vLLM's load (an endpoint picker in front of routers reads them), and the pool.
+    exportMetrics: (admission, context) => {
+      exportSlotsAsVllm(vllm, admission, context)
+      exportPool(upstreams.view(), context)
+    }
   })
+}
 
 export const UpstreamBackend: Layer.Layer<Backend, never, Upstreams | RouterConfig> = Layer.effect(
   Backend,

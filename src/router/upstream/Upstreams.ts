@@ -57,8 +57,6 @@ export interface UpstreamView {
   readonly connections: number
 }
 
-/** Header names live with the contract's others. */
-export { upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
 
 /** An upstream's non-2xx answer to an `/infer` completion, as the failure the router answers. */
 export const upstreamRefusal = (status: number, upstream: string, body: string, retryAfter: string | Array<string> | undefined): UpstreamFailure => {
@@ -160,8 +158,10 @@ export class Upstreams extends Context.Service<Upstreams, {
     settings: undefined
   })
 
-  /** `resolve` finds a `dns+` name's addresses (Node's resolver; tests pass their own). */
-  /** `scheduler`: a router other than least request (routing/), asked for each request's route. */
+  /**
+   * `resolve` finds a `dns+` name's addresses (Node's resolver; tests pass their own).
+   * `scheduler`: a router other than least request (routing/), asked for each request's route.
+   */
   static readonly make = (settings: UpstreamSettings, slots: number, resolve: Resolve = resolveAll, scheduler?: RouteScheduler) =>
     Effect.gen(function*() {
       // Loaded here, not at start-up: a router on the simulated model never
