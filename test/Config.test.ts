@@ -308,6 +308,22 @@ describe("Config", () => {
       assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2"])
     }))
 
+  it.effect("an API key no client could present (a blank, a control character) is refused at start-up, without showing it", () =>
+    Effect.gen(function*() {
+      const inline = invalid(yield* load({ API_KEYS: "ok-key,has s3cret space" }))
+      assert.instanceOf(inline, InvalidSetting)
+      assert.strictEqual(inline.variable, "API_KEYS")
+      assert.include(inline.message, "key 2 not shown")
+      assert.notInclude(inline.message, "s3cret")
+      const dir = mkdtempSync(join(tmpdir(), "router-keys-"))
+      const file = join(dir, "keys")
+      writeFileSync(file, "fine-key\ntab\ts3cret\n")
+      const fromFile = invalid(yield* load({ API_KEYS_FILE: file }))
+      rmSync(dir, { recursive: true })
+      assert.strictEqual(fromFile.variable, "API_KEYS_FILE")
+      assert.notInclude(fromFile.message, "s3cret")
+    }))
+
   it.effect("credentials in KV_ENDPOINTS are masked wherever the endpoints are shown, kept whole inside", () =>
     Effect.gen(function*() {
       const exit = yield* load({ KV_ENDPOINTS: "redis://admin:s3cret@kv-0:6379,https://kv-1/x?token=s3cret&db=2,kv-2:1" })

@@ -4,6 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
+import { connect } from "node:net"
 import { gunzipSync, brotliDecompressSync } from "node:zlib"
 import { kvEndpoint, type RouterSettings } from "../src/router/core/Config.ts"
 import { docsScriptPath } from "../src/router/app/DocsRoute.ts"
@@ -13,6 +14,7 @@ import {
   parseRaw,
   postInfer,
   request,
+  serverPort,
   TestRouter,
   untilAccessLines
 } from "./support/TestRouter.ts"
@@ -67,6 +69,73 @@ describe("slow clients are booked as what they got", () => {
       assert.strictEqual(lines[0].annotations.status, 408)
     }).pipe(withRouter({ headersTimeoutMs: 200, requestTimeoutMs: 300 }, logs))
   })
+})
+
+describe("hang-ups are booked as hang-ups", () => {
+  it.live("a client that hangs up in the middle of its body gets nothing, and is counted and logged as 499, not 400", () => {
+    const logs: Array<LogLine> = []
+    return Effect.gen(function*() {
+      const port = yield* serverPort
+      // `Expect: 100-continue`: the router says when it reads the body, so the hang-up comes while it does.
+      yield* Effect.callback<void>((resume) => {
+        const socket = connect(port, "127.0.0.1", () => {
+          socket.write("POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\nExpect: 100-continue\r\n\r\n")
+        })
+        socket.once("data", (chunk) => {
+          assert.match(chunk.toString("latin1"), /^HTTP\/1\.1 100 Continue/)
+          socket.write("{\"prom")
+          socket.destroy()
+          resume(Effect.void)
+        })
+      })
+      const lines = yield* untilAccessLines(logs, 1)
+      assert.strictEqual(lines[0].annotations.status, 499)
+      const text = yield* metrics
+      assert.strictEqual(sample(text, `router_requests_total{endpoint="/infer",status="499"}`), 1)
+      assert.isUndefined(sample(text, `router_requests_total{endpoint="/infer",status="400"}`))
+    }).pipe(withRouter({}, logs))
+  })
+})
+
+describe("a compressed body is refused, not read as text", () => {
+  it.live("Content-Encoding other than identity is a 415 naming it, on /infer and /v1/*; identity is read", () =>
+    Effect.gen(function*() {
+      const gzip = yield* postInfer("{\"prompt\":\"x\"}", { "content-encoding": "gzip" })
+      assertEnvelope(gzip, 415, "unsupported_content_encoding")
+      assert.include(gzip.json.error.message, `"gzip"`)
+      const chat = yield* request({
+        method: "POST",
+        path: "/v1/completions",
+        headers: { "content-type": "application/json", "content-encoding": "br" },
+        body: JSON.stringify({ model: "test-model", prompt: "x" })
+      })
+      assert.strictEqual(chat.status, 415)
+      assert.strictEqual(chat.json.error.code, "unsupported_content_encoding")
+      assert.strictEqual((yield* postInfer({ prompt: "x" }, { "content-encoding": "identity" })).status, 200)
+    }).pipe(withRouter()))
+})
+
+describe("a request line that is no HTTP/1.x is refused", () => {
+  it.live("HTTP/2.0 and HTTP/0.9's bare form get a 505 in the envelope; HTTP/1.0 is served", () =>
+    Effect.gen(function*() {
+      const two = parseRaw(yield* exchange("POST /infer HTTP/2.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"prompt\":\"x\"}"))
+      assertEnvelope(two, 505, "http_version_not_supported")
+      assert.include(two.json.error.message, "HTTP/2.0")
+      assert.strictEqual(two.headers["connection"], "close")
+      assertEnvelope(parseRaw(yield* exchange("GET /healthz\r\n\r\n")), 505, "http_version_not_supported")
+      assert.strictEqual(parseRaw(yield* exchange("GET /healthz HTTP/1.0\r\n\r\n")).status, 200)
+    }).pipe(withRouter()))
+})
+
+describe("a tunnel request is answered", () => {
+  it.live("CONNECT gets a 405 in the envelope (the router is no proxy), counted, not a silent close", () =>
+    Effect.gen(function*() {
+      const answer = parseRaw(yield* exchange("CONNECT /v1/completions HTTP/1.1\r\nHost: x\r\nx-request-id: tunnel-1\r\n\r\n"))
+      assertEnvelope(answer, 405, "method_not_allowed")
+      assert.strictEqual(answer.headers["x-request-id"], "tunnel-1")
+      assert.strictEqual(answer.headers["connection"], "close")
+      assert.strictEqual(sample(yield* metrics, `router_requests_total{endpoint="unmatched",status="405"}`), 1)
+    }).pipe(withRouter()))
 })
 
 describe("numbers are decimal digits", () => {

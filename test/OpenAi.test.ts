@@ -163,6 +163,8 @@ describe("OpenAI-compatible API with the official openai SDK", () => {
       const context = yield* failed("context_length")
       assert.instanceOf(context, OpenAI.BadRequestError)
       assert.strictEqual(context.code, "context_length_exceeded")
+      // As the real check names it on a completion.
+      assert.strictEqual(context.param, "prompt")
     }).pipe(withRouter()))
 
   it.live("a prompt over the context length is a 400 naming the limit", () =>

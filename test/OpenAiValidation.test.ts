@@ -114,6 +114,26 @@ describe("OpenAI-compatible API: the pipeline's own refusals in OpenAI's shape",
         assert.strictEqual(response.headers["www-authenticate"], `Bearer realm="inference-router"`)
       }
     }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", apiKeys: [Redacted.make("key")] }))))
+
+  it.live("an Authorization header that is no bearer token is named so, without repeating it", () =>
+    Effect.gen(function*() {
+      for (const authorization of ["Basic dXNlcjpzM2NyZXQ=", "Bearer key extra"]) {
+        const response = yield* post("/v1/completions", `{"prompt":"x"}`, { authorization })
+        assertOpenAiError(response, 401, { type: "authentication_error", param: null, code: "invalid_api_key" })
+        assert.include(response.json.error.message, "not a bearer token")
+        assert.notInclude(response.text, "dXNlcjpzM2NyZXQ=")
+      }
+      assert.include((yield* post("/v1/completions", `{"prompt":"x"}`)).json.error.message, "missing bearer token")
+    }).pipe(Effect.provide(TestRouter({ modelRef: "test-model", apiKeys: [Redacted.make("key")] }))))
+
+  it.live("a body that is JSON but no object is named as such", () =>
+    Effect.gen(function*() {
+      for (const [body, got] of [["null", "null"], ["[]", "an array"], [`"x"`, "a string"], ["5", "a number"]]) {
+        const response = yield* post("/v1/completions", body)
+        assertOpenAiError(response, 400, { param: null })
+        assert.include(response.json.error.message, `expected a JSON object, got ${got}`)
+      }
+    }).pipe(withRouter))
 })
 
 describe("x-request-id: the rule docs/api.md states", () => {

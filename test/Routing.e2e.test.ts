@@ -7,7 +7,7 @@
 import { afterEach, assert, describe, it } from "@effect/vitest"
 import { freePort, killAll, until } from "./support/Processes.ts"
 import { redisServerPath, startRedis } from "./support/RedisServer.ts"
-import { metricValue, openStream, type Running, startFront, startUpstream } from "./support/Routers.ts"
+import { metricValue, openStream, post, type Running, startFront, startUpstream } from "./support/Routers.ts"
 import { requestAt } from "./support/TestRouter.ts"
 
 afterEach(() => killAll())
@@ -73,6 +73,11 @@ describe("cache-aware routing end to end", () => {
     // Another group's prefix is not cached anywhere: load decides.
     assert.match((await turn(front.port, system(2), "q0")).route, /reason=load;/)
     assert.isAtLeast(await metricValue(front.port, `router_routing_decisions_total{reason="cache"}`) ?? 0, 3)
+    // `/infer` is routed the same way, and its answer explains the decision as the relay's do.
+    const infer = await post(front.port, "/infer", { prompt: system(1) })
+    assert.strictEqual(infer.status, 200)
+    assert.strictEqual(infer.headers["x-inference-upstream"], first.upstream)
+    assert.match(String(infer.headers["x-inference-route"]), /^cache-aware; reason=cache; cached-tokens=[1-9][0-9]*;/)
 
     // The server holding the prefix dies: its index entries go within a health interval (100 ms
     // here), and the prefix's next request is answered elsewhere.

@@ -34,6 +34,7 @@ describe("routing to upstream model servers", () => {
       })
       assert.strictEqual(response.status, 200)
       assert.deepInclude(response.json, { modelRef: "m", prompt: `request ${i}` })
+      assert.include(["v1", "v2"], response.headers["x-inference-upstream-version"])
       counts.set(upstreamOf(response), (counts.get(upstreamOf(response)) ?? 0) + 1)
     }
     // Binomial(200, 0.75): standard deviation 6.1; the bound is 5 of them.

@@ -70,6 +70,9 @@ describe("upstream mode when a side fails", () => {
   it("is not ready while no upstream is healthy, and ready again when one is", async () => {
     const upstream = await startUpstream()
     const front = await startFront([upstream])
+    // The pool's own rejections are exported from the start, as admission's are.
+    assert.strictEqual(await metricValue(front.port, `router_shed_total{reason="no_healthy_upstream"}`), 0)
+    assert.strictEqual(await metricValue(front.port, `router_shed_total{reason="upstreams_saturated"}`), 0)
     upstream.child.kill("SIGKILL")
     await waitFor(front.port, 503)
     const readyz = await requestAt(front.port, { path: "/readyz" })
@@ -81,6 +84,10 @@ describe("upstream mode when a side fails", () => {
     const infer = await post(front.port, "/infer", { prompt: "x" })
     assert.strictEqual(infer.status, 503)
     assert.strictEqual((infer.json as { error: { code: string } }).error.code, "no_healthy_upstream")
+    // The router's own rejection, in both dialects: named by the reason header, counted as shed.
+    assert.strictEqual(refused.headers["x-router-reject-reason"], "no_healthy_upstream")
+    assert.strictEqual(infer.headers["x-router-reject-reason"], "no_healthy_upstream")
+    assert.strictEqual(await metricValue(front.port, `router_shed_total{reason="no_healthy_upstream"}`), 2)
     await startUpstream({}, upstream.port)
     await waitFor(front.port, 200)
     assert.strictEqual((await post(front.port, "/infer", { prompt: "x" })).status, 200)

@@ -86,6 +86,20 @@ describe("Retry-After", () => {
     assert.isUndefined(retryAfterSeconds("soon", 0))
   })
 
+  it("reads only RFC 9110's forms: seconds, or an HTTP date in one of its three formats", () => {
+    const now = Date.parse("1994-11-06T08:49:27Z")
+    assert.strictEqual(retryAfterSeconds(" 2 ", now), 2)
+    assert.strictEqual(retryAfterSeconds("Sun, 06 Nov 1994 08:49:37 GMT", now), 10)
+    assert.strictEqual(retryAfterSeconds("Sunday, 06-Nov-94 08:49:37 GMT", now), 10)
+    assert.strictEqual(retryAfterSeconds("Sun Nov  6 08:49:37 1994", now), 10)
+    // A date passed: retry now.
+    assert.strictEqual(retryAfterSeconds("Sun, 06 Nov 1994 08:49:17 GMT", now), 0)
+    // What Date.parse alone reads as (past) dates: dropped, not 0.
+    for (const unreadable of ["-5", "1.5", "+3", "2 s", "Tuesday 3", "1994-11-06T08:49:37Z", ""]) {
+      assert.isUndefined(retryAfterSeconds(unreadable, now), unreadable)
+    }
+  })
+
   it("reaches the client capped when an upstream's answer is passed through", () => {
     const { got } = relay((handler) => {
       handler.onResponse(answer(429, { "content-type": "application/json", "retry-after": "99999999999999999999" }))

@@ -20,7 +20,13 @@ export const makeBearerCheck = (apiKeys: ReadonlyArray<Redacted.Redacted<string>
   return (authorization: string | undefined): Unauthorized | undefined => {
     const token = authorization === undefined ? undefined : bearer.exec(authorization)?.[1]
     if (token === undefined) {
-      return new Unauthorized({ code: "unauthorized", message: "missing bearer token: send Authorization: Bearer <key>" })
+      // The header's value is not repeated: it may hold a secret meant for somebody else.
+      return new Unauthorized({
+        code: "unauthorized",
+        message: authorization === undefined || authorization.trim() === ""
+          ? "missing bearer token: send Authorization: Bearer <key>"
+          : "the Authorization header is not a bearer token: send Authorization: Bearer <key> (one key, no blanks in it)"
+      })
     }
     const presented = digest(token)
     // Check every key, so timing does not tell which one matched.

@@ -171,3 +171,15 @@ export const upstreamMetrics = {
 
 /** Every reason the router sheds for, exported as 0 before the first one happens. */
 export const shedReasons = [...rejectReasons, "shutting_down"] as const
+
+/**
+ * The upstream pool's own rejections (MODEL_BACKEND=upstream): no model server could be asked. Shed
+ * as the router's, exported as 0 from the start in upstream mode. Other backend failures (a model
+ * server's refusal or fault: `upstream_*`) are in the access log, not shed.
+ */
+export const poolShedReasons = ["no_healthy_upstream", "upstreams_saturated"] as const
+export type PoolShedReason = typeof poolShedReasons[number]
+
+/** Whether `reason` is one of the router's own rejections (counted in `router_shed_total`, named by `x-router-reject-reason`). */
+export const isShedReason = (reason: string): boolean =>
+  (shedReasons as ReadonlyArray<string>).includes(reason) || (poolShedReasons as ReadonlyArray<string>).includes(reason)

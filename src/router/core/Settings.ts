@@ -191,12 +191,28 @@ const splitKeys = (text: string, separator: RegExp) =>
   text.split(separator).map((key) => key.trim()).filter((key) => key !== "")
 
 /**
+ * A client sends a key as `Authorization: Bearer <key>`: one with a blank or a control character in
+ * it could never be presented, so it is refused at start-up rather than never matching. The key
+ * itself is not shown, only its place.
+ */
+const unusableKey = (variable: string, keys: ReadonlyArray<string>): InvalidSetting | undefined => {
+  const index = keys.findIndex((key) => !/^[\x21-\x7e]+$/.test(key))
+  return index === -1 ? undefined : new InvalidSetting({
+    variable,
+    value: `<key ${index + 1} not shown>`,
+    expected: "keys of visible ASCII characters, without blanks (a client sends one as Authorization: Bearer <key>)"
+  })
+}
+
+/**
  * API_KEYS (comma-separated) and API_KEYS_FILE (one key per line, `#` comments)
  * together: several keys at once let clients rotate without downtime. Keys are
  * `Redacted` from here on, so they never reach a log line.
  */
 const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, SettingError> = Effect.gen(function*() {
   const keys = splitKeys((yield* rawSetting("API_KEYS")) ?? "", /,/)
+  const unusable = unusableKey("API_KEYS", keys)
+  if (unusable !== undefined) return yield* unusable
   const file = yield* optionalString("API_KEYS_FILE")
   if (file !== undefined) {
     const text = yield* Effect.try({
@@ -212,6 +228,8 @@ const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, Setti
     if (fromFile.length === 0) {
       return yield* new InvalidSetting({ variable: "API_KEYS_FILE", value: file, expected: "a file with at least one key" })
     }
+    const unusableInFile = unusableKey("API_KEYS_FILE", fromFile)
+    if (unusableInFile !== undefined) return yield* unusableInFile
     keys.push(...fromFile)
   }
   return keys.map((key) => Redacted.make(key, { label: "api-key" }))
@@ -456,8 +474,8 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "HOSTNAME", meaning: "`POD_NAME`'s fallback (Kubernetes sets it to the pod name)", default: "—", valid: "any" },
   { variable: "LOG_LEVEL", meaning: "least severe level logged; `info` includes one access-log line per inference request", default: code(defaults.logLevel), valid: "`debug`, `info`, `warn`, `error`" },
   { variable: "LOG_FORMAT", meaning: "`json` (one object per line) or `pretty` (for humans)", default: code(defaults.logFormat), valid: "`json`, `pretty`" },
-  { variable: "API_KEYS", meaning: "comma-separated bearer tokens accepted on `/infer` and `/v1/*`; unset = no authentication", default: "—", valid: "any" },
-  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (`#` comments); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file" }
+  { variable: "API_KEYS", meaning: "comma-separated bearer tokens accepted on `/infer` and `/v1/*`; unset = no authentication", default: "—", valid: "visible ASCII, no blanks, each" },
+  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (`#` comments); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file; keys as `API_KEYS`" }
 ]
 
 /** The environment variables the router reads, in documentation order. */

@@ -17,7 +17,7 @@
 import { Cause, Effect, Exit, Layer, Result } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { BadGateway, GatewayTimeout, InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
-import { requestIdHeader, serverTimingHeader, upstreamHeader } from "../../api/Headers.ts"
+import { requestIdHeader, routeHeader, serverTimingHeader, upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
 import { InferenceGroup } from "../../api/RouterApi.ts"
 import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, type Inference } from "../core/Backend.ts"
@@ -101,7 +101,10 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     headers["content-type"] = "application/json"
     headers["content-length"] = byteLength
     headers[serverTimingHeader] = `queue;dur=${waitedMs}, model;dur=${served.processingMs}`
+    // As the relay answers /v1/*: who served, its version, and why it was picked.
     if (served.upstream !== undefined) headers[upstreamHeader] = served.upstream
+    if (served.upstreamVersion !== undefined) headers[upstreamVersionHeader] = served.upstreamVersion
+    if (served.route !== undefined) headers[routeHeader] = served.route
     response.writeHead(200, headers)
     response.end(body)
   }

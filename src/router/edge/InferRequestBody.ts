@@ -43,25 +43,35 @@ export const checkBodyHeaders = (
       message: "send the request body as JSON with Content-Type: application/json"
     })
   }
+  // A compressed body would be read as garbled text (RFC 9110 §8.4: 415 for a coding not understood).
+  const coding = headers["content-encoding"]?.trim()
+  if (coding !== undefined && coding !== "" && coding.toLowerCase() !== "identity") {
+    return new UnsupportedMediaType({
+      code: "unsupported_content_encoding",
+      message: `request bodies with Content-Encoding ${JSON.stringify(coding.slice(0, 64))} are not supported: send the body uncompressed`
+    })
+  }
   if (Number(headers["content-length"]) > maxBodyBytes) return payloadTooLarge(maxBodyBytes)
   return undefined
 }
 
 /**
- * Calls `onDone` once with the body as text, or with an error as soon as the body
- * passes `maxBodyBytes` (rather than after buffering it all) or breaks off.
+ * Calls `onDone` once with the body as text, with an error as soon as the body
+ * passes `maxBodyBytes` (rather than after buffering it all) or is not UTF-8,
+ * or with `undefined` when it broke off: the client hung up, and nobody is
+ * left to answer (the request is counted and logged as 499).
  */
 export const readBody = (
   request: IncomingMessage,
   maxBodyBytes: number,
-  onDone: (body: string | PayloadTooLarge | InvalidRequest) => void
+  onDone: (body: string | PayloadTooLarge | InvalidRequest | undefined) => void
 ): void => {
   const chunks: Array<Buffer> = []
   let size = 0
   // Once done, later events are ignored rather than unsubscribed: cheaper on
   // every request, and after `end` or `error` none come anyway.
   let done = false
-  const finish = (result: string | PayloadTooLarge | InvalidRequest) => {
+  const finish = (result: string | PayloadTooLarge | InvalidRequest | undefined) => {
     done = true
     // Let go of the chunks; `pop`, not `length = 0` (a call into V8's runtime on every request).
     while (chunks.length > 0) chunks.pop()
@@ -90,8 +100,9 @@ export const readBody = (
     }
     finish(text)
   })
+  // Node's request fails only when its connection closed before the whole body came ("aborted").
   request.on("error", () => {
-    if (!done) finish(new InvalidRequest({ code: "invalid_body", message: "the request body could not be read" }))
+    if (!done) finish(undefined)
   })
 }
 

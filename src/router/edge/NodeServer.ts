@@ -25,12 +25,13 @@ import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import { createServer as createNetServer, type AddressInfo, type ListenOptions, type Server as NetServer, type Socket } from "node:net"
+import type { Duplex } from "node:stream"
 import { errorTypeOf, openAiError, openAiErrorBody } from "../../api/OpenAiApi.ts"
 import { requestIdHeader } from "../../api/Headers.ts"
 import { RouterConfig, type RouterSettings } from "../core/Config.ts"
 import { rawErrorResponse, writeJson } from "./ContractErrors.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
-import { RequestObserver } from "./RequestObserver.ts"
+import { RequestObserver, validRequestId } from "./RequestObserver.ts"
 import { answerHeaders } from "../core/ResponseHeaders.ts"
 import { addOutcome } from "../core/RequestOutcome.ts"
 import { routePath, type RouteTable } from "../app/Routes.ts"
@@ -114,6 +115,11 @@ const makeNodeServer = (options: ServeOptions) => {
   const dispatch = (request: IncomingMessage, response: ServerResponse, awaitsContinue: boolean) => {
     const path = routePath(request.url ?? "/")
     observer.observe(request, response, path)
+    // Node's parser also takes `HTTP/2.0` (and a bare `GET /path`, HTTP/0.9's form) as a request line.
+    if (request.httpVersionMajor !== 1) {
+      const version = `HTTP/${request.httpVersionMajor}.${request.httpVersionMinor}`
+      return answer(request, response, 505, "http_version_not_supported", `${version} is not supported: send HTTP/1.1 (or HTTP/1.0)`, { connection: "close" })
+    }
     if (request.headers.host === undefined && request.httpVersionMinor === 1 && request.httpVersionMajor === 1) {
       return answer(request, response, 400, "missing_host", "HTTP/1.1 requests must have a Host header", { connection: "close" })
     }
@@ -137,13 +143,24 @@ const makeNodeServer = (options: ServeOptions) => {
     observer.observe(request, response, routePath(request.url ?? "/"))
     answer(request, response, 417, "expectation_failed", `unsupported Expect: ${JSON.stringify(request.headers.expect)}; only 100-continue is`, { connection: "close" })
   })
+  // CONNECT (a tunnel request): the router is no proxy. Node would close the socket without a word.
+  server.on("connect", (request: IncomingMessage, socket: Duplex) => {
+    observer.unparsed(405)
+    const given = request.headers[requestIdHeader]
+    const requestId = typeof given === "string" && validRequestId.test(given) ? given : crypto.randomUUID()
+    const message = "CONNECT is not supported: the router is not a proxy"
+    socket.end(rawErrorResponse(405, errorBody(request, 405, "method_not_allowed", message), requestId), () => socket.destroy())
+  })
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
     const inFlight = observer.serving(socket)
     const serving = inFlight?.request !== undefined && inFlight.response !== undefined
       ? { request: inFlight.request, response: inFlight.response }
       : undefined
-    // As Node does: answer only if the socket can take it and no answer has begun.
-    if (error.code !== "ECONNRESET" && socket.writable && serving?.response.headersSent !== true) {
+    // As Node does: answer only if the socket can take it and no answer has begun. A connection
+    // that ended in the middle of a request (HPE_INVALID_EOF_STATE: the client closed its side mid-body)
+    // is a hang-up, not a bad request: nothing is written, and the request is counted as 499.
+    const hungUp = error.code === "ECONNRESET" || error.code === "HPE_INVALID_EOF_STATE"
+    if (!hungUp && socket.writable && serving?.response.headersSent !== true) {
       const [status, code, message] = clientErrors[error.code ?? ""] ?? badRequest
       if (serving === undefined) observer.unparsed(status)
       else addOutcome(serving.request, { status })

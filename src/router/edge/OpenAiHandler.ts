@@ -43,7 +43,7 @@ import { metricContext } from "../../shared/Metrics.ts"
 import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, type CompletionCall, type CompletionReply, type Completed, type Generated } from "../core/Backend.ts"
 import { RouterConfig } from "../core/Config.ts"
-import { vllmMetrics } from "../core/Metrics.ts"
+import { isShedReason, vllmMetrics } from "../core/Metrics.ts"
 import type { ContractError } from "../core/ContractErrors.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { type Dialect, Pipeline } from "./Pipeline.ts"
@@ -75,16 +75,12 @@ const fromContract = (error: ContractError): OpenAiError => {
   }
 }
 
-/** A backend's failure (an upstream's), in OpenAI's form. */
+/** A backend's failure (an upstream's), in OpenAI's form; the pool's own rejections name their reason, as admission's do. */
 const fromBackend = (failure: BackendFailure): OpenAiError =>
-  openAiError(
-    failure.status,
-    errorTypeOf(failure.status),
-    failure.code,
-    failure.message,
-    null,
-    failure.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: failure.retryAfterSeconds }
-  )
+  openAiError(failure.status, errorTypeOf(failure.status), failure.code, failure.message, null, {
+    ...(failure.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: failure.retryAfterSeconds }),
+    ...(isShedReason(failure.code) ? { rejectReason: failure.code } : {})
+  })
 
 /** OpenAI's errors: `{"error":{"message","type","param","code"}}`, from the contract's `OpenAiError`. */
 export const openAiDialect: Dialect<OpenAiError> = {
@@ -116,6 +112,10 @@ const parse = (kind: Kind, text: string, modelRef: string): CompletionCall["body
     json = JSON.parse(text)
   } catch {
     return invalidRequestError("request body is not valid JSON", null, "invalid_json")
+  }
+  // The schema would say only "Expected CompletionRequest" of a body that is no object at all.
+  if (typeof json !== "object" || json === null || Array.isArray(json)) {
+    return invalidRequestError(`invalid request body: expected a JSON object, got ${json === null ? "null" : Array.isArray(json) ? "an array" : `a ${typeof json}`}`)
   }
   const decoded = decoders[kind](json)
   if (decoded._tag === "Failure") {

@@ -250,7 +250,7 @@ export class Pipeline extends Context.Service<Pipeline, {
                   response,
                   new InvalidRequest({
                     code: "invalid_header",
-                    message: `invalid request header ${queueTimeoutHeader}: ${JSON.stringify(budget)}: expected an integer >= 0 (milliseconds)`
+                    message: `invalid request header ${queueTimeoutHeader}: ${JSON.stringify(budget.slice(0, 64))}: expected milliseconds as 1 to 15 decimal digits (it can only lower QUEUE_TIMEOUT_MS)`
                   })
                 )
               }
@@ -260,6 +260,8 @@ export class Pipeline extends Context.Service<Pipeline, {
             if (unreadable !== undefined) return failContract(request, response, unreadable)
             if (awaitsContinue) response.writeContinue()
             readBody(request, config.maxBodyBytes, (body) => {
+              // A client that hung up mid-body gets nothing (Node's close event counts it as 499).
+              if (body === undefined) return
               if (typeof body !== "string") return failContract(request, response, body)
               handle(request, response, body, maxWaitMs)
             })

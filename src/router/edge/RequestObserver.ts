@@ -20,7 +20,7 @@ import { requestIdHeader } from "../../api/Headers.ts"
 import { InferenceGroup, metricsPath, ProbesGroup } from "../../api/RouterApi.ts"
 import { RouterConfig } from "../core/Config.ts"
 import { metricContext } from "../../shared/Metrics.ts"
-import { modelTime, queueWait, requestDuration, requestsTotal, shedReasons, shedTotal } from "../core/Metrics.ts"
+import { isShedReason, modelTime, poolShedReasons, queueWait, requestDuration, requestsTotal, shedReasons, shedTotal } from "../core/Metrics.ts"
 import { outcomeOf, type Serving, servingOf, startServing, stopServing } from "../core/RequestOutcome.ts"
 import { type RouteTable, unmatchedEndpoint } from "../app/Routes.ts"
 import { type AccessEntry, jsonAccessLog } from "./AccessLog.ts"
@@ -30,7 +30,7 @@ import { histogramSeries, labelledCounterSeries } from "./MetricSeries.ts"
 const inferencePaths = new Set([InferenceGroup.endpoints.infer.path, completionsPath, chatCompletionsPath])
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
-const validRequestId = /^[\x21-\x7e]{1,128}$/
+export const validRequestId = /^[\x21-\x7e]{1,128}$/
 
 /** nginx's status for a request whose client closed the connection before the answer. */
 const clientClosedRequest = 499
@@ -73,6 +73,7 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const requestsBy = labelledCounterSeries(requestsTotal, metrics, "endpoint", "status")
         const shedBy = labelledCounterSeries(shedTotal, metrics, "reason")
         for (const reason of shedReasons) shedBy(reason)(0)
+        if (config.backend === "upstream") for (const reason of poolShedReasons) shedBy(reason)(0)
         const recordDuration = histogramSeries(requestDuration, metrics)
         const recordQueueWait = histogramSeries(queueWait, metrics)
         const recordModelTime = histogramSeries(modelTime, metrics)
@@ -101,7 +102,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           const status = response.writableFinished ? response.statusCode : outcome?.status ?? clientClosedRequest
           requestsBy(info.label, String(status))(1)
           recordDuration(durationMs / 1000)
-          if (outcome?.reason !== undefined) shedBy(outcome.reason)(1)
+          // Only the router's own rejections are shed; a model server's failure shows in the access log.
+          if (outcome?.reason !== undefined && isShedReason(outcome.reason)) shedBy(outcome.reason)(1)
           if (outcome?.queueMs !== undefined) recordQueueWait(outcome.queueMs / 1000)
           if (outcome?.modelMs !== undefined) recordModelTime(outcome.modelMs / 1000)
           if (!logsAccess || !info.logged) return

@@ -26,6 +26,16 @@ const injected: Record<FailureType, OpenAiError> = {
   server_error: openAiError(500, "server_error", "server_error", "simulated failure: the model failed")
 }
 
+const injectedContextLengthOfPrompt = invalidRequestError(
+  "simulated failure: the prompt is longer than the model's context length",
+  "prompt",
+  "context_length_exceeded"
+)
+
+/** As the real check names the field: the prompt of a completion, the messages of a chat. */
+const injectedFor = (type: FailureType, call: CompletionCall): OpenAiError | undefined =>
+  type === "context_length" && call.kind === "completion" ? injectedContextLengthOfPrompt : injected[type]
+
 /** The call as the model sees it. */
 const generationOf = (call: CompletionCall): GenerationRequest => {
   const body = call.body
@@ -90,13 +100,13 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
     const forced = call.simFailure
     if (forced !== undefined) {
       const type = forced.trim() as FailureType
-      return injected[type] ?? invalidRequestError(
+      return injectedFor(type, call) ?? invalidRequestError(
         `invalid request header ${simFailureHeader}: ${JSON.stringify(forced)}: expected one of ${Object.keys(injected).join(", ")}`,
         simFailureHeader
       )
     }
     if (simulation.failureRate > 0 && Math.random() * 100 < simulation.failureRate) {
-      return injected[simulation.failureTypes[Math.floor(Math.random() * simulation.failureTypes.length)]]
+      return injectedFor(simulation.failureTypes[Math.floor(Math.random() * simulation.failureTypes.length)], call)
     }
     return undefined
   }

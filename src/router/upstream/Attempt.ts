@@ -128,16 +128,27 @@ const unflushedBytes = (error: unknown): number => {
 /** The longest Retry-After the router honours or passes on, in seconds: an upstream's larger value is read as this. */
 export const maxRetryAfterSeconds = 60
 
+const day = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+const month = "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+const time = "[0-9]{2}:[0-9]{2}:[0-9]{2}"
+/** RFC 9110's HTTP-date: IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient must read. */
+const httpDate = new RegExp(
+  `^(?:${day}, [0-9]{2} ${month} [0-9]{4} ${time} GMT|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, [0-9]{2}-${month}-[0-9]{2} ${time} GMT|${day} ${month} [ 0-9][0-9] ${time} [0-9]{4})$`
+)
+
 /**
- * Retry-After in seconds (a number of seconds or an HTTP date), at most
- * `maxRetryAfterSeconds`; undefined when absent or unreadable.
+ * Retry-After in seconds (RFC 9110: a number of seconds, or an HTTP date), at
+ * most `maxRetryAfterSeconds`; undefined when absent or unreadable (`-5`,
+ * `1.5`, any other date format: `Date.parse` alone would read them as dates).
  */
 export const retryAfterSeconds = (value: string | Array<string> | undefined, nowMs: number): number | undefined => {
-  const text = Array.isArray(value) ? value[0] : value
+  const text = (Array.isArray(value) ? value[0] : value)?.trim()
   if (text === undefined) return undefined
   // Digits beyond 2^53 are still a number here (1e20): only the cap makes it one a client can act on.
-  if (/^\s*[0-9]+\s*$/.test(text)) return Math.min(maxRetryAfterSeconds, Number(text))
-  const date = Date.parse(text)
+  if (/^[0-9]+$/.test(text)) return Math.min(maxRetryAfterSeconds, Number(text))
+  if (!httpDate.test(text)) return undefined
+  // asctime has no zone: it is GMT by definition.
+  const date = Date.parse(text.endsWith("GMT") ? text : `${text} GMT`)
   return Number.isNaN(date) ? undefined : Math.min(maxRetryAfterSeconds, Math.max(0, Math.ceil((date - nowMs) / 1000)))
 }
 

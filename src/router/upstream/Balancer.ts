@@ -29,6 +29,7 @@
  *   (Envoy's `successful_active_health_check_uneject_host`).
  */
 import type { UpstreamTarget } from "./Targets.ts"
+import type { PoolShedReason } from "../core/Metrics.ts"
 
 export interface Endpoint {
   /** `host:port` (the address for `dns+` items). */
@@ -60,7 +61,8 @@ export interface BalancerSettings {
   readonly panicThresholdPercent: number
 }
 
-export type NoUpstream = "no_healthy_upstream" | "upstreams_saturated"
+/** Why no upstream could be picked: one of the pool's shed reasons. */
+export type NoUpstream = PoolShedReason
 
 export const makeEndpoint = (target: UpstreamTarget, address: string, id: string, weight: number, healthy: boolean): Endpoint => ({
   id,

@@ -82,7 +82,9 @@ export const makeUpstreamBackend = (
           if (answer.status >= 200 && answer.status < 300) {
             return {
               processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000),
-              upstream: answer.upstream
+              upstream: answer.upstream,
+              upstreamVersion: answer.version,
+              route: answer.route
             } satisfies Inference
           }
           return yield* upstreamRefusal(answer.status, answer.upstream, answer.body, answer.headers["retry-after"])

@@ -46,6 +46,10 @@ export interface UpstreamAnswer {
   readonly headers: AnswerHeaders
   readonly body: string
   readonly upstream: string
+  /** The `version` label of the upstream that answered. */
+  readonly version: string | undefined
+  /** The scheduler's decision, as the `x-inference-route` header says it (routing/). */
+  readonly route: string | undefined
 }
 
 export interface UpstreamView {
@@ -360,7 +364,14 @@ export class Upstreams extends Context.Service<Upstreams, {
               return unusableAnswer(answer!.status, body, answer!.upstream)
             },
             onEnd: () =>
-              resume(Effect.succeed({ status: answer!.status, headers: answer!.headers, body: body!.toString("utf8"), upstream: answer!.upstream })),
+              resume(Effect.succeed({
+                status: answer!.status,
+                headers: answer!.headers,
+                body: body!.toString("utf8"),
+                upstream: answer!.upstream,
+                version: answer!.version,
+                route: answer!.route
+              })),
             onError: (failure) => resume(Effect.fail(failure))
           })
           return Effect.sync(abort)
