@@ -176,6 +176,19 @@ describe("OpenAI-compatible API with the official openai SDK", () => {
       assert.instanceOf(error, OpenAI.BadRequestError)
       assert.include(error.message, "maximum context length is 10 tokens")
     }).pipe(withRouter(sim({ maxModelLen: 10, maxTokens: 5 }))))
+
+  it.live("without max_tokens the reply takes at most what the prompt leaves of the context, as vLLM's; a prompt that leaves nothing is a 400", () =>
+    Effect.gen(function*() {
+      const client = yield* openai
+      const fits = yield* Effect.promise(() => client.completions.create({ model: "test-model", prompt: "a b c d e f g h" }))
+      assert.isAtMost(fits.usage!.prompt_tokens + fits.usage!.completion_tokens, 10)
+      assert.isAtLeast(fits.usage!.completion_tokens, 1)
+      const full = yield* Effect.promise(() =>
+        client.completions.create({ model: "test-model", prompt: "a b c d e f g h i j" }).then(() => undefined, (e) => e)
+      )
+      assert.instanceOf(full, OpenAI.BadRequestError)
+      assert.include(full.message, "the prompt alone has 10 tokens")
+    }).pipe(withRouter(sim({ maxModelLen: 10, maxTokens: 64 }))))
 })
 
 describe("OpenAI-compatible API with the Vercel AI SDK", () => {

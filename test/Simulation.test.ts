@@ -310,7 +310,7 @@ describe("the hand-written generation (generateUnsafe)", () => {
 describe("the tokenizer's scan", () => {
   const blanks = [" ", "\t", "\n", "\r", "\v", "\f", "\u00a0", "\u1680", "\u2000", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\ufeff", "\u200b", "\u0085"]
   // Also text written without blanks (each character a token) and runs longer than 16 (cut every 16).
-  const unblanked = ["中文提示词，没有空格。", "ภาษาไทยไม่มีช่องว่าง", "日本語のテキスト", "한국어텍스트", "ＡＢＣ", "x".repeat(40), "eyJhbGciOiJIUzI1NiJ9eyJzdWIiOiIxMjM0NTY3ODkwIn0", "{\"a\":[1,2,3],\"b\":{\"c\":\"d\"}}"]
+  const unblanked = ["\u{1f600}\u{1f680}\u{1f389}", "a\u{1f600}", "中文提示词，没有空格。", "ภาษาไทยไม่มีช่องว่าง", "日本語のテキスト", "한국어텍스트", "ＡＢＣ", "x".repeat(40), "eyJhbGciOiJIUzI1NiJ9eyJzdWIiOiIxMjM0NTY3ODkwIn0", "{\"a\":[1,2,3],\"b\":{\"c\":\"d\"}}"]
   const Text = Schema.Array(Schema.Union([Schema.String, Schema.Literals(blanks), Schema.Literals(unblanked)])).pipe(Schema.decodeTo(Schema.String, {
     decode: SchemaGetter.transform((parts: ReadonlyArray<string>) => parts.join("")),
     encode: SchemaGetter.transform((text: string) => [text])
@@ -322,6 +322,15 @@ describe("the tokenizer's scan", () => {
     const text = pieces.join("")
     assert.deepStrictEqual(tokenize(text), text.match(tokenPattern) ?? [])
     assert.strictEqual(countTokens(text), (text.match(tokenPattern) ?? []).length)
+  })
+
+  it("never cuts a surrogate pair: a run of emoji is cut after the pair, one code unit past 16", () => {
+    const text = "a" + "\u{1f600}".repeat(12)
+    const tokens = tokenize(text)
+    assert.strictEqual(tokens.join(""), text)
+    for (const token of tokens) assert.isFalse(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(token), JSON.stringify(token))
+    assert.deepStrictEqual(tokens.map((token) => token.length), [17, 8])
+    assert.deepStrictEqual(tokens, text.match(tokenPattern))
   })
 
   it("cuts text without blanks: a character of Chinese or Thai each, a long run every 16 characters", () => {

@@ -156,7 +156,8 @@ export class Model extends Context.Service<Model, {
       planText({
         mode: settings.mode,
         echoText: request.echoText,
-        maxTokens: Math.min(request.maxTokens ?? settings.maxTokens, settings.maxModelLen),
+        // What the context leaves after the prompt, as vLLM caps an unset max_tokens (the check refused the rest).
+        maxTokens: Math.min(request.maxTokens ?? settings.maxTokens, Math.max(0, settings.maxModelLen - request.promptTokens)),
         stop: request.stop,
         seed: (request.seed ?? hash32(request.echoText)) ^ settings.seed
       })

@@ -114,10 +114,13 @@ export const makeSimulatedBackend = (model: Model["Service"], simulation: Simula
   const check = (call: CompletionCall): OpenAiError | undefined => {
     const { maxTokens, promptTokens } = generation(call)
     const limit = simulation.maxModelLen
-    if (promptTokens + (maxTokens ?? 0) > limit) {
+    // Without max_tokens the reply may take what the prompt leaves (as vLLM): at least one token must fit.
+    if (promptTokens + (maxTokens ?? 1) > limit) {
       const field = call.kind === "chat" ? "messages" : "prompt"
       return invalidRequestError(
-        `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + (maxTokens ?? 0)} tokens (${promptTokens} in the ${field}, ${maxTokens ?? 0} for the completion).`,
+        maxTokens === undefined
+          ? `This model's maximum context length is ${limit} tokens. However, the ${field} alone has ${promptTokens} tokens, which leaves none for the completion.`
+          : `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + maxTokens} tokens (${promptTokens} in the ${field}, ${maxTokens} for the completion).`,
         field,
         "context_length_exceeded"
       )

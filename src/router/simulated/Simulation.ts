@@ -40,9 +40,12 @@ export const isStandalone = (code: number): boolean =>
   code >= 0x0e00 &&
   (code <= 0x0e7f || (code >= 0x2e80 && (code <= 0x9fff || (code >= 0xac00 && code <= 0xd7a3) || (code >= 0xf900 && code <= 0xfaff) || (code >= 0xff00 && code <= 0xffef))))
 
-/** The rule as a regular expression (for tests): blanks, then one standalone character or up to maxTokenChars others. */
+/**
+ * The rule as a regular expression (for tests): blanks, then one standalone character or up to
+ * maxTokenChars others (one more when the last would split a surrogate pair).
+ */
 export const tokenPattern =
-  /\s*(?:(?!\s)[\u0e00-\u0e7f\u2e80-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef]|[^\s\u0e00-\u0e7f\u2e80-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef]{1,16})/g
+  /\s*(?:(?!\s)[\u0e00-\u0e7f\u2e80-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef]|[^\s\u0e00-\u0e7f\u2e80-\u9fff\uac00-\ud7a3\uf900-\ufaff\uff00-\uffef]{1,16}(?:(?<=[\ud800-\udbff])[\udc00-\udfff])?)/g
 
 /** Where the token starting at `from` ends (its blanks, then its non-blanks); `from` itself when only blanks are left. */
 export const tokenEnd = (text: string, from: number): number => {
@@ -58,8 +61,13 @@ export const tokenEnd = (text: string, from: number): number => {
     if (isBlank(code) || isStandalone(code)) break
     i++
   }
+  // Never half a surrogate pair (an emoji): a client's strict UTF-8 or JSON decoder refuses a lone one.
+  if (i === limit && i < length && isHighSurrogate(text.charCodeAt(i - 1)) && isLowSurrogate(text.charCodeAt(i))) i++
   return i
 }
+
+const isHighSurrogate = (code: number): boolean => code >= 0xd800 && code <= 0xdbff
+const isLowSurrogate = (code: number): boolean => code >= 0xdc00 && code <= 0xdfff
 
 /** How many tokens start before `end` (`text.length`: all of them). */
 const tokensBefore = (text: string, end: number): number => {
