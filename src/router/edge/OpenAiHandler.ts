@@ -15,6 +15,8 @@
 import { Cause, Effect, Exit, Fiber, Layer, Schema } from "effect"
 import { randomUUID } from "node:crypto"
 import type { IncomingMessage, ServerResponse } from "node:http"
+// The module binding: the global `performance` is a getter, read per token here (RequestObserver.ts does the same).
+import { performance } from "node:perf_hooks"
 import {
   accelBufferingHeader,
   bearerChallenge,

@@ -13,6 +13,8 @@
  * index entries and learned costs); what Redis holds for it is left to age
  * out (one replica's view is not the pool's).
  */
+// The module binding: the global `performance` is a getter (RequestObserver.ts does the same).
+import { performance } from "node:perf_hooks"
 import { Clock, Duration, Effect, Metric, Schedule } from "effect"
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"

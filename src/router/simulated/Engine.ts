@@ -29,6 +29,8 @@
  * stream (BENCHMARKS.md section 6); tests drive it with TestClock through
  * `effectTimerClock`.
  */
+// The module binding: the global `performance` is a getter, read at every step.
+import { performance } from "node:perf_hooks"
 import type { SimulationStats } from "../core/Backend.ts"
 import { type Block, BlockCache, type KvEvent } from "./BlockCache.ts"
 import { type FinishReason, planOutput, prng, type TextPlan, tokenEnd } from "./Simulation.ts"

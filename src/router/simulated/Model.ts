@@ -17,19 +17,15 @@
  */
 import { Clock, Context, Effect, Exit, Layer } from "effect"
 import { Admission } from "../core/Admission.ts"
+import type { Inference, SimulationView } from "../core/Backend.ts"
 import { defaultSimulation, RouterConfig, type RouterSettings } from "../core/Config.ts"
-import { type Engine, type EngineStats, makeEngine, type SequenceResult, type SequenceSink, systemTimerClock, type TimerClock } from "./Engine.ts"
+import { type Engine, makeEngine, type SequenceResult, type SequenceSink, systemTimerClock, type TimerClock } from "./Engine.ts"
 import { KvEventPublisher } from "./KvEventPublisher.ts"
 import type { KvEvent } from "./BlockCache.ts"
 import { hash32, planText } from "./Simulation.ts"
 import { tokenIds } from "./Tokens.ts"
 
 export { makeTokenTimer, type TimerClock } from "./Engine.ts"
-
-export interface Inference {
-  /** Whole milliseconds the model spent on this prompt. */
-  readonly processingMs: number
-}
 
 export interface GenerationRequest {
   /** What echo mode repeats (the prompt, or the last user message). */
@@ -59,13 +55,6 @@ export interface TokenSink {
   /** One token; call `next` when ready for the next (at once, or once the client's socket drained). */
   token(text: string, index: number, next: () => void): void
   end(generated: Generated): void
-}
-
-/** The simulated server's own controls and state (vLLM's /reset_prefix_cache, its metrics). */
-export interface SimulationControl {
-  stats(): EngineStats
-  /** Forgets every cached block (AllBlocksCleared); false (nothing done) while blocks are in use, unless `resetRunning`. */
-  resetPrefixCache(resetRunning?: boolean): boolean
 }
 
 /** A TimerClock on Effect's Clock: what `context`'s Clock says (a TestClock in tests), timers as sleeping fibers. */
@@ -110,7 +99,7 @@ export class Model extends Context.Service<Model, {
    */
   readonly inferUnsafe?: ((prompt: string, done: (inference: Inference) => void) => Inference | (() => void)) | undefined
   /** Present when simulated. */
-  readonly simulation?: SimulationControl | undefined
+  readonly simulation?: SimulationView | undefined
 }>()("inference-router/Model") {
   /** How far a delay stretches at the share of slots busy (1 = none busy). */
   static readonly loadScale = (loadFactor: number, busyShare: number) => 1 + (loadFactor - 1) * Math.max(0, Math.min(1, busyShare))

@@ -9,11 +9,11 @@
 import { type Context, Effect, Exit, Layer } from "effect"
 import { simFailureHeader } from "../../api/Headers.ts"
 import { invalidRequestError, type ModelCard, type OpenAiError, openAiError } from "../../api/OpenAiApi.ts"
-import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated, routerModelCard } from "../core/Backend.ts"
+import { Backend, callbacks, type CompletionCall, type CompletionReply, type Completed, type Generated, type Inference, routerModelCard } from "../core/Backend.ts"
 import { type FailureType, RouterConfig, type SimulationSettings } from "../core/Config.ts"
 import type { AdmissionStats } from "../core/Admission.ts"
 import { exportSlotsAsVllm, vllmMetrics } from "../core/Metrics.ts"
-import { type GenerationRequest, type Inference, Model, type Generated as ModelGenerated } from "./Model.ts"
+import { type GenerationRequest, Model, type Generated as ModelGenerated } from "./Model.ts"
 import { contentText, countTokens } from "./Simulation.ts"
 
 /** What each injected failure answers, as llm-d-inference-sim's do. */
