@@ -15,6 +15,7 @@ import { ConfigProvider, Effect, Exit, Schema } from "effect"
 import { InferenceServiceSpec, type UpstreamSpec } from "../api/InferenceService.ts"
 import { loadSettings } from "../router/core/Settings.ts"
 import { defaults, deniedEnvNames, envDecisions, resourceProblems, routerEnv } from "./Desired.ts"
+import { oneLine } from "../shared/SchemaMessage.ts"
 
 export type SpecCheck =
   | { readonly _tag: "Valid"; readonly spec: InferenceServiceSpec }
@@ -154,7 +155,7 @@ export const checkSpec = (raw: unknown, name?: string): SpecCheck => {
   if (Exit.isFailure(decoded)) {
     const error = firstFailure(decoded.cause) as Error | undefined
     const message = error === undefined ? "the spec could not be read" : String(error.message)
-    return { _tag: "Invalid", message: `invalid spec: ${message.replace(/\s*\n\s*/g, " ")}` }
+    return { _tag: "Invalid", message: `invalid spec: ${oneLine(message)}` }
   }
   const spec = decoded.value
   const problems = [...crossFieldProblems(spec), ...resourceProblems(spec)]

@@ -12,6 +12,7 @@ import { Schema } from "effect"
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http"
 import { InvalidRequest, PayloadTooLarge, UnsupportedMediaType } from "../../api/Errors.ts"
 import { InferRequest } from "../../api/RouterApi.ts"
+import { oneLine } from "../../shared/SchemaMessage.ts"
 
 const decodeInferRequest = Schema.decodeUnknownResult(InferRequest)
 
@@ -133,7 +134,7 @@ export const parseInferRequest = (text: string): InferRequest | InvalidRequest =
   return new InvalidRequest({
     code: "invalid_body",
     message: `request body must be a JSON object with a string "prompt": ${
-      decoded.failure.message.replace(/\s*\n\s*/g, " ")
+      oneLine(decoded.failure.message)
     }`
   })
 }

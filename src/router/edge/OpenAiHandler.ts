@@ -50,30 +50,28 @@ import type { ContractError } from "../core/ContractErrors.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { type Dialect, Pipeline } from "./Pipeline.ts"
 import { noteOutcome } from "../core/RequestOutcome.ts"
+import { errorStatus } from "../../api/Errors.ts"
+import { oneLine } from "../../shared/SchemaMessage.ts"
 
-/** An error of the pipeline's (the token, a header, the body, admission, the drain) in OpenAI's form. */
+/**
+ * An error of the pipeline's (the token, a header, the body, admission, the drain) in OpenAI's form,
+ * with the contract's status for it (`errorStatus`).
+ */
 const fromContract = (error: ContractError): OpenAiError => {
+  const status = errorStatus[error._tag]
   switch (error._tag) {
     case "Unauthorized":
-      return openAiError(401, "authentication_error", "invalid_api_key", error.message)
+      return openAiError(status, errorTypeOf(status), "invalid_api_key", error.message)
     case "InvalidRequest":
       return invalidRequestError(error.message, error.code === "invalid_header" ? queueTimeoutHeader : null, error.code)
-    case "PayloadTooLarge":
-      return openAiError(413, "invalid_request_error", error.code, error.message)
-    case "UnsupportedMediaType":
-      return openAiError(415, "invalid_request_error", error.code, error.message)
     case "Overloaded":
-    case "Unavailable": {
-      const status = error._tag === "Overloaded" ? 429 : 503
+    case "Unavailable":
       return openAiError(status, errorTypeOf(status), error.code, error.message, null, {
         retryAfterSeconds: error.retryAfterSeconds,
         rejectReason: error.code
       })
-    }
-    case "BadGateway":
-      return openAiError(502, "server_error", error.code, error.message)
-    case "GatewayTimeout":
-      return openAiError(504, "server_error", error.code, error.message)
+    default:
+      return openAiError(status, errorTypeOf(status), error.code, error.message)
   }
 }
 
@@ -121,7 +119,7 @@ const parse = (kind: Kind, text: string, modelRef: string): CompletionCall["body
   }
   const decoded = decoders[kind](json)
   if (decoded._tag === "Failure") {
-    const message = decoded.failure.message.replace(/\s*\n\s*/g, " ")
+    const message = oneLine(decoded.failure.message)
     return invalidRequestError(`invalid request body: ${message}`, paramOf(message))
   }
   const body = decoded.success

@@ -17,6 +17,7 @@ import { Backend } from "../core/Backend.ts"
 import { makeBearerCheck } from "../core/Authorization.ts"
 import { contentText } from "./Simulation.ts"
 import { tokensWithIds, Vocabulary } from "./Tokens.ts"
+import { oneLine } from "../../shared/SchemaMessage.ts"
 
 export const tokenizePath = "/tokenize"
 export const detokenizePath = "/detokenize"
@@ -102,7 +103,7 @@ export const SimulationRoutes = HttpRouter.use(Effect.fnUntraced(function*(route
     }
   })
 
-  const schemaMessage = (error: Schema.SchemaError) => `invalid request body: ${error.message.replace(/\s*\n\s*/g, " ")}`
+  const schemaMessage = (error: Schema.SchemaError) => `invalid request body: ${oneLine(error.message)}`
 
   const wrongModel = (model: string | null | undefined) =>
     model !== undefined && model !== null && model !== config.modelRef

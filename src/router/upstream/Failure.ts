@@ -20,6 +20,9 @@ export interface FailureSettings {
   readonly requestTimeoutMs: number
 }
 
+/** The code of a model server's refusal (it answered 429 or 503): the client should come back later. */
+export const refusalCode = (status: 429 | 503): string => status === 429 ? "upstream_rate_limited" : "upstream_unavailable"
+
 const gatewayFailure = (status: 502 | 504, code: string, message: string) =>
   new UpstreamFailure({ status, code, message, retryAfterSeconds: undefined })
 
@@ -35,7 +38,7 @@ export const failureOf = (id: string, outcome: Outcome, settings: FailureSetting
     case "Refused":
       return new UpstreamFailure({
         status: outcome.status,
-        code: outcome.status === 429 ? "upstream_rate_limited" : "upstream_unavailable",
+        code: refusalCode(outcome.status),
         message: `the model servers refused the request (${id} answered ${outcome.status})`,
         retryAfterSeconds: outcome.retryAfterSeconds ?? 1
       })

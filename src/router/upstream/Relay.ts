@@ -23,7 +23,8 @@ import { EventFramer } from "./EventFramer.ts"
 import type { UpstreamFailure } from "./Failure.ts"
 import type { ClientResponse } from "../core/Backend.ts"
 import { defaultUpstream } from "../core/Config.ts"
-import type { UpstreamResponse, Upstreams } from "./Upstreams.ts"
+import type { UpstreamResponse } from "./Retry.ts"
+import type { Upstreams } from "./Upstreams.ts"
 import { bodyTooLarge, unusableAnswer } from "./Upstreams.ts"
 
 export interface RelayRequest {

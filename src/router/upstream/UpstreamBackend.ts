@@ -15,7 +15,8 @@ import { Backend, callbacks, type Completed, type Inference, routerModelCard } f
 import { RouterConfig } from "../core/Config.ts"
 import { exportSlotsAsVllm, upstreamMetrics, vllmMetrics } from "../core/Metrics.ts"
 import { relayUnsafe } from "./Relay.ts"
-import { type UpstreamFailure, upstreamRefusal, Upstreams, type UpstreamView } from "./Upstreams.ts"
+import type { UpstreamFailure } from "./Failure.ts"
+import { upstreamRefusal, Upstreams, type UpstreamView } from "./Upstreams.ts"
 
 /** The `max_model_len` an upstream's `/v1/models` answer gives for `modelRef` (or its first model), if any. */
 export const reportedMaxModelLen = (status: number, body: string, modelRef: string): number | undefined => {

@@ -30,15 +30,12 @@ import type { RouteScheduler } from "../routing/Route.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
 import { type AnswerHeaders, type Dispatch, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
 import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
-import { UpstreamFailure } from "./Failure.ts"
+import { refusalCode, UpstreamFailure } from "./Failure.ts"
 import { isJson } from "./JsonCheck.ts"
 import { type ForwardHandler, type ForwardRequest, type UpstreamResponse, withRetries } from "./Retry.ts"
 import { hostPort, type UpstreamTarget } from "./Targets.ts"
 
 import { retryAfterSeconds } from "./Attempt.ts"
-export { retryAfterSeconds }
-export { UpstreamFailure } from "./Failure.ts"
-export type { ForwardHandler, ForwardRequest, UpstreamResponse } from "./Retry.ts"
 
 /** A whole answer, body read (for `/infer`). */
 export interface UpstreamAnswer {
@@ -74,7 +71,7 @@ export const upstreamRefusal = (status: number, upstream: string, body: string, 
   const mapped = status === 429 || status === 503 ? status : status >= 400 && status < 500 ? 400 : 502
   return new UpstreamFailure({
     status: mapped,
-    code: mapped === 400 ? "upstream_rejected" : mapped === 502 ? "upstream_failed" : status === 429 ? "upstream_rate_limited" : "upstream_unavailable",
+    code: mapped === 400 ? "upstream_rejected" : mapped === 502 ? "upstream_failed" : refusalCode(mapped),
     message: `the model server ${upstream} answered ${status}${detail}`,
     retryAfterSeconds: mapped === 429 || mapped === 503 ? retryAfterSeconds(retryAfter, Date.now()) ?? 1 : undefined
   })
