@@ -198,4 +198,24 @@ describe("/v1/models through upstreams", () => {
     const own = await requestAt(fallback.port, { path: "/v1/models" })
     assert.deepInclude((own.json as { data: Array<unknown> }).data[0], { id: "m", max_model_len: 777 })
   })
+
+  it("a /v1/models still asking a silent upstream when the router stops is answered 503 shutting_down, and the router exits", { timeout: 60_000 }, async () => {
+    // Holds /v1/models unanswered (its first-byte timeout is far away).
+    const held: Array<Http.ServerResponse> = []
+    const silent = await stub((_, response) => void held.push(response))
+    const front = await startFront([silent.url], {
+      UPSTREAM_HEALTH_INTERVAL_MS: "0",
+      UPSTREAM_FIRST_BYTE_TIMEOUT_MS: "60000",
+      SHUTDOWN_DELAY_MS: "0",
+      SHUTDOWN_TIMEOUT_MS: "300"
+    })
+    const models = requestAt(front.port, { path: "/v1/models" })
+    await until(async () => silent.received.includes("/v1/models"), "the upstream was asked")
+    front.child.kill("SIGTERM")
+    const answer = await models
+    assert.strictEqual(answer.status, 503)
+    assert.strictEqual((answer.json as { error: { code: string } }).error.code, "shutting_down")
+    assert.strictEqual(await front.exited, 0)
+    for (const response of held) response.destroy()
+  })
 })
