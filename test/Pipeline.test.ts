@@ -146,4 +146,29 @@ describe("the pipeline's admission step", () => {
       assert.isTrue(Exit.isFailure(answers[0]) && Cause.hasInterruptsOnly((answers[0] as Exit.Failure<string, unknown>).cause))
       assert.strictEqual(released.length, 1)
     }))
+
+  it.effect("after the drain's end, a request read on a connection still open is answered as shutting down, its work never started", () =>
+    Effect.gen(function*() {
+      const { released, route, scope } = yield* setup
+      yield* Scope.close(scope, Exit.void)
+      let started = false
+      const answers: Array<Exit.Exit<string, unknown>> = []
+      route.run(fakeRequest, fakeResponse() as unknown as ServerResponse, undefined, () => {
+        started = true
+        return Exit.succeed("from a backend being released")
+      }, (exit) => answers.push(exit))
+      assert.isFalse(started)
+      assert.strictEqual(answers.length, 1)
+      assert.isTrue(Exit.isFailure(answers[0]) && Cause.hasInterruptsOnly((answers[0] as Exit.Failure<string, unknown>).cause))
+      assert.strictEqual(released.length, 0, "no slot taken")
+      // Before any of it: a GET or a POST route answers 503 shutting_down at once.
+      const written: Array<{ status: number; body: string }> = []
+      const response = Object.assign(fakeResponse(), {
+        writeHead: (status: number) => written.push({ status, body: "" }),
+        end: (body: string) => (written[written.length - 1].body = body)
+      })
+      route.get(() => assert.fail("not handled after the drain's end"))(fakeRequest, response as unknown as ServerResponse, false)
+      assert.strictEqual(written[0].status, 503)
+      assert.strictEqual(JSON.parse(written[0].body).error.code, "shutting_down")
+    }))
 })

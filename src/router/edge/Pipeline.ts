@@ -118,8 +118,15 @@ export class Pipeline extends Context.Service<Pipeline, {
        * it: at the end of a drain they end as fibers are interrupted.
        */
       const running = new Set<() => void>()
+      /**
+       * Past the drain's end: the backends are being released (the upstream pool closes), while
+       * Node may still read a request on a connection left open. It is answered as shutting down,
+       * not run against a backend that is gone (which answered "no healthy upstream").
+       */
+      let stopped = false
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
+          stopped = true
           for (const stop of [...running]) stop()
         })
       )
@@ -195,6 +202,8 @@ export class Pipeline extends Context.Service<Pipeline, {
         work: (grant: Grant) => Work<A, X>,
         answer: (exit: Exit.Exit<A, X | Rejected>) => void
       ) => {
+        // Ended as the drain's end ends running work: an interruption, answered 503 shutting_down.
+        if (stopped) return answer(Exit.interrupt())
         const leave = admission.enterUnsafe()
         if (leave === undefined) {
           // All slots busy, or others queued first: wait in line (or be shed), in a fiber.
@@ -238,6 +247,7 @@ export class Pipeline extends Context.Service<Pipeline, {
             handle: (request: IncomingMessage, response: ServerResponse, body: string, maxWaitMs: number | undefined) => void
           ): NodeHandler =>
           (request, response, awaitsContinue) => {
+            if (stopped) return failContract(request, response, shuttingDown)
             const denied = checkBearer(request.headers.authorization)
             if (denied !== undefined) return failContract(request, response, denied)
             let maxWaitMs: number | undefined
@@ -268,6 +278,7 @@ export class Pipeline extends Context.Service<Pipeline, {
           }
 
           const get = (handle: (request: IncomingMessage, response: ServerResponse) => void): NodeHandler => (request, response) => {
+            if (stopped) return failContract(request, response, shuttingDown)
             const denied = checkBearer(request.headers.authorization)
             if (denied !== undefined) return failContract(request, response, denied)
             handle(request, response)
