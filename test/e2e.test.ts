@@ -7,7 +7,7 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { once } from "node:events"
-import { createServer } from "node:net"
+import { connect, createServer } from "node:net"
 import { promisify } from "node:util"
 import { freePort, killAll, owned, root, startProcess } from "./support/Processes.ts"
 import { afterAll, assert, describe, it } from "vitest"
@@ -181,6 +181,32 @@ describe.concurrent("end to end", () => {
       new Set(lines.map((line) => line.requestId)),
       new Set(responses.map((r) => r.headers["x-request-id"]))
     )
+  }))
+
+  it("a stream whose client reads nothing does not hold the drain: the router exits, and the stream has its access-log line", owned(async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/router/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      SIM_TTFT_MS: "0",
+      SIM_ITL_MS: "0",
+      SIM_MAX_MODEL_LEN: "1000000",
+      SHUTDOWN_TIMEOUT_MS: "1000"
+    })
+    await waitReady(port, router.exited)
+    // Far more than the sockets' buffers hold (tens of MB of events), never read.
+    const body = JSON.stringify({ model: "demo-model", prompt: "x", max_tokens: 300_000, stream: true })
+    const socket = connect(port, "127.0.0.1")
+    socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-request-id: stalled-1\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
+    socket.pause()
+    await until(async () => (await metric(port, "router_requests_running")) === 1, "the stream running")
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    socket.destroy()
+    const lines = router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`)).map((line) => JSON.parse(line).annotations)
+    const stalled = lines.filter((line) => line.requestId === "stalled-1")
+    assert.lengthOf(stalled, 1, router.output().stdout.slice(-2000))
+    assert.strictEqual(stalled[0].reason, "shutting_down")
   }))
 
   it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", owned(async () => {

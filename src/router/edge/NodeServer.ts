@@ -264,16 +264,36 @@ export const NodeServerLayer = (routes: RouteTable): Layer.Layer<
       })
       // The other listening sockets (LISTEN_SOCKETS): each counts the connections it accepted until they close.
       const extraSockets: Array<NetServer> = []
-      const closeHttpServer = Effect.callback<void>((resume) => {
-        if (!server.listening) return resume(Effect.void)
-        server.close(() => resume(Effect.void))
-        // Idle keep-alive connections would hold `close` open until they time out.
-        server.closeIdleConnections()
-      })
-      const close = yield* Effect.cached(
-        Effect.suspend(() => Effect.all([closeHttpServer, ...extraSockets.map(closeOne)], { concurrency: "unbounded", discard: true }))
+      /**
+       * Stops listening and resolves once every connection has closed; started once, awaited by
+       * both finalizers below (a promise: a finalizer's timeout stops its wait, not the closing).
+       */
+      let closing: Promise<void> | undefined
+      const close = Effect.promise(() =>
+        closing ??= new Promise<void>((resolve) => {
+          const httpClosed = new Promise<void>((done) => {
+            if (!server.listening) return done()
+            server.close(() => done())
+            // Idle keep-alive connections would hold `close` open until they time out.
+            server.closeIdleConnections()
+          })
+          void Promise.all([httpClosed, ...extraSockets.map((socket) => Effect.runPromise(closeOne(socket)))]).then(() => resolve())
+        })
       )
-      yield* Effect.addFinalizer(() => close)
+      const drainable = config.shutdownTimeoutMs - config.shutdownDelayMs
+      // The drain's last part: the answers that end it (503s, error frames) get this long to reach
+      // their clients; then every connection left is closed. A client that reads nothing would
+      // otherwise hold the process past SHUTDOWN_TIMEOUT_MS, its answer never finishing.
+      const flushMs = Math.min(1_000, Math.floor(drainable / 5))
+      yield* Effect.addFinalizer(() =>
+        Effect.timeoutOrElse(close, {
+          duration: flushMs,
+          orElse: () =>
+            Effect.logWarning("the drain's time is up (SHUTDOWN_TIMEOUT_MS): closing the connections still open").pipe(
+              Effect.andThen(Effect.sync(() => server.closeAllConnections()))
+            )
+        })
+      )
       // An accept error after listening (ENOBUFS, a firewall's EPERM) loses that one connection, not
       // the router: Node's server keeps listening.
       const runFork = Effect.runForkWith(yield* Effect.context<never>())
@@ -284,7 +304,7 @@ export const NodeServerLayer = (routes: RouteTable): Layer.Layer<
       const address = typeof bound === "object" && bound !== null
         ? NetAddress.inetAddressFromIpStringUnsafe(bound.address, bound.port)
         : NetAddress.unixPathAddress(String(bound))
-      const grace = Duration.millis(config.shutdownTimeoutMs - config.shutdownDelayMs)
+      const grace = Duration.millis(drainable - flushMs)
       return HttpServer.make({
         address,
         serve: (app, middleware) =>
