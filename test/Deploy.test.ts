@@ -110,11 +110,13 @@ describe("Kubernetes manifests", () => {
 
   it("the environment is what the Config layer reads, as the decision table says", () => {
     // Left to the router: HOSTNAME (Kubernetes sets it), HOST (the default, all
-    // interfaces, suits pods), LISTEN_SOCKETS (its default suits pods), API_KEYS_FILE (the alternative to API_KEYS), and
-    // the simulated model's tuning (SIM_* but SIM_LATENCY_MS; spec.env sets them).
+    // interfaces, suits pods), LISTEN_SOCKETS (its default suits pods), API_KEYS_FILE (the alternative to API_KEYS),
+    // CLIENT_STALL_TIMEOUT_MS (rarely differs per service), and the simulated model's tuning (SIM_* but SIM_LATENCY_MS;
+    // spec.env sets them).
     const leftToRouter = envDecisions.filter((d) => d.from === "router").map((d) => d.variable)
-    assert.includeMembers(leftToRouter, ["HOSTNAME", "HOST", "LISTEN_SOCKETS", "API_KEYS_FILE"])
-    assert.isTrue(leftToRouter.filter((name) => !["HOSTNAME", "HOST", "LISTEN_SOCKETS", "API_KEYS_FILE"].includes(name)).every((name) => name.startsWith("SIM_") || name.startsWith("UPSTREAM_")))
+    const named = ["HOSTNAME", "HOST", "LISTEN_SOCKETS", "API_KEYS_FILE", "CLIENT_STALL_TIMEOUT_MS"]
+    assert.includeMembers(leftToRouter, named)
+    assert.isTrue(leftToRouter.filter((name) => !named.includes(name)).every((name) => name.startsWith("SIM_") || name.startsWith("UPSTREAM_")))
     // The base example is the simulated model: the upstream settings are set only with spec.upstreams (Desired.test.ts).
     const upstreamOnly = (name: string) => name === "MODEL_BACKEND" || name.startsWith("UPSTREAM")
     assert.sameMembers(Object.keys(env), settingNames.filter((name) => !leftToRouter.includes(name) && !upstreamOnly(name)))

@@ -60,8 +60,9 @@ const relay = (play: (handler: ForwardHandler) => void, callbacks: Partial<Relay
     },
     done: (failure) => heard.done.push(failure),
     log: (message) => heard.logged.push(message),
+    onceDrained: (resume) => void (response.once as (event: string, listener: () => void) => void)("drain", resume),
     ...callbacks
-  })
+  } as RelayCallbacks)
   return { got, heard }
 }
 

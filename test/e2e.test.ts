@@ -209,6 +209,35 @@ describe.concurrent("end to end", () => {
     assert.strictEqual(stalled[0].reason, "shutting_down")
   }))
 
+  it("a stream whose client stops reading is cut off after CLIENT_STALL_TIMEOUT_MS: its slot goes to the next request, logged as 499 client_stalled", owned(async () => {
+    const port = await freePort()
+    const router = start(process.execPath, ["src/router/main.ts"], {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MAX_CONCURRENCY: "1",
+      SIM_LATENCY_MS: "0",
+      SIM_TTFT_MS: "0",
+      SIM_ITL_MS: "0",
+      SIM_MAX_MODEL_LEN: "1000000",
+      CLIENT_STALL_TIMEOUT_MS: "300"
+    })
+    await waitReady(port, router.exited)
+    const body = JSON.stringify({ model: "demo-model", prompt: "x", max_tokens: 300_000, stream: true })
+    const socket = connect(port, "127.0.0.1")
+    socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-request-id: stalled-2\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
+    socket.pause()
+    await until(async () => (await metric(port, "router_requests_running")) === 1, "the stream holding the one slot")
+    // Queued behind it (QUEUE_TIMEOUT_MS is 30 s): served once the stalled client is cut off.
+    const next = await infer(port, "after the stall")
+    assert.strictEqual(next.status, 200)
+    socket.destroy()
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    const lines = router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`)).map((line) => JSON.parse(line).annotations)
+    const stalled = lines.find((line) => line.requestId === "stalled-2")
+    assert.deepInclude(stalled, { status: 499, reason: "client_stalled" })
+  }))
+
   it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", owned(async () => {
     const port = await freePort()
     const blocker = createServer().listen(port, "127.0.0.1")

@@ -292,6 +292,7 @@ export const envDecisions: ReadonlyArray<EnvDecision> = [
   routerField("SHUTDOWN_TIMEOUT_MS", "shutdownTimeoutMs", defaults.shutdownTimeoutMs),
   routerField("HEADERS_TIMEOUT_MS", "headersTimeoutMs"),
   routerField("REQUEST_TIMEOUT_MS", "requestTimeoutMs"),
+  ...leftToRouter(rarelyPerService, true, "CLIENT_STALL_TIMEOUT_MS"),
   { variable: "PORT", from: "fixed", value: String(routerPort), why: "the container port the Service and probes use" },
   { variable: "HOST", from: "router", why: "all interfaces, IPv4 and IPv6: what a pod needs", viaEnv: false },
   ...leftToRouter("the router's default (16 sockets sharing the port) suits a pod whose other containers run as other users; `1` where one runs as the router's user (docs/operations.md); set it through `spec.env`", true, "LISTEN_SOCKETS"),

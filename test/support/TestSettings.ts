@@ -22,6 +22,7 @@ export const testSettings: RouterSettings = {
   shutdownTimeoutMs: 25_000,
   headersTimeoutMs: 10_000,
   requestTimeoutMs: 30_000,
+  clientStallTimeoutMs: 60_000,
   port: 8080,
   host: undefined,
   // More than one where the router allows it: the servers tests start take connections through a second listening socket too.

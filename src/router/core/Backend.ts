@@ -89,6 +89,10 @@ export interface CompletionReply {
   begin(): void
   /** One token; false when the client's socket is full: call `onceDrained` before the next. */
   token(text: string, index: number): boolean
+  /**
+   * Calls `resume` once the client's socket drained, or closed: a client that takes nothing for
+   * CLIENT_STALL_TIMEOUT_MS is cut off (its connection closed, as a hang-up). Tokens and relayed bytes alike.
+   */
   onceDrained(resume: () => void): void
   /** The last token was handed over: the route writes the end of the answer. */
   finish(generated: Generated): void

@@ -49,7 +49,10 @@ import { isShedReason, vllmMetrics } from "../core/Metrics.ts"
 import type { ContractError } from "../core/ContractErrors.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { type Dialect, Pipeline } from "./Pipeline.ts"
-import { noteOutcome } from "../core/RequestOutcome.ts"
+import { addOutcome, noteOutcome } from "../core/RequestOutcome.ts"
+
+/** The access log's reason for a client cut off for taking none of its answer (CLIENT_STALL_TIMEOUT_MS). */
+const clientStalled = "client_stalled"
 import { errorStatus } from "../../api/Errors.ts"
 import { oneLine } from "../../shared/SchemaMessage.ts"
 
@@ -166,15 +169,28 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
     ...(generated.cachedTokens === undefined ? {} : { prompt_tokens_details: { cached_tokens: generated.cachedTokens } })
   })
 
-  /** Waits until the client's socket drained (or closed). */
-  const onceDrained = (response: ServerResponse, resume: () => void) => {
+  /**
+   * Waits until the client's socket drained (or closed). A client that takes none of its answer for
+   * CLIENT_STALL_TIMEOUT_MS is cut off, as Envoy's stream idle timeout cuts one: otherwise a few
+   * sockets left unread would hold every slot for good. Its close ends the work as a hang-up (499).
+   */
+  const stallMs = config.clientStallTimeoutMs
+  const onceDrained = (request: IncomingMessage, response: ServerResponse, resume: () => void) => {
+    let stalled: ReturnType<typeof setTimeout> | undefined
     const done = () => {
+      if (stalled !== undefined) clearTimeout(stalled)
       response.off("drain", done)
       response.off("close", done)
       resume()
     }
     response.on("drain", done)
     response.on("close", done)
+    if (stallMs > 0) {
+      stalled = setTimeout(() => {
+        addOutcome(request, { reason: clientStalled })
+        response.destroy()
+      }, stallMs).unref()
+    }
   }
 
   /** One admitted completion: the reply the backend writes to, the work, and how it is answered. */
@@ -233,7 +249,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
           index === 0 ? frame({ id: idOf(), object, created, model: modelRef, choices: [choice(token, null, true)] }) : tokenFrame(token)
         )
       },
-      onceDrained: (resume) => onceDrained(response, resume),
+      onceDrained: (resume) => onceDrained(request, response, resume),
       finish: (generated) => {
         if (stream) {
           if (!response.destroyed) response.end(tail(generated))

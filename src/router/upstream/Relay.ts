@@ -50,6 +50,8 @@ export interface RelayCallbacks {
   done(failure: UpstreamFailure | undefined): void
   /** Logs what an operator must see (a callback that threw). */
   log?(message: string): void
+  /** Calls `resume` once the client's socket drained or closed (the edge's, which cuts off a client that stalls). */
+  onceDrained(resume: () => void): void
 }
 
 /** Headers of the upstream's answer the client sees, beside the router's own. */
@@ -171,7 +173,7 @@ export const relayUnsafe = (
         if (paused) return
         paused = true
         answer!.pause()
-        response.once("drain", onDrain)
+        callbacks.onceDrained(onDrain)
       }
     },
     verify: () => {

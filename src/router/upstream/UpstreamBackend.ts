@@ -108,6 +108,7 @@ export const makeUpstreamBackend = (
           failBeforeHeaders: reply.fail,
           endWithErrorFrame: reply.fail,
           done: (failure) => done(Exit.succeed({ failure })),
+          onceDrained: reply.onceDrained,
           log
         })
       }),
