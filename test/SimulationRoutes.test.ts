@@ -173,4 +173,28 @@ describe("/detokenize's memory of /tokenize (bounded by bytes)", () => {
     vocabulary.remember(400, "z".repeat(31))
     assert.isUndefined(vocabulary.lookUp(400), "longer than maxTokenChars: not kept")
   })
+
+  it("forgets in least-recently-used order over any mix of remembering and looking up (against a plain model)", () => {
+    const vocabulary = new Vocabulary(60, 8, 10)
+    const model: Array<[number, string]> = []
+    let seed = 7
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648
+    for (let step = 0; step < 20_000; step++) {
+      const id = Math.floor(random() * 40)
+      if (random() < 0.6) {
+        const text = "t".repeat(1 + Math.floor(random() * 10))
+        vocabulary.remember(id, text)
+        const at = model.findIndex(([known]) => known === id)
+        if (at !== -1) model.splice(at, 1)
+        model.push([id, text])
+        while (model.reduce((sum, [, t]) => sum + t.length, 0) > 60 || model.length > 8) model.shift()
+      } else {
+        const at = model.findIndex(([known]) => known === id)
+        const expected = at === -1 ? undefined : model[at][1]
+        if (at !== -1) model.push(...model.splice(at, 1))
+        assert.strictEqual(vocabulary.lookUp(id), expected, `step ${step}, id ${id}`)
+      }
+      assert.strictEqual(vocabulary.size.entries, model.length)
+    }
+  })
 })

@@ -118,8 +118,16 @@ export const promptBlockHashes = (modelName: string, text: string, blockSize: nu
  * sends one runs of thousands of characters must not make the server keep them).
  */
 export class Vocabulary {
+  /** Least recently used first (a Map keeps insertion order; a use moves a token to the end). */
   private readonly texts = new Map<number, string>()
   private chars = 0
+  /**
+   * Where eviction goes on from: one iterator kept across evictions. A new one per eviction starts
+   * over the deleted slots V8 leaves at the front of the Map until it rehashes, so with the
+   * vocabulary full each request took longer than the last (seconds, the event loop blocked).
+   * A live iterator skips deleted entries and reaches those added since, in order.
+   */
+  private oldest: MapIterator<number> | undefined
 
   readonly maxChars: number
   readonly maxEntries: number
@@ -141,9 +149,14 @@ export class Vocabulary {
     this.texts.set(id, text)
     this.chars += text.length
     while (this.chars > this.maxChars || this.texts.size > this.maxEntries) {
-      const [oldest, oldText] = this.texts.entries().next().value as [number, string]
+      let next = this.oldest?.next()
+      if (next === undefined || next.done === true) {
+        this.oldest = this.texts.keys()
+        next = this.oldest.next()
+      }
+      const oldest = next.value as number
+      this.chars -= this.texts.get(oldest)!.length
       this.texts.delete(oldest)
-      this.chars -= oldText.length
     }
   }
 
