@@ -158,6 +158,8 @@ describe("the block cache (properties)", () => {
         }
       }
       for (const step of ops) {
+        const orderBefore = cache.evictionOrder()
+        const eventsBefore = events.length
         if (step.op === "start") {
           const hashes = blockHashes(5, step.prompt, blockSize)
           const total = Math.ceil((step.prompt.length + step.output) / blockSize)
@@ -185,6 +187,17 @@ describe("the block cache (properties)", () => {
           cache.release(sequence.blocks)
         } else if (step.op === "reset") {
           cache.reset()
+        }
+        // Evicted least recently used first: every block that was evictable ahead of an evicted one
+        // was evicted too, or has been referenced since (a hit), so it is no longer evictable.
+        const removed = events.slice(eventsBefore).flatMap((event) => event._tag === "BlockRemoved" ? event.blockHashes : [])
+        if (removed.length > 0) {
+          const last = Math.max(...removed.map((hash) => orderBefore.indexOf(hash)))
+          const stillEvictable = new Set(cache.evictionOrder())
+          for (const hash of orderBefore.slice(0, last + 1)) {
+            assert.isFalse(stillEvictable.has(hash), "a block more recently used than the evicted one would be evicted first")
+          }
+          assert.deepStrictEqual(removed.filter((hash) => orderBefore.includes(hash)), orderBefore.filter((hash) => removed.includes(hash)), "in LRU order")
         }
         replay()
         assert.isAtMost(cache.allocatedBlocks, capacity)

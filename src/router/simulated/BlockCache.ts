@@ -39,6 +39,23 @@ export class BlockCache {
   private readonly cached = new Map<number, Block>()
   /** The unreferenced cached blocks, least recently used first (a Map keeps insertion order). */
   private readonly evictable = new Map<number, Block>()
+  /**
+   * Where eviction goes on from: one live iterator over `evictable`, kept across evictions. A new
+   * iterator per eviction starts over the deleted slots V8 leaves at the front of a Map until it
+   * rehashes: with the cache full, 8-15 µs a fresh block instead of ~0.1 (in process). A live
+   * iterator skips deleted entries and reaches those added since, in order.
+   */
+  private evictionCursor: MapIterator<number> | undefined
+
+  /** The least recently used unreferenced block's key (there is one: the callers checked). */
+  private leastRecentlyUsed(): number {
+    let next = this.evictionCursor?.next()
+    if (next === undefined || next.done === true) {
+      this.evictionCursor = this.evictable.keys()
+      next = this.evictionCursor.next()
+    }
+    return next.value as number
+  }
   /** Blocks holding data: referenced, or cached and evictable. Never more than `capacity`. */
   private allocated = 0
 
@@ -88,7 +105,7 @@ export class BlockCache {
         this.allocated++
       } else {
         // The least recently used unreferenced block makes room (available() counted it).
-        const hash = this.evictable.keys().next().value as number
+        const hash = this.leastRecentlyUsed()
         this.evictable.delete(hash)
         this.cached.delete(hash)
         ;(removed ??= []).push(hash)
@@ -106,7 +123,7 @@ export class BlockCache {
     } else {
       if (this.evictable.size === 0) return undefined
       // The least recently used unreferenced block makes room.
-      const hash = this.evictable.keys().next().value as number
+      const hash = this.leastRecentlyUsed()
       this.evictable.delete(hash)
       this.cached.delete(hash)
       this.publish?.({ _tag: "BlockRemoved", blockHashes: [hash] })
@@ -198,6 +215,7 @@ export class BlockCache {
     }
     this.cached.clear()
     this.evictable.clear()
+    this.evictionCursor = undefined
     this.publish?.({ _tag: "AllBlocksCleared" })
   }
 
