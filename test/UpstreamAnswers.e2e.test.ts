@@ -6,10 +6,9 @@
  * hung on. What is sent again, and when, is in UpstreamRetries.e2e.test.ts.
  */
 import * as Http from "node:http"
-import { connect } from "node:net"
 import { afterEach, assert, describe, it } from "vitest"
 import { killAll, until } from "./support/Processes.ts"
-import { requestAt } from "./support/TestRouter.ts"
+import { openUnreadStream, requestAt } from "./support/TestRouter.ts"
 import { metricValue, openStream, post, startFront, startUpstream } from "./support/Routers.ts"
 import { body, closeStubs, codeOf, completion, json, messageOf, stream, stub } from "./support/Stubs.ts"
 
@@ -191,10 +190,7 @@ describe("a client that stops reading a relayed stream", () => {
   it("is cut off after CLIENT_STALL_TIMEOUT_MS, the upstream's stream stopped and the slot given to the next request", { timeout: 60_000 }, async () => {
     const upstream = await startUpstream({ SIM_TTFT_MS: "0", SIM_ITL_MS: "0", SIM_MAX_MODEL_LEN: "1000000" })
     const front = await startFront([upstream], { MAX_CONCURRENCY: "1", CLIENT_STALL_TIMEOUT_MS: "300" })
-    const body = JSON.stringify({ model: "m", prompt: "x", max_tokens: 300_000, stream: true })
-    const socket = connect(front.port, "127.0.0.1")
-    socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
-    socket.pause()
+    const socket = openUnreadStream(front.port, "m")
     await until(async () => (await metricValue(front.port, "router_requests_running")) === 1, "the stream holding the one slot")
     const next = await post(front.port, "/infer", { prompt: "after the stall" })
     assert.strictEqual(next.status, 200)

@@ -7,11 +7,11 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { once } from "node:events"
-import { connect, createServer } from "node:net"
+import { createServer } from "node:net"
 import { promisify } from "node:util"
 import { freePort, killAll, owned, root, startProcess } from "./support/Processes.ts"
 import { afterAll, assert, describe, it } from "vitest"
-import { requestAt } from "./support/TestRouter.ts"
+import { openUnreadStream, requestAt } from "./support/TestRouter.ts"
 
 // Each test has its own router, ended with it (owned): they run concurrently. What a timed-out test left running:
 afterAll(killAll)
@@ -194,11 +194,7 @@ describe.concurrent("end to end", () => {
       SHUTDOWN_TIMEOUT_MS: "1000"
     })
     await waitReady(port, router.exited)
-    // Far more than the sockets' buffers hold (tens of MB of events), never read.
-    const body = JSON.stringify({ model: "demo-model", prompt: "x", max_tokens: 300_000, stream: true })
-    const socket = connect(port, "127.0.0.1")
-    socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-request-id: stalled-1\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
-    socket.pause()
+    const socket = openUnreadStream(port, "demo-model", "stalled-1")
     await until(async () => (await metric(port, "router_requests_running")) === 1, "the stream running")
     router.child.kill("SIGTERM")
     assert.strictEqual(await router.exited, 0)
@@ -222,10 +218,7 @@ describe.concurrent("end to end", () => {
       CLIENT_STALL_TIMEOUT_MS: "300"
     })
     await waitReady(port, router.exited)
-    const body = JSON.stringify({ model: "demo-model", prompt: "x", max_tokens: 300_000, stream: true })
-    const socket = connect(port, "127.0.0.1")
-    socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-request-id: stalled-2\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
-    socket.pause()
+    const socket = openUnreadStream(port, "demo-model", "stalled-2")
     await until(async () => (await metric(port, "router_requests_running")) === 1, "the stream holding the one slot")
     // Queued behind it (QUEUE_TIMEOUT_MS is 30 s): served once the stalled client is cut off.
     const next = await infer(port, "after the stall")

@@ -3,6 +3,7 @@
  * settings and an optional stand-in model, plus a raw HTTP helper that gives
  * tests full control over method, headers and body framing.
  */
+import { connect, type Socket } from "node:net"
 import { Effect, Latch, Layer, Logger, Metric } from "effect"
 import { HttpServer } from "effect/http"
 import { NetAddress } from "effect/net"
@@ -205,4 +206,17 @@ export const parseRaw = (raw: string) => {
     json = undefined
   }
   return { status: Number(statusLine.split(" ")[1]), headers, body, json }
+}
+
+/**
+ * A streamed completion far larger than a socket's buffers (hundreds of thousands of tokens) from a
+ * client that reads none of it: the router's writes come to wait on its full socket.
+ */
+export const openUnreadStream = (port: number, model: string, requestId?: string): Socket => {
+  const body = JSON.stringify({ model, prompt: "x", max_tokens: 300_000, stream: true })
+  const socket = connect(port, "127.0.0.1")
+  const id = requestId === undefined ? "" : `x-request-id: ${requestId}\r\n`
+  socket.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${id}Content-Length: ${body.length}\r\n\r\n${body}`)
+  socket.pause()
+  return socket
 }
