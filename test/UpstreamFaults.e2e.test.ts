@@ -65,6 +65,8 @@ describe("upstream mode when a side fails", () => {
     assert.strictEqual(plain.status, 504)
     assert.strictEqual((plain.json as { error: { code: string } }).error.code, "upstream_timeout")
     assert.isBelow(Date.now() - startedAt, 2000)
+    // A model server's fault is not the router shedding: no shed series for it.
+    assert.isUndefined(await metricValue(front.port, `router_shed_total{reason="upstream_timeout"}`))
   })
 
   it("is not ready while no upstream is healthy, and ready again when one is", async () => {
