@@ -134,7 +134,26 @@ describe("a tunnel request is answered", () => {
       assertEnvelope(answer, 405, "method_not_allowed")
       assert.strictEqual(answer.headers["x-request-id"], "tunnel-1")
       assert.strictEqual(answer.headers["connection"], "close")
+      // RFC 9110: a 405 lists what the target allows.
+      assert.strictEqual(answer.headers["allow"], "POST")
       assert.strictEqual(sample(yield* metrics, `router_requests_total{endpoint="unmatched",status="405"}`), 1)
+    }).pipe(withRouter()))
+
+  it.live("a CONNECT whose client resets before the answer is written costs the router nothing", () =>
+    Effect.gen(function*() {
+      const port = yield* serverPort
+      for (let i = 0; i < 20; i++) {
+        yield* Effect.callback<void>((resume) => {
+          const socket = connect(port, "127.0.0.1", () => {
+            socket.write("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+            socket.resetAndDestroy()
+            resume(Effect.void)
+          })
+        })
+      }
+      // The router took every reset: it still answers (an unheard socket error would have ended it).
+      assert.strictEqual((yield* request({ path: "/healthz" })).status, 200)
+      assert.strictEqual((yield* postInfer({ prompt: "x" })).status, 200)
     }).pipe(withRouter()))
 })
 

@@ -22,9 +22,10 @@ export const writeJson = (
  * there is a request to answer (its `clientError` event): the connection
  * closes after it, as Node's own answer would.
  */
-export const rawErrorResponse = (status: number, errorBody: unknown, requestId: string): string => {
+export const rawErrorResponse = (status: number, errorBody: unknown, requestId: string, extra: Readonly<Record<string, string>> = {}): string => {
   const body = JSON.stringify(errorBody)
+  const more = Object.entries(extra).map(([name, value]) => `${name}: ${value}\r\n`).join("")
   return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\ncontent-type: application/json\r\ncontent-length: ${
     Buffer.byteLength(body)
-  }\r\n${requestIdHeader}: ${requestId}\r\nconnection: close\r\n\r\n${body}`
+  }\r\n${requestIdHeader}: ${requestId}\r\n${more}connection: close\r\n\r\n${body}`
 }

@@ -145,11 +145,16 @@ const makeNodeServer = (options: ServeOptions) => {
   })
   // CONNECT (a tunnel request): the router is no proxy. Node would close the socket without a word.
   server.on("connect", (request: IncomingMessage, socket: Duplex) => {
+    // Node has taken its own error listener off the socket it hands over: a client that resets
+    // before the answer is written must not be an unheard `error` (which ends the process).
+    socket.on("error", () => socket.destroy())
     observer.unparsed(405)
     const given = request.headers[requestIdHeader]
     const requestId = typeof given === "string" && validRequestId.test(given) ? given : crypto.randomUUID()
     const message = "CONNECT is not supported: the router is not a proxy"
-    socket.end(rawErrorResponse(405, errorBody(request, 405, "method_not_allowed", message), requestId), () => socket.destroy())
+    // RFC 9110: a 405 lists what the target allows (a known path's methods; an authority, none).
+    const allow = (routes.get(routePath(request.url ?? "")) ?? []).join(", ")
+    socket.end(rawErrorResponse(405, errorBody(request, 405, "method_not_allowed", message), requestId, { allow }), () => socket.destroy())
   })
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
     const inFlight = observer.serving(socket)
