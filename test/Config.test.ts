@@ -202,6 +202,8 @@ describe("Config", () => {
     ["SHUTDOWN_TIMEOUT_MS", "0"],
     ["REQUEST_TIMEOUT_MS", "0"],
     ["CLIENT_STALL_TIMEOUT_MS", "-1"],
+    // Node's timers fire a longer delay after 1 ms.
+    ["CLIENT_STALL_TIMEOUT_MS", "2147483648"],
     ["HEADERS_TIMEOUT_MS", "0"],
     ["HEADERS_TIMEOUT_MS", "60000"],
     ["API_KEYS_FILE", "/nonexistent/keys"],

@@ -13,6 +13,7 @@ import { Admission } from "../src/router/core/Admission.ts"
 import { callbacks, type Work } from "../src/router/core/Backend.ts"
 import { Lifecycle } from "../src/router/core/Lifecycle.ts"
 import { Pipeline } from "../src/router/edge/Pipeline.ts"
+import { outcomeOf } from "../src/router/core/RequestOutcome.ts"
 import { openAiDialect } from "../src/router/edge/OpenAiHandler.ts"
 import { testConfigLayer } from "./support/TestSettings.ts"
 
@@ -170,5 +171,7 @@ describe("the pipeline's admission step", () => {
       route.get(() => assert.fail("not handled after the drain's end"))(fakeRequest, response as unknown as ServerResponse, false)
       assert.strictEqual(written[0].status, 503)
       assert.strictEqual(JSON.parse(written[0].body).error.code, "shutting_down")
+      // Counted as shed, as the answers at the drain's end are (the observer reads the outcome).
+      assert.strictEqual(outcomeOf(fakeRequest)?.reason, "shutting_down")
     }))
 })

@@ -470,7 +470,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "SHUTDOWN_TIMEOUT_MS", meaning: "bounds the whole drain; requests still running then are answered 503", default: code(defaults.shutdownTimeoutMs), valid: "integer ≥ 1" },
   { variable: "HEADERS_TIMEOUT_MS", meaning: "a client must send its request headers within this (else 408)", default: `${code(`min(${defaults.headersTimeoutMs}, REQUEST_TIMEOUT_MS)`)}`, valid: "1 … `REQUEST_TIMEOUT_MS`" },
   { variable: "REQUEST_TIMEOUT_MS", meaning: "a client must send its whole request within this (else 408)", default: code(defaults.requestTimeoutMs), valid: "integer ≥ 1" },
-  { variable: "CLIENT_STALL_TIMEOUT_MS", meaning: "a client that takes none of its answer this long (a stream it stopped reading: the router waits on its full socket) is cut off, its slot freed (logged as 499, reason `client_stalled`); `0` = never", default: code(defaults.clientStallTimeoutMs), valid: "integer ≥ 0" },
+  { variable: "CLIENT_STALL_TIMEOUT_MS", meaning: "a client that takes none of its answer this long (a stream it stopped reading: the router waits on its full socket) is cut off, its slot freed (logged as 499, reason `client_stalled`); `0` = never", default: code(defaults.clientStallTimeoutMs), valid: "0 – 2147483647" },
   { variable: "PORT", meaning: "the port to listen on", default: code(defaults.port), valid: "1–65535" },
   { variable: "HOST", meaning: "the address to listen on", default: "all interfaces", valid: "an address of this machine, or a name resolving to one" },
   { variable: "LISTEN_SOCKETS", meaning: "listening sockets sharing `PORT` (Linux's `SO_REUSEPORT`), each handing its connections to the one server: Node accepts one connection per socket per event-loop turn, so with one socket a burst of new connections waits behind the requests of the open ones (docs/operations.md). `1`: one socket, as plain Node. The port is bound alone first, so a port another process holds still fails; a process of the same user can still join it later (docs/operations.md)", default: `${code(defaults.listenSockets)} on Linux, \`1\` elsewhere`, valid: "1 – 64 (only `1` off Linux)" },
@@ -604,7 +604,13 @@ export const loadSettings: Effect.Effect<RouterSettings, SettingError> = Effect.
     `an integer from 1 to REQUEST_TIMEOUT_MS (${requestTimeoutMs}) (milliseconds)`,
     () => Math.min(defaults.headersTimeoutMs, requestTimeoutMs)
   )
-  const clientStallTimeoutMs = yield* setting("CLIENT_STALL_TIMEOUT_MS", decimalAtLeast(0), "an integer >= 0 (milliseconds; 0 = never)", () => defaults.clientStallTimeoutMs)
+  // At most what Node's timers take (2^31 - 1 ms, ~24.8 days): a longer delay fires after 1 ms.
+  const clientStallTimeoutMs = yield* setting(
+    "CLIENT_STALL_TIMEOUT_MS",
+    decimalBetween(0, 2_147_483_647),
+    "an integer from 0 to 2147483647 (milliseconds; 0 = never)",
+    () => defaults.clientStallTimeoutMs
+  )
   const port = yield* setting("PORT", decimalBetween(1, 65535), "a port number 1-65535", () => defaults.port)
   const host = yield* optionalString("HOST")
   const listenSockets = process.platform === "linux"

@@ -291,7 +291,12 @@ export const NodeServerLayer = (routes: RouteTable): Layer.Layer<
       // otherwise hold the process past SHUTDOWN_TIMEOUT_MS, its answer never finishing.
       const flushMs = Math.min(1_000, Math.floor(drainable / 5))
       yield* Effect.addFinalizer(() =>
-        Effect.timeoutOrElse(close, {
+        Effect.timeoutOrElse(Effect.andThen(
+          // Connections that went idle during the grace (a stream begun before the drain, whose answer
+          // could not say `Connection: close`) hold nothing: closed now, not counted as cut off below.
+          Effect.sync(() => server.closeIdleConnections()),
+          close
+        ), {
           duration: flushMs,
           orElse: () =>
             Effect.logWarning("the drain's time is up (SHUTDOWN_TIMEOUT_MS): closing the connections still open").pipe(

@@ -242,12 +242,17 @@ export class Pipeline extends Context.Service<Pipeline, {
           }
           const failContract = (request: IncomingMessage, response: ServerResponse, error: ContractError) =>
             fail(request, response, dialect.fromContract(error))
+          /** After the drain's end: 503 shutting_down, counted as shed like the ones the drain's end answers. */
+          const failStopped = (request: IncomingMessage, response: ServerResponse) => {
+            noteOutcome(request, { reason: shuttingDown.code })
+            failContract(request, response, shuttingDown)
+          }
 
           const post = (
             handle: (request: IncomingMessage, response: ServerResponse, body: string, maxWaitMs: number | undefined) => void
           ): NodeHandler =>
           (request, response, awaitsContinue) => {
-            if (stopped) return failContract(request, response, shuttingDown)
+            if (stopped) return failStopped(request, response)
             const denied = checkBearer(request.headers.authorization)
             if (denied !== undefined) return failContract(request, response, denied)
             let maxWaitMs: number | undefined
@@ -278,7 +283,7 @@ export class Pipeline extends Context.Service<Pipeline, {
           }
 
           const get = (handle: (request: IncomingMessage, response: ServerResponse) => void): NodeHandler => (request, response) => {
-            if (stopped) return failContract(request, response, shuttingDown)
+            if (stopped) return failStopped(request, response)
             const denied = checkBearer(request.headers.authorization)
             if (denied !== undefined) return failContract(request, response, denied)
             handle(request, response)

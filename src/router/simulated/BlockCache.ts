@@ -13,6 +13,8 @@
  * last first, so a prompt's tail is evicted before its prefix, as in vLLM.
  */
 
+import { LruCursor } from "./LruCursor.ts"
+
 /** vLLM's KV cache events (vllm/distributed/kv_events.py), as the cache emits them. */
 export type KvEvent =
   | {
@@ -39,23 +41,8 @@ export class BlockCache {
   private readonly cached = new Map<number, Block>()
   /** The unreferenced cached blocks, least recently used first (a Map keeps insertion order). */
   private readonly evictable = new Map<number, Block>()
-  /**
-   * Where eviction goes on from: one live iterator over `evictable`, kept across evictions. A new
-   * iterator per eviction starts over the deleted slots V8 leaves at the front of a Map until it
-   * rehashes: with the cache full, 8-15 µs a fresh block instead of ~0.1 (in process). A live
-   * iterator skips deleted entries and reaches those added since, in order.
-   */
-  private evictionCursor: MapIterator<number> | undefined
-
-  /** The least recently used unreferenced block's key (there is one: the callers checked). */
-  private leastRecentlyUsed(): number {
-    let next = this.evictionCursor?.next()
-    if (next === undefined || next.done === true) {
-      this.evictionCursor = this.evictable.keys()
-      next = this.evictionCursor.next()
-    }
-    return next.value as number
-  }
+  /** Finds the least recently used of `evictable` (LruCursor.ts says why not `keys().next()`). */
+  private readonly lru = new LruCursor(this.evictable)
   /** Blocks holding data: referenced, or cached and evictable. Never more than `capacity`. */
   private allocated = 0
 
@@ -68,6 +55,12 @@ export class BlockCache {
     this.capacity = capacity
     this.blockSize = blockSize
     this.publish = publish
+  }
+
+  /** An unreferenced cached block joins the eviction order, as its most recently used. */
+  private setEvictable(hash: number, block: Block): void {
+    this.evictable.set(hash, block)
+    this.lru.changed()
   }
 
   /** How many of `hashes`' leading blocks are cached, at most `max`. */
@@ -95,7 +88,10 @@ export class BlockCache {
     const blocks: Array<Block> = []
     for (let i = 0; i < hits; i++) {
       const block = this.cached.get(hashes[i])!
-      if (block.refs === 0) this.evictable.delete(block.hash!)
+      if (block.refs === 0) {
+        this.evictable.delete(block.hash!)
+        this.lru.changed()
+      }
       block.refs++
       blocks.push(block)
     }
@@ -105,7 +101,7 @@ export class BlockCache {
         this.allocated++
       } else {
         // The least recently used unreferenced block makes room (available() counted it).
-        const hash = this.leastRecentlyUsed()
+        const hash = this.lru.oldest()
         this.evictable.delete(hash)
         this.cached.delete(hash)
         ;(removed ??= []).push(hash)
@@ -123,7 +119,7 @@ export class BlockCache {
     } else {
       if (this.evictable.size === 0) return undefined
       // The least recently used unreferenced block makes room.
-      const hash = this.leastRecentlyUsed()
+      const hash = this.lru.oldest()
       this.evictable.delete(hash)
       this.cached.delete(hash)
       this.publish?.({ _tag: "BlockRemoved", blockHashes: [hash] })
@@ -173,7 +169,7 @@ export class BlockCache {
       block.hash = hash
       this.cached.set(hash, block)
       run.push(hash)
-      if (block.refs === 0) this.evictable.set(hash, block)
+      if (block.refs === 0) this.setEvictable(hash, block)
     }
     flush(0)
   }
@@ -187,7 +183,7 @@ export class BlockCache {
     if (this.cached.has(hash)) return
     block.hash = hash
     this.cached.set(hash, block)
-    if (block.refs === 0) this.evictable.set(hash, block)
+    if (block.refs === 0) this.setEvictable(hash, block)
     this.publish?.({
       _tag: "BlockStored",
       blockHashes: [hash],
@@ -202,7 +198,7 @@ export class BlockCache {
     for (let i = blocks.length - 1; i >= 0; i--) {
       const block = blocks[i]
       if (--block.refs > 0) continue
-      if (block.hash !== undefined && this.cached.get(block.hash) === block) this.evictable.set(block.hash, block)
+      if (block.hash !== undefined && this.cached.get(block.hash) === block) this.setEvictable(block.hash, block)
       else this.allocated--
     }
   }
@@ -215,7 +211,7 @@ export class BlockCache {
     }
     this.cached.clear()
     this.evictable.clear()
-    this.evictionCursor = undefined
+    this.lru.reset()
     this.publish?.({ _tag: "AllBlocksCleared" })
   }
 

@@ -13,6 +13,7 @@
  * NONE_HASH. 53 bits: exact as a JavaScript number, in JSON and as msgpack's
  * uint64. A partial block has no key (it is never shared).
  */
+import { LruCursor } from "./LruCursor.ts"
 import { hash32, tokenEnd } from "./Simulation.ts"
 
 /** One token's id: FNV-1a of its text, in 31 bits (vocabulary ids are non-negative int32 in vLLM). */
@@ -121,13 +122,8 @@ export class Vocabulary {
   /** Least recently used first (a Map keeps insertion order; a use moves a token to the end). */
   private readonly texts = new Map<number, string>()
   private chars = 0
-  /**
-   * Where eviction goes on from: one iterator kept across evictions. A new one per eviction starts
-   * over the deleted slots V8 leaves at the front of the Map until it rehashes, so with the
-   * vocabulary full each request took longer than the last (seconds, the event loop blocked).
-   * A live iterator skips deleted entries and reaches those added since, in order.
-   */
-  private oldest: MapIterator<number> | undefined
+  /** Finds the least recently used (LruCursor.ts says why not `keys().next()`). */
+  private readonly lru = new LruCursor(this.texts)
 
   readonly maxChars: number
   readonly maxEntries: number
@@ -144,17 +140,14 @@ export class Vocabulary {
     const known = this.texts.get(id)
     if (known !== undefined) {
       this.texts.delete(id)
+      this.lru.changed()
       this.chars -= known.length
     }
     this.texts.set(id, text)
+    this.lru.changed()
     this.chars += text.length
     while (this.chars > this.maxChars || this.texts.size > this.maxEntries) {
-      let next = this.oldest?.next()
-      if (next === undefined || next.done === true) {
-        this.oldest = this.texts.keys()
-        next = this.oldest.next()
-      }
-      const oldest = next.value as number
+      const oldest = this.lru.oldest()
       this.chars -= this.texts.get(oldest)!.length
       this.texts.delete(oldest)
     }
@@ -166,6 +159,8 @@ export class Vocabulary {
     if (text !== undefined) {
       this.texts.delete(id)
       this.texts.set(id, text)
+      this.lru.changed()
+      this.lru.changed()
     }
     return text
   }
