@@ -96,7 +96,8 @@ export const relayUnsafe = (
   let paused = false
   const onDrain = () => {
     paused = false
-    answer?.resume()
+    // Called on the client's close too: a client gone is not read for (its hang-up aborts the upstream).
+    if (!response.destroyed) answer?.resume()
   }
   /**
    * Answers the client whatever a callback threw (an error it could not
