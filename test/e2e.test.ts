@@ -33,6 +33,18 @@ const waitReady = async (port: number, exited: Promise<unknown>) => {
   throw new Error("the router never became ready")
 }
 
+/** The router from its source on a free port of 127.0.0.1, with `env`, once ready. */
+const startReady = async (env: Record<string, string>) => {
+  const port = await freePort()
+  const router = start(process.execPath, ["src/router/main.ts"], { PORT: String(port), HOST: "127.0.0.1", ...env })
+  await waitReady(port, router.exited)
+  return { port, router }
+}
+
+/** The access-log lines a router printed (their annotations). */
+const accessLines = (router: ReturnType<typeof start>) =>
+  router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`)).map((line) => JSON.parse(line).annotations)
+
 const metric = async (port: number, series: string) => {
   const text = (await requestAt(port, { path: "/metrics" })).text
   const line = text.split("\n").find((l) => l.startsWith(series + " "))
@@ -108,17 +120,13 @@ describe.concurrent("end to end", () => {
   }))
 
   it("SIGTERM drains: readiness 503, new requests served during the delay, in-flight ones finish, exit 0", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       MAX_CONCURRENCY: "2",
       MAX_QUEUE: "10",
       SIM_LATENCY_MS: "1000",
       // Long enough that the request sent once readiness has flipped arrives within it on a loaded machine.
       SHUTDOWN_DELAY_MS: "3000"
     })
-    await waitReady(port, router.exited)
     const inFlight = [1, 2, 3, 4].map((i) => infer(port, `in-flight-${i}`))
     await until(async () =>
       (await metric(port, "router_requests_running")) === 2 && (await metric(port, "router_requests_waiting")) === 2, "4 requests in flight")
@@ -134,15 +142,11 @@ describe.concurrent("end to end", () => {
   }))
 
   it("requests still running at SHUTDOWN_TIMEOUT_MS are answered 503 shutting_down, then exit 0", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       MAX_CONCURRENCY: "1",
       SIM_LATENCY_MS: "60000",
       SHUTDOWN_TIMEOUT_MS: "300"
     })
-    await waitReady(port, router.exited)
     const inFlight = [1, 2].map((i) => infer(port, `stuck-${i}`))
     await until(async () => (await metric(port, "router_requests_waiting")) === 1, "one running, one queued")
     router.child.kill("SIGTERM")
@@ -156,24 +160,19 @@ describe.concurrent("end to end", () => {
   }))
 
   it("every /infer gets one access-log line, those the drain ends included (under load)", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       MAX_CONCURRENCY: "2",
       MAX_QUEUE: "100",
       SIM_LATENCY_MS: "60000",
       SHUTDOWN_TIMEOUT_MS: "500"
     })
-    await waitReady(port, router.exited)
     const inFlight = Array.from({ length: 31 }, (_, i) => infer(port, `load-${i}`))
     await until(async () => (await metric(port, "router_requests_waiting")) === 29, "2 running, 29 queued")
     router.child.kill("SIGTERM")
     const responses = await Promise.all(inFlight)
     assert.deepStrictEqual(new Set(responses.map((r) => r.status)), new Set([503]))
     assert.strictEqual(await router.exited, 0)
-    const lines = router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`))
-      .map((line) => JSON.parse(line).annotations)
+    const lines = accessLines(router)
     assert.lengthOf(lines, 31)
     assert.deepStrictEqual(new Set(lines.map((line) => line.status)), new Set([503]))
     assert.deepStrictEqual(new Set(lines.map((line) => line.reason)), new Set(["shutting_down"]))
@@ -184,32 +183,25 @@ describe.concurrent("end to end", () => {
   }))
 
   it("a stream whose client reads nothing does not hold the drain: the router exits, and the stream has its access-log line", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       SIM_TTFT_MS: "0",
       SIM_ITL_MS: "0",
       SIM_MAX_MODEL_LEN: "1000000",
       SHUTDOWN_TIMEOUT_MS: "1000"
     })
-    await waitReady(port, router.exited)
     const socket = openUnreadStream(port, "demo-model", "stalled-1")
     await until(async () => (await metric(port, "router_requests_running")) === 1, "the stream running")
     router.child.kill("SIGTERM")
     assert.strictEqual(await router.exited, 0)
     socket.destroy()
-    const lines = router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`)).map((line) => JSON.parse(line).annotations)
+    const lines = accessLines(router)
     const stalled = lines.filter((line) => line.requestId === "stalled-1")
     assert.lengthOf(stalled, 1, router.output().stdout.slice(-2000))
     assert.strictEqual(stalled[0].reason, "shutting_down")
   }))
 
   it("a stream whose client stops reading is cut off after CLIENT_STALL_TIMEOUT_MS: its slot goes to the next request, logged as 499 client_stalled", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       MAX_CONCURRENCY: "1",
       SIM_LATENCY_MS: "0",
       SIM_TTFT_MS: "0",
@@ -217,7 +209,6 @@ describe.concurrent("end to end", () => {
       SIM_MAX_MODEL_LEN: "1000000",
       CLIENT_STALL_TIMEOUT_MS: "300"
     })
-    await waitReady(port, router.exited)
     const socket = openUnreadStream(port, "demo-model", "stalled-2")
     await until(async () => (await metric(port, "router_requests_running")) === 1, "the stream holding the one slot")
     // Queued behind it (QUEUE_TIMEOUT_MS is 30 s): served once the stalled client is cut off.
@@ -226,7 +217,7 @@ describe.concurrent("end to end", () => {
     socket.destroy()
     router.child.kill("SIGTERM")
     assert.strictEqual(await router.exited, 0)
-    const lines = router.output().stdout.split("\n").filter((line) => line.includes(`"message":"request"`)).map((line) => JSON.parse(line).annotations)
+    const lines = accessLines(router)
     const stalled = lines.find((line) => line.requestId === "stalled-2")
     assert.deepInclude(stalled, { status: 499, reason: "client_stalled" })
   }))
@@ -255,10 +246,7 @@ describe.concurrent("end to end", () => {
   }))
 
   it("drain with streams in flight: they run until SHUTDOWN_TIMEOUT_MS, then end with an error frame and [DONE]", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       MODEL_REF: "m",
       MAX_CONCURRENCY: "2",
       SIM_TTFT_MS: "10",
@@ -266,7 +254,6 @@ describe.concurrent("end to end", () => {
       SIM_MAX_TOKENS: "1000",
       SHUTDOWN_TIMEOUT_MS: "1500"
     })
-    await waitReady(port, router.exited)
     const stream = (max: number) =>
       requestAt(port, {
         method: "POST",
@@ -312,13 +299,9 @@ describe.concurrent("end to end", () => {
   }))
 
   it("keep-alive clients do not hold the drain open", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       SIM_LATENCY_MS: "1500"
     })
-    await waitReady(port, router.exited)
     const inFlight = requestAt(port, {
       method: "POST",
       path: "/infer",
@@ -339,9 +322,7 @@ describe.concurrent("end to end", () => {
   }))
 
   it("an idle router exits promptly on SIGTERM", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], { PORT: String(port), HOST: "127.0.0.1" })
-    await waitReady(port, router.exited)
+    const { router } = await startReady({})
     const signalledAt = Date.now()
     router.child.kill("SIGTERM")
     assert.strictEqual(await router.exited, 0)
@@ -350,14 +331,10 @@ describe.concurrent("end to end", () => {
   }))
 
   it("LOG_FORMAT=pretty logs for people, access lines included; an unset MODEL_REF is warned about", owned(async () => {
-    const port = await freePort()
-    const router = start(process.execPath, ["src/router/main.ts"], {
-      PORT: String(port),
-      HOST: "127.0.0.1",
+    const { port, router } = await startReady({
       SIM_LATENCY_MS: "0",
       LOG_FORMAT: "pretty"
     })
-    await waitReady(port, router.exited)
     const response = await infer(port, "a private prompt")
     assert.strictEqual(response.json.modelRef, "demo-model")
     router.child.kill("SIGTERM")
