@@ -341,6 +341,11 @@ describe("backpressure", () => {
       }))
       assert.strictEqual(emitted, 100_000)
       socket.destroy()
-    }).pipe(withRouter({ maxBodyBytes: 4 * 1024 * 1024, ...sim({ mode: "echo", maxTokens: 100_000, maxModelLen: 300_000 }) }, counting))
+    }).pipe(withRouter({
+      maxBodyBytes: 4 * 1024 * 1024,
+      // 0: a client that stops reading is never cut off, however long it pauses (here 1.5 s).
+      clientStallTimeoutMs: 0,
+      ...sim({ mode: "echo", maxTokens: 100_000, maxModelLen: 300_000 })
+    }, counting))
   }, 60_000)
 })
