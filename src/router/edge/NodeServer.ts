@@ -31,7 +31,7 @@ import { requestIdHeader } from "../../api/Headers.ts"
 import { RouterConfig, type RouterSettings } from "../core/Config.ts"
 import { rawErrorResponse, writeJson } from "./ContractErrors.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
-import { RequestObserver, validRequestId } from "./RequestObserver.ts"
+import { RequestObserver, requestIdFor } from "./RequestObserver.ts"
 import { answerHeaders } from "../core/ResponseHeaders.ts"
 import { addOutcome } from "../core/RequestOutcome.ts"
 import { routePath, type RouteTable } from "../app/Routes.ts"
@@ -149,8 +149,7 @@ const makeNodeServer = (options: ServeOptions) => {
     // before the answer is written must not be an unheard `error` (which ends the process).
     socket.on("error", () => socket.destroy())
     observer.unparsed(405)
-    const given = request.headers[requestIdHeader]
-    const requestId = typeof given === "string" && validRequestId.test(given) ? given : crypto.randomUUID()
+    const requestId = requestIdFor(request.headers[requestIdHeader])
     const message = "CONNECT is not supported: the router is not a proxy"
     // RFC 9110: a 405 lists what the target allows (a known path's methods; an authority, none).
     const allow = (routes.get(routePath(request.url ?? "")) ?? []).join(", ")

@@ -30,7 +30,11 @@ import { histogramSeries, labelledCounterSeries } from "./MetricSeries.ts"
 const inferencePaths = new Set([InferenceGroup.endpoints.infer.path, completionsPath, chatCompletionsPath])
 
 /** A caller's id is echoed only if it is short, printable ASCII: it ends up in logs. */
-export const validRequestId = /^[\x21-\x7e]{1,128}$/
+const validRequestId = /^[\x21-\x7e]{1,128}$/
+
+/** The request id an answer carries: the caller's `x-request-id` when it is valid, else a new UUID. */
+export const requestIdFor = (given: string | Array<string> | undefined): string =>
+  typeof given === "string" && validRequestId.test(given) ? given : randomUUID()
 
 /** nginx's status for a request whose client closed the connection before the answer. */
 const clientClosedRequest = 499
@@ -123,9 +127,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
             // Responses get it from the pipeline's answer headers or the error envelope: a
             // `setHeader` here would push Node's writeHead off its fast path
             // (measured: about 2.5 µs per request).
-            if (typeof given !== "string" || !validRequestId.test(given)) {
-              request.headers[requestIdHeader] = randomUUID()
-            }
+            const id = requestIdFor(given)
+            if (id !== given) request.headers[requestIdHeader] = id
             // Per connection, the request it serves now, emptied when the response closes
             // (core/RequestOutcome.ts): a finished request kept until the connection's next one
             // was promoted out of the young generation at 256 connections (BENCHMARKS.md section 12).
