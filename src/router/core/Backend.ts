@@ -49,8 +49,8 @@ export interface Inference {
   readonly processingMs: number
   /** `host:port` of the model server that answered (upstream backend). */
   readonly upstream?: string | undefined
-  /** Its `version` label (upstream backend). */
-  readonly upstreamVersion?: string | undefined
+  /** The `version` label of the model server that answered (upstream backend). */
+  readonly version?: string | undefined
   /** Why the scheduler picked it, for `x-inference-route` (upstream backend, a scheduler other than least request). */
   readonly route?: string | undefined
 }

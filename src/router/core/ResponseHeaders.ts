@@ -6,11 +6,24 @@
  * answer leaves a large body unread.
  */
 import type { IncomingMessage } from "node:http"
-import { requestIdHeader } from "../../api/Headers.ts"
+import { requestIdHeader, routeHeader, upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
 
 /** The request id, and `Connection: close` when `close`. */
 export const answerHeaders = (requestId: string, close: boolean): Record<string, string> =>
   close ? { [requestIdHeader]: requestId, connection: "close" } : { [requestIdHeader]: requestId }
+
+/**
+ * Which model server answered, its `version` label, and why the scheduler picked it (upstream
+ * mode): set on `/infer`'s answers and relayed ones alike.
+ */
+export const setServedBy = (
+  headers: Record<string, string | number>,
+  served: { readonly upstream?: string | undefined; readonly version?: string | undefined; readonly route?: string | undefined }
+): void => {
+  if (served.upstream !== undefined) headers[upstreamHeader] = served.upstream
+  if (served.version !== undefined) headers[upstreamVersionHeader] = served.version
+  if (served.route !== undefined) headers[routeHeader] = served.route
+}
 
 /** Most unread body bytes Node may drain to keep a connection open after an early answer. */
 const maxDrainBytes = 64 * 1024

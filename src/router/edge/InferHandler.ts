@@ -17,7 +17,7 @@
 import { Cause, Effect, Exit, Layer, Result } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { BadGateway, GatewayTimeout, InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
-import { requestIdHeader, routeHeader, serverTimingHeader, upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
+import { requestIdHeader, serverTimingHeader } from "../../api/Headers.ts"
 import { InferenceGroup } from "../../api/RouterApi.ts"
 import type { Rejected } from "../core/Admission.ts"
 import { Backend, type BackendFailure, type Inference } from "../core/Backend.ts"
@@ -27,6 +27,7 @@ import { parseInferRequest } from "./InferRequestBody.ts"
 import { NodeRoutes } from "./NodeRoutes.ts"
 import { type Dialect, Pipeline } from "./Pipeline.ts"
 import { noteOutcome } from "../core/RequestOutcome.ts"
+import { setServedBy } from "../core/ResponseHeaders.ts"
 
 export const inferPath = InferenceGroup.endpoints.infer.path
 
@@ -102,9 +103,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     headers["content-length"] = byteLength
     headers[serverTimingHeader] = `queue;dur=${waitedMs}, model;dur=${served.processingMs}`
     // As the relay answers /v1/*: who served, its version, and why it was picked.
-    if (served.upstream !== undefined) headers[upstreamHeader] = served.upstream
-    if (served.upstreamVersion !== undefined) headers[upstreamVersionHeader] = served.upstreamVersion
-    if (served.route !== undefined) headers[routeHeader] = served.route
+    setServedBy(headers, served)
     response.writeHead(200, headers)
     response.end(body)
   }

@@ -18,7 +18,8 @@
  */
 import { type AnswerHeaders, retryAfterSeconds } from "./Attempt.ts"
 import { openAiError, openAiErrorBody } from "../../api/OpenAiApi.ts"
-import { accelBufferingHeader, inferencePodHeader, routeHeader, upstreamHeader, upstreamVersionHeader } from "../../api/Headers.ts"
+import { accelBufferingHeader, inferencePodHeader } from "../../api/Headers.ts"
+import { setServedBy } from "../core/ResponseHeaders.ts"
 import { EventFramer } from "./EventFramer.ts"
 import type { UpstreamFailure } from "./Failure.ts"
 import type { ClientResponse } from "../core/Backend.ts"
@@ -122,9 +123,8 @@ export const relayUnsafe = (
   return upstreams.forwardUnsafe({ path: request.path, body: request.body, headers: request.headers }, {
     onResponse: (upstream) => {
       answer = upstream
-      headers = { ...request.answerHeaders(), [upstreamHeader]: upstream.upstream }
-      if (upstream.version !== undefined) headers[upstreamVersionHeader] = upstream.version
-      if (upstream.route !== undefined) headers[routeHeader] = upstream.route
+      headers = { ...request.answerHeaders() }
+      setServedBy(headers, upstream)
       for (const name of passedOn) {
         const value = headerValue(upstream.headers[name])
         if (value !== undefined) headers[name] = value

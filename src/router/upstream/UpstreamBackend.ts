@@ -84,7 +84,7 @@ export const makeUpstreamBackend = (
             return {
               processingMs: Math.round(Number(clock.currentTimeNanosUnsafe() - startedAt) / 1_000_000),
               upstream: answer.upstream,
-              upstreamVersion: answer.version,
+              version: answer.version,
               route: answer.route
             } satisfies Inference
           }
