@@ -50,6 +50,8 @@ const controllerPods = 'namespace=~"$controller_namespace"'
 const controller = `controller="${controllerName}"`
 const queue = `name="${controllerName}"`
 const window = "[$__rate_interval]"
+/** The inference endpoints: the share panels' denominator (not /v1/models, the docs or unknown paths). */
+const inference = 'endpoint=~"/infer|/v1/completions|/v1/chat/completions"'
 /** Router panels break down per InferenceService. */
 const perService = "namespace, inferenceservice"
 const service = "{{namespace}}/{{inferenceservice}}"
@@ -153,15 +155,19 @@ export const dashboard = (): Dashboard => {
 
   row("Overview")
   stat("Requests/s", "Requests served per second, all endpoints (probes and /metrics excluded)", "reqps", [`sum(rate(router_requests_total{${routers}}${window}))`, ""])
-  stat("Shed", "Share of requests answered without running the model", "percentunit", [
-    `sum(rate(router_shed_total{${routers}}${window})) / sum(rate(router_requests_total{${routers}}${window}))`,
+  stat("Shed", "Share of inference requests answered without running the model", "percentunit", [
+    `sum(rate(router_shed_total{${routers}}${window})) / sum(rate(router_requests_total{${routers}, ${inference}}${window}))`,
     ""
   ], [{ color: "green", value: null }, { color: "orange", value: 0.01 }, { color: "red", value: 0.05 }])
   stat("Router pods", "Router pods scraped", "none", [`count(router_max_concurrency{${routers}})`, ""])
-  stat("5xx", "Share of requests answered with a 5xx status", "percentunit", [
-    `sum(rate(router_requests_total{${routers}, status=~"5.."}${window})) / sum(rate(router_requests_total{${routers}}${window}))`,
+  stat("5xx", "Share of inference requests answered with a 5xx status", "percentunit", [
+    `sum(rate(router_requests_total{${routers}, ${inference}, status=~"5.."}${window})) / sum(rate(router_requests_total{${routers}, ${inference}}${window}))`,
     ""
   ], [{ color: "green", value: null }, { color: "red", value: 0.01 }])
+  stat("Hang-ups", "Share of inference requests whose client hung up before the answer (499): shed by nobody, lost all the same", "percentunit", [
+    `sum(rate(router_requests_total{${routers}, ${inference}, status="499"}${window})) / sum(rate(router_requests_total{${routers}, ${inference}}${window}))`,
+    ""
+  ], [{ color: "green", value: null }, { color: "orange", value: 0.05 }, { color: "red", value: 0.25 }])
 
   row("Requests and admission")
   timeseries("Requests by endpoint and status", "router_requests_total: answers per second by endpoint and HTTP status", "reqps", [

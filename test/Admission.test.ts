@@ -51,7 +51,7 @@ describe("Admission", () => {
       assert.deepStrictEqual(outcomes.map((o) => o.waitedMs), [0, 0, 100, 100, 200])
       // processingMs is the model's time only, never the wait
       assert.deepStrictEqual(outcomes.map((o) => o.processingMs), [100, 100, 100, 100, 100])
-      assert.deepStrictEqual(admission.statsUnsafe(), { ...limits(), running: 0, waiting: 0 })
+      assert.deepStrictEqual(admission.statsUnsafe(), { ...limits(), running: 0, waiting: 0, nearTimeout: 0 })
     }))
 
   it.effect("counts running and waiting work", () =>
@@ -144,6 +144,20 @@ describe("Admission", () => {
         yield* TestClock.adjust(40)
         assert.strictEqual(rejection(yield* Fiber.await(queued)).reason, "queue_timeout")
         assert.strictEqual(yield* Clock.currentTimeMillis, 40)
+      }))
+
+    it.effect("counts the requests granted after waiting at least 80 % of their own budget", () =>
+      Effect.gen(function*() {
+        const admission = yield* Admission.make(limits({ slots: 1, queueTimeoutMs: 1_000 }))
+        yield* arrive(admission, 100) // free slot: waits 0
+        yield* arrive(admission, 700) // waits 100 of 1,000
+        yield* arrive(admission, 100, 1_000) // waits 800 of 1,000: near
+        yield* arrive(admission, 100, 1_100) // waits 900 of its 1,000 (the budget cannot rise): near
+        yield* arrive(admission, 100, 1_250) // waits 1,000 of 1,000: times out, never granted
+        yield* TestClock.adjust(900)
+        assert.strictEqual(admission.statsUnsafe().nearTimeout, 2)
+        yield* TestClock.adjust(1_000)
+        assert.include(admission.statsUnsafe(), { running: 0, waiting: 0, nearTimeout: 2 })
       }))
 
     it.effect("a request's own budget never raises the deadline", () =>

@@ -14,6 +14,7 @@
 import { parser } from "@prometheus-io/lezer-promql"
 import type { SyntaxNode } from "@lezer/common"
 import { spawnSync } from "node:child_process"
+import * as Http from "node:http"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -172,9 +173,9 @@ beforeAll(async () => {
   const controllerPort = await freePort()
   const [shedding, calm, failing, stranded] = await Promise.all([
     // One slot, two queue places, a queue timeout between one and two requests' time: of a burst of six,
-    // one runs, one waits ~200 ms of its 240 (near the timeout; in the 0.1-0.25 s bucket unless the burst
-    // straggles by 100 ms), one times out, three find the queue full.
-    startRouter({ MAX_CONCURRENCY: "1", MAX_QUEUE: "2", QUEUE_TIMEOUT_MS: "240", SIM_LATENCY_MS: "200" }),
+    // one runs, one waits ~400 ms of its 450 (near the timeout: at least 360 ms, unless the burst
+    // straggles by 40 ms), one times out, three find the queue full.
+    startRouter({ MAX_CONCURRENCY: "1", MAX_QUEUE: "2", QUEUE_TIMEOUT_MS: "450", SIM_LATENCY_MS: "400" }),
     // Calm, and the healthy upstream of the routers in upstream mode.
     startUpstream(),
     // Answers every request 500: ejected.
@@ -228,6 +229,14 @@ beforeAll(async () => {
   api.dropWatches()
   await until(async () => (await scrape(controllerPort)).includes("inference_router_controller_watch_restarts_total{"), "a watch restart")
 
+  // A client that hangs up while its request is in the model: a 499, which the hang-up alert and panel select.
+  const leaving = Http.request({ port: shedding.port, method: "POST", path: "/infer", headers: { "content-type": "application/json" } })
+  leaving.on("error", () => {})
+  leaving.end(JSON.stringify({ prompt: "x" }))
+  await until(async () => /^router_requests_running 1$/m.test(await scrape(shedding.port)), "the request in the model")
+  leaving.destroy()
+  await until(async () => (await scrape(shedding.port)).includes('status="499"'), "the hang-up counted")
+
   // The scenarios, scraped once per round (one round stands for two minutes in `promtool test rules`).
   for (let round = 0; round < rounds; round++) {
     if (round > 0) {
@@ -273,9 +282,14 @@ describe("the dashboard and the alert rules read only what the router and the co
     assert.deepStrictEqual(failures, [])
   })
 
-  it("the queue wait's buckets reach 600 s, so a p99 near a timeout of minutes is seen", () => {
+  it("the queue wait's buckets reach 600 s, so the dashboard's p99 shows a wait of minutes", () => {
     const bounds = new Set(exported.get("router_queue_wait_seconds_bucket")!.map((s) => s.labels.le))
     for (const le of ["60", "120", "300", "600", "+Inf"]) assert.isTrue(bounds.has(le), le)
+  })
+
+  it("the requests granted near their queue timeout are counted: one of each burst", () => {
+    const near = parseExposition(scrapes.shedding[rounds - 1]).get("router_queue_waits_near_timeout_total")
+    assert.isAtLeast(near?.[0]?.value ?? 0, 1)
   })
 
   it("the router and the controller export the process's CPU, memory and start time under prom-client's names", () => {

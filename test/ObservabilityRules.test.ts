@@ -53,6 +53,37 @@ describe.skipIf(!hasPromtool)("the alert rules on synthetic series", () => {
     ])
   })
 
+  it("no upstream it can send to pages; every upstream ejected but still chosen in panic does not", () => {
+    const labels = { severity: "critical", namespace: "ns", inferenceservice: "llama", pod: "p1" }
+    promtoolTest([
+      alert("InferenceRouterNoHealthyUpstream", "10m", {
+        [`router_upstreams_healthy{${router}}`]: "0x15",
+        [`router_upstream_pool_ready{${router}}`]: "1x15"
+      }, []),
+      alert("InferenceRouterNoHealthyUpstream", "10m", {
+        [`router_upstreams_healthy{${router}}`]: "0x15",
+        [`router_upstream_pool_ready{${router}}`]: "0x15"
+      }, [labels])
+    ])
+  })
+
+  it("clients hanging up on a quarter of the inference requests alert, whatever /v1/models polling adds", () => {
+    const requests = (endpoint: string, status: string) => `router_requests_total{${router},endpoint="${endpoint}",status="${status}"}`
+    const labels = { severity: "warning", namespace: "ns", inferenceservice: "llama" }
+    promtoolTest([
+      alert("InferenceRouterClientsHangingUp", "25m", {
+        [requests("/v1/chat/completions", "200")]: "0+60x30",
+        [requests("/v1/chat/completions", "499")]: "0+40x30",
+        [requests("/v1/models", "200")]: "0+1000x30"
+      }, [labels]),
+      // A user stopping a stream now and then is not an incident.
+      alert("InferenceRouterClientsHangingUp", "25m", {
+        [requests("/infer", "200")]: "0+95x30",
+        [requests("/infer", "499")]: "0+5x30"
+      }, [])
+    ])
+  })
+
   it("reconcile errors of KServe's InferenceService controller are not this controller's", () => {
     promtoolTest([
       alert("InferenceRouterReconcileErrors", "30m", {
@@ -79,17 +110,18 @@ describe.skipIf(!hasPromtool)("the alert rules on synthetic series", () => {
     ])
   })
 
-  it("a queue wait near a timeout of minutes alerts (the wait's buckets reach 600 s)", () => {
-    const bucket = (le: string) => `router_queue_wait_seconds_bucket{${router},le="${le}"}`
+  it("more than 1 % of the admitted granted near their queue timeout alerts, fewer does not", () => {
+    const labels = { severity: "warning", namespace: "ns", inferenceservice: "llama" }
+    const input = (near: string, admitted: string) => ({
+      [`router_queue_waits_near_timeout_total{${router}}`]: near,
+      [`router_queue_wait_seconds_count{${router}}`]: admitted
+    })
     promtoolTest([
-      alert("InferenceRouterQueueWaitNearTimeout", "25m", {
-        [bucket("60")]: "0x30",
-        [bucket("120")]: "0+100x30",
-        [bucket("+Inf")]: "0+100x30",
-        [`router_queue_timeout_seconds{${router}}`]: "120x30"
-      }, [{ severity: "warning", namespace: "ns", inferenceservice: "llama" }])
+      alert("InferenceRouterQueueWaitNearTimeout", "25m", input("0+2x30", "0+100x30"), [labels]),
+      alert("InferenceRouterQueueWaitNearTimeout", "25m", input("0+1x30", "0+1000x30"), []),
+      // What a histogram's p99 alerted on: 5 % of the admitted waiting a third of the timeout, none near it.
+      alert("InferenceRouterQueueWaitNearTimeout", "25m", input("0x30", "0+100x30"), [])
     ])
-    // (test/Observability.test.ts checks a router exports those buckets.)
   })
 })
 

@@ -44,16 +44,17 @@ describe("per-upstream series", () => {
       )
       const scrape = upstreamGauges()
       const context = yield* Effect.context<never>()
-      scrape(upstreams.view(), context)
+      scrape(upstreams.view(), upstreams.ready(), context)
       let samples = yield* exposition
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_available"), { "10.0.0.1:8000": 1, "10.0.0.2:8000": 1 })
       assert.strictEqual(samples["router_upstreams_healthy"], 2)
+      assert.strictEqual(samples["router_upstream_pool_ready"], 1)
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_ejections_total"), { "10.0.0.1:8000": 0, "10.0.0.2:8000": 0 })
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_retries_total"), { "10.0.0.1:8000": 0, "10.0.0.2:8000": 0 })
 
       answer = ["10.0.0.3"] // the pods were replaced
       yield* TestClock.adjust(1000)
-      scrape(upstreams.view(), context)
+      scrape(upstreams.view(), upstreams.ready(), context)
       samples = yield* exposition
       for (const gauge of ["router_upstream_available", "router_upstream_in_flight", "router_upstream_connections"]) {
         assert.deepStrictEqual(Object.keys(byUpstream(samples, gauge)), ["10.0.0.3:8000"], gauge)
@@ -63,11 +64,12 @@ describe("per-upstream series", () => {
 
       answer = []
       yield* TestClock.adjust(1000)
-      scrape(upstreams.view(), context)
+      scrape(upstreams.view(), upstreams.ready(), context)
       samples = yield* exposition
       // No member left: no per-upstream series (not a stale 1), and the router's count is 0, not absent.
       assert.deepStrictEqual(byUpstream(samples, "router_upstream_available"), {})
       assert.strictEqual(samples["router_upstreams_healthy"], 0)
+      assert.strictEqual(samples["router_upstream_pool_ready"], 0)
     }).pipe(Effect.scoped)))
 
   it.effect("a dns+ name that never resolved: an empty pool counts 0 healthy upstreams, so the no-healthy-upstream alert sees it", () =>
@@ -84,10 +86,24 @@ describe("per-upstream series", () => {
           throw new Error("ENOTFOUND") // a headless Service without ready pods
         }
       )
-      upstreamGauges()(upstreams.view(), yield* Effect.context<never>())
+      upstreamGauges()(upstreams.view(), upstreams.ready(), yield* Effect.context<never>())
       const samples = yield* exposition
       assert.strictEqual(samples["router_upstreams_healthy"], 0)
     }).pipe(Effect.scoped, Effect.provideService(References.MinimumLogLevel, "None"))))
+
+  it.effect("the pool counts as ready by /readyz's rule: an ejected upstream chosen in panic serves, though none is healthy", () =>
+    isolated(Effect.gen(function*() {
+      const ejected = { id: "10.0.0.1:8000", version: "", weight: 1, inFlight: 0, available: false, connections: 1 }
+      const scrape = upstreamGauges()
+      const context = yield* Effect.context<never>()
+      scrape([ejected], true, context)
+      let samples = yield* exposition
+      assert.strictEqual(samples["router_upstreams_healthy"], 0)
+      assert.strictEqual(samples["router_upstream_pool_ready"], 1)
+      scrape([ejected], false, context)
+      samples = yield* exposition
+      assert.strictEqual(samples["router_upstream_pool_ready"], 0)
+    })))
 
   it.effect("routing signals: 0 from joining until a scrape succeeds, gone when the upstream leaves", () =>
     isolated(Effect.gen(function*() {

@@ -48,7 +48,17 @@ export interface AdmissionStats extends AdmissionLimits {
   readonly running: number
   /** Units of work waiting for a slot now. */
   readonly waiting: number
+  /**
+   * Units of work granted a slot after waiting at least `nearTimeoutShare` of
+   * their wait budget, since start: more than 1 % of the admitted means the
+   * p99 wait is that near the timeout, counted exactly (a histogram's quantile
+   * is interpolated inside buckets far wider than that margin).
+   */
+  readonly nearTimeout: number
 }
+
+/** The share of its wait budget after which a granted unit of work counts as `nearTimeout`. */
+export const nearTimeoutShare = 0.8
 
 export interface Grant {
   /** Milliseconds spent waiting for the slot (0 when one was free). */
@@ -115,6 +125,7 @@ export class Admission extends Context.Service<Admission, {
       let running = 0
       // Admitted but not yet granted a slot: includes requests about to be granted.
       let waiting = 0
+      let nearTimeout = 0
       // Learnt from the work that finishes; until then, what the settings say.
       let holdTimeMs = options.expectedHoldMs ?? 0
 
@@ -190,6 +201,7 @@ export class Admission extends Context.Service<Admission, {
             grantedAt = clock.currentTimeMillisUnsafe()
             waiting--
             running++
+            if (mustWait && grantedAt - arrivedAt >= nearTimeoutShare * maxWaitMs) nearTimeout++
             return work({ waitedMs: grantedAt - arrivedAt })
           })).pipe(Effect.onExit((exit) =>
             Effect.sync(() => {
@@ -213,7 +225,7 @@ export class Admission extends Context.Service<Admission, {
         limits,
         admit,
         enterUnsafe,
-        statsUnsafe: () => ({ ...limits, running, waiting })
+        statsUnsafe: () => ({ ...limits, running, waiting, nearTimeout })
       })
     })
 

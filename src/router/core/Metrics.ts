@@ -29,12 +29,19 @@ export const shedTotal = Metric.counter("router_shed_total", {
   incremental: true
 })
 
+/** Admission's count (`AdmissionStats.nearTimeout`), brought up to date at scrape time. */
+export const queueWaitsNearTimeout = Metric.counter("router_queue_waits_near_timeout_total", {
+  description: "Requests granted a slot after waiting at least 80% of their queue budget (QUEUE_TIMEOUT_MS, or less by x-queue-timeout-ms)",
+  incremental: true
+})
+
 export const gauges = {
   running: Metric.gauge("router_requests_running", { description: "Requests (/infer and /v1/*) in the model now" }),
   waiting: Metric.gauge("router_requests_waiting", { description: "Requests (/infer and /v1/*) waiting for a slot now" }),
   maxConcurrency: Metric.gauge("router_max_concurrency", { description: "Configured MAX_CONCURRENCY" }),
   maxQueue: Metric.gauge("router_max_queue", { description: "Configured MAX_QUEUE" }),
-  queueTimeout: Metric.gauge("router_queue_timeout_seconds", { description: "Configured QUEUE_TIMEOUT_MS, in seconds (alerts compare queue wait with it)" }),
+  queueTimeout: Metric.gauge("router_queue_timeout_seconds", { description: "Configured QUEUE_TIMEOUT_MS, in seconds" }),
+
   // The names inference gateways' endpoint pickers read from vLLM servers (labelled model_name at scrape).
   vllmRunning: Metric.gauge("vllm:num_requests_running", { description: "Requests in the model now (vLLM's name)" }),
   vllmWaiting: Metric.gauge("vllm:num_requests_waiting", { description: "Requests waiting for a slot now (vLLM's name)" }),
@@ -166,7 +173,11 @@ export const upstreamMetrics = {
     "upstream"
   ),
   // One series per router whatever its pool: an empty pool (a dns+ name that never resolved) is 0, not absent.
-  healthy: Metric.gauge("router_upstreams_healthy", { description: "Upstreams in the pool now healthy and not ejected (0 with an empty pool)" })
+  healthy: Metric.gauge("router_upstreams_healthy", { description: "Upstreams in the pool now healthy and not ejected (0 with an empty pool)" }),
+  // What /readyz answers by: 0 pages (an ejected upstream still chosen in panic serves, though none is healthy).
+  poolReady: Metric.gauge("router_upstream_pool_ready", {
+    description: "1 while some upstream can be chosen (one in rotation, or in panic any reachable one): /readyz's rule; else 0"
+  })
 }
 
 /** Every reason the router sheds for, exported as 0 before the first one happens. */

@@ -41,9 +41,10 @@ export const reportedMaxModelLen = (status: number, body: string, modelRef: stri
  */
 export const upstreamGauges = () => {
   let exported = new Set<string>()
-  return (view: ReadonlyArray<UpstreamView>, context: Context.Context<never>) => {
+  return (view: ReadonlyArray<UpstreamView>, ready: boolean, context: Context.Context<never>) => {
     const current = new Set<string>()
     upstreamMetrics.healthy.updateUnsafe(view.filter((upstream) => upstream.available).length, context)
+    upstreamMetrics.poolReady.updateUnsafe(ready ? 1 : 0, context)
     for (const upstream of view) {
       current.add(upstream.id)
       upstreamMetrics.inFlight(upstream.id).updateUnsafe(upstream.inFlight, context)
@@ -120,7 +121,7 @@ export const makeUpstreamBackend = (
     // The router's slots as vLLM's load (an endpoint picker in front of routers reads them), and the pool.
     exportMetrics: (admission, context) => {
       exportSlotsAsVllm(vllm, admission, context)
-      exportPool(upstreams.view(), context)
+      exportPool(upstreams.view(), upstreams.ready(), context)
     }
   })
 }
