@@ -3,6 +3,7 @@
  * ephemeral port, talked to over HTTP.
  */
 import { execFile } from "node:child_process"
+import * as Http from "node:http"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -220,6 +221,43 @@ describe.concurrent("end to end", () => {
     const lines = accessLines(router)
     const stalled = lines.find((line) => line.requestId === "stalled-2")
     assert.deepInclude(stalled, { status: 499, reason: "client_stalled" })
+  }))
+
+  it("a client that leaves the queue is logged as 499 with its wait; the queue-wait histogram counts only the admitted", owned(async () => {
+    const { port, router } = await startReady({ MAX_CONCURRENCY: "1", SIM_LATENCY_MS: "600" })
+    const holder = infer(port, "holds the slot")
+    await until(async () => (await metric(port, "router_requests_running")) === 1, "the first request in the model")
+    const leaving = Http.request({ port, method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": "leaver" } })
+    leaving.on("error", () => {})
+    leaving.end(JSON.stringify({ prompt: "waits, then leaves" }))
+    await until(async () => (await metric(port, "router_requests_waiting")) === 1, "the second request queued")
+    leaving.destroy()
+    assert.strictEqual((await holder).status, 200)
+    assert.strictEqual(await metric(port, "router_queue_wait_seconds_count"), 1)
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    const left = accessLines(router).find((line) => line.requestId === "leaver")
+    assert.strictEqual(left?.status, 499, router.output().stdout.slice(-2000))
+    assert.isAtLeast(left.queueMs, 0)
+    assert.notProperty(left, "modelMs")
+  }))
+
+  it("a relayed completion's log line and router_model_seconds hold the model server's time", owned(async () => {
+    const upstream = await startReady({ SIM_TTFT_MS: "30", SIM_ITL_MS: "5" })
+    const { port, router } = await startReady({ MODEL_BACKEND: "upstream", UPSTREAMS: `http://127.0.0.1:${upstream.port}` })
+    const answer = await requestAt(port, {
+      method: "POST",
+      path: "/v1/completions",
+      headers: { "content-type": "application/json", "x-request-id": "relayed" },
+      body: JSON.stringify({ model: "demo-model", prompt: "hello", max_tokens: 4 })
+    })
+    assert.strictEqual(answer.status, 200, answer.text)
+    assert.strictEqual(await metric(port, "router_model_seconds_count"), 1)
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    const line = accessLines(router).find((entry) => entry.requestId === "relayed")
+    // The upstream's first token alone takes 30 ms.
+    assert.isAtLeast(line?.modelMs, 30, router.output().stdout.slice(-2000))
   }))
 
   it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", owned(async () => {

@@ -21,6 +21,12 @@ export interface RequestOutcome {
   readonly reason?: string
   /** The status written to the socket when the response object could not send one (Node's request timeout). */
   readonly status?: number
+  /**
+   * When it joined the queue (`performance.now()`), while it waits for a slot: one that leaves
+   * unserved (its client hung up, the drain ended) is logged with the wait, which is not
+   * observed as an admitted request's (`router_queue_wait_seconds` counts the admitted).
+   */
+  readonly queuedAt?: number
 }
 
 /** The request a connection serves now, its response, and what the pipeline noted about it. */

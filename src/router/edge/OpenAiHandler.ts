@@ -209,7 +209,9 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
         : { index: 0, text: text ?? "", logprobs: null, finish_reason: finish }
     let lastTokenAt = 0
     let firstTokenAt = 0
-    let queueMs = 0
+    // Set when the slot is granted.
+    let queueMs: number | undefined
+    let grantedAt = 0
 
     // A token's frame is fixed but for the token: its two ends are serialized once per stream.
     let tokenEnds: Array<string> | undefined
@@ -294,7 +296,8 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
       const { failure, generated } = exit.value
       if (failure !== undefined) return noteOutcome(request, { reason: failure.code, queueMs })
       vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
-      if (generated === undefined) return noteOutcome(request, { queueMs })
+      // Relayed: the model server's whole answer is the model time.
+      if (generated === undefined) return noteOutcome(request, { queueMs, modelMs: Math.round(performance.now() - grantedAt) })
       vllm.promptTokens.updateUnsafe(generated.promptTokens, metrics)
       vllm.generationTokens.updateUnsafe(generated.completionTokens, metrics)
       if (generated.completionTokens > 1 && firstTokenAt > 0) {
@@ -306,6 +309,7 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
 
     route.run(request, response, maxWaitMs, ({ waitedMs }) => {
       queueMs = waitedMs
+      grantedAt = performance.now()
       vllm.queueTime.updateUnsafe(waitedMs / 1000, metrics)
       return backend.complete(call, reply)
     }, answer)

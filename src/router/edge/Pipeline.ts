@@ -23,6 +23,7 @@
  */
 import { Cause, Context, Effect, Exit, Fiber, Layer, Result, Schema } from "effect"
 import type { IncomingMessage, ServerResponse } from "node:http"
+import { performance } from "node:perf_hooks"
 import { InvalidRequest, Overloaded, Unavailable } from "../../api/Errors.ts"
 import { queueTimeoutHeader, requestIdHeader } from "../../api/Headers.ts"
 import { QueueBudgetMs } from "../../api/RouterApi.ts"
@@ -34,7 +35,7 @@ import { makeBearerCheck } from "../core/Authorization.ts"
 import { type ContractError, shuttingDown } from "../core/ContractErrors.ts"
 import { checkBodyHeaders, readBody } from "./InferRequestBody.ts"
 import type { NodeHandler } from "./NodeRoutes.ts"
-import { noteOutcome } from "../core/RequestOutcome.ts"
+import { noteOutcome, outcomeOf } from "../core/RequestOutcome.ts"
 import { answerHeaders, closesEarly } from "../core/ResponseHeaders.ts"
 
 const decodeBudget = Schema.decodeUnknownResult(QueueBudgetMs)
@@ -196,7 +197,7 @@ export class Pipeline extends Context.Service<Pipeline, {
       }
 
       const run = <A, X>(
-        _request: IncomingMessage,
+        request: IncomingMessage,
         response: ServerResponse,
         maxWaitMs: number | undefined,
         work: (grant: Grant) => Work<A, X>,
@@ -207,7 +208,14 @@ export class Pipeline extends Context.Service<Pipeline, {
         const leave = admission.enterUnsafe()
         if (leave === undefined) {
           // All slots busy, or others queued first: wait in line (or be shed), in a fiber.
-          return answerWhenDone(response, runFork(admission.admit((grant) => workEffect(work(grant)), { maxWaitMs })), answer)
+          // Until it is granted a slot: one that leaves unserved (a hang-up, the drain's end) is logged with its wait.
+          noteOutcome(request, { queuedAt: performance.now() })
+          const admitted = admission.admit((grant) => {
+            // Its wait is known from here on, whatever ends the work.
+            noteOutcome(request, { queueMs: grant.waitedMs })
+            return workEffect(work(grant))
+          }, { maxWaitMs })
+          return answerWhenDone(response, runFork(admitted), answer)
         }
         // A slot was free: the common case while the router is not saturated.
         let started: Work<A, X>
@@ -301,7 +309,12 @@ export class Pipeline extends Context.Service<Pipeline, {
             // A client that hung up gets no answer.
             if (response.destroyed || response.writableEnded) return
             const stopping = Cause.hasInterruptsOnly(cause)
-            if (stopping) noteOutcome(request, { reason: shuttingDown.code, queueMs: options?.queueMs })
+            if (stopping) {
+              // What the pipeline noted (the wait, or when it joined the queue) is kept.
+              const noted = outcomeOf(request)
+              const queueMs = noted?.queueMs ?? options?.queueMs
+              noteOutcome(request, queueMs === undefined ? { ...noted, reason: shuttingDown.code } : { ...noted, reason: shuttingDown.code, queueMs })
+            }
             else {
               runFork(Effect.logError("request failed", cause).pipe(Effect.annotateLogs({ requestId: request.headers[requestIdHeader] })))
             }

@@ -99,8 +99,9 @@ export class RequestObserver extends Context.Service<RequestObserver, {
         const unknown = pathInfo(undefined)
 
         const finished = (request: IncomingMessage, response: ServerResponse, path: string, info: PathInfo, startedAt: number) => {
-          const durationMs = performance.now() - startedAt
-          const outcome = outcomeOf(request)
+          const now = performance.now()
+          const durationMs = now - startedAt
+          let outcome = outcomeOf(request)
           // What the client got: the response's status, else what was written to
           // the socket instead (Node's 408 for a slow client), else nothing.
           const status = response.writableFinished ? response.statusCode : outcome?.status ?? clientClosedRequest
@@ -109,6 +110,8 @@ export class RequestObserver extends Context.Service<RequestObserver, {
           // Only the router's own rejections are shed; a model server's failure shows in the access log.
           if (outcome?.reason !== undefined && isShedReason(outcome.reason)) shedBy(outcome.reason)(1)
           if (outcome?.queueMs !== undefined) recordQueueWait(outcome.queueMs / 1000)
+          // Left the queue unserved: its wait goes to the log line only.
+          else if (outcome?.queuedAt !== undefined) outcome = { ...outcome, queueMs: Math.round(now - outcome.queuedAt) }
           if (outcome?.modelMs !== undefined) recordModelTime(outcome.modelMs / 1000)
           if (!logsAccess || !info.logged) return
           accessLog({
