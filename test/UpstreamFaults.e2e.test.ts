@@ -77,6 +77,8 @@ describe("upstream mode when a side fails", () => {
     assert.strictEqual(await metricValue(front.port, `router_shed_total{reason="upstreams_saturated"}`), 0)
     upstream.child.kill("SIGKILL")
     await waitFor(front.port, 503)
+    // The log says which upstream failed and why.
+    await until(() => front.output().stdout.includes(`upstream 127.0.0.1:${upstream.port} failed its health check (GET /health): ECONNREFUSED`), "the health check's warning")
     const readyz = await requestAt(front.port, { path: "/readyz" })
     assert.deepStrictEqual(readyz.json, { status: "no_healthy_upstream" })
     const refused = await post(front.port, "/v1/completions", { model: "m", prompt: "x" })
@@ -93,6 +95,16 @@ describe("upstream mode when a side fails", () => {
     await startUpstream({}, upstream.port)
     await waitFor(front.port, 200)
     assert.strictEqual((await post(front.port, "/infer", { prompt: "x" })).status, 200)
+  })
+
+  it("an upstream that never passed a check is named in the log with the cause, once per run of failures", async () => {
+    const closed = await freePort()
+    const front = await startFront([`http://127.0.0.1:${closed}`], {}, false)
+    const warning = `upstream 127.0.0.1:${closed} failed its health check (GET /health): ECONNREFUSED`
+    await until(() => front.output().stdout.includes(warning), "the first check's warning")
+    // Checked again and again (every 100 ms here), but said once.
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    assert.strictEqual(front.output().stdout.split(warning).length - 1, 1)
   })
 
   it("drains: a stream in flight at SIGTERM runs to its end", async () => {

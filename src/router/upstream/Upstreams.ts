@@ -21,7 +21,7 @@
  *
  * With MODEL_BACKEND=simulated the service is present and empty.
  */
-import { Clock, Context, Duration, Effect, Layer, Redacted, Schedule } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Layer, Redacted, Schedule } from "effect"
 import { lookup } from "node:dns/promises"
 import type { buildConnector, Pool } from "undici"
 import { metricContext } from "../../shared/Metrics.ts"
@@ -58,6 +58,20 @@ export interface UpstreamView {
   readonly connections: number
 }
 
+
+/** Why a health check failed, from its error: a timeout, or the connection's error code (ECONNREFUSED, ENOTFOUND, ...). */
+const checkFailure = (error: unknown, timeoutMs: number): string => {
+  if (Cause.isTimeoutError(error)) return `no answer within ${timeoutMs} ms (UPSTREAM_HEALTH_TIMEOUT_MS)`
+  // undici's errors carry the socket's code, sometimes on a cause; Effect wraps a rejection in UnknownError.
+  let current: unknown = error
+  for (let depth = 0; depth < 4 && typeof current === "object" && current !== null; depth++) {
+    const code = (current as { code?: unknown }).code
+    if (code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT") return `no answer within ${timeoutMs} ms (UPSTREAM_HEALTH_TIMEOUT_MS)`
+    if (typeof code === "string" && /^(E[A-Z_]+|UND_ERR_[A-Z_]+)$/.test(code)) return code
+    current = (current as { cause?: unknown }).cause
+  }
+  return "the request failed"
+}
 
 /** An upstream's non-2xx answer to an `/infer` completion, as the failure the router answers. */
 export const upstreamRefusal = (status: number, upstream: string, body: string, retryAfter: string | Array<string> | undefined): UpstreamFailure => {
@@ -245,21 +259,26 @@ export class Upstreams extends Context.Service<Upstreams, {
             bodyTimeout: settings.healthTimeoutMs
           })
           await answer.body.dump()
-          return answer.statusCode >= 200 && answer.statusCode < 300
+          return answer.statusCode
         }).pipe(
           Effect.timeout(settings.healthTimeoutMs),
-          Effect.orElseSucceed(() => false),
-          Effect.flatMap((healthy) => {
+          // What failed, for the log: undefined when the check passed.
+          Effect.map((status): string | undefined => status >= 200 && status < 300 ? undefined : `it answered ${status}`),
+          Effect.catch((error) => Effect.succeed(checkFailure(error, settings.healthTimeoutMs))),
+          Effect.flatMap((failure) => {
+            const healthy = failure === undefined
             const endpoint = member.endpoint
             const at = now()
             member.checking = false
             // A failing upstream is checked again soon, then less often: it is back within about a second of recovering.
             member.checkFailures = healthy ? 0 : member.checkFailures + 1
             member.nextCheckAt = at + (healthy ? settings.healthIntervalMs : Math.min(settings.healthIntervalMs, maxRecheckMs, firstRecheckMs * 2 ** Math.min(member.checkFailures - 1, 10)))
-            if (!balancer.checked(endpoint, healthy, at)) return Effect.void
-            return healthy
-              ? Effect.logInfo(`upstream ${endpoint.id} is healthy`)
-              : Effect.logWarning(`upstream ${endpoint.id} failed its health check (GET ${endpoint.target.prefix}/health)`)
+            const changed = balancer.checked(endpoint, healthy, at)
+            if (healthy) return changed ? Effect.logInfo(`upstream ${endpoint.id} is healthy`) : Effect.void
+            // The first failure of a run: a healthy upstream going down, or one that has not passed a check since it joined.
+            return member.checkFailures === 1
+              ? Effect.logWarning(`upstream ${endpoint.id} failed its health check (GET ${endpoint.target.prefix}/health): ${failure}; it takes no requests until a check passes`)
+              : Effect.void
           })
         )
 
