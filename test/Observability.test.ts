@@ -159,6 +159,8 @@ type Scenario = keyof typeof scenarioLabels
 const scrapes: Record<Scenario, Array<string>> = { shedding: [], calm: [], front: [], routing: [], stranded: [], controller: [] }
 const exported: Exported = new Map()
 let api: FakeKubeApi
+/** A port nothing listens on: the stranded router's upstream, the routing router's Redis. */
+let closedPort = 0
 
 /** A burst of `/infer` requests at once, for the router that sheds. */
 const burst = (router: Running, count: number) =>
@@ -169,7 +171,7 @@ const rounds = 9
 beforeAll(async () => {
   api = new FakeKubeApi()
   await api.start()
-  const closed = await freePort()
+  const closed = closedPort = await freePort()
   const controllerPort = await freePort()
   const [shedding, calm, failing, stranded] = await Promise.all([
     // One slot, two queue places, a queue timeout between one and two requests' time: of a burst of six,
@@ -186,7 +188,8 @@ beforeAll(async () => {
   const [front, routing] = await Promise.all([
     // Without active checks: the refused connection is retried on another upstream, the failing one's 500 ejects it.
     startFront([calm, failing, `http://127.0.0.1:${closed}`], { UPSTREAM_HEALTH_INTERVAL_MS: "0", UPSTREAM_EJECT_AFTER: "1" }),
-    startFront([calm], { UPSTREAM_SCHEDULER: "cache-aware" })
+    // Its shared state's Redis never answers (nothing listens there): it routes on its own state, and says so.
+    startFront([calm], { UPSTREAM_SCHEDULER: "cache-aware", KV_ENDPOINTS: `redis://127.0.0.1:${closed}` })
   ])
   startProcess(["src/controller/main.ts"], {
     KUBECONFIG: api.kubeconfig(),
@@ -389,6 +392,7 @@ describe.skipIf(!hasPromtool)("promtool", () => {
       // One of each burst times out in the queue.
       InferenceRouterQueueTimeouts: [{ severity: "warning", namespace: "prod", inferenceservice: "busy" }],
       InferenceRouterNoHealthyUpstream: [{ severity: "critical", namespace: "prod", inferenceservice: "stranded", pod: "stranded-router-0" }],
+      InferenceRouterSharedStateDown: [{ severity: "warning", namespace: "prod", inferenceservice: "routing", endpoint: `redis://127.0.0.1:${closedPort}` }],
       InferenceServiceNotReady: [{ severity: "warning", inferenceservice_namespace: "default", inferenceservice: "llama" }]
     }
     const alertNames = ruleSpec.groups.flatMap((g) => g.rules.map((r) => r.alert))

@@ -12,7 +12,7 @@ import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
 import { readBackChunk, SharedState, type SharedStateSink } from "../src/router/routing/SharedState.ts"
 import { makeEndpoint } from "../src/router/upstream/Balancer.ts"
 import { parseTarget, type UpstreamTarget } from "../src/router/upstream/Targets.ts"
-import { killAll, until } from "./support/Processes.ts"
+import { freePort, killAll, until } from "./support/Processes.ts"
 import { redisServerPath, startRedis } from "./support/RedisServer.ts"
 
 interface Replica {
@@ -30,7 +30,7 @@ afterEach(async () => {
   killAll()
 })
 
-const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadIntervalMs = 50, capacity?: number): Replica => {
+const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadIntervalMs = 50, capacity?: number, slowAfterMs = 60_000): Replica => {
   const blocks = new Map<string, Set<string>>()
   const events: Array<string> = []
   const hows: Array<string> = []
@@ -47,7 +47,7 @@ const replica = (id: string, urls: ReadonlyArray<string>, prefix = "t:", loadInt
     status: (shown, up, reason) => events.push(`${shown} ${up ? "up" : "down"}${up ? "" : `: ${reason}`}`)
   }
   const state = new SharedState(
-    { endpoints: urls.map((url) => ({ url, shown: url })), replicaId: id, prefix, ttlMs: 60_000, loadIntervalMs, maxPendingWrites: 1_000 },
+    { endpoints: urls.map((url) => ({ url, shown: url })), replicaId: id, prefix, ttlMs: 60_000, loadIntervalMs, maxPendingWrites: 1_000, slowAfterMs, maxInFlightPerReplica: 64 },
     sink
   )
   replicas.push(state)
@@ -102,6 +102,11 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
       b.state.publishLoad({ u1: 1 })
       return a.state.remoteInFlight("u1") === 3
     }, "a takes b's count again")
+    // A count no replica could have (over its MAX_CONCURRENCY) is read as that many, not trusted.
+    await until(() => {
+      c.state.publishLoad({ u3: 100_000 })
+      return a.state.remoteInFlight("u3") === 64
+    }, "a bounds c's implausible count")
 
     const late = replica("d", [redis.url])
     await until(() => allUp(late), "d connected")
@@ -158,6 +163,32 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
     await a.state.close()
     assert.isBelow(performance.now() - closing, 500)
     redis.resume()
+  })
+
+  it("a Redis that stops answering is said slow after slowAfterMs, long before maxPendingWrites; answering again once resumed", async () => {
+    const redis = await startRedis()
+    const a = replica("a", [redis.url], "t:", 50, undefined, 300)
+    await until(() => allUp(a), "connected")
+    redis.pause()
+    // Only the periodic load counts: a few writes a second, as an idle replica sends.
+    await until(() => {
+      a.state.publishLoad({ u1: 1 })
+      return !allUp(a)
+    }, "a sees Redis slow")
+    const slow = a.events.filter((line) => line.includes("slow"))
+    assert.lengthOf(slow, 1, a.events.join("\n"))
+    assert.match(slow[0], /writes unanswered, the oldest for \d+ ms/)
+    redis.resume()
+    await until(() => allUp(a), "answering again")
+  })
+
+  it("a Redis never reached (nothing listens there) is said once, with the cause", async () => {
+    const closed = await freePort()
+    const a = replica("a", [`redis://127.0.0.1:${closed}`])
+    await until(() => a.events.length > 0, "a status line")
+    await new Promise((resolve) => setTimeout(resolve, 500)) // reconnecting meanwhile
+    assert.lengthOf(a.events, 1, a.events.join("\n"))
+    assert.match(a.events[0], new RegExp(`^redis://127.0.0.1:${closed} down: .*ECONNREFUSED`))
   })
 
   it("several endpoints shard the keys; losing one loses only its share", async () => {

@@ -39,6 +39,8 @@ export interface RoutingOptions {
   readonly kvEndpoints: ReadonlyArray<{ readonly shown: string; readonly url: string }>
   /** Names the pool in Redis keys, so that routers of different models can share one Redis. */
   readonly pool: string
+  /** MAX_CONCURRENCY: the most another replica (same settings) can have in flight on one upstream. */
+  readonly slots?: number
   /** Reads an upstream's /metrics text (tests pass their own). */
   readonly fetchMetrics?: (url: string, timeoutMs: number) => Promise<string>
   readonly random?: () => number
@@ -132,7 +134,10 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         prefix: `inference-router:${options.pool}:`,
         ttlMs: scheduler.index.settings.ttlMs,
         loadIntervalMs,
-        maxPendingWrites: 10_000
+        maxPendingWrites: 10_000,
+        // Twenty load counts unanswered: a frozen Redis is said within seconds, not after 10,000 writes.
+        slowAfterMs: 2_000,
+        maxInFlightPerReplica: options.slots ?? Number.MAX_SAFE_INTEGER
       },
       {
         blocks: (upstream, keys, how, recordedAt) => {

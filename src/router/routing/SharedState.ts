@@ -24,8 +24,8 @@
  * - Several endpoints: each block key lives on one of them (a hash of the
  *   key), loads go to all. Losing one loses only its share.
  * - Redis down, refusing or slow: no command waits in the client (no offline
- *   queue), at most `maxPendingWrites` writes are outstanding (more are
- *   dropped), the replica goes on with its local copy, logs once per outage,
+ *   queue), at most `maxPendingWrites` writes are outstanding and none
+ *   longer than `slowAfterMs` unanswered (more are dropped), the replica goes on with its local copy, logs once per outage,
  *   says so in a metric, and rejoins (reconnects, reads back) by itself. No
  *   request waits for or fails because of Redis.
  */
@@ -51,6 +51,14 @@ export interface SharedStateSettings {
   readonly ttlMs: number
   readonly loadIntervalMs: number
   readonly maxPendingWrites: number
+  /** Slow: no answer to the oldest unanswered write for this long (a Redis that accepts connections but does not answer). */
+  readonly slowAfterMs: number
+  /**
+   * The most one replica can have in flight on one upstream (its MAX_CONCURRENCY: replicas of one
+   * service share their settings): a count above it, a bug's or a rogue writer's, is read as this
+   * (unbounded, one count would raise the pool's mean and with it the load bound for every pick).
+   */
+  readonly maxInFlightPerReplica: number
 }
 
 export interface SharedStateSink {
@@ -71,9 +79,13 @@ interface Shard {
   readonly client: Client
   readonly subscriber: Client
   up: boolean
+  /** Its last status line said down (one line per outage, the first failed connection included). */
+  saidDown: boolean
   /** Writes sent and not yet answered. */
   pending: number
-  /** At maxPendingWrites: not answering in time, written to no more until it catches up. */
+  /** While writes are pending: when the first was sent, or the last answered. */
+  waitingSince: number
+  /** At maxPendingWrites, or silent for slowAfterMs: not answering in time, written to no more until it catches up. */
   slow: boolean
   /** Upstreams whose sorted set this replica has read since it last (re)connected. */
   readonly loaded: Set<string>
@@ -143,11 +155,13 @@ export class SharedState {
   private connect(url: string, shown: string): Shard {
     const client = makeClient(url)
     const subscriber = makeClient(url)
-    const shard: Shard = { shown, client, subscriber, up: false, pending: 0, slow: false, loaded: new Set(), subscribed: false }
+    const shard: Shard = { shown, client, subscriber, up: false, saidDown: false, pending: 0, waitingSince: 0, slow: false, loaded: new Set(), subscribed: false }
+    // One line per outage: the first failure after being up, or the first of a replica that never connected.
     const down = (reason: string) => {
-      if (!shard.up || this.closed) return
+      if (this.closed || (!shard.up && shard.saidDown)) return
       shard.up = false
       shard.loaded.clear()
+      shard.saidDown = true
       this.sink.status(shown, false, reason)
     }
     // node-redis rethrows `error` events nobody listens to; each failure is a reason to be down.
@@ -157,6 +171,7 @@ export class SharedState {
     client.on("ready", () => {
       if (shard.up || this.closed) return
       shard.up = true
+      shard.saidDown = false
       this.sink.status(shown, true, "connected")
     })
     // The first connection is retried here (node-redis's strategy covers reconnections); a
@@ -165,7 +180,10 @@ export class SharedState {
       const attempt = () => {
         if (this.closed) return
         const connected = which.isOpen ? Promise.resolve() : which.connect()
-        connected.then(then).catch(() => setTimeout(attempt, reconnectDelay(3)).unref())
+        connected.then(then).catch((error: unknown) => {
+          if (which === client) down(error instanceof Error && error.message !== "" ? error.message : String(error))
+          setTimeout(attempt, reconnectDelay(3)).unref()
+        })
       }
       attempt()
     }
@@ -221,8 +239,8 @@ export class SharedState {
 
   /**
    * Sends one write unless Redis is down or slow; never waits, never throws.
-   * Slow: `maxPendingWrites` unanswered (a Redis that accepts connections but
-   * does not answer). Then nothing more is written to it, once said, until
+   * Slow: `maxPendingWrites` unanswered, or none answered for `slowAfterMs`
+   * (a Redis that accepts connections but does not answer). Then nothing more is written to it, once said, until
    * its backlog is answered.
    */
   private write(shard: Shard, command: (client: Client) => Promise<unknown>, refresh = false): void {
@@ -231,12 +249,16 @@ export class SharedState {
       if (!refresh) this.droppedWrites++
       return
     }
-    if (shard.pending >= this.settings.maxPendingWrites) {
+    const now = this.now()
+    const silentMs = shard.pending > 0 ? now - shard.waitingSince : 0
+    if (shard.pending >= this.settings.maxPendingWrites || silentMs >= this.settings.slowAfterMs) {
       shard.slow = true
-      this.sink.status(shard.shown, false, `slow: ${shard.pending} writes unanswered`)
+      this.sink.status(shard.shown, false, `slow: ${shard.pending} writes unanswered, the oldest for ${Math.round(silentMs)} ms`)
       this.droppedWrites++
       return
     }
+    // The time without an answer counts from the first write outstanding, or from the last answer.
+    if (shard.pending === 0) shard.waitingSince = now
     shard.pending++
     let promise: Promise<unknown>
     try {
@@ -248,6 +270,7 @@ export class SharedState {
     }
     const answered = () => {
       shard.pending--
+      shard.waitingSince = this.now()
       if (shard.slow && shard.pending === 0) {
         shard.slow = false
         if (shard.up && !this.closed) this.sink.status(shard.shown, true, "answering again")
@@ -322,7 +345,7 @@ export class SharedState {
         continue
       }
       const count = entry.loads[upstream]
-      if (typeof count === "number" && count > 0 && count < 1e6) total += count
+      if (typeof count === "number" && count > 0) total += Math.min(count, this.settings.maxInFlightPerReplica)
     }
     return total
   }

@@ -421,7 +421,8 @@ export class Upstreams extends Context.Service<Upstreams, {
         ? yield* (yield* Effect.promise(() => import("../routing/Routing.ts"))).makeCacheAwareRouting({
           settings: config.upstream.routing,
           kvEndpoints: config.kvEndpoints.map((item) => ({ shown: item.shown, url: Redacted.value(item.value) })),
-          pool: config.upstream.routing.sharedScope ?? config.modelRef
+          pool: config.upstream.routing.sharedScope ?? config.modelRef,
+          slots: config.maxConcurrency
         })
         : undefined
       return yield* Upstreams.make(config.upstream, config.maxConcurrency, undefined, scheduler)
