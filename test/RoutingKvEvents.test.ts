@@ -133,6 +133,11 @@ describe("an upstream's KV event series", () => {
       routing.attach(() => pool)
       const series = () => PrometheusMetrics.formatUnsafe(metricContext(context)).split("\n").filter((line) => line.includes(`upstream="${id}"`) && line.includes("kv_event"))
       const context = yield* Effect.context<never>()
+      // From subscribing: none received, none matching (a wrong endpoint would stay so).
+      yield* Effect.promise(() =>
+        until(() => series().includes(`router_routing_kv_event_batches_total{upstream="${id}"} 0`), "the received count at 0")
+      )
+      assert.include(series(), `router_routing_kv_events_matching{upstream="${id}"} 0`)
       let seq = 0
       // Batches with a gap each, until one is counted; a bad message too.
       yield* Effect.promise(() =>
@@ -143,6 +148,10 @@ describe("an upstream's KV event series", () => {
           return series().some((line) => line.startsWith("router_routing_kv_event_gaps_total")) && series().some((line) => line.startsWith("router_routing_kv_events_malformed_total"))
         }, "a gap and a bad message counted")
       )
+      const received = series().find((line) => line.startsWith("router_routing_kv_event_batches_total"))
+      assert.isAbove(Number(received?.split(" ").at(-1)), 0)
+      // Empty batches name no key the router computes: still approximate.
+      assert.include(series(), `router_routing_kv_events_matching{upstream="${id}"} 0`)
       pool = []
       yield* Effect.promise(() => until(() => series().length === 0, "its KV event series removed"))
     }).pipe(Effect.scoped, Effect.provideService(References.MinimumLogLevel, "None")))

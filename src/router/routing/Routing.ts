@@ -181,6 +181,8 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         Metric.removeUnsafe(routingMetrics.indexBlocks(id), context)
         Metric.removeUnsafe(routingMetrics.kvEventGaps(id), context)
         Metric.removeUnsafe(routingMetrics.kvEventsMalformed(id), context)
+        Metric.removeUnsafe(routingMetrics.kvEventBatches(id), context)
+        Metric.removeUnsafe(routingMetrics.kvEventsMatching(id), context)
       } else routingMetrics.indexBlocks(id).updateUnsafe(0, context)
       lastScrape.delete(id)
       subscriptions.get(id)?.()
@@ -209,7 +211,10 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         const endpoint = current.get(id)
         if (endpoint === undefined || isDown(endpoint)) forget(id, endpoint === undefined)
       }
-      for (const id of known) routingMetrics.indexBlocks(id).updateUnsafe(scheduler.index.size(id), context)
+      for (const id of known) {
+        routingMetrics.indexBlocks(id).updateUnsafe(scheduler.index.size(id), context)
+        if (subscriptions.has(id)) routingMetrics.kvEventsMatching(id).updateUnsafe(scheduler.index.matchesEvents(id) ? 1 : 0, context)
+      }
       for (const [id, endpoint] of current) {
         if (!isReachable(endpoint, at) || isDown(endpoint) || known.has(id)) continue
         known.add(id)
@@ -218,8 +223,11 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         const kv = kvEventsEndpoint(endpoint)
         if (kv === undefined) continue
         let gapsLogged = 0
+        routingMetrics.kvEventBatches(id).updateUnsafe(0, context)
+        routingMetrics.kvEventsMatching(id).updateUnsafe(0, context)
         subscriptions.set(id, subscribeKvEvents(kv, {
           batch: (batch) => {
+            routingMetrics.kvEventBatches(id).updateUnsafe(1, context)
             const outcome = scheduler.index.applyBatch(id, batch, now())
             if (outcome !== "gap" && outcome !== "restart") return
             routingMetrics.kvEventGaps(id).updateUnsafe(1, context)

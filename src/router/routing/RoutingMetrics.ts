@@ -54,6 +54,19 @@ export const routingMetrics = {
     Metric.counter("router_routing_kv_event_gaps_total", { description: "Gaps in an upstream's KV event sequence (batches lost, or the publisher restarted)", incremental: true }),
     "upstream"
   ),
+  kvEventBatches: labelled(
+    Metric.counter("router_routing_kv_event_batches_total", {
+      description: "KV event batches received from the upstream (0 from subscribing: a wrong or unreachable endpoint stays at 0, ZeroMQ retries silently)",
+      incremental: true
+    }),
+    "upstream"
+  ),
+  kvEventsMatching: labelled(
+    Metric.gauge("router_routing_kv_events_matching", {
+      description: "1 once the upstream's KV events named a block key the router computes (its index is exact), else 0 (approximate: from decisions; a real vLLM's hashes never match)"
+    }),
+    "upstream"
+  ),
   kvEventsMalformed: labelled(
     Metric.counter("router_routing_kv_events_malformed_total", { description: "KV event messages from an upstream that could not be read", incremental: true }),
     "upstream"
