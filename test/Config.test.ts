@@ -302,16 +302,17 @@ describe("Config", () => {
       assert.include(error.message, "SHUTDOWN_TIMEOUT_MS")
     }))
 
-  it.effect("API_KEYS_FILE adds one key per line, skipping blanks and comments", () =>
+  it.effect("API_KEYS_FILE adds one key per line, skipping blanks and comment lines (a # inside a key is part of it)", () =>
     Effect.gen(function*() {
       const dir = mkdtempSync(join(tmpdir(), "router-keys-"))
       const file = join(dir, "keys")
-      writeFileSync(file, "# rotated 2026-11\nfile-key-1\n\n  file-key-2  \n")
+      // A `#` inside a key is part of it (cut there, its prefix `k` became a key that worked).
+      writeFileSync(file, "# rotated 2026-11\nfile-key-1\n\n  file-key-2  \n  # old: gone\nk#SECRETTAIL\r\n")
       const exit = yield* load({ API_KEYS: "inline", API_KEYS_FILE: file })
       rmSync(dir, { recursive: true })
       assert.isTrue(Exit.isSuccess(exit))
       if (!Exit.isSuccess(exit)) return
-      assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2"])
+      assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2", "k#SECRETTAIL"])
     }))
 
   it.effect("an API key no client could present (a blank, a control character) is refused at start-up, without showing it", () =>
@@ -358,10 +359,46 @@ describe("Config", () => {
     }))
 
   it("maskCredentials leaves what carries none as written", () => {
-    for (const plain of ["kv:6379", "redis://kv:6379", "http://kv:80/x", "[::1]:7000", "https://kv/a@b"]) {
-      assert.strictEqual(maskCredentials(plain), plain.includes("@b") ? plain : plain)
+    for (const plain of ["kv:6379", "redis://kv:6379", "http://kv:80/x", "[::1]:7000"]) {
+      assert.strictEqual(maskCredentials(plain), plain)
     }
+    // An @ in a path is masked as if it ended credentials: more than needed, never less.
+    assert.strictEqual(maskCredentials("https://kv/a@b"), "https://***@b")
   })
+
+  it("maskCredentials: a password with / ? # or @ in it, unencoded, is masked whole", () => {
+    for (const [item, shown] of [
+      ["redis://:Pa#ss-Secret-1@redis:6379", "redis://***@redis:6379"],
+      ["redis://user:p/ss@host:6379", "redis://***@host:6379"],
+      ["http://user:p?ss@host:8000", "http://***@host:8000"],
+      ["redis://u:p@ss@host:6379", "redis://***@host:6379"],
+      ["redis://h:6379/0?password=se#cret&db=1", "redis://h:6379/0?password=***&db=***"]
+    ]) assert.strictEqual(maskCredentials(item), shown)
+  })
+
+  it.effect("an invalid item never shows a piece of a password: with an @ in the value, the whole value is shown masked by URL", () =>
+    Effect.gen(function*() {
+      // A password with a comma splits into two items, the first without its @.
+      for (const value of ["redis://:pa,ss-Secret@redis:6379", "redis://:Pa#ss-Secret@redis:6379", "redis://u:p/ss-Secret@h:6379", "kv:1,redis://:x,y-Secret,z@h:1"]) {
+        const error = invalid(yield* load({ KV_ENDPOINTS: value }))
+        assert.notInclude(error.message, "Secret", value)
+        assert.notInclude(error.message, ":pa", value)
+      }
+      const upstream = invalid(yield* load({ MODEL_BACKEND: "upstream", UPSTREAMS: "http://u:pa,ss-Secret@model:8000" }))
+      assert.notInclude(upstream.message, "Secret")
+      assert.notInclude(upstream.message, ":pa")
+    }))
+
+  it.effect("KV_ENDPOINTS: a redis:// URL its client could not read is refused at once, naming the variable", () =>
+    Effect.gen(function*() {
+      for (const value of ["redis://:pw@host:6379/abc", "redis://:pw%zz@host:6379"]) {
+        const error = invalid(yield* load({ KV_ENDPOINTS: value }))
+        assert.include(error.message, "KV_ENDPOINTS")
+        assert.notInclude(error.message, "pw")
+      }
+      const valid = yield* load({ KV_ENDPOINTS: "redis://:p%40w@host:6379/2" })
+      assert.isTrue(Exit.isSuccess(valid) && valid.value.kvEndpoints.length === 1)
+    }))
 
   it.effect("a provider that cannot be read fails naming the variable; it is not taken as unset", () =>
     Effect.gen(function*() {

@@ -25,7 +25,7 @@ import {
   setting,
   type SettingError
 } from "../../shared/Settings.ts"
-import { maskCredentials } from "../../shared/Credentials.ts"
+import { maskCredentials, maskValue } from "../../shared/Credentials.ts"
 import { parseTargets, type UpstreamTarget, upstreamsExpected } from "../upstream/Targets.ts"
 import { defaultRouting, LoadBound, type RoutingSettings, routingSettingDocs, schedulerNames, SharedScope } from "../routing/RoutingSettings.ts"
 
@@ -166,7 +166,11 @@ export const isKvEndpoint = (item: string): boolean => {
   if (!/^(https?|redis):\/\//.test(item)) return false
   try {
     const url = new URL(item)
-    return url.hostname !== ""
+    if (url.hostname === "") return false
+    // What the Redis client parses at start-up: percent-escapes in the credentials, a database number as the path.
+    decodeURIComponent(url.username)
+    decodeURIComponent(url.password)
+    return url.protocol !== "redis:" || /^\/?(\d+)?$/.test(url.pathname)
   } catch {
     return false
   }
@@ -183,7 +187,8 @@ const parseKvEndpoints = (variable: string): Effect.Effect<ReadonlyArray<KvEndpo
       : Effect.fail(
         new InvalidSetting({
           variable,
-          value: maskCredentials(bad),
+          // A credential with a `,` in it is split into items: then the whole value is shown, masked by URL.
+          value: (raw ?? "").includes("@") ? maskValue(raw ?? "") : maskCredentials(bad),
           expected: "comma-separated items, each host:port (port 1-65535) or an http(s):// or redis:// URL"
         })
       )
@@ -207,7 +212,7 @@ const unusableKey = (variable: string, keys: ReadonlyArray<string>): InvalidSett
 }
 
 /**
- * API_KEYS (comma-separated) and API_KEYS_FILE (one key per line, `#` comments)
+ * API_KEYS (comma-separated) and API_KEYS_FILE (one key per line, `#` comment lines)
  * together: several keys at once let clients rotate without downtime. Keys are
  * `Redacted` from here on, so they never reach a log line.
  */
@@ -226,7 +231,8 @@ const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, Setti
           expected: `a readable file of API keys, one per line (${(error as NodeJS.ErrnoException).code ?? error})`
         })
     })
-    const fromFile = splitKeys(text.replace(/#.*$/gm, ""), /\r?\n/)
+    // Only a line that starts with `#` is a comment: `#` is a key character, and cutting a key there made its prefix a key.
+    const fromFile = splitKeys(text.split(/\r?\n/).filter((line) => !line.trimStart().startsWith("#")).join("\n"), /\n/)
     if (fromFile.length === 0) {
       return yield* new InvalidSetting({ variable: "API_KEYS_FILE", value: file, expected: "a file with at least one key" })
     }
@@ -425,7 +431,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "MAX_QUEUE", meaning: "most requests waiting for a slot; `0` = answer at once when all slots are busy", default: `${code(`${defaults.queuePerSlot} × MAX_CONCURRENCY`)}`, valid: "integer ≥ 0" },
   { variable: "QUEUE_TIMEOUT_MS", meaning: "longest a request may wait for a slot (a client's `x-queue-timeout-ms` may lower it)", default: code(defaults.queueTimeoutMs), valid: "integer ≥ 1" },
   { variable: "OVERLOAD_STATUS", meaning: "status for shed requests: `503` suits meshes that retry on 5xx", default: code(defaults.overloadStatus), valid: "`429` or `503`" },
-  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`, query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines; the full value stays inside the process. `redis://` items hold the routing state router replicas share with `UPSTREAM_SCHEDULER=cache-aware` (docs/routing.md); other items are not used by it", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL" },
+  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`: everything up to its last `@`, so a password with an unencoded `/`, `?`, `#` or `@` stays hidden; query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines (an invalid item of a value with an `@` is shown as the whole value masked URL by URL: a password with a `,` splits into items); the full value stays inside the process. A token in a URL's path is not masked. `redis://` items hold the routing state router replicas share with `UPSTREAM_SCHEDULER=cache-aware` (docs/routing.md); other items are not used by it", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL (a `redis://` path is a database number; percent-escapes in credentials must decode)" },
   { variable: "MODEL_BACKEND", meaning: "`simulated`: the built-in simulation; `upstream`: forward to the model servers in `UPSTREAMS`", default: code(defaults.backend), valid: "`simulated`, `upstream`" },
   { variable: "UPSTREAMS", meaning: "the model servers (only with `MODEL_BACKEND=upstream`, and required then): comma-separated base URLs, each optionally followed by `;weight=<1-1000>`, `;version=<label>` and `;kv-events=<port or tcp://host:port>` (its KV events, for `UPSTREAM_SCHEDULER=cache-aware`: [routing.md](routing.md)); `dns+http://name:port` uses every address the name resolves to (a headless Service), re-resolved every `UPSTREAM_DNS_REFRESH_MS`, the item's weight split among them. A base URL's path prefixes every request; a trailing `/v1` is the OpenAI-style base URL and means the root", default: "—", valid: "e.g. `http://vllm-a:8000;weight=90;version=v1,http://vllm-b:8000;weight=10;version=v2`" },
   { variable: "UPSTREAM_MAX_CONCURRENCY", meaning: "most requests in flight to one upstream (`MAX_CONCURRENCY` bounds the total first; keep it ≤ the sum of the caps, or the excess gets 503 `upstreams_saturated`)", default: `${code(defaultUpstream.maxConcurrency)} (no cap of its own)`, valid: "integer ≥ 0" },
@@ -479,7 +485,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "LOG_LEVEL", meaning: "least severe level logged; `info` includes one access-log line per inference request", default: code(defaults.logLevel), valid: "`debug`, `info`, `warn`, `error`" },
   { variable: "LOG_FORMAT", meaning: "`json` (one object per line) or `pretty` (for humans)", default: code(defaults.logFormat), valid: "`json`, `pretty`" },
   { variable: "API_KEYS", meaning: "comma-separated bearer tokens accepted on `/infer` and `/v1/*`; unset = no authentication", default: "—", valid: "visible ASCII, no blanks, each" },
-  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (`#` comments); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file; keys as `API_KEYS`" }
+  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (a line starting with `#` is a comment; a `#` inside a key is part of it); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file; keys as `API_KEYS`" }
 ]
 
 /** The environment variables the router reads, in documentation order. */

@@ -15,7 +15,7 @@
  * trailing `/v1` is the OpenAI-style base URL clients are given and means the
  * server's root. Pure: parsing only, no I/O.
  */
-import { maskCredentials } from "../../shared/Credentials.ts"
+import { maskCredentials, maskValue } from "../../shared/Credentials.ts"
 
 export interface UpstreamTarget {
   /** As written (credentials masked): what errors and the start-up log show. */
@@ -101,7 +101,8 @@ export const parseTargets = (
   const targets: Array<UpstreamTarget> = []
   for (const item of items) {
     const target = parseTarget(item)
-    if (typeof target === "string") return { bad: maskCredentials(item), reason: target }
+    // A credential with a `,` in it is split into items: then the whole value is shown, masked by URL.
+    if (typeof target === "string") return { bad: raw.includes("@") ? maskValue(raw) : maskCredentials(item), reason: target }
     targets.push(target)
   }
   return { targets }
