@@ -5,7 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
 import { blockKeysOf, characterIds, eventKey, simulatorTokenIds, tokenIdsOf, tokenIdsOfParts } from "../src/router/routing/BlockKeys.ts"
-import { type KvEvent, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
+import { type KvEvent, minPreciseBound, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { type Block, BlockCache, type KvEvent as SimulatorEvent } from "../src/router/simulated/BlockCache.ts"
 import { blockHashes, blockSeed, promptBlockHashes } from "../src/router/simulated/Tokens.ts"
 
@@ -129,6 +129,18 @@ describe("precise entries (KV events)", () => {
     assert.strictEqual(index.cachedPrefix("u", keys("a", "b", "c"), 1e9), 2)
     index.applyBatch("u", { seq: 2, events: [{ type: "AllBlocksCleared" }] }, 0)
     assert.strictEqual(index.cachedPrefix("u", keys("a"), 0), 0)
+  })
+
+  it("hold no more blocks than the server can (its capacity, or minPreciseBound until known): the oldest go", () => {
+    const index = new PrefixIndex(settings)
+    const stored = (from: number, count: number) => Array.from({ length: count }, (_, i) => `h${from + i}`)
+    index.applyBatch("u", { seq: 0, events: [{ type: "BlockStored", blockHashes: stored(0, minPreciseBound + 10) }] }, 0)
+    assert.strictEqual(index.size("u"), minPreciseBound)
+    assert.strictEqual(index.cachedPrefix("u", ["h0"], 0), 0, "the oldest went")
+    assert.strictEqual(index.cachedPrefix("u", [`h${minPreciseBound + 9}`], 0), 1)
+    index.setCapacity("u", minPreciseBound * 2)
+    index.applyBatch("u", { seq: 1, events: [{ type: "BlockStored", blockHashes: stored(minPreciseBound + 10, minPreciseBound) }] }, 0)
+    assert.strictEqual(index.size("u"), minPreciseBound * 2)
   })
 
   it("let a decision stand in for its events for pendingTtlMs only", () => {
@@ -310,7 +322,7 @@ describe("precise entries (KV events)", () => {
 
 /** The simulator's cache and its events, as the index receives them (one batch per operation, numbered). */
 const asIndexEvent = (event: SimulatorEvent): KvEvent =>
-  event._tag === "AllBlocksCleared" ? { type: "AllBlocksCleared" } : { type: event._tag, blockHashes: event.blockHashes.map(eventKey) }
+  event._tag === "AllBlocksCleared" ? { type: "AllBlocksCleared" } : { type: event._tag, blockHashes: event.blockHashes.map((hash) => eventKey(hash)!) }
 
 const SimOperation = Schema.Struct({
   /** Which of a few prompts (sharing prefixes) arrives; -1 resets the cache. */

@@ -78,6 +78,9 @@ describe("decoding vLLM's KV event messages", () => {
     assert.isUndefined(decodeKvMessage([Buffer.from("t"), Buffer.from([1]), Buffer.from(encode([0, []]))]))
     assert.isUndefined(decodeKvMessage(message(0, [["Unknown", 1]])))
     assert.isUndefined(decodeKvMessage([Buffer.from("only")]))
+    // A hash that is neither an integer nor bytes (a map whose toString is no function made String() throw, which ended the subscription).
+    assert.isUndefined(decodeKvMessage(message(0, [["BlockStored", [{ toString: 1 }], null, [], 16]])))
+    assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", [null]]])))
   })
 })
 
@@ -109,10 +112,12 @@ describe("subscribing over ZeroMQ", () => {
     await publisher.send(message(next(), [["BlockStored", [1, 2, 3], null, [], 16]]))
     await publisher.send(message(next(), [["BlockRemoved", [3]]]))
     await publisher.send([Buffer.from("kv-events"), seqFrame(next()), Buffer.from("not msgpack")])
+    await publisher.send(message(next(), [["BlockStored", [{ toString: 1 }], null, [], 16]]))
     seq++ // one batch lost
     await publisher.send(message(next(), [["BlockStored", [4], 2, [], 16]]))
     await until(() => index.keys("u", 0).has("4"), "the last batch")
-    assert.strictEqual(malformed, 1)
+    // Both unreadable messages counted, and the subscription went on.
+    assert.strictEqual(malformed, 2)
     assert.deepStrictEqual([...index.keys("u", 0)].sort(), ["1", "2", "4"])
     assert.strictEqual(outcomes.at(-1), "gap")
     assert.strictEqual(index.gapCount("u"), 1)

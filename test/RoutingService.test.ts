@@ -7,7 +7,9 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, References } from "effect"
 import { TestClock } from "effect/testing"
-import { makeCacheAwareRouting, promptOf } from "../src/router/routing/Routing.ts"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
+import { fetchUpstreamMetrics, makeCacheAwareRouting, maxMetricsBytes, promptOf } from "../src/router/routing/Routing.ts"
 import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
 import type { PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { parseVllmMetrics } from "../src/router/routing/VllmMetrics.ts"
@@ -66,6 +68,31 @@ describe("an upstream's vLLM metrics", () => {
     assert.isUndefined(parseVllmMetrics("router_requests_total 1\n# vllm:num_requests_running 3"))
     assert.isUndefined(parseVllmMetrics(""))
   })
+})
+
+describe("reading an upstream's /metrics", () => {
+  it.live("stops at maxMetricsBytes: an exporter gone wrong cannot fill the router's memory", () =>
+    Effect.gen(function*() {
+      const small = "vllm:num_requests_running{model_name=\"m\"} 1\n"
+      const server = createServer((request, response) => {
+        if (request.url === "/small") return response.end(small)
+        // Endless: only the cap ends the read.
+        const line = Buffer.alloc(64 * 1024, "#")
+        const more = () => {
+          while (response.write(line)) {}
+          response.once("drain", more)
+        }
+        more()
+      })
+      yield* Effect.acquireRelease(
+        Effect.promise(() => new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))),
+        () => Effect.sync(() => server.closeAllConnections()).pipe(Effect.andThen(Effect.promise(() => new Promise((resolve) => server.close(resolve)))))
+      )
+      const port = (server.address() as AddressInfo).port
+      assert.strictEqual(yield* Effect.promise(() => fetchUpstreamMetrics(`http://127.0.0.1:${port}/small`, 5_000)), small)
+      const failure = yield* Effect.flip(Effect.tryPromise(() => fetchUpstreamMetrics(`http://127.0.0.1:${port}/endless`, 5_000)))
+      assert.include(String(failure.cause), `exceed ${maxMetricsBytes} bytes`)
+    }).pipe(Effect.scoped))
 })
 
 describe("UPSTREAMS items with kv-events", () => {

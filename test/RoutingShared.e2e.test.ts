@@ -283,6 +283,15 @@ describe.skipIf(redisServerPath() === undefined)("routing state shared through R
       yield* Effect.promise(() => client.zAdd(setKey, [{ score: old, value: "old1" }, { score: old, value: "old2" }, { score: Date.now(), value: "new1" }]))
       routing.attach(() => [upstream])
       yield* Effect.promise(() => until(() => routing.scheduler.index.keys(upstream.id, Date.now()).has("new1"), "read back"))
+      // Another replica's message naming a server outside this pool (garbage, or other settings) is not kept.
+      yield* Effect.promise(() =>
+        until(async () => {
+          await client.publish("inference-router:p:blocks", JSON.stringify({ r: "other", u: "10.9.9.9:9", k: ["foreign1"], t: Date.now() }))
+          await client.publish("inference-router:p:blocks", JSON.stringify({ r: "other", u: upstream.id, k: ["mine1"], t: Date.now() }))
+          return routing.scheduler.index.keys(upstream.id, Date.now()).has("mine1")
+        }, "the message for its own upstream applied")
+      )
+      assert.strictEqual(routing.scheduler.index.size("10.9.9.9:9"), 0)
       const later = Date.now() + 2_000
       assert.strictEqual(routing.scheduler.index.cachedPrefix(upstream.id, ["old1", "old2"], later), 0, "gone when its lifetime from its recording is up")
       assert.strictEqual(routing.scheduler.index.cachedPrefix(upstream.id, ["new1"], later), 1)

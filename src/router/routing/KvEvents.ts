@@ -25,7 +25,24 @@ import type { KvEvent, KvEventBatch } from "./PrefixIndex.ts"
 
 const decoder = new Decoder({ useBigInt64: true })
 
-const hashes = (value: unknown): ReadonlyArray<string> | undefined => Array.isArray(value) ? value.map(eventKey) : undefined
+/** The keys of a list of hashes; undefined when it is not one (a hash that is neither an integer nor bytes). */
+const hashes = (value: unknown): ReadonlyArray<string> | undefined => {
+  if (!Array.isArray(value)) return undefined
+  const keys: Array<string> = []
+  for (const hash of value) {
+    const key = eventKey(hash)
+    if (key === undefined) return undefined
+    keys.push(key)
+  }
+  return keys
+}
+
+/**
+ * Larger messages are refused by ZeroMQ (it drops the connection, which then reconnects: a gap):
+ * vLLM's batches are one engine step's events, kilobytes. One of 15 MB (3 million hashes) held the
+ * event loop for seconds in a review.
+ */
+export const maxKvMessageBytes = 4 * 1024 * 1024
 
 const decodeEvent = (raw: unknown): KvEvent | undefined => {
   // Positional: [tag, block_hashes, ...]; named: {type, block_hashes, ...}.
@@ -89,7 +106,7 @@ export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler, fa
     try {
       const { Subscriber } = await import("zeromq")
       if (closed) return
-      socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 10_000 })
+      socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 10_000, maxMessageSize: maxKvMessageBytes })
       socket.connect(endpoint)
       socket.subscribe()
     } catch (error) {
@@ -97,7 +114,13 @@ export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler, fa
     }
     try {
       for await (const frames of socket) {
-        const batch = decodeKvMessage(frames)
+        // Nothing one message holds may end the subscription: what cannot be read is counted and skipped.
+        let batch: KvEventBatch | undefined
+        try {
+          batch = decodeKvMessage(frames)
+        } catch {
+          batch = undefined
+        }
         if (batch === undefined) handler.malformed()
         else handler.batch(batch)
       }

@@ -72,6 +72,9 @@ interface UpstreamCache {
 }
 
 /** Its KV events name the router's keys: decisions then only stand in for them briefly. */
+/** The precise set's bound while the server's capacity is unknown (or smaller). */
+export const minPreciseBound = 65_536
+
 const followsEvents = (cache: UpstreamCache) => cache.precise !== undefined && cache.matched
 
 /** Why a batch was applied as it was. */
@@ -305,8 +308,20 @@ export class PrefixIndex {
     return cache === undefined ? 0 : (cache.precise?.size ?? 0) + cache.approximate.size
   }
 
-  /** Approximate entries beyond the capacity go, least recently touched first. */
+  /**
+   * Approximate entries beyond the capacity go, least recently touched first; the precise set
+   * beyond what the server can hold (its capacity, or `minPreciseBound` until it is known: a real
+   * server's capacity may be larger than the default) loses its oldest: they can only be there
+   * because removals were lost, or the events are not a real cache's.
+   */
   private trim(cache: UpstreamCache): void {
+    if (cache.precise !== undefined) {
+      let over = cache.precise.size - Math.max(cache.capacity, minPreciseBound)
+      for (const key of cache.precise) {
+        if (over-- <= 0) break
+        cache.precise.delete(key)
+      }
+    }
     // The capacity bounds the approximate entries alone: the precise set may name the same blocks
     // (a simulated server hashes as the router does) or none of them (a real vLLM's own hashes),
     // and a full precise set must not leave the router's keys no room.

@@ -86,13 +86,30 @@ const cachedTokensValue = /"cached_tokens"\s*:\s*([0-9]+)/
 /** The same usage's prompt_tokens, in the upstream's tokens: the cached fraction is what carries over to the router's (Scheduler.ts uncachedOfUsage). */
 const promptTokensValue = /"prompt_tokens"\s*:\s*([0-9]+)/
 
-const defaultFetchMetrics = async (url: string, timeoutMs: number): Promise<string> => {
+/**
+ * An upstream's /metrics are read at most this far: vLLM's are tens of kB. Read whole every
+ * UPSTREAM_METRICS_INTERVAL_MS, an exporter gone wrong (700 MB of series, in a review) held
+ * gigabytes and stalled the event loop for seconds.
+ */
+export const maxMetricsBytes = 4 * 1024 * 1024
+
+export const fetchUpstreamMetrics = async (url: string, timeoutMs: number): Promise<string> => {
   const answer = await httpRequest(url, { headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
   if (answer.statusCode !== 200) {
     await answer.body.dump()
     throw new Error(`status ${answer.statusCode}`)
   }
-  return answer.body.text()
+  const chunks: Array<Buffer> = []
+  let size = 0
+  for await (const chunk of answer.body) {
+    size += (chunk as Buffer).length
+    if (size > maxMetricsBytes) {
+      answer.body.destroy()
+      throw new Error(`its /metrics exceed ${maxMetricsBytes} bytes`)
+    }
+    chunks.push(chunk as Buffer)
+  }
+  return Buffer.concat(chunks).toString("utf8")
 }
 
 const baseUrl = (endpoint: Endpoint) => `${endpoint.target.protocol}//${hostPort(endpoint.address, endpoint.target.port)}${endpoint.target.prefix}`
@@ -118,7 +135,7 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       undefined,
       options.random
     )
-    const fetchMetrics = options.fetchMetrics ?? defaultFetchMetrics
+    const fetchMetrics = options.fetchMetrics ?? fetchUpstreamMetrics
     let endpoints: () => ReadonlyArray<Endpoint> = () => []
 
     // Shared state: only redis:// items; others are ignored with one line (docs/routing.md).
@@ -141,6 +158,8 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
       },
       {
         blocks: (upstream, keys, how, recordedAt) => {
+          // Only this replica's pool: a message naming another (garbage, or a replica of other settings) would hold memory for nothing.
+          if (!endpoints().some((endpoint) => endpoint.id === upstream)) return
           if (how === "confirmed") scheduler.index.confirm(upstream, keys, now())
           else if (how === "decided" || recordedAt === undefined) scheduler.index.recordDecision(upstream, keys, now())
           else {
