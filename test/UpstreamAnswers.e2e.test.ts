@@ -51,6 +51,20 @@ describe("bad upstream answers", () => {
     }
   })
 
+  it("an answer Node's HTTP parser refuses (no status line) is a bad answer, not a silence", { timeout: 60_000 }, async () => {
+    const garbage = await stub((_, response, socket) => {
+      socket.end("THIS IS NOT HTTP\r\n\r\n")
+      response.destroy()
+    })
+    const front = await startFront([garbage.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
+    for (const path of ["/v1/completions", "/infer"]) {
+      const response = await post(front.port, path, path === "/infer" ? { prompt: "x" } : body)
+      assert.strictEqual(response.status, 502, path)
+      assert.strictEqual(codeOf(response), "upstream_bad_answer", `${path}: ${messageOf(response)}`)
+      assert.include(messageOf(response), "not valid HTTP/1.1 (HPE")
+    }
+  })
+
   it("a content-type sent twice, events to a non-streamed request, a stream that ends without [DONE]", { timeout: 60_000 }, async () => {
     const twice = await stub((_, __, socket) => {
       const text = JSON.stringify(completion)

@@ -161,7 +161,8 @@ export const classifyError = (
   progress: { readonly sent: boolean; readonly answerStarted: boolean },
   timeouts: { readonly firstByteMs: number }
 ): Outcome => {
-  const code = errorCode(error) ?? error.message
+  // undici's parser errors often carry no code: named by their class, with the parser's reason.
+  const code = errorCode(error) ?? (error.name === "HTTPParserError" ? `HPE: ${error.message}` : error.message)
   if (code === "UND_ERR_HEADERS_TIMEOUT") return { _tag: "FirstByteTimeout", timeoutMs: timeouts.firstByteMs }
   // undici's answer to a 101 the router did not ask for: an answer, and no client can act on it.
   if (code === "UND_ERR_SOCKET" && error.message === "bad upgrade") return { _tag: "Malformed", status: 101, detail: "a protocol switch (101) the router did not ask for" }

@@ -32,7 +32,10 @@ export const failureOf = (id: string, outcome: Outcome, settings: FailureSetting
     case "Unreached":
       return gatewayFailure(502, "upstream_connect_failed", `the model server ${id} could not be reached (${outcome.code})`)
     case "Unanswered":
-      return gatewayFailure(502, "upstream_failed", `the model server ${id} closed the connection before answering (${outcome.code})`)
+      // Node's HTTP parser refused what came back (a bad status line, headers too large): an answer, not a silence.
+      return outcome.code.startsWith("HPE")
+        ? gatewayFailure(502, "upstream_bad_answer", `the model server ${id} sent an answer that is not valid HTTP/1.1 (${outcome.code})`)
+        : gatewayFailure(502, "upstream_failed", `the model server ${id} closed the connection before answering (${outcome.code})`)
     case "FirstByteTimeout":
       return gatewayFailure(504, "upstream_timeout", `the model server ${id} sent no response within ${settings.firstByteTimeoutMs} ms (UPSTREAM_FIRST_BYTE_TIMEOUT_MS)`)
     case "Refused":
