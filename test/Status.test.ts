@@ -68,7 +68,8 @@ describe("status", () => {
 
   for (const [what, observed, reason] of [
     ["no Deployment yet", observe({}), "Pending"],
-    ["a rollout in progress", observe({ deployment: { ...deployment({ readyReplicas: 2, updatedReplicas: 1 }), metadata: { generation: 4 } } }), "RolloutInProgress"],
+    // The first rollout, nothing ready yet (with a replica ready, it serves: Ready).
+    ["a rollout in progress", observe({ deployment: { ...deployment({ readyReplicas: 0, updatedReplicas: 1 }), metadata: { generation: 4 } } }), "RolloutInProgress"],
     ["ReplicaFailure", observe({ deployment: deployment({ updatedReplicas: 2, conditions: [{ type: "ReplicaFailure", status: "True", message: "quota exceeded" }] }) }), "ReplicaFailure"],
     ["ProgressDeadlineExceeded", observe({ deployment: deployment({ updatedReplicas: 2, conditions: [{ type: "Progressing", status: "False", reason: "ProgressDeadlineExceeded" }] }) }), "ProgressDeadlineExceeded"],
     ["an image that cannot be pulled", observe({ deployment: deployment({ updatedReplicas: 2 }), pods: [{ metadata: { name: "p" }, status: { containerStatuses: [{ state: { waiting: { reason: "ErrImagePull", message: "not found" } } }] } }] }), "ImagePullFailed"],
@@ -107,6 +108,30 @@ describe("status", () => {
     assert.strictEqual(ready(available).lastTransitionTime, "2026-11-27T12:00:00.000Z")
     assert.strictEqual(available.conditions!.find((c) => c.type === "Reconciled")!.lastTransitionTime, "2026-11-27T10:00:00.000Z")
     assert.isFalse(sameStatus(later, available))
+  })
+
+  it("a scale-up, an eviction or one pod restarting leaves Ready True while any replica is ready (the Deployment's Available needs them all)", () => {
+    const scaling = deployment({ readyReplicas: 2, updatedReplicas: 4, conditions: [{ type: "Available", status: "False", reason: "MinimumReplicasUnavailable" }] }, { replicas: 4 })
+    const pods = [{ metadata: { name: "m-router-new" }, status: { containerStatuses: [{ state: { waiting: { reason: "ContainerCreating" } } }] } }]
+    const status = computeStatus(observe({ deployment: scaling, pods }))
+    assert.deepInclude(ready(status), { status: "True", reason: "Ready" })
+    const available = status.conditions!.find((c) => c.type === "RouterAvailable")!
+    assert.deepInclude(available, { status: "True", reason: "SomeReplicasAvailable" })
+    assert.include(available.message, "2/4 router replicas ready")
+    // None ready: not Ready.
+    const none = computeStatus(observe({ deployment: deployment({ readyReplicas: 0, updatedReplicas: 4, conditions: [{ type: "Available", status: "False" }] }, { replicas: 4 }), pods }))
+    assert.deepInclude(ready(none), { status: "False" })
+  })
+
+  it("a crash loop keeps its reason while the container runs between two back-offs (not Unavailable and back, an event each way)", () => {
+    const crashing = (state: unknown) => [{
+      metadata: { name: "m-router-x" },
+      status: { containerStatuses: [{ ready: false, restartCount: 3, state, lastState: { terminated: { exitCode: 1, message: "boom" } } }] }
+    }]
+    const down = deployment({ readyReplicas: 0, updatedReplicas: 1, conditions: [{ type: "Available", status: "False" }] })
+    for (const state of [{ waiting: { reason: "CrashLoopBackOff" } }, { running: { startedAt: "2026-11-27T10:00:00Z" } }]) {
+      assert.deepInclude(ready(computeStatus(observe({ deployment: down, pods: crashing(state) }))), { status: "False", reason: "CrashLoopBackOff" })
+    }
   })
 
   it("scaled to zero: nothing serves (no endpoints), so not Ready, with its own reason", () => {

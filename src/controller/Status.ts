@@ -66,7 +66,10 @@ const podProblem = (pods: ReadonlyArray<any>): Verdict | undefined => {
       if (line !== undefined) {
         return condition("RouterAvailable", "False", "RouterRejectedSettings", `${pod.metadata.name}: ${line.trim()}`)
       }
-      if (waiting?.reason === "CrashLoopBackOff") {
+      // Between two back-offs the container runs for a while, not ready: still the same crash loop (else
+      // the reason flipped to Unavailable and back at every restart, an event each way).
+      const restarting = container.ready !== true && (container.restartCount ?? 0) >= 2 && container.lastState?.terminated !== undefined
+      if (waiting?.reason === "CrashLoopBackOff" || (restarting && container.state?.running !== undefined)) {
         const last = said.split("\n").filter((l: string) => l.trim() !== "").pop()
         return condition(
           "RouterAvailable",
@@ -95,9 +98,20 @@ const routerAvailable = (observed: Observed): Verdict => {
     return condition("RouterAvailable", "False", "ScaledToZero", "the router is scaled to zero replicas: nothing serves (set replicas to serve)")
   }
   // Availability first: a rollout whose new pods fail (or that missed its deadline) leaves the old ones serving.
-  if (available?.status === "True" && ready >= 1) {
+  // Any ready replica serves: the Deployment's own Available needs all of them (maxUnavailable 0), so an
+  // HPA scale-up, an eviction or one pod's restart made the whole service not Ready (and two events each).
+  if (ready >= 1) {
     const rolling = !rolledOut || updated < desired ? `; rolling out: ${updated}/${desired} replicas updated` : ""
-    return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready${rolling}`)
+    if (available?.status === "True") {
+      return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready${rolling}`)
+    }
+    const why = podProblem(observed.pods)
+    return condition(
+      "RouterAvailable",
+      "True",
+      "SomeReplicasAvailable",
+      `${ready}/${desired} router replicas ready, serving while the others start${rolling}${why === undefined ? "" : `; ${why.reason}: ${why.message}`}`
+    )
   }
   const pods = podProblem(observed.pods)
   if (pods !== undefined) return pods
