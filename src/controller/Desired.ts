@@ -429,7 +429,8 @@ export const routerEnv = (spec: InferenceServiceSpec, identity: Identity): Array
         break
     }
   }
-  for (const extra of spec.env ?? []) env.push({ name: extra.name, value: extra.value })
+  // An empty value is left out, as the API server stores it (EnvVar.Value is omitempty): kept, it never matched what is stored.
+  for (const extra of spec.env ?? []) env.push(extra.value === undefined || extra.value === "" ? { name: extra.name } : { name: extra.name, value: extra.value })
   return env
 }
 

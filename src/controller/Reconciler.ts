@@ -26,6 +26,15 @@ import { computeStatus, sameStatus } from "./Status.ts"
 
 type Within = "object" | "resources" | "quantities"
 
+/** The key of a list whose items all carry a distinct `name` (or `uid`, ownerReferences): a list-map's. */
+const listMapKey = (items: ReadonlyArray<unknown>): "name" | "uid" | undefined => {
+  for (const key of ["name", "uid"] as const) {
+    const values = items.map((item) => item !== null && typeof item === "object" ? (item as Record<string, unknown>)[key] : undefined)
+    if (values.length > 0 && values.every((value) => typeof value === "string") && new Set(values).size === values.length) return key
+  }
+  return undefined
+}
+
 /**
  * Whether `live` has every field `desired` sets, with the same value (what the
  * API added is ignored). Quantities compare by value: the API server stores
@@ -34,7 +43,19 @@ type Within = "object" | "resources" | "quantities"
  */
 export const contains = (live: unknown, desired: unknown, within: Within = "object"): boolean => {
   if (Array.isArray(desired)) {
-    return Array.isArray(live) && live.length === desired.length && desired.every((item, i) => contains(live[i], item))
+    if (!Array.isArray(live)) return false
+    // A list of named items (containers, env, volumes, ports with names) is a list-map under server-side
+    // apply: another manager's items (a sidecar, an injected variable) are kept there, so each of ours
+    // is looked up by name. Compared by position, they made every resync apply again for nothing. A
+    // removal of ours changes the applied hash, which applies anyway.
+    const key = listMapKey(desired)
+    if (key !== undefined) {
+      return desired.every((item) => {
+        const match = live.find((candidate) => candidate !== null && typeof candidate === "object" && candidate[key] === item[key])
+        return match !== undefined && contains(match, item, within)
+      })
+    }
+    return live.length === desired.length && desired.every((item, i) => contains(live[i], item))
   }
   if (desired !== null && typeof desired === "object") {
     if (live === null || typeof live !== "object") return false

@@ -429,6 +429,8 @@ const defaultPodTemplate = (template: any) => {
     container.resources ??= {}
     canonicalResources(container)
     for (const port of container.ports ?? []) port.protocol ??= "TCP"
+    // The Go struct's round trip: EnvVar.Value is `omitempty`, so an empty value is not stored.
+    for (const variable of container.env ?? []) if (variable?.value === "") delete variable.value
   }
 }
 
