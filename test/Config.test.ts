@@ -307,12 +307,12 @@ describe("Config", () => {
       const dir = mkdtempSync(join(tmpdir(), "router-keys-"))
       const file = join(dir, "keys")
       // A `#` inside a key is part of it (cut there, its prefix `k` became a key that worked).
-      writeFileSync(file, "# rotated 2026-11\nfile-key-1\n\n  file-key-2  \n  # old: gone\nk#SECRETTAIL\r\n")
+      writeFileSync(file, "# rotated 2026-11\nfile-key-1\n\n  file-key-2  \n  # old: gone\nk#SECRETTAIL\r\nfile-key-3   # prod, since March\n")
       const exit = yield* load({ API_KEYS: "inline", API_KEYS_FILE: file })
       rmSync(dir, { recursive: true })
       assert.isTrue(Exit.isSuccess(exit))
       if (!Exit.isSuccess(exit)) return
-      assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2", "k#SECRETTAIL"])
+      assert.deepStrictEqual(exit.value.apiKeys.map(Redacted.value), ["inline", "file-key-1", "file-key-2", "k#SECRETTAIL", "file-key-3"])
     }))
 
   it.effect("an API key no client could present (a blank, a control character) is refused at start-up, without showing it", () =>
@@ -366,11 +366,14 @@ describe("Config", () => {
     assert.strictEqual(maskCredentials("https://kv/a@b"), "https://***@b")
   })
 
-  it("maskCredentials: a password with / ? # or @ in it, unencoded, is masked whole", () => {
+  it("maskCredentials: a password with / ? # or @ in it, unencoded, is masked whole; an @ in a query value hides what follows", () => {
     for (const [item, shown] of [
-      ["redis://:Pa#ss-Secret-1@redis:6379", "redis://***@redis:6379"],
       ["redis://user:p/ss@host:6379", "redis://***@host:6379"],
-      ["http://user:p?ss@host:8000", "http://***@host:8000"],
+      // A ? or # before the last @: that @ may be a query value's, so nothing after the scheme shows.
+      ["http://user:p?ss@host:8000", "http://***"],
+      ["redis://:Pa#ss-Secret@redis:6379", "redis://***"],
+      ["https://kv:443/?token=abc@SECRETSUFFIX", "https://***"],
+      ["redis://h:6379/0?password=p@ssw0rd", "redis://***"],
       ["redis://u:p@ss@host:6379", "redis://***@host:6379"],
       ["redis://h:6379/0?password=se#cret&db=1", "redis://h:6379/0?password=***&db=***"]
     ]) assert.strictEqual(maskCredentials(item), shown)

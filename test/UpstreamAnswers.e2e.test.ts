@@ -51,17 +51,23 @@ describe("bad upstream answers", () => {
     }
   })
 
-  it("an answer Node's HTTP parser refuses (no status line) is a bad answer, not a silence", { timeout: 60_000 }, async () => {
+  it("an answer Node's HTTP parser refuses (no status line, headers too large) is a bad answer, not a silence", { timeout: 60_000 }, async () => {
     const garbage = await stub((_, response, socket) => {
       socket.end("THIS IS NOT HTTP\r\n\r\n")
       response.destroy()
     })
-    const front = await startFront([garbage.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })
-    for (const path of ["/v1/completions", "/infer"]) {
-      const response = await post(front.port, path, path === "/infer" ? { prompt: "x" } : body)
-      assert.strictEqual(response.status, 502, path)
-      assert.strictEqual(codeOf(response), "upstream_bad_answer", `${path}: ${messageOf(response)}`)
-      assert.include(messageOf(response), "not valid HTTP/1.1 (HPE")
+    const huge = await stub((_, response, socket) => {
+      socket.end(`HTTP/1.1 200 OK\r\nx-padding: ${"a".repeat(200_000)}\r\ncontent-length: 2\r\n\r\n{}`)
+      response.destroy()
+    })
+    const fronts = await Promise.all([garbage, huge].map((upstream) => startFront([upstream.url], { UPSTREAM_HEALTH_INTERVAL_MS: "0" })))
+    for (const [front, detail] of [[fronts[0], "(HPE"], [fronts[1], "(UND_ERR_HEADERS_OVERFLOW)"]] as const) {
+      for (const path of ["/v1/completions", "/infer"]) {
+        const response = await post(front.port, path, path === "/infer" ? { prompt: "x" } : body)
+        assert.strictEqual(response.status, 502, path)
+        assert.strictEqual(codeOf(response), "upstream_bad_answer", `${path}: ${messageOf(response)}`)
+        assert.include(messageOf(response), `not valid HTTP/1.1 ${detail}`)
+      }
     }
   })
 

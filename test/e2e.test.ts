@@ -4,6 +4,8 @@
  */
 import { execFile } from "node:child_process"
 import * as Http from "node:http"
+import { createServer as createHttpServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -240,6 +242,62 @@ describe.concurrent("end to end", () => {
     assert.strictEqual(left?.status, 499, router.output().stdout.slice(-2000))
     assert.isAtLeast(left.queueMs, 0)
     assert.notProperty(left, "modelMs")
+  }))
+
+  it("a queued request whose client leaves while it is in the model logs its wait, not its wait and model time; the histogram counts it", owned(async () => {
+    const { port, router } = await startReady({ MAX_CONCURRENCY: "1", SIM_LATENCY_MS: "2000" })
+    const holder = infer(port, "holds the slot")
+    await until(async () => (await metric(port, "router_requests_running")) === 1, "the first request in the model")
+    const leaving = Http.request({ port, method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": "leaves-mid-model" } })
+    leaving.on("error", () => {})
+    leaving.end(JSON.stringify({ prompt: "waits, runs, then leaves" }))
+    await until(async () => (await metric(port, "router_requests_waiting")) === 1, "the second request queued")
+    assert.strictEqual((await holder).status, 200)
+    await until(async () => (await metric(port, "router_requests_running")) === 1, "the second request granted")
+    // In the model for a while (its 2 s are far from over), then gone.
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    leaving.destroy()
+    await until(async () => (await metric(port, "router_queue_wait_seconds_count")) === 2, "both waits observed")
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    const left = accessLines(router).find((line) => line.requestId === "leaves-mid-model")
+    assert.strictEqual(left?.status, 499, router.output().stdout.slice(-2000))
+    assert.isAtMost(left.queueMs, left.durationMs - 250, "the wait alone, not the time in the model")
+  }))
+
+  it("an /infer whose backend fails after a wait keeps the wait in its log line and the histogram", owned(async () => {
+    // A model server that fails every completion after 300 ms.
+    const failing = createHttpServer((request, response) => {
+      request.resume()
+      setTimeout(() => {
+        response.writeHead(500, { "content-type": "application/json" })
+        response.end(JSON.stringify({ error: { message: "boom" } }))
+      }, 300)
+    })
+    await new Promise<void>((resolve) => failing.listen(0, "127.0.0.1", resolve))
+    try {
+      const upstreamPort = (failing.address() as AddressInfo).port
+      const { port, router } = await startReady({
+        MODEL_BACKEND: "upstream",
+        UPSTREAMS: `http://127.0.0.1:${upstreamPort}`,
+        UPSTREAM_HEALTH_INTERVAL_MS: "0",
+        UPSTREAM_RETRIES: "0",
+        MAX_CONCURRENCY: "1"
+      })
+      const answers = await Promise.all(["first", "second"].map((id) =>
+        requestAt(port, { method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": id }, body: JSON.stringify({ prompt: "x" }) })
+      ))
+      assert.deepStrictEqual(answers.map((answer) => answer.status), [502, 502])
+      assert.strictEqual(await metric(port, "router_queue_wait_seconds_count"), 2)
+      router.child.kill("SIGTERM")
+      assert.strictEqual(await router.exited, 0)
+      const waits = accessLines(router).map((line) => line.queueMs).sort((a, b) => a - b)
+      assert.strictEqual(waits[0], 0)
+      assert.isAtLeast(waits[1], 100, router.output().stdout.slice(-2000))
+    } finally {
+      failing.closeAllConnections()
+      failing.close()
+    }
   }))
 
   it("a relayed completion's log line and router_model_seconds hold the model server's time", owned(async () => {

@@ -18,8 +18,10 @@ const maskQueryValues = (text: string) => text.replace(/([?&][^=&]*=)[^&]*/g, "$
 export const maskCredentials = (item: string): string => {
   const scheme = schemePrefix.exec(item)?.[0]
   const at = item.lastIndexOf("@")
-  const masked = scheme !== undefined && at >= scheme.length ? `${scheme}***${item.slice(at)}` : item
-  return maskQueryValues(masked)
+  if (scheme === undefined || at < scheme.length) return maskQueryValues(item)
+  // With a `?` or `#` before it, that `@` may be a query value's (`?token=ab@cd`): what follows it is
+  // then part of a secret, and nothing after the scheme is shown.
+  return /[?#]/.test(item.slice(scheme.length, at)) ? `${scheme}***` : `${scheme}***${maskQueryValues(item.slice(at))}`
 }
 
 /**
@@ -36,7 +38,7 @@ export const maskValue = (value: string): string => {
   for (let i = 0; i + 1 < bounds.length; i++) {
     const part = value.slice(bounds[i], bounds[i + 1])
     const at = part.lastIndexOf("@")
-    shown += schemePrefix.test(part) || at === -1 ? maskCredentials(part) : `***${maskQueryValues(part.slice(at))}`
+    shown += schemePrefix.test(part) || at === -1 ? maskCredentials(part) : /[?#]/.test(part.slice(0, at)) ? "***" : `***${maskQueryValues(part.slice(at))}`
   }
   return shown
 }

@@ -231,8 +231,12 @@ const loadApiKeys: Effect.Effect<ReadonlyArray<Redacted.Redacted<string>>, Setti
           expected: `a readable file of API keys, one per line (${(error as NodeJS.ErrnoException).code ?? error})`
         })
     })
-    // Only a line that starts with `#` is a comment: `#` is a key character, and cutting a key there made its prefix a key.
-    const fromFile = splitKeys(text.split(/\r?\n/).filter((line) => !line.trimStart().startsWith("#")).join("\n"), /\n/)
+    // A comment is a line that starts with `#`, or a `#` after a blank (keys have none): a `#` inside a
+    // key is part of it (cutting the key there made its prefix a key).
+    const fromFile = splitKeys(
+      text.split(/\r?\n/).filter((line) => !line.trimStart().startsWith("#")).map((line) => line.replace(/\s+#.*$/, "")).join("\n"),
+      /\n/
+    )
     if (fromFile.length === 0) {
       return yield* new InvalidSetting({ variable: "API_KEYS_FILE", value: file, expected: "a file with at least one key" })
     }
@@ -485,7 +489,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "LOG_LEVEL", meaning: "least severe level logged; `info` includes one access-log line per inference request", default: code(defaults.logLevel), valid: "`debug`, `info`, `warn`, `error`" },
   { variable: "LOG_FORMAT", meaning: "`json` (one object per line) or `pretty` (for humans)", default: code(defaults.logFormat), valid: "`json`, `pretty`" },
   { variable: "API_KEYS", meaning: "comma-separated bearer tokens accepted on `/infer` and `/v1/*`; unset = no authentication", default: "—", valid: "visible ASCII, no blanks, each" },
-  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (a line starting with `#` is a comment; a `#` inside a key is part of it); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file; keys as `API_KEYS`" }
+  { variable: "API_KEYS_FILE", meaning: "file with more keys, one per line (`#` starts a comment at the start of a line or after a blank; a `#` inside a key is part of it); combined with `API_KEYS`", default: "—", valid: "a readable, non-empty file; keys as `API_KEYS`" }
 ]
 
 /** The environment variables the router reads, in documentation order. */

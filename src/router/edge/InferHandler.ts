@@ -118,7 +118,8 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
     if (Exit.isSuccess(exit)) return succeed(request, response, prompt, waitedMs, exit.value)
     const failed = Cause.findError(exit.cause)
     if (Result.isSuccess(failed) && !isRejected(failed.success)) {
-      noteOutcome(request, { reason: failed.success.code })
+      // Its wait too, as /v1/* notes it: the near-timeout count's denominator is the waits observed.
+      noteOutcome(request, { reason: failed.success.code, queueMs: waitedMs })
       return route.fail(request, response, backendError(failed.success))
     }
     route.answerFailure(request, response, exit.cause as Cause.Cause<Rejected>)

@@ -143,4 +143,4 @@ export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number, cac
 
 /** A key as published in a KV event (an integer, or bytes in newer vLLM versions) in the index's form. */
 export const eventKey = (hash: unknown): string | undefined =>
-  typeof hash === "number" || typeof hash === "bigint" ? String(hash) : hash instanceof Uint8Array ? Buffer.from(hash).toString("hex") : undefined
+  typeof hash === "number" || typeof hash === "bigint" || typeof hash === "string" ? String(hash) : hash instanceof Uint8Array ? Buffer.from(hash).toString("hex") : undefined

@@ -25,9 +25,12 @@ import type { KvEvent, KvEventBatch } from "./PrefixIndex.ts"
 
 const decoder = new Decoder({ useBigInt64: true })
 
-/** The keys of a list of hashes; undefined when it is not one (a hash that is neither an integer nor bytes). */
+/** The most hashes one event may name: one engine step's blocks are thousands (128k tokens are 8,192 blocks of 16). */
+export const maxHashesPerEvent = 65_536
+
+/** The keys of a list of hashes; undefined when it is not one (a hash that is neither an integer, a string nor bytes, or too many). */
 const hashes = (value: unknown): ReadonlyArray<string> | undefined => {
-  if (!Array.isArray(value)) return undefined
+  if (!Array.isArray(value) || value.length > maxHashesPerEvent) return undefined
   const keys: Array<string> = []
   for (const hash of value) {
     const key = eventKey(hash)
@@ -39,10 +42,12 @@ const hashes = (value: unknown): ReadonlyArray<string> | undefined => {
 
 /**
  * Larger messages are refused by ZeroMQ (it drops the connection, which then reconnects: a gap):
- * vLLM's batches are one engine step's events, kilobytes. One of 15 MB (3 million hashes) held the
- * event loop for seconds in a review.
+ * vLLM's batches are one engine step's events, its token ids included well under this. One of 15 MB
+ * (3 million hashes) held the event loop for seconds in a review; with this bound, the hash-count
+ * bound and `receiveHighWaterMark` (messages ZeroMQ holds while the router is behind, dropped beyond:
+ * a gap), one publisher can hold at most ~1 GiB and ~100 ms of decoding per message.
  */
-export const maxKvMessageBytes = 4 * 1024 * 1024
+export const maxKvMessageBytes = 1024 * 1024
 
 const decodeEvent = (raw: unknown): KvEvent | undefined => {
   // Positional: [tag, block_hashes, ...]; named: {type, block_hashes, ...}.
@@ -106,7 +111,7 @@ export const subscribeKvEvents = (endpoint: string, handler: KvEventsHandler, fa
     try {
       const { Subscriber } = await import("zeromq")
       if (closed) return
-      socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 10_000, maxMessageSize: maxKvMessageBytes })
+      socket = new Subscriber({ reconnectInterval: 100, reconnectMaxInterval: 2_000, receiveHighWaterMark: 1_000, maxMessageSize: maxKvMessageBytes })
       socket.connect(endpoint)
       socket.subscribe()
     } catch (error) {

@@ -71,10 +71,12 @@ interface UpstreamCache {
   gaps: number
 }
 
-/** Its KV events name the router's keys: decisions then only stand in for them briefly. */
-/** The precise set's bound while the server's capacity is unknown (or smaller). */
+/** The precise set's bound while the server's capacity is unknown, or when it reports less. */
 export const minPreciseBound = 65_536
+/** A capacity above this (a /metrics gone wrong: a huge or infinite num_gpu_blocks) is read as this. */
+const maxCapacity = 4 * 1024 * 1024
 
+/** Its KV events name the router's keys: decisions then only stand in for them briefly. */
 const followsEvents = (cache: UpstreamCache) => cache.precise !== undefined && cache.matched
 
 /** Why a batch was applied as it was. */
@@ -100,7 +102,7 @@ export class PrefixIndex {
   /** The upstream's cache size in blocks, as its `vllm:cache_config_info` reports it. */
   setCapacity(upstream: string, blocks: number): void {
     const cache = this.cache(upstream)
-    cache.capacity = Math.max(1, Math.floor(blocks))
+    cache.capacity = Number.isFinite(blocks) ? Math.min(maxCapacity, Math.max(1, Math.floor(blocks))) : maxCapacity
     this.trim(cache)
   }
 
@@ -310,16 +312,16 @@ export class PrefixIndex {
 
   /**
    * Approximate entries beyond the capacity go, least recently touched first; the precise set
-   * beyond what the server can hold (its capacity, or `minPreciseBound` until it is known: a real
-   * server's capacity may be larger than the default) loses its oldest: they can only be there
-   * because removals were lost, or the events are not a real cache's.
+   * beyond the larger of the server's capacity and `minPreciseBound` (the default capacity is a
+   * guess, a real server may hold more) loses its first stored: entries beyond what the server can
+   * hold are there because removals were lost, or the events are not a real cache's.
    */
   private trim(cache: UpstreamCache): void {
-    if (cache.precise !== undefined) {
-      let over = cache.precise.size - Math.max(cache.capacity, minPreciseBound)
-      for (const key of cache.precise) {
+    let over = cache.precise === undefined ? 0 : cache.precise.size - Math.max(cache.capacity, minPreciseBound)
+    if (over > 0) {
+      for (const key of cache.precise!) {
         if (over-- <= 0) break
-        cache.precise.delete(key)
+        cache.precise!.delete(key)
       }
     }
     // The capacity bounds the approximate entries alone: the precise set may name the same blocks

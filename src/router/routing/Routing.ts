@@ -202,7 +202,11 @@ export const makeCacheAwareRouting = (options: RoutingOptions) =>
         Metric.removeUnsafe(routingMetrics.kvEventsMalformed(id), context)
         Metric.removeUnsafe(routingMetrics.kvEventBatches(id), context)
         Metric.removeUnsafe(routingMetrics.kvEventsMatching(id), context)
-      } else routingMetrics.indexBlocks(id).updateUnsafe(0, context)
+      } else {
+        routingMetrics.indexBlocks(id).updateUnsafe(0, context)
+        // Its subscription ends with it: not matching until it is followed again.
+        if (subscriptions.has(id)) routingMetrics.kvEventsMatching(id).updateUnsafe(0, context)
+      }
       lastScrape.delete(id)
       subscriptions.get(id)?.()
       subscriptions.delete(id)

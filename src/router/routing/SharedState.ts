@@ -83,8 +83,10 @@ interface Shard {
   saidDown: boolean
   /** Writes sent and not yet answered. */
   pending: number
-  /** While writes are pending: when the first was sent, or the last answered. */
+  /** While writes are pending: when the first was sent, or the last answered (`performance.now()`). */
   waitingSince: number
+  /** A slowness check is scheduled for after this turn's I/O. */
+  slowCheck: boolean
   /** At maxPendingWrites, or silent for slowAfterMs: not answering in time, written to no more until it catches up. */
   slow: boolean
   /** Upstreams whose sorted set this replica has read since it last (re)connected. */
@@ -155,7 +157,7 @@ export class SharedState {
   private connect(url: string, shown: string): Shard {
     const client = makeClient(url)
     const subscriber = makeClient(url)
-    const shard: Shard = { shown, client, subscriber, up: false, saidDown: false, pending: 0, waitingSince: 0, slow: false, loaded: new Set(), subscribed: false }
+    const shard: Shard = { shown, client, subscriber, up: false, saidDown: false, pending: 0, waitingSince: 0, slowCheck: false, slow: false, loaded: new Set(), subscribed: false }
     // One line per outage: the first failure after being up, or the first of a replica that never connected.
     const down = (reason: string) => {
       if (this.closed || (!shard.up && shard.saidDown)) return
@@ -249,13 +251,21 @@ export class SharedState {
       if (!refresh) this.droppedWrites++
       return
     }
-    const now = this.now()
-    const silentMs = shard.pending > 0 ? now - shard.waitingSince : 0
-    if (shard.pending >= this.settings.maxPendingWrites || silentMs >= this.settings.slowAfterMs) {
-      shard.slow = true
-      this.sink.status(shard.shown, false, `slow: ${shard.pending} writes unanswered, the oldest for ${Math.round(silentMs)} ms`)
+    if (shard.pending >= this.settings.maxPendingWrites) {
+      this.markSlow(shard)
       this.droppedWrites++
       return
+    }
+    // On the monotonic clock: a wall-clock step is not Redis's silence.
+    const now = performance.now()
+    if (shard.pending > 0 && now - shard.waitingSince >= this.settings.slowAfterMs && !shard.slowCheck) {
+      // Confirmed after this turn's I/O: a router that stalled (a long task) may have its answers waiting
+      // in the socket, read only in the poll phase, after the timers that write.
+      shard.slowCheck = true
+      setImmediate(() => {
+        shard.slowCheck = false
+        if (!shard.slow && shard.pending > 0 && performance.now() - shard.waitingSince >= this.settings.slowAfterMs) this.markSlow(shard)
+      })
     }
     // The time without an answer counts from the first write outstanding, or from the last answer.
     if (shard.pending === 0) shard.waitingSince = now
@@ -270,7 +280,7 @@ export class SharedState {
     }
     const answered = () => {
       shard.pending--
-      shard.waitingSince = this.now()
+      shard.waitingSince = performance.now()
       if (shard.slow && shard.pending === 0) {
         shard.slow = false
         if (shard.up && !this.closed) this.sink.status(shard.shown, true, "answering again")
@@ -280,6 +290,12 @@ export class SharedState {
       this.droppedWrites++
       answered()
     })
+  }
+
+  /** Written to no more until its backlog is answered; said once. */
+  private markSlow(shard: Shard): void {
+    shard.slow = true
+    this.sink.status(shard.shown, false, `slow: ${shard.pending} writes unanswered, the oldest for ${Math.round(performance.now() - shard.waitingSince)} ms`)
   }
 
   /**

@@ -33,7 +33,7 @@ export const failureOf = (id: string, outcome: Outcome, settings: FailureSetting
       return gatewayFailure(502, "upstream_connect_failed", `the model server ${id} could not be reached (${outcome.code})`)
     case "Unanswered":
       // Node's HTTP parser refused what came back (a bad status line, headers too large): an answer, not a silence.
-      return outcome.code.startsWith("HPE")
+      return outcome.code.startsWith("HPE") || outcome.code === "UND_ERR_HEADERS_OVERFLOW"
         ? gatewayFailure(502, "upstream_bad_answer", `the model server ${id} sent an answer that is not valid HTTP/1.1 (${outcome.code})`)
         : gatewayFailure(502, "upstream_failed", `the model server ${id} closed the connection before answering (${outcome.code})`)
     case "FirstByteTimeout":
