@@ -9,7 +9,7 @@ import { afterEach, assert, describe, it } from "@effect/vitest"
 import { Effect, References } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import { Publisher } from "zeromq"
-import { decodeKvMessage, maxHashesPerEvent, subscribeKvEvents } from "../src/router/routing/KvEvents.ts"
+import { decodeKvMessage, maxHashesPerMessage, subscribeKvEvents } from "../src/router/routing/KvEvents.ts"
 import { type KvEventBatch, PrefixIndex } from "../src/router/routing/PrefixIndex.ts"
 import { makeCacheAwareRouting } from "../src/router/routing/Routing.ts"
 import { defaultRouting } from "../src/router/routing/RoutingSettings.ts"
@@ -81,8 +81,10 @@ describe("decoding vLLM's KV event messages", () => {
     // A hash that is neither an integer nor bytes (a map whose toString is no function made String() throw, which ended the subscription).
     assert.isUndefined(decodeKvMessage(message(0, [["BlockStored", [{ toString: 1 }], null, [], 16]])))
     assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", [null]]])))
-    // More hashes in one event than an engine step stores: refused, not applied for seconds.
-    assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", Array.from({ length: maxHashesPerEvent + 1 }, (_, i) => i)]])))
+    // More hashes in one message than an engine step stores, in one event or several: refused, not applied for seconds.
+    assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", Array.from({ length: maxHashesPerMessage + 1 }, (_, i) => i)]])))
+    const half = Array.from({ length: maxHashesPerMessage / 2 + 1 }, (_, i) => i)
+    assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", half], ["BlockRemoved", half]])))
     // String hashes (some publishers send them) are keys as they are.
     assert.deepStrictEqual(decodeKvMessage(message(0, [["BlockRemoved", ["ab", 7]]]))?.events, [{ type: "BlockRemoved", blockHashes: ["ab", "7"] }])
   })

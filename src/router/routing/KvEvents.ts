@@ -25,12 +25,12 @@ import type { KvEvent, KvEventBatch } from "./PrefixIndex.ts"
 
 const decoder = new Decoder({ useBigInt64: true })
 
-/** The most hashes one event may name: one engine step's blocks are thousands (128k tokens are 8,192 blocks of 16). */
-export const maxHashesPerEvent = 65_536
+/** The most hashes one message may name: one engine step's blocks are thousands (128k tokens are 8,192 blocks of 16). */
+export const maxHashesPerMessage = 65_536
 
 /** The keys of a list of hashes; undefined when it is not one (a hash that is neither an integer, a string nor bytes, or too many). */
 const hashes = (value: unknown): ReadonlyArray<string> | undefined => {
-  if (!Array.isArray(value) || value.length > maxHashesPerEvent) return undefined
+  if (!Array.isArray(value) || value.length > maxHashesPerMessage) return undefined
   const keys: Array<string> = []
   for (const hash of value) {
     const key = eventKey(hash)
@@ -84,9 +84,11 @@ export const decodeKvMessage = (frames: ReadonlyArray<Uint8Array>): KvEventBatch
   const rawEvents: unknown = Array.isArray(decoded) ? decoded[1] : Predicate.isObject(decoded) ? (decoded as Record<string, unknown>).events : undefined
   if (!Array.isArray(rawEvents)) return undefined
   const events: Array<KvEvent> = []
+  let hashCount = 0
   for (const raw of rawEvents) {
     const event = decodeEvent(raw)
     if (event === undefined) return undefined
+    if (event.type !== "AllBlocksCleared" && (hashCount += event.blockHashes.length) > maxHashesPerMessage) return undefined
     events.push(event)
   }
   return { seq, events }
