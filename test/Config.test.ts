@@ -382,7 +382,15 @@ describe("Config", () => {
   it.effect("an invalid item never shows a piece of a password: with an @ in the value, the whole value is shown masked by URL", () =>
     Effect.gen(function*() {
       // A password with a comma splits into two items, the first without its @.
-      for (const value of ["redis://:pa,ss-Secret@redis:6379", "redis://:Pa#ss-Secret@redis:6379", "redis://u:p/ss-Secret@h:6379", "kv:1,redis://:x,y-Secret,z@h:1"]) {
+      for (const value of [
+        "redis://:pa,ss-Secret@redis:6379",
+        "redis://:Pa#ss-Secret@redis:6379",
+        "redis://u:p/ss-Secret@h:6379",
+        "kv:1,redis://:x,y-Secret,z@h:1",
+        // A comma in a query secret (the first item valid, the tail the bad one), and one followed by something like a scheme.
+        "https://kv-1/x?token=pa,Secret",
+        "redis://u:pa, x://ssSecret@h:1"
+      ]) {
         const error = invalid(yield* load({ KV_ENDPOINTS: value }))
         assert.notInclude(error.message, "Secret", value)
         assert.notInclude(error.message, ":pa", value)

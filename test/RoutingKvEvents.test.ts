@@ -85,6 +85,9 @@ describe("decoding vLLM's KV event messages", () => {
     assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", Array.from({ length: maxHashesPerMessage + 1 }, (_, i) => i)]])))
     const half = Array.from({ length: maxHashesPerMessage / 2 + 1 }, (_, i) => i)
     assert.isUndefined(decodeKvMessage(message(0, [["BlockRemoved", half], ["BlockRemoved", half]])))
+    // A hash longer than any block hash (vLLM's are 8 or 32 bytes) would hold its length in the index.
+    assert.isUndefined(decodeKvMessage(message(0, [["BlockStored", ["x".repeat(65)], null, [], 16]])))
+    assert.isUndefined(decodeKvMessage(message(0, [["BlockStored", [new Uint8Array(65)], null, [], 16]])))
     // String hashes (some publishers send them) are keys as they are.
     assert.deepStrictEqual(decodeKvMessage(message(0, [["BlockRemoved", ["ab", 7]]]))?.events, [{ type: "BlockRemoved", blockHashes: ["ab", "7"] }])
   })

@@ -126,12 +126,17 @@ describe("status", () => {
   it("a crash loop keeps its reason while the container runs between two back-offs (not Unavailable and back, an event each way)", () => {
     const crashing = (state: unknown) => [{
       metadata: { name: "m-router-x" },
-      status: { containerStatuses: [{ ready: false, restartCount: 3, state, lastState: { terminated: { exitCode: 1, message: "boom" } } }] }
+      status: { containerStatuses: [{ ready: false, restartCount: 3, state, lastState: { terminated: { exitCode: 1, message: "boom", finishedAt } } }] }
     }]
+    let finishedAt = "2026-11-27T09:58:00Z" // two minutes before `now`
     const down = deployment({ readyReplicas: 0, updatedReplicas: 1, conditions: [{ type: "Available", status: "False" }] })
-    for (const state of [{ waiting: { reason: "CrashLoopBackOff" } }, { running: { startedAt: "2026-11-27T10:00:00Z" } }]) {
+    for (const state of [{ waiting: { reason: "CrashLoopBackOff" } }, { running: { startedAt: "2026-11-27T09:59:00Z" } }]) {
       assert.deepInclude(ready(computeStatus(observe({ deployment: down, pods: crashing(state) }))), { status: "False", reason: "CrashLoopBackOff" })
     }
+    // An old crash (days ago) of a container that runs but is not ready (no model server answers) is not a crash loop.
+    finishedAt = "2026-11-21T10:00:00Z"
+    const rolledOut = deployment({ readyReplicas: 0, updatedReplicas: 2, conditions: [{ type: "Available", status: "False" }] })
+    assert.deepInclude(ready(computeStatus(observe({ deployment: rolledOut, pods: crashing({ running: { startedAt: "2026-11-21T10:00:05Z" } }) }))), { status: "False", reason: "Unavailable" })
   })
 
   it("scaled to zero: nothing serves (no endpoints), so not Ready, with its own reason", () => {

@@ -429,8 +429,9 @@ export const routerEnv = (spec: InferenceServiceSpec, identity: Identity): Array
         break
     }
   }
-  // An empty value is left out, as the API server stores it (EnvVar.Value is omitempty): kept, it never matched what is stored.
-  for (const extra of spec.env ?? []) env.push(extra.value === undefined || extra.value === "" ? { name: extra.name } : { name: extra.name, value: extra.value })
+  // An empty value stays in what is applied (the controller owns the field: another manager's value is
+  // replaced), though the API server stores none (EnvVar.Value is omitempty): `contains` reads the two as equal.
+  for (const extra of spec.env ?? []) env.push({ name: extra.name, value: extra.value })
   return env
 }
 

@@ -26,14 +26,25 @@ import { computeStatus, sameStatus } from "./Status.ts"
 
 type Within = "object" | "resources" | "quantities"
 
-/** The key of a list whose items all carry a distinct `name` (or `uid`, ownerReferences): a list-map's. */
-const listMapKey = (items: ReadonlyArray<unknown>): "name" | "uid" | undefined => {
-  for (const key of ["name", "uid"] as const) {
-    const values = items.map((item) => item !== null && typeof item === "object" ? (item as Record<string, unknown>)[key] : undefined)
-    if (values.length > 0 && values.every((value) => typeof value === "string") && new Set(values).size === values.length) return key
-  }
-  return undefined
+/**
+ * The keys of the list-maps (server-side apply's `listMapKeys`) among the fields the controller sets:
+ * another manager's items are kept there, so each of ours is found by its key. Other lists are
+ * compared whole (atomic lists, such as `args`, are replaced whole by an apply).
+ */
+const listMapKeys: Readonly<Record<string, ReadonlyArray<string>>> = {
+  containers: ["name"],
+  initContainers: ["name"],
+  env: ["name"],
+  volumes: ["name"],
+  volumeMounts: ["mountPath"],
+  imagePullSecrets: ["name"],
+  ownerReferences: ["uid"],
+  // A container's by port and protocol; a Service's too.
+  ports: ["containerPort", "port", "protocol"]
 }
+
+const sameKey = (a: Record<string, unknown>, b: Record<string, unknown>, keys: ReadonlyArray<string>) =>
+  keys.every((key) => a[key] === b[key] || (key === "protocol" && (a[key] ?? "TCP") === (b[key] ?? "TCP")))
 
 /**
  * Whether `live` has every field `desired` sets, with the same value (what the
@@ -41,22 +52,24 @@ const listMapKey = (items: ReadonlyArray<unknown>): "name" | "uid" | undefined =
  * them in canonical form ("0.5" CPU as "500m", an HPA target's averageValue
  * "1000" as "1k"): a container's `resources` and an HPA metric's `target`.
  */
-export const contains = (live: unknown, desired: unknown, within: Within = "object"): boolean => {
+export const contains = (live: unknown, desired: unknown, within: Within = "object", field = ""): boolean => {
   if (Array.isArray(desired)) {
     if (!Array.isArray(live)) return false
-    // A list of named items (containers, env, volumes, ports with names) is a list-map under server-side
-    // apply: another manager's items (a sidecar, an injected variable) are kept there, so each of ours
-    // is looked up by name. Compared by position, they made every resync apply again for nothing. A
-    // removal of ours changes the applied hash, which applies anyway.
-    const key = listMapKey(desired)
-    if (key !== undefined) {
+    // A list-map: another manager's items (a sidecar, an injected variable) are kept there, so each of
+    // ours is looked up by its key, and must be there once (a second item of the same key, which the
+    // API server only warns about, would be the one the kubelet reads). Compared by position, they
+    // made every resync apply again for nothing. A removal of ours changes the applied hash, which applies anyway.
+    const keys = listMapKeys[field]
+    if (keys !== undefined && desired.every((item) => item !== null && typeof item === "object")) {
       return desired.every((item) => {
-        const match = live.find((candidate) => candidate !== null && typeof candidate === "object" && candidate[key] === item[key])
-        return match !== undefined && contains(match, item, within)
+        const matches = live.filter((candidate) => candidate !== null && typeof candidate === "object" && sameKey(candidate, item, keys))
+        return matches.length === 1 && contains(matches[0], item, within)
       })
     }
     return live.length === desired.length && desired.every((item, i) => contains(live[i], item))
   }
+  // An empty string the API server does not store (omitempty: an env variable's empty value).
+  if (desired === "" && live === undefined) return true
   if (desired !== null && typeof desired === "object") {
     if (live === null || typeof live !== "object") return false
     return Object.entries(desired).every(([key, value]) =>
@@ -67,7 +80,8 @@ export const contains = (live: unknown, desired: unknown, within: Within = "obje
           ? "quantities"
           : key === "resources"
           ? "resources"
-          : "object"
+          : "object",
+        key
       )
     )
   }

@@ -46,11 +46,14 @@ const condition = (type: string, status: Verdict["status"], reason: string, mess
   message
 })
 
+/** An exit within this counts as part of a crash loop (the kubelet's back-off caps at 5 minutes). */
+const crashLoopWindowMs = 10 * 60 * 1000
+
 const deploymentCondition = (deployment: any, type: string) =>
   (deployment?.status?.conditions ?? []).find((c: any) => c.type === type)
 
 /** The first thing a person should know about pods that do not become ready. */
-const podProblem = (pods: ReadonlyArray<any>): Verdict | undefined => {
+const podProblem = (pods: ReadonlyArray<any>, now: string): Verdict | undefined => {
   for (const pod of pods) {
     for (const container of pod.status?.containerStatuses ?? []) {
       const waiting = container.state?.waiting
@@ -67,8 +70,10 @@ const podProblem = (pods: ReadonlyArray<any>): Verdict | undefined => {
         return condition("RouterAvailable", "False", "RouterRejectedSettings", `${pod.metadata.name}: ${line.trim()}`)
       }
       // Between two back-offs the container runs for a while, not ready: still the same crash loop (else
-      // the reason flipped to Unavailable and back at every restart, an event each way).
-      const restarting = container.ready !== true && (container.restartCount ?? 0) >= 2 && container.lastState?.terminated !== undefined
+      // the reason flipped to Unavailable and back at every restart, an event each way). Only while its
+      // last exit is recent: the kubelet's back-off tops out at 5 minutes, and an old crash is history.
+      const lastExit = Date.parse(container.lastState?.terminated?.finishedAt ?? "")
+      const restarting = container.ready !== true && (container.restartCount ?? 0) >= 2 && Date.parse(now) - lastExit < crashLoopWindowMs
       if (waiting?.reason === "CrashLoopBackOff" || (restarting && container.state?.running !== undefined)) {
         const last = said.split("\n").filter((l: string) => l.trim() !== "").pop()
         return condition(
@@ -105,7 +110,7 @@ const routerAvailable = (observed: Observed): Verdict => {
     if (available?.status === "True") {
       return condition("RouterAvailable", "True", "MinimumReplicasAvailable", `${ready}/${desired} router replicas ready${rolling}`)
     }
-    const why = podProblem(observed.pods)
+    const why = podProblem(observed.pods, observed.now)
     return condition(
       "RouterAvailable",
       "True",
@@ -113,7 +118,7 @@ const routerAvailable = (observed: Observed): Verdict => {
       `${ready}/${desired} router replicas ready, serving while the others start${rolling}${why === undefined ? "" : `; ${why.reason}: ${why.message}`}`
     )
   }
-  const pods = podProblem(observed.pods)
+  const pods = podProblem(observed.pods, observed.now)
   if (pods !== undefined) return pods
   if (replicaFailure?.status === "True") {
     return condition("RouterAvailable", "False", "ReplicaFailure", replicaFailure.message ?? "pods could not be created")
@@ -132,14 +137,14 @@ const routerAvailable = (observed: Observed): Verdict => {
  * A rollout past its progress deadline is no longer progressing: False, ProgressDeadlineExceeded,
  * with why its new pods do not become ready when they say.
  */
-const rollout = (deployment: any, pods: ReadonlyArray<any>): Verdict => {
+const rollout = (deployment: any, pods: ReadonlyArray<any>, now: string): Verdict => {
   if (deployment === undefined) return condition("Progressing", "Unknown", "Pending", "the router Deployment does not exist yet")
   const desired: number = deployment.spec?.replicas ?? 1
   const updated: number = deployment.status?.updatedReplicas ?? 0
   const rolledOut = (deployment.status?.observedGeneration ?? 0) >= (deployment.metadata?.generation ?? 0)
   const progressing = deploymentCondition(deployment, "Progressing")
   if (progressing?.status === "False" && progressing.reason === "ProgressDeadlineExceeded") {
-    const why = podProblem(pods)
+    const why = podProblem(pods, now)
     const said: string = progressing.message ?? "the rollout did not progress in time"
     return condition("Progressing", "False", "ProgressDeadlineExceeded", why === undefined ? said : `${said}; ${why.reason}: ${why.message}`)
   }
@@ -148,7 +153,7 @@ const rollout = (deployment: any, pods: ReadonlyArray<any>): Verdict => {
   }
   // While the old pods serve, a new pod that fails says why at once, not only at the progress deadline
   // (a router image older than the spec's fields refuses them at start and crash-loops).
-  const why = podProblem(pods)
+  const why = podProblem(pods, now)
   return condition("Progressing", "True", "RollingOut", `rolling out: ${updated}/${desired} replicas updated${why === undefined ? "" : `; ${why.reason}: ${why.message}`}`)
 }
 
@@ -157,7 +162,7 @@ export const computeStatus = (observed: Observed): InferenceServiceStatus => {
     ? condition("Reconciled", "True", "Applied", `the router's objects match generation ${observed.generation}`)
     : condition("Reconciled", "False", observed.specProblem.reason, observed.specProblem.message)
   const available = routerAvailable(observed)
-  const progressing = rollout(observed.deployment, observed.pods)
+  const progressing = rollout(observed.deployment, observed.pods, observed.now)
   const failing = [reconciled, available].find((c) => c.status !== "True")
   const ready = failing === undefined
     ? condition("Ready", "True", "Ready", `serving ${observed.url}`)

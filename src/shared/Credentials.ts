@@ -25,20 +25,18 @@ export const maskCredentials = (item: string): string => {
 }
 
 /**
- * A whole comma-separated value, masked by URL rather than by item: a password may hold a `,`, which
- * splits one URL into items that are each a piece of it (`redis://:pa` and `ss@host`). Each URL runs
- * from its scheme to the next one, its user information to its last `@`; text before the first URL
- * with an `@` in it is masked to that `@`. For error lines naming an invalid item of a value that
- * may carry credentials.
+ * A whole comma-separated value, for error lines naming an invalid item of a value that may carry
+ * credentials: a secret may hold a `,` (the value is split there, into items that are each a piece
+ * of it) or a `,` and something like a scheme. So no item boundary is trusted: everything from the
+ * first scheme (or the start, when an `@` comes before it) to the value's last `@` is masked, and
+ * nothing after it when a `?` or `#` comes before that `@`; query values are masked everywhere.
  */
 export const maskValue = (value: string): string => {
-  const starts = [...value.matchAll(/(?:^|,)\s*([A-Za-z][A-Za-z0-9+.-]*:\/\/)/g)].map((match) => match.index + match[0].length - match[1].length)
-  const bounds = [0, ...starts.filter((start) => start > 0), value.length]
-  let shown = ""
-  for (let i = 0; i + 1 < bounds.length; i++) {
-    const part = value.slice(bounds[i], bounds[i + 1])
-    const at = part.lastIndexOf("@")
-    shown += schemePrefix.test(part) || at === -1 ? maskCredentials(part) : /[?#]/.test(part.slice(0, at)) ? "***" : `***${maskQueryValues(part.slice(at))}`
-  }
-  return shown
+  const at = value.lastIndexOf("@")
+  if (at === -1) return maskQueryValues(value)
+  const scheme = /[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(value)
+  const afterScheme = scheme === null ? 0 : scheme.index + scheme[0].length
+  const from = afterScheme <= at && value.indexOf("@") >= afterScheme ? afterScheme : 0
+  const hidden = value.slice(from, at)
+  return `${maskQueryValues(value.slice(0, from))}***${/[?#]/.test(hidden) ? "" : maskQueryValues(value.slice(at))}`
 }

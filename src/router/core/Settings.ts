@@ -170,7 +170,8 @@ export const isKvEndpoint = (item: string): boolean => {
     // What the Redis client parses at start-up: percent-escapes in the credentials, a database number as the path.
     decodeURIComponent(url.username)
     decodeURIComponent(url.password)
-    return url.protocol !== "redis:" || /^\/?(\d+)?$/.test(url.pathname)
+    if (url.port === "0") return false
+    return url.protocol !== "redis:" || /^\/?(\d{1,9})?$/.test(url.pathname)
   } catch {
     return false
   }
@@ -187,8 +188,9 @@ const parseKvEndpoints = (variable: string): Effect.Effect<ReadonlyArray<KvEndpo
       : Effect.fail(
         new InvalidSetting({
           variable,
-          // A credential with a `,` in it is split into items: then the whole value is shown, masked by URL.
-          value: (raw ?? "").includes("@") ? maskValue(raw ?? "") : maskCredentials(bad),
+          // The item alone when nothing in the value can be a secret; else the whole value, masked: a
+          // secret with a `,` in it is split into items, any of them a piece of it.
+          value: /[@?#]/.test(raw ?? "") ? maskValue(raw ?? "") : bad,
           expected: "comma-separated items, each host:port (port 1-65535) or an http(s):// or redis:// URL"
         })
       )
@@ -435,7 +437,7 @@ export const settingDocs: ReadonlyArray<SettingDoc> = [
   { variable: "MAX_QUEUE", meaning: "most requests waiting for a slot; `0` = answer at once when all slots are busy", default: `${code(`${defaults.queuePerSlot} × MAX_CONCURRENCY`)}`, valid: "integer ≥ 0" },
   { variable: "QUEUE_TIMEOUT_MS", meaning: "longest a request may wait for a slot (a client's `x-queue-timeout-ms` may lower it)", default: code(defaults.queueTimeoutMs), valid: "integer ≥ 1" },
   { variable: "OVERLOAD_STATUS", meaning: "status for shed requests: `503` suits meshes that retry on 5xx", default: code(defaults.overloadStatus), valid: "`429` or `503`" },
-  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`: everything up to its last `@`, so a password with an unencoded `/`, `?`, `#` or `@` stays hidden; query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines (an invalid item of a value with an `@` is shown as the whole value masked URL by URL: a password with a `,` splits into items); the full value stays inside the process. A token in a URL's path is not masked. `redis://` items hold the routing state router replicas share with `UPSTREAM_SCHEDULER=cache-aware` (docs/routing.md); other items are not used by it", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL (a `redis://` path is a database number; percent-escapes in credentials must decode)" },
+  { variable: "KV_ENDPOINTS", meaning: "comma-separated KV store nodes; items trimmed, empty items dropped. A URL's credentials (`redis://user:pass@…`: everything up to its last `@`, so a password with an unencoded `/`, `?`, `#` or `@` stays hidden; query values) are masked (`redis://***@…`, `?token=***`) in `/infer` answers, logs and error lines (an invalid item of a value with an `@`, `?` or `#` is shown as the whole value, masked from its first scheme to its last `@`: a secret with a `,` splits into items). The value is split at every `,`: write one inside a password or query value as `%2C`; the full value stays inside the process. A token in a URL's path is not masked. `redis://` items hold the routing state router replicas share with `UPSTREAM_SCHEDULER=cache-aware` (docs/routing.md); other items are not used by it", default: "none (`[]`)", valid: "each `host:port` (port 1–65535) or an `http://`, `https://` or `redis://` URL (a `redis://` path is a database number; percent-escapes in credentials must decode)" },
   { variable: "MODEL_BACKEND", meaning: "`simulated`: the built-in simulation; `upstream`: forward to the model servers in `UPSTREAMS`", default: code(defaults.backend), valid: "`simulated`, `upstream`" },
   { variable: "UPSTREAMS", meaning: "the model servers (only with `MODEL_BACKEND=upstream`, and required then): comma-separated base URLs, each optionally followed by `;weight=<1-1000>`, `;version=<label>` and `;kv-events=<port or tcp://host:port>` (its KV events, for `UPSTREAM_SCHEDULER=cache-aware`: [routing.md](routing.md)); `dns+http://name:port` uses every address the name resolves to (a headless Service), re-resolved every `UPSTREAM_DNS_REFRESH_MS`, the item's weight split among them. A base URL's path prefixes every request; a trailing `/v1` is the OpenAI-style base URL and means the root. A URL's credentials (user information, query values) are masked wherever it is shown; a token in its path is not, and each upstream's `host:port` reaches clients in `x-inference-upstream`", default: "—", valid: "e.g. `http://vllm-a:8000;weight=90;version=v1,http://vllm-b:8000;weight=10;version=v2`" },
   { variable: "UPSTREAM_MAX_CONCURRENCY", meaning: "most requests in flight to one upstream (`MAX_CONCURRENCY` bounds the total first; keep it ≤ the sum of the caps, or the excess gets 503 `upstreams_saturated`)", default: `${code(defaultUpstream.maxConcurrency)} (no cap of its own)`, valid: "integer ≥ 0" },

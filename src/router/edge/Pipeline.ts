@@ -301,7 +301,8 @@ export class Pipeline extends Context.Service<Pipeline, {
             const rejected = Cause.findError(cause)
             if (Result.isSuccess(rejected)) {
               const { message, reason, retryAfterSeconds } = rejected.success
-              noteOutcome(request, { reason })
+              // When it joined the queue is kept: a queue_timeout's line says how long it waited.
+              noteOutcome(request, { queuedAt: outcomeOf(request)?.queuedAt, reason })
               const fields = { code: reason, message, retryAfterSeconds }
               // OVERLOAD_STATUS=503 is for meshes that retry on 5xx; the body and headers are the same.
               return failContract(request, response, config.overloadStatus === 503 ? new Unavailable(fields) : new Overloaded(fields))

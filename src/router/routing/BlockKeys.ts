@@ -143,4 +143,11 @@ export const blockKeysOf = (model: string, ids: TokenIds, blockSize: number, cac
 
 /** A key as published in a KV event (an integer, or bytes in newer vLLM versions) in the index's form. */
 export const eventKey = (hash: unknown): string | undefined =>
-  typeof hash === "number" || typeof hash === "bigint" || typeof hash === "string" ? String(hash) : hash instanceof Uint8Array ? Buffer.from(hash).toString("hex") : undefined
+  typeof hash === "number" || typeof hash === "bigint"
+    ? String(hash)
+    // Longer ones are no block hash (vLLM's are 8 or 32 bytes): each would hold its length in the index.
+    : typeof hash === "string"
+    ? hash.length <= 64 ? hash : undefined
+    : hash instanceof Uint8Array && hash.length <= 64
+    ? Buffer.from(hash).toString("hex")
+    : undefined

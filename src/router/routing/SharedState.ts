@@ -262,10 +262,13 @@ export class SharedState {
       // Confirmed after this turn's I/O: a router that stalled (a long task) may have its answers waiting
       // in the socket, read only in the poll phase, after the timers that write.
       shard.slowCheck = true
-      setImmediate(() => {
-        shard.slowCheck = false
-        if (!shard.slow && shard.pending > 0 && performance.now() - shard.waitingSince >= this.settings.slowAfterMs) this.markSlow(shard)
-      })
+      // Twice: a write from an I/O callback is in the poll phase itself, whose stall's answers the next poll reads.
+      setImmediate(() =>
+        setImmediate(() => {
+          shard.slowCheck = false
+          if (!shard.slow && shard.pending > 0 && performance.now() - shard.waitingSince >= this.settings.slowAfterMs) this.markSlow(shard)
+        })
+      )
     }
     // The time without an answer counts from the first write outstanding, or from the last answer.
     if (shard.pending === 0) shard.waitingSince = now

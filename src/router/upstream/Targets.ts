@@ -101,8 +101,9 @@ export const parseTargets = (
   const targets: Array<UpstreamTarget> = []
   for (const item of items) {
     const target = parseTarget(item)
-    // A credential with a `,` in it is split into items: then the whole value is shown, masked by URL.
-    if (typeof target === "string") return { bad: raw.includes("@") ? maskValue(raw) : maskCredentials(item), reason: target }
+    // The item alone when nothing in the value can be a secret; else the whole value, masked: a
+    // secret with a `,` in it is split into items, any of them a piece of it.
+    if (typeof target === "string") return { bad: /[@?#]/.test(raw) ? maskValue(raw) : item, reason: target }
     targets.push(target)
   }
   return { targets }
