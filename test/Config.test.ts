@@ -188,6 +188,8 @@ describe("Config", () => {
     ["KV_ENDPOINTS", "kv-0:0"],
     ["KV_ENDPOINTS", "kv-0:70000"],
     ["KV_ENDPOINTS", "ftp://kv-0:21"],
+    ["KV_ENDPOINTS", "redis://kv-0:0"],
+    ["KV_ENDPOINTS", "redis://kv-0:6379/99999999999"],
     ["SIM_LATENCY_MS", "-1"],
     ["SIM_LATENCY_MS", "fast"],
     ["MAX_BODY_BYTES", "0"],

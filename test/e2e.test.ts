@@ -265,6 +265,21 @@ describe.concurrent("end to end", () => {
     assert.isAtMost(left.queueMs, left.durationMs - 250, "the wait alone, not the time in the model")
   }))
 
+  it("a request shed queue_timeout after waiting says how long in its log line, not in the admitted-wait histogram", owned(async () => {
+    const { port, router } = await startReady({ MAX_CONCURRENCY: "1", SIM_LATENCY_MS: "1500", QUEUE_TIMEOUT_MS: "300" })
+    const holder = infer(port, "holds the slot")
+    await until(async () => (await metric(port, "router_requests_running")) === 1, "the first request in the model")
+    const shed = await requestAt(port, { method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": "timed-out" }, body: JSON.stringify({ prompt: "x" }) })
+    assert.strictEqual(shed.status, 429)
+    assert.strictEqual((await holder).status, 200)
+    assert.strictEqual(await metric(port, "router_queue_wait_seconds_count"), 1)
+    router.child.kill("SIGTERM")
+    assert.strictEqual(await router.exited, 0)
+    const line = accessLines(router).find((entry) => entry.requestId === "timed-out")
+    assert.strictEqual(line?.reason, "queue_timeout", router.output().stdout.slice(-2000))
+    assert.isAtLeast(line.queueMs, 290)
+  }))
+
   it("an /infer whose backend fails after a wait keeps the wait in its log line and the histogram", owned(async () => {
     // A model server that fails every completion after 300 ms.
     const failing = createHttpServer((request, response) => {
