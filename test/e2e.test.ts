@@ -62,6 +62,20 @@ const until = async (condition: () => Promise<boolean>, what: string) => {
   throw new Error(`timed out waiting for ${what}`)
 }
 
+/**
+ * With MAX_CONCURRENCY=1: a request holding the slot (its answer, `holder`) and one queued behind it
+ * with `requestId`, whose client socket (`leaving`) the test may destroy.
+ */
+const queuedBehindOne = async (port: number, requestId: string) => {
+  const holder = infer(port, "holds the slot")
+  await until(async () => (await metric(port, "router_requests_running")) === 1, "the first request in the model")
+  const leaving = Http.request({ port, method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": requestId } })
+  leaving.on("error", () => {})
+  leaving.end(JSON.stringify({ prompt: "waits behind it" }))
+  await until(async () => (await metric(port, "router_requests_waiting")) === 1, "the second request queued")
+  return { holder, leaving }
+}
+
 const infer = (port: number, prompt: string) =>
   requestAt(port, {
     method: "POST",
@@ -227,12 +241,7 @@ describe.concurrent("end to end", () => {
 
   it("a client that leaves the queue is logged as 499 with its wait; the queue-wait histogram counts only the admitted", owned(async () => {
     const { port, router } = await startReady({ MAX_CONCURRENCY: "1", SIM_LATENCY_MS: "600" })
-    const holder = infer(port, "holds the slot")
-    await until(async () => (await metric(port, "router_requests_running")) === 1, "the first request in the model")
-    const leaving = Http.request({ port, method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": "leaver" } })
-    leaving.on("error", () => {})
-    leaving.end(JSON.stringify({ prompt: "waits, then leaves" }))
-    await until(async () => (await metric(port, "router_requests_waiting")) === 1, "the second request queued")
+    const { holder, leaving } = await queuedBehindOne(port, "leaver")
     leaving.destroy()
     assert.strictEqual((await holder).status, 200)
     assert.strictEqual(await metric(port, "router_queue_wait_seconds_count"), 1)
@@ -246,12 +255,7 @@ describe.concurrent("end to end", () => {
 
   it("a queued request whose client leaves while it is in the model logs its wait, not its wait and model time; the histogram counts it", owned(async () => {
     const { port, router } = await startReady({ MAX_CONCURRENCY: "1", SIM_LATENCY_MS: "2000" })
-    const holder = infer(port, "holds the slot")
-    await until(async () => (await metric(port, "router_requests_running")) === 1, "the first request in the model")
-    const leaving = Http.request({ port, method: "POST", path: "/infer", headers: { "content-type": "application/json", "x-request-id": "leaves-mid-model" } })
-    leaving.on("error", () => {})
-    leaving.end(JSON.stringify({ prompt: "waits, runs, then leaves" }))
-    await until(async () => (await metric(port, "router_requests_waiting")) === 1, "the second request queued")
+    const { holder, leaving } = await queuedBehindOne(port, "leaves-mid-model")
     assert.strictEqual((await holder).status, 200)
     await until(async () => (await metric(port, "router_requests_running")) === 1, "the second request granted")
     // In the model for a while (its 2 s are far from over), then gone.
