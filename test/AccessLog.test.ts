@@ -25,6 +25,7 @@ const expected = (entry: AccessEntry, now: number) =>
       ...(entry.outcome?.queueMs === undefined ? {} : { queueMs: entry.outcome.queueMs }),
       ...(entry.outcome?.modelMs === undefined ? {} : { modelMs: entry.outcome.modelMs }),
       ...(entry.outcome?.reason === undefined ? {} : { reason: entry.outcome.reason }),
+      ...(entry.outcome?.upstream === undefined ? {} : { upstream: entry.outcome.upstream }),
       durationMs: Math.round(entry.durationMs * 10) / 10
     },
     spans: {}
@@ -55,7 +56,8 @@ const Duration = Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 1e7
 const Outcome = Schema.UndefinedOr(Schema.Struct({
   queueMs: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 1e9 }))),
   modelMs: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 1e9 }))),
-  reason: Schema.optional(Schema.Literals(["queue_full", "queue_timeout", "shutting_down", "client_closed"]))
+  reason: Schema.optional(Schema.Literals(["queue_full", "queue_timeout", "shutting_down", "client_closed"])),
+  upstream: Schema.optional(Schema.Literals(["10.0.0.1:8000", "[fd00::1]:8000", "vllm-0.vllm.ns.svc:8000"]))
 }))
 
 describe("access-log encoding", () => {

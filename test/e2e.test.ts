@@ -335,6 +335,8 @@ describe.concurrent("end to end", () => {
     const line = accessLines(router).find((entry) => entry.requestId === "relayed")
     // The upstream's first token alone takes 30 ms.
     assert.isAtLeast(line?.modelMs, 30, router.output().stdout.slice(-2000))
+    // Which model server answered, as Envoy's access log names the upstream host.
+    assert.strictEqual(line.upstream, `127.0.0.1:${upstream.port}`)
   }))
 
   it("a port in use, a host that does not resolve, a host not on this machine: one line naming the cause and the setting", owned(async () => {

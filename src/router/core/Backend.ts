@@ -123,6 +123,8 @@ export interface ClientResponse {
 export interface Completed {
   readonly failure?: BackendFailure | undefined
   readonly generated?: Generated | undefined
+  /** Relayed: the model server whose answer the client got (`host:port`). */
+  readonly upstream?: string | undefined
 }
 
 export class Backend extends Context.Service<Backend, {

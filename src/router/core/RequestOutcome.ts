@@ -19,6 +19,8 @@ export interface RequestOutcome {
   readonly modelMs?: number
   /** The `x-router-reject-reason` of a shed request. */
   readonly reason?: string
+  /** The model server that answered (`host:port`, upstream mode), as Envoy's access log names the upstream host. */
+  readonly upstream?: string | undefined
   /** The status written to the socket when the response object could not send one (Node's request timeout). */
   readonly status?: number
   /**

@@ -38,8 +38,8 @@ const batchBytes = 64 * 1024
 /**
  * More than the longest line: the fixed parts and a timestamp (~190 bytes), a
  * request id of at most 128 characters (at most 6 bytes each, escaped),
- * method, path and reason (each at most 64 characters, `quoted` escapes to at
- * most 6 bytes each) and four numbers.
+ * method, path, reason and upstream (each at most 64 characters, `quoted`
+ * escapes to at most 6 bytes each) and four numbers.
  */
 const maxLineBytes = 4096
 
@@ -118,6 +118,7 @@ const latin1 = (text: string) => Buffer.from(text, "latin1")
 const queueKey = latin1(`,"queueMs":`)
 const modelKey = latin1(`,"modelMs":`)
 const reasonKey = latin1(`,"reason":`)
+const upstreamKey = latin1(`,"upstream":`)
 const durationKey = latin1(`,"durationMs":`)
 const lineEnd = latin1(`},"spans":{}}\n`)
 
@@ -137,6 +138,7 @@ export const encodeLine = (entry: AccessEntry, head: Uint8Array, into: Buffer, a
     if (outcome.queueMs !== undefined) at = writeNumber(outcome.queueMs, into, put(queueKey, into, at))
     if (outcome.modelMs !== undefined) at = writeNumber(outcome.modelMs, into, put(modelKey, into, at))
     if (outcome.reason !== undefined) at = put(quoted(outcome.reason), into, put(reasonKey, into, at))
+    if (outcome.upstream !== undefined) at = put(quoted(outcome.upstream), into, put(upstreamKey, into, at))
   }
   at = writeTenths(entry.durationMs, into, put(durationKey, into, at))
   return put(lineEnd, into, at)
@@ -191,13 +193,13 @@ export const quotedText = (text: string): string => {
   )
 }
 
-/** Reasons (a handful of error codes) as JSON bytes, each made once. */
+/** Reasons (a handful of error codes) and upstreams (the pool's members) as JSON bytes, each made once. */
 const quotedCache = new Map<string, Uint8Array>()
 const quoted = (text: string): Uint8Array => {
   let bytes = quotedCache.get(text)
   if (bytes === undefined) {
     bytes = latin1(quotedText(text))
-    if (quotedCache.size < 64) quotedCache.set(text, bytes)
+    if (quotedCache.size < 256) quotedCache.set(text, bytes)
   }
   return bytes
 }

@@ -95,7 +95,7 @@ export const InferHandler = Layer.effectDiscard(Effect.gen(function*() {
   const encodeResponse = inferResponseEncoder(config)
 
   const succeed = (request: IncomingMessage, response: ServerResponse, prompt: string, waitedMs: number, served: Inference) => {
-    noteOutcome(request, { queueMs: waitedMs, modelMs: served.processingMs })
+    noteOutcome(request, { queueMs: waitedMs, modelMs: served.processingMs, upstream: served.upstream })
     if (response.destroyed) return
     const { body, byteLength } = encodeResponse(prompt, served.processingMs)
     const headers: Record<string, string | number> = route.headers(request)

@@ -293,11 +293,11 @@ export const OpenAiHandler = Layer.effectDiscard(Effect.gen(function*() {
           started: (error) => endWithErrorFrame(response, error)
         })
       }
-      const { failure, generated } = exit.value
-      if (failure !== undefined) return noteOutcome(request, { reason: failure.code, queueMs })
+      const { failure, generated, upstream } = exit.value
+      if (failure !== undefined) return noteOutcome(request, { reason: failure.code, queueMs, upstream })
       vllm.e2eLatency.updateUnsafe((performance.now() - arrivedAt) / 1000, metrics)
       // Relayed: the model server's whole answer is the model time.
-      if (generated === undefined) return noteOutcome(request, { queueMs, modelMs: Math.round(performance.now() - grantedAt) })
+      if (generated === undefined) return noteOutcome(request, { queueMs, modelMs: Math.round(performance.now() - grantedAt), upstream })
       vllm.promptTokens.updateUnsafe(generated.promptTokens, metrics)
       vllm.generationTokens.updateUnsafe(generated.completionTokens, metrics)
       if (generated.completionTokens > 1 && firstTokenAt > 0) {

@@ -48,7 +48,8 @@ export interface RelayCallbacks {
   /** Ends a started stream with one error frame and `[DONE]`. */
   endWithErrorFrame(failure: UpstreamFailure): void
   /** The client has its answer (with the failure, if the upstream gave none). */
-  done(failure: UpstreamFailure | undefined): void
+  /** `upstream`: the model server whose answer the client got, when one answered. */
+  done(failure: UpstreamFailure | undefined, upstream: string | undefined): void
   /** Logs what an operator must see (a callback that threw). */
   log?(message: string): void
   /** Calls `resume` once the client's socket drained or closed (the edge's, which cuts off a client that stalls). */
@@ -199,7 +200,7 @@ export const relayUnsafe = (
       } catch (error) {
         answerDespite(error)
       }
-      callbacks.done(undefined)
+      callbacks.done(undefined, answer?.upstream)
     },
     onError: (failure) => {
       try {
@@ -208,7 +209,7 @@ export const relayUnsafe = (
       } catch (error) {
         answerDespite(error)
       }
-      callbacks.done(failure)
+      callbacks.done(failure, answer?.upstream)
     }
   })
 }

@@ -108,7 +108,7 @@ export const makeUpstreamBackend = (
           onFirstByte: reply.firstByte,
           failBeforeHeaders: reply.fail,
           endWithErrorFrame: reply.fail,
-          done: (failure) => done(Exit.succeed({ failure })),
+          done: (failure, upstream) => done(Exit.succeed({ failure, upstream })),
           onceDrained: reply.onceDrained,
           log
         })
