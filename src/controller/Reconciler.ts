@@ -347,15 +347,18 @@ export const makeReconciler = (deps: ReconcilerDeps) =>
 
     /**
      * The spec check runs the router's settings parser, the most costly part of
-     * a reconcile that writes nothing: a resync re-checks only what changed
-     * (a spec changes only with its generation).
+     * a reconcile that writes nothing: a resync re-checks only what changed.
+     * Keyed by the spec's text, not its generation alone: a CRD's `default:`
+     * added later changes the spec as the API server reads it out, with no new
+     * generation (seen once the object is listed again).
      */
-    const checks = new Map<string, { readonly key: string; readonly generation: number; readonly check: SpecCheck }>()
+    const checks = new Map<string, { readonly key: string; readonly spec: string; readonly check: SpecCheck }>()
     const checkedSpec = (isvc: any): SpecCheck => {
+      const spec = JSON.stringify(isvc.spec ?? null)
       const known = checks.get(isvc.metadata.uid)
-      if (known !== undefined && known.generation === isvc.metadata.generation) return known.check
+      if (known !== undefined && known.spec === spec) return known.check
       const check = checkSpec(isvc.spec, isvc.metadata.name)
-      checks.set(isvc.metadata.uid, { key: `${isvc.metadata.namespace}/${isvc.metadata.name}`, generation: isvc.metadata.generation, check })
+      checks.set(isvc.metadata.uid, { key: `${isvc.metadata.namespace}/${isvc.metadata.name}`, spec, check })
       return check
     }
 
