@@ -391,7 +391,9 @@ describe("Config", () => {
         "kv:1,redis://:x,y-Secret,z@h:1",
         // A comma in a query secret (the first item valid, the tail the bad one), and one followed by something like a scheme.
         "https://kv-1/x?token=pa,Secret",
-        "redis://u:pa, x://ssSecret@h:1"
+        "redis://u:pa, x://ssSecret@h:1",
+        // An @ inside a query secret split at a comma: what follows that @ is the secret's tail.
+        "kv:1,https://kv/x?token=a,b@SecretTail"
       ]) {
         const error = invalid(yield* load({ KV_ENDPOINTS: value }))
         assert.notInclude(error.message, "Secret", value)

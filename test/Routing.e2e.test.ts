@@ -70,6 +70,9 @@ describe("cache-aware routing end to end", () => {
       assert.strictEqual(next.upstream, first.upstream, next.route)
       assert.match(next.route, /reason=cache; cached-tokens=[1-9][0-9]*;/)
     }
+    // The simulated servers' KV events name the router's keys: received, and the index exact for the holder.
+    await until(async () => (await metricValue(front.port, `router_routing_kv_events_matching{upstream="${first.upstream}"}`)) === 1, "the holder's events matching")
+    assert.isAbove(await metricValue(front.port, `router_routing_kv_event_batches_total{upstream="${first.upstream}"}`) ?? 0, 0)
     // Another group's prefix is not cached anywhere: load decides.
     assert.match((await turn(front.port, system(2), "q0")).route, /reason=load;/)
     assert.isAtLeast(await metricValue(front.port, `router_routing_decisions_total{reason="cache"}`) ?? 0, 3)
