@@ -29,7 +29,9 @@ type Within = "object" | "resources" | "quantities"
 /**
  * The keys of the list-maps (server-side apply's `listMapKeys`) among the fields the controller sets:
  * another manager's items are kept there, so each of ours is found by its key. Other lists are
- * compared whole (atomic lists, such as `args`, are replaced whole by an apply).
+ * compared whole (atomic lists, such as `args`, are replaced whole by an apply). The stand-in API
+ * server (test/support/FakeKubeApi.ts) has its own table, by path, on purpose: it models the real
+ * server, and shares no code with what it tests.
  */
 const listMapKeys: Readonly<Record<string, ReadonlyArray<string>>> = {
   containers: ["name"],

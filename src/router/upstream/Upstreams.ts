@@ -28,7 +28,7 @@ import { metricContext } from "../../shared/Metrics.ts"
 import { RouterConfig, type UpstreamSettings } from "../core/Config.ts"
 import type { RouteScheduler } from "../routing/Route.ts"
 import { upstreamMetrics } from "../core/Metrics.ts"
-import { type AnswerHeaders, type Dispatch, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
+import { type AnswerHeaders, type Dispatch, errorCode, healthOf, metricStatus, type Outcome, sendAttempt } from "./Attempt.ts"
 import { Balancer, type Endpoint, isAvailable, makeEndpoint } from "./Balancer.ts"
 import { refusalCode, UpstreamFailure } from "./Failure.ts"
 import { isJson } from "./JsonCheck.ts"
@@ -61,16 +61,11 @@ export interface UpstreamView {
 
 /** Why a health check failed, from its error: a timeout, or the connection's error code (ECONNREFUSED, ENOTFOUND, ...). */
 const checkFailure = (error: unknown, timeoutMs: number): string => {
-  if (Cause.isTimeoutError(error)) return `no answer within ${timeoutMs} ms (UPSTREAM_HEALTH_TIMEOUT_MS)`
-  // undici's errors carry the socket's code, sometimes on a cause; Effect wraps a rejection in UnknownError.
-  let current: unknown = error
-  for (let depth = 0; depth < 4 && typeof current === "object" && current !== null; depth++) {
-    const code = (current as { code?: unknown }).code
-    if (code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT") return `no answer within ${timeoutMs} ms (UPSTREAM_HEALTH_TIMEOUT_MS)`
-    if (typeof code === "string" && /^(E[A-Z_]+|UND_ERR_[A-Z_]+)$/.test(code)) return code
-    current = (current as { cause?: unknown }).cause
-  }
-  return "the request failed"
+  const timedOut = `no answer within ${timeoutMs} ms (UPSTREAM_HEALTH_TIMEOUT_MS)`
+  if (Cause.isTimeoutError(error)) return timedOut
+  // Effect wraps the rejection (UnknownError): undici's error, with the socket's code, is its cause.
+  const code = errorCode((error as { cause?: unknown }).cause) ?? errorCode(error)
+  return code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT" ? timedOut : code ?? "the request failed"
 }
 
 /** An upstream's non-2xx answer to an `/infer` completion, as the failure the router answers. */
